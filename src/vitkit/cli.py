@@ -1,0 +1,88 @@
+"""Command-line interface: thin argparse subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from vitkit.models import count_params, forward_macs, list_models
+from vitkit.models.registry import registered_config
+
+log = logging.getLogger("vitkit")
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, exit status 2."""
+
+
+def model_table(img_size: int | None = None) -> list[dict]:
+    """Rows of the registry: variant, width/depth/heads/MLP, params, GMACs and GFLOPs per image."""
+    rows = []
+    for name in list_models():
+        cfg = registered_config(name, **({"img_size": img_size} if img_size else {}))
+        macs = forward_macs(cfg)
+        rows.append(
+            dict(
+                model=name,
+                img_size=list(cfg.img_size),
+                in_chans=cfg.in_chans,
+                classes=cfg.num_classes,
+                width=cfg.embed_dim,
+                depth=cfg.depth,
+                heads=cfg.num_heads,
+                mlp=cfg.mlp_dim,
+                params=count_params(cfg),
+                gmacs=macs / 1e9,
+                gflops=2 * macs / 1e9,
+            )
+        )
+    return rows
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = model_table(args.img_size)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = f"{'model':<10} {'img':>4} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'params':>13} {'GMACs':>8} {'GFLOPs':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['model']:<10} {r['img_size'][0]:>4} {r['width']:>5} {r['depth']:>5} {r['heads']:>5} "
+            f"{r['mlp']:>5} {r['params']:>13,} {r['gmacs']:>8.2f} {r['gflops']:>8.2f}"
+        )
+    print("\nGFLOPs = 2 x MACs of one forward pass of one image; /4 variants: 28x28 grayscale, 10 classes.")
+    print("Any ViT-{Ti,S,B,L,H}/<patch> is accepted, at any image size divisible by the patch.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers for image classification."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered model variants with params and FLOPs")
+    p.add_argument("--img-size", type=int, default=None, help="show every variant at this size")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vitkit` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vitkit {args.command}: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,354 @@
+"""Configuration as code: frozen dataclasses and type-checked `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+POOLS = ("token", "gap")
+POSEMBS = ("learn", "learn2d", "sincos2d", "none")
+HEAD_INITS = ("default", "zero")
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Return `value` as an (H, W) pair of ints."""
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"expected an int or an (H, W) pair, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _check_range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{key}={value!r} must lie in [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Vision Transformer: the paper's encoder and the options its appendix ablates."""
+
+    name: str = "ViT-Ti/16"
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_dim: int = 768
+    pool: str = "token"  # "token": class token; "gap": encoder norm, then mean over patch tokens
+    posemb: str = "learn"  # "learn" (1D, the paper's default) | "learn2d" | "sincos2d" | "none"
+    representation_size: int | None = None  # pre-logits Linear+tanh of pre-training
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    head_init: str = "default"  # "zero" for fine-tuning, as the paper
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", _pair(self.img_size))
+        for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
+        if self.num_classes < 0:
+            raise ValueError(f"model.num_classes={self.num_classes!r} must be >= 0 (0: no head)")
+        h, w = self.img_size
+        p = self.patch_size
+        if h < 1 or w < 1 or h % p or w % p:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the patch size {p}: "
+                f"choose an image size that is a multiple of {p}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"width {self.embed_dim} is not divisible by the number of heads {self.num_heads}"
+            )
+        _check_choice("model.pool", self.pool, POOLS)
+        _check_choice("model.posemb", self.posemb, POSEMBS)
+        _check_choice("model.head_init", self.head_init, HEAD_INITS)
+        if self.posemb in ("learn2d", "sincos2d") and self.embed_dim % 4:
+            raise ValueError(f"posemb={self.posemb!r} needs a width divisible by 4, got {self.embed_dim}")
+        if self.representation_size is not None and self.representation_size < 1:
+            raise ValueError(f"model.representation_size={self.representation_size!r} must be positive")
+        for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+            _check_range(f"model.{key}", getattr(self, key), 0.0, 1.0)
+        if self.norm_eps <= 0:
+            raise ValueError(f"model.norm_eps={self.norm_eps!r} must be positive")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches along (height, width)."""
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.pool == "token" else 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix_tokens
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset, augmentation and loading."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_fraction: float = 0.0  # imagefolder without val/: held-out fraction of train
+    crop_padding: int = 0  # random crop with this zero padding (native resolution)
+    random_resized_crop: bool = False  # RandomResizedCrop instead of padded crop
+    rrc_scale_min: float = 0.35
+    hflip: bool = False
+    randaugment_n: int = 0  # 0: off
+    randaugment_m: int = 9
+    random_erasing: float = 0.0  # probability
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    num_workers: int = 0
+    synthetic_size: int = 2048  # images per split of the synthetic dataset
+
+    def __post_init__(self) -> None:
+        for key in ("val_fraction", "random_erasing", "label_smoothing"):
+            _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0)
+        for key in ("crop_padding", "randaugment_n", "num_workers", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")
+        _check_range("data.rrc_scale_min", self.rrc_scale_min, 0.01, 1.0)
+        if self.synthetic_size < 1:
+            raise ValueError(f"data.synthetic_size={self.synthetic_size!r} must be positive")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning-rate schedule and clipping."""
+
+    name: str = "adamw"  # "adam" (the paper's, decoupled weight decay as in its code) | "adamw" | "sgd"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; 0 disables
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # used when warmup_steps == 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
+        _check_choice("optim.schedule", self.schedule, ("cosine", "linear", "constant"))
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr!r} must be positive")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
+        _check_range("optim.warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        _check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_range("optim.momentum", self.momentum, 0.0, 1.0)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length, batch, precision and bookkeeping of a run."""
+
+    epochs: int = 10
+    steps: int = 0  # optimizer steps; when > 0 it overrides epochs
+    batch_size: int = 256  # global batch per optimizer step
+    micro_batch_size: int = 0  # 0: no accumulation
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
+    ema_decay: float = 0.0  # 0: no EMA
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    log_every: int = 50  # optimizer steps
+    eval_every: int = 1  # epochs; 0: only at the end
+    checkpoint_every: int = 0  # optimizer steps; 0: once per epoch
+    eval_batch_size: int = 1024
+    data_on_device: bool = True  # keep in-memory datasets on the training device
+
+    def __post_init__(self) -> None:
+        _check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        if self.epochs < 1 and self.steps < 1:
+            raise ValueError("train.epochs or train.steps must be positive")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size={self.batch_size!r} must be positive")
+        mb = self.micro_batch_size
+        if mb < 0 or (mb and self.batch_size % mb):
+            raise ValueError(
+                f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={mb}"
+            )
+        _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("train.log_every must be >= 1; eval_every, checkpoint_every >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"train.device={self.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; written as config.json beside its checkpoints."""
+
+    recipe: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    expected: str = ""  # the result this recipe is expected to reach, and how it was measured
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def _parse_scalar(key: str, text: str, tp: Any) -> Any:
+    """Parse `text` as type `tp` (bool, int, float, str)."""
+    if tp is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}={text!r}: expected a boolean (true/false)")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                as_float = float(text)
+            except ValueError:
+                as_float = None
+            if as_float is not None and as_float.is_integer():
+                return int(as_float)
+            raise ValueError(f"{key}={text!r}: expected an integer") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r}: expected a number") from None
+    if tp is str:
+        return text
+    raise ValueError(f"{key}: cannot parse values of type {tp}")
+
+
+def parse_value(key: str, text: str, tp: Any) -> Any:
+    """Parse the override text for a field annotated `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        return parse_value(key, text, args[0])
+    if origin is tuple:
+        args = typing.get_args(tp)
+        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+        if len(parts) == 1 and len(args) == 2 and args[0] is args[1]:
+            parts = parts * 2
+        if len(parts) != len(args):
+            raise ValueError(f"{key}={text!r}: expected {len(args)} comma-separated values")
+        return tuple(_parse_scalar(key, p.strip(), a) for p, a in zip(parts, args))
+    return _parse_scalar(key, text, tp)
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _lookup_type(cfg: Any, path: str) -> Any:
+    obj = cfg
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj):
+            raise KeyError(f"unknown config key {path!r}: {'.'.join(parts[:i])} is not a section")
+        hints = _field_types(obj)
+        if part not in hints:
+            valid = ", ".join(sorted(hints))
+            prefix = ".".join(parts[:i]) or "the top level"
+            raise KeyError(f"unknown config key {path!r}: keys of {prefix} are {valid}")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                raise KeyError(f"config key {path!r} is a section; set one of its keys instead")
+            return hints[part]
+        obj = getattr(obj, part)
+    raise KeyError(path)
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """Apply `a.b=value` overrides, each type-checked against the field it names; validate once."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        value = parse_value(key, text.strip(), _lookup_type(cfg, key))
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return from_dict(type(cfg), data)
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a dict, checking keys and converting lists to tuples."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(hints)}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            value = from_dict(tp, value, f"{where}.{key}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def save_json(cfg: Any, path: str) -> None:
+    """Write a config as indented JSON."""
+    with open(path, "w") as f:
+        json.dump(to_dict(cfg), f, indent=2)
+        f.write("\n")
+
+
+def load_run_config(path: str) -> RunConfig:
+    """Read a run's config.json."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read run config {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return from_dict(RunConfig, data, where=path)

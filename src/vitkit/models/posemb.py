@@ -1,0 +1,69 @@
+"""Position embeddings (pure functions): fixed 2D sin-cos, and 2D resampling of learned ones."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def sincos2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sin-cos embedding of a (gh, gw) grid, row-major: returns (gh*gw, dim)."""
+    gh, gw = grid
+    if dim % 4:
+        raise ValueError(f"sincos2d needs a width divisible by 4, got {dim}")
+    y, x = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    quarter = dim // 4
+    omega = torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1)
+    omega = 1.0 / temperature**omega  # (D/4,)
+    y = y.reshape(-1, 1).double() * omega  # (N, D/4)
+    x = x.reshape(-1, 1).double() * omega
+    pe = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (N, D)
+    return pe.float()
+
+
+def grid_of(num_patches: int) -> tuple[int, int]:
+    """The square grid holding `num_patches` tokens; ValueError if it is not a square."""
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(
+            f"cannot infer the grid of {num_patches} position embeddings: not a square; "
+            "pass old_grid=(gh, gw)"
+        )
+    return (side, side)
+
+
+def resample_posemb(
+    posemb: torch.Tensor,
+    new_grid: int | tuple[int, int],
+    num_prefix_tokens: int = 1,
+    mode: str = "bilinear",
+    align_corners: bool | None = None,
+    old_grid: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Resize a learned position embedding (1, prefix + gh*gw, D) to a new grid in 2D.
+
+    `mode="bilinear"` with `align_corners=True` (the default for bilinear) equals the official
+    code's `scipy.ndimage.zoom(order=1)`; `mode="bicubic"` defaults to timm's convention
+    (align_corners=False, antialias=True). Prefix tokens (class token) are kept.
+    """
+    if posemb.ndim != 3 or posemb.shape[0] != 1:
+        raise ValueError(f"posemb must have shape (1, N, D), got {tuple(posemb.shape)}")
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"mode={mode!r}: expected 'bilinear' or 'bicubic'")
+    new = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    old = tuple(old_grid) if old_grid is not None else grid_of(grid.shape[1])
+    if old[0] * old[1] != grid.shape[1]:
+        raise ValueError(f"old_grid={old} does not hold the {grid.shape[1]} patch embeddings")
+    if old == new:
+        return posemb
+    if align_corners is None:
+        align_corners = mode == "bilinear"
+    dim = grid.shape[-1]
+    img = grid.float().reshape(1, old[0], old[1], dim).permute(0, 3, 1, 2)  # (1, D, gh, gw)
+    antialias = mode == "bicubic" and not align_corners  # timm resizes with antialias=True
+    img = F.interpolate(img, size=new, mode=mode, align_corners=align_corners, antialias=antialias)
+    grid = img.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], dim).to(posemb.dtype)
+    return torch.cat([prefix, grid], dim=1)

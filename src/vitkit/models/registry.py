@@ -1,0 +1,114 @@
+"""The one registry of model variants: the paper's notation `ViT-B/16` -> ModelConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from vitkit.config import ModelConfig
+
+# The paper's Table 1 (+ Ti from DeiT/AugReg): width, depth, heads, MLP size.
+WIDTHS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+}
+
+# Named variants and the setting each is shown at: the paper's models at 224 px, and small-image
+# models for 28x28 grayscale data (Fashion-MNIST). Any `ViT-<size>/<patch>` is accepted too.
+REGISTERED: dict[str, dict[str, Any]] = {
+    "ViT-Ti/16": {},
+    "ViT-S/16": {},
+    "ViT-S/32": {},
+    "ViT-B/16": {},
+    "ViT-B/32": {},
+    "ViT-L/16": {},
+    "ViT-L/32": {},
+    "ViT-H/14": {},
+    "ViT-Ti/4": dict(img_size=28, in_chans=1, num_classes=10),
+    "ViT-S/4": dict(img_size=28, in_chans=1, num_classes=10),
+}
+
+_NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
+
+
+def parse_name(name: str) -> tuple[str, int]:
+    """Split `ViT-B/16` into ("B", 16); raise ValueError naming what is wrong."""
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string like 'ViT-B/16', got {name!r}")
+    m = _NAME.match(name.strip())
+    if not m:
+        raise ValueError(
+            f"unknown model {name!r}: expected 'ViT-<size>/<patch>' with size one of "
+            f"{', '.join(WIDTHS)} and an integer patch size, e.g. 'ViT-B/16'"
+        )
+    size = {k.lower(): k for k in WIDTHS}[m.group(1).lower()]
+    patch = int(m.group(2))
+    if patch < 1:
+        raise ValueError(f"model {name!r}: patch size must be >= 1")
+    return size, patch
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of variant `name`, with keyword overrides (img_size, num_classes, pool, ...)."""
+    size, patch = parse_name(name)
+    width, depth, heads, mlp = WIDTHS[size]
+    base = dict(
+        name=f"ViT-{size}/{patch}",
+        patch_size=patch,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=mlp,
+    )
+    valid = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def list_models() -> list[str]:
+    """Names of the registered variants (any `ViT-<size>/<patch>` is accepted too)."""
+    return list(REGISTERED)
+
+
+def registered_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config of a registered variant at the setting it is listed with."""
+    return model_config(name, **{**REGISTERED.get(name, {}), **overrides})
+
+
+def forward_macs(cfg: ModelConfig) -> int:
+    """Analytic multiply-accumulates of one forward pass of one image."""
+    d, m, L = cfg.embed_dim, cfg.mlp_dim, cfg.depth
+    p2c = cfg.patch_size**2 * cfg.in_chans
+    n_p, n = cfg.num_patches, cfg.num_tokens
+    embed = n_p * p2c * d
+    blocks = L * (n * (4 * d * d + 2 * d * m) + 2 * n * n * d)
+    rep = d * cfg.representation_size if cfg.representation_size else 0
+    head_in = cfg.representation_size or d
+    return embed + blocks + rep + head_in * cfg.num_classes
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Analytic parameter count (matches `sum(p.numel())` of the built model)."""
+    d, m, L, c = cfg.embed_dim, cfg.mlp_dim, cfg.depth, cfg.in_chans
+    qkvb = 3 * d if cfg.qkv_bias else 0
+    block = 2 * 2 * d + (3 * d * d + qkvb) + (d * d + d) + (d * m + m) + (m * d + d)
+    embed = cfg.patch_size**2 * c * d + d
+    prefix = d if cfg.pool == "token" else 0
+    gh, gw = cfg.grid_size
+    pos = {
+        "learn": cfg.num_tokens * d,
+        "learn2d": (gh + gw) * (d // 2),
+        "sincos2d": 0,
+        "none": 0,
+    }[cfg.posemb]
+    rep = (d * cfg.representation_size + cfg.representation_size) if cfg.representation_size else 0
+    head_in = cfg.representation_size or d
+    head = head_in * cfg.num_classes + cfg.num_classes if cfg.num_classes else 0
+    return embed + prefix + pos + L * block + 2 * d + rep + head

@@ -1,0 +1,190 @@
+"""The Vision Transformer of Dosovitskiy et al. (2020), with timm's parameter names."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from vitkit.config import ModelConfig
+from vitkit.models.layers import Block, PatchEmbed
+from vitkit.models.posemb import resample_posemb, sincos2d
+
+
+def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
+    """Truncated normal with variance 1/fan_in (the official code's patch-embedding init)."""
+    fan_in = t[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the truncation's shrinkage
+    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+class PreLogits(nn.Module):
+    """The pre-training representation layer: Linear + tanh (dropped when fine-tuning)."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, size)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding, class token, position embedding, pre-LN encoder, norm, linear head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.num_classes = cfg.num_classes
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        self.embed_dim = self.num_features = d
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d)
+        gh, gw = cfg.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "token" else None
+        if cfg.posemb == "learn":  # one vector per token, class token included (as timm/official)
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, d))
+        elif cfg.posemb == "learn2d":  # the paper's Appendix D.4: X and Y embeddings of D/2 each
+            self.pos_embed_row = nn.Parameter(torch.zeros(1, gh, d // 2))
+            self.pos_embed_col = nn.Parameter(torch.zeros(1, gw, d // 2))
+        elif cfg.posemb == "sincos2d":
+            self.register_buffer("pos_embed", sincos2d((gh, gw), d)[None], persistent=False)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.Sequential(
+            *[
+                Block(
+                    d,
+                    cfg.num_heads,
+                    cfg.mlp_dim,
+                    cfg.qkv_bias,
+                    cfg.drop_rate,
+                    cfg.attn_drop_rate,
+                    dpr[i],
+                    cfg.norm_eps,
+                )
+                for i in range(cfg.depth)
+            ]
+        )
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        rep = cfg.representation_size
+        self.pre_logits = PreLogits(d, rep) if rep else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(rep or d, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The official code's initialisation (xavier Linear, lecun patch embedding, 0.02 posemb)."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    if ".mlp." in f".{name}.":
+                        nn.init.normal_(m.bias, std=1e-6)
+                    else:
+                        nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        lecun_normal_(self.patch_embed.proj.weight)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        for name in ("pos_embed", "pos_embed_row", "pos_embed_col"):
+            p = getattr(self, name, None)
+            if isinstance(p, nn.Parameter):
+                nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+        if isinstance(self.head, nn.Linear) and self.cfg.head_init == "zero":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay beyond biases and norms."""
+        return {"cls_token", "pos_embed", "pos_embed_row", "pos_embed_col"}
+
+    # ------------------------------------------------------------------ forward
+
+    def _patch_posemb(self) -> torch.Tensor | None:
+        """The position embedding added to patch tokens only, (1, Np, D), for 2D kinds."""
+        if self.cfg.posemb == "learn2d":
+            gh, gw = self.cfg.grid_size
+            row = self.pos_embed_row[:, :, None].expand(-1, gh, gw, -1)  # (1, gh, gw, D/2)
+            col = self.pos_embed_col[:, None, :].expand(-1, gh, gw, -1)
+            return torch.cat([col, row], dim=-1).reshape(1, gh * gw, -1)  # (1, Np, D)
+        if self.cfg.posemb == "sincos2d":
+            return self.pos_embed
+        return None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> tokens (B, N, D) with class token and position embedding."""
+        x = self.patch_embed(x)  # (B, Np, D)
+        patch_pe = self._patch_posemb()
+        if patch_pe is not None:
+            x = x + patch_pe.to(x.dtype)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D)
+        if self.cfg.posemb == "learn":
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor, return_attention: bool = False):
+        """Encoder output after the final LayerNorm, (B, N, D); with the attention maps if asked."""
+        x = self.embed(x)
+        if not return_attention:
+            return self.norm(self.blocks(x))
+        attns = []
+        for blk in self.blocks:
+            x, a = blk(x, return_attn=True)
+            attns.append(a)  # (B, heads, N, N)
+        return self.norm(x), attns
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, D): the class token, or the mean of the patch tokens (GAP)."""
+        if self.cfg.pool == "token":
+            return x[:, 0]
+        return x[:, self.num_prefix_tokens :].mean(dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, N, D) -> logits (B, classes), or the pooled representation if pre_logits."""
+        x = self.pre_logits(self.pool(x))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Images (B, C, H, W) -> logits (B, classes); with per-layer attention if asked."""
+        if return_attention:
+            feats, attns = self.forward_features(x, return_attention=True)
+            return self.forward_head(feats), attns
+        return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ resolution
+
+    @torch.no_grad()
+    def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
+        """Change the input resolution in place, resampling the position embedding in 2D."""
+        new_cfg = dataclasses.replace(self.cfg, img_size=img_size)
+        old_grid, new_grid = self.cfg.grid_size, new_cfg.grid_size
+        self.patch_embed.img_size = new_cfg.img_size
+        self.patch_embed.grid_size = new_grid
+        if self.cfg.posemb == "learn":
+            pe = resample_posemb(
+                self.pos_embed.data, new_grid, self.num_prefix_tokens, mode, old_grid=old_grid
+            )
+            self.pos_embed = nn.Parameter(pe)
+        elif self.cfg.posemb == "learn2d":
+            for name, size in (("pos_embed_row", new_grid[0]), ("pos_embed_col", new_grid[1])):
+                p = getattr(self, name).data  # (1, g, D/2)
+                p = torch.nn.functional.interpolate(
+                    p.transpose(1, 2), size=size, mode="linear", align_corners=True
+                ).transpose(1, 2)
+                setattr(self, name, nn.Parameter(p.contiguous()))
+        elif self.cfg.posemb == "sincos2d":
+            pe = sincos2d(new_grid, self.embed_dim)[None].to(self.pos_embed.device)
+            self.register_buffer("pos_embed", pe, persistent=False)
+        self.cfg = new_cfg

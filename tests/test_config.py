@@ -1,0 +1,83 @@
+"""Config dataclasses and type-checked overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitkit.config import (
+    ModelConfig,
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    load_run_config,
+    save_json,
+    to_dict,
+)
+
+
+def test_overrides_parse_types():
+    cfg = apply_overrides(
+        RunConfig(),
+        [
+            "model.embed_dim=64",
+            "model.num_heads=4",
+            "optim.lr=3e-4",
+            "train.compile=true",
+            "model.img_size=32,48",
+            "optim.betas=0.9,0.95",
+            "model.representation_size=none",
+            "data.hflip=yes",
+            "model.patch_size=8",
+        ],
+    )
+    assert cfg.model.embed_dim == 64 and cfg.optim.lr == 3e-4 and cfg.train.compile is True
+    assert cfg.model.img_size == (32, 48) and cfg.optim.betas == (0.9, 0.95)
+    assert cfg.model.representation_size is None and cfg.data.hflip is True
+    assert apply_overrides(RunConfig(), ["model.img_size=64"]).model.img_size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "item,match",
+    [
+        ("model.widht=3", "unknown config key 'model.widht'"),
+        ("nope.x=1", "unknown config key 'nope.x'"),
+        ("model.depth=two", "model.depth='two': expected an integer"),
+        ("train.compile=maybe", "expected a boolean"),
+        ("optim.lr=fast", "expected a number"),
+        ("model=3", "is a section"),
+        ("model.depth", "not of the form key=value"),
+        ("optim.name=lion", "optim.name='lion' is not one of"),
+    ],
+)
+def test_override_errors_name_the_key(item, match):
+    with pytest.raises((KeyError, ValueError), match=match):
+        apply_overrides(RunConfig(), [item])
+
+
+def test_roundtrip_json(tmp_path):
+    cfg = apply_overrides(RunConfig(recipe="x"), ["model.img_size=28", "model.patch_size=4"])
+    path = tmp_path / "config.json"
+    save_json(cfg, str(path))
+    assert load_run_config(str(path)) == cfg
+    assert from_dict(RunConfig, json.loads(path.read_text())) == cfg
+    assert to_dict(cfg)["model"]["img_size"] == (28, 28)
+
+
+def test_bad_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model": {"depht": 3}}')
+    with pytest.raises(ValueError, match=r"config.json.model: unknown keys \['depht'\]"):
+        load_run_config(str(path))
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_run_config(str(path))
+    with pytest.raises(FileNotFoundError, match="cannot read run config"):
+        load_run_config(str(tmp_path / "missing.json"))
+
+
+def test_model_config_validates():
+    assert ModelConfig(img_size=28, patch_size=4, embed_dim=192, num_heads=3).grid_size == (7, 7)
+    with pytest.raises(ValueError, match=r"model\.drop_rate"):
+        ModelConfig(drop_rate=1.5)

@@ -1,0 +1,201 @@
+"""Every registered variant built tiny and checked; parameter counts; timm parity; bad input."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.models import count_params, create_model, list_models, model_config
+from vitkit.models.registry import REGISTERED
+
+PAPER_COUNTS = {
+    "ViT-Ti/16": 5_717_416,
+    "ViT-S/16": 22_050_664,
+    "ViT-B/16": 86_567_656,
+    "ViT-L/16": 304_326_632,
+    "ViT-H/14": 632_045_800,
+    "ViT-B/32": 88_224_232,
+}
+
+
+@pytest.mark.parametrize("name,expected", PAPER_COUNTS.items())
+def test_param_counts_match_paper(name, expected):
+    model = create_model(name, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert count_params(model.cfg) == expected
+
+
+def tiny(name: str, **kw) -> vitkit.VisionTransformer:
+    """The variant's patch size and heads, at a tiny width, depth and image size."""
+    cfg = model_config(name)
+    heads = cfg.num_heads
+    opts = dict(
+        depth=2,
+        embed_dim=heads * 8,
+        mlp_dim=heads * 16,
+        img_size=2 * cfg.patch_size,
+        num_classes=5,
+        in_chans=3,
+    )
+    opts.update(kw)
+    return create_model(name, **opts)
+
+
+OPTIONS = [
+    {},
+    dict(pool="gap"),
+    dict(posemb="sincos2d"),
+    dict(posemb="learn2d"),
+    dict(posemb="none", pool="gap"),
+    dict(representation_size=12),
+    dict(qkv_bias=False),
+    dict(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2),
+]
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize(
+    "opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default"
+)
+def test_every_variant_tiny(name, opts):
+    model = tiny(name, **opts)
+    cfg = model.cfg
+    x = torch.randn(3, 3, *cfg.img_size)
+    assert sum(p.numel() for p in model.parameters()) == count_params(cfg)
+
+    model.train()
+    out = model(x)
+    assert out.shape == (3, 5)
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        assert feats.shape == (3, cfg.num_tokens, cfg.embed_dim)
+        torch.testing.assert_close(model.forward_head(feats), out, rtol=0, atol=0)
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (3, cfg.representation_size or cfg.embed_dim)
+        logits, attns = model(x, return_attention=True)
+        assert len(attns) == cfg.depth
+        for a in attns:
+            assert a.shape == (3, cfg.num_heads, cfg.num_tokens, cfg.num_tokens)
+            torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits, out, rtol=0, atol=1e-5)  # explicit == SDPA
+
+
+def test_registry_lists_registered():
+    assert list_models() == list(REGISTERED)
+    assert "ViT-B/16" in list_models()
+
+
+def timm_twin(model: vitkit.VisionTransformer):
+    """timm's VisionTransformer of the same config, random weights."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    c = model.cfg
+    gap = c.pool == "gap"
+    t = TimmViT(
+        img_size=c.img_size,
+        patch_size=c.patch_size,
+        in_chans=c.in_chans,
+        num_classes=c.num_classes,
+        embed_dim=c.embed_dim,
+        depth=c.depth,
+        num_heads=c.num_heads,
+        mlp_ratio=c.mlp_dim / c.embed_dim,
+        qkv_bias=c.qkv_bias,
+        class_token=not gap,
+        global_pool="avg" if gap else "token",
+        fc_norm=False if gap else None,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=c.norm_eps),
+    )
+    with torch.no_grad():
+        for p in t.parameters():
+            p.normal_(0, 0.2)
+    return t.eval()
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("ViT-Ti/16", {}),
+        ("ViT-S/32", {}),
+        ("ViT-Ti/16", dict(img_size=(160, 96))),
+        ("ViT-Ti/16", dict(img_size=64, pool="gap")),
+        ("ViT-S/16", dict(img_size=64, qkv_bias=False, in_chans=1, num_classes=7)),
+    ],
+)
+def test_timm_parity(name, kw):
+    model = create_model(name, **kw).eval()
+    t = timm_twin(model)
+    model.load_state_dict(t.state_dict(), strict=True)
+    x = torch.randn(2, model.cfg.in_chans, *model.cfg.img_size)
+    with torch.no_grad():
+        ours, theirs = model(x), t(x)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model.forward_features(x), t.forward_features(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["ViT-X/16", "ViT-B", "B/16", "ViT-B/0", "", "resnet50", "ViT-B/16x"])
+def test_bad_names(bad):
+    with pytest.raises(ValueError, match=r"model|patch"):
+        create_model(bad)
+
+
+def test_impossible_sizes_say_what_is_wrong():
+    with pytest.raises(ValueError, match="225x225 is not divisible by the patch size 16"):
+        create_model("ViT-B/16", img_size=225)
+    with pytest.raises(ValueError, match="width 100 is not divisible by the number of heads 12"):
+        create_model("ViT-B/16", embed_dim=100)
+    with pytest.raises(ValueError, match="pool='cls'"):
+        create_model("ViT-Ti/16", pool="cls")
+    with pytest.raises(ValueError, match="unknown model option"):
+        create_model("ViT-Ti/16", widht=3)
+
+
+def test_layernorm_eps_and_head_zero_init():
+    m = tiny("ViT-Ti/16", norm_eps=1e-5, head_init="zero")
+    assert all(n.eps == 1e-5 for n in m.modules() if isinstance(n, torch.nn.LayerNorm))
+    assert m.head.weight.abs().sum() == 0 and m.head.bias.abs().sum() == 0
+    assert create_model("ViT-Ti/16", img_size=32).norm.eps == 1e-6  # the official code's
+
+
+def test_wrong_input_shape_is_reported():
+    m = tiny("ViT-Ti/16")
+    with pytest.raises(ValueError, match="expected images of shape"):
+        m(torch.randn(1, 3, 48, 32))
+
+
+def test_set_img_size_resamples_and_runs():
+    m = tiny("ViT-Ti/16").eval()
+    m.set_img_size(64)
+    assert m.pos_embed.shape == (1, 1 + 16, m.embed_dim)
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    for posemb in ("learn2d", "sincos2d"):
+        m = tiny("ViT-Ti/16", posemb=posemb)
+        m.set_img_size((48, 64))
+        assert m(torch.randn(1, 3, 48, 64)).shape == (1, 5)
+
+
+def test_learn2d_concatenates_row_and_column():
+    m = tiny("ViT-Ti/16", img_size=48, posemb="learn2d")
+    pe = m._patch_posemb()[0].reshape(3, 3, -1)  # (gh, gw, D)
+    half = m.embed_dim // 2
+    torch.testing.assert_close(pe[1, 2, :half], m.pos_embed_col[0, 2])
+    torch.testing.assert_close(pe[1, 2, half:], m.pos_embed_row[0, 1])
+
+
+def test_no_weight_decay_names_exist():
+    m = tiny("ViT-Ti/16")
+    names = dict(m.named_parameters())
+    assert "pos_embed" in names and "cls_token" in names
+    assert {"pos_embed", "cls_token"} <= m.no_weight_decay()

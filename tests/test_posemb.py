@@ -1,0 +1,76 @@
+"""Position embeddings: resampling equals the official code's scipy zoom; sincos2d."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+
+from vitkit.models import resample_posemb, sincos2d
+
+
+def scipy_resample(posemb: torch.Tensor, old, new, prefix: int = 1) -> torch.Tensor:
+    """The official vision_transformer checkpoint code's resize: scipy.ndimage.zoom(order=1)."""
+    tok, grid = posemb[:, :prefix], posemb[0, prefix:].numpy()
+    grid = grid.reshape(old[0], old[1], -1)
+    zoom = (new[0] / old[0], new[1] / old[1], 1)
+    grid = scipy.ndimage.zoom(grid, zoom, order=1).reshape(1, new[0] * new[1], -1)
+    return torch.cat([tok, torch.from_numpy(np.ascontiguousarray(grid))], dim=1)
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [((14, 14), (24, 24)), ((7, 7), (12, 12)), ((14, 14), (10, 10)), ((14, 14), (24, 16)), ((6, 9), (10, 4))],
+)
+def test_resample_equals_scipy_zoom(old, new):
+    pe = torch.randn(1, 1 + old[0] * old[1], 32, dtype=torch.float64).float()
+    ours = resample_posemb(pe, new, num_prefix_tokens=1, old_grid=old if old[0] != old[1] else None)
+    ref = scipy_resample(pe.double(), old, new).float()
+    assert ours.shape == (1, 1 + new[0] * new[1], 32)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_resample_b16_224_to_384_like_official():
+    pe = torch.randn(1, 197, 768)
+    ours = resample_posemb(pe, 24)
+    torch.testing.assert_close(
+        ours, scipy_resample(pe.double(), (14, 14), (24, 24)).float(), rtol=0, atol=1e-5
+    )
+
+
+def test_resample_identity_and_prefix_kept():
+    pe = torch.randn(1, 1 + 49, 16)
+    assert resample_posemb(pe, 7) is pe
+    out = resample_posemb(pe, 9)
+    torch.testing.assert_close(out[:, :1], pe[:, :1], rtol=0, atol=0)
+    gap = torch.randn(1, 49, 16)
+    assert resample_posemb(gap, (9, 9), num_prefix_tokens=0).shape == (1, 81, 16)
+
+
+def test_resample_bicubic_matches_timm():
+    from timm.layers import resample_abs_pos_embed
+
+    pe = torch.randn(1, 1 + 196, 24)
+    ours = resample_posemb(pe, (24, 20), mode="bicubic")
+    theirs = resample_abs_pos_embed(pe, new_size=(24, 20), old_size=(14, 14), num_prefix_tokens=1)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_resample_bad_input():
+    with pytest.raises(ValueError, match="not a square"):
+        resample_posemb(torch.randn(1, 1 + 10, 8), 4)
+    with pytest.raises(ValueError, match="shape"):
+        resample_posemb(torch.randn(10, 8), 4)
+    with pytest.raises(ValueError, match="mode"):
+        resample_posemb(torch.randn(1, 5, 8), 4, mode="nearest")
+
+
+def test_sincos2d_similarity_peaks_at_self_and_falls_with_distance():
+    pe = sincos2d((8, 8), 64)
+    assert pe.shape == (64, 64)
+    pe = torch.nn.functional.normalize(pe, dim=-1)
+    sim = (pe @ pe.T).reshape(8, 8, 8, 8)
+    centre = sim[3, 4]
+    assert centre.argmax() == 3 * 8 + 4
+    assert centre[3, 5] > centre[3, 7] and centre[4, 4] > centre[7, 4]
