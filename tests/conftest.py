@@ -9,6 +9,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["VITKIT_OFFLINE"] = "1"  # no dataset downloads in tests
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

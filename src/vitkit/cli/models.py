@@ -1,20 +1,12 @@
-"""Command-line interface: thin argparse subcommands over the library."""
+"""`vitkit models`: the registry as a table."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 
 from vitkit.models import count_params, forward_macs, list_models
 from vitkit.models.registry import registered_config
-
-log = logging.getLogger("vitkit")
-
-
-class UserError(Exception):
-    """A mistake in the command line or its inputs: reported in one line, exit status 2."""
 
 
 def model_table(img_size: int | None = None) -> list[dict]:
@@ -46,7 +38,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    head = f"{'model':<10} {'img':>4} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'params':>13} {'GMACs':>8} {'GFLOPs':>8}"
+    head = (
+        f"{'model':<10} {'img':>4} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'params':>13} "
+        f"{'GMACs':>8} {'GFLOPs':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -59,30 +54,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vitkit", description="Vision Transformers for image classification."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the registered model variants with params and FLOPs")
     p.add_argument("--img-size", type=int, default=None, help="show every variant at this size")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `vitkit` command."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
-    )
-    try:
-        return int(args.func(args) or 0)
-    except (UserError, ValueError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"vitkit {args.command}: error: {msg}", file=sys.stderr)
-        return 2

@@ -1,0 +1,41 @@
+"""Command-line interface: thin argparse subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vitkit.cli import models, train
+from vitkit.cli.common import UserError
+
+__all__ = ["UserError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers for image classification."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (models, train):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vitkit` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"vitkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vitkit {args.command}: error: {msg}", file=sys.stderr)
+        return 2

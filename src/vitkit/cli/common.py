@@ -1,0 +1,105 @@
+"""Shared CLI pieces: errors, the tqdm progress bar, loading a model from a run or checkpoint."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vitkit.config import RunConfig
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, exit status 2."""
+
+
+class TqdmProgress:
+    """The training progress bar: loss, accuracy, lr, img/s, ETA."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self.postfix: dict[str, str] = {}
+
+    def start(self, total: int, initial: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        if not self.bar:
+            return
+        fmt = {
+            "loss": "{:.4f}",
+            "train_top1": "{:.2%}",
+            "lr": "{:.2e}",
+            "img_s": "{:.0f}",
+            "test_top1": "{:.2%}",
+        }
+        names = {"train_top1": "acc", "img_s": "img/s", "test_top1": "test"}
+        for k, f in fmt.items():
+            if k in stats:
+                self.postfix[names.get(k, k)] = f.format(stats[k])
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with its config and data description."""
+
+    model: torch.nn.Module
+    cfg: RunConfig
+    data: dict[str, Any]
+    weights_path: str
+
+
+def find_run(path: str) -> tuple[str, str]:
+    """(run_dir, weights file) for a run folder, a checkpoint folder in it, or a weights file in it."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise UserError(f"{path} does not exist")
+    if os.path.isfile(path):
+        run_dir = os.path.dirname(path)
+        if not os.path.exists(os.path.join(run_dir, "config.json")):
+            run_dir = os.path.dirname(os.path.dirname(run_dir))  # checkpoints/step-x/model.safetensors
+        return run_dir, path
+    if os.path.exists(os.path.join(path, "config.json")):
+        weights = os.path.join(path, "model.safetensors")
+        if not os.path.exists(weights):
+            from vitkit.train.checkpoint import latest_valid
+
+            ckpt = latest_valid(os.path.join(path, "checkpoints"))
+            if ckpt is None:
+                raise UserError(f"{path} has no model.safetensors and no valid checkpoint")
+            weights = os.path.join(ckpt, "model.safetensors")
+        return path, weights
+    if os.path.exists(os.path.join(path, "model.safetensors")):  # a checkpoint folder
+        return os.path.dirname(os.path.dirname(path)), os.path.join(path, "model.safetensors")
+    raise UserError(f"{path} is neither a run folder (config.json + model.safetensors) nor a checkpoint")
+
+
+def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
+    """Build the model of a run and load its weights (safetensors only: no code runs)."""
+    from vitkit.models import build_model
+    from vitkit.train.checkpoint import load_weights
+    from vitkit.train.runfiles import DATA, read_config, read_json
+
+    run_dir, weights = find_run(path)
+    cfg = read_config(run_dir)
+    data = read_json(os.path.join(run_dir, DATA)) if os.path.exists(os.path.join(run_dir, DATA)) else {}
+    model = build_model(cfg.model)
+    state = load_weights(weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{weights} does not match {run_dir}/config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return LoadedRun(model.to(device).eval(), cfg, data, weights)

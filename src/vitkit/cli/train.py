@@ -1,0 +1,264 @@
+"""`vitkit train | eval | predict`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import torch
+
+from vitkit.cli.common import TqdmProgress, UserError, load_run
+from vitkit.config import RunConfig, apply_overrides, to_dict
+from vitkit.recipes import RECIPES, get_recipe
+
+log = logging.getLogger("vitkit")
+
+# flag -> config key
+FLAG_KEYS = {
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "img_size": "model.img_size",
+    "epochs": "train.epochs",
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "micro_batch_size": "train.micro_batch_size",
+    "lr": "optim.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+    "checkpoint_every": "train.checkpoint_every",
+    "precision": "train.precision",
+}
+
+
+def _model_overrides(name: str) -> list[str]:
+    """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch as overrides."""
+    from vitkit.models import model_config
+
+    m = model_config(name)
+    return [
+        f"model.name={m.name}",
+        f"model.patch_size={m.patch_size}",
+        f"model.embed_dim={m.embed_dim}",
+        f"model.depth={m.depth}",
+        f"model.num_heads={m.num_heads}",
+        f"model.mlp_dim={m.mlp_dim}",
+    ]
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
+    """The run's config from --recipe, flags and --set; also whether anything was given explicitly."""
+    cfg = get_recipe(args.recipe or "fashion-mnist")
+    overrides = []
+    if args.model:
+        overrides += _model_overrides(args.model)
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.epochs is not None and args.steps is None:
+        overrides.append("train.steps=0")
+    if args.compile:
+        overrides.append("train.compile=true")
+    overrides += args.set or []
+    explicit = bool(overrides or args.recipe)
+    return apply_overrides(cfg, overrides), explicit
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {vb!r} in the run, {va!r} now")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vitkit.train.loop import train
+    from vitkit.train.runfiles import CONFIG, read_config
+
+    cfg, explicit = resolve_config(args)
+    out = args.out
+    resume = False
+    if args.resume:
+        if out and os.path.abspath(out) != os.path.abspath(args.resume):
+            raise UserError(f"--resume {args.resume} and --out {out} name different folders")
+        out = args.resume
+        if not os.path.exists(os.path.join(out, CONFIG)):
+            raise UserError(f"--resume {out}: no {CONFIG} there (is it a run folder?)")
+        saved = read_config(out)
+        if explicit:
+            # the dataset fixes num_classes/in_chans in the saved config; compare the rest
+            cfg = dataclasses.replace(
+                cfg,
+                model=dataclasses.replace(
+                    cfg.model, num_classes=saved.model.num_classes, in_chans=saved.model.in_chans
+                ),
+            )
+            diff = _differences(to_dict(cfg), to_dict(saved))
+            diff = [d for d in diff if not d.startswith(("train.epochs", "train.steps"))]
+            if diff:
+                raise UserError(
+                    f"--resume {out}: the command differs from the run's config: {'; '.join(diff)}"
+                )
+        else:
+            cfg = saved
+        resume = True
+    elif out and os.path.exists(os.path.join(out, CONFIG)) and not args.overwrite:
+        raise UserError(f"--out {out} already holds a run: use --resume {out} to continue it, or --overwrite")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    summary = train(
+        cfg, out, resume=resume, progress=TqdmProgress(not args.no_progress), tensorboard=args.tensorboard
+    )
+    wall = time.time() - t0
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion",)}, indent=2))
+    else:
+        where = f"; weights: {os.path.join(out, 'model.safetensors')}" if out else ""
+        print(
+            f"{cfg.recipe}: {summary['model']} on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, "
+            f"top-5 {summary['test_top5']:.2%} ({summary['num_samples']} images, {summary['weights']} weights) "
+            f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
+            f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vitkit.data.datasets import load_dataset
+    from vitkit.data.transforms import BatchTransform
+    from vitkit.eval.evaluate import evaluate
+    from vitkit.train.loop import resolve_device
+
+    device = resolve_device(args.device)
+    run = load_run(args.run, device)
+    data_cfg = run.cfg.data
+    if args.dataset:
+        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset)
+    if args.data_dir:
+        data_cfg = dataclasses.replace(data_cfg, data_dir=args.data_dir)
+    splits = load_dataset(data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed)
+    if splits.num_classes != run.cfg.model.num_classes:
+        raise UserError(
+            f"dataset {data_cfg.dataset} has {splits.num_classes} classes, the model {run.cfg.model.num_classes}"
+        )
+    mean = tuple(run.data.get("mean") or splits.mean)
+    std = tuple(run.data.get("std") or splits.std)
+    transform = BatchTransform(data_cfg, run.cfg.model.img_size, mean, std)
+    ds = splits.test if args.split == "test" else splits.train
+    res = evaluate(
+        run.model,
+        ds,
+        transform.eval,
+        num_classes=splits.num_classes,
+        device=device,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "confusion"} | {"weights": run.weights_path}))
+    else:
+        print(
+            f"{args.split}: top-1 {res['top1']:.2%}  top-5 {res['top5']:.2%}  loss {res['loss']:.4f}  "
+            f"({res['num_samples']} images, {run.weights_path})"
+        )
+        classes = splits.classes
+        for name, acc in zip(classes, res["per_class"]):
+            print(f"  {name:<16} {acc:.2%}" if acc is not None else f"  {name:<16} (no samples)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vitkit.data.imagefolder import load_image
+    from vitkit.data.transforms import normalize, resize
+
+    run = load_run(args.run)
+    in_chans = run.cfg.model.in_chans
+    size = tuple(run.data.get("native_size") or run.cfg.model.img_size)
+    classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
+    mean = tuple(run.data.get("mean") or [0.5] * in_chans)
+    std = tuple(run.data.get("std") or [0.5] * in_chans)
+    results = []
+    for path in args.images:
+        try:
+            img = load_image(path, size, in_chans)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        x = normalize(resize(img[None].float(), run.cfg.model.img_size), mean, std)
+        with torch.no_grad():
+            probs = run.model(x).softmax(-1)[0]
+        k = min(args.topk, len(classes))
+        top = probs.topk(k)
+        preds = [
+            {"class": classes[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values, top.indices)
+        ]
+        results.append({"image": path, "predictions": preds})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            best = ", ".join(f"{p['class']} {p['prob']:.1%}" for p in r["predictions"])
+            print(f"{r['image']}: {best}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a ViT and evaluate it (default: the fashion-mnist recipe)")
+    p.add_argument(
+        "--recipe", choices=sorted(RECIPES), default=None, help="named recipe (default fashion-mnist)"
+    )
+    p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
+    p.add_argument(
+        "--data-dir", help="where the dataset is (default: $VITKIT_DATA, Debian's package, download)"
+    )
+    p.add_argument("--model", help="variant such as ViT-S/4 (keeps the recipe's other model options)")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
+    p.add_argument(
+        "--micro-batch-size", type=int, help="accumulate gradients over micro-batches of this size"
+    )
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="default: once per epoch")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. model.drop_path_rate=0.1"
+    )
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run or checkpoint")
+    p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (top1, top5, loss, num_samples, ...)"
+    )
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files with a trained run or checkpoint")
+    p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)

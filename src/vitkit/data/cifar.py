@@ -1,0 +1,136 @@
+"""CIFAR-10/100 from the python pickle batches, read with a restricted unpickler (no code runs)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from vitkit.data.datasets import (
+    ArrayDataset,
+    Splits,
+    _candidate_roots,
+    _download_root,
+    _missing,
+    _with_stats,
+    downloads_allowed,
+)
+
+log = logging.getLogger(__name__)
+
+# The only globals a CIFAR batch needs: numpy array reconstruction. Nothing callable beyond these.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles plain data and numpy arrays only; any other global is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (not plain data)")
+
+
+def safe_unpickle(path: str) -> dict:
+    """Load a CIFAR pickle with the restricted unpickler; errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: {e}") from None
+    except Exception as e:
+        raise ValueError(f"{path}: not a valid CIFAR pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _batch(path: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    d = safe_unpickle(path)
+    if "data" not in d or label_key not in d:
+        raise ValueError(f"{path}: missing key 'data' or {label_key!r}; keys are {sorted(d)}")
+    data = np.asarray(d["data"])
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+    if len(labels) != len(data):
+        raise ValueError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{path}: labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}"
+        )
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+LAYOUT = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        "labels",
+        "label_names",
+        10,
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names", 100),
+}
+
+
+def _cifar_folder(root: str, name: str) -> str | None:
+    sub, train, test, *_ = LAYOUT[name]
+    for folder in (os.path.join(root, sub), root):
+        if all(os.path.isfile(os.path.join(folder, f)) for f in train + test):
+            return folder
+    return None
+
+
+def load_cifar(name: str, data_dir: str | None = None, download: bool = True) -> Splits:
+    """CIFAR-10 or CIFAR-100 from --data-dir, $VITKIT_DATA, or a torchvision download."""
+    sub, train_files, test_files, meta, label_key, names_key, num_classes = LAYOUT[name]
+    roots = _candidate_roots(name, data_dir)
+    folder = next((f for f in (_cifar_folder(r, name) for r in roots) if f), None)
+    error = "not attempted (VITKIT_OFFLINE is set)" if download else "downloads disabled"
+    if folder is None and downloads_allowed(download):
+        target = _download_root(data_dir)
+        try:
+            import torchvision
+
+            cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+            cls(target, train=True, download=True)
+            folder = _cifar_folder(target, name)
+            roots.append(target)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            roots.append(f"{target} (download target)")
+    if folder is None:
+        hint = f"put the python version's {sub}/ folder under --data-dir (or $VITKIT_DATA); with internet, vitkit downloads it"
+        raise _missing(name, roots, error, hint)
+    parts = {}
+    for split, files in (("train", train_files), ("test", test_files)):
+        arrays = [_batch(os.path.join(folder, f), label_key, num_classes) for f in files]
+        images = np.concatenate([a[0] for a in arrays])
+        labels = np.concatenate([a[1] for a in arrays])
+        parts[split] = ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels))
+    classes = [f"class{i}" for i in range(num_classes)]
+    meta_path = os.path.join(folder, meta)
+    if os.path.isfile(meta_path):
+        names = safe_unpickle(meta_path).get(names_key)
+        if names and len(names) == num_classes:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    log.info("loaded %s from %s", name, folder)
+    return _with_stats(name, parts["train"], parts["test"], classes)

@@ -1,0 +1,251 @@
+"""Dataset name -> in-memory splits: fashion-mnist, mnist, cifar10/100, imagefolder, synthetic."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from vitkit.config import DataConfig
+from vitkit.data.idx import read_idx_pair
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+MNIST_CLASSES = [str(i) for i in range(10)]
+DEBIAN_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset is absent from every place looked at and could not be downloaded."""
+
+
+@dataclass
+class ArrayDataset:
+    """A split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != torch.uint8:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) uint8 and labels (B,) at `idx` (on the dataset's device)."""
+        idx = idx.to(self.images.device)
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        return ArrayDataset(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Splits:
+    """Train and test splits with what a model and a predictor need to know about them."""
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset
+    classes: list[str]
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return (int(self.train.images.shape[2]), int(self.train.images.shape[3]))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def info(self) -> dict:
+        """What predict/eval need to preprocess new images like the training data."""
+        return {
+            "dataset": self.name,
+            "classes": self.classes,
+            "in_chans": self.in_chans,
+            "native_size": list(self.img_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
+    x = images[: min(len(images), 20000)].double().div_(255)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+def _with_stats(name: str, train: ArrayDataset, test: ArrayDataset, classes: list[str]) -> Splits:
+    mean, std = channel_stats(train.images)
+    return Splits(name, train, test, classes, mean, std)
+
+
+# ----------------------------------------------------------------------------- MNIST family
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_file(folder: str, stem: str) -> str | None:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _idx_folder(root: str, name: str) -> str | None:
+    """The folder under `root` holding the four IDX files, in the layouts vitkit and torchvision use."""
+    tv = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}[name]
+    for folder in (root, os.path.join(root, name), os.path.join(root, tv, "raw")):
+        if all(_find_file(folder, stem) for pair in _IDX_FILES.values() for stem in pair):
+            return folder
+    return None
+
+
+def _candidate_roots(name: str, data_dir: str | None) -> list[str]:
+    roots = []
+    if data_dir:
+        roots.append(data_dir)
+    if os.environ.get("VITKIT_DATA"):
+        roots.append(os.environ["VITKIT_DATA"])
+    if name in DEBIAN_DIRS:
+        roots.append(DEBIAN_DIRS[name])
+    return roots
+
+
+def _download_root(data_dir: str | None) -> str:
+    return (
+        data_dir or os.environ.get("VITKIT_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "vitkit")
+    )
+
+
+def downloads_allowed(download: bool) -> bool:
+    """Downloads happen only when asked for and $VITKIT_OFFLINE is not set (tests set it)."""
+    return download and os.environ.get("VITKIT_OFFLINE", "") in ("", "0")
+
+
+def _missing(name: str, looked: list[str], error: str, hint: str) -> DataNotFoundError:
+    places = "; ".join(looked) if looked else "(no folder given)"
+    return DataNotFoundError(
+        f"dataset {name!r} not found. Looked in: {places}. Download failed: {error}. Get it by either: {hint}"
+    )
+
+
+def load_mnist_like(name: str, data_dir: str | None = None, download: bool = True) -> Splits:
+    """Fashion-MNIST or MNIST from IDX files: --data-dir, $VITKIT_DATA, Debian's package, or torchvision."""
+    roots = _candidate_roots(name, data_dir)
+    folder = next((f for f in (_idx_folder(r, name) for r in roots) if f), None)
+    error = "not attempted (VITKIT_OFFLINE is set)" if download else "downloads disabled"
+    if folder is None and downloads_allowed(download):
+        target = _download_root(data_dir)
+        try:
+            import torchvision
+
+            cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
+            cls(target, train=True, download=True)
+            cls(target, train=False, download=True)
+            folder = _idx_folder(target, name)
+            roots.append(target)
+        except Exception as e:  # network errors come in many types
+            error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            roots.append(f"{target} (download target)")
+    if folder is None:
+        pkg = "`sudo apt-get install dataset-fashion-mnist` (Debian)" if name == "fashion-mnist" else ""
+        hint = (
+            f"{pkg + ' or ' if pkg else ''}put the four IDX files (train-images-idx3-ubyte.gz, ...) in a "
+            f"folder and pass --data-dir FOLDER (or set VITKIT_DATA); with internet, vitkit downloads them"
+        )
+        raise _missing(name, roots, error, hint)
+    splits = {}
+    for split, (img_stem, lab_stem) in _IDX_FILES.items():
+        images, labels = read_idx_pair(_find_file(folder, img_stem), _find_file(folder, lab_stem), 10)
+        splits[split] = ArrayDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels))
+    log.info("loaded %s from %s", name, folder)
+    classes = FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
+    return _with_stats(name, splits["train"], splits["test"], list(classes))
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(
+    n: int, num_classes: int = 10, size: int = 16, chans: int = 1, seed: int = 0, split: str = "train"
+) -> ArrayDataset:
+    """Deterministic images with learnable class structure: a per-class pattern, shifted, plus noise."""
+    g = torch.Generator().manual_seed(1234)  # class patterns are shared by all splits
+    protos = (torch.rand(num_classes, chans, 4, 4, generator=g) > 0.5).float()
+    protos = torch.nn.functional.interpolate(protos, size=(size, size), mode="nearest")
+    g = torch.Generator().manual_seed(seed * 2 + (split == "test"))
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    shifts = torch.randint(-1, 2, (n, 2), generator=g)
+    x = protos[labels]
+    x = torch.stack([torch.roll(img, (int(s[0]), int(s[1])), dims=(1, 2)) for img, s in zip(x, shifts)])
+    x = 0.2 + 0.6 * x + 0.2 * torch.randn(x.shape, generator=g)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ArrayDataset(images, labels)
+
+
+def load_synthetic(cfg: DataConfig, seed: int = 0) -> Splits:
+    """The synthetic dataset: 10 classes of 16x16 single-channel images, sizes from the config."""
+    n = cfg.synthetic_size
+    train = make_synthetic(n, seed=seed, split="train")
+    test = make_synthetic(max(n // 4, 10), seed=seed, split="test")
+    return _with_stats("synthetic", train, test, [f"class{i}" for i in range(10)])
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def load_dataset(
+    cfg: DataConfig, *, img_size: tuple[int, int] | None = None, seed: int = 0, download: bool = True
+) -> Splits:
+    """Load the dataset named by `cfg.dataset` into memory."""
+    name = cfg.dataset
+    if name in ("fashion-mnist", "mnist"):
+        return load_mnist_like(name, cfg.data_dir, download)
+    if name in ("cifar10", "cifar100"):
+        from vitkit.data.cifar import load_cifar
+
+        return load_cifar(name, cfg.data_dir, download)
+    if name == "imagefolder":
+        from vitkit.data.imagefolder import load_imagefolder
+
+        if not cfg.data_dir:
+            raise ValueError("dataset 'imagefolder' needs --data-dir ROOT (ROOT/train/<class>/*.png ...)")
+        return load_imagefolder(cfg.data_dir, img_size or (224, 224), cfg.val_fraction, seed)
+    if name == "synthetic":
+        return load_synthetic(cfg, seed)
+    raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")

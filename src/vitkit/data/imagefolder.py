@@ -1,0 +1,138 @@
+"""`root/train/<class>/*`, `root/val/<class>/*` (or a held-out fraction of train) image folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vitkit.data.datasets import ArrayDataset, Splits, channel_stats
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IN_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 images kept in memory; beyond this, decode per batch
+
+
+def load_image(path: str, size: tuple[int, int], in_chans: int = 3) -> torch.Tensor:
+    """Decode any PIL-readable image (grayscale, RGBA, palette...), resize shorter side, centre-crop: (C, H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "LA", "RGBA", "PA") or "transparency" in im.info:
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            im = im.convert("L" if in_chans == 1 else "RGB")
+            h, w = size
+            scale = max(h / im.height, w / im.width)
+            new = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+            if new != im.size:
+                im = im.resize(new, Image.BILINEAR)
+            left, top = (im.width - w) // 2, (im.height - h) // 2
+            im = im.crop((left, top, left + w, top + h))
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (C, H, W)
+
+
+def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """Files and labels under folder/<class>/; the class list is sorted folder names unless given."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    if classes is None:
+        classes = found
+        if not classes:
+            raise ValueError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+    else:
+        extra = set(found) - set(classes)
+        if extra:
+            raise ValueError(f"{folder} has classes {sorted(extra)} that the training folder lacks")
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        cdir = os.path.join(folder, c)
+        if not os.path.isdir(cdir):
+            continue
+        for root, _, files in sorted(os.walk(cdir)):
+            for f in sorted(files):
+                if f.lower().endswith(EXTENSIONS):
+                    paths.append(os.path.join(root, f))
+                    labels.append(i)
+    if not paths:
+        raise ValueError(f"{folder} holds no images with extensions {', '.join(EXTENSIONS)}")
+    return paths, labels, classes
+
+
+@dataclass
+class FileDataset:
+    """A split decoded from files per batch (for folders too large to hold in memory)."""
+
+    paths: list[str]
+    labels: torch.Tensor
+    size: tuple[int, int]
+    in_chans: int = 3
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def images(self) -> torch.Tensor:  # shape probe used by Splits
+        return torch.empty(0, self.in_chans, *self.size, dtype=torch.uint8)
+
+    def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = idx.tolist()
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            imgs = list(pool.map(lambda i: load_image(self.paths[i], self.size, self.in_chans), ids))
+        return torch.stack(imgs), self.labels[idx.cpu()]
+
+    def to(self, device):
+        return self
+
+
+def _decode_all(paths: list[str], labels: list[int], size: tuple[int, int]) -> ArrayDataset | FileDataset:
+    labels_t = torch.tensor(labels, dtype=torch.int64)
+    if len(paths) * 3 * size[0] * size[1] > IN_MEMORY_LIMIT:
+        log.info("%d images at %s: decoding per batch", len(paths), size)
+        return FileDataset(paths, labels_t, size)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        imgs = list(pool.map(lambda p: load_image(p, size), paths))
+    return ArrayDataset(torch.stack(imgs), labels_t)
+
+
+def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0, seed: int = 0) -> Splits:
+    """Train and validation splits of an image folder; class names are the sub-folder names."""
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise FileNotFoundError(f"{root}: expected {train_dir}/<class>/<image> (and val/ or a val_fraction)")
+    paths, labels, classes = scan(train_dir)
+    val_dir = next(
+        (os.path.join(root, d) for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None
+    )
+    if val_dir:
+        vpaths, vlabels, _ = scan(val_dir, classes)
+    else:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"{root} has no val/ or test/ folder: set data.val_fraction (e.g. 0.1)")
+        perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_val = max(1, round(val_fraction * len(paths)))
+        vset = set(perm[:n_val])
+        vpaths = [p for i, p in enumerate(paths) if i in vset]
+        vlabels = [lab for i, lab in enumerate(labels) if i in vset]
+        paths = [p for i, p in enumerate(paths) if i not in vset]
+        labels = [lab for i, lab in enumerate(labels) if i not in vset]
+    train, test = _decode_all(paths, labels, size), _decode_all(vpaths, vlabels, size)
+    if isinstance(train, ArrayDataset):
+        mean, std = channel_stats(train.images)
+    else:
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return Splits("imagefolder", train, test, classes, mean, std)  # type: ignore[arg-type]

@@ -1,0 +1,226 @@
+"""Batch transforms on tensors (any device), random draws keyed by (seed, epoch, sample index).
+
+Every random choice is a pure function of (seed, epoch, sample index, draw number) through a counter-based
+hash, so an image is augmented the same way whatever the batch it lands in, the number of processes, or a
+resume in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitkit.config import DataConfig
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix_int(x: int) -> int:
+    """A 32-bit integer hash (xorshift-multiply), on Python ints."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x6C8E9CF5) & _M32
+    return x ^ (x >> 16)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """The same hash on an int64 tensor of 32-bit values (products stay below 2**63)."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x6C8E9CF5) & _M32
+    return x ^ (x >> 16)
+
+
+def stream_key(*keys: int) -> int:
+    """Fold integers (seed, epoch, ...) into one 32-bit key."""
+    h = 0x3C6EF372
+    for k in keys:
+        h = _mix_int(h ^ _mix_int(int(k) & _M32) ^ (int(k) >> 32))
+    return h
+
+
+def hash_uniform(key: int, idx: torch.Tensor, draw: int) -> torch.Tensor:
+    """Uniform [0, 1) float32 per element of `idx`: a pure function of (key, idx, draw)."""
+    x = _mix(idx.long() * 0x9E3779B1 + stream_key(key, draw))
+    x = _mix(x + 0x632BE5AB)
+    return (x >> 8).float() * (1.0 / (1 << 24))
+
+
+# ----------------------------------------------------------------------------- single operations
+
+
+def random_crop(x: torch.Tensor, pad: int, uy: torch.Tensor, ux: torch.Tensor) -> torch.Tensor:
+    """Per-sample crop of the zero-padded batch back to (H, W): (B, C, H, W) -> (B, C, H, W)."""
+    if pad == 0:
+        return x
+    B, _, H, W = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = (uy * (2 * pad + 1)).long().clamp_max(2 * pad)
+    ox = (ux * (2 * pad + 1)).long().clamp_max(2 * pad)
+    rows = oy[:, None] + torch.arange(H, device=x.device)  # (B, H)
+    cols = ox[:, None] + torch.arange(W, device=x.device)  # (B, W)
+    b = torch.arange(B, device=x.device)[:, None, None]
+    out = padded[b, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the samples where `flip` (B,) is true."""
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    size: tuple[int, int],
+    u: list[torch.Tensor],
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Inception-style crop of random area and aspect, resized to `size` (bilinear): float (B, C, h, w)."""
+    area = scale[0] + (scale[1] - scale[0]) * u[0]
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
+    ar = torch.exp(logr)
+    w = torch.sqrt(area * ar).clamp(max=1.0)  # fraction of the width
+    h = torch.sqrt(area / ar).clamp(max=1.0)
+    cx = (2 * u[2] - 1) * (1 - w)
+    cy = (2 * u[3] - 1) * (1 - h)
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_erasing(
+    x: torch.Tensor,
+    prob: float,
+    u: list[torch.Tensor],
+    area: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> torch.Tensor:
+    """Erase one random rectangle per sample with probability `prob` (fills 0 = the mean after normalising)."""
+    _, _, H, W = x.shape
+    a = area[0] + (area[1] - area[0]) * u[1]
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[2]
+    eh = (torch.sqrt(a * torch.exp(logr)) * H).round().clamp(1, H)
+    ew = (torch.sqrt(a / torch.exp(logr)) * W).round().clamp(1, W)
+    top = ((H - eh + 1) * u[3]).floor()
+    left = ((W - ew + 1) * u[4]).floor()
+    r = torch.arange(H, device=x.device)[None, :]
+    c = torch.arange(W, device=x.device)[None, :]
+    in_r = (r >= top[:, None]) & (r < (top + eh)[:, None])  # (B, H)
+    in_c = (c >= left[:, None]) & (c < (left + ew)[:, None])  # (B, W)
+    mask = in_r[:, :, None] & in_c[:, None, :] & (u[0] < prob)[:, None, None]  # (B, H, W)
+    return x.masked_fill(mask[:, None], 0.0)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of a float batch to `size` (no-op when equal)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 or [0, 255] float (B, C, H, W) -> standardised float32."""
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    return (x.float() - m) / s
+
+
+def randaugment(
+    images: torch.Tensor, key: int, idx: torch.Tensor, num_ops: int, magnitude: int
+) -> torch.Tensor:
+    """torchvision.transforms.v2.RandAugment per sample on uint8 (CPU), seeded by (key, sample index)."""
+    from torchvision.transforms import v2
+
+    op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    out = torch.empty_like(images)
+    seeds = (hash_uniform(key, idx, 101) * (1 << 24)).long().tolist()
+    with torch.random.fork_rng(devices=[]):
+        for i, s in enumerate(seeds):
+            torch.manual_seed(s)
+            img = images[i]
+            out[i] = op(img.expand(3, -1, -1))[:1] if img.shape[0] == 1 else op(img)
+    return out
+
+
+# ----------------------------------------------------------------------------- mixup / cutmix
+
+
+def mix_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    key: int,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix (chosen per batch) with the reversed batch; returns images and soft targets (B, K)."""
+    rng = np.random.default_rng(key)
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    off = smoothing / num_classes
+    target = F.one_hot(y, num_classes).float() * (1 - smoothing) + off
+    if use_cutmix:
+        H, W = x.shape[-2:]
+        cut = math.sqrt(1 - lam)
+        ch, cw = int(H * cut), int(W * cut)
+        cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, H)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, W)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x.flip(0)[:, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
+    else:
+        x = x * lam + x.flip(0) * (1 - lam)
+    return x, target * lam + target.flip(0) * (1 - lam)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+@dataclass(frozen=True)
+class BatchTransform:
+    """uint8 batches -> normalised float batches at the model's size; train-time augmentation."""
+
+    cfg: DataConfig
+    out_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int = 0
+
+    def eval(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize and normalise (B, C, H, W) uint8 -> float32 at out_size."""
+        return normalize(resize(images.float(), self.out_size), self.mean, self.std)
+
+    def train(self, images: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Augment a batch; each sample's draws depend only on (seed, epoch, its dataset index)."""
+        c = self.cfg
+        key = stream_key(self.seed, epoch)
+        idx = idx.to(images.device)
+        u = lambda k: hash_uniform(key, idx, k)  # noqa: E731
+        if c.randaugment_n > 0:
+            images = randaugment(images.cpu(), key, idx.cpu(), c.randaugment_n, c.randaugment_m).to(
+                idx.device
+            )
+        x = images.float()  # pixel values: crops pad with black, as torchvision's RandomCrop
+        if c.random_resized_crop:
+            x = random_resized_crop(x, self.out_size, [u(1), u(2), u(3), u(4)], (c.rrc_scale_min, 1.0))
+        else:
+            x = resize(random_crop(x, c.crop_padding, u(1), u(2)), self.out_size)
+        if c.hflip:
+            x = hflip(x, u(5) < 0.5)
+        x = normalize(x, self.mean, self.std)
+        if c.random_erasing > 0:
+            x = random_erasing(x, c.random_erasing, [u(6), u(7), u(8), u(9), u(10)])
+        return x

@@ -1,0 +1,60 @@
+"""evaluate(model, dataset) -> top-1, top-5, loss, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitkit.data.loader import eval_batches
+from vitkit.eval.metrics import confusion_matrix, per_class_accuracy, topk_correct
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset,
+    transform,
+    *,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int = 1024,
+    precision: str = "fp32",
+    rank: int = 0,
+    world: int = 1,
+    reduce=None,
+) -> dict[str, Any]:
+    """Evaluate on every sample of `dataset` (uint8 in, `transform` to float); `reduce` sums across ranks."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.long, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    for idx in eval_batches(len(dataset), batch_size, rank, world):
+        images, labels = dataset.get_batch(idx)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast:
+            logits = model(transform(images)).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        hits = topk_correct(logits, labels, (1, 5))
+        top1 += hits[1]
+        top5 += hits[5]
+        conf += confusion_matrix(logits.argmax(-1), labels, num_classes)
+    if reduce is not None:
+        loss_sum, top1, top5, conf = reduce(loss_sum), reduce(top1), reduce(top5), reduce(conf)
+    model.train(was_training)
+    n = int(conf.sum())
+    conf_cpu = conf.cpu()
+    return {
+        "top1": float(top1) / max(n, 1),
+        "top5": float(top5) / max(n, 1),
+        "loss": float(loss_sum) / max(n, 1),
+        "num_samples": n,
+        "per_class": [None if math.isnan(v) else v for v in per_class_accuracy(conf_cpu).tolist()],
+        "confusion": conf_cpu.tolist(),
+    }

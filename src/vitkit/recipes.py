@@ -1,0 +1,125 @@
+"""Named recipes: each a full RunConfig, with the result it is expected to reach and how to reproduce it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vitkit.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+
+
+def _vit(name: str, size: str, patch: int, **kw) -> ModelConfig:
+    widths = {"Ti": (192, 12, 3, 768), "S": (384, 12, 6, 1536), "B": (768, 12, 12, 3072)}
+    d, depth, heads, mlp = widths[size]
+    base = dict(name=name, patch_size=patch, embed_dim=d, depth=depth, num_heads=heads, mlp_dim=mlp)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def fashion_mnist() -> RunConfig:
+    """The default of `vitkit train`: a plain ViT on Fashion-MNIST in minutes on 2 CPU cores."""
+    return RunConfig(
+        recipe="fashion-mnist",
+        model=ModelConfig(
+            name="ViT-fmnist/4",
+            img_size=28,
+            patch_size=4,
+            in_chans=1,
+            num_classes=10,
+            embed_dim=128,
+            depth=4,
+            num_heads=4,
+            mlp_dim=256,
+        ),
+        data=DataConfig(dataset="fashion-mnist", crop_padding=2, hflip=True),
+        optim=OptimConfig(name="adamw", lr=2e-3, weight_decay=0.05, warmup_fraction=0.05, schedule="cosine"),
+        train=TrainConfig(epochs=6, batch_size=128, log_every=50),
+        expected="Fashion-MNIST test top-1 >= 90% in <= 15 min on 2 CPU cores (see README for the measured run)",
+    )
+
+
+def fashion_mnist_best() -> RunConfig:
+    """The most accurate plain ViT (patch embedding, no conv stem) we train on Fashion-MNIST from scratch."""
+    return RunConfig(
+        recipe="fashion-mnist-best",
+        model=ModelConfig(
+            name="ViT-fmnist-best/2",
+            img_size=28,
+            patch_size=2,
+            in_chans=1,
+            num_classes=10,
+            embed_dim=256,
+            depth=8,
+            num_heads=8,
+            mlp_dim=512,
+            drop_path_rate=0.1,
+        ),
+        data=DataConfig(
+            dataset="fashion-mnist", crop_padding=2, hflip=True, random_erasing=0.25, label_smoothing=0.1
+        ),
+        optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, schedule="cosine"),
+        train=TrainConfig(epochs=100, batch_size=256, precision="bf16", ema_decay=0.9998, log_every=100),
+        expected="Fashion-MNIST test top-1 >= 93% (GPU run recorded in bench/RESULTS.md)",
+    )
+
+
+def paper_pretrain() -> RunConfig:
+    """The paper's pre-training recipe (Section 4.1, Table 3): Adam 0.9/0.999, wd 0.1, batch 4096, clip 1."""
+    return RunConfig(
+        recipe="paper-pretrain",
+        model=_vit("ViT-B/16", "B", 16, img_size=224, num_classes=1000, drop_rate=0.1),
+        data=DataConfig(dataset="imagefolder", random_resized_crop=True, rrc_scale_min=0.08, hflip=True),
+        optim=OptimConfig(
+            name="adam",
+            lr=1e-3,
+            betas=(0.9, 0.999),
+            weight_decay=0.1,
+            grad_clip=1.0,
+            warmup_steps=10_000,
+            schedule="linear",
+        ),
+        train=TrainConfig(
+            epochs=90, batch_size=4096, micro_batch_size=64, precision="bf16", log_every=50, eval_every=1
+        ),
+        expected=(
+            "paper: ViT-B/16 pre-trained on ImageNet-21k (90 epochs) then fine-tuned reaches 84.0% ImageNet "
+            "top-1 at 384 px (Table 5); needs --data-dir with ImageNet-style train/ and val/ folders"
+        ),
+    )
+
+
+def paper_finetune() -> RunConfig:
+    """The paper's fine-tuning recipe (Appendix B.1.1): SGD momentum 0.9, batch 512, no weight decay, clip 1."""
+    return RunConfig(
+        recipe="paper-finetune",
+        model=_vit("ViT-B/16", "B", 16, img_size=384, num_classes=1000, head_init="zero"),
+        data=DataConfig(dataset="imagefolder", random_resized_crop=True, rrc_scale_min=0.08, hflip=True),
+        optim=OptimConfig(
+            name="sgd",
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=0.0,
+            grad_clip=1.0,
+            warmup_steps=500,
+            schedule="cosine",
+        ),
+        train=TrainConfig(steps=10_000, batch_size=512, micro_batch_size=32, precision="bf16", log_every=50),
+        expected=(
+            "paper: fine-tuning ViT-B/16 (ImageNet-21k) at 384 px gives 84.0% on ImageNet, 98.1% CIFAR-10 "
+            "(Table 5; 10k steps for CIFAR, 20k for ImageNet)"
+        ),
+    )
+
+
+RECIPES: dict[str, Callable[[], RunConfig]] = {
+    "fashion-mnist": fashion_mnist,
+    "fashion-mnist-best": fashion_mnist_best,
+    "paper-pretrain": paper_pretrain,
+    "paper-finetune": paper_finetune,
+}
+
+
+def get_recipe(name: str) -> RunConfig:
+    """The RunConfig of a named recipe."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}: expected one of {', '.join(RECIPES)}")
+    return RECIPES[name]()

@@ -1,0 +1,202 @@
+"""Atomic checkpoints: safetensors weights + a weights-only torch state file + a manifest written last.
+
+A checkpoint is a folder `checkpoints/step-00001234/` that appears only complete: its files are written into a
+temporary folder, fsynced, a manifest with every file's size and SHA-256 is written last, and the folder is
+renamed into place. Loading verifies the manifest and falls back to the previous checkpoint when the newest is
+truncated or corrupt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PREFIX = "step-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file is missing, truncated or not what it claims to be."""
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies that safetensors can write (no shared storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a file via temp file + fsync + rename, so readers see the old or the new file, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(path: str, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a state_dict as safetensors."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(_plain(state), tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_weights(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a malformed file raises CheckpointError naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+
+
+def save_checkpoint(
+    root: str,
+    step: int,
+    weights: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+    keep: int = 2,
+    name: str | None = None,
+) -> str:
+    """Write `root/step-XXXXXXXX/` atomically: `<key>.safetensors` for each weights dict, `state.pt`, manifest."""
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, name or f"{PREFIX}{step:08d}")
+    tmp = tempfile.mkdtemp(dir=root, prefix=".tmp-")
+    try:
+        files = {}
+        for key, sd in weights.items():
+            path = os.path.join(tmp, f"{key}.safetensors")
+            save_file(_plain(sd), path)
+            files[f"{key}.safetensors"] = path
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        files["state.pt"] = os.path.join(tmp, "state.pt")
+        manifest = {"step": step, "files": {}}
+        for fname, path in files.items():
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            manifest["files"][fname] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if os.path.exists(final):
+            trash = tempfile.mkdtemp(dir=root, prefix=".old-")
+            os.replace(final, os.path.join(trash, "x"))
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if name is None:
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str) -> list[str]:
+    """Step checkpoint folders under root, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit())
+    return [os.path.join(root, n) for n in names]
+
+
+def verify_checkpoint(path: str) -> dict:
+    """The manifest of a complete, uncorrupted checkpoint; CheckpointError says what is wrong."""
+    mpath = os.path.join(path, MANIFEST)
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: missing or unreadable {MANIFEST} ({e})") from None
+    for fname, meta in manifest.get("files", {}).items():
+        fpath = os.path.join(path, fname)
+        if not os.path.isfile(fpath):
+            raise CheckpointError(f"{path}: {fname} is missing")
+        size = os.path.getsize(fpath)
+        if size != meta["bytes"]:
+            raise CheckpointError(f"{fpath}: {size} bytes, the manifest says {meta['bytes']} (truncated)")
+        if _sha256(fpath) != meta["sha256"]:
+            raise CheckpointError(f"{fpath}: SHA-256 differs from the manifest (corrupt)")
+    return manifest
+
+
+def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[dict[str, dict], dict[str, Any]]:
+    """Verified weights dicts (by key) and the state of one checkpoint folder."""
+    manifest = verify_checkpoint(path)
+    weights = {}
+    for fname in manifest["files"]:
+        if fname.endswith(".safetensors"):
+            weights[fname[: -len(".safetensors")]] = load_weights(os.path.join(path, fname), device)
+    try:
+        state = torch.load(os.path.join(path, "state.pt"), map_location=device, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}/state.pt cannot be loaded safely: {e}") from None
+    return weights, state
+
+
+def latest_valid(root: str) -> str | None:
+    """The newest checkpoint that verifies; corrupt newer ones are reported and skipped."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            log.warning("skipping checkpoint: %s", e)
+    return None

@@ -1,0 +1,436 @@
+"""train(cfg): the training loop, with accumulation, clipping, bf16, EMA, exact resume and torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+import shutil
+import time
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from vitkit.config import RunConfig
+from vitkit.data.datasets import ArrayDataset, Splits, load_dataset
+from vitkit.data.loader import global_batch, micro_batches, rank_share, steps_per_epoch
+from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
+from vitkit.eval.evaluate import evaluate
+from vitkit.models import build_model
+from vitkit.train import distributed as D
+from vitkit.train.checkpoint import latest_valid, load_checkpoint, save_checkpoint, save_weights
+from vitkit.train.optim import build_optimizer
+from vitkit.train.runfiles import (
+    CHECKPOINTS,
+    DATA,
+    METRICS,
+    SUMMARY,
+    WEIGHTS,
+    MetricsLog,
+    write_config,
+    write_json,
+)
+from vitkit.train.schedules import schedule_fn
+
+log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """What the loop reports to a progress display (the CLI passes a tqdm bar)."""
+
+    def start(self, total: int, initial: int) -> None: ...
+    def update(self, step: int, stats: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
+    """ "auto" -> cuda when available (this rank's GPU under torchrun), else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    if name == "cuda" and info is not None and info.enabled:
+        name = f"cuda:{info.local_rank}"
+    return torch.device(name)
+
+
+def resolve_for_data(cfg: RunConfig, splits: Splits) -> RunConfig:
+    """Set the model's class count and channels from the dataset."""
+    m = dataclasses.replace(cfg.model, num_classes=splits.num_classes, in_chans=splits.in_chans)
+    return dataclasses.replace(cfg, model=m)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if target.ndim == 2:  # soft targets (mixup/cutmix)
+        return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+
+class Trainer:
+    """One run: state, one optimizer step, evaluation and checkpoints. `train()` drives it."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | None,
+        splits: Splits,
+        info: D.DistInfo,
+        device: torch.device,
+        tensorboard: bool = False,
+    ):
+        self.cfg, self.out, self.splits, self.info, self.device = cfg, out_dir, splits, info, device
+        t = cfg.train
+        if t.batch_size % info.world:
+            raise ValueError(f"train.batch_size={t.batch_size} does not split over {info.world} processes")
+        self.per_rank = t.batch_size // info.world
+        self.micro = t.micro_batch_size if t.micro_batch_size and t.micro_batch_size < self.per_rank else 0
+        if self.micro and self.per_rank % self.micro:
+            raise ValueError(
+                f"per-process batch {self.per_rank} is not a multiple of micro_batch_size {self.micro}"
+            )
+        self.spe = steps_per_epoch(len(splits.train), t.batch_size)
+        self.total = t.steps or t.epochs * self.spe
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model).to(device)
+        self.opt = build_optimizer(self.model, cfg.optim, device)
+        self.lr = schedule_fn(cfg.optim, self.total)
+        self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema_decay > 0 else None
+        self.step = 0
+        self.elapsed = 0.0
+        self.best = -1.0
+        self.images_seen = 0
+        self._acc = self._zero_acc()
+        self.metrics = MetricsLog(os.path.join(out_dir, METRICS) if out_dir and info.is_main else None)
+        on_device = t.data_on_device and isinstance(splits.train, ArrayDataset)
+        self.train_ds = splits.train.to(device) if on_device else splits.train
+        self.test_ds = splits.test.to(device) if on_device else splits.test
+        self.transform = BatchTransform(cfg.data, cfg.model.img_size, splits.mean, splits.std, t.seed)
+        self.fwd = self.model
+        if info.enabled:
+            from vitkit.train.parallel import wrap_model
+
+            self.fwd = wrap_model(self.model, cfg, device)
+        if t.compile:
+            self.fwd = torch.compile(self.fwd)
+        self.tb = None
+        if tensorboard and info.is_main and out_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+            except ImportError:
+                log.warning("--tensorboard: tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def _zero_acc(self) -> dict[str, torch.Tensor]:
+        z = lambda dt: torch.zeros((), dtype=dt, device=self.device)  # noqa: E731
+        return {"loss": z(torch.float64), "correct": z(torch.long), "count": z(torch.long)}
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> tuple[dict[str, dict], dict[str, Any]]:
+        weights = {"model": self.model.state_dict()}
+        if self.ema is not None:
+            names = [n for n, _ in self.model.named_parameters()]
+            weights["ema"] = dict(zip(names, self.ema))
+        state = {
+            "step": self.step,
+            "optimizer": self.opt.state_dict(),
+            "rng": _rng_state(self.device),
+            "elapsed": self.elapsed,
+            "best": self.best,
+            "images_seen": self.images_seen,
+            "acc": {k: v.detach().cpu() for k, v in self._acc.items()},
+        }
+        return weights, state
+
+    def load_state(self, path: str) -> None:
+        weights, state = load_checkpoint(path, "cpu")
+        self.model.load_state_dict(weights["model"], strict=True)
+        if self.ema is not None:
+            ema = weights.get("ema")
+            if ema is None:
+                raise ValueError(f"{path}: the run uses EMA but the checkpoint has no ema weights")
+            for buf, name in zip(self.ema, [n for n, _ in self.model.named_parameters()]):
+                buf.copy_(ema[name])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
+        self.images_seen = int(state["images_seen"])
+        self._acc = {k: v.to(self.device) for k, v in state["acc"].items()}
+        _set_rng_state(state["rng"], self.device)
+
+    def save(self) -> None:
+        if self.out and self.info.is_main:
+            weights, state = self.state()
+            save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state)
+        D.barrier()
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self) -> None:
+        """One optimizer step over the global batch (micro-batches and ranks summed)."""
+        t, d = self.cfg.train, self.cfg.data
+        epoch, b = divmod(self.step, self.spe)
+        mine = rank_share(
+            global_batch(len(self.train_ds), t.batch_size, t.seed, epoch, b), self.info.rank, self.info.world
+        )
+        mixing = d.mixup_alpha > 0 or d.cutmix_alpha > 0
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+        chunks = micro_batches(mine, self.micro)
+        for i, idx in enumerate(chunks):
+            images, labels = self.train_ds.get_batch(idx)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            x = self.transform.train(images, idx, epoch)
+            target = labels
+            if mixing:
+                key = stream_key(t.seed, epoch, b, i, self.info.rank)
+                x, target = mix_batch(
+                    x,
+                    labels,
+                    self.cfg.model.num_classes,
+                    key,
+                    d.mixup_alpha,
+                    d.cutmix_alpha,
+                    d.label_smoothing,
+                )
+            sync = i == len(chunks) - 1
+            ctx = self.fwd.no_sync() if (not sync and hasattr(self.fwd, "no_sync")) else _null()
+            with ctx:
+                with autocast:
+                    logits = self.fwd(x)
+                loss = _loss(logits.float(), target, d.label_smoothing)
+                (loss * (len(idx) / len(mine))).backward()
+            with torch.no_grad():
+                self._acc["loss"] += loss.detach().double() * len(idx)
+                self._acc["correct"] += (logits.argmax(-1) == labels).sum()
+                self._acc["count"] += len(idx)
+        lr = self.lr(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1 - t.ema_decay)
+        self.step += 1
+        self.images_seen += t.batch_size
+
+    def flush_train_stats(self, seconds: float, images: int) -> dict[str, float]:
+        acc = {k: D.all_reduce_sum(v) for k, v in self._acc.items()}
+        count = max(int(acc["count"]), 1)
+        stats = {
+            "step": self.step,
+            "epoch": self.step / self.spe,
+            "loss": float(acc["loss"]) / count,
+            "train_top1": float(acc["correct"]) / count,
+            "lr": self.lr(max(self.step - 1, 0)),
+            "img_s": images / max(seconds, 1e-9),
+            "time": self.elapsed,
+        }
+        self._acc = self._zero_acc()
+        self.metrics.write(stats)
+        if self.tb:
+            for k in ("loss", "train_top1", "lr", "img_s"):
+                self.tb.add_scalar(f"train/{k}", stats[k], self.step)
+        return stats
+
+    def _swap_ema(self) -> list[torch.Tensor]:
+        """Put the EMA weights into the model; returns the raw weights to put back."""
+        raw = [p.detach().clone() for p in self.model.parameters()]
+        with torch.no_grad():
+            for p, e in zip(self.model.parameters(), self.ema):
+                p.copy_(e)
+        return raw
+
+    def _restore(self, raw: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, r in zip(self.model.parameters(), raw):
+                p.copy_(r)
+
+    def evaluate(self, use_ema: bool = False) -> dict[str, Any]:
+        raw = self._swap_ema() if use_ema else None
+        res = evaluate(
+            self.model,
+            self.test_ds,
+            self.transform.eval,
+            num_classes=self.cfg.model.num_classes,
+            device=self.device,
+            batch_size=self.cfg.train.eval_batch_size,
+            precision=self.cfg.train.precision,
+            rank=self.info.rank,
+            world=self.info.world,
+            reduce=D.all_reduce_sum,
+        )
+        if raw is not None:
+            self._restore(raw)
+        return res
+
+    def eval_and_log(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Evaluate (raw, and EMA when on), log one record, keep the best; returns (record, headline, raw)."""
+        raw = self.evaluate()
+        head = self.evaluate(use_ema=True) if self.ema is not None else raw
+        rec = {
+            "step": self.step,
+            "epoch": self.step / self.spe,
+            "split": "test",
+            "top1": raw["top1"],
+            "top5": raw["top5"],
+            "loss": raw["loss"],
+            "time": self.elapsed,
+        }
+        if self.ema is not None:
+            rec.update(ema_top1=head["top1"], ema_top5=head["top5"], ema_loss=head["loss"])
+        self.metrics.write(rec)
+        if self.tb:
+            self.tb.add_scalar("test/top1", head["top1"], self.step)
+            self.tb.add_scalar("test/loss", head["loss"], self.step)
+        if head["top1"] > self.best:
+            self.best = head["top1"]
+            if self.out and self.info.is_main:
+                weights = {"model": self.final_weights()}
+                save_checkpoint(
+                    os.path.join(self.out, CHECKPOINTS),
+                    self.step,
+                    weights,
+                    {"step": self.step, "top1": self.best},
+                    name="best",
+                )
+        return rec, head, raw
+
+    def final_weights(self) -> dict[str, torch.Tensor]:
+        """The model's weights, with the EMA in place of the raw parameters when EMA is on."""
+        sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            for (name, _), e in zip(self.model.named_parameters(), self.ema):
+                sd[name] = e.detach().clone()
+        return sd
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _clean_stale(out_dir: str) -> None:
+    for path in glob.glob(os.path.join(out_dir, CHECKPOINTS, ".tmp-*")) + glob.glob(
+        os.path.join(out_dir, CHECKPOINTS, ".old-*")
+    ):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | None = None,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    splits: Splits | None = None,
+    info: D.DistInfo | None = None,
+    tensorboard: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate a model; with `out_dir`, write the run's files and checkpoints; returns the summary."""
+    info = info or D.from_env()
+    device = resolve_device(cfg.train.device, info)
+    D.init_process_group(info, device)
+    if splits is None:
+        splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
+    cfg = resolve_for_data(cfg, splits)
+    if out_dir and info.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        if resume:
+            _clean_stale(out_dir)
+        write_config(out_dir, cfg)
+        write_json(os.path.join(out_dir, DATA), splits.info())
+    tr = Trainer(cfg, out_dir, splits, info, device, tensorboard)
+    if resume and out_dir:
+        path = latest_valid(os.path.join(out_dir, CHECKPOINTS))
+        if path:
+            tr.load_state(path)
+            log.info("resumed from %s (step %d of %d)", path, tr.step, tr.total)
+        else:
+            log.info("no valid checkpoint in %s: starting from scratch", out_dir)
+        tr.metrics.truncate_after(tr.step)
+    t = cfg.train
+    ckpt_every = t.checkpoint_every or tr.spe
+    if progress and info.is_main:
+        progress.start(tr.total, tr.step)
+    window_t, window_imgs = time.perf_counter(), 0
+    while tr.step < tr.total:
+        tr.train_step()
+        window_imgs += t.batch_size
+        end_of_epoch = tr.step % tr.spe == 0
+        if tr.step % t.log_every == 0 or tr.step == tr.total or end_of_epoch:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            tr.elapsed += now - window_t
+            stats = tr.flush_train_stats(now - window_t, window_imgs)
+            window_imgs = 0
+            if progress and info.is_main:
+                progress.update(tr.step, stats)
+            window_t = time.perf_counter()
+        epoch_done = tr.step // tr.spe
+        if end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total:
+            _, head, _ = tr.eval_and_log()
+            if progress and info.is_main:
+                progress.update(tr.step, {"test_top1": head["top1"]})
+            window_t = time.perf_counter()
+        if tr.step % ckpt_every == 0 or tr.step == tr.total:
+            tr.save()
+            window_t = time.perf_counter()
+    if progress and info.is_main:
+        progress.close()
+    final, headline, raw = tr.eval_and_log()
+    summary = {
+        "recipe": cfg.recipe,
+        "model": cfg.model.name,
+        "dataset": cfg.data.dataset,
+        "steps": tr.step,
+        "epochs": tr.step / tr.spe,
+        "test_top1": headline["top1"],
+        "test_top5": headline["top5"],
+        "test_loss": headline["loss"],
+        "num_samples": headline["num_samples"],
+        "weights": "ema" if tr.ema is not None else "raw",
+        "raw_test_top1": raw["top1"],
+        "best_test_top1": tr.best,
+        "train_seconds": tr.elapsed,
+        "train_img_s": tr.images_seen / max(tr.elapsed, 1e-9),
+        "per_class": headline["per_class"],
+        "confusion": headline["confusion"],
+        "device": str(device),
+        "world_size": info.world,
+        "threads": torch.get_num_threads(),
+        "last_eval": final,
+    }
+    if out_dir and info.is_main:
+        save_weights(
+            os.path.join(out_dir, WEIGHTS), tr.final_weights(), {"format": "vitkit", "recipe": cfg.recipe}
+        )
+        if tr.ema is not None:
+            save_weights(os.path.join(out_dir, "model_raw.safetensors"), tr.model.state_dict())
+        write_json(os.path.join(out_dir, SUMMARY), summary)
+    if tr.tb:
+        tr.tb.close()
+    D.barrier()
+    return summary

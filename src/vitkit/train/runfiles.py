@@ -1,0 +1,96 @@
+"""The files of a run folder: config.json, data.json, metrics.jsonl, summary.json, weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from vitkit.config import RunConfig, load_run_config, to_dict
+from vitkit.train.checkpoint import atomic_write_bytes
+
+CONFIG = "config.json"
+DATA = "data.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf become null, tuples lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomically write indented JSON."""
+    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    """Read JSON; errors name the file."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_config(run_dir: str, cfg: RunConfig) -> None:
+    write_json(os.path.join(run_dir, CONFIG), to_dict(cfg))
+
+
+def read_config(run_dir: str) -> RunConfig:
+    return load_run_config(os.path.join(run_dir, CONFIG))
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl, one line per log step and per evaluation, flushed each write."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past `step` (written after the checkpoint a resumed run restarts from)."""
+        if not self.path or not os.path.exists(self.path):
+            return
+        keep = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if rec.get("step", 0) <= step:
+                    keep.append(json.dumps(rec) + "\n")
+        atomic_write_bytes(self.path, "".join(keep).encode())
+
+    def write(self, record: dict) -> None:
+        if not self.path:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_clean(record)) + "\n")
+            f.flush()
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """All records of a run's metrics.jsonl (cut lines skipped)."""
+    path = os.path.join(run_dir, METRICS)
+    out = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return out

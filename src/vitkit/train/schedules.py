@@ -1,0 +1,39 @@
+"""Learning-rate schedules as pure functions of the optimizer step."""
+
+from __future__ import annotations
+
+import math
+
+from vitkit.config import OptimConfig
+
+
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    """Warmup length in steps: explicit, or a fraction of the run."""
+    if cfg.warmup_steps:
+        return min(cfg.warmup_steps, total_steps)
+    return int(cfg.warmup_fraction * total_steps)
+
+
+def lr_at(
+    step: int, total_steps: int, base_lr: float, warmup: int = 0, kind: str = "cosine", min_ratio: float = 0.0
+) -> float:
+    """LR for optimizer step `step` (0-based): linear warmup from 0, then cosine/linear decay to min_ratio*base."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if kind == "constant":
+        return base_lr
+    span = max(total_steps - warmup, 1)
+    progress = min(max((step - warmup) / span, 0.0), 1.0)
+    if kind == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif kind == "linear":
+        factor = 1.0 - progress
+    else:
+        raise ValueError(f"unknown schedule {kind!r}: expected cosine, linear or constant")
+    return base_lr * (min_ratio + (1.0 - min_ratio) * factor)
+
+
+def schedule_fn(cfg: OptimConfig, total_steps: int):
+    """step -> lr for a config."""
+    warm = warmup_steps(cfg, total_steps)
+    return lambda step: lr_at(step, total_steps, cfg.lr, warm, cfg.schedule, cfg.min_lr_ratio)

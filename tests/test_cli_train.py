@@ -1,0 +1,101 @@
+"""CLI: train/eval/predict end to end on tiny data, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import TINY_FLAGS, run_vitkit
+from vitkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    r = run_vitkit("train", *TINY_FLAGS, "--epochs", "3", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "test top-1" in r.stdout
+    return out
+
+
+def test_eval_json(run_dir):
+    r = run_vitkit("eval", str(run_dir), "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert {"top1", "top5", "loss", "num_samples"} <= set(res)
+    assert res["num_samples"] == 128
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert res["top1"] == pytest.approx(summary["test_top1"])
+
+
+def test_eval_checkpoint_folder(run_dir):
+    r = run_vitkit("eval", str(run_dir / "checkpoints" / "best"), "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+
+
+def _png(path, mode, size=(16, 16)):
+    from PIL import Image
+
+    Image.new("RGB", size, (120, 30, 200)).convert(mode).save(path)
+
+
+def test_predict_any_mode_and_bad_file(run_dir, tmp_path):
+    paths = []
+    for mode in ("L", "RGB", "RGBA", "P"):
+        p = tmp_path / f"img_{mode}.png"
+        _png(p, mode, (20, 24))
+        paths.append(str(p))
+    r = run_vitkit("predict", str(run_dir), *paths, "--topk", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert len(res) == 4 and len(res[0]["predictions"]) == 3
+    assert abs(sum(p["prob"] for p in res[0]["predictions"])) <= 1.0 + 1e-6
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 nope")
+    r = run_vitkit("predict", str(run_dir), str(bad))
+    assert r.returncode == 2 and "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--set", "model.widht=3"], "unknown config key 'model.widht'"),
+        (["train", "--set", "train.epochs=many"], "expected an integer"),
+        (["train", "--set", "nokey"], "not of the form key=value"),
+        (["train", "--model", "ViT-Q/4"], "unknown model 'ViT-Q/4'"),
+        (["eval", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_missing_data_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path))
+    import vitkit.data.datasets as ds
+
+    monkeypatch.setattr(ds, "DEBIAN_DIRS", {"fashion-mnist": str(tmp_path / "debian")})
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and str(tmp_path / "nowhere") in err[0]
+    assert "VITKIT_OFFLINE" in err[0] and "dataset-fashion-mnist" in err[0]
+
+
+def test_unreadable_checkpoint(capsys, tmp_path, run_dir):
+    import shutil
+
+    bad = tmp_path / "badrun"
+    shutil.copytree(run_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    assert main(["eval", str(bad), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "not a valid safetensors" in err
+
+
+def test_out_holding_a_run_is_not_overwritten(capsys, run_dir):
+    assert main(["train", "--dataset", "synthetic", "--out", str(run_dir)]) == 2
+    assert "--resume" in capsys.readouterr().err

@@ -1,0 +1,204 @@
+"""Dataset readers (IDX, CIFAR, image folders, synthetic) including corrupt files and missing data."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from vitkit.config import DataConfig
+from vitkit.data.cifar import load_cifar, safe_unpickle
+from vitkit.data.datasets import DataNotFoundError, load_dataset, load_mnist_like, make_synthetic
+from vitkit.data.idx import read_idx, read_idx_pair, write_idx
+from vitkit.data.imagefolder import load_image, load_imagefolder
+
+
+def write_mnist(folder, n_train=20, n_test=10, gz=True, layout="flat"):
+    """Tiny MNIST-format files; layout 'flat' or 'torchvision' (FashionMNIST/raw)."""
+    if layout == "torchvision":
+        folder = os.path.join(folder, "FashionMNIST", "raw")
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ext = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(
+            os.path.join(folder, f"{prefix}-images-idx3-ubyte{ext}"),
+            rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+        )
+        write_idx(
+            os.path.join(folder, f"{prefix}-labels-idx1-ubyte{ext}"), rng.integers(0, 10, n, dtype=np.uint8)
+        )
+    return folder
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_roundtrip(tmp_path, gz):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = str(tmp_path / ("a.idx" + (".gz" if gz else "")))
+    write_idx(path, arr)
+    np.testing.assert_array_equal(read_idx(path), arr)
+
+
+def test_idx_bad_magic_truncated_and_labels(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="bad IDX magic number"):
+        read_idx(str(bad))
+    arr = np.zeros((5, 28, 28), dtype=np.uint8)
+    path = str(tmp_path / "img")
+    write_idx(path, arr)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        read_idx(path)
+    gzpath = tmp_path / "x.gz"
+    gzpath.write_bytes(gzip.compress(data)[:40])
+    with pytest.raises(ValueError, match="corrupt gzip"):
+        read_idx(str(gzpath))
+    img, lab = str(tmp_path / "i"), str(tmp_path / "l")
+    write_idx(img, np.zeros((3, 28, 28), dtype=np.uint8))
+    write_idx(lab, np.array([0, 11, 2], dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        read_idx_pair(img, lab)
+    write_idx(lab, np.array([0, 1], dtype=np.uint8))
+    with pytest.raises(ValueError, match="has 3 images but"):
+        read_idx_pair(img, lab)
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_fashion_mnist_from_data_dir(tmp_path, layout):
+    write_mnist(str(tmp_path), layout=layout)
+    splits = load_mnist_like("fashion-mnist", str(tmp_path), download=False)
+    assert splits.train.images.shape == (20, 1, 28, 28) and splits.test.images.shape == (10, 1, 28, 28)
+    assert splits.classes[0] == "T-shirt/top" and len(splits.mean) == 1
+
+
+def test_vitkit_data_env(tmp_path, monkeypatch):
+    write_mnist(str(tmp_path / "fashion-mnist"), gz=False)
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path))
+    assert len(load_mnist_like("fashion-mnist", None, download=False).train) == 20
+
+
+def test_missing_data_names_every_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "env"))
+    with pytest.raises(DataNotFoundError) as e:
+        load_mnist_like("mnist", str(tmp_path / "given"), download=False)
+    msg = str(e.value)
+    assert str(tmp_path / "given") in msg and str(tmp_path / "env") in msg
+    assert "--data-dir" in msg and "download" in msg
+
+
+def test_real_fashion_mnist_if_installed():
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    splits = load_mnist_like("fashion-mnist", None, download=False)
+    assert len(splits.train) == 60000 and len(splits.test) == 10000
+    assert torch.bincount(splits.test.labels).tolist() == [1000] * 10
+
+
+def write_cifar(folder, n=8):
+    d = os.path.join(folder, "cifar-10-batches-py")
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, n)),
+        }
+        with open(os.path.join(d, name), "wb") as f:
+            pickle.dump(batch, f)
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return d
+
+
+def test_cifar10_reader(tmp_path):
+    write_cifar(str(tmp_path))
+    splits = load_cifar("cifar10", str(tmp_path), download=False)
+    assert splits.train.images.shape == (40, 3, 32, 32) and len(splits.test) == 8
+    assert splits.classes[3] == "c3"
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_MARKER",))
+
+
+def test_cifar_malicious_pickle_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = write_cifar(str(tmp_path))
+    with open(os.path.join(d, "data_batch_1"), "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match=r"refusing to load global (posix|os)\.system"):
+        load_cifar("cifar10", str(tmp_path), download=False)
+    assert not os.path.exists(tmp_path / "PWNED_MARKER")
+
+
+def test_cifar_corrupt_file(tmp_path):
+    d = write_cifar(str(tmp_path))
+    with open(os.path.join(d, "test_batch"), "wb") as f:
+        f.write(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match="test_batch"):
+        load_cifar("cifar10", str(tmp_path), download=False)
+    with open(os.path.join(d, "test_batch"), "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match=r"shape \(N, 3072\)"):
+        load_cifar("cifar10", str(tmp_path), download=False)
+    assert safe_unpickle(os.path.join(d, "batches.meta"))["label_names"][0] == b"c0"
+
+
+def write_folder(root, split, classes=("cat", "dog"), n=3, modes=("RGB", "L", "RGBA", "P")):
+    from PIL import Image
+
+    for c in classes:
+        os.makedirs(os.path.join(root, split, c), exist_ok=True)
+        for i in range(n):
+            mode = modes[i % len(modes)]
+            img = Image.new("RGB", (20 + i, 16), (40 * i, 80, 200 if c == "dog" else 10)).convert(mode)
+            img.save(os.path.join(root, split, c, f"{i}.png"))
+
+
+def test_imagefolder_train_val(tmp_path):
+    write_folder(str(tmp_path), "train")
+    write_folder(str(tmp_path), "val", n=2)
+    splits = load_imagefolder(str(tmp_path), (8, 8))
+    assert splits.classes == ["cat", "dog"]
+    assert splits.train.images.shape == (6, 3, 8, 8) and len(splits.test) == 4
+    assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_imagefolder_split_fraction_and_errors(tmp_path):
+    write_folder(str(tmp_path), "train", n=5)
+    splits = load_imagefolder(str(tmp_path), (8, 8), val_fraction=0.2, seed=1)
+    assert len(splits.train) == 8 and len(splits.test) == 2
+    with pytest.raises(ValueError, match="val_fraction"):
+        load_imagefolder(str(tmp_path), (8, 8))
+    bad = tmp_path / "train" / "cat" / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"broken\.png"):
+        load_imagefolder(str(tmp_path), (8, 8), val_fraction=0.2)
+
+
+def test_load_image_modes(tmp_path):
+    write_folder(str(tmp_path), "x", classes=("a",), n=4)
+    for i in range(4):
+        img = load_image(str(tmp_path / "x" / "a" / f"{i}.png"), (12, 10), 3)
+        assert img.shape == (3, 12, 10) and img.dtype == torch.uint8
+        assert load_image(str(tmp_path / "x" / "a" / f"{i}.png"), (7, 7), 1).shape == (1, 7, 7)
+
+
+def test_synthetic_is_deterministic():
+    a, b = make_synthetic(64, seed=3), make_synthetic(64, seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(make_synthetic(64, seed=3, split="test").images, a.images)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        load_dataset(DataConfig(dataset="imagenet"))

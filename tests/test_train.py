@@ -1,0 +1,185 @@
+"""Training: schedules, parameter groups, accumulation == large batch, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from helpers import TINY_FLAGS, run_vitkit, tiny_run, vitkit_cmd
+from vitkit.config import OptimConfig
+from vitkit.data.datasets import load_dataset
+from vitkit.models import create_model
+from vitkit.train import distributed as D
+from vitkit.train.checkpoint import (
+    CheckpointError,
+    latest_valid,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from vitkit.train.loop import Trainer, resolve_for_data, train
+from vitkit.train.optim import decay_names
+from vitkit.train.schedules import lr_at, schedule_fn
+
+
+def test_schedules():
+    assert lr_at(0, 100, 1.0, warmup=10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, warmup=10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, warmup=10, kind="cosine") == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, warmup=10, kind="cosine") == pytest.approx(0.5)
+    assert lr_at(100, 100, 1.0, warmup=10, kind="cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(55, 100, 1.0, warmup=10, kind="linear") == pytest.approx(0.5)
+    assert lr_at(100, 100, 2.0, warmup=0, kind="linear", min_ratio=0.1) == pytest.approx(0.2)
+    assert lr_at(70, 100, 3.0, kind="constant") == 3.0
+    f = schedule_fn(OptimConfig(lr=1.0, warmup_fraction=0.1, schedule="cosine"), 200)
+    assert f(19) == pytest.approx(1.0) and f(0) == pytest.approx(0.05)
+    vals = [f(s) for s in range(20, 200)]
+    assert all(a >= b for a, b in itertools.pairwise(vals))
+
+
+def test_param_groups_skip_biases_norms_pos_cls():
+    model = create_model(
+        "ViT-Ti/4", img_size=8, depth=1, embed_dim=12, num_heads=3, mlp_dim=12, num_classes=3
+    )
+    decay, no_decay = decay_names(model)
+    assert "pos_embed" in no_decay and "cls_token" in no_decay
+    assert (
+        "blocks.0.norm1.weight" in no_decay
+        and "blocks.0.attn.qkv.bias" in no_decay
+        and "head.bias" in no_decay
+    )
+    assert (
+        "blocks.0.attn.qkv.weight" in decay and "head.weight" in decay and "patch_embed.proj.weight" in decay
+    )
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+
+
+def _trainer(cfg):
+    splits = load_dataset(cfg.data, seed=cfg.train.seed)
+    cfg = resolve_for_data(cfg, splits)
+    return Trainer(cfg, None, splits, D.DistInfo(), torch.device("cpu"))
+
+
+def test_grad_accumulation_equals_large_batch():
+    # SGD: Adam would turn the float noise of exactly-zero gradients (the key bias) into full-size updates
+    def cfg(**kw):
+        c = tiny_run(batch_size=32, **kw)
+        return dataclasses.replace(
+            c, optim=OptimConfig(name="sgd", lr=0.05, warmup_steps=0, weight_decay=1e-4)
+        )
+
+    big, small = _trainer(cfg()), _trainer(cfg(micro_batch_size=8))
+    assert small.micro == 8
+    for _ in range(3):
+        big.train_step()
+        small.train_step()
+    for (name, a), b in zip(big.model.named_parameters(), small.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_train_learns_and_writes_run(tmp_path):
+    cfg = tiny_run(epochs=8, ema_decay=0.9)
+    summary = train(cfg, str(tmp_path))
+    assert summary["test_top1"] > 0.5  # 10 classes: chance is 0.1
+    for name in ("config.json", "data.json", "metrics.jsonl", "summary.json", "model.safetensors",
+                 "model_raw.safetensors"):  # fmt: skip
+        assert (tmp_path / name).exists(), name
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in lines if r.get("split") == "test"]
+    assert len(evals) == 8 and "ema_top1" in evals[-1]
+    assert load_weights(str(tmp_path / "model.safetensors"))["head.weight"].shape == (10, 32)
+    assert (tmp_path / "checkpoints" / "best" / "manifest.json").exists()
+
+
+def test_checkpoint_atomic_and_truncated_fallback(tmp_path):
+    root = str(tmp_path)
+    sd = {"w": torch.randn(64, 64)}
+    save_checkpoint(root, 1, {"model": sd}, {"step": 1})
+    save_checkpoint(root, 2, {"model": {"w": sd["w"] + 1}}, {"step": 2})
+    save_checkpoint(root, 3, {"model": {"w": sd["w"] + 2}}, {"step": 3}, keep=2)
+    assert [os.path.basename(p) for p in list_checkpoints(root)] == ["step-00000002", "step-00000003"]
+    latest = os.path.join(root, "step-00000003", "model.safetensors")
+    with open(latest, "r+b") as f:
+        f.truncate(os.path.getsize(latest) // 2)
+    assert latest_valid(root).endswith("step-00000002")
+    weights, state = load_checkpoint(latest_valid(root))
+    assert state["step"] == 2 and torch.equal(weights["model"]["w"], sd["w"] + 1)
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(os.path.join(root, "step-00000003"))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        load_weights(str(bad))
+
+
+def _wait_for(pred, proc, timeout=120):
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read() if proc.stderr else ''}")
+        if time.time() - t0 > timeout:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_is_bitwise_identical(tmp_path):
+    flags = [*TINY_FLAGS, "--epochs", "3", "--checkpoint-every", "4", "--no-progress",
+             "--set", "model.drop_path_rate=0.1", "--set", "model.drop_rate=0.1", "--set", "data.crop_padding=2",
+             "--set", "data.hflip=true", "--set", "train.ema_decay=0.9"]  # fmt: skip
+    ref = tmp_path / "ref"
+    r = run_vitkit("train", *flags, "--out", str(ref))
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ckpts = run / "checkpoints"
+
+    def newest_step() -> int:
+        steps = [int(p[5:]) for p in (os.listdir(ckpts) if ckpts.exists() else []) if p.startswith("step-")]
+        return max(steps, default=0)
+
+    for min_step in (4, 20):  # kill after the first checkpoint, resume, kill again later
+        args = (
+            ["train", *flags, "--out", str(run)] if min_step == 4 else ["train", *flags, "--resume", str(run)]
+        )
+        proc = subprocess.Popen(
+            vitkit_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        _wait_for(lambda m=min_step: newest_step() >= m, proc)
+        time.sleep(0.01 * min_step)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run / "model.safetensors").exists()
+    r = run_vitkit("train", *flags, "--resume", str(run))
+    assert r.returncode == 0, r.stderr
+    a, b = load_weights(str(ref / "model.safetensors")), load_weights(str(run / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    steps = [json.loads(s)["step"] for s in (run / "metrics.jsonl").read_text().splitlines()]
+    ref_steps = [json.loads(s)["step"] for s in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert steps == ref_steps  # no duplicated or missing lines after resume
+
+
+def test_resume_with_different_command_is_refused(tmp_path):
+    cfg = tiny_run(epochs=1)
+    train(cfg, str(tmp_path / "run"))
+    r = run_vitkit("train", *TINY_FLAGS, "--lr", "0.5", "--resume", str(tmp_path / "run"))
+    assert r.returncode == 2 and "differs from the run's config" in r.stderr
+
+
+def test_steps_override_epochs():
+    cfg = tiny_run(steps=3)
+    tr = _trainer(cfg)
+    assert tr.total == 3
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=0, epochs=2))
+    assert _trainer(cfg).total == 2 * (256 // 32)

@@ -1,0 +1,99 @@
+"""Batch transforms: keyed randomness, crops, flips, erasing, mixup; deterministic batch order."""
+
+from __future__ import annotations
+
+import torch
+
+from vitkit.config import DataConfig
+from vitkit.data.loader import eval_batches, global_batch, micro_batches, rank_share, steps_per_epoch
+from vitkit.data.transforms import (
+    BatchTransform,
+    hash_uniform,
+    hflip,
+    mix_batch,
+    random_crop,
+    random_erasing,
+    stream_key,
+)
+
+
+def test_hash_uniform_is_keyed_and_uniform():
+    idx = torch.arange(20000)
+    u = hash_uniform(stream_key(1, 2), idx, 3)
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    assert torch.equal(u, hash_uniform(stream_key(1, 2), idx, 3))
+    assert not torch.equal(u, hash_uniform(stream_key(1, 3), idx, 3))
+    assert not torch.equal(u, hash_uniform(stream_key(1, 2), idx, 4))
+    assert torch.equal(hash_uniform(7, idx[5:9], 0), hash_uniform(7, idx, 0)[5:9])
+
+
+def test_random_crop_matches_manual():
+    x = torch.arange(2 * 1 * 4 * 4).float().reshape(2, 1, 4, 4)
+    out = random_crop(x, 1, torch.tensor([0.0, 0.99]), torch.tensor([0.5, 0.0]))
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    assert torch.equal(out[0], padded[0, :, 0:4, 1:5])
+    assert torch.equal(out[1], padded[1, :, 2:6, 0:4])
+
+
+def test_flip_and_erasing():
+    x = torch.randn(3, 2, 5, 6)
+    y = hflip(x, torch.tensor([True, False, True]))
+    assert torch.equal(y[0], x[0].flip(-1)) and torch.equal(y[1], x[1])
+    u = [
+        torch.tensor([0.0, 0.9, 0.0]),
+        torch.full((3,), 0.5),
+        torch.full((3,), 0.5),
+        torch.zeros(3),
+        torch.zeros(3),
+    ]
+    e = random_erasing(x, 0.5, u)
+    assert (e[0] == 0).any() and torch.equal(e[1], x[1])  # sample 1 is not erased (u0 > p)
+
+
+def test_sample_augmentation_is_independent_of_batching():
+    cfg = DataConfig(crop_padding=2, hflip=True, random_erasing=0.5)
+    tf = BatchTransform(cfg, (28, 28), (0.5,), (0.25,), seed=4)
+    imgs = torch.randint(0, 255, (8, 1, 28, 28), dtype=torch.uint8)
+    idx = torch.arange(100, 108)
+    full = tf.train(imgs, idx, epoch=3)
+    part = tf.train(imgs[[5, 2]], idx[[5, 2]], epoch=3)
+    torch.testing.assert_close(part, full[[5, 2]], rtol=0, atol=0)
+    assert not torch.equal(tf.train(imgs, idx, epoch=4), full)
+
+
+def test_random_resized_crop_and_resize_shapes():
+    cfg = DataConfig(random_resized_crop=True, hflip=True)
+    tf = BatchTransform(cfg, (32, 32), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    imgs = torch.randint(0, 255, (4, 3, 20, 24), dtype=torch.uint8)
+    assert tf.train(imgs, torch.arange(4), 0).shape == (4, 3, 32, 32)
+    assert tf.eval(imgs).shape == (4, 3, 32, 32)
+
+
+def test_randaugment_runs_on_gray_and_rgb():
+    for c in (1, 3):
+        tf = BatchTransform(DataConfig(randaugment_n=2, randaugment_m=9), (16, 16), (0.5,) * c, (0.2,) * c)
+        imgs = torch.randint(0, 255, (3, c, 16, 16), dtype=torch.uint8)
+        a, b = tf.train(imgs, torch.arange(3), 0), tf.train(imgs, torch.arange(3), 0)
+        assert a.shape == (3, c, 16, 16) and torch.equal(a, b)
+
+
+def test_mixup_cutmix_targets():
+    x = torch.randn(6, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    for mix, cut in ((0.8, 0.0), (0.0, 1.0), (0.8, 1.0)):
+        xm, t = mix_batch(x, y, 3, key=5, mixup_alpha=mix, cutmix_alpha=cut, smoothing=0.1)
+        assert xm.shape == x.shape and t.shape == (6, 3)
+        torch.testing.assert_close(t.sum(-1), torch.ones(6))
+
+
+def test_batch_order_sharding_and_eval_cover():
+    n, b = 103, 10
+    assert steps_per_epoch(n, b) == 10
+    g = global_batch(n, b, seed=0, epoch=1, b=3)
+    parts = [rank_share(g, r, 2) for r in range(2)]
+    assert torch.equal(torch.cat(parts), g)
+    assert sum(len(m) for m in micro_batches(parts[0], 2)) == 5
+    seen = torch.cat([i for r in range(3) for i in eval_batches(n, 8, r, 3)])
+    assert sorted(seen.tolist()) == list(range(n))
+    perm = torch.cat([global_batch(n, b, 0, 0, i) for i in range(10)])
+    assert len(set(perm.tolist())) == 100
