@@ -92,6 +92,7 @@ class Trainer:
         info: D.DistInfo,
         device: torch.device,
         tensorboard: bool = False,
+        init_state: dict | None = None,
     ):
         self.cfg, self.out, self.splits, self.info, self.device = cfg, out_dir, splits, info, device
         t = cfg.train
@@ -106,7 +107,10 @@ class Trainer:
         self.spe = steps_per_epoch(len(splits.train), t.batch_size)
         self.total = t.steps or t.epochs * self.spe
         torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model).to(device)
+        self.model = build_model(cfg.model)
+        if init_state is not None:  # fine-tuning: start from given weights (already adapted to cfg.model)
+            self.model.load_state_dict(init_state, strict=True)
+        self.model = self.model.to(device)
         self.opt = build_optimizer(self.model, cfg.optim, device)
         self.lr = schedule_fn(cfg.optim, self.total)
         self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema_decay > 0 else None
@@ -347,8 +351,12 @@ def train(
     splits: Splits | None = None,
     info: D.DistInfo | None = None,
     tensorboard: bool = False,
+    init_state: dict | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate a model; with `out_dir`, write the run's files and checkpoints; returns the summary."""
+    """Train and evaluate a model; with `out_dir`, write the run's files and checkpoints; returns the summary.
+
+    `init_state`: a state_dict for `cfg.model` to start from (fine-tuning) instead of random weights.
+    """
     info = info or D.from_env()
     device = resolve_device(cfg.train.device, info)
     D.init_process_group(info, device)
@@ -361,7 +369,7 @@ def train(
             _clean_stale(out_dir)
         write_config(out_dir, cfg)
         write_json(os.path.join(out_dir, DATA), splits.info())
-    tr = Trainer(cfg, out_dir, splits, info, device, tensorboard)
+    tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
     if resume and out_dir:
         path = latest_valid(os.path.join(out_dir, CHECKPOINTS))
         if path:
