@@ -90,8 +90,14 @@ def test_train_learns_and_writes_run(tmp_path):
     cfg = tiny_run(epochs=8, ema_decay=0.9)
     summary = train(cfg, str(tmp_path))
     assert summary["test_top1"] > 0.5  # 10 classes: chance is 0.1
-    for name in ("config.json", "data.json", "metrics.jsonl", "summary.json", "model.safetensors",
-                 "model_raw.safetensors"):  # fmt: skip
+    for name in (
+        "config.json",
+        "data.json",
+        "metrics.jsonl",
+        "summary.json",
+        "model.safetensors",
+        "model_raw.safetensors",
+    ):
         assert (tmp_path / name).exists(), name
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in lines if r.get("split") == "test"]
@@ -133,9 +139,24 @@ def _wait_for(pred, proc, timeout=120):
 
 @pytest.mark.slow
 def test_kill9_then_resume_is_bitwise_identical(tmp_path):
-    flags = [*TINY_FLAGS, "--epochs", "3", "--checkpoint-every", "4", "--no-progress",
-             "--set", "model.drop_path_rate=0.1", "--set", "model.drop_rate=0.1", "--set", "data.crop_padding=2",
-             "--set", "data.hflip=true", "--set", "train.ema_decay=0.9"]  # fmt: skip
+    flags = [
+        *TINY_FLAGS,
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "4",
+        "--no-progress",
+        "--set",
+        "model.drop_path_rate=0.1",
+        "--set",
+        "model.drop_rate=0.1",
+        "--set",
+        "data.crop_padding=2",
+        "--set",
+        "data.hflip=true",
+        "--set",
+        "train.ema_decay=0.9",
+    ]
     ref = tmp_path / "ref"
     r = run_vitkit("train", *flags, "--out", str(ref))
     assert r.returncode == 0, r.stderr
@@ -183,3 +204,44 @@ def test_steps_override_epochs():
     assert tr.total == 3
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=0, epochs=2))
     assert _trainer(cfg).total == 2 * (256 // 32)
+
+
+def test_accumulation_equals_large_batch_with_keyed_dropout():
+    def cfg(**kw):
+        c = tiny_run(batch_size=32, **kw)
+        m = dataclasses.replace(c.model, drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
+        return dataclasses.replace(c, model=m, optim=OptimConfig(name="sgd", lr=0.05, warmup_steps=0))
+
+    big, small = _trainer(cfg()), _trainer(cfg(micro_batch_size=8))
+    for _ in range(2):
+        big.train_step()
+        small.train_step()
+    for (name, a), b in zip(big.model.named_parameters(), small.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_keyed_dropout_depends_on_sample_not_batch():
+    from vitkit import keyed_random
+
+    model = create_model(
+        "ViT-Ti/4",
+        img_size=8,
+        in_chans=1,
+        num_classes=3,
+        depth=2,
+        embed_dim=12,
+        num_heads=3,
+        mlp_dim=24,
+        drop_rate=0.3,
+        attn_drop_rate=0.3,
+        drop_path_rate=0.3,
+    ).train()
+    x = torch.randn(4, 1, 8, 8)
+    idx = torch.tensor([10, 11, 12, 13])
+    with keyed_random.keyed(7, idx):
+        full = model(x)
+    with keyed_random.keyed(7, idx[2:]):
+        part = model(x[2:])
+    torch.testing.assert_close(part, full[2:], rtol=0, atol=1e-6)
+    with keyed_random.keyed(8, idx):
+        assert not torch.allclose(model(x), full)

@@ -185,6 +185,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps; 0: once per epoch
     eval_batch_size: int = 1024
     data_on_device: bool = True  # keep in-memory datasets on the training device
+    strategy: str = "auto"  # under torchrun: "auto" (= ddp) | "ddp" | "fsdp"
+    dist_timeout_s: float = 300.0  # a collective that hangs longer than this fails
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("fp32", "bf16"))
@@ -200,6 +202,9 @@ class TrainConfig:
         _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("train.log_every must be >= 1; eval_every, checkpoint_every >= 0")
+        _check_choice("train.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be positive")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"train.device={self.device!r} is not auto, cpu, cuda or cuda:N")
 

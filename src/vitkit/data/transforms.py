@@ -15,44 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.config import DataConfig
+from vitkit.keyed_random import hash_uniform, stream_key
 
-_M32 = 0xFFFFFFFF
-
-
-def _mix_int(x: int) -> int:
-    """A 32-bit integer hash (xorshift-multiply), on Python ints."""
-    x &= _M32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _M32
-    x ^= x >> 15
-    x = (x * 0x6C8E9CF5) & _M32
-    return x ^ (x >> 16)
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """The same hash on an int64 tensor of 32-bit values (products stay below 2**63)."""
-    x = x & _M32
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x6C8E9CF5) & _M32
-    return x ^ (x >> 16)
-
-
-def stream_key(*keys: int) -> int:
-    """Fold integers (seed, epoch, ...) into one 32-bit key."""
-    h = 0x3C6EF372
-    for k in keys:
-        h = _mix_int(h ^ _mix_int(int(k) & _M32) ^ (int(k) >> 32))
-    return h
-
-
-def hash_uniform(key: int, idx: torch.Tensor, draw: int) -> torch.Tensor:
-    """Uniform [0, 1) float32 per element of `idx`: a pure function of (key, idx, draw)."""
-    x = _mix(idx.long() * 0x9E3779B1 + stream_key(key, draw))
-    x = _mix(x + 0x632BE5AB)
-    return (x >> 8).float() * (1.0 / (1 << 24))
-
+__all__ = ["BatchTransform", "hash_uniform", "stream_key"]
 
 # ----------------------------------------------------------------------------- single operations
 

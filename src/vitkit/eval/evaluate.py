@@ -35,7 +35,14 @@ def evaluate(
     top5 = torch.zeros((), dtype=torch.long, device=device)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    for idx in eval_batches(len(dataset), batch_size, rank, world):
+    mine = list(eval_batches(len(dataset), batch_size, rank, world))
+    rounds = math.ceil(math.ceil(len(dataset) / batch_size) / world)
+    for r in range(rounds):  # every rank runs the same number of forwards (sharded models need all ranks)
+        if r >= len(mine):
+            with autocast:
+                model(transform(dataset.get_batch(torch.arange(1))[0].to(device)))
+            continue
+        idx = mine[r]
         images, labels = dataset.get_batch(idx)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast:

@@ -6,6 +6,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitkit.keyed_random import current as keyed_context
+from vitkit.keyed_random import keyed_uniform
+
+
+class Dropout(nn.Module):
+    """Element-wise dropout; inside `vitkit.keyed_random.keyed(...)` its mask is keyed by sample and layer."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+        self.rng_id = 0  # set by the model: distinct per layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        u = keyed_uniform(tuple(x.shape), self.rng_id, x.device)
+        if u is None:
+            return F.dropout(x, self.p, True)
+        return x * (u >= self.p).to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
 
 class PatchEmbed(nn.Module):
     """Split an image into P x P patches and project each to D (a conv with kernel = stride = P)."""
@@ -38,21 +61,21 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
+        self.attn_drop = Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
         attn = None
-        if return_attn:
+        p = self.attn_drop.p if self.training else 0.0
+        if return_attn or (p > 0 and keyed_context() is not None):  # explicit: weights or keyed dropout
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
             attn = attn.softmax(dim=-1)
-            x = F.dropout(attn, self.attn_drop, self.training) @ v
+            x = self.attn_drop(attn) @ v
         else:
-            p = self.attn_drop if self.training else 0.0
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, D)
         x = self.proj_drop(self.proj(x))
@@ -66,20 +89,24 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def drop_path(x: torch.Tensor, p: float, training: bool, rng_id: int = 0) -> torch.Tensor:
     """Stochastic depth: zero whole samples' residual branch with probability p, rescale the rest."""
     if p == 0.0 or not training:
         return x
     keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    u = keyed_uniform((x.shape[0],), rng_id, x.device)
+    if u is None:
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    else:
+        mask = (u < keep).to(x.dtype).view((x.shape[0],) + (1,) * (x.ndim - 1))
     return x * mask / keep
 
 
@@ -89,9 +116,10 @@ class DropPath(nn.Module):
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
+        self.rng_id = 0  # set by the model: distinct per layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return drop_path(x, self.p, self.training)
+        return drop_path(x, self.p, self.training, self.rng_id)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

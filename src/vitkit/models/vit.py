@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vitkit.config import ModelConfig
-from vitkit.models.layers import Block, PatchEmbed
+from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
 
 
@@ -52,7 +52,7 @@ class VisionTransformer(nn.Module):
             self.pos_embed_col = nn.Parameter(torch.zeros(1, gw, d // 2))
         elif cfg.posemb == "sincos2d":
             self.register_buffer("pos_embed", sincos2d((gh, gw), d)[None], persistent=False)
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.pos_drop = Dropout(cfg.drop_rate)
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(
             *[
@@ -72,8 +72,10 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         rep = cfg.representation_size
         self.pre_logits = PreLogits(d, rep) if rep else nn.Identity()
-        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head_drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(rep or d, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        for i, m in enumerate(m for m in self.modules() if isinstance(m, (Dropout, DropPath))):
+            m.rng_id = i + 1  # keyed dropout: each layer draws its own masks
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from vitkit import keyed_random
 from vitkit.config import RunConfig
 from vitkit.data.datasets import ArrayDataset, Splits, load_dataset
 from vitkit.data.loader import global_batch, micro_batches, rank_share, steps_per_epoch
@@ -20,6 +21,7 @@ from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
 from vitkit.eval.evaluate import evaluate
 from vitkit.models import build_model
 from vitkit.train import distributed as D
+from vitkit.train import parallel as P
 from vitkit.train.checkpoint import latest_valid, load_checkpoint, save_checkpoint, save_weights
 from vitkit.train.optim import build_optimizer
 from vitkit.train.runfiles import (
@@ -111,7 +113,11 @@ class Trainer:
         if init_state is not None:  # fine-tuning: start from given weights (already adapted to cfg.model)
             self.model.load_state_dict(init_state, strict=True)
         self.model = self.model.to(device)
-        self.opt = build_optimizer(self.model, cfg.optim, device)
+        self.strategy = P.resolve_strategy(t.strategy, info)
+        self.fwd = P.wrap_model(self.model, self.strategy, device)  # FSDP shards self.model in place
+        if t.compile:
+            self.fwd = torch.compile(self.fwd)
+        self.opt = build_optimizer(self.model, cfg.optim, device, fused=self.strategy != "fsdp")
         self.lr = schedule_fn(cfg.optim, self.total)
         self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema_decay > 0 else None
         self.step = 0
@@ -124,13 +130,6 @@ class Trainer:
         self.train_ds = splits.train.to(device) if on_device else splits.train
         self.test_ds = splits.test.to(device) if on_device else splits.test
         self.transform = BatchTransform(cfg.data, cfg.model.img_size, splits.mean, splits.std, t.seed)
-        self.fwd = self.model
-        if info.enabled:
-            from vitkit.train.parallel import wrap_model
-
-            self.fwd = wrap_model(self.model, cfg, device)
-        if t.compile:
-            self.fwd = torch.compile(self.fwd)
         self.tb = None
         if tensorboard and info.is_main and out_dir:
             try:
@@ -146,41 +145,53 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def _param_names(self) -> list[str]:
+        return [n for n, _ in self.model.named_parameters()]
+
     def state(self) -> tuple[dict[str, dict], dict[str, Any]]:
-        weights = {"model": self.model.state_dict()}
+        """Full weights and training state (collective under FSDP: all ranks call it)."""
+        weights = {"model": P.model_state(self.model, self.strategy)}
         if self.ema is not None:
-            names = [n for n, _ in self.model.named_parameters()]
-            weights["ema"] = dict(zip(names, self.ema))
+            weights["ema"] = dict(zip(self._param_names(), P.full_tensors(self.ema)))
         state = {
             "step": self.step,
-            "optimizer": self.opt.state_dict(),
+            "optimizer": P.optimizer_state(self.model, self.opt),
             "rng": _rng_state(self.device),
             "elapsed": self.elapsed,
             "best": self.best,
             "images_seen": self.images_seen,
-            "acc": {k: v.detach().cpu() for k, v in self._acc.items()},
+            "acc": {k: D.all_reduce_sum(v).detach().cpu() for k, v in self._acc.items()},
+            "world_size": self.info.world,
         }
         return weights, state
 
     def load_state(self, path: str) -> None:
+        """Restore from a checkpoint written with any world size or strategy."""
         weights, state = load_checkpoint(path, "cpu")
-        self.model.load_state_dict(weights["model"], strict=True)
+        P.load_model_state(self.model, weights["model"], self.strategy)
         if self.ema is not None:
             ema = weights.get("ema")
             if ema is None:
                 raise ValueError(f"{path}: the run uses EMA but the checkpoint has no ema weights")
-            for buf, name in zip(self.ema, [n for n, _ in self.model.named_parameters()]):
-                buf.copy_(ema[name])
-        self.opt.load_state_dict(state["optimizer"])
+            with torch.no_grad():
+                for i, name in enumerate(self._param_names()):
+                    self.ema[i] = P.shard_like(ema[name], self.ema[i])
+        P.load_optimizer_state(self.model, self.opt, state["optimizer"])
         self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         self.images_seen = int(state["images_seen"])
-        self._acc = {k: v.to(self.device) for k, v in state["acc"].items()}
-        _set_rng_state(state["rng"], self.device)
+        # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
+        self._acc = {
+            k: (v if self.info.is_main else torch.zeros_like(v)).to(self.device)
+            for k, v in state["acc"].items()
+        }
+        if int(state.get("world_size", 1)) == self.info.world:
+            _set_rng_state(state["rng"], self.device)
 
     def save(self) -> None:
-        if self.out and self.info.is_main:
+        if self.out:
             weights, state = self.state()
-            save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state)
+            if self.info.is_main:
+                save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state)
         D.barrier()
 
     # ------------------------------------------------------------------ steps
@@ -212,10 +223,8 @@ class Trainer:
                     d.cutmix_alpha,
                     d.label_smoothing,
                 )
-            sync = i == len(chunks) - 1
-            ctx = self.fwd.no_sync() if (not sync and hasattr(self.fwd, "no_sync")) else _null()
-            with ctx:
-                with autocast:
+            with P.gradient_sync(self.fwd, self.strategy, sync=i == len(chunks) - 1):
+                with autocast, keyed_random.keyed(stream_key(t.seed, self.step, 0xD20), idx):
                     logits = self.fwd(x)
                 loss = _loss(logits.float(), target, d.label_smoothing)
                 (loss * (len(idx) / len(mine))).backward()
@@ -307,32 +316,19 @@ class Trainer:
             self.tb.add_scalar("test/loss", head["loss"], self.step)
         if head["top1"] > self.best:
             self.best = head["top1"]
-            if self.out and self.info.is_main:
-                weights = {"model": self.final_weights()}
-                save_checkpoint(
-                    os.path.join(self.out, CHECKPOINTS),
-                    self.step,
-                    weights,
-                    {"step": self.step, "top1": self.best},
-                    name="best",
-                )
+            weights = {"model": self.final_weights()} if self.out else None
+            if weights and self.info.is_main:
+                state = {"step": self.step, "top1": self.best}
+                save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state, name="best")
         return rec, head, raw
 
     def final_weights(self) -> dict[str, torch.Tensor]:
-        """The model's weights, with the EMA in place of the raw parameters when EMA is on."""
-        sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        """Full weights, with the EMA in place of the raw parameters when EMA is on (collective under FSDP)."""
+        sd = P.model_state(self.model, self.strategy)
         if self.ema is not None:
-            for (name, _), e in zip(self.model.named_parameters(), self.ema):
-                sd[name] = e.detach().clone()
+            for name, e in zip(self._param_names(), P.full_tensors(self.ema)):
+                sd[name] = e
         return sd
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _clean_stale(out_dir: str) -> None:
@@ -359,7 +355,7 @@ def train(
     """
     info = info or D.from_env()
     device = resolve_device(cfg.train.device, info)
-    D.init_process_group(info, device)
+    D.init_process_group(info, device, cfg.train.dist_timeout_s)
     if splits is None:
         splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
@@ -431,12 +427,14 @@ def train(
         "threads": torch.get_num_threads(),
         "last_eval": final,
     }
+    final_weights = tr.final_weights() if out_dir else None
+    raw_weights = P.model_state(tr.model, tr.strategy) if out_dir and tr.ema is not None else None
     if out_dir and info.is_main:
         save_weights(
-            os.path.join(out_dir, WEIGHTS), tr.final_weights(), {"format": "vitkit", "recipe": cfg.recipe}
+            os.path.join(out_dir, WEIGHTS), final_weights, {"format": "vitkit", "recipe": cfg.recipe}
         )
-        if tr.ema is not None:
-            save_weights(os.path.join(out_dir, "model_raw.safetensors"), tr.model.state_dict())
+        if raw_weights is not None:
+            save_weights(os.path.join(out_dir, "model_raw.safetensors"), raw_weights)
         write_json(os.path.join(out_dir, SUMMARY), summary)
     if tr.tb:
         tr.tb.close()

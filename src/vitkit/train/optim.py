@@ -32,11 +32,13 @@ def decay_names(model: nn.Module) -> tuple[list[str], list[str]]:
     return [ids[id(p)] for p in groups[0]["params"]], [ids[id(p)] for p in groups[1]["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, device: torch.device, fused: bool = True
+) -> torch.optim.Optimizer:
     """Adam/AdamW (decoupled weight decay, as the official code) or SGD+momentum; fused where supported."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name in ("adam", "adamw"):
-        kw = {"fused": True} if device.type in ("cuda", "cpu") else {}
+        kw = {"fused": True} if fused and device.type in ("cuda", "cpu") else {}
         try:
             return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kw)
         except (RuntimeError, TypeError):
