@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vitkit-installed
 DATA   := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data train test lint format bench clean
+.PHONY: setup data browser train test lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,19 @@ data:
 		echo "note: could not apt-get install dataset-fashion-mnist; vitkit will try to download it"; \
 	fi
 
+# Debian's chromium, where apt exists: the headless browser that tests the HTML report (skipped without it).
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+		echo "note: could not apt-get install chromium; the report's browser test will be skipped"; \
+	fi
+
 train: setup data
 	$(PY) -m vitkit train --recipe fashion-mnist --out runs/fashion-mnist
 
-test: setup data
+test: setup data browser
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(PY) -m pytest -q

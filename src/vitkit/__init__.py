@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from vitkit.api import create_model
 from vitkit.config import ModelConfig, RunConfig
+from vitkit.convert import load_pretrained, model_from_source, read_checkpoint
 from vitkit.models import (
     VisionTransformer,
     build_model,
     count_params,
-    create_model,
     forward_macs,
     list_models,
     model_config,
@@ -25,6 +26,9 @@ __all__ = [
     "create_model",
     "forward_macs",
     "list_models",
+    "load_pretrained",
     "model_config",
+    "model_from_source",
+    "read_checkpoint",
     "resample_posemb",
 ]

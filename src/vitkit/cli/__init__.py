@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from vitkit.cli import models, train
+from vitkit.cli import bench, convert, finetune, inspect, models, train
 from vitkit.cli.common import UserError
 
 __all__ = ["UserError", "build_parser", "main"]
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (models, train):
+    for module in (models, train, inspect, finetune, convert, bench):
         module.add_parser(sub)
     return parser
 

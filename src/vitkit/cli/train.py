@@ -31,7 +31,24 @@ FLAG_KEYS = {
     "device": "train.device",
     "checkpoint_every": "train.checkpoint_every",
     "precision": "train.precision",
+    "strategy": "train.strategy",
 }
+
+
+# keys a resumed run may change: its length, and how (not what) it computes
+RESUME_MAY_CHANGE = (
+    "train.epochs",
+    "train.steps",
+    "train.strategy",
+    "train.device",
+    "train.compile",
+    "train.dist_timeout_s",
+    "train.eval_batch_size",
+    "train.data_on_device",
+    "train.log_every",
+    "data.num_workers",
+    "data.data_dir",
+)
 
 
 def _model_overrides(name: str) -> list[str]:
@@ -80,12 +97,24 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vitkit.train.distributed import from_env
     from vitkit.train.loop import train
     from vitkit.train.runfiles import CONFIG, read_config
 
     cfg, explicit = resolve_config(args)
     out = args.out
     resume = False
+    info = from_env()
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if restarted and out and not args.resume and os.path.exists(os.path.join(out, CONFIG)):
+        log.info(
+            "torchrun restarted the job (restart %s): resuming %s",
+            os.environ["TORCHELASTIC_RESTART_COUNT"],
+            out,
+        )
+        args.resume = out
     if args.resume:
         if out and os.path.abspath(out) != os.path.abspath(args.resume):
             raise UserError(f"--resume {args.resume} and --out {out} name different folders")
@@ -102,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 ),
             )
             diff = _differences(to_dict(cfg), to_dict(saved))
-            diff = [d for d in diff if not d.startswith(("train.epochs", "train.steps"))]
+            diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
             if diff:
                 raise UserError(
                     f"--resume {out}: the command differs from the run's config: {'; '.join(diff)}"
@@ -110,14 +139,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             cfg = saved
         resume = True
-    elif out and os.path.exists(os.path.join(out, CONFIG)) and not args.overwrite:
+    elif out and info.is_main and os.path.exists(os.path.join(out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {out} already holds a run: use --resume {out} to continue it, or --overwrite")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     summary = train(
-        cfg, out, resume=resume, progress=TqdmProgress(not args.no_progress), tensorboard=args.tensorboard
+        cfg,
+        out,
+        resume=resume,
+        progress=TqdmProgress(not args.no_progress),
+        tensorboard=args.tensorboard,
+        info=info,
     )
+    if not info.is_main:
+        return 0
     wall = time.time() - t0
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion",)}, indent=2))
@@ -129,7 +165,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
         )
+    if out and not getattr(args, "no_report", False):
+        _write_report(out, cfg)
     return 0
+
+
+def _write_report(out: str, cfg: RunConfig) -> None:
+    """RUN_DIR/report.html after training; a failure is a warning: the trained run is kept as it is."""
+    from vitkit.train import distributed as D
+
+    if not D.from_env().is_main:
+        return
+    try:
+        from vitkit.cli.inspect import report_for_run
+        from vitkit.train.loop import resolve_device
+
+        device = resolve_device(cfg.train.device)
+        log.info("report: %s", report_for_run(out, device=device))
+    except Exception as e:  # the report is a convenience; never lose the run over it
+        log.warning(
+            "could not write %s/report.html (%s: %s); try `vitkit report %s`", out, type(e).__name__, e, out
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -231,6 +287,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun (default: ddp)")
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
@@ -242,6 +299,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html at the end")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run or checkpoint")

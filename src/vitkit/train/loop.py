@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from vitkit import keyed_random
 from vitkit.config import RunConfig
 from vitkit.data.datasets import ArrayDataset, Splits, load_dataset
-from vitkit.data.loader import global_batch, micro_batches, rank_share, steps_per_epoch
+from vitkit.data.loader import epoch_permutation, micro_batches, rank_share, steps_per_epoch
 from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
 from vitkit.eval.evaluate import evaluate
 from vitkit.models import build_model
@@ -196,12 +196,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
 
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This epoch's sample order, kept on the data's device (no host-to-device copy per step)."""
+        if getattr(self, "_order_epoch", None) != epoch:
+            perm = epoch_permutation(len(self.train_ds), self.cfg.train.seed, epoch)
+            dev = (
+                self.train_ds.images.device
+                if isinstance(self.train_ds, ArrayDataset)
+                else torch.device("cpu")
+            )
+            self._order, self._order_epoch = perm.to(dev), epoch
+        return self._order
+
     def train_step(self) -> None:
         """One optimizer step over the global batch (micro-batches and ranks summed)."""
         t, d = self.cfg.train, self.cfg.data
         epoch, b = divmod(self.step, self.spe)
         mine = rank_share(
-            global_batch(len(self.train_ds), t.batch_size, t.seed, epoch, b), self.info.rank, self.info.world
+            self._epoch_order(epoch)[b * t.batch_size : (b + 1) * t.batch_size],
+            self.info.rank,
+            self.info.world,
         )
         mixing = d.mixup_alpha > 0 or d.cutmix_alpha > 0
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")

@@ -1,0 +1,35 @@
+"""The public `create_model`: random weights, or pretrained ones from any supported checkpoint."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from vitkit.convert import Checkpoint, model_from_source
+from vitkit.models import VisionTransformer
+from vitkit.models import create_model as create_random_model
+
+
+def create_model(
+    name: str | None = None,
+    *,
+    pretrained: str | os.PathLike | Checkpoint | None = None,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+) -> VisionTransformer:
+    """Build variant `name` (e.g. "ViT-B/16"); with `pretrained`, load those weights.
+
+    Without `pretrained` the model has random weights (as `vitkit.models.create_model`). With it, the config is
+    the checkpoint's (width, depth, heads, patch, pooling, eps, pre-logits, classes, image size), `name` may fix
+    the architecture, and keyword arguments override any ModelConfig field: `img_size` resamples the position
+    embedding, a different `num_classes` replaces the head (zero-initialised, pre-logits dropped). Loader options
+    `strict`, `resample` ("official" | "bicubic"), `reset_head` and `num_heads` pass through to
+    `vitkit.convert.model_from_source`. Pretrained models are returned in eval mode.
+    """
+    if pretrained is None:
+        if name is None:
+            raise ValueError("create_model needs a model name such as 'ViT-B/16', or pretrained=<checkpoint>")
+        return create_random_model(name, device=device, **kwargs)
+    return model_from_source(pretrained, name, device=device, **kwargs)

@@ -1,0 +1,82 @@
+"""`vitkit bench`: throughput of vitkit beside timm, same config, same weights, same process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from vitkit.models import model_config
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vitkit.perf.benchmark import run_benchmark
+    from vitkit.train.loop import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = model_config(
+        args.model, img_size=args.img_size, num_classes=args.num_classes, in_chans=args.in_chans
+    )
+    res = run_benchmark(
+        cfg,
+        batch_size=args.batch_size,
+        mode=args.mode,
+        dtype=args.dtype,
+        compile=args.compile,
+        compare=args.compare,
+        fast=args.fast,
+        device=resolve_device(args.device),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        min_seconds=args.min_seconds,
+    )
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    what = f"{res['model']} {res['img_size'][0]}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
+    flags = ", ".join(f for f, on in (("compile", args.compile), ("fast", args.fast)) if on) or "eager"
+    print(f"{what} ({flags}) on {res['device_name']}, {res['threads']} threads, torch {res['torch']}")
+    print(f"{'':8} {'img/s median':>13} {'min':>9} {'max':>9} {'GFLOP/s':>9} {'MFU':>6}")
+    for name in ("vitkit", "timm"):
+        if res.get(f"{name}_img_s") is None:
+            continue
+        mfu = res.get(f"{name}_mfu")
+        print(
+            f"{name:8} {res[f'{name}_img_s']:>13.2f} {res[f'{name}_img_s_min']:>9.2f} "
+            f"{res[f'{name}_img_s_max']:>9.2f} {res[f'{name}_achieved_gflop_s']:>9.1f} "
+            f"{f'{mfu:.1%}' if mfu else '-':>6}"
+        )
+    if res["ratio"]:
+        print(f"ratio vitkit/timm: {res['ratio']:.3f}")
+    for key in ("max_logit_diff_vs_timm", "max_logit_diff_fast_vs_eager"):
+        if key in res:
+            print(f"{key.replace('_', ' ')}: {res[key]:.2e}")
+    if "fast_path" in res:
+        print(f"fast path: {res['fast_path']}")
+    print(
+        f"{res['gflops_per_image']:.2f} GFLOP per image ({res['mode']}); peak memory {res['peak_memory_mb']:.0f} MiB"
+    )
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="throughput of vitkit (and timm with --compare timm)")
+    p.add_argument("--model", default="ViT-S/16")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--fast", action="store_true", help="vitkit's fast inference path")
+    p.add_argument("--compare", choices=["timm"], help="time timm's model with the same weights alternately")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--min-seconds", type=float, default=1.0, help="shortest timed measurement")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,92 @@
+"""`vitkit convert | export`: any supported checkpoint to a vitkit run folder, ONNX or safetensors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from vitkit.cli.common import UserError
+
+
+def _load(source: str, img_size: int | None, num_heads: int | None):
+    """(model at the asked resolution, checkpoint) for a run folder, file, folder or hub id."""
+    from vitkit.convert import model_from_source, read_checkpoint
+
+    ckpt = read_checkpoint(source, num_heads=num_heads)
+    overrides = {"img_size": img_size} if img_size else {}
+    return model_from_source(ckpt, **overrides), ckpt
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vitkit.convert import save_run_dir
+
+    if os.path.exists(os.path.join(args.out, "config.json")) and not args.overwrite:
+        raise UserError(f"--out {args.out} already holds a config.json; pass --overwrite to replace it")
+    model, ckpt = _load(args.source, args.img_size, args.num_heads)
+    save_run_dir(args.out, model, ckpt.meta, args.source)
+    c = model.cfg
+    if args.json:
+        print(json.dumps({"source": args.source, "format": ckpt.format, "out": args.out, "model": c.name}))
+    else:
+        print(
+            f"{args.source} ({ckpt.format}) -> {args.out}: {c.name}, {c.img_size[0]}x{c.img_size[1]}, "
+            f"width {c.embed_dim}, depth {c.depth}, heads {c.num_heads}, pool {c.pool}, "
+            f"{c.num_classes} classes, eps {c.norm_eps:g}"
+        )
+    return 0
+
+
+def _default_out(source: str, fmt: str, img_size: int | None) -> str:
+    suffix = f"-{img_size}" if img_size else ""
+    ext = "onnx" if fmt == "onnx" else "safetensors"
+    if os.path.isdir(source) and os.path.exists(os.path.join(source, "config.json")):
+        return os.path.join(source, f"model{suffix}.{ext}")
+    base = os.path.basename(source.rstrip("/")).split(".")[0] or "model"
+    return f"{base}{suffix}.{ext}"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vitkit.convert import check_onnx, export_onnx, save_model_file
+
+    model, ckpt = _load(args.source, args.img_size, args.num_heads)
+    out = args.out or _default_out(args.source, args.format, args.img_size)
+    if args.format == "safetensors":
+        save_model_file(out, model, ckpt.meta)
+        print(
+            f"{out}: {model.cfg.name} at {model.cfg.img_size[0]}x{model.cfg.img_size[1]} (config in the metadata)"
+        )
+        return 0
+    export_onnx(model, out, opset=args.opset)
+    line = f"{out}: ONNX opset {args.opset}, input images (batch, {model.cfg.in_chans}, {model.cfg.img_size[0]}, {model.cfg.img_size[1]})"
+    if not args.no_check:
+        diffs = check_onnx(out, model, (1, 7))
+        worst = max(diffs.values())
+        line += f"; onnxruntime vs PyTorch max |diff| {worst:.1e} (batch 1 and 7)"
+        if worst > 1e-4:
+            raise UserError(f"{line}: exceeds 1e-4")
+    print(line)
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert any supported checkpoint into a vitkit run folder")
+    p.add_argument("source", metavar="SOURCE", help=".npz, .safetensors, .pth/.bin, a folder, or a hub id")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for config.json, data.json, model.safetensors"
+    )
+    p.add_argument("--img-size", type=int, help="resample the position embedding to this resolution")
+    p.add_argument("--num-heads", type=int, help="heads, for fused-qkv files whose shape is not the paper's")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="export a run or checkpoint to ONNX or safetensors")
+    p.add_argument("source", metavar="RUN_DIR|SOURCE")
+    p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    p.add_argument("--img-size", type=int, help="export at this resolution (position embedding resampled)")
+    p.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model[-SIZE].onnx or ./<name>.onnx")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--num-heads", type=int, help="heads, for fused-qkv files whose shape is not the paper's")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,154 @@
+"""`vitkit finetune --from SOURCE`: the paper's transfer recipe from any supported checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import torch
+
+from vitkit.cli.common import TqdmProgress, UserError
+from vitkit.config import RunConfig, apply_overrides
+from vitkit.convert import Checkpoint
+from vitkit.recipes import RECIPES, get_recipe
+
+FLAG_KEYS = {
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "epochs": "train.epochs",
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "micro_batch_size": "train.micro_batch_size",
+    "lr": "optim.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+    "precision": "train.precision",
+}
+# the recipe's fine-tuning regularisation; the architecture comes from the checkpoint
+RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+
+
+def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
+    """The recipe with the checkpoint's architecture, the asked resolution, flags and --set overrides."""
+    cfg = get_recipe(args.recipe)
+    model = dataclasses.replace(
+        ckpt.config,
+        img_size=args.img_size or ckpt.config.img_size,
+        head_init="zero",
+        **{k: getattr(cfg.model, k) for k in RECIPE_MODEL_FIELDS},
+    )
+    overrides = [
+        f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
+    ]
+    if args.epochs is not None and args.steps is None:
+        overrides.append("train.steps=0")
+    return apply_overrides(dataclasses.replace(cfg, model=model), overrides + (args.set or []))
+
+
+def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, dict[str, Any]]:
+    """Read the checkpoint, adapt it to the dataset and resolution, train; (summary, config, provenance)."""
+    from vitkit.convert import load_pretrained, read_checkpoint
+    from vitkit.data.datasets import load_dataset
+    from vitkit.models import build_model
+    from vitkit.train.loop import resolve_for_data, train
+    from vitkit.train.runfiles import CONFIG, write_json
+
+    if args.out and os.path.exists(os.path.join(args.out, CONFIG)) and not args.overwrite:
+        raise UserError(f"--out {args.out} already holds a run; pass --overwrite to start afresh there")
+    ckpt = read_checkpoint(args.source, num_heads=args.num_heads)
+    cfg = finetune_config(args, ckpt)
+    splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
+    cfg = resolve_for_data(cfg, splits)
+    reset = args.reset_head or cfg.model.num_classes != ckpt.config.num_classes
+    if reset:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, representation_size=None))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    report = load_pretrained(model, ckpt, resample=args.resample, reset_head=reset or None)
+    cfg = dataclasses.replace(cfg, model=model.cfg)
+    mean, std = ckpt.meta.get("mean"), ckpt.meta.get("std")
+    if mean and std and len(mean) == len(std) == splits.in_chans:  # preprocess as in pre-training
+        splits = dataclasses.replace(splits, mean=tuple(mean), std=tuple(std))
+    provenance = {
+        "from": args.source,
+        "format": ckpt.format,
+        "checkpoint_img_size": list(ckpt.config.img_size),
+        "img_size": list(cfg.model.img_size),
+        "resample": args.resample if report.resampled else None,
+        "head_reset": report.head_reset,
+        "channels_adapted": report.channels_adapted,
+    }
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        write_json(os.path.join(args.out, "pretrained.json"), provenance)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    state = model.state_dict()
+    summary = train(
+        cfg, args.out, progress=TqdmProgress(not args.no_progress), splits=splits, init_state=state
+    )
+    return summary, cfg, provenance
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    summary, cfg, prov = run_finetune(args)
+    if args.json:
+        out = {k: v for k, v in summary.items() if k != "confusion"} | {"pretrained": prov}
+        print(json.dumps(out, indent=2))
+        return 0
+    g0, g1 = prov["checkpoint_img_size"], prov["img_size"]
+    head = "new zero-initialised head" if prov["head_reset"] else "pretrained head"
+    where = f"; weights: {os.path.join(args.out, 'model.safetensors')}" if args.out else ""
+    print(
+        f"{cfg.recipe}: {cfg.model.name} from {args.source} ({prov['format']}, {g0[0]}x{g0[1]} -> {g1[0]}x{g1[1]}, "
+        f"{head}) on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, top-5 {summary['test_top5']:.2%} "
+        f"after {summary['steps']} steps; wall {time.time() - t0:.0f} s{where}"
+    )
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune pretrained weights on a dataset, optionally at a new resolution"
+    )
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="SOURCE", help="run folder, file or hub id"
+    )
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="finetune-small",
+        help="finetune-small (CPU-sized, default) or paper-finetune (the paper's: batch 512, SGD)",
+    )
+    p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
+    p.add_argument("--data-dir")
+    p.add_argument("--img-size", type=int, help="fine-tuning resolution (default: the checkpoint's)")
+    p.add_argument(
+        "--resample", choices=["official", "bicubic"], default="official", help="position embedding"
+    )
+    p.add_argument(
+        "--reset-head", action="store_true", help="new zero-initialised head even if classes match"
+    )
+    p.add_argument("--num-heads", type=int, help="heads, for fused-qkv files whose shape is not the paper's")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--micro-batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.warmup_steps=50"
+    )
+    p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_finetune)

@@ -1,0 +1,304 @@
+"""`vitkit inspect RUN_DIR|SOURCE` and `vitkit report RUN_DIR`: the paper's four analyses and the HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+
+from vitkit.cli.common import UserError, find_run, load_run
+
+log = logging.getLogger("vitkit")
+
+
+@dataclasses.dataclass
+class Subject:
+    """A model to inspect and what is known about its inputs (a run's data.json, or defaults)."""
+
+    model: torch.nn.Module
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+    run: Any = None  # LoadedRun for a run folder
+    run_dir: str | None = None
+
+
+def _is_run_config(path: str) -> bool:
+    """A vitkit run's config.json (not, say, a Hugging Face model folder's)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("model"), dict) and "train" in d
+
+
+def is_run_path(path: str) -> bool:
+    """A run folder, a checkpoint folder in one, or a weights file in one."""
+    p = os.path.abspath(path)
+    if os.path.isdir(p):
+        if _is_run_config(os.path.join(p, "config.json")):
+            return True
+        ckpt = os.path.exists(os.path.join(p, "model.safetensors"))
+        return ckpt and _is_run_config(os.path.join(os.path.dirname(os.path.dirname(p)), "config.json"))
+    if os.path.isfile(p) and p.endswith(".safetensors"):
+        folder = os.path.dirname(p)
+        return any(
+            _is_run_config(os.path.join(d, "config.json"))
+            for d in (folder, os.path.dirname(os.path.dirname(folder)))
+        )
+    return False
+
+
+def require_matplotlib() -> None:
+    """The figures need matplotlib (an optional dependency): say how to get it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("the figures need matplotlib: pip install 'vitkit[plots]'") from None
+
+
+def load_subject(source: str, device: torch.device | str = "cpu") -> Subject:
+    """A run (folder, checkpoint, weights file) or, through vitkit.convert, pretrained weights."""
+    if is_run_path(source):
+        run = load_run(source, device)
+        c = run.cfg.model.in_chans
+        classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
+        return Subject(
+            run.model,
+            f"{run.cfg.model.name} ({run.cfg.recipe} on {run.cfg.data.dataset})",
+            tuple(run.data.get("mean") or [0.5] * c),
+            tuple(run.data.get("std") or [0.5] * c),
+            list(classes),
+            run,
+            find_run(source)[0],
+        )
+    try:
+        from vitkit.convert import model_from_source
+    except ImportError as e:
+        raise UserError(
+            f"{source} is not a run folder (config.json + model.safetensors), and loading pretrained weights "
+            f"needs vitkit.convert.model_from_source, which is unavailable: {e}"
+        ) from None
+    model = model_from_source(source)
+    model = model.to(device).eval()
+    c = model.cfg.in_chans
+    # the official and timm ViT weights expect inputs scaled to [-1, 1]
+    return Subject(model, f"{model.cfg.name} ({source})", (0.5,) * c, (0.5,) * c, [], None, None)
+
+
+@dataclasses.dataclass
+class Inputs:
+    """The images analysed: uint8 (B, C, H, W) at the model's size, with labels and titles when known."""
+
+    images: torch.Tensor
+    description: str
+    labels: torch.Tensor | None = None
+    titles: list[str] | None = None
+    noise: bool = False  # no real images: predictions are not shown
+
+
+def noise_inputs(subject: Subject, n: int, why: str) -> Inputs:
+    """Deterministic uniform-noise images, when no real ones are at hand."""
+    cfg = subject.model.cfg
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, cfg.in_chans, *cfg.img_size), generator=g, dtype=torch.uint8)
+    return Inputs(images, f"{n} uniform-noise images ({why})", noise=True)
+
+
+def sample_inputs(subject: Subject, n: int) -> Inputs:
+    """The first n test images of a run's dataset; uniform noise (with a warning) when there are none."""
+    from vitkit.data.transforms import resize
+
+    cfg = subject.model.cfg
+    if subject.run is None:
+        log.warning("no --images given: using noise images for the attention analyses")
+        return noise_inputs(subject, n, "no --images given")
+    from vitkit.data.datasets import load_dataset
+
+    rc = subject.run.cfg
+    try:
+        splits = load_dataset(rc.data, img_size=rc.model.img_size, seed=rc.train.seed)
+    except (OSError, ValueError, RuntimeError) as e:
+        log.warning("could not load the test images of %s (%s): using noise images", rc.data.dataset, e)
+        return noise_inputs(subject, n, f"the test images of {rc.data.dataset} could not be loaded")
+    ds = splits.test if len(splits.test) else splits.train
+    m = min(n, len(ds))
+    images, labels = ds.get_batch(torch.arange(m))
+    images = resize(images.cpu().float(), cfg.img_size).round().clamp(0, 255).to(torch.uint8)
+    if m == 0 or images.shape[1] != cfg.in_chans:
+        log.warning(
+            "dataset %s has no usable test images for this model: using noise images", rc.data.dataset
+        )
+        return noise_inputs(subject, n, f"{rc.data.dataset} has no usable test images")
+    labels = labels.cpu()
+    titles = [f"true: {subject.classes[int(y)]}" for y in labels] if subject.classes else None
+    return Inputs(images, f"the first {m} test images of {rc.data.dataset}", labels, titles)
+
+
+def file_inputs(subject: Subject, paths: list[str]) -> Inputs:
+    """Image files decoded at the model's size and channels."""
+    from vitkit.data.imagefolder import load_image
+
+    cfg = subject.model.cfg
+    out = []
+    for p in paths:
+        try:
+            out.append(load_image(p, cfg.img_size, cfg.in_chans))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    return Inputs(torch.stack(out), f"{len(out)} image file(s)", titles=[os.path.basename(p) for p in paths])
+
+
+def run_analysis(subject: Subject, inputs: Inputs, args: argparse.Namespace):
+    """Normalise the uint8 images as the model expects and run the four analyses."""
+    from vitkit.data.transforms import normalize
+    from vitkit.inspect import analyse
+
+    x = normalize(inputs.images.float(), subject.mean, subject.std)
+    return analyse(
+        subject.model,
+        x,
+        k=args.k,
+        head_fusion=args.head_fusion,
+        discard_ratio=args.discard_ratio,
+        batch_size=args.batch_size,
+    )
+
+
+def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
+    """The Report of a run (curves, confusion, predictions, the four figures) or of a bare model."""
+    from vitkit.inspect.report import Report, inspection_sections, run_sections
+
+    cfg = subject.model.cfg
+    facts = [
+        ("model", subject.name),
+        ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, patch {cfg.patch_size}, grid {cfg.grid_size[0]}x"
+                 f"{cfg.grid_size[1]}, width {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"),
+        ("pool / position embedding", f"{cfg.pool} / {cfg.posemb}"),
+        ("images analysed", inputs.description),
+    ]  # fmt: skip
+    sections = []
+    if subject.run_dir:
+        from vitkit.train.runfiles import SUMMARY, read_json, read_metrics
+
+        summary_path = os.path.join(subject.run_dir, SUMMARY)
+        summary = read_json(summary_path) if os.path.exists(summary_path) else None
+        if summary:
+            facts[1:1] = [
+                ("test top-1 / top-5", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"),
+                ("training", f"{summary['steps']} steps, {summary['epochs']:.1f} epochs, "
+                             f"{summary['train_seconds']:.0f} s on {summary.get('device', '?')}"),
+            ]  # fmt: skip
+        facts.insert(0, ("run", subject.run_dir))
+        shown = None if inputs.noise else inputs.images
+        sections += run_sections(
+            read_metrics(subject.run_dir), summary, subject.classes, analysis, shown, inputs.labels
+        )
+    sections += inspection_sections(pngs)
+    return Report(f"vitkit: {subject.name}", facts, sections)
+
+
+def inspect_to(subject: Subject, out_dir: str, inputs: Inputs, args: argparse.Namespace) -> str:
+    """Write the four PNGs, inspect.json and report.html into out_dir; return the report's path."""
+    from vitkit.inspect.report import write_inspection, write_report
+
+    analysis = run_analysis(subject, inputs, args)
+    info = {
+        "model": subject.name,
+        "config": dataclasses.asdict(subject.model.cfg),
+        "images": inputs.description,
+        "num_images": len(inputs.images),
+        "head_fusion": args.head_fusion,
+        "discard_ratio": args.discard_ratio,
+    }
+    if subject.run_dir:
+        info["run"] = subject.run_dir
+    show = min(args.show, len(inputs.images))
+    titles = inputs.titles[:show] if inputs.titles else None
+    pngs = write_inspection(out_dir, analysis, inputs.images[:show], titles, info)
+    path = os.path.join(out_dir, "report.html")
+    write_report(path, build_report(subject, analysis, inputs, pngs))
+    return path
+
+
+def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", num_images: int = 32) -> str:
+    """Write RUN_DIR/report.html (or `out`): what `vitkit report` and the end of `vitkit train` do."""
+    require_matplotlib()
+    from vitkit.inspect.plots import figure_png
+    from vitkit.inspect.report import inspection_figures, write_report
+
+    args = argparse.Namespace(k=28, head_fusion="mean", discard_ratio=0.0, batch_size=16, show=8)
+    subject = load_subject(run_dir, device)
+    inputs = sample_inputs(subject, num_images)
+    analysis = run_analysis(subject, inputs, args)
+    show = min(args.show, len(inputs.images))
+    titles = inputs.titles[:show] if inputs.titles else None
+    figs = inspection_figures(analysis, inputs.images[:show], titles)
+    pngs = {name: figure_png(fig) for name, fig in figs.items()}
+    path = out or os.path.join(subject.run_dir or run_dir, "report.html")
+    write_report(path, build_report(subject, analysis, inputs, pngs))
+    return path
+
+
+def _device(name: str) -> torch.device:
+    from vitkit.train.loop import resolve_device
+
+    return resolve_device(name)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    require_matplotlib()
+    subject = load_subject(args.source, _device(args.device))
+    inputs = file_inputs(subject, args.images) if args.images else sample_inputs(subject, args.num_images)
+    out = args.out or (os.path.join(subject.run_dir, "inspect") if subject.run_dir else "vitkit-inspect")
+    path = inspect_to(subject, out, inputs, args)
+    print(f"wrote {out}/: embedding_pca.png posemb_similarity.png attention_distance.png attention_rollout.png "
+          f"inspect.json report.html ({path})")  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if not is_run_path(args.run):
+        raise UserError(f"{args.run} is not a run folder (config.json + model.safetensors)")
+    path = report_for_run(args.run, args.out, _device(args.device), args.num_images)
+    print(f"wrote {path}")
+    return 0
+
+
+def _analysis_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-images", type=int, default=32, help="test images averaged over (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="the paper's four analyses (embedding PCA, posemb similarity, attention distance, rollout)",
+    )
+    p.add_argument(
+        "source", metavar="RUN_DIR|SOURCE", help="a run folder or checkpoint, or pretrained weights"
+    )
+    p.add_argument("--images", nargs="+", metavar="FILE", help="image files (default: the run's test images)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/inspect, or ./vitkit-inspect)")
+    p.add_argument("--k", type=int, default=28, help="principal components of the embedding filters")
+    p.add_argument(
+        "--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion"
+    )
+    p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of weights")
+    p.add_argument("--show", type=int, default=8, help="images in the rollout figure")
+    p.add_argument("--batch-size", type=int, default=16)
+    _analysis_flags(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: curves, confusion, predictions, inspection")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE", help="default: RUN_DIR/report.html")
+    _analysis_flags(p)
+    p.set_defaults(func=cmd_report)

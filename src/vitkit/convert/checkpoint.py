@@ -1,0 +1,152 @@
+"""A checkpoint in vitkit's parameter names, and the ModelConfig its tensors imply."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vitkit.config import ModelConfig
+from vitkit.convert.files import ConversionError
+from vitkit.models.registry import WIDTHS
+
+log = logging.getLogger(__name__)
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass
+class Checkpoint:
+    """Weights renamed to vitkit's (timm's) names, the config they imply, and where they came from.
+
+    Keys a converter could not map keep their original names, so a strict load names them.
+    `meta` holds what preprocessing needs when the source says it: mean, std, classes.
+    """
+
+    state: dict[str, torch.Tensor]
+    config: ModelConfig
+    format: str  # "official" | "big_vision" | "timm" | "hf" | "vitkit"
+    path: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    # False for fused-qkv weights of an unusual width: config.num_heads is then a placeholder
+    heads_known: bool = True
+
+
+def guess_num_heads(width: int, depth: int, mlp: int, where: str) -> int | None:
+    """Heads of a fused-qkv checkpoint: the paper's table when width/depth/MLP match, else width / 64, else None."""
+    for w, d, h, m in WIDTHS.values():
+        if (w, d, m) == (width, depth, mlp):
+            return h
+    if width % 64 == 0:
+        log.info("%s: num_heads not stored; assuming head width 64 -> %d heads", where, width // 64)
+        return width // 64
+    return None
+
+
+def unknown_heads_error(ckpt: Checkpoint) -> ConversionError:
+    """The error for building a model from a checkpoint whose number of heads is not known."""
+    c = ckpt.config
+    return ConversionError(
+        f"{ckpt.path}: the number of attention heads is not stored in the checkpoint and width {c.embed_dim} "
+        "is not a multiple of 64; pass num_heads=... (or a model name such as 'ViT-S/16')"
+    )
+
+
+def model_name(width: int, depth: int, heads: int, mlp: int, patch: int) -> str:
+    """ "ViT-B/16" when the shape is one of the paper's, else "ViT-<width>x<depth>/<patch>"."""
+    for size, shape in WIDTHS.items():
+        if shape == (width, depth, heads, mlp):
+            return f"ViT-{size}/{patch}"
+    return f"ViT-{width}x{depth}/{patch}"
+
+
+def _depth(state: dict[str, torch.Tensor], where: str) -> int:
+    ids = sorted({int(m.group(1)) for k in state if (m := _BLOCK.match(k))})
+    if not ids:
+        raise ConversionError(f"{where}: no transformer blocks (blocks.N.*) found")
+    if ids != list(range(len(ids))):
+        raise ConversionError(f"{where}: transformer blocks are not numbered 0..N-1: {ids}")
+    return len(ids)
+
+
+def _require(state: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
+    if key not in state:
+        raise ConversionError(f"{where}: missing {key!r}; is this a Vision Transformer checkpoint?")
+    return state[key]
+
+
+def infer_config(
+    state: dict[str, torch.Tensor],
+    where: str,
+    *,
+    num_heads: int | None = None,
+    norm_eps: float = 1e-6,
+    img_size: tuple[int, int] | None = None,
+    posemb: str | None = None,
+) -> ModelConfig:
+    """The ModelConfig implied by a state dict in vitkit's names (width, depth, MLP, patch, pool, head, grid)."""
+    proj = _require(state, "patch_embed.proj.weight", where)  # (D, C, P, P)
+    if proj.ndim != 4 or proj.shape[2] != proj.shape[3]:
+        raise ConversionError(
+            f"{where}: patch_embed.proj.weight has shape {tuple(proj.shape)}, expected (D, C, P, P)"
+        )
+    width, in_chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
+    depth = _depth(state, where)
+    mlp = int(_require(state, "blocks.0.mlp.fc1.weight", where).shape[0])
+    heads = num_heads or guess_num_heads(width, depth, mlp, where) or 1  # 1: unknown (see heads_known)
+    pool = "token" if "cls_token" in state else "gap"
+    prefix = 1 if pool == "token" else 0
+    if posemb is None:
+        posemb = "learn" if "pos_embed" in state else "learn2d" if "pos_embed_row" in state else "none"
+    if img_size is None:
+        if "pos_embed" in state:
+            n = int(state["pos_embed"].shape[1]) - prefix
+            side = math.isqrt(max(n, 0))
+            if side * side != n:
+                raise ConversionError(
+                    f"{where}: {n} patch position embeddings do not form a square grid, and the file does not "
+                    "say the image size; save it as a vitkit file (vitkit.convert.save_model_file) with its config"
+                )
+            img_size = (side * patch, side * patch)
+        elif "pos_embed_row" in state:
+            img_size = (state["pos_embed_row"].shape[1] * patch, state["pos_embed_col"].shape[1] * patch)
+        else:
+            img_size = (224, 224)
+            log.info("%s: no position embedding to read the grid from; assuming 224x224 images", where)
+    head = state.get("head.weight")
+    pre = state.get("pre_logits.fc.weight")
+    return ModelConfig(
+        name=model_name(width, depth, heads, mlp, patch),
+        img_size=img_size,
+        patch_size=patch,
+        in_chans=in_chans,
+        num_classes=int(head.shape[0]) if head is not None else 0,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=mlp,
+        pool=pool,
+        posemb=posemb,
+        representation_size=int(pre.shape[0]) if pre is not None else None,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        norm_eps=norm_eps,
+    )
+
+
+def prepend_prefix_posemb(state: dict[str, torch.Tensor], grid_tokens: int | None = None) -> None:
+    """Give the class token a zero position embedding when the checkpoint adds none to it (in place).
+
+    big_vision and timm's `no_embed_class` models add the position embedding before prepending the class token;
+    vitkit adds it after, so a zero row for the class token computes the same thing.
+    """
+    pe = state.get("pos_embed")
+    if pe is None or "cls_token" not in state:
+        return
+    n = int(pe.shape[1])
+    without_prefix = grid_tokens == n if grid_tokens is not None else math.isqrt(n) ** 2 == n and n > 1
+    if without_prefix:
+        state["pos_embed"] = torch.cat([torch.zeros_like(pe[:, :1]), pe], dim=1)  # (1, 1 + N, D)

@@ -1,0 +1,99 @@
+"""Export a model: ONNX with a dynamic batch axis (checked under onnxruntime) or self-describing safetensors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+
+import torch
+
+from vitkit.convert.files import ConversionError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Raise the given loggers to WARNING for the duration (the ONNX optimizer logs every pass at INFO)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
+    """Write `model` (eval mode, CPU) as ONNX: input "images" (batch, C, H, W), output "logits" (batch, K)."""
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise ConversionError("ONNX export needs onnx and onnxscript: pip install 'vitkit[export]'") from None
+    model = model.eval().to("cpu")
+    cfg = model.cfg
+    example = torch.zeros(2, cfg.in_chans, *cfg.img_size)  # batch 2: a size-1 example would be specialised
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # protobuf caps a file at 2 GB: bigger models keep their weights in "<path>.data" beside it
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_500_000_000
+    if external:
+        tmp = path
+    else:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".onnx")
+        os.close(fd)
+    try:
+        with torch.no_grad(), _quiet("onnxscript", "onnx_ir", "torch.onnx"):
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=opset,
+                external_data=external,
+                verbose=False,
+            )
+        if tmp != path:
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def check_onnx(
+    path: str, model: torch.nn.Module, batch_sizes: Sequence[int] = (1, 7), seed: int = 0
+) -> dict[int, float]:
+    """Max |onnxruntime - PyTorch| of the logits for random inputs of each batch size."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConversionError(
+            "checking an ONNX export needs onnxruntime: pip install 'vitkit[export]'"
+        ) from None
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    model = model.eval().to("cpu")
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(seed)
+    diffs = {}
+    for b in batch_sizes:
+        x = torch.randn(b, cfg.in_chans, *cfg.img_size, generator=gen)  # (B, C, H, W)
+        with torch.no_grad():
+            ref = model(x)
+        (out,) = session.run(["logits"], {"images": x.numpy()})
+        if tuple(out.shape) != tuple(ref.shape):
+            raise ConversionError(
+                f"{path}: batch {b} gave logits {tuple(out.shape)}, PyTorch {tuple(ref.shape)}"
+            )
+        diffs[b] = float((torch.from_numpy(out) - ref).abs().max())
+    return diffs

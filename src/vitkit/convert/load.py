@@ -1,0 +1,235 @@
+"""Load a checkpoint into a model: position-embedding resampling, head replacement, strict key checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitkit.config import ModelConfig
+from vitkit.convert.checkpoint import Checkpoint, unknown_heads_error
+from vitkit.convert.files import ConversionError
+from vitkit.convert.sources import read_checkpoint
+from vitkit.models import VisionTransformer, build_model, model_config, resample_posemb
+
+log = logging.getLogger(__name__)
+
+RESAMPLE = {"official": ("bilinear", True), "bicubic": ("bicubic", False)}  # mode, align_corners
+HEAD_KEYS = ("head.weight", "head.bias", "pre_logits.fc.weight", "pre_logits.fc.bias")
+ARCH_FIELDS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")
+
+
+@dataclass
+class LoadReport:
+    """What load_pretrained did: the source, resampling, head replacement, keys left out."""
+
+    source: str
+    format: str
+    resampled: tuple[tuple[int, int], tuple[int, int]] | None = None  # (checkpoint grid, model grid)
+    head_reset: bool = False
+    channels_adapted: tuple[int, int] | None = None  # (checkpoint, model) input channels
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def _names(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def adapt_input_channels(w: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Patch-embedding weights (D, C, P, P) for another number of input channels (as timm's adapt_input_conv)."""
+    c = w.shape[1]
+    if c == in_chans:
+        return w
+    if in_chans == 1:
+        return w.sum(dim=1, keepdim=True)  # (D, 1, P, P): a grey image seen as R = G = B
+    reps = -(-in_chans // c)
+    return w.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
+
+
+def _resample_posemb(
+    state: dict, ckpt: ModelConfig, cfg: ModelConfig, resample: str, report: LoadReport
+) -> None:
+    """Resize the checkpoint's position embedding to the model's grid (in place)."""
+    old, new = ckpt.grid_size, cfg.grid_size
+    mode, align = RESAMPLE[resample]
+    if cfg.posemb == "learn" and "pos_embed" in state:
+        pe = state["pos_embed"]  # (1, prefix + gh*gw, D)
+        if pe.shape[1] != ckpt.num_tokens:
+            raise ConversionError(
+                f"{report.source}: pos_embed has {pe.shape[1]} entries, the checkpoint's grid {old[0]}x{old[1]} "
+                f"with {ckpt.num_prefix_tokens} class token(s) needs {ckpt.num_tokens}"
+            )
+        if ckpt.num_prefix_tokens != cfg.num_prefix_tokens:
+            raise ConversionError(
+                f"{report.source}: the checkpoint pools with pool={ckpt.pool!r}, the model with pool={cfg.pool!r}"
+            )
+        if old != new:
+            state["pos_embed"] = resample_posemb(pe, new, cfg.num_prefix_tokens, mode, align, old_grid=old)
+            report.resampled = (old, new)
+    elif cfg.posemb == "learn2d" and "pos_embed_row" in state and old != new:
+        for key, size in (("pos_embed_row", new[0]), ("pos_embed_col", new[1])):
+            p = state[key].transpose(1, 2).float()  # (1, D/2, g)
+            state[key] = nn.functional.interpolate(p, size=size, mode="linear", align_corners=True).transpose(
+                1, 2
+            )
+        report.resampled = (old, new)
+
+
+def _replace_head(model: VisionTransformer) -> None:
+    """A zero-initialised head on the encoder's width, without pre-logits (the paper's fine-tuning)."""
+    ref = model.patch_embed.proj.weight
+    model.pre_logits = nn.Identity()
+    if model.num_classes:
+        head = nn.Linear(model.embed_dim, model.num_classes, device=ref.device, dtype=ref.dtype)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        model.head = head
+    model.cfg = dataclasses.replace(model.cfg, representation_size=None, head_init="zero")
+
+
+def _check_head(state: dict, model: VisionTransformer, ckpt: ModelConfig, source: str) -> None:
+    """Without reset_head, a head the model cannot take is an error that says what to do."""
+    if "head.weight" not in state or not isinstance(model.head, nn.Linear):
+        return
+    theirs, ours = tuple(state["head.weight"].shape), tuple(model.head.weight.shape)
+    if theirs[0] != ours[0]:  # another number of classes (a width mismatch is reported with the others)
+        raise ConversionError(
+            f"{source}: head.weight is {theirs} in the checkpoint ({ckpt.num_classes} classes) and {ours} in the "
+            f"model ({model.num_classes} classes); pass reset_head=True to replace the head with a zero-initialised "
+            "one and drop pre_logits, as the paper does for fine-tuning"
+        )
+
+
+def load_pretrained(
+    model: VisionTransformer,
+    source: str | os.PathLike | Checkpoint,
+    *,
+    strict: bool = True,
+    resample: str = "official",
+    reset_head: bool | None = None,
+) -> LoadReport:
+    """Load pretrained weights into `model` in place and say what was adapted.
+
+    `source`: any format `read_checkpoint` reads (or a Checkpoint). The position embedding is resampled to the
+    model's grid (`resample="official"`: bilinear, align_corners=True, as the official code's scipy zoom;
+    `"bicubic"`: timm's). Input channels are adapted by summing/repeating the patch-embedding filters.
+    `reset_head=True` replaces the head by a zero-initialised one for `model.num_classes` and drops pre_logits;
+    otherwise a head of another size is an error saying so. A model without a head (num_classes=0) takes the
+    encoder only. `strict`: missing or unexpected keys are an error naming them (else logged and returned).
+    Shape mismatches are always an error naming the key and both shapes.
+    """
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample={resample!r}: expected one of {', '.join(map(repr, RESAMPLE))}")
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    report = LoadReport(ckpt.path, ckpt.format)
+    state = dict(ckpt.state)
+    cfg = model.cfg
+    _resample_posemb(state, ckpt.config, cfg, resample, report)
+    w = state.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 4 and w.shape[1] != cfg.in_chans:
+        state["patch_embed.proj.weight"] = adapt_input_channels(w, cfg.in_chans)
+        report.channels_adapted = (int(w.shape[1]), cfg.in_chans)
+        log.warning(
+            "%s: %d input channels adapted to %d (patch filters summed/repeated)",
+            ckpt.path,
+            w.shape[1],
+            cfg.in_chans,
+        )
+    if reset_head:  # the head and pre-logits are replaced below, once the rest is known to fit
+        for key in HEAD_KEYS:
+            state.pop(key, None)
+    elif not isinstance(model.head, nn.Linear):  # a feature extractor: the encoder only
+        for key in ("head.weight", "head.bias"):
+            state.pop(key, None)
+    else:
+        _check_head(state, model, ckpt.config, ckpt.path)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if reset_head:
+        own = {k: v for k, v in own.items() if not k.startswith(("head.", "pre_logits."))}
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {own[k]}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != own[k]
+    ]
+    if bad:
+        raise ConversionError(
+            f"{ckpt.path} does not fit the model ({cfg.name}): shape mismatch: {'; '.join(bad)}"
+        )
+    report.missing = sorted(set(own) - set(state))
+    report.unexpected = sorted(set(state) - set(own))
+    if report.missing or report.unexpected:
+        hint = ""
+        if "pre_logits.fc.weight" in report.unexpected:
+            hint = " (the checkpoint has pre-logits: set representation_size, or pass reset_head=True)"
+        msg = (
+            f"{ckpt.path} -> {cfg.name}: missing keys [{_names(report.missing)}], "
+            f"unexpected keys [{_names(report.unexpected)}]{hint}"
+        )
+        if strict:
+            raise ConversionError(msg)
+        log.warning(msg)
+    if reset_head:
+        _replace_head(model)
+        report.head_reset = True
+        log.info(
+            "%s: new zero-initialised head for %d classes; pre_logits dropped", ckpt.path, model.num_classes
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return report
+
+
+def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> ModelConfig:
+    """The checkpoint's config; `name` (e.g. "ViT-B/16") fixes the architecture, overrides set any field."""
+    cfg = ckpt.config
+    if name is not None:
+        reg = model_config(name)
+        cfg = dataclasses.replace(cfg, **{k: getattr(reg, k) for k in ARCH_FIELDS})
+    valid = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def model_from_source(
+    source: str | os.PathLike | Checkpoint,
+    name: str | None = None,
+    *,
+    strict: bool = True,
+    resample: str = "official",
+    reset_head: bool | None = None,
+    device: str | torch.device | None = None,
+    num_heads: int | None = None,
+    **overrides: Any,
+) -> VisionTransformer:
+    """A model built from a checkpoint's inferred config (plus overrides) with its weights, in eval mode.
+
+    Passing a `num_classes` different from the checkpoint's counts as asking for a new head (reset_head=True)
+    unless reset_head is given. `img_size` different from the checkpoint's resamples the position embedding.
+    """
+    if isinstance(source, Checkpoint):
+        ckpt = source
+    else:
+        ckpt = read_checkpoint(source, num_heads=num_heads)
+    if not ckpt.heads_known and name is None and "num_heads" not in overrides:
+        raise unknown_heads_error(ckpt)
+    classes = overrides.get("num_classes", ckpt.config.num_classes)
+    if reset_head is None and classes not in (ckpt.config.num_classes, 0):
+        reset_head = True  # asking for another number of classes asks for a new head
+    if reset_head:
+        overrides = {**overrides, "representation_size": None, "head_init": "zero"}
+    cfg = config_for(ckpt, name, **overrides)
+    if device is not None:
+        with torch.device(device):
+            model = build_model(cfg)
+    else:
+        model = build_model(cfg)
+    load_pretrained(model, ckpt, strict=strict, resample=resample, reset_head=reset_head)
+    return model.eval()

@@ -1,0 +1,161 @@
+"""google-research/vision_transformer and big_vision (AugReg) .npz checkpoints -> vitkit state dicts.
+
+Flax names and layouts (kernels are (in, out); attention kernels are split by head):
+  embedding/kernel (P, P, C, D)                  -> patch_embed.proj.weight (D, C, P, P)
+  cls (1, 1, D)                                  -> cls_token
+  Transformer/posembed_input/pos_embedding       -> pos_embed (official: class token included)
+  pos_embedding (big_vision, top level)          -> pos_embed (no class-token entry: a zero row is added)
+  Transformer/encoderblock_<i>/ or the scanned Transformer/encoderblock/ with a leading depth axis:
+    LayerNorm_0                                  -> blocks.i.norm1
+    MultiHeadDotProductAttention_1 (_0 in big_vision)/{query,key,value} (D, H, hd) -> blocks.i.attn.qkv
+    .../out/kernel (H, hd, D)                    -> blocks.i.attn.proj
+    LayerNorm_2 (LayerNorm_1 in big_vision)      -> blocks.i.norm2
+    MlpBlock_3 (MlpBlock_0 in big_vision)/Dense_{0,1} -> blocks.i.mlp.fc{1,2}
+  Transformer/encoder_norm                       -> norm
+  pre_logits (Dense + tanh)                      -> pre_logits.fc
+  head                                           -> head
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from vitkit.convert.checkpoint import Checkpoint, infer_config, prepend_prefix_posemb
+from vitkit.convert.files import ConversionError, read_npz
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("opt/target/", "params/", "")
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    """A float32 tensor (copied) from a numpy array."""
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+class _Reader:
+    """Pops arrays by name so that whatever is left at the end can be reported."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], prefix: str, path: str):
+        self.left = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        self.path = path
+        self.used: set[str] = set()  # stacked arrays read by index, dropped once every block is read
+
+    def has(self, key: str) -> bool:
+        return key in self.left
+
+    def pop(self, key: str, idx: int | None = None) -> np.ndarray:
+        if key not in self.left:
+            raise ConversionError(f"{self.path}: missing array {key!r}")
+        a = self.left[key]
+        if idx is None:
+            del self.left[key]
+            return a
+        self.used.add(key)
+        return a[idx]
+
+    def drop_used(self) -> None:
+        for key in self.used:
+            self.left.pop(key, None)
+        self.used.clear()
+
+
+def _detect_prefix(arrays: dict[str, np.ndarray], path: str) -> str:
+    for prefix in PREFIXES:
+        if f"{prefix}embedding/kernel" in arrays:
+            return prefix
+    some = sorted(arrays)[:6]
+    raise ConversionError(
+        f"{path}: no 'embedding/kernel' (optionally under 'opt/target/' or 'params/'): not a ViT checkpoint "
+        f"of the official or big_vision code (first keys: {some})"
+    )
+
+
+def _pick(r: _Reader, base: str, options: tuple[str, ...], what: str) -> str:
+    for name in options:
+        if any(k.startswith(f"{base}{name}/") for k in r.left):
+            return name
+    raise ConversionError(f"{r.path}: no {what} ({' or '.join(options)}) under {base!r}")
+
+
+def _block(r: _Reader, base: str, idx: int | None, out: dict[str, torch.Tensor], i: int) -> int:
+    """Convert one encoder block into `out` under blocks.i; returns its number of heads."""
+    mha = _pick(r, base, ("MultiHeadDotProductAttention_1", "MultiHeadDotProductAttention_0"), "attention")
+    mlp = _pick(r, base, ("MlpBlock_3", "MlpBlock_0"), "MLP block")
+    ln2 = "LayerNorm_2" if any(k.startswith(f"{base}LayerNorm_2/") for k in r.left) else "LayerNorm_1"
+    a = f"{base}{mha}/"
+    q = r.pop(f"{a}query/kernel", idx)  # (D, H, hd)
+    dim, heads = q.shape[0], q.shape[1]
+    qkv_w = [_t(r.pop(f"{a}{n}/kernel", idx).reshape(dim, -1).T) for n in ("key", "value")]
+    out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([_t(q.reshape(dim, -1).T), *qkv_w])  # (3D, D)
+    if f"{a}query/bias" in r.left:
+        out[f"blocks.{i}.attn.qkv.bias"] = torch.cat(
+            [_t(r.pop(f"{a}{n}/bias", idx).reshape(-1)) for n in ("query", "key", "value")]
+        )
+    out[f"blocks.{i}.attn.proj.weight"] = _t(r.pop(f"{a}out/kernel", idx).reshape(-1, dim).T)  # (D, H*hd)
+    out[f"blocks.{i}.attn.proj.bias"] = _t(r.pop(f"{a}out/bias", idx))
+    for src, dst in (("LayerNorm_0", "norm1"), (ln2, "norm2")):
+        out[f"blocks.{i}.{dst}.weight"] = _t(r.pop(f"{base}{src}/scale", idx))
+        out[f"blocks.{i}.{dst}.bias"] = _t(r.pop(f"{base}{src}/bias", idx))
+    for j in range(2):
+        out[f"blocks.{i}.mlp.fc{j + 1}.weight"] = _t(r.pop(f"{base}{mlp}/Dense_{j}/kernel", idx).T)
+        out[f"blocks.{i}.mlp.fc{j + 1}.bias"] = _t(r.pop(f"{base}{mlp}/Dense_{j}/bias", idx))
+    return int(heads)
+
+
+def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """vitkit state dict (+ unconverted arrays under their names) and facts: heads, layout, posemb."""
+    prefix = _detect_prefix(arrays, path)
+    r = _Reader(arrays, prefix, path)
+    out: dict[str, torch.Tensor] = {}
+    out["patch_embed.proj.weight"] = _t(r.pop("embedding/kernel").transpose(3, 2, 0, 1))  # (D, C, P, P)
+    out["patch_embed.proj.bias"] = _t(r.pop("embedding/bias"))
+    if r.has("cls"):
+        out["cls_token"] = _t(r.pop("cls")).reshape(1, 1, -1)
+    big_vision = r.has("pos_embedding") or prefix == "params/"
+    for key in ("Transformer/posembed_input/pos_embedding", "pos_embedding"):
+        if r.has(key):
+            pe = _t(r.pop(key))
+            out["pos_embed"] = pe if pe.ndim == 3 else pe.reshape(1, -1, pe.shape[-1])  # (1, N, D)
+    scanned = "Transformer/encoderblock/"
+    heads = 0
+    if any(k.startswith(scanned) for k in r.left):
+        depth = int(r.left[f"{scanned}LayerNorm_0/scale"].shape[0])
+        for i in range(depth):
+            heads = _block(r, scanned, i, out, i)
+        r.drop_used()
+    else:
+        i = 0
+        while any(k.startswith(f"Transformer/encoderblock_{i}/") for k in r.left):
+            heads = _block(r, f"Transformer/encoderblock_{i}/", None, out, i)
+            i += 1
+    out["norm.weight"] = _t(r.pop("Transformer/encoder_norm/scale"))
+    out["norm.bias"] = _t(r.pop("Transformer/encoder_norm/bias"))
+    for src, dst in (("pre_logits", "pre_logits.fc"), ("head", "head")):
+        if r.has(f"{src}/kernel"):
+            out[f"{dst}.weight"] = _t(r.pop(f"{src}/kernel").T)
+            out[f"{dst}.bias"] = _t(r.pop(f"{src}/bias"))
+    if any(k.startswith("MAPHead_0/") for k in r.left):
+        raise ConversionError(
+            f"{path}: attention-pooling (MAP) heads are not supported; vitkit pools by token or GAP"
+        )
+    for k, v in r.left.items():  # kept under their original names, so that a strict load names them
+        try:
+            out[prefix + k] = torch.from_numpy(np.array(v))
+        except TypeError:
+            out[prefix + k] = torch.empty(0)
+    return out, {"num_heads": heads, "layout": "big_vision" if big_vision else "official"}
+
+
+def read_official(path: str) -> Checkpoint:
+    """Read an official or big_vision .npz (no pickles) into a Checkpoint."""
+    arrays = read_npz(path)
+    state, facts = convert_official(arrays, path)
+    prepend_prefix_posemb(state)
+    posemb = None if "pos_embed" in state else "sincos2d"  # big_vision's fixed 2D sin-cos
+    cfg = infer_config(state, path, num_heads=facts["num_heads"], norm_eps=1e-6, posemb=posemb)
+    meta = {"mean": [0.5] * cfg.in_chans, "std": [0.5] * cfg.in_chans}  # both codes scale pixels to [-1, 1]
+    return Checkpoint(state, cfg, facts["layout"], path, meta)

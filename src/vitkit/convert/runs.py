@@ -1,0 +1,117 @@
+"""vitkit's own weights: run folders (config.json + model.safetensors), checkpoint folders, exported files.
+
+Also writes them: `save_run_dir` makes a folder that `vitkit eval/predict/export/finetune` accept, and
+`save_model_file` one self-describing safetensors file (the ModelConfig rides in its metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from vitkit.config import ModelConfig, RunConfig, from_dict, load_run_config, save_json, to_dict
+from vitkit.convert.checkpoint import Checkpoint
+from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
+
+CONFIG = "config.json"
+DATA = "data.json"
+WEIGHTS = "model.safetensors"
+
+
+def is_run_config(config: dict[str, Any]) -> bool:
+    """Whether a config.json is a vitkit RunConfig."""
+    return isinstance(config.get("model"), dict) and "embed_dim" in config["model"]
+
+
+def _meta_from_data(run_dir: str) -> dict[str, Any]:
+    path = os.path.join(run_dir, DATA)
+    if not os.path.isfile(path):
+        return {}
+    data = read_json_file(path)
+    return {k: data[k] for k in ("mean", "std", "classes") if data.get(k)}
+
+
+def _run_config(run_dir: str) -> RunConfig:
+    try:
+        return load_run_config(os.path.join(run_dir, CONFIG))
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise ConversionError(f"{run_dir}/{CONFIG} is not a vitkit run config: {e}") from None
+
+
+def read_run(path: str) -> Checkpoint:
+    """A run folder, a checkpoint folder inside one (checkpoints/step-N), or a weights file inside either."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path) if os.path.isfile(path) else path
+    weights = path if os.path.isfile(path) else os.path.join(folder, WEIGHTS)
+    run_dir = folder
+    if not os.path.isfile(os.path.join(run_dir, CONFIG)):
+        run_dir = os.path.dirname(os.path.dirname(folder))  # RUN/checkpoints/step-N/model.safetensors
+    if not os.path.isfile(os.path.join(run_dir, CONFIG)):
+        raise ConversionError(f"{path}: no vitkit {CONFIG} beside it or two folders up")
+    if not os.path.isfile(weights):
+        raise ConversionError(
+            f"{folder} has no {WEIGHTS} (a run still training?); pass one of its checkpoints/step-N folders"
+        )
+    cfg = _run_config(run_dir)
+    state, _ = read_safetensors(weights)
+    return Checkpoint(state, cfg.model, "vitkit", weights, _meta_from_data(run_dir))
+
+
+def read_model_file(path: str, state: dict[str, torch.Tensor], meta: dict[str, str]) -> Checkpoint:
+    """A safetensors file written by `save_model_file` (its ModelConfig in the metadata)."""
+    try:
+        cfg = from_dict(ModelConfig, json.loads(meta["config"]), where=f"{path} metadata 'config'")
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ConversionError(f"{path}: metadata 'config' is not a ModelConfig: {e}") from None
+    extra = json.loads(meta.get("preprocess", "{}") or "{}")
+    return Checkpoint(state, cfg, "vitkit", path, extra if isinstance(extra, dict) else {})
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any] | None = None) -> None:
+    """Atomically write the model's weights as safetensors, its ModelConfig (and mean/std) in the metadata."""
+    from safetensors.torch import save_file
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    meta = {"format": "vitkit", "config": json.dumps(to_dict(model.cfg))}
+    if preprocess:
+        meta["preprocess"] = json.dumps(preprocess)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(_plain(model.state_dict()), tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], source: str) -> None:
+    """A vitkit run folder for a converted model: config.json, data.json, model.safetensors."""
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = model.cfg
+    save_json(
+        RunConfig(recipe="converted", model=cfg, expected=f"converted from {source}"),
+        os.path.join(out_dir, CONFIG),
+    )
+    data = {
+        "dataset": f"pretrained:{source}",
+        "classes": meta.get("classes") or [str(i) for i in range(cfg.num_classes)],
+        "in_chans": cfg.in_chans,
+        "native_size": list(cfg.img_size),
+        "mean": meta.get("mean") or [0.5] * cfg.in_chans,
+        "std": meta.get("std") or [0.5] * cfg.in_chans,
+    }
+    with open(os.path.join(out_dir, DATA), "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in ("mean", "std", "classes")})

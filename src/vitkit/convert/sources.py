@@ -1,0 +1,94 @@
+"""One entry point for every checkpoint: detect the format of a path or hub id and read it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from vitkit.convert.checkpoint import Checkpoint
+from vitkit.convert.files import (
+    TORCH_SUFFIXES,
+    ConversionError,
+    read_json_file,
+    read_weights_file,
+)
+from vitkit.convert.hf import from_hf_state, is_hf_state, read_hf_folder
+from vitkit.convert.hub import fetch, is_hub_id
+from vitkit.convert.official import read_official
+from vitkit.convert.runs import CONFIG, WEIGHTS, is_run_config, read_model_file, read_run
+from vitkit.convert.timm import from_timm_state, is_timm_state, timm_folder_weights
+
+FORMATS = ("official", "big_vision", "timm", "hf", "vitkit")
+
+
+def _from_state(path: str, state: dict[str, torch.Tensor], num_heads: int | None) -> Checkpoint:
+    """A bare weights file: timm or transformers names, told apart by their keys."""
+    if is_timm_state(state):
+        return from_timm_state(state, path, num_heads=num_heads)
+    if is_hf_state(state):
+        return from_hf_state(state, {"num_attention_heads": num_heads} if num_heads else {}, path)
+    some = sorted(state)[:6]
+    raise ConversionError(
+        f"{path}: not a Vision Transformer checkpoint vitkit knows: expected timm names (patch_embed.proj.weight) "
+        f"or transformers names (embeddings.patch_embeddings.projection.weight); first keys: {some}"
+    )
+
+
+def _read_folder(folder: str, num_heads: int | None) -> Checkpoint:
+    config_path = os.path.join(folder, CONFIG)
+    if not os.path.isfile(config_path):
+        if os.path.isfile(os.path.join(folder, WEIGHTS)):
+            return read_run(folder)  # a checkpoint folder inside a run
+        raise ConversionError(
+            f"{folder}: no config.json; expected a vitkit run folder, a transformers ViT folder or a timm hub folder"
+        )
+    config = read_json_file(config_path)
+    if is_run_config(config):
+        return read_run(folder)
+    if "model_type" in config:
+        return read_hf_folder(folder)
+    if "architecture" in config or "pretrained_cfg" in config:
+        path = timm_folder_weights(folder)
+        state, _ = read_weights_file(path)
+        return from_timm_state(state, path, hub_config=config, num_heads=num_heads)
+    raise ConversionError(
+        f"{config_path}: neither a vitkit run config, a transformers config nor a timm config"
+    )
+
+
+def _read_file(path: str, num_heads: int | None) -> Checkpoint:
+    if path.endswith(".npz"):
+        return read_official(path)
+    if not path.endswith((".safetensors", *TORCH_SUFFIXES)):
+        raise ConversionError(
+            f"{path}: unknown file type; expected .npz (official/big_vision), .safetensors, "
+            f"{', '.join(TORCH_SUFFIXES)}, a folder or a hub id"
+        )
+    state, meta = read_weights_file(path)
+    if meta.get("format") == "vitkit":
+        if "config" in meta:
+            return read_model_file(path, state, meta)
+        return read_run(path)  # weights written by `vitkit train` inside a run folder
+    return _from_state(path, state, num_heads)
+
+
+def read_checkpoint(source: str | os.PathLike, *, num_heads: int | None = None) -> Checkpoint:
+    """Read any supported checkpoint into vitkit names with its inferred ModelConfig.
+
+    `source`: an official/big_vision `.npz`; timm `.safetensors`/`.pth`/`.bin`; a transformers ViT folder; a vitkit
+    run folder, checkpoint folder or exported `.safetensors`; or a hub id (`hf-hub:timm/...`, `google/vit-...`).
+    `num_heads` is needed only for fused-qkv files whose shape is not one of the paper's.
+    """
+    source = os.fspath(source)
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        return _read_folder(path, num_heads)
+    if os.path.isfile(path):
+        return _read_file(path, num_heads)
+    if is_hub_id(source):
+        return _read_folder(fetch(source), num_heads)
+    raise FileNotFoundError(
+        f"{source} does not exist (not a file or folder, and not a hub id such as 'hf-hub:timm/<name>' "
+        "or 'google/vit-base-patch16-224')"
+    )

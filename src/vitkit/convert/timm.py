@@ -1,0 +1,86 @@
+"""timm VisionTransformer weights (.safetensors, .pth/.bin, or a hub folder with timm's config.json).
+
+timm's parameter names are vitkit's, so conversion is mostly checking: a DDP `module.` prefix is stripped, a
+position embedding without a class-token row (timm's `no_embed_class`) gets a zero row, and what vitkit's
+ViT does not have (fc_norm, register tokens, LayerScale, ...) is left under its name for a strict load to name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from vitkit.convert.checkpoint import Checkpoint, guess_num_heads, infer_config, prepend_prefix_posemb
+from vitkit.convert.files import ConversionError
+
+
+def is_timm_state(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict uses timm's (= vitkit's) ViT names."""
+    return any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in state)
+
+
+def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """What timm's hub config.json says that weights do not: image size, mean/std, pooling, heads."""
+    pre = config.get("pretrained_cfg") or {}
+    facts: dict[str, Any] = {}
+    size = pre.get("input_size")
+    if isinstance(size, (list, tuple)) and len(size) == 3:
+        facts["img_size"] = (int(size[1]), int(size[2]))
+    for key in ("mean", "std"):
+        if isinstance(pre.get(key), (list, tuple)):
+            facts[key] = [float(v) for v in pre[key]]
+    args = config.get("model_args") or {}
+    if "num_heads" in args:
+        facts["num_heads"] = int(args["num_heads"])
+    pool = args.get("global_pool", config.get("global_pool"))
+    if pool not in (None, "token", "avg", ""):
+        raise ConversionError(
+            f"{where}: timm global_pool={pool!r} is not supported (vitkit pools by token or avg)"
+        )
+    facts["global_pool"] = pool
+    return facts
+
+
+def from_timm_state(
+    state: dict[str, torch.Tensor],
+    where: str,
+    *,
+    hub_config: dict[str, Any] | None = None,
+    num_heads: int | None = None,
+) -> Checkpoint:
+    """A Checkpoint from a timm state dict (and, from the hub, timm's config.json)."""
+    state = _strip(state)
+    facts = _hub_config_facts(hub_config, where) if hub_config else {}
+    if "fc_norm.weight" in state:
+        raise ConversionError(
+            f"{where}: has fc_norm (timm's average pooling with a norm after pooling); vitkit's GAP normalises "
+            "before pooling as the paper's code does, so these weights would compute something else"
+        )
+    if facts.get("global_pool") == "avg" and "cls_token" in state:
+        raise ConversionError(
+            f"{where}: a class token pooled by average (timm global_pool='avg' with class_token=True) is not "
+            "supported; vitkit's GAP models have no class token"
+        )
+    prepend_prefix_posemb(state)
+    heads = num_heads or facts.get("num_heads")
+    cfg = infer_config(state, where, num_heads=heads, norm_eps=1e-6, img_size=facts.get("img_size"))
+    meta = {k: facts[k] for k in ("mean", "std") if k in facts}
+    known = bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where) is not None
+    return Checkpoint(state, cfg, "timm", where, meta, heads_known=known)
+
+
+def timm_folder_weights(folder: str) -> str:
+    """The weights file of a timm hub folder."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise ConversionError(f"{folder}: timm config.json found but no model.safetensors or pytorch_model.bin")

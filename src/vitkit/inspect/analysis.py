@@ -1,0 +1,129 @@
+"""The paper's four analyses of one model on a batch of images, gathered for plots, JSON and the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitkit.inspect.attention import attention_rollout, mean_attention_distance, patch_distances
+from vitkit.inspect.embeddings import embedding_pca, posemb_similarity, similarity_by_distance
+
+
+@dataclass
+class Analysis:
+    """What `analyse` computes; tensors on the CPU."""
+
+    pca: torch.Tensor  # (k, C, P, P)
+    pca_variance: torch.Tensor  # (k,) explained variance ratio
+    posemb_sim: torch.Tensor | None  # (gh, gw, gh, gw); None without a position embedding
+    distances: torch.Tensor  # (L, H) mean attention distance in pixels
+    rollout: torch.Tensor  # (B, gh, gw)
+    probs: torch.Tensor  # (B, classes) softmax of the logits; (B, 0) for a model without a head
+    grid_size: tuple[int, int]
+    patch_size: int
+    img_size: tuple[int, int]
+
+    def uniform_distance(self) -> float:
+        """The mean attention distance of uniform attention: the mean distance between two patches, in pixels."""
+        return float(patch_distances(self.grid_size, self.patch_size).mean())
+
+    def to_json(self) -> dict[str, Any]:
+        """The numbers, JSON-ready (the figures' data, except the image-sized arrays)."""
+        d = self.distances
+        gh, gw = self.grid_size
+        max_px = float(((gh - 1) ** 2 + (gw - 1) ** 2) ** 0.5 * self.patch_size)
+        out: dict[str, Any] = {
+            "mean_attention_distance": {
+                "unit": "pixels",
+                "per_layer_per_head": [[round(v, 4) for v in row] for row in d.tolist()],
+                "per_layer": [
+                    {
+                        "layer": i + 1,
+                        "min": round(float(row.min()), 4),
+                        "mean": round(float(row.mean()), 4),
+                        "max": round(float(row.max()), 4),
+                    }
+                    for i, row in enumerate(d)
+                ],
+                "max_possible": round(max_px, 4),
+                "uniform_attention": round(self.uniform_distance(), 4),
+            },
+            "embedding_pca": {
+                "k": int(self.pca.shape[0]),
+                "filter_shape": list(self.pca.shape[1:]),
+                "explained_variance_ratio": [round(v, 6) for v in self.pca_variance.tolist()],
+            },
+            "posemb_similarity": None,
+            "grid_size": list(self.grid_size),
+            "patch_size": self.patch_size,
+            "img_size": list(self.img_size),
+        }
+        if self.posemb_sim is not None:
+            out["posemb_similarity"] = {
+                "by_distance": [
+                    {"distance_patches": round(dist, 4), "mean_cosine": round(s, 4)}
+                    for dist, s in similarity_by_distance(self.posemb_sim)
+                ]
+            }
+        return out
+
+
+@torch.no_grad()
+def analyse(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    k: int = 28,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    batch_size: int = 16,
+) -> Analysis:
+    """All four analyses of `model` on normalised images (B, C, H, W) at the model's size, in batches."""
+    cfg = model.cfg
+    pca, ratio = embedding_pca(model, k, return_variance=True)
+    sim = posemb_similarity(model).cpu() if cfg.posemb != "none" else None
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    dist_sum, maps, probs = None, [], []
+    try:
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)
+            logits, attns = model(x, return_attention=True)
+            d = torch.stack(
+                [
+                    mean_attention_distance(a.float(), cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens)
+                    for a in attns
+                ]
+            )  # (L, H), averaged over this batch
+            d = d.double().cpu() * len(x)
+            dist_sum = d if dist_sum is None else dist_sum + d
+            maps.append(
+                attention_rollout(
+                    [a.float() for a in attns],
+                    head_fusion,
+                    discard_ratio,
+                    cfg.num_prefix_tokens,
+                    cfg.grid_size,
+                ).cpu()
+            )
+            has_head = getattr(model, "num_classes", 0) > 0
+            probs.append(logits.float().softmax(-1).cpu() if has_head else torch.zeros(len(x), 0))
+    finally:
+        model.train(was_training)
+    if dist_sum is None:
+        raise ValueError("analyse needs at least one image")
+    return Analysis(
+        pca=pca.cpu(),
+        pca_variance=ratio.cpu(),
+        posemb_sim=sim,
+        distances=(dist_sum / len(images)).float(),
+        rollout=torch.cat(maps),
+        probs=torch.cat(probs).cpu(),
+        grid_size=tuple(cfg.grid_size),
+        patch_size=int(cfg.patch_size),
+        img_size=tuple(cfg.img_size),
+    )

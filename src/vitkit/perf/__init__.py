@@ -1,0 +1,1 @@
+"""Performance: throughput benchmarks beside peers, and the fast inference path."""

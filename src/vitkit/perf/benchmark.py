@@ -1,0 +1,235 @@
+"""Throughput of vitkit beside timm (same config, same weights, same process), timed alternately."""
+
+from __future__ import annotations
+
+import functools
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitkit.config import ModelConfig
+from vitkit.models import build_model, forward_macs
+
+# dense bf16 tensor-core peaks (TFLOP/s) by device-name substring, for MFU; datasheet values
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
+
+
+def timm_twin(cfg: ModelConfig) -> nn.Module:
+    """timm's VisionTransformer with the same configuration (dev dependency)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if cfg.posemb not in ("learn",) or cfg.representation_size:
+        raise ValueError("the timm comparison supports learned 1D position embeddings without pre-logits")
+    gap = cfg.pool == "gap"
+    return VisionTransformer(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        num_classes=cfg.num_classes,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+        qkv_bias=cfg.qkv_bias,
+        class_token=not gap,
+        global_pool="avg" if gap else "token",
+        fc_norm=False if gap else None,
+        norm_layer=functools.partial(nn.LayerNorm, eps=cfg.norm_eps),
+    )
+
+
+def train_flops_per_image(cfg: ModelConfig) -> float:
+    """Training FLOPs per image per step: 3 x forward (forward + backward), 2 FLOPs per MAC."""
+    return 3 * 2 * forward_macs(cfg)
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """Datasheet dense bf16 peak of the GPU, if known."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Images per second of repeated measurements."""
+
+    img_s: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {"median": statistics.median(self.img_s), "min": min(self.img_s), "max": max(self.img_s)}
+
+
+def infer_step(model: nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], torch.Tensor]:
+    """A callable running one inference batch."""
+    ac = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), ac:
+            return model(x)
+
+    return run
+
+
+def train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, lr: float = 1e-4, fused: bool = True
+) -> Callable[[], torch.Tensor]:
+    """A callable running one full optimizer step: forward, loss, backward, clip, AdamW, zero_grad."""
+    dev = x.device
+    kw = {"fused": True} if fused and dev.type in ("cuda", "cpu") else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, **kw)
+    ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def run() -> torch.Tensor:
+        with ac:
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return run
+
+
+def time_alternately(
+    runs: dict[str, Callable], device: torch.device, batch: int, warmup: int, repeats: int, min_seconds: float
+) -> dict[str, Timing]:
+    """Warm each up, then time them in turn `repeats` times; each measurement runs >= min_seconds."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+    iters = {}
+    for name, fn in runs.items():  # iterations per measurement from one timed call
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        iters[name] = max(1, int(min_seconds / max(time.perf_counter() - t, 1e-6)))
+    out = {name: Timing() for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(iters[name]):
+                fn()
+            _sync(device)
+            out[name].img_s.append(batch * iters[name] / (time.perf_counter() - t))
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_benchmark(
+    cfg: ModelConfig,
+    *,
+    batch_size: int = 32,
+    mode: str = "infer",
+    dtype: str = "fp32",
+    compile: bool = False,
+    compare: str | None = None,
+    fast: bool = False,
+    device: torch.device | str = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    min_seconds: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict."""
+    device = torch.device(device)
+    if mode not in ("infer", "train"):
+        raise ValueError(f"mode={mode!r}: expected infer or train")
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype={dtype!r}: expected fp32 or bf16")
+    if fast and mode != "infer":
+        raise ValueError("--fast is an inference path; use --mode infer")
+    torch.manual_seed(seed)
+    ours = build_model(cfg).to(device)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch_size, cfg.in_chans, *cfg.img_size, generator=g).to(device)
+    y = torch.randint(0, max(cfg.num_classes, 1), (batch_size,), generator=g).to(device)
+    models: dict[str, nn.Module] = {"vitkit": ours}
+    if compare == "timm":
+        twin = timm_twin(cfg).to(device)
+        twin.load_state_dict(ours.state_dict(), strict=True)
+        models["timm"] = twin
+    elif compare is not None:
+        raise ValueError(f"--compare {compare!r}: only timm is supported")
+    result: dict[str, Any] = {
+        "model": cfg.name,
+        "img_size": list(cfg.img_size),
+        "batch_size": batch_size,
+        "mode": mode,
+        "dtype": dtype,
+        "compile": compile,
+        "fast": fast,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    for m in models.values():
+        m.train(mode == "train")
+    if mode == "infer":
+        with torch.inference_mode():
+            ref = models["vitkit"](x).float()
+            if "timm" in models:
+                result["max_logit_diff_vs_timm"] = float((models["timm"](x).float() - ref).abs().max())
+    runners = {}
+    fast_info = None
+    for name, m in models.items():
+        if name == "vitkit" and fast:
+            from vitkit.perf.fast import fast_inference
+
+            fm, fast_info = fast_inference(ours, example=x, dtype=dtype)
+            runners[name] = infer_step(fm, x, "fp32" if fast_info.get("handles_dtype") else dtype)
+            with torch.inference_mode():
+                result["max_logit_diff_fast_vs_eager"] = float((fm(x).float() - ref).abs().max())
+            continue
+        m = torch.compile(m) if compile else m
+        runners[name] = infer_step(m, x, dtype) if mode == "infer" else train_step(m, x, y, dtype)
+    if fast_info:
+        result["fast_path"] = {k: v for k, v in fast_info.items() if k != "handles_dtype"}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    timings = time_alternately(runners, device, batch_size, warmup, repeats, min_seconds)
+    result["seconds"] = time.perf_counter() - t0
+    flops = train_flops_per_image(cfg) if mode == "train" else 2 * forward_macs(cfg)
+    result["gflops_per_image"] = flops / 1e9
+    peak = peak_tflops(device)
+    for name, t in timings.items():
+        s = t.summary()
+        result[f"{name}_img_s"] = s["median"]
+        result[f"{name}_img_s_min"] = s["min"]
+        result[f"{name}_img_s_max"] = s["max"]
+        result[f"{name}_achieved_gflop_s"] = s["median"] * flops / 1e9
+        if peak and dtype == "bf16":
+            result[f"{name}_mfu"] = s["median"] * flops / 1e12 / peak
+    result["achieved_gflop_s"] = result["vitkit_achieved_gflop_s"]
+    result["peak_memory_mb"] = peak_memory_mb(device)
+    if "timm" in timings:
+        result["ratio"] = result["vitkit_img_s"] / result["timm_img_s"]
+    else:
+        result["timm_img_s"] = None
+        result["ratio"] = None
+    return result

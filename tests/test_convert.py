@@ -1,0 +1,438 @@
+"""Pretrained weights: official/big_vision .npz, timm, Hugging Face, resampling, heads, safety, hub ids."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+
+import vitkit
+from vitkit.convert import ConversionError, UnsafeCheckpointError, load_pretrained, read_checkpoint
+
+# a tiny ViT at ViT-B/16's patch size: width 32, 2 blocks, 4 heads, MLP 64
+D, DEPTH, HEADS, MLP, P = 32, 2, 4, 64, 16
+
+
+def flax_arrays(
+    *,
+    grid: int = 2,
+    chans: int = 3,
+    classes: int = 5,
+    big_vision: bool = False,
+    scanned: bool = False,
+    gap: bool = False,
+    rep: int | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Random weights in the official (or big_vision) Flax layout, keyed as in their .npz files."""
+    rng = np.random.default_rng(seed)
+    r = lambda *s: rng.normal(0, 0.2, s).astype(np.float32)  # noqa: E731
+    hd = D // HEADS
+    mha, mlp, ln2 = ("MultiHeadDotProductAttention_0", "MlpBlock_0", "LayerNorm_1") if big_vision else (
+        "MultiHeadDotProductAttention_1", "MlpBlock_3", "LayerNorm_2")  # fmt: skip
+    w: dict[str, np.ndarray] = {"embedding/kernel": r(P, P, chans, D), "embedding/bias": r(D)}
+    n = grid * grid
+    if not gap:
+        w["cls"] = r(1, 1, D)
+    if big_vision:
+        w["pos_embedding"] = r(1, n, D)  # big_vision: no class-token entry
+    else:
+        w["Transformer/posembed_input/pos_embedding"] = r(1, n + (0 if gap else 1), D)
+    blocks = []
+    for _ in range(DEPTH):
+        b = {f"{mha}/{x}/kernel": r(D, HEADS, hd) for x in ("query", "key", "value")}
+        b.update({f"{mha}/{x}/bias": r(HEADS, hd) for x in ("query", "key", "value")})
+        b.update({f"{mha}/out/kernel": r(HEADS, hd, D), f"{mha}/out/bias": r(D)})
+        for ln in ("LayerNorm_0", ln2):
+            b.update({f"{ln}/scale": 1 + r(D), f"{ln}/bias": r(D)})
+        b.update({f"{mlp}/Dense_0/kernel": r(D, MLP), f"{mlp}/Dense_0/bias": r(MLP)})
+        b.update({f"{mlp}/Dense_1/kernel": r(MLP, D), f"{mlp}/Dense_1/bias": r(D)})
+        blocks.append(b)
+    if scanned:
+        for k in blocks[0]:
+            w[f"Transformer/encoderblock/{k}"] = np.stack([b[k] for b in blocks])  # (depth, ...)
+    else:
+        for i, b in enumerate(blocks):
+            w.update({f"Transformer/encoderblock_{i}/{k}": v for k, v in b.items()})
+    w.update({"Transformer/encoder_norm/scale": 1 + r(D), "Transformer/encoder_norm/bias": r(D)})
+    if rep:
+        w.update({"pre_logits/kernel": r(D, rep), "pre_logits/bias": r(rep)})
+    w.update({"head/kernel": r(rep or D, classes), "head/bias": r(classes)})
+    return w
+
+
+def save_npz(path, arrays: dict[str, np.ndarray], prefix: str = "") -> str:
+    np.savez(path, **{prefix + k: v for k, v in arrays.items()})
+    return str(path)
+
+
+def timm_vit(*, grid=2, chans=3, classes=5, gap=False, no_embed_class=False, eps=1e-6, **kw):
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    return TimmViT(
+        img_size=grid * P, patch_size=P, in_chans=chans, num_classes=classes, embed_dim=D, depth=DEPTH,
+        num_heads=HEADS, mlp_ratio=MLP / D, class_token=not gap, global_pool="avg" if gap else "token",
+        fc_norm=False if gap else None, no_embed_class=no_embed_class,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=eps), **kw,
+    ).eval()  # fmt: skip
+
+
+def randomize(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return model.eval()
+
+
+def assert_same_logits(ours, theirs, x, atol=1e-5):
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=atol)
+
+
+# ----------------------------------------------------------------------------- official / big_vision .npz
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(),
+        dict(prefix="opt/target/"),
+        dict(gap=True),
+        dict(big_vision=True, prefix="params/"),
+        dict(big_vision=True, scanned=True, prefix="params/"),
+        dict(big_vision=True, scanned=True, gap=True, prefix="params/"),
+    ],
+    ids=[
+        "official",
+        "opt-target",
+        "official-gap",
+        "big_vision",
+        "big_vision-scanned",
+        "big_vision-scanned-gap",
+    ],
+)
+def test_npz_matches_timms_own_loader(tmp_path, layout):
+    layout = dict(layout)
+    prefix = layout.pop("prefix", "")
+    path = save_npz(tmp_path / "ckpt.npz", flax_arrays(**layout), prefix)
+    gap, bv = layout.get("gap", False), layout.get("big_vision", False)
+    theirs = timm_vit(gap=gap, no_embed_class=bv and not gap)
+    theirs.load_pretrained(path)  # timm's _load_weights
+    ours = vitkit.create_model(pretrained=path)
+    assert ours.cfg.pool == ("gap" if gap else "token")
+    assert (ours.cfg.num_heads, ours.cfg.depth, ours.cfg.embed_dim, ours.cfg.norm_eps) == (
+        HEADS,
+        DEPTH,
+        D,
+        1e-6,
+    )
+    assert read_checkpoint(path).format == ("big_vision" if bv else "official")
+    assert_same_logits(ours, theirs, torch.randn(3, 3, 2 * P, 2 * P))
+
+
+def test_npz_pre_logits_loaded(tmp_path):
+    arrays = flax_arrays(rep=24)
+    path = save_npz(tmp_path / "rep.npz", arrays)
+    model = vitkit.create_model(pretrained=path)
+    assert model.cfg.representation_size == 24
+    torch.testing.assert_close(model.pre_logits.fc.weight, torch.from_numpy(arrays["pre_logits/kernel"].T))
+    torch.testing.assert_close(model.head.weight, torch.from_numpy(arrays["head/kernel"].T))
+    new = vitkit.create_model(
+        pretrained=path, num_classes=3
+    )  # a different head: replaced, pre-logits dropped
+    assert isinstance(new.pre_logits, torch.nn.Identity) and new.cfg.representation_size is None
+    assert new.head.weight.shape == (3, D) and new.head.weight.abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------- timm and Hugging Face
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".bin"])
+@pytest.mark.parametrize("kind", ["token", "gap", "no_embed_class"])
+def test_timm_state_dict_files(tmp_path, suffix, kind):
+    from safetensors.torch import save_file
+
+    t = randomize(timm_vit(gap=kind == "gap", no_embed_class=kind == "no_embed_class"))
+    path = str(tmp_path / f"timm{suffix}")
+    sd = t.state_dict()
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    else:
+        torch.save({"state_dict": sd, "epoch": 3} if suffix == ".pth" else sd, path)
+    with pytest.raises(ConversionError, match="num_heads"):  # fused qkv of a non-paper width: heads unknown
+        vitkit.create_model(pretrained=path)
+    ours = vitkit.create_model(pretrained=path, num_heads=HEADS)
+    assert_same_logits(ours, t, torch.randn(2, 3, 2 * P, 2 * P))
+
+
+def test_timm_fc_norm_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    t = timm_vit(gap=True)
+    sd = dict(t.state_dict())
+    sd["fc_norm.weight"] = torch.ones(D)
+    save_file(sd, str(tmp_path / "fc.safetensors"))
+    with pytest.raises(ConversionError, match="fc_norm"):
+        read_checkpoint(tmp_path / "fc.safetensors")
+
+
+def _hf_model(cls_name: str, **kw):
+    import transformers
+
+    cfg = transformers.ViTConfig(
+        hidden_size=D, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=MLP,
+        image_size=2 * P, patch_size=P, num_labels=5, layer_norm_eps=1e-5, **kw,
+    )  # fmt: skip
+    return randomize(getattr(transformers, cls_name)(cfg), std=0.1)
+
+
+def test_hf_image_classification_matches(tmp_path):
+    hf = _hf_model("ViTForImageClassification")
+    hf.save_pretrained(tmp_path / "hf")
+    ours = vitkit.create_model(pretrained=tmp_path / "hf")
+    assert ours.cfg.norm_eps == 1e-5 and ours.cfg.num_heads == HEADS and ours.cfg.num_classes == 5
+    x = torch.randn(3, 3, 2 * P, 2 * P)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, rtol=0, atol=1e-5)
+    assert read_checkpoint(tmp_path / "hf").meta["classes"][0] == "LABEL_0"
+
+
+def test_hf_vit_model_pooler_is_pre_logits(tmp_path):
+    hf = _hf_model("ViTModel")
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=False)  # pytorch_model.bin, read weights-only
+    ours = vitkit.create_model(pretrained=tmp_path / "hf")
+    assert ours.cfg.num_classes == 0 and ours.cfg.representation_size == D
+    x = torch.randn(2, 3, 2 * P, 2 * P)
+    with torch.no_grad():
+        out = hf(pixel_values=x)
+        torch.testing.assert_close(ours(x), out.pooler_output, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours.forward_features(x), out.last_hidden_state, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- resolution and heads
+
+
+def scipy_zoom(pe: torch.Tensor, old, new) -> torch.Tensor:
+    """The official code's resize of the patch position embeddings: scipy.ndimage.zoom(order=1)."""
+    grid = pe[0, 1:].double().numpy().reshape(old[0], old[1], -1)
+    grid = scipy.ndimage.zoom(grid, (new[0] / old[0], new[1] / old[1], 1), order=1)
+    return torch.cat([pe[:, :1].double(), torch.from_numpy(grid.reshape(1, new[0] * new[1], -1))], dim=1)
+
+
+@pytest.fixture
+def b16_224(tmp_path):
+    """ViT-B/16-shaped position embeddings (a 14x14 grid at 224 px) on a tiny encoder, saved by vitkit."""
+    m = vitkit.create_model(
+        "ViT-B/16", img_size=224, embed_dim=D, depth=1, num_heads=HEADS, mlp_dim=MLP, num_classes=5
+    )
+    path = str(tmp_path / "b16.safetensors")
+    vitkit.convert.save_model_file(path, m)
+    return path, m
+
+
+@pytest.mark.parametrize("size", [384, (384, 256)])
+def test_224_to_384_equals_scipy_zoom(b16_224, size):
+    path, m = b16_224
+    big = vitkit.create_model(pretrained=path, img_size=size)
+    new = big.cfg.grid_size
+    assert big.cfg.img_size == ((size, size) if isinstance(size, int) else size)
+    ref = scipy_zoom(m.pos_embed.detach(), (14, 14), new).float()
+    torch.testing.assert_close(big.pos_embed.detach(), ref, rtol=0, atol=1e-5)
+    assert big(torch.randn(1, 3, *big.cfg.img_size)).shape == (1, 5)
+
+
+def test_bicubic_resample_matches_timm(b16_224):
+    from timm.layers import resample_abs_pos_embed
+
+    path, m = b16_224
+    big = vitkit.create_model(pretrained=path, img_size=384, resample="bicubic")
+    ref = resample_abs_pos_embed(m.pos_embed.detach(), new_size=(24, 24), num_prefix_tokens=1)
+    torch.testing.assert_close(big.pos_embed.detach(), ref, rtol=0, atol=1e-5)
+
+
+def test_head_mismatch_is_reported_or_reset(b16_224):
+    path, _ = b16_224
+    model = vitkit.models.create_model(
+        "ViT-B/16", embed_dim=D, depth=1, num_heads=HEADS, mlp_dim=MLP, num_classes=7
+    )
+    with pytest.raises(
+        ConversionError, match=r"head.weight is \(5, 32\) in the checkpoint.*\(7, 32\).*reset_head=True"
+    ):
+        load_pretrained(model, path)
+    report = load_pretrained(model, path, reset_head=True)
+    assert report.head_reset and model.head.weight.abs().sum() == 0 and model.cfg.head_init == "zero"
+    feats = vitkit.models.create_model(
+        "ViT-B/16", embed_dim=D, depth=1, num_heads=HEADS, mlp_dim=MLP, num_classes=0
+    )
+    load_pretrained(feats, path)  # no head: the encoder only
+
+
+def test_grey_model_from_rgb_checkpoint(b16_224):
+    path, m = b16_224
+    grey = vitkit.create_model(pretrained=path, in_chans=1)
+    x = torch.randn(2, 1, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(x), m.eval()(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-4)
+
+
+def test_wrong_shapes_and_keys_are_named(tmp_path, b16_224):
+    path, m = b16_224
+    small = vitkit.models.create_model(
+        "ViT-B/16", embed_dim=48, depth=1, num_heads=4, mlp_dim=MLP, num_classes=5
+    )
+    with pytest.raises(
+        ConversionError,
+        match=r"patch_embed.proj.weight: checkpoint \(32, 3, 16, 16\), model \(48, 3, 16, 16\)",
+    ):
+        load_pretrained(small, path)
+    from safetensors.torch import save_file
+
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    del sd["blocks.0.norm1.weight"]
+    sd["blocks.0.ls1.gamma"] = torch.ones(D)
+    save_file(sd, str(tmp_path / "odd.safetensors"))
+    target = vitkit.models.create_model(
+        "ViT-B/16", embed_dim=D, depth=1, num_heads=HEADS, mlp_dim=MLP, num_classes=5
+    )
+    with pytest.raises(
+        ConversionError,
+        match=r"missing keys \[blocks.0.norm1.weight\], unexpected keys \[blocks.0.ls1.gamma\]",
+    ):
+        load_pretrained(target, tmp_path / "odd.safetensors")
+    report = load_pretrained(target, tmp_path / "odd.safetensors", strict=False)
+    assert report.missing == ["blocks.0.norm1.weight"] and report.unexpected == ["blocks.0.ls1.gamma"]
+
+
+def test_vitkit_run_dir_roundtrip(tmp_path):
+    from helpers import tiny_run
+    from vitkit.train.loop import train
+
+    cfg = tiny_run(epochs=1)
+    train(cfg, str(tmp_path / "run"))
+    model = vitkit.model_from_source(tmp_path / "run")
+    assert model.cfg.img_size == (16, 16) and model.cfg.num_heads == 2
+    ckpt = read_checkpoint(tmp_path / "run")
+    assert ckpt.format == "vitkit" and "mean" in ckpt.meta
+    big = vitkit.model_from_source(tmp_path / "run", img_size=32)
+    assert big.pos_embed.shape == (1, 1 + 64, 32)
+
+
+# ----------------------------------------------------------------------------- safety
+
+
+class _WritesAFile:
+    """Unpickling this calls open(path, "w"): a stand-in for any code a pickle can run."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "raw-pickle"])
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, how):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / ("evil.pth" if how == "torch.save" else "evil.bin")
+    payload = {"patch_embed.proj.weight": torch.zeros(1), "x": _WritesAFile(str(marker))}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.(pth|bin): refused to load"):
+        read_checkpoint(path)
+    with pytest.raises(UnsafeCheckpointError):
+        vitkit.create_model(pretrained=path)
+    assert not marker.exists()
+    if how == "raw-pickle":  # the file really is malicious: an unsafe load would have written the marker
+        pickle.loads(path.read_bytes())
+        assert marker.exists()
+
+
+def test_npz_with_object_arrays_is_refused(tmp_path):
+    arrays = flax_arrays()
+    arrays["evil"] = np.array([{"a": 1}], dtype=object)
+    path = save_npz(tmp_path / "evil.npz", arrays)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.npz: refused"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"not a safetensors file", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":'])
+def test_malformed_safetensors_error_cleanly(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ConversionError, match=r"bad\.safetensors is not a valid safetensors file"):
+        read_checkpoint(path)
+
+
+def test_truncated_safetensors(tmp_path, b16_224):
+    src, _ = b16_224
+    with open(src, "rb") as f:
+        data = f.read()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match=r"cut\.safetensors"):
+        read_checkpoint(tmp_path / "cut.safetensors")
+
+
+def test_unknown_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.npz")
+    (tmp_path / "w.txt").write_text("x")
+    with pytest.raises(ConversionError, match="unknown file type"):
+        read_checkpoint(tmp_path / "w.txt")
+
+
+# ----------------------------------------------------------------------------- hub ids (no network)
+
+
+def test_hub_offline_uncached_names_id_and_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    for hub_id in ("google/vit-base-patch16-224", "hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"):
+        with pytest.raises(ConversionError) as e:
+            read_checkpoint(hub_id)
+        assert hub_id in str(e.value) and str(tmp_path / "hub-cache") in str(e.value)
+        assert "offline" in str(e.value)
+
+
+def test_hub_ids_resolve_through_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    hf = _hf_model("ViTForImageClassification")
+    hf.save_pretrained(tmp_path / "snap")
+    t = randomize(timm_vit())
+    (tmp_path / "timm").mkdir()
+    torch.save(t.state_dict(), tmp_path / "timm" / "pytorch_model.bin")
+    cfg = '{"architecture": "vit_custom", "num_classes": 5, "model_args": {"num_heads": %d}, "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}'
+    (tmp_path / "timm" / "config.json").write_text(cfg % HEADS)
+    calls = []
+
+    def fake_download(repo_id, filename, **kw):
+        calls.append((repo_id, filename))
+        path = tmp_path / ("snap" if repo_id == "google/tiny-vit" else "timm") / filename
+        if not path.exists():
+            raise EntryNotFoundError(f"{repo_id}/{filename}")
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    x = torch.randn(2, 3, 2 * P, 2 * P)
+    ours = vitkit.create_model(pretrained="google/tiny-vit")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, rtol=0, atol=1e-5)
+    ours = vitkit.create_model(pretrained="hf-hub:timm/tiny")
+    assert_same_logits(ours, t, x)
+    assert ("timm/tiny", "model.safetensors") in calls and ("timm/tiny", "pytorch_model.bin") in calls
+
+
+def test_create_model_without_name_or_weights():
+    with pytest.raises(ValueError, match="needs a model name"):
+        vitkit.create_model()
+    assert vitkit.create_model("ViT-Ti/16", img_size=32, depth=1).cfg.depth == 1

@@ -1,0 +1,155 @@
+"""torchrun on CPU (gloo): DDP and FSDP equal one process; FSDP checkpoints resume on another world size;
+a killed worker restarts from the last checkpoint; a hung collective times out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import TINY_FLAGS, run_vitkit
+from vitkit.train.checkpoint import list_checkpoints, load_weights
+
+pytestmark = pytest.mark.slow
+
+# 24 optimizer steps of a tiny ViT, global batch 32, with dropout/stochastic depth and augmentation on:
+# all randomness is keyed by (seed, step, sample), so the number of processes must not matter.
+# SGD+momentum: Adam turns the float noise of exactly-zero gradients (the attention key bias) into
+# full-size updates whose sign depends on the reduction order, so no optimizer-agnostic 1e-5 holds there.
+# fmt: off
+FLAGS = [
+    *TINY_FLAGS, "--steps", "24", "--checkpoint-every", "12", "--no-progress",
+    "--set", "model.drop_rate=0.1", "--set", "model.drop_path_rate=0.1",
+    "--set", "data.crop_padding=1", "--set", "data.hflip=true",
+    "--set", "train.dist_timeout_s=60", "--set", "optim.name=sgd", "--lr", "0.05",
+]
+# fmt: on
+
+
+def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        str(29500 + os.getpid() % 1000),
+        *extra,
+        "-m",
+        "vitkit",
+        *args,
+    ]
+
+
+def env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def assert_close_weights(a_path, b_path, atol=1e-5):
+    a, b = load_weights(str(a_path)), load_weights(str(b_path))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "single"
+    r = run_vitkit("train", *FLAGS, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_equal_one(single, tmp_path, strategy):
+    out = tmp_path / strategy
+    run(torchrun("train", *FLAGS, "--strategy", strategy, "--out", str(out)))
+    assert_close_weights(single / "model.safetensors", out / "model.safetensors")
+    if strategy == "fsdp":  # its mid-run checkpoint (2 processes) resumes in 1 process to the same end
+        resumed = tmp_path / "fsdp-resumed"
+        shutil.copytree(out, resumed)
+        for name in ("model.safetensors", "summary.json"):
+            (resumed / name).unlink()
+        shutil.rmtree(list_checkpoints(str(resumed / "checkpoints"))[-1])  # keep step 12 only
+        r = run_vitkit("train", *FLAGS, "--resume", str(resumed))
+        assert r.returncode == 0, r.stderr
+        assert "resumed" in r.stderr and "step 12" in r.stderr
+        assert_close_weights(single / "model.safetensors", resumed / "model.safetensors")
+
+
+def test_killed_worker_restarts_from_checkpoint(single, tmp_path):
+    out = tmp_path / "elastic"
+    flags = [f if f != "24" else "48" for f in FLAGS]  # a longer run so the kill lands mid-run
+    ref = tmp_path / "ref"
+    assert run_vitkit("train", *flags, "--out", str(ref)).returncode == 0
+    proc = subprocess.Popen(
+        torchrun("train", *flags, "--out", str(out), extra=("--max-restarts", "1")),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpts = out / "checkpoints"
+    t0 = time.time()
+    while not (ckpts.exists() and any(p.startswith("step-") for p in os.listdir(ckpts))):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() - t0 < 180
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    workers = [int(c) for c in children]
+    assert len(workers) == 2, children
+    os.kill(workers[-1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    assert "restart" in err.lower()
+    assert_close_weights(ref / "model.safetensors", out / "model.safetensors")
+
+
+HANG = """
+import sys, time, torch, torch.distributed as dist
+from vitkit.train.distributed import DistInfo, init_process_group, from_env
+info = from_env()
+init_process_group(info, torch.device("cpu"), timeout_s=3)
+if info.rank == 1:
+    time.sleep(30)  # never joins the collective
+    sys.exit(0)
+t = time.time()
+try:
+    dist.all_reduce(torch.ones(1))
+except Exception as e:
+    print(f"FAILED after {time.time() - t:.1f}s: {type(e).__name__}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_hung_collective_fails_within_timeout(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text(HANG)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(30500 + os.getpid() % 1000),
+        str(script),
+    ]
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env())
+    assert r.returncode != 0
+    assert "FAILED after" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert time.time() - t0 < 60

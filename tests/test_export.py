@@ -1,0 +1,149 @@
+"""Export (ONNX under onnxruntime, safetensors), `vitkit convert` and `vitkit finetune` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import vitkit
+from helpers import tiny_run
+from vitkit.cli import main
+from vitkit.convert import check_onnx, export_onnx, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny ViT trained for one epoch on the synthetic dataset (16x16 grey, patch 4)."""
+    from vitkit.train.loop import train
+
+    out = tmp_path_factory.mktemp("export") / "run"
+    train(tiny_run(epochs=1), str(out))
+    return out
+
+
+def test_onnx_dynamic_batch_matches_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = vitkit.create_model(
+        "ViT-Ti/16", img_size=(32, 48), embed_dim=32, depth=2, num_heads=2, mlp_dim=64
+    )
+    model.eval()
+    path = export_onnx(model, str(tmp_path / "m.onnx"))
+    diffs = check_onnx(path, model, (1, 7))
+    assert set(diffs) == {1, 7} and max(diffs.values()) < 1e-4, diffs
+
+    import onnx
+
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 48]
+
+
+def test_cli_export_onnx_at_new_size(run_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m32.onnx"
+    assert main(["export", str(run_dir), "--format", "onnx", "--img-size", "32", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "batch 1 and 7" in line and out.exists()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(7, 1, 32, 32)).astype(np.float32)
+    ref = vitkit.model_from_source(run_dir, img_size=32)(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(sess.run(None, {"images": x})[0], ref, rtol=0, atol=1e-4)
+
+
+def test_cli_export_safetensors_is_self_describing(run_dir, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert (
+        main(["export", str(run_dir), "--format", "safetensors", "--img-size", "24", "--out", str(out)]) == 0
+    )
+    ckpt = read_checkpoint(out)
+    assert ckpt.format == "vitkit" and ckpt.config.img_size == (24, 24) and "mean" in ckpt.meta
+    model = vitkit.model_from_source(out)
+    assert model.pos_embed.shape == (1, 1 + 36, 32)
+
+
+def test_cli_convert_npz_to_run_dir(tmp_path, capsys):
+    from test_convert import flax_arrays, save_npz, timm_vit
+
+    path = save_npz(tmp_path / "vit.npz", flax_arrays(), "opt/target/")
+    out = tmp_path / "converted"
+    assert main(["convert", path, "--out", str(out)]) == 0
+    assert "(official)" in capsys.readouterr().out
+    from vitkit.cli.common import load_run
+
+    run = load_run(str(out))
+    theirs = timm_vit()
+    theirs.load_pretrained(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(x), theirs(x), rtol=0, atol=1e-5)
+    assert json.loads((out / "data.json").read_text())["mean"] == [0.5, 0.5, 0.5]
+    assert main(["convert", path, "--out", str(out)]) == 2  # refuses to overwrite
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(b"\x80\x04\x95garbage")
+    assert main(["convert", str(evil), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evil.pth" in err[0]
+
+
+def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
+    def finetune(out, *extra):
+        args = [
+            "finetune",
+            "--from",
+            str(run_dir),
+            "--dataset",
+            "synthetic",
+            "--img-size",
+            "32",
+            "--steps",
+            "6",
+        ]
+        args += ["--batch-size", "32", "--device", "cpu", "--out", str(out), "--no-progress", "--json"]
+        args += ["--set", "data.synthetic_size=256", "--set", "optim.warmup_steps=2", *extra]
+        assert main(args) == 0
+        return json.loads(capsys.readouterr().out)
+
+    summary = finetune(tmp_path / "ft")
+    assert summary["steps"] == 6 and summary["recipe"] == "finetune-small"
+    assert summary["pretrained"]["img_size"] == [32, 32] and not summary["pretrained"]["head_reset"]
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert cfg["model"]["img_size"] == [32, 32] and cfg["optim"]["name"] == "sgd"
+    assert vitkit.model_from_source(tmp_path / "ft").pos_embed.shape == (1, 1 + 64, 32)
+    assert finetune(tmp_path / "ft2", "--reset-head")["pretrained"][
+        "head_reset"
+    ]  # a new zero head when asked
+
+
+def test_transfer_resolution_bench_runs(run_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "transfer_resolution.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        str(run_dir),
+        "--img-size",
+        "32",
+        "--steps",
+        "2",
+        "--batch-size",
+        "32",
+    ]
+    cmd += ["--device", "cpu", "--out", str(tmp_path / "ft"), "--json", str(tmp_path / "r.json")]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
+    assert r.returncode in (0, 1), r.stderr  # 1: the acceptance checks fail on a tiny synthetic run
+    assert "after vitkit finetune (2 steps" in r.stdout
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["moved"]["img_size"] == [32, 32] and res["native"]["img_size"] == [16, 16]
