@@ -29,6 +29,7 @@ TINY_FLAGS = [
     "--dataset", "synthetic", "--device", "cpu", "--batch-size", "32", "--lr", "3e-3",
     "--set", "data.synthetic_size=512", "--set", "model.img_size=16", "--set", "model.embed_dim=32",
     "--set", "model.depth=2", "--set", "model.num_heads=2", "--set", "model.mlp_dim=64",
+    "--set", "model.patch_size=4", "--set", "train.compile=false",  # the default recipe compiles; tests need not
 ]  # fmt: skip
 
 

@@ -17,7 +17,11 @@ def _vit(name: str, size: str, patch: int, **kw) -> ModelConfig:
 
 
 def fashion_mnist() -> RunConfig:
-    """The default of `vitkit train`: a plain ViT on Fashion-MNIST in minutes on 2 CPU cores."""
+    """The default of `vitkit train`: a plain ViT on Fashion-MNIST in about 12 minutes on 2 CPU cores.
+
+    4x4 patches (49 tokens + class token), width 96, depth 4, 3 heads: the paper's architecture at the size that
+    2 CPU cores train at about 1,100 images/s (compiled). Batch 64, AdamW, cosine decay, horizontal flips.
+    """
     return RunConfig(
         recipe="fashion-mnist",
         model=ModelConfig(
@@ -26,37 +30,41 @@ def fashion_mnist() -> RunConfig:
             patch_size=4,
             in_chans=1,
             num_classes=10,
-            embed_dim=128,
+            embed_dim=96,
             depth=4,
-            num_heads=4,
-            mlp_dim=256,
+            num_heads=3,
+            mlp_dim=192,
         ),
-        data=DataConfig(dataset="fashion-mnist", crop_padding=2, hflip=True),
-        optim=OptimConfig(name="adamw", lr=2e-3, weight_decay=0.05, warmup_fraction=0.05, schedule="cosine"),
-        train=TrainConfig(epochs=6, batch_size=128, log_every=50),
-        expected="Fashion-MNIST test top-1 >= 90% in <= 15 min on 2 CPU cores (see README for the measured run)",
+        data=DataConfig(dataset="fashion-mnist", hflip=True),
+        optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, warmup_fraction=0.03, schedule="cosine"),
+        train=TrainConfig(epochs=12, batch_size=64, log_every=100, compile=True),
+        expected=(
+            "Fashion-MNIST test top-1 90.45% in 704 s wall (638 s training, 1,128 img/s) on 2 CPU cores; "
+            "90% first reached after epoch 10 (597 s). `make train`; bench/RESULTS.md"
+        ),
     )
 
 
 def fashion_mnist_best() -> RunConfig:
     """The most accurate plain ViT (the paper's patch embedding, no conv stem) we train on Fashion-MNIST.
 
-    2x2 patches (196 tokens), GAP head and fixed 2D sin-cos position embedding (the paper's Appendix D
-    variants, as Beyer et al. 2022's plain-ViT baseline), crop/flip/erasing, label smoothing, stochastic
-    depth, EMA of weights. Sized for one GPU: `vitkit train --recipe fashion-mnist-best --device cuda`.
+    4x4 patches (49 tokens), width 256, depth 8, GAP head and fixed 2D sin-cos position embedding (the
+    paper's Appendix D variants, as Beyer et al. 2022's plain-ViT baseline), crop/flip/erasing, label
+    smoothing, stochastic depth. Sized for one GPU: `vitkit train --recipe fashion-mnist-best --device cuda`;
+    on 2 CPU cores it takes about 17 minutes per epoch (run it in the background with --resume).
     """
     return RunConfig(
         recipe="fashion-mnist-best",
         model=ModelConfig(
-            name="ViT-fmnist-best/2",
+            name="ViT-fmnist-best/4",
             img_size=28,
-            patch_size=2,
+            patch_size=4,
             in_chans=1,
             num_classes=10,
-            embed_dim=192,
-            depth=6,
-            num_heads=6,
-            mlp_dim=384,
+            embed_dim=256,
+            depth=8,
+            num_heads=8,
+            mlp_dim=512,
             pool="gap",
             posemb="sincos2d",
             drop_path_rate=0.1,
@@ -65,8 +73,11 @@ def fashion_mnist_best() -> RunConfig:
             dataset="fashion-mnist", crop_padding=2, hflip=True, random_erasing=0.25, label_smoothing=0.1
         ),
         optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, schedule="cosine"),
-        train=TrainConfig(epochs=100, batch_size=512, precision="bf16", ema_decay=0.999, log_every=100),
-        expected="Fashion-MNIST test top-1 >= 93% (GPU run recorded in bench/RESULTS.md)",
+        train=TrainConfig(epochs=100, batch_size=512, precision="auto", log_every=100),
+        expected=(
+            "Fashion-MNIST test top-1 >= 93%. Measured so far (bench/RESULTS.md): the same recipe cut to 48 "
+            "epochs reached 92.91% on one H200 (163 s of training); the 100-epoch run is not yet measured"
+        ),
     )
 
 
@@ -89,8 +100,8 @@ def fashion_mnist_gpu() -> RunConfig:
         ),
         data=DataConfig(dataset="fashion-mnist", crop_padding=2, hflip=True, label_smoothing=0.1),
         optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, schedule="cosine"),
-        train=TrainConfig(epochs=30, batch_size=512, precision="bf16", log_every=100, eval_every=5),
-        expected="Fashion-MNIST test top-1 >= 92% in <= 60 s on one H100/H200 (bench/RESULTS.md)",
+        train=TrainConfig(epochs=25, batch_size=512, precision="auto", log_every=100, eval_every=5),
+        expected="Fashion-MNIST test top-1 91.1% in 51 s wall (41 s training) on one H200 (bench/RESULTS.md)",
     )
 
 

@@ -16,9 +16,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = model_config(
-        args.model, img_size=args.img_size, num_classes=args.num_classes, in_chans=args.in_chans
-    )
+    if args.recipe:  # the recipe's model, batch and compile setting; timm as a plain loop beside it
+        from vitkit.recipes import get_recipe
+
+        run = get_recipe(args.recipe)
+        cfg = run.model
+        args.batch_size = args.batch_size or run.train.batch_size
+        args.compile = args.compile or run.train.compile
+    else:
+        cfg = model_config(
+            args.model, img_size=args.img_size, num_classes=args.num_classes, in_chans=args.in_chans
+        )
+    args.batch_size = args.batch_size or 32
     res = run_benchmark(
         cfg,
         batch_size=args.batch_size,
@@ -31,12 +40,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         min_seconds=args.min_seconds,
+        peer_plain=bool(args.recipe),
+        fast_method=args.fast_method,
     )
     if args.json:
         print(json.dumps(res))
         return 0
     what = f"{res['model']} {res['img_size'][0]}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
     flags = ", ".join(f for f, on in (("compile", args.compile), ("fast", args.fast)) if on) or "eager"
+    if args.recipe:
+        flags += f"; recipe {args.recipe}: timm as a plain eager loop"
     print(f"{what} ({flags}) on {res['device_name']}, {res['threads']} threads, torch {res['torch']}")
     print(f"{'':8} {'img/s median':>13} {'min':>9} {'max':>9} {'GFLOP/s':>9} {'MFU':>6}")
     for name in ("vitkit", "timm"):
@@ -67,11 +80,18 @@ def add_parser(sub) -> None:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--in-chans", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default 32 (or the recipe's)")
+    p.add_argument("--recipe", help="a recipe's model, batch and training path; timm as a plain eager loop")
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--fast", action="store_true", help="vitkit's fast inference path")
+    p.add_argument(
+        "--fast-method",
+        choices=["auto", "compile", "onnx", "onnx-int8"],
+        default="auto",
+        help="auto: onnx-int8 on CPU, compile on CUDA",
+    )
     p.add_argument("--compare", choices=["timm"], help="time timm's model with the same weights alternately")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int)

@@ -210,8 +210,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     std = tuple(run.data.get("std") or splits.std)
     transform = BatchTransform(data_cfg, run.cfg.model.img_size, mean, std)
     ds = splits.test if args.split == "test" else splits.train
+    model = run.model
+    if args.fast:
+        example = transform.eval(ds.get_batch(torch.arange(min(len(ds), args.batch_size)))[0].to(device))
+        model = _fast(run.model, example)
     res = evaluate(
-        run.model,
+        model,
         ds,
         transform.eval,
         num_classes=splits.num_classes,
@@ -219,7 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     if args.json:
-        print(json.dumps({k: v for k, v in res.items() if k != "confusion"} | {"weights": run.weights_path}))
+        extra = {"weights": run.weights_path, "fast": args.fast}
+        print(json.dumps({k: v for k, v in res.items() if k != "confusion"} | extra))
     else:
         print(
             f"{args.split}: top-1 {res['top1']:.2%}  top-5 {res['top5']:.2%}  loss {res['loss']:.4f}  "
@@ -229,6 +234,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name, acc in zip(classes, res["per_class"]):
             print(f"  {name:<16} {acc:.2%}" if acc is not None else f"  {name:<16} (no samples)")
     return 0
+
+
+def _fast(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """The fast inference path (int8 ONNX Runtime on CPU, torch.compile on CUDA), logged."""
+    from vitkit.perf.fast import fast_inference
+
+    fast, info = fast_inference(model, example=example)
+    log.info("fast inference path: %s (%s)", info["method"], info["dtype"])
+    return fast
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -241,15 +255,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
     mean = tuple(run.data.get("mean") or [0.5] * in_chans)
     std = tuple(run.data.get("std") or [0.5] * in_chans)
-    results = []
+    images = []
     for path in args.images:
         try:
-            img = load_image(path, size, in_chans)
+            images.append(load_image(path, size, in_chans))
         except ValueError as e:
             raise UserError(str(e)) from None
-        x = normalize(resize(img[None].float(), run.cfg.model.img_size), mean, std)
-        with torch.no_grad():
-            probs = run.model(x).softmax(-1)[0]
+    batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std)  # (B, C, H, W)
+    model = _fast(run.model, batch) if args.fast else run.model
+    with torch.inference_mode():
+        all_probs = model(batch).float().softmax(-1)
+    results = []
+    for path, probs in zip(args.images, all_probs):
         k = min(args.topk, len(classes))
         top = probs.topk(k)
         preds = [
@@ -285,7 +302,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun (default: ddp)")
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
@@ -312,11 +329,13 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--json", action="store_true", help="print one JSON object (top1, top5, loss, num_samples, ...)"
     )
+    p.add_argument("--fast", action="store_true", help="the fast inference path (CPU: int8 ONNX Runtime)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files with a trained run or checkpoint")
     p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--fast", action="store_true", help="the fast inference path (CPU: int8 ONNX Runtime)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

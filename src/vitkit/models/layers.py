@@ -65,19 +65,29 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
+    def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None):
+        """(B, N, D) -> (B, N, D); with `num_queries`, outputs for the first n tokens only: (B, n, D)."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
+        if num_queries is None:
+            n = N
+            qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
+        else:  # queries of the first n tokens, keys and values of all
+            n = num_queries
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :n], w[:C], None if b is None else b[:C])  # (B, n, D)
+            q = q.reshape(B, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
+            kv = F.linear(x, w[C:], None if b is None else b[C:])  # (B, N, 2D)
+            k, v = kv.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn = None
         p = self.attn_drop.p if self.training else 0.0
         if return_attn or (p > 0 and keyed_context() is not None):  # explicit: weights or keyed dropout
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, n, N)
             attn = attn.softmax(dim=-1)
             x = self.attn_drop(attn) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, D)
+        x = x.transpose(1, 2).reshape(B, n, C)  # (B, n, D)
         x = self.proj_drop(self.proj(x))
         return (x, attn) if return_attn else x
 
@@ -147,12 +157,15 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_dim, drop)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
+    def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None):
+        """(B, N, D) -> (B, N, D); with `num_queries`, only the first n tokens' outputs: (B, n, D)."""
         attn = None
         if return_attn:
-            y, attn = self.attn(self.norm1(x), return_attn=True)
+            y, attn = self.attn(self.norm1(x), return_attn=True, num_queries=num_queries)
         else:
-            y = self.attn(self.norm1(x))
+            y = self.attn(self.norm1(x), num_queries=num_queries)
+        if num_queries is not None:
+            x = x[:, :num_queries]
         x = x + self.drop_path1(y)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return (x, attn) if return_attn else x

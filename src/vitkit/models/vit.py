@@ -159,11 +159,22 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Images (B, C, H, W) -> logits (B, classes); with per-layer attention if asked."""
+        """Images (B, C, H, W) -> logits (B, classes); with per-layer attention if asked.
+
+        With a class token, only its output of the last block reaches the head, so the last block computes
+        the class token's query, attention and MLP only (keys and values of all tokens): the same logits as
+        `forward_head(forward_features(x))` for less arithmetic.
+        """
         if return_attention:
             feats, attns = self.forward_features(x, return_attention=True)
             return self.forward_head(feats), attns
-        return self.forward_head(self.forward_features(x))
+        if self.cfg.pool != "token" or len(self.blocks) == 0:
+            return self.forward_head(self.forward_features(x))
+        x = self.embed(x)
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, num_queries=1) if i == last else blk(x)  # (B, N, D), then (B, 1, D)
+        return self.forward_head(self.norm(x))
 
     # ------------------------------------------------------------------ resolution
 

@@ -153,8 +153,14 @@ def run_benchmark(
     repeats: int = 5,
     min_seconds: float = 1.0,
     seed: int = 0,
+    peer_plain: bool = False,
+    fast_method: str = "auto",
 ) -> dict[str, Any]:
-    """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict."""
+    """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict.
+
+    `peer_plain`: time timm as a plain loop (eager, default AdamW) while vitkit uses its own training path
+    (`compile` as given, fused AdamW) -- the comparison of a recipe's training step.
+    """
     device = torch.device(device)
     if mode not in ("infer", "train"):
         raise ValueError(f"mode={mode!r}: expected infer or train")
@@ -185,6 +191,7 @@ def run_benchmark(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "peer_plain": peer_plain,
         "torch": torch.__version__,
     }
     for m in models.values():
@@ -200,13 +207,16 @@ def run_benchmark(
         if name == "vitkit" and fast:
             from vitkit.perf.fast import fast_inference
 
-            fm, fast_info = fast_inference(ours, example=x, dtype=dtype)
+            fm, fast_info = fast_inference(ours, example=x, dtype=dtype, method=fast_method)
             runners[name] = infer_step(fm, x, "fp32" if fast_info.get("handles_dtype") else dtype)
             with torch.inference_mode():
                 result["max_logit_diff_fast_vs_eager"] = float((fm(x).float() - ref).abs().max())
             continue
-        m = torch.compile(m) if compile else m
-        runners[name] = infer_step(m, x, dtype) if mode == "infer" else train_step(m, x, y, dtype)
+        plain = peer_plain and name != "vitkit"
+        m = torch.compile(m) if compile and not plain else m
+        runners[name] = (
+            infer_step(m, x, dtype) if mode == "infer" else train_step(m, x, y, dtype, fused=not plain)
+        )
     if fast_info:
         result["fast_path"] = {k: v for k, v in fast_info.items() if k != "handles_dtype"}
     if device.type == "cuda":

@@ -40,8 +40,23 @@ def init_process_group(info: DistInfo, device: torch.device, timeout_s: float = 
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
     kw = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kw)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is not None and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        # torchrun's store outlives a restart: keys of the dead attempt (peer addresses) would be read by the
+        # new one, so each attempt joins under its own prefix
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timeout,
+            wait_for_workers=False,
+        )
+        kw.update(
+            store=dist.PrefixStore(f"vitkit/attempt_{restart}", store), rank=info.rank, world_size=info.world
+        )
+    dist.init_process_group(backend, timeout=timeout, **kw)
 
 
 def destroy() -> None:

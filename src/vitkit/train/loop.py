@@ -58,6 +58,13 @@ def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    """ "auto" -> bf16 autocast on CUDA, fp32 on CPU (where bf16 is slow without AVX512-BF16/AMX)."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
 def resolve_for_data(cfg: RunConfig, splits: Splits) -> RunConfig:
     """Set the model's class count and channels from the dataset."""
     m = dataclasses.replace(cfg.model, num_classes=splits.num_classes, in_chans=splits.in_chans)
@@ -114,9 +121,11 @@ class Trainer:
             self.model.load_state_dict(init_state, strict=True)
         self.model = self.model.to(device)
         self.strategy = P.resolve_strategy(t.strategy, info)
+        self.precision = resolve_precision(t.precision, device)
+        self.t_start = time.perf_counter()
         self.fwd = P.wrap_model(self.model, self.strategy, device)  # FSDP shards self.model in place
         if t.compile:
-            self.fwd = torch.compile(self.fwd)
+            self.fwd = self._compiled(self.fwd)
         self.opt = build_optimizer(self.model, cfg.optim, device, fused=self.strategy != "fsdp")
         self.lr = schedule_fn(cfg.optim, self.total)
         self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema_decay > 0 else None
@@ -138,6 +147,24 @@ class Trainer:
                 self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
             except ImportError:
                 log.warning("--tensorboard: tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """torch.compile'd module, tried once on a dummy batch; eager (with a warning) if compiling fails."""
+        compiled = torch.compile(module, dynamic=False)
+        c = self.cfg.model
+        x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        try:
+            with autocast:
+                out = compiled(x)
+            out.float().sum().backward()
+        except Exception as e:  # no C++ compiler, unsupported op, ...: training still works, eagerly
+            log.warning("torch.compile failed (%s: %s); training without it", type(e).__name__, str(e)[:200])
+            compiled = module
+        finally:
+            for p in self.model.parameters():
+                p.grad = None
+        return compiled
 
     def _zero_acc(self) -> dict[str, torch.Tensor]:
         z = lambda dt: torch.zeros((), dtype=dt, device=self.device)  # noqa: E731
@@ -218,7 +245,7 @@ class Trainer:
             self.info.world,
         )
         mixing = d.mixup_alpha > 0 or d.cutmix_alpha > 0
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         chunks = micro_batches(mine, self.micro)
         for i, idx in enumerate(chunks):
             images, labels = self.train_ds.get_batch(idx)
@@ -270,6 +297,7 @@ class Trainer:
             "lr": self.lr(max(self.step - 1, 0)),
             "img_s": images / max(seconds, 1e-9),
             "time": self.elapsed,
+            "wall": time.perf_counter() - self.t_start,
         }
         self._acc = self._zero_acc()
         self.metrics.write(stats)
@@ -300,7 +328,7 @@ class Trainer:
             num_classes=self.cfg.model.num_classes,
             device=self.device,
             batch_size=self.cfg.train.eval_batch_size,
-            precision=self.cfg.train.precision,
+            precision=self.precision,
             rank=self.info.rank,
             world=self.info.world,
             reduce=D.all_reduce_sum,
@@ -321,6 +349,7 @@ class Trainer:
             "top5": raw["top5"],
             "loss": raw["loss"],
             "time": self.elapsed,
+            "wall": time.perf_counter() - self.t_start,
         }
         if self.ema is not None:
             rec.update(ema_top1=head["top1"], ema_top5=head["top5"], ema_loss=head["loss"])

@@ -1,0 +1,89 @@
+"""vitkit bench (tiny models) and the fast inference path: same logits, JSON fields, the FLOP count."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitkit.cli import main
+from vitkit.models import create_model, forward_macs, model_config
+from vitkit.perf.benchmark import run_benchmark, train_flops_per_image
+from vitkit.perf.fast import fast_inference
+
+
+def test_flop_count_matches_the_issue():
+    cfg = model_config("ViT-B/16")
+    assert abs(forward_macs(cfg) / 1e9 - 17.56) < 0.01
+    assert abs(train_flops_per_image(cfg) / 1e9 - 105.4) < 0.1
+
+
+def test_bench_json_with_timm(capsys):
+    args = [
+        "bench",
+        "--model",
+        "ViT-Ti/8",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--compare",
+        "timm",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--min-seconds",
+        "0.01",
+        "--json",
+        "--threads",
+        "1",
+    ]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in (
+        "vitkit_img_s",
+        "timm_img_s",
+        "ratio",
+        "gflops_per_image",
+        "achieved_gflop_s",
+        "peak_memory_mb",
+    ):
+        assert res[key] is not None and res[key] > 0, key
+    assert res["max_logit_diff_vs_timm"] < 1e-5
+
+
+def test_bench_train_peer_plain():
+    res = run_benchmark(
+        create_model("ViT-Ti/8", img_size=16, depth=2).cfg,
+        batch_size=4,
+        mode="train",
+        compare="timm",
+        repeats=1,
+        warmup=1,
+        min_seconds=0.01,
+        peer_plain=True,
+    )
+    assert res["peer_plain"] and res["ratio"] > 0 and res["vitkit_img_s"] > 0
+
+
+@pytest.mark.parametrize("method", ["onnx", "onnx-int8"])
+def test_fast_path_cpu(method, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ViT-Ti/8", img_size=32, depth=2, num_classes=10).eval()
+    x = torch.randn(3, 3, 32, 32)
+    fn, info = fast_inference(model, example=x, method=method, workdir=str(tmp_path))
+    assert info["method"] == method
+    with torch.inference_mode():
+        ref = model(x)
+    out = fn(torch.randn(5, 3, 32, 32))  # dynamic batch
+    assert out.shape == (5, 10)
+    tol = 1e-4 if method == "onnx" else 0.5
+    assert (fn(x) - ref).abs().max() < tol
+
+
+def test_fast_path_rejects_unknown_method():
+    model = create_model("ViT-Ti/8", img_size=16, depth=1)
+    with pytest.raises(ValueError, match="fast inference method"):
+        fast_inference(model, torch.randn(1, 3, 16, 16), method="tensorrt")

@@ -1,0 +1,67 @@
+"""Every named recipe is a valid config that states its expected result; the CLI resolves flags onto it."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from vitkit.cli.train import resolve_config
+from vitkit.recipes import RECIPES, get_recipe
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_is_valid_and_states_expectation(name):
+    cfg = get_recipe(name)
+    assert cfg.recipe == name
+    assert cfg.expected, f"{name} does not say what it is expected to reach"
+    assert cfg.model.img_size[0] % cfg.model.patch_size == 0
+
+
+def test_paper_recipes_follow_the_paper():
+    pre, fine = get_recipe("paper-pretrain"), get_recipe("paper-finetune")
+    assert pre.optim.betas == (0.9, 0.999) and pre.optim.weight_decay == 0.1 and pre.optim.grad_clip == 1.0
+    assert pre.train.batch_size == 4096 and pre.optim.warmup_steps > 0
+    assert fine.optim.name == "sgd" and fine.optim.momentum == 0.9 and fine.train.batch_size == 512
+    assert fine.optim.weight_decay == 0.0 and fine.optim.grad_clip == 1.0 and fine.model.head_init == "zero"
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("imagenet-in-5-minutes")
+
+
+def _args(**kw):
+    base = dict(
+        recipe=None,
+        model=None,
+        dataset=None,
+        data_dir=None,
+        img_size=None,
+        epochs=None,
+        steps=None,
+        batch_size=None,
+        micro_batch_size=None,
+        lr=None,
+        seed=None,
+        device=None,
+        checkpoint_every=None,
+        precision=None,
+        strategy=None,
+        compile=False,
+        set=None,
+    )
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_flags_override_recipe():
+    cfg, explicit = resolve_config(
+        _args(model="ViT-S/4", epochs=3, lr=0.01, set=["model.drop_path_rate=0.1"])
+    )
+    assert explicit and cfg.recipe == "fashion-mnist"
+    assert cfg.model.embed_dim == 384 and cfg.model.patch_size == 4 and cfg.model.num_heads == 6
+    assert cfg.train.epochs == 3 and cfg.train.steps == 0 and cfg.optim.lr == 0.01
+    assert cfg.model.drop_path_rate == 0.1
+    cfg, explicit = resolve_config(_args())
+    assert not explicit and cfg == get_recipe("fashion-mnist")
