@@ -17,17 +17,6 @@ from vitkit.eval.evaluate import evaluate
 from vitkit.perf.fast import fast_inference
 
 
-class _Wrap(torch.nn.Module):
-    """A callable as a module, so that evaluate() can call .eval()/.train() on it."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("run")
@@ -50,7 +39,7 @@ def main() -> int:
     rows = [{"method": "eager fp32", "top1": ref["top1"], "delta_points": 0.0, "max_logit_diff": 0.0}]
     for method in a.methods:
         fn, _ = fast_inference(run.model, example=x, method=method)
-        res = evaluate(_Wrap(fn), splits.test, tf.eval, num_classes=k, device=dev, batch_size=a.batch_size)
+        res = evaluate(fn, splits.test, tf.eval, num_classes=k, device=dev, batch_size=a.batch_size)
         diff = float((fn(x) - ref_logits).abs().max())
         rows.append(
             {
