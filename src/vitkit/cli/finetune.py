@@ -12,21 +12,14 @@ from typing import Any
 import torch
 
 from vitkit.cli.common import TqdmProgress, UserError
+from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
 from vitkit.recipes import RECIPES, get_recipe
 
+# the train command's flags that fine-tuning takes too (the image size comes from --img-size and the checkpoint)
 FLAG_KEYS = {
-    "dataset": "data.dataset",
-    "data_dir": "data.data_dir",
-    "epochs": "train.epochs",
-    "steps": "train.steps",
-    "batch_size": "train.batch_size",
-    "micro_batch_size": "train.micro_batch_size",
-    "lr": "optim.lr",
-    "seed": "train.seed",
-    "device": "train.device",
-    "precision": "train.precision",
+    k: v for k, v in TRAIN_FLAG_KEYS.items() if k not in ("img_size", "checkpoint_every", "strategy")
 }
 # the recipe's fine-tuning regularisation; the architecture comes from the checkpoint
 RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate")

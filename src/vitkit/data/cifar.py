@@ -10,15 +10,7 @@ import pickle
 import numpy as np
 import torch
 
-from vitkit.data.datasets import (
-    ArrayDataset,
-    Splits,
-    _candidate_roots,
-    _download_root,
-    _missing,
-    _with_stats,
-    downloads_allowed,
-)
+from vitkit.data.datasets import ArrayDataset, Splits, _with_stats, locate
 
 log = logging.getLogger(__name__)
 
@@ -99,27 +91,20 @@ def _cifar_folder(root: str, name: str) -> str | None:
     return None
 
 
+def _fetch(name: str, target: str) -> None:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    cls(target, train=True, download=True)
+
+
 def load_cifar(name: str, data_dir: str | None = None, download: bool = True) -> Splits:
     """CIFAR-10 or CIFAR-100 from --data-dir, $VITKIT_DATA, or a torchvision download."""
     sub, train_files, test_files, meta, label_key, names_key, num_classes = LAYOUT[name]
-    roots = _candidate_roots(name, data_dir)
-    folder = next((f for f in (_cifar_folder(r, name) for r in roots) if f), None)
-    error = "not attempted (VITKIT_OFFLINE is set)" if download else "downloads disabled"
-    if folder is None and downloads_allowed(download):
-        target = _download_root(data_dir)
-        try:
-            import torchvision
-
-            cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-            cls(target, train=True, download=True)
-            folder = _cifar_folder(target, name)
-            roots.append(target)
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            roots.append(f"{target} (download target)")
-    if folder is None:
-        hint = f"put the python version's {sub}/ folder under --data-dir (or $VITKIT_DATA); with internet, vitkit downloads it"
-        raise _missing(name, roots, error, hint)
+    hint = f"put the python version's {sub}/ folder under --data-dir (or $VITKIT_DATA); with internet, vitkit downloads it"
+    folder = locate(
+        name, data_dir, download, lambda r: _cifar_folder(r, name), lambda t: _fetch(name, t), hint
+    )
     parts = {}
     for split, files in (("train", train_files), ("test", test_files)):
         arrays = [_batch(os.path.join(folder, f), label_key, num_classes) for f in files]

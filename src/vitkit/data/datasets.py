@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -164,31 +165,51 @@ def _missing(name: str, looked: list[str], error: str, hint: str) -> DataNotFoun
     )
 
 
-def load_mnist_like(name: str, data_dir: str | None = None, download: bool = True) -> Splits:
-    """Fashion-MNIST or MNIST from IDX files: --data-dir, $VITKIT_DATA, Debian's package, or torchvision."""
+def locate(
+    name: str,
+    data_dir: str | None,
+    download: bool,
+    find: Callable[[str], str | None],
+    fetch: Callable[[str], None],
+    hint: str,
+) -> str:
+    """The folder holding dataset `name`: the first root where `find` succeeds, else `fetch` (a download)
+    into the download root; otherwise a DataNotFoundError naming every place looked in and `hint`."""
     roots = _candidate_roots(name, data_dir)
-    folder = next((f for f in (_idx_folder(r, name) for r in roots) if f), None)
+    folder = next((f for f in (find(r) for r in roots) if f), None)
     error = "not attempted (VITKIT_OFFLINE is set)" if download else "downloads disabled"
     if folder is None and downloads_allowed(download):
         target = _download_root(data_dir)
         try:
-            import torchvision
-
-            cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
-            cls(target, train=True, download=True)
-            cls(target, train=False, download=True)
-            folder = _idx_folder(target, name)
+            fetch(target)
+            folder = find(target)
             roots.append(target)
         except Exception as e:  # network errors come in many types
             error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             roots.append(f"{target} (download target)")
     if folder is None:
-        pkg = "`sudo apt-get install dataset-fashion-mnist` (Debian)" if name == "fashion-mnist" else ""
-        hint = (
-            f"{pkg + ' or ' if pkg else ''}put the four IDX files (train-images-idx3-ubyte.gz, ...) in a "
-            f"folder and pass --data-dir FOLDER (or set VITKIT_DATA); with internet, vitkit downloads them"
-        )
         raise _missing(name, roots, error, hint)
+    return folder
+
+
+def _fetch_mnist_like(name: str, target: str) -> None:
+    import torchvision
+
+    cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
+    cls(target, train=True, download=True)
+    cls(target, train=False, download=True)
+
+
+def load_mnist_like(name: str, data_dir: str | None = None, download: bool = True) -> Splits:
+    """Fashion-MNIST or MNIST from IDX files: --data-dir, $VITKIT_DATA, Debian's package, or torchvision."""
+    pkg = "`sudo apt-get install dataset-fashion-mnist` (Debian)" if name == "fashion-mnist" else ""
+    hint = (
+        f"{pkg + ' or ' if pkg else ''}put the four IDX files (train-images-idx3-ubyte.gz, ...) in a "
+        f"folder and pass --data-dir FOLDER (or set VITKIT_DATA); with internet, vitkit downloads them"
+    )
+    folder = locate(
+        name, data_dir, download, lambda r: _idx_folder(r, name), lambda t: _fetch_mnist_like(name, t), hint
+    )
     splits = {}
     for split, (img_stem, lab_stem) in _IDX_FILES.items():
         images, labels = read_idx_pair(_find_file(folder, img_stem), _find_file(folder, lab_stem), 10)
