@@ -53,6 +53,7 @@ OPTIONS = [
     dict(representation_size=12),
     dict(qkv_bias=False),
     dict(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2),
+    dict(posemb="sincos2d", attn_init="mimetic"),
 ]
 
 

@@ -74,3 +74,48 @@ def test_sincos2d_similarity_peaks_at_self_and_falls_with_distance():
     centre = sim[3, 4]
     assert centre.argmax() == 3 * 8 + 4
     assert centre[3, 5] > centre[3, 7] and centre[4, 4] > centre[7, 4]
+
+
+def test_sincos2d_on_a_reference_grid_keeps_each_patch_at_its_place_in_the_image():
+    coarse = sincos2d((7, 5), 32)  # (35, 32)
+    fine = sincos2d((21, 15), 32, ref_grid=(7, 5)).reshape(21, 15, 32)  # 3x the resolution
+    # patch (3a+1, 3b+1) of the fine grid has its centre where patch (a, b) of the coarse grid has its own
+    torch.testing.assert_close(fine[1::3, 1::3].reshape(35, 32), coarse, atol=1e-6, rtol=0)
+    assert torch.equal(sincos2d((7, 5), 32, ref_grid=(7, 5)), coarse)
+    # between two coarse patches, a fine patch lies between them: closer to both than they are to each other
+    d = torch.cdist(fine[2, 1:2], torch.stack([fine[1, 1], fine[4, 1]]))
+    assert (d < (fine[1, 1] - fine[4, 1]).norm()).all()
+
+
+def test_moving_a_sincos_model_keeps_its_grid_and_round_trips(tmp_path):
+    from safetensors.torch import save_model
+
+    from vitkit import create_model
+    from vitkit.config import RunConfig
+    from vitkit.convert import model_from_source
+    from vitkit.train.runfiles import write_config
+
+    kw = dict(patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    torch.manual_seed(0)
+    m = create_model("ViT-Ti/16", img_size=28, posemb="sincos2d", **kw).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(str(run), RunConfig(model=m.cfg))
+    save_model(m, str(run / "model.safetensors"))
+    moved = model_from_source(str(run), img_size=56)
+    assert moved.cfg.posemb_grid == (7, 7)
+    torch.testing.assert_close(moved.pos_embed[0], sincos2d((14, 14), 32, ref_grid=(7, 7)))
+    m.set_img_size(56)
+    assert m.cfg == moved.cfg and torch.equal(m.pos_embed, moved.pos_embed)
+    x = torch.randn(2, 1, 56, 56)
+    torch.testing.assert_close(m(x), moved(x))
+    # the moved model saved as a run comes back with the same embedding, and moving back restores the original
+    run2 = tmp_path / "run2"
+    run2.mkdir()
+    write_config(str(run2), RunConfig(model=moved.cfg))
+    save_model(moved, str(run2 / "model.safetensors"))
+    again = model_from_source(str(run2))
+    assert again.cfg.posemb_grid == (7, 7) and torch.equal(again.pos_embed, moved.pos_embed)
+    back = model_from_source(str(run2), img_size=28)
+    assert back.cfg.posemb_grid is None
+    torch.testing.assert_close(back.pos_embed[0], sincos2d((7, 7), 32))

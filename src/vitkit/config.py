@@ -12,6 +12,7 @@ from typing import Any
 POOLS = ("token", "gap")
 POSEMBS = ("learn", "learn2d", "sincos2d", "none")
 HEAD_INITS = ("default", "zero")
+ATTN_INITS = ("default", "mimetic")
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -49,6 +50,9 @@ class ModelConfig:
     mlp_dim: int = 768
     pool: str = "token"  # "token": class token; "gap": encoder norm, then mean over patch tokens
     posemb: str = "learn"  # "learn" (1D, the paper's default) | "learn2d" | "sincos2d" | "none"
+    posemb_grid: tuple[int, int] | None = (
+        None  # sincos2d: the grid it was trained on, when moved to another size
+    )
     representation_size: int | None = None  # pre-logits Linear+tanh of pre-training
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
@@ -56,9 +60,17 @@ class ModelConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
+    attn_init: str = (
+        "default"  # "mimetic": q/k product ~ identity, v/proj ~ -identity (Trockman & Kolter 2023)
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
+        if self.posemb_grid is not None:
+            ref = _pair(self.posemb_grid)
+            if min(ref) < 1:
+                raise ValueError(f"model.posemb_grid={self.posemb_grid!r} must be positive")
+            object.__setattr__(self, "posemb_grid", None if ref == self.grid_size else ref)
         for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
@@ -78,6 +90,7 @@ class ModelConfig:
         _check_choice("model.pool", self.pool, POOLS)
         _check_choice("model.posemb", self.posemb, POSEMBS)
         _check_choice("model.head_init", self.head_init, HEAD_INITS)
+        _check_choice("model.attn_init", self.attn_init, ATTN_INITS)
         if self.posemb in ("learn2d", "sincos2d") and self.embed_dim % 4:
             raise ValueError(f"posemb={self.posemb!r} needs a width divisible by 4, got {self.embed_dim}")
         if self.representation_size is not None and self.representation_size < 1:

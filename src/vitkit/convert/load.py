@@ -73,6 +73,11 @@ def _resample_posemb(
         if old != new:
             state["pos_embed"] = resample_posemb(pe, new, cfg.num_prefix_tokens, mode, align, old_grid=old)
             report.resampled = (old, new)
+    elif cfg.posemb == "sincos2d" and ckpt.posemb == "sincos2d" and old != new:
+        report.resampled = (
+            old,
+            new,
+        )  # the fixed embedding is laid out on the checkpoint's grid by the caller
     elif cfg.posemb == "learn2d" and "pos_embed_row" in state and old != new:
         for key, size in (("pos_embed_row", new[0]), ("pos_embed_col", new[1])):
             p = state[key].transpose(1, 2).float()  # (1, D/2, g)
@@ -132,6 +137,8 @@ def load_pretrained(
     state = dict(ckpt.state)
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
+    if report.resampled and cfg.posemb == "sincos2d":
+        model.set_posemb_grid(ckpt.config.posemb_grid or ckpt.config.grid_size)
     w = state.get("patch_embed.proj.weight")
     if w is not None and w.ndim == 4 and w.shape[1] != cfg.in_chans:
         state["patch_embed.proj.weight"] = adapt_input_channels(w, cfg.in_chans)

@@ -8,12 +8,29 @@ import torch
 import torch.nn.functional as F
 
 
-def sincos2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2D sin-cos embedding of a (gh, gw) grid, row-major: returns (gh*gw, dim)."""
+def _positions(n: int, ref: int | None) -> torch.Tensor:
+    """Patch-centre positions of an n-patch row in units of a ref-patch row (integers when ref is None or n)."""
+    i = torch.arange(n, dtype=torch.float64)
+    return i if ref is None or ref == n else (i + 0.5) * ref / n - 0.5
+
+
+def sincos2d(
+    grid: tuple[int, int],
+    dim: int,
+    temperature: float = 10000.0,
+    ref_grid: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Fixed 2D sin-cos embedding of a (gh, gw) grid, row-major: returns (gh*gw, dim).
+
+    `ref_grid`: lay the embedding out in the units of that grid (the one a model was trained on), so that each
+    patch of a model moved to another resolution gets the embedding of its place in the image, the exact
+    counterpart of resampling a learned embedding; None gives big_vision's (integer positions of `grid`).
+    """
     gh, gw = grid
     if dim % 4:
         raise ValueError(f"sincos2d needs a width divisible by 4, got {dim}")
-    y, x = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    ref_h, ref_w = ref_grid if ref_grid is not None else (None, None)
+    y, x = torch.meshgrid(_positions(gh, ref_h), _positions(gw, ref_w), indexing="ij")
     quarter = dim // 4
     omega = torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1)
     omega = 1.0 / temperature**omega  # (D/4,)

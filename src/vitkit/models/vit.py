@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vitkit.config import ModelConfig
+from vitkit.models.init import mimetic_init_
 from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
 
@@ -51,7 +52,8 @@ class VisionTransformer(nn.Module):
             self.pos_embed_row = nn.Parameter(torch.zeros(1, gh, d // 2))
             self.pos_embed_col = nn.Parameter(torch.zeros(1, gw, d // 2))
         elif cfg.posemb == "sincos2d":
-            self.register_buffer("pos_embed", sincos2d((gh, gw), d)[None], persistent=False)
+            pe = sincos2d((gh, gw), d, ref_grid=cfg.posemb_grid)[None]  # (1, Np, D)
+            self.register_buffer("pos_embed", pe, persistent=False)
         self.pos_drop = Dropout(cfg.drop_rate)
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(
@@ -82,7 +84,7 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The official code's initialisation (xavier Linear, lecun patch embedding, 0.02 posemb)."""
+        """The official code's initialisation (xavier Linear, lecun patch embedding, 0.02 posemb); `attn_init`."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -102,6 +104,9 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
+        if self.cfg.attn_init == "mimetic":
+            for blk in self.blocks:
+                mimetic_init_(blk.attn.qkv, blk.attn.proj, blk.attn.num_heads)
         if isinstance(self.head, nn.Linear) and self.cfg.head_init == "zero":
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -197,7 +202,16 @@ class VisionTransformer(nn.Module):
                     p.transpose(1, 2), size=size, mode="linear", align_corners=True
                 ).transpose(1, 2)
                 setattr(self, name, nn.Parameter(p.contiguous()))
-        elif self.cfg.posemb == "sincos2d":
-            pe = sincos2d(new_grid, self.embed_dim)[None].to(self.pos_embed.device)
-            self.register_buffer("pos_embed", pe, persistent=False)
+        elif self.cfg.posemb == "sincos2d":  # each patch keeps the embedding of its place in the image
+            new_cfg = dataclasses.replace(new_cfg, posemb_grid=self.cfg.posemb_grid or old_grid)
+            self.cfg = new_cfg
+            self.set_posemb_grid(new_cfg.posemb_grid)
         self.cfg = new_cfg
+
+    def set_posemb_grid(self, ref_grid: tuple[int, int] | None) -> None:
+        """sincos2d: lay the fixed embedding out in the units of `ref_grid` (None: this model's own grid)."""
+        if self.cfg.posemb != "sincos2d":
+            raise ValueError(f"posemb_grid applies to posemb='sincos2d', this model has {self.cfg.posemb!r}")
+        self.cfg = dataclasses.replace(self.cfg, posemb_grid=ref_grid)
+        pe = sincos2d(self.cfg.grid_size, self.embed_dim, ref_grid=self.cfg.posemb_grid)[None]
+        self.register_buffer("pos_embed", pe.to(self.pos_embed.device), persistent=False)
