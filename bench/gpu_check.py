@@ -66,7 +66,8 @@ def probe(data_dir: str, steps: int = 20) -> dict:
     from vitkit.data.datasets import load_dataset
     from vitkit.recipes import get_recipe
     from vitkit.train.distributed import DistInfo
-    from vitkit.train.loop import Trainer, resolve_for_data
+    from vitkit.train.loop import resolve_for_data
+    from vitkit.train.trainer import Trainer
 
     out = {}
     splits = None

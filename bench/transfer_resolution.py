@@ -3,6 +3,8 @@ the position embedding resampled (before any fine-tuning), and after a short `vi
 
     python bench/transfer_resolution.py runs/fashion-mnist                  # 28 px -> 56 px, finetune-small
     python bench/transfer_resolution.py runs/fashion-mnist --steps 300 --json bench/transfer.json
+    vitkit train --recipe fashion-mnist-transfer --out runs/fmnist-transfer   # a model made to be moved
+    python bench/transfer_resolution.py runs/fmnist-transfer
 
 The issue's acceptance: >= 85% Fashion-MNIST test top-1 at 56 px before fine-tuning, and above the 28-px
 accuracy after fine-tuning. Prints a table (and rows to paste into bench/RESULTS.md).

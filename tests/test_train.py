@@ -26,9 +26,10 @@ from vitkit.train.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from vitkit.train.loop import Trainer, resolve_for_data, train
+from vitkit.train.loop import resolve_for_data, train
 from vitkit.train.optim import decay_names
 from vitkit.train.schedules import lr_at, schedule_fn
+from vitkit.train.trainer import Trainer
 
 
 def test_schedules():

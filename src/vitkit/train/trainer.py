@@ -1,0 +1,341 @@
+"""Trainer: one run's state, its optimizer step, evaluation and checkpoints (driven by `loop.train`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vitkit import keyed_random
+from vitkit.config import RunConfig
+from vitkit.data.datasets import ArrayDataset, Splits
+from vitkit.data.loader import epoch_permutation, micro_batches, rank_share, steps_per_epoch
+from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
+from vitkit.eval.evaluate import evaluate
+from vitkit.models import build_model
+from vitkit.train import distributed as D
+from vitkit.train import parallel as P
+from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.train.optim import build_optimizer
+from vitkit.train.runfiles import (
+    CHECKPOINTS,
+    METRICS,
+    MetricsLog,
+)
+from vitkit.train.schedules import schedule_fn
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """ "auto" -> bf16 autocast on CUDA, fp32 on CPU (where bf16 is slow without AVX512-BF16/AMX)."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if target.ndim == 2:  # soft targets (mixup/cutmix)
+        return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+
+class Trainer:
+    """One run: state, one optimizer step, evaluation and checkpoints. `train()` drives it."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | None,
+        splits: Splits,
+        info: D.DistInfo,
+        device: torch.device,
+        tensorboard: bool = False,
+        init_state: dict | None = None,
+    ):
+        self.cfg, self.out, self.splits, self.info, self.device = cfg, out_dir, splits, info, device
+        t = cfg.train
+        if t.batch_size % info.world:
+            raise ValueError(f"train.batch_size={t.batch_size} does not split over {info.world} processes")
+        self.per_rank = t.batch_size // info.world
+        self.micro = t.micro_batch_size if t.micro_batch_size and t.micro_batch_size < self.per_rank else 0
+        if self.micro and self.per_rank % self.micro:
+            raise ValueError(
+                f"per-process batch {self.per_rank} is not a multiple of micro_batch_size {self.micro}"
+            )
+        self.spe = steps_per_epoch(len(splits.train), t.batch_size)
+        self.total = t.steps or t.epochs * self.spe
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model)
+        if init_state is not None:  # fine-tuning: start from given weights (already adapted to cfg.model)
+            self.model.load_state_dict(init_state, strict=True)
+        self.model = self.model.to(device)
+        self.strategy = P.resolve_strategy(t.strategy, info)
+        self.precision = resolve_precision(t.precision, device)
+        self.t_start = time.perf_counter()
+        self.fwd = P.wrap_model(self.model, self.strategy, device)  # FSDP shards self.model in place
+        if t.compile:
+            self.fwd = self._compiled(self.fwd)
+        self.opt = build_optimizer(self.model, cfg.optim, device, fused=self.strategy != "fsdp")
+        self.lr = schedule_fn(cfg.optim, self.total)
+        self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema_decay > 0 else None
+        self.step = 0
+        self.elapsed = 0.0
+        self.best = -1.0
+        self.images_seen = 0
+        self._acc = self._zero_acc()
+        self.metrics = MetricsLog(os.path.join(out_dir, METRICS) if out_dir and info.is_main else None)
+        on_device = t.data_on_device and isinstance(splits.train, ArrayDataset)
+        self.train_ds = splits.train.to(device) if on_device else splits.train
+        self.test_ds = splits.test.to(device) if on_device else splits.test
+        self.transform = BatchTransform(cfg.data, cfg.model.img_size, splits.mean, splits.std, t.seed)
+        self.tb = None
+        if tensorboard and info.is_main and out_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+            except ImportError:
+                log.warning("--tensorboard: tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """torch.compile'd module, tried once on a dummy batch; eager (with a warning) if compiling fails."""
+        compiled = torch.compile(module, dynamic=False)
+        c = self.cfg.model
+        x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        try:
+            with autocast:
+                out = compiled(x)
+            out.float().sum().backward()
+        except Exception as e:  # no C++ compiler, unsupported op, ...: training still works, eagerly
+            log.warning("torch.compile failed (%s: %s); training without it", type(e).__name__, str(e)[:200])
+            compiled = module
+        finally:
+            for p in self.model.parameters():
+                p.grad = None
+        return compiled
+
+    def _zero_acc(self) -> dict[str, torch.Tensor]:
+        z = lambda dt: torch.zeros((), dtype=dt, device=self.device)  # noqa: E731
+        return {"loss": z(torch.float64), "correct": z(torch.long), "count": z(torch.long)}
+
+    # ------------------------------------------------------------------ state
+
+    def _param_names(self) -> list[str]:
+        return [n for n, _ in self.model.named_parameters()]
+
+    def state(self) -> tuple[dict[str, dict], dict[str, Any]]:
+        """Full weights and training state (collective under FSDP: all ranks call it)."""
+        weights = {"model": P.model_state(self.model, self.strategy)}
+        if self.ema is not None:
+            weights["ema"] = dict(zip(self._param_names(), P.full_tensors(self.ema)))
+        state = {
+            "step": self.step,
+            "optimizer": P.optimizer_state(self.model, self.opt),
+            "rng": _rng_state(self.device),
+            "elapsed": self.elapsed,
+            "best": self.best,
+            "images_seen": self.images_seen,
+            "acc": {k: D.all_reduce_sum(v).detach().cpu() for k, v in self._acc.items()},
+            "world_size": self.info.world,
+        }
+        return weights, state
+
+    def load_state(self, path: str) -> None:
+        """Restore from a checkpoint written with any world size or strategy."""
+        weights, state = load_checkpoint(path, "cpu")
+        P.load_model_state(self.model, weights["model"], self.strategy)
+        if self.ema is not None:
+            ema = weights.get("ema")
+            if ema is None:
+                raise ValueError(f"{path}: the run uses EMA but the checkpoint has no ema weights")
+            with torch.no_grad():
+                for i, name in enumerate(self._param_names()):
+                    self.ema[i] = P.shard_like(ema[name], self.ema[i])
+        P.load_optimizer_state(self.model, self.opt, state["optimizer"])
+        self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
+        self.images_seen = int(state["images_seen"])
+        # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
+        self._acc = {
+            k: (v if self.info.is_main else torch.zeros_like(v)).to(self.device)
+            for k, v in state["acc"].items()
+        }
+        if int(state.get("world_size", 1)) == self.info.world:
+            _set_rng_state(state["rng"], self.device)
+
+    def save(self) -> None:
+        if self.out:
+            weights, state = self.state()
+            if self.info.is_main:
+                save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state)
+        D.barrier()
+
+    # ------------------------------------------------------------------ steps
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This epoch's sample order, kept on the data's device (no host-to-device copy per step)."""
+        if getattr(self, "_order_epoch", None) != epoch:
+            perm = epoch_permutation(len(self.train_ds), self.cfg.train.seed, epoch)
+            dev = (
+                self.train_ds.images.device
+                if isinstance(self.train_ds, ArrayDataset)
+                else torch.device("cpu")
+            )
+            self._order, self._order_epoch = perm.to(dev), epoch
+        return self._order
+
+    def train_step(self) -> None:
+        """One optimizer step over the global batch (micro-batches and ranks summed)."""
+        t, d = self.cfg.train, self.cfg.data
+        epoch, b = divmod(self.step, self.spe)
+        mine = rank_share(
+            self._epoch_order(epoch)[b * t.batch_size : (b + 1) * t.batch_size],
+            self.info.rank,
+            self.info.world,
+        )
+        mixing = d.mixup_alpha > 0 or d.cutmix_alpha > 0
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        chunks = micro_batches(mine, self.micro)
+        for i, idx in enumerate(chunks):
+            images, labels = self.train_ds.get_batch(idx)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            x = self.transform.train(images, idx, epoch)
+            target = labels
+            if mixing:
+                key = stream_key(t.seed, epoch, b, i, self.info.rank)
+                x, target = mix_batch(
+                    x,
+                    labels,
+                    self.cfg.model.num_classes,
+                    key,
+                    d.mixup_alpha,
+                    d.cutmix_alpha,
+                    d.label_smoothing,
+                )
+            with P.gradient_sync(self.fwd, self.strategy, sync=i == len(chunks) - 1):
+                with autocast, keyed_random.keyed(stream_key(t.seed, self.step, 0xD20), idx):
+                    logits = self.fwd(x)
+                loss = _loss(logits.float(), target, d.label_smoothing)
+                (loss * (len(idx) / len(mine))).backward()
+            with torch.no_grad():
+                self._acc["loss"] += loss.detach().double() * len(idx)
+                self._acc["correct"] += (logits.argmax(-1) == labels).sum()
+                self._acc["count"] += len(idx)
+        lr = self.lr(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1 - t.ema_decay)
+        self.step += 1
+        self.images_seen += t.batch_size
+
+    def flush_train_stats(self, seconds: float, images: int) -> dict[str, float]:
+        acc = {k: D.all_reduce_sum(v) for k, v in self._acc.items()}
+        count = max(int(acc["count"]), 1)
+        stats = {
+            "step": self.step,
+            "epoch": self.step / self.spe,
+            "loss": float(acc["loss"]) / count,
+            "train_top1": float(acc["correct"]) / count,
+            "lr": self.lr(max(self.step - 1, 0)),
+            "img_s": images / max(seconds, 1e-9),
+            "time": self.elapsed,
+            "wall": time.perf_counter() - self.t_start,
+        }
+        self._acc = self._zero_acc()
+        self.metrics.write(stats)
+        if self.tb:
+            for k in ("loss", "train_top1", "lr", "img_s"):
+                self.tb.add_scalar(f"train/{k}", stats[k], self.step)
+        return stats
+
+    def _swap_ema(self) -> list[torch.Tensor]:
+        """Put the EMA weights into the model; returns the raw weights to put back."""
+        raw = [p.detach().clone() for p in self.model.parameters()]
+        with torch.no_grad():
+            for p, e in zip(self.model.parameters(), self.ema):
+                p.copy_(e)
+        return raw
+
+    def _restore(self, raw: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, r in zip(self.model.parameters(), raw):
+                p.copy_(r)
+
+    def evaluate(self, use_ema: bool = False) -> dict[str, Any]:
+        raw = self._swap_ema() if use_ema else None
+        res = evaluate(
+            self.model,
+            self.test_ds,
+            self.transform.eval,
+            num_classes=self.cfg.model.num_classes,
+            device=self.device,
+            batch_size=self.cfg.train.eval_batch_size,
+            precision=self.precision,
+            rank=self.info.rank,
+            world=self.info.world,
+            reduce=D.all_reduce_sum,
+        )
+        if raw is not None:
+            self._restore(raw)
+        return res
+
+    def eval_and_log(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Evaluate (raw, and EMA when on), log one record, keep the best; returns (record, headline, raw)."""
+        raw = self.evaluate()
+        head = self.evaluate(use_ema=True) if self.ema is not None else raw
+        rec = {
+            "step": self.step,
+            "epoch": self.step / self.spe,
+            "split": "test",
+            "top1": raw["top1"],
+            "top5": raw["top5"],
+            "loss": raw["loss"],
+            "time": self.elapsed,
+            "wall": time.perf_counter() - self.t_start,
+        }
+        if self.ema is not None:
+            rec.update(ema_top1=head["top1"], ema_top5=head["top5"], ema_loss=head["loss"])
+        self.metrics.write(rec)
+        if self.tb:
+            self.tb.add_scalar("test/top1", head["top1"], self.step)
+            self.tb.add_scalar("test/loss", head["loss"], self.step)
+        if head["top1"] > self.best:
+            self.best = head["top1"]
+            weights = {"model": self.final_weights()} if self.out else None
+            if weights and self.info.is_main:
+                state = {"step": self.step, "top1": self.best}
+                save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state, name="best")
+        return rec, head, raw
+
+    def final_weights(self) -> dict[str, torch.Tensor]:
+        """Full weights, with the EMA in place of the raw parameters when EMA is on (collective under FSDP)."""
+        sd = P.model_state(self.model, self.strategy)
+        if self.ema is not None:
+            for name, e in zip(self._param_names(), P.full_tensors(self.ema)):
+                sd[name] = e
+        return sd
