@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return float((logits.argmax(-1) == y).float().mean())
 
     rows = [(f"trained at {h} px", top1(native, x))]
-    for resample in ("official", "bicubic"):
+    if native.cfg.posemb == "sincos2d":  # fixed: laid out on the trained grid, no resampling mode applies
+        moved = model_from_source(ckpt, img_size=a.img_size)
+        rows.append(
+            (f"moved to {a.img_size} px, sin-cos at the trained grid's patch centres", top1(moved, up))
+        )
+    for resample in ("official", "bicubic") if native.cfg.posemb != "sincos2d" else ():
         moved = model_from_source(ckpt, img_size=a.img_size, resample=resample)
         rows.append((f"moved to {a.img_size} px, posemb {resample}", top1(moved, up)))
     moved = model_from_source(ckpt, img_size=a.img_size)

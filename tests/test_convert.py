@@ -436,3 +436,16 @@ def test_create_model_without_name_or_weights():
     with pytest.raises(ValueError, match="needs a model name"):
         vitkit.create_model()
     assert vitkit.create_model("ViT-Ti/16", img_size=32, depth=1).cfg.depth == 1
+
+
+def test_big_vision_sincos_checkpoint_is_laid_out_on_the_models_grid(tmp_path):
+    """big_vision files hold no position embedding (fixed sin-cos) and no image size: at any size the embedding
+    is computed on the model's own grid, as big_vision does, not on a guessed training grid."""
+    arrays = flax_arrays(big_vision=True, gap=True, grid=2)
+    del arrays["pos_embedding"]
+    path = save_npz(tmp_path / "sincos.npz", arrays, "params/")
+    ckpt = read_checkpoint(path)
+    assert ckpt.config.posemb == "sincos2d"
+    model = vitkit.create_model(pretrained=path, img_size=3 * P)
+    assert model.cfg.posemb_grid is None
+    torch.testing.assert_close(model.pos_embed[0], vitkit.models.sincos2d((3, 3), D))

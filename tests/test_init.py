@@ -55,3 +55,16 @@ def test_mimetic_model_trains_and_bad_value_is_named():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
     with pytest.raises(ValueError, match=r"model\.attn_init"):
         create_model("ViT-Ti/16", attn_init="identity", **KW)
+
+
+def test_mimetic_init_is_skipped_when_weights_follow():
+    from vitkit.models import build_model
+
+    cfg = create_model("ViT-Ti/16", attn_init="mimetic", **KW).cfg
+    d, hd = cfg.embed_dim, cfg.embed_dim // cfg.num_heads
+    for follow, expect_identity in ((False, True), (True, False)):
+        w = build_model(cfg, weights_follow=follow).blocks[0].attn.qkv.weight
+        diag = (w[:hd].T @ w[d : d + hd]).diagonal().mean()  # W_q^T W_k of head 0
+        assert bool(diag > 0.2) == expect_identity, (follow, float(diag))
+    with pytest.raises(ValueError, match="divisible"):
+        mimetic_init_(torch.nn.Linear(6, 18), torch.nn.Linear(6, 6), num_heads=4)

@@ -119,3 +119,27 @@ def test_moving_a_sincos_model_keeps_its_grid_and_round_trips(tmp_path):
     back = model_from_source(str(run2), img_size=28)
     assert back.cfg.posemb_grid is None
     torch.testing.assert_close(back.pos_embed[0], sincos2d((7, 7), 32))
+
+
+def test_a_vitkit_sincos_checkpoint_sets_its_grid_on_a_model_of_the_same_size(tmp_path):
+    from safetensors.torch import save_model
+
+    from vitkit import create_model
+    from vitkit.config import RunConfig
+    from vitkit.convert import load_pretrained
+    from vitkit.train.runfiles import write_config
+
+    kw = dict(patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    kw["posemb"] = "sincos2d"
+    moved = create_model("ViT-Ti/16", img_size=28, **kw)
+    moved.set_img_size(56)  # trained (say) at 28 px, then fine-tuned at 56: posemb_grid (7, 7)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(str(run), RunConfig(model=moved.cfg))
+    save_model(moved, str(run / "model.safetensors"))
+    fresh = create_model("ViT-Ti/16", img_size=56, **kw)  # built without posemb_grid
+    report = load_pretrained(fresh, str(run))
+    assert fresh.cfg.posemb_grid == (7, 7) and torch.equal(fresh.pos_embed, moved.pos_embed)
+    assert report.resampled == ((7, 7), (14, 14))
+    with pytest.raises(ValueError, match="posemb_grid"):
+        create_model("ViT-Ti/16", img_size=28, posemb_grid=(7, 7), **{**kw, "posemb": "learn"})

@@ -66,11 +66,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
-        if self.posemb_grid is not None:
-            ref = _pair(self.posemb_grid)
-            if min(ref) < 1:
-                raise ValueError(f"model.posemb_grid={self.posemb_grid!r} must be positive")
-            object.__setattr__(self, "posemb_grid", None if ref == self.grid_size else ref)
         for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
@@ -89,6 +84,14 @@ class ModelConfig:
             )
         _check_choice("model.pool", self.pool, POOLS)
         _check_choice("model.posemb", self.posemb, POSEMBS)
+        if self.posemb_grid is not None:
+            ref = _pair(self.posemb_grid)
+            if min(ref) < 1 or self.posemb != "sincos2d":
+                raise ValueError(
+                    f"model.posemb_grid={self.posemb_grid!r}: a positive grid, for posemb='sincos2d' only "
+                    f"(this model has posemb={self.posemb!r})"
+                )
+            object.__setattr__(self, "posemb_grid", None if ref == self.grid_size else ref)
         _check_choice("model.head_init", self.head_init, HEAD_INITS)
         _check_choice("model.attn_init", self.attn_init, ATTN_INITS)
         if self.posemb in ("learn2d", "sincos2d") and self.embed_dim % 4:

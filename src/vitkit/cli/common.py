@@ -95,7 +95,7 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     run_dir, weights = find_run(path)
     cfg = read_config(run_dir)
     data = read_json(os.path.join(run_dir, DATA)) if os.path.exists(os.path.join(run_dir, DATA)) else {}
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, weights_follow=True)
     state = load_weights(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -60,7 +60,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     if reset:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, representation_size=None))
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, weights_follow=True)
     report = load_pretrained(model, ckpt, resample=args.resample, reset_head=reset or None)
     cfg = dataclasses.replace(cfg, model=model.cfg)
     mean, std = ckpt.meta.get("mean"), ckpt.meta.get("std")
@@ -71,7 +71,11 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
         "format": ckpt.format,
         "checkpoint_img_size": list(ckpt.config.img_size),
         "img_size": list(cfg.model.img_size),
-        "resample": args.resample if report.resampled else None,
+        "resample": (
+            ("sincos2d at patch centres" if cfg.model.posemb == "sincos2d" else args.resample)
+            if report.resampled
+            else None
+        ),
         "head_reset": report.head_reset,
         "channels_adapted": report.channels_adapted,
     }

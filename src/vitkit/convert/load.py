@@ -73,11 +73,6 @@ def _resample_posemb(
         if old != new:
             state["pos_embed"] = resample_posemb(pe, new, cfg.num_prefix_tokens, mode, align, old_grid=old)
             report.resampled = (old, new)
-    elif cfg.posemb == "sincos2d" and ckpt.posemb == "sincos2d" and old != new:
-        report.resampled = (
-            old,
-            new,
-        )  # the fixed embedding is laid out on the checkpoint's grid by the caller
     elif cfg.posemb == "learn2d" and "pos_embed_row" in state and old != new:
         for key, size in (("pos_embed_row", new[0]), ("pos_embed_col", new[1])):
             p = state[key].transpose(1, 2).float()  # (1, D/2, g)
@@ -137,8 +132,6 @@ def load_pretrained(
     state = dict(ckpt.state)
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
-    if report.resampled and cfg.posemb == "sincos2d":
-        model.set_posemb_grid(ckpt.config.posemb_grid or ckpt.config.grid_size)
     w = state.get("patch_embed.proj.weight")
     if w is not None and w.ndim == 4 and w.shape[1] != cfg.in_chans:
         state["patch_embed.proj.weight"] = adapt_input_channels(w, cfg.in_chans)
@@ -188,8 +181,25 @@ def load_pretrained(
         log.info(
             "%s: new zero-initialised head for %d classes; pre_logits dropped", ckpt.path, model.num_classes
         )
+    _layout_sincos(model, ckpt, report)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return report
+
+
+def _layout_sincos(model: VisionTransformer, ckpt: Checkpoint, report: LoadReport) -> None:
+    """A fixed sin-cos embedding keeps the grid its weights were trained on (vitkit checkpoints say it).
+
+    big_vision files hold no embedding and no image size, so their native grid is unknown: the embedding is then
+    computed on the model's grid, as big_vision does.
+    """
+    cfg, src = model.cfg, ckpt.config
+    if cfg.posemb != "sincos2d" or src.posemb != "sincos2d" or ckpt.format != "vitkit":
+        return
+    trained = src.posemb_grid or src.grid_size
+    if trained != (cfg.posemb_grid or cfg.grid_size):
+        model.set_posemb_grid(trained)
+    if trained != cfg.grid_size:
+        report.resampled = (trained, cfg.grid_size)
 
 
 def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> ModelConfig:
@@ -235,8 +245,8 @@ def model_from_source(
     cfg = config_for(ckpt, name, **overrides)
     if device is not None:
         with torch.device(device):
-            model = build_model(cfg)
+            model = build_model(cfg, weights_follow=True)
     else:
-        model = build_model(cfg)
+        model = build_model(cfg, weights_follow=True)
     load_pretrained(model, ckpt, strict=strict, resample=resample, reset_head=reset_head)
     return model.eval()

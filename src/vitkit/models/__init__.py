@@ -13,9 +13,9 @@ from vitkit.models.registry import count_params, forward_macs, list_models, mode
 from vitkit.models.vit import VisionTransformer
 
 
-def build_model(cfg: ModelConfig) -> VisionTransformer:
-    """A model from a full ModelConfig."""
-    return VisionTransformer(cfg)
+def build_model(cfg: ModelConfig, *, weights_follow: bool = False) -> VisionTransformer:
+    """A model from a full ModelConfig; `weights_follow=True` skips the costly structured init (`attn_init`)."""
+    return VisionTransformer(cfg, weights_follow=weights_follow)
 
 
 def create_model(

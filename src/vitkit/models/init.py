@@ -29,6 +29,11 @@ def mimetic_init_(
     Biases are left as they are. The architecture is the paper's: only the starting point differs.
     """
     d = proj.in_features
+    if d % num_heads or qkv.in_features != d or qkv.out_features != 3 * d or proj.out_features != d:
+        raise ValueError(
+            f"mimetic init needs qkv: Linear({d}, {3 * d}) and proj: Linear({d}, {d}) with {d} divisible by "
+            f"num_heads={num_heads}; got qkv {tuple(qkv.weight.shape)}, proj {tuple(proj.weight.shape)}"
+        )
     hd = d // num_heads
     w = qkv.weight  # (3d, d): rows of q, k, v; x @ w.T
     dtype = w.dtype

@@ -22,9 +22,10 @@ def sincos2d(
 ) -> torch.Tensor:
     """Fixed 2D sin-cos embedding of a (gh, gw) grid, row-major: returns (gh*gw, dim).
 
-    `ref_grid`: lay the embedding out in the units of that grid (the one a model was trained on), so that each
-    patch of a model moved to another resolution gets the embedding of its place in the image, the exact
-    counterpart of resampling a learned embedding; None gives big_vision's (integer positions of `grid`).
+    `ref_grid`: evaluate the embedding at each patch centre in the units of that grid (the one a model was trained
+    on; centres as align_corners=False), so that each patch of a model moved to another resolution gets the
+    embedding of its place in the image, as resampling does for a learned one; None gives big_vision's integer
+    positions of `grid`.
     """
     gh, gw = grid
     if dim % 4:

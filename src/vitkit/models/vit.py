@@ -36,9 +36,10 @@ class PreLogits(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT: patch embedding, class token, position embedding, pre-LN encoder, norm, linear head."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, weights_follow: bool = False):
         super().__init__()
         self.cfg = cfg
+        self._structured_init = not weights_follow  # False when loaded weights will replace the init anyway
         d = cfg.embed_dim
         self.num_classes = cfg.num_classes
         self.num_prefix_tokens = cfg.num_prefix_tokens
@@ -104,7 +105,9 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
-        if self.cfg.attn_init == "mimetic":
+        if (
+            self.cfg.attn_init == "mimetic" and self._structured_init
+        ):  # a few SVDs per layer: seconds for ViT-B
             for blk in self.blocks:
                 mimetic_init_(blk.attn.qkv, blk.attn.proj, blk.attn.num_heads)
         if isinstance(self.head, nn.Linear) and self.cfg.head_init == "zero":
@@ -185,7 +188,10 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
-        """Change the input resolution in place, resampling the position embedding in 2D."""
+        """Change the input resolution in place, resampling a learned position embedding in 2D (`mode`).
+
+        A sincos2d embedding is laid out on the grid the model was trained on (`posemb_grid`) instead.
+        """
         new_cfg = dataclasses.replace(self.cfg, img_size=img_size)
         old_grid, new_grid = self.cfg.grid_size, new_cfg.grid_size
         self.patch_embed.img_size = new_cfg.img_size

@@ -83,7 +83,7 @@ class Trainer:
         self.spe = steps_per_epoch(len(splits.train), t.batch_size)
         self.total = t.steps or t.epochs * self.spe
         torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model)
+        self.model = build_model(cfg.model, weights_follow=init_state is not None)
         if init_state is not None:  # fine-tuning: start from given weights (already adapted to cfg.model)
             self.model.load_state_dict(init_state, strict=True)
         self.model = self.model.to(device)
