@@ -50,9 +50,7 @@ class ModelConfig:
     mlp_dim: int = 768
     pool: str = "token"  # "token": class token; "gap": encoder norm, then mean over patch tokens
     posemb: str = "learn"  # "learn" (1D, the paper's default) | "learn2d" | "sincos2d" | "none"
-    posemb_grid: tuple[int, int] | None = (
-        None  # sincos2d: the grid it was trained on, when moved to another size
-    )
+    posemb_grid: tuple[int, int] | None = None  # sincos2d moved to another size: the grid it was trained on
     representation_size: int | None = None  # pre-logits Linear+tanh of pre-training
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
@@ -60,9 +58,7 @@ class ModelConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
-    attn_init: str = (
-        "default"  # "mimetic": q/k product ~ identity, v/proj ~ -identity (Trockman & Kolter 2023)
-    )
+    attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))

@@ -105,9 +105,7 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
-        if (
-            self.cfg.attn_init == "mimetic" and self._structured_init
-        ):  # a few SVDs per layer: seconds for ViT-B
+        if self.cfg.attn_init == "mimetic" and self._structured_init:  # SVDs: seconds for ViT-B
             for blk in self.blocks:
                 mimetic_init_(blk.attn.qkv, blk.attn.proj, blk.attn.num_heads)
         if isinstance(self.head, nn.Linear) and self.cfg.head_init == "zero":
@@ -194,6 +192,7 @@ class VisionTransformer(nn.Module):
         """
         new_cfg = dataclasses.replace(self.cfg, img_size=img_size)
         old_grid, new_grid = self.cfg.grid_size, new_cfg.grid_size
+        trained_grid = self.cfg.posemb_grid or old_grid
         self.patch_embed.img_size = new_cfg.img_size
         self.patch_embed.grid_size = new_grid
         if self.cfg.posemb == "learn":
@@ -208,11 +207,9 @@ class VisionTransformer(nn.Module):
                     p.transpose(1, 2), size=size, mode="linear", align_corners=True
                 ).transpose(1, 2)
                 setattr(self, name, nn.Parameter(p.contiguous()))
-        elif self.cfg.posemb == "sincos2d":  # each patch keeps the embedding of its place in the image
-            new_cfg = dataclasses.replace(new_cfg, posemb_grid=self.cfg.posemb_grid or old_grid)
-            self.cfg = new_cfg
-            self.set_posemb_grid(new_cfg.posemb_grid)
         self.cfg = new_cfg
+        if self.cfg.posemb == "sincos2d":  # each patch keeps the embedding of its place in the image
+            self.set_posemb_grid(trained_grid)
 
     def set_posemb_grid(self, ref_grid: tuple[int, int] | None) -> None:
         """sincos2d: lay the fixed embedding out in the units of `ref_grid` (None: this model's own grid)."""
