@@ -69,6 +69,24 @@ def test_random_resized_crop_and_resize_shapes():
     assert tf.eval(imgs).shape == (4, 3, 32, 32)
 
 
+def test_random_resized_crop_area_stays_in_scale_range():
+    import pytest
+
+    ramp = torch.linspace(0, 255, 64).round().to(torch.uint8).expand(16, 1, 64, 64)  # value = x position
+
+    def widths(lo: float, hi: float) -> torch.Tensor:
+        """Fraction of the image's width each crop spans, read off the ramp."""
+        cfg = DataConfig(random_resized_crop=True, rrc_scale_min=lo, rrc_scale_max=hi)
+        out = BatchTransform(cfg, (64, 64), (0.0,), (1.0,)).train(ramp, torch.arange(16), 0)
+        return out.amax(dim=(1, 2, 3)) - out.amin(dim=(1, 2, 3))
+
+    # area 1/4: at most sqrt(1/4 * 4/3) = 0.58 of the width (aspect ratio up to 4/3)
+    assert float(widths(0.25, 0.25).max()) < 0.6
+    assert float(widths(0.9, 1.0).min()) > 0.8
+    with pytest.raises(ValueError, match="rrc_scale_max"):
+        DataConfig(random_resized_crop=True, rrc_scale_min=0.5, rrc_scale_max=0.4)
+
+
 def test_randaugment_runs_on_gray_and_rgb():
     for c in (1, 3):
         tf = BatchTransform(DataConfig(randaugment_n=2, randaugment_m=9), (16, 16), (0.5,) * c, (0.2,) * c)

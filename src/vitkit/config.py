@@ -25,6 +25,11 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+def backbone_stride(layers: tuple[int, ...]) -> int:
+    """Pixels per feature-map cell of the hybrid's ResNet: 4 for the root, x2 per stage after the first."""
+    return 4 * 2 ** max(len(layers) - 1, 0)
+
+
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
@@ -59,19 +64,31 @@ class ModelConfig:
     norm_eps: float = 1e-6
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
     attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
+    backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
+        if self.backbone is not None:
+            try:
+                layers = tuple(int(v) for v in self.backbone)
+            except (TypeError, ValueError):
+                layers = (0,)
+            if isinstance(self.backbone, str) or len(layers) > 4 or any(v < 1 for v in layers):
+                raise ValueError(
+                    f"model.backbone={self.backbone!r}: up to 4 positive ResNet stage depths, e.g. (3, 4, 9)"
+                )
+            object.__setattr__(self, "backbone", layers)
         for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         if self.num_classes < 0:
             raise ValueError(f"model.num_classes={self.num_classes!r} must be >= 0 (0: no head)")
         h, w = self.img_size
-        p = self.patch_size
+        p = self.token_stride
         if h < 1 or w < 1 or h % p or w % p:
+            what = "patch size" if self.backbone is None else "hybrid's token stride (ResNet stride x patch)"
             raise ValueError(
-                f"image size {h}x{w} is not divisible by the patch size {p}: "
+                f"image size {h}x{w} is not divisible by the {what} {p}: "
                 f"choose an image size that is a multiple of {p}"
             )
         if self.embed_dim % self.num_heads:
@@ -100,9 +117,14 @@ class ModelConfig:
             raise ValueError(f"model.norm_eps={self.norm_eps!r} must be positive")
 
     @property
+    def token_stride(self) -> int:
+        """Pixels per token along each axis: the patch size, times the ResNet's stride for a hybrid."""
+        return self.patch_size * (1 if self.backbone is None else backbone_stride(self.backbone))
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         """Patches along (height, width)."""
-        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+        return (self.img_size[0] // self.token_stride, self.img_size[1] // self.token_stride)
 
     @property
     def num_patches(self) -> int:
@@ -127,6 +149,7 @@ class DataConfig:
     crop_padding: int = 0  # random crop with this zero padding (native resolution)
     random_resized_crop: bool = False  # RandomResizedCrop instead of padded crop
     rrc_scale_min: float = 0.35
+    rrc_scale_max: float = 1.0  # RandomResizedCrop's area fraction in [min, max]
     hflip: bool = False
     randaugment_n: int = 0  # 0: off
     randaugment_m: int = 9
@@ -144,6 +167,7 @@ class DataConfig:
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")
         _check_range("data.rrc_scale_min", self.rrc_scale_min, 0.01, 1.0)
+        _check_range("data.rrc_scale_max", self.rrc_scale_max, self.rrc_scale_min, 1.0)
         if self.synthetic_size < 1:
             raise ValueError(f"data.synthetic_size={self.synthetic_size!r} must be positive")
 
@@ -276,6 +300,9 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
         return parse_value(key, text, args[0])
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # variable length, e.g. "3,4,9"; "()" for none
+            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+            return tuple(_parse_scalar(key, p.strip(), args[0]) for p in parts)
         parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
         if len(parts) == 1 and len(args) == 2 and args[0] is args[1]:
             parts = parts * 2

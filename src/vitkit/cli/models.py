@@ -39,18 +39,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     head = (
-        f"{'model':<10} {'img':>4} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'params':>13} "
+        f"{'model':<12} {'img':>4} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'params':>13} "
         f"{'GMACs':>8} {'GFLOPs':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['model']:<10} {r['img_size'][0]:>4} {r['width']:>5} {r['depth']:>5} {r['heads']:>5} "
+            f"{r['model']:<12} {r['img_size'][0]:>4} {r['width']:>5} {r['depth']:>5} {r['heads']:>5} "
             f"{r['mlp']:>5} {r['params']:>13,} {r['gmacs']:>8.2f} {r['gflops']:>8.2f}"
         )
     print("\nGFLOPs = 2 x MACs of one forward pass of one image; /4 variants: 28x28 grayscale, 10 classes.")
-    print("Any ViT-{Ti,S,B,L,H}/<patch> is accepted, at any image size divisible by the patch.")
+    print("Any ViT-{Ti,S,B,L,H}/<patch> is accepted, at any image size divisible by the patch; hybrids")
+    print("R50|R26|R+ViT-<size>/<stride> (a BiT ResNet's feature map as the patches) at multiples of the stride.")
     return 0
 
 

@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
-from vitkit.config import ModelConfig
+from vitkit.config import ModelConfig, backbone_stride
 from vitkit.convert.files import ConversionError
-from vitkit.models.registry import WIDTHS
+from vitkit.models.registry import RESNETS, WIDTHS
 
 log = logging.getLogger(__name__)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_STAGE_BLOCK = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
 
 
 @dataclass
@@ -56,12 +57,39 @@ def unknown_heads_error(ckpt: Checkpoint) -> ConversionError:
     )
 
 
-def model_name(width: int, depth: int, heads: int, mlp: int, patch: int) -> str:
-    """ "ViT-B/16" when the shape is one of the paper's, else "ViT-<width>x<depth>/<patch>"."""
+def model_name(
+    width: int, depth: int, heads: int, mlp: int, patch: int, backbone: tuple[int, ...] | None = None
+) -> str:
+    """ "ViT-B/16" when the shape is one of the paper's, else "ViT-<width>x<depth>/<patch>"; hybrids
+    "R50+ViT-B/16" with the token stride after the slash."""
+    prefix = ""
+    if backbone is not None:
+        patch *= backbone_stride(backbone)
+        names = [k for k, v in RESNETS.items() if v == tuple(backbone)]
+        prefix = (names[0] if names else "R" + "-".join(map(str, backbone))) + "+"
     for size, shape in WIDTHS.items():
         if shape == (width, depth, heads, mlp):
-            return f"ViT-{size}/{patch}"
-    return f"ViT-{width}x{depth}/{patch}"
+            return f"{prefix}ViT-{size}/{patch}"
+    return f"{prefix}ViT-{width}x{depth}/{patch}"
+
+
+def infer_backbone(state: dict[str, torch.Tensor], where: str) -> tuple[tuple[int, ...] | None, int | None]:
+    """A hybrid's ResNet stage depths and input channels from timm's key layout; (None, None) for a plain ViT."""
+    if "patch_embed.backbone.conv.weight" in state:  # the root alone (timm's R+ViT layout)
+        return (), int(state["patch_embed.backbone.conv.weight"].shape[1])
+    stem = state.get("patch_embed.backbone.stem.conv.weight")
+    if stem is None:
+        return None, None
+    blocks: dict[int, set[int]] = {}
+    for k in state:
+        if m := _STAGE_BLOCK.match(k):
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    layers = tuple(len(blocks[i]) for i in sorted(blocks))
+    if sorted(blocks) != list(range(len(blocks))) or any(
+        blocks[i] != set(range(n)) for i, n in enumerate(layers)
+    ):
+        raise ConversionError(f"{where}: the hybrid's ResNet stages/blocks are not numbered 0..N-1")
+    return layers, int(stem.shape[1])
 
 
 def _depth(state: dict[str, torch.Tensor], where: str) -> int:
@@ -95,6 +123,10 @@ def infer_config(
             f"{where}: patch_embed.proj.weight has shape {tuple(proj.shape)}, expected (D, C, P, P)"
         )
     width, in_chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
+    backbone, backbone_in = infer_backbone(state, where)
+    stride = patch
+    if backbone is not None:
+        in_chans, stride = backbone_in, patch * backbone_stride(backbone)
     depth = _depth(state, where)
     mlp = int(_require(state, "blocks.0.mlp.fc1.weight", where).shape[0])
     heads = num_heads or guess_num_heads(width, depth, mlp, where) or 1  # 1: unknown (see heads_known)
@@ -111,16 +143,16 @@ def infer_config(
                     f"{where}: {n} patch position embeddings do not form a square grid, and the file does not "
                     "say the image size; save it as a vitkit file (vitkit.convert.save_model_file) with its config"
                 )
-            img_size = (side * patch, side * patch)
+            img_size = (side * stride, side * stride)
         elif "pos_embed_row" in state:
-            img_size = (state["pos_embed_row"].shape[1] * patch, state["pos_embed_col"].shape[1] * patch)
+            img_size = (state["pos_embed_row"].shape[1] * stride, state["pos_embed_col"].shape[1] * stride)
         else:
             img_size = (224, 224)
             log.info("%s: no position embedding to read the grid from; assuming 224x224 images", where)
     head = state.get("head.weight")
     pre = state.get("pre_logits.fc.weight")
     return ModelConfig(
-        name=model_name(width, depth, heads, mlp, patch),
+        name=model_name(width, depth, heads, mlp, patch, backbone),
         img_size=img_size,
         patch_size=patch,
         in_chans=in_chans,
@@ -134,6 +166,7 @@ def infer_config(
         representation_size=int(pre.shape[0]) if pre is not None else None,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         norm_eps=norm_eps,
+        backbone=backbone,
     )
 
 

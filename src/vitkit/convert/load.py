@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 RESAMPLE = {"official": ("bilinear", True), "bicubic": ("bicubic", False)}  # mode, align_corners
 HEAD_KEYS = ("head.weight", "head.bias", "pre_logits.fc.weight", "pre_logits.fc.bias")
-ARCH_FIELDS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")
+ARCH_FIELDS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "backbone")
 
 
 @dataclass
@@ -132,9 +132,12 @@ def load_pretrained(
     state = dict(ckpt.state)
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
-    w = state.get("patch_embed.proj.weight")
+    pixel_key = "patch_embed.proj.weight"  # the first conv on pixels: a hybrid's ResNet root
+    if cfg.backbone is not None:
+        pixel_key = "patch_embed.backbone." + ("stem.conv.weight" if cfg.backbone else "conv.weight")
+    w = state.get(pixel_key)
     if w is not None and w.ndim == 4 and w.shape[1] != cfg.in_chans:
-        state["patch_embed.proj.weight"] = adapt_input_channels(w, cfg.in_chans)
+        state[pixel_key] = adapt_input_channels(w, cfg.in_chans)
         report.channels_adapted = (int(w.shape[1]), cfg.in_chans)
         log.warning(
             "%s: %d input channels adapted to %d (patch filters summed/repeated)",

@@ -14,6 +14,11 @@ Flax names and layouts (kernels are (in, out); attention kernels are split by he
   Transformer/encoder_norm                       -> norm
   pre_logits (Dense + tanh)                      -> pre_logits.fc
   head                                           -> head
+Hybrids (R50+ViT-B/16 and the like), their BiT ResNet (kernels (kh, kw, in, out) -> (out, in, kh, kw)):
+  conv_root/kernel, gn_root/{scale,bias}         -> patch_embed.backbone.stem.{conv,norm} (the root alone:
+                                                    patch_embed.backbone.{conv,norm})
+  block<i>/unit<j>/conv{1,2,3}, gn{1,2,3}        -> patch_embed.backbone.stages.i-1.blocks.j-1.{conv,norm}{1,2,3}
+  block<i>/unit<j>/conv_proj, gn_proj            -> ....downsample.{conv,norm}
 """
 
 from __future__ import annotations
@@ -106,6 +111,29 @@ def _block(r: _Reader, base: str, idx: int | None, out: dict[str, torch.Tensor],
     return int(heads)
 
 
+def _backbone(r: _Reader, out: dict[str, torch.Tensor]) -> None:
+    """A hybrid's ResNet (official names) into `out` under timm's names; nothing for a plain ViT."""
+    if not r.has("conv_root/kernel"):
+        return
+    stages = sorted({int(k.split("/")[0][5:]) for k in r.left if k.startswith("block") and "/unit" in k})
+    root = "patch_embed.backbone." + ("stem." if stages else "")
+    out[f"{root}conv.weight"] = _t(r.pop("conv_root/kernel").transpose(3, 2, 0, 1))
+    out[f"{root}norm.weight"] = _t(r.pop("gn_root/scale"))
+    out[f"{root}norm.bias"] = _t(r.pop("gn_root/bias"))
+    for i in stages:
+        j = 1
+        while r.has(f"block{i}/unit{j}/conv1/kernel"):
+            src, dst = f"block{i}/unit{j}/", f"patch_embed.backbone.stages.{i - 1}.blocks.{j - 1}."
+            for a, b in [(f"conv{n}", f"conv{n}") for n in (1, 2, 3)] + [("conv_proj", "downsample.conv")]:
+                if r.has(f"{src}{a}/kernel"):
+                    out[f"{dst}{b}.weight"] = _t(r.pop(f"{src}{a}/kernel").transpose(3, 2, 0, 1))
+            for a, b in [(f"gn{n}", f"norm{n}") for n in (1, 2, 3)] + [("gn_proj", "downsample.norm")]:
+                if r.has(f"{src}{a}/scale"):
+                    out[f"{dst}{b}.weight"] = _t(r.pop(f"{src}{a}/scale"))
+                    out[f"{dst}{b}.bias"] = _t(r.pop(f"{src}{a}/bias"))
+            j += 1
+
+
 def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """vitkit state dict (+ unconverted arrays under their names) and facts: heads, layout, posemb."""
     prefix = _detect_prefix(arrays, path)
@@ -113,6 +141,7 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
     out: dict[str, torch.Tensor] = {}
     out["patch_embed.proj.weight"] = _t(r.pop("embedding/kernel").transpose(3, 2, 0, 1))  # (D, C, P, P)
     out["patch_embed.proj.bias"] = _t(r.pop("embedding/bias"))
+    _backbone(r, out)
     if r.has("cls"):
         out["cls_token"] = _t(r.pop("cls")).reshape(1, 1, -1)
     big_vision = r.has("pos_embedding") or prefix == "params/"

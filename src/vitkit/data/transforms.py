@@ -180,7 +180,9 @@ class BatchTransform:
             )
         x = images.float()  # pixel values: crops pad with black, as torchvision's RandomCrop
         if c.random_resized_crop:
-            x = random_resized_crop(x, self.out_size, [u(1), u(2), u(3), u(4)], (c.rrc_scale_min, 1.0))
+            x = random_resized_crop(
+                x, self.out_size, [u(1), u(2), u(3), u(4)], (c.rrc_scale_min, c.rrc_scale_max)
+            )
         else:
             x = resize(random_crop(x, c.crop_padding, u(1), u(2)), self.out_size)
         if c.hflip:

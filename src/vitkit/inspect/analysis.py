@@ -95,7 +95,7 @@ def analyse(
             logits, attns = model(x, return_attention=True)
             d = torch.stack(
                 [
-                    mean_attention_distance(a.float(), cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens)
+                    mean_attention_distance(a.float(), cfg.grid_size, cfg.token_stride, cfg.num_prefix_tokens)
                     for a in attns
                 ]
             )  # (L, H), averaged over this batch
@@ -124,6 +124,6 @@ def analyse(
         rollout=torch.cat(maps),
         probs=torch.cat(probs).cpu(),
         grid_size=tuple(cfg.grid_size),
-        patch_size=int(cfg.patch_size),
+        patch_size=int(cfg.token_stride),  # pixels between token centres
         img_size=tuple(cfg.img_size),
     )

@@ -73,9 +73,14 @@ def filter_pca(weight: torch.Tensor, k: int = 28) -> tuple[torch.Tensor, torch.T
 def embedding_pca(model: nn.Module, k: int = 28, return_variance: bool = False):
     """Top-k principal components of the patch-embedding filters: (k, C, P, P); the paper's Figure 7 (left).
 
+    A hybrid's patch embedding sees ResNet features, not pixels: its ResNet's first (root) filters are used.
     With `return_variance`, also the explained variance ratio of each component, (k,).
     """
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    embed = getattr(model, "patch_embed", None)
+    proj = getattr(embed, "proj", None)
+    backbone = getattr(embed, "backbone", None)
+    if backbone is not None:
+        proj = backbone.conv if hasattr(backbone, "conv") else backbone.stem.conv
     if not isinstance(proj, nn.Conv2d):
         raise ValueError(f"{type(model).__name__} has no convolutional patch embedding (patch_embed.proj)")
     comps, ratio = filter_pca(proj.weight, k)

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitkit.config import backbone_stride
 from vitkit.keyed_random import current as keyed_context
 from vitkit.keyed_random import keyed_uniform
+from vitkit.models.resnet import backbone_channels, build_backbone
 
 
 class Dropout(nn.Module):
@@ -31,21 +33,40 @@ class Dropout(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Split an image into P x P patches and project each to D (a conv with kernel = stride = P)."""
+    """Split an image into P x P patches and project each to D (a conv with kernel = stride = P).
 
-    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+    The paper's hybrid (`backbone` = ResNet stage depths): the patches are taken from the feature map of a BiT
+    ResNet instead of the pixels (as timm's HybridEmbed: `backbone`, then `proj`).
+    """
+
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        backbone: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         self.img_size = tuple(img_size)
         self.patch_size = patch_size
-        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.in_chans = in_chans
+        stride, chans = patch_size, in_chans
+        if backbone is not None:
+            self.backbone = build_backbone(tuple(backbone), in_chans)
+            stride, chans = patch_size * backbone_stride(tuple(backbone)), backbone_channels(tuple(backbone))
+        self.stride = stride  # pixels per token along each axis
+        self.grid_size = (img_size[0] // stride, img_size[1] // stride)
+        self.proj = nn.Conv2d(chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size:
+        if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.in_chans:
             raise ValueError(
-                f"expected images of shape (B, {self.proj.in_channels}, {self.img_size[0]}, "
+                f"expected images of shape (B, {self.in_chans}, {self.img_size[0]}, "
                 f"{self.img_size[1]}), got {tuple(x.shape)}"
             )
+        if hasattr(self, "backbone"):
+            x = self.backbone(x)  # (B, C', H/s, W/s)
         x = self.proj(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 

@@ -1,4 +1,4 @@
-"""The one registry of model variants: the paper's notation `ViT-B/16` -> ModelConfig."""
+"""The one registry of model variants: the paper's notation `ViT-B/16`, `R50+ViT-B/16` -> ModelConfig."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import dataclasses
 import re
 from typing import Any
 
-from vitkit.config import ModelConfig
+from vitkit.config import ModelConfig, backbone_stride
+from vitkit.models.resnet import backbone_channels, backbone_macs, backbone_params
 
 # The paper's Table 1 (+ Ti from DeiT/AugReg): width, depth, heads, MLP size.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -18,7 +19,9 @@ WIDTHS: dict[str, tuple[int, int, int, int]] = {
 }
 
 # Named variants and the setting each is shown at: the paper's models at 224 px, and small-image
-# models for 28x28 grayscale data (Fashion-MNIST). Any `ViT-<size>/<patch>` is accepted too.
+# models for 28x28 grayscale data (Fashion-MNIST). Any `ViT-<size>/<patch>` is accepted too, and any hybrid
+# `R<n>+ViT-<size>/<stride>`: the paper's Section 3.1, a BiT ResNet's feature map cut into patches so that
+# each token covers stride x stride pixels (R50+ViT-B/16: 1x1 patches of the stride-16 map).
 REGISTERED: dict[str, dict[str, Any]] = {
     "ViT-Ti/16": {},
     "ViT-S/16": {},
@@ -28,11 +31,19 @@ REGISTERED: dict[str, dict[str, Any]] = {
     "ViT-L/16": {},
     "ViT-L/32": {},
     "ViT-H/14": {},
+    "R50+ViT-B/16": {},
+    "R26+ViT-S/32": {},
+    "R+ViT-Ti/16": {},
     "ViT-Ti/4": dict(img_size=28, in_chans=1, num_classes=10),
     "ViT-S/4": dict(img_size=28, in_chans=1, num_classes=10),
 }
 
 _NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
+_HYBRID = re.compile(r"^(R\d*)\+(.*)$", re.IGNORECASE)
+
+# The hybrids' ResNets (stage depths): R50 as the paper (stage 4's blocks moved to stage 3), R26 as AugReg's
+# R26+ViT-S/32, and R the root alone (AugReg's R+ViT-Ti/16).
+RESNETS: dict[str, tuple[int, ...]] = {"R50": (3, 4, 9), "R26": (2, 2, 2, 2), "R": ()}
 
 
 def parse_name(name: str) -> tuple[str, int]:
@@ -52,12 +63,35 @@ def parse_name(name: str) -> tuple[str, int]:
     return size, patch
 
 
+def parse_hybrid(name: str) -> tuple[str, tuple[int, ...] | None, str]:
+    """Split `R50+ViT-B/16` into ("R50", (3, 4, 9), "ViT-B/16"); a plain name gives ("", None, name)."""
+    m = _HYBRID.match(name.strip()) if isinstance(name, str) else None
+    if not m:
+        return "", None, name
+    resnet = {k.lower(): k for k in RESNETS}.get(m.group(1).lower())
+    if resnet is None:
+        raise ValueError(
+            f"unknown hybrid {name!r}: the ResNet is one of {', '.join(RESNETS)} (e.g. 'R50+ViT-B/16')"
+        )
+    return resnet, RESNETS[resnet], m.group(2)
+
+
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of variant `name`, with keyword overrides (img_size, num_classes, pool, ...)."""
-    size, patch = parse_name(name)
+    resnet, layers, plain = parse_hybrid(name)
+    size, stride = parse_name(plain)  # a hybrid's name gives the token stride, a plain one the patch size
     width, depth, heads, mlp = WIDTHS[size]
+    patch = stride
+    if layers is not None:  # patches of the ResNet's feature map
+        patch = stride // backbone_stride(layers)
+        if patch * backbone_stride(layers) != stride:
+            raise ValueError(
+                f"hybrid {name!r}: the token stride {stride} must be a multiple of the ResNet's stride "
+                f"{backbone_stride(layers)}"
+            )
+        overrides = {"backbone": layers, **overrides}
     base = dict(
-        name=f"ViT-{size}/{patch}",
+        name=f"{resnet + '+' if resnet else ''}ViT-{size}/{stride}",
         patch_size=patch,
         embed_dim=width,
         depth=depth,
@@ -73,7 +107,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
 
 
 def list_models() -> list[str]:
-    """Names of the registered variants (any `ViT-<size>/<patch>` is accepted too)."""
+    """Names of the registered variants (any `ViT-<size>/<patch>` and `R<n>+ViT-<size>/<stride>` too)."""
     return list(REGISTERED)
 
 
@@ -85,9 +119,12 @@ def registered_config(name: str, **overrides: Any) -> ModelConfig:
 def forward_macs(cfg: ModelConfig) -> int:
     """Analytic multiply-accumulates of one forward pass of one image."""
     d, m, L = cfg.embed_dim, cfg.mlp_dim, cfg.depth
-    p2c = cfg.patch_size**2 * cfg.in_chans
+    chans = cfg.in_chans if cfg.backbone is None else backbone_channels(cfg.backbone)
+    p2c = cfg.patch_size**2 * chans
     n_p, n = cfg.num_patches, cfg.num_tokens
     embed = n_p * p2c * d
+    if cfg.backbone is not None:
+        embed += backbone_macs(cfg.backbone, cfg.in_chans, cfg.img_size)
     blocks = L * (n * (4 * d * d + 2 * d * m) + 2 * n * n * d)
     rep = d * cfg.representation_size if cfg.representation_size else 0
     head_in = cfg.representation_size or d
@@ -99,7 +136,10 @@ def count_params(cfg: ModelConfig) -> int:
     d, m, L, c = cfg.embed_dim, cfg.mlp_dim, cfg.depth, cfg.in_chans
     qkvb = 3 * d if cfg.qkv_bias else 0
     block = 2 * 2 * d + (3 * d * d + qkvb) + (d * d + d) + (d * m + m) + (m * d + d)
-    embed = cfg.patch_size**2 * c * d + d
+    if cfg.backbone is None:
+        embed = cfg.patch_size**2 * c * d + d
+    else:
+        embed = cfg.patch_size**2 * backbone_channels(cfg.backbone) * d + d + backbone_params(cfg.backbone, c)
     prefix = d if cfg.pool == "token" else 0
     gh, gw = cfg.grid_size
     pos = {

@@ -1,4 +1,4 @@
-"""The Vision Transformer of Dosovitskiy et al. (2020), with timm's parameter names."""
+"""The Vision Transformer of Dosovitskiy et al. (2020) and its ResNet hybrid, with timm's parameter names."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from vitkit.config import ModelConfig
 from vitkit.models.init import mimetic_init_
 from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
+from vitkit.models.resnet import init_backbone_
 
 
 def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ class VisionTransformer(nn.Module):
         self.num_classes = cfg.num_classes
         self.num_prefix_tokens = cfg.num_prefix_tokens
         self.embed_dim = self.num_features = d
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d)
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d, cfg.backbone)
         gh, gw = cfg.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "token" else None
         if cfg.posemb == "learn":  # one vector per token, class token included (as timm/official)
@@ -99,6 +100,8 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
         lecun_normal_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
+        if hasattr(self.patch_embed, "backbone"):
+            init_backbone_(self.patch_embed.backbone)
         for name in ("pos_embed", "pos_embed_row", "pos_embed_col"):
             p = getattr(self, name, None)
             if isinstance(p, nn.Parameter):

@@ -25,8 +25,10 @@ def timm_twin(cfg: ModelConfig) -> nn.Module:
     """timm's VisionTransformer with the same configuration (dev dependency)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    if cfg.posemb not in ("learn",) or cfg.representation_size:
-        raise ValueError("the timm comparison supports learned 1D position embeddings without pre-logits")
+    if cfg.posemb not in ("learn",) or cfg.representation_size or cfg.backbone is not None:
+        raise ValueError(
+            "the timm comparison supports plain ViTs with learned 1D position embeddings and no pre-logits"
+        )
     gap = cfg.pool == "gap"
     return VisionTransformer(
         img_size=cfg.img_size,
