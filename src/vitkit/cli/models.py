@@ -51,7 +51,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     print("\nGFLOPs = 2 x MACs of one forward pass of one image; /4 variants: 28x28 grayscale, 10 classes.")
     print("Any ViT-{Ti,S,B,L,H}/<patch> is accepted, at any image size divisible by the patch; hybrids")
-    print("R50|R26|R+ViT-<size>/<stride> (a BiT ResNet's feature map as the patches) at multiples of the stride.")
+    print(
+        "R50|R26|R+ViT-<size>/<stride> (a BiT ResNet's feature map as the patches) at multiples of the stride."
+    )
     return 0
 
 
