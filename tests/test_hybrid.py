@@ -25,7 +25,8 @@ def test_names_give_the_papers_hybrids():
     cfg = model_config("R50+ViT-B/16")
     assert cfg.backbone == (3, 4, 9) and cfg.patch_size == 1 and cfg.token_stride == 16
     assert cfg.grid_size == (14, 14) and cfg.name == "R50+ViT-B/16"
-    assert model_config("r50+vit-b/32").patch_size == 2  # 2x2 patches of the stride-16 map
+    assert model_config("r50+vit-b/48", img_size=384).patch_size == 3  # 3x3 patches of the stride-16 map
+    assert model_config("r50+vit-b/32").backbone == (3, 4, 6, 3)  # the standard ResNet-50 at stride 32
     tiny = model_config("R+ViT-Ti/16")
     assert tiny.backbone == () and tiny.patch_size == 4 and tiny.grid_size == (14, 14)
     assert model_config("R26+ViT-S/32", img_size=384).grid_size == (12, 12)
@@ -123,8 +124,11 @@ def test_hybrid_moves_to_another_resolution_and_inspects():
     assert model.cfg.grid_size == (4, 4) and model.pos_embed.shape[1] == 17
     out = model(torch.randn(2, 1, 64, 64))
     assert out.shape == (2, 3)
-    comps = embedding_pca(model, k=5)  # the root's 7x7 pixel filters
+    comps, ratio = embedding_pca(model, k=5, return_variance=True)  # the root's standardised 7x7 filters
     assert comps.shape == (5, 1, 7, 7)
+    flat = comps.flatten(1)
+    torch.testing.assert_close(flat @ flat.T, torch.eye(5), rtol=0, atol=1e-4)
+    assert bool((ratio[:-1] >= ratio[1:]).all())
     a = analyse(model, torch.randn(2, 1, 64, 64), k=5)
     assert a.patch_size == 16 and a.distances.shape == (2, 3)
 
@@ -158,13 +162,13 @@ def _official_resnet(rng: np.random.Generator, layers: tuple[int, ...], chans: i
 
 
 @pytest.mark.parametrize(
-    "layers,timm_name", [((), "vit_tiny_r_s16_p8_224"), ((1, 1), "vit_base_r50_s16_224")]
+    "layers,timm_name", [((), "vit_tiny_r_s16_p8_224"), ((2, 1, 2), "vit_base_r50_s16_224")]
 )
 def test_official_hybrid_npz_matches_timms_own_loader(tmp_path, layers, timm_name):
     timm = pytest.importorskip("timm")
     from test_convert import DEPTH, HEADS, MLP, D, P, flax_arrays, save_npz
 
-    chans = 64 if not layers else (256, 512)[len(layers) - 1]
+    chans = 64 if not layers else (256, 512, 1024)[len(layers) - 1]
     arrays = flax_arrays(chans=chans)  # the encoder; its 16x16 patches are cut from the feature map
     arrays.update(_official_resnet(np.random.default_rng(1), layers, 3))
     path = save_npz(tmp_path / "hybrid.npz", arrays)
@@ -194,3 +198,45 @@ def test_hybrid_exports_to_onnx(tmp_path):
     _randomise_norms(model)
     diffs = check_onnx(export_onnx(model, str(tmp_path / "hybrid.onnx")), model, (1, 3))
     assert set(diffs) == {1, 3} and max(diffs.values()) < 1e-4, diffs
+
+
+def test_r50_at_stride_32_is_the_standard_resnet50():
+    cfg = model_config("R50+ViT-L/32")
+    assert cfg.backbone == (3, 4, 6, 3) and cfg.patch_size == 1 and cfg.grid_size == (7, 7)
+    assert model_config("R50 + ViT-B/16").backbone == (3, 4, 9)  # spaces allowed
+    with pytest.raises(ValueError, match="names its ResNet"):
+        model_config("R50+ViT-B/16", backbone=())
+
+
+def test_train_flag_model_sets_the_resnet():
+    from test_recipes import _args
+    from vitkit.cli.train import resolve_config
+
+    cfg, _ = resolve_config(_args(model="R+ViT-Ti/16", img_size=32))
+    assert cfg.model.backbone == () and cfg.model.patch_size == 4 and cfg.model.name == "R+ViT-Ti/16"
+    cfg, _ = resolve_config(_args(recipe="fashion-mnist-fast", model="ViT-Ti/4"))
+    assert cfg.model.backbone is None and cfg.model.patch_size == 4
+
+
+def test_hybrid_checkpoints_adapt_channels_and_refuse_unknown_cnns(tmp_path):
+    from safetensors.torch import save_file
+
+    from vitkit.convert import ConversionError, load_pretrained
+
+    src = create_model("R26+ViT-S/32", img_size=64, embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    path = str(tmp_path / "h.safetensors")
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, path)
+    gray = create_model(
+        "R26+ViT-S/32", img_size=64, embed_dim=32, depth=1, num_heads=2, mlp_dim=64, in_chans=1
+    )
+    report = load_pretrained(gray, path)
+    assert report.channels_adapted == (3, 1)
+    assert gray.patch_embed.backbone.stem.conv.weight.shape == (64, 1, 7, 7)
+    assert gray(torch.randn(2, 1, 64, 64)).shape == (2, 1000)
+
+    odd = {"patch_embed.backbone.conv1.0.weight": torch.zeros(32, 3, 3, 3), **src.state_dict()}
+    del odd["patch_embed.backbone.stem.conv.weight"]
+    bad = str(tmp_path / "odd.safetensors")
+    save_file({k: v.contiguous() for k, v in odd.items()}, bad)
+    with pytest.raises(ConversionError, match="not the BiT ResNet"):
+        read_checkpoint(bad)

@@ -15,7 +15,7 @@ def test_recipe_is_valid_and_states_expectation(name):
     cfg = get_recipe(name)
     assert cfg.recipe == name
     assert cfg.expected, f"{name} does not say what it is expected to reach"
-    assert cfg.model.img_size[0] % cfg.model.patch_size == 0
+    assert cfg.model.img_size[0] % cfg.model.token_stride == 0
 
 
 def test_paper_recipes_follow_the_paper():

@@ -71,6 +71,8 @@ class ModelConfig:
         if self.backbone is not None:
             try:
                 layers = tuple(int(v) for v in self.backbone)
+                if any(int(v) != v for v in self.backbone):
+                    layers = (0,)
             except (TypeError, ValueError):
                 layers = (0,)
             if isinstance(self.backbone, str) or len(layers) > 4 or any(v < 1 for v in layers):

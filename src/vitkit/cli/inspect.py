@@ -179,7 +179,7 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
     cfg = subject.model.cfg
     facts = [
         ("model", subject.name),
-        ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, patch {cfg.patch_size}, grid {cfg.grid_size[0]}x"
+        ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, {cfg.token_stride} px per token, grid {cfg.grid_size[0]}x"
                  f"{cfg.grid_size[1]}, width {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"),
         ("pool / position embedding", f"{cfg.pool} / {cfg.posemb}"),
         ("images analysed", inputs.description),

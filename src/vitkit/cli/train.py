@@ -52,7 +52,7 @@ RESUME_MAY_CHANGE = (
 
 
 def _model_overrides(name: str) -> list[str]:
-    """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch as overrides."""
+    """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch (and a hybrid's ResNet) as overrides."""
     from vitkit.models import model_config
 
     m = model_config(name)
@@ -63,6 +63,7 @@ def _model_overrides(name: str) -> list[str]:
         f"model.depth={m.depth}",
         f"model.num_heads={m.num_heads}",
         f"model.mlp_dim={m.mlp_dim}",
+        "model.backbone=" + ("none" if m.backbone is None else ",".join(map(str, m.backbone)) or "()"),
     ]
 
 

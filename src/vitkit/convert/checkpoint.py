@@ -12,7 +12,7 @@ import torch
 
 from vitkit.config import ModelConfig, backbone_stride
 from vitkit.convert.files import ConversionError
-from vitkit.models.registry import RESNETS, WIDTHS
+from vitkit.models.registry import R50_STRIDE32, RESNETS, WIDTHS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def model_name(
     prefix = ""
     if backbone is not None:
         patch *= backbone_stride(backbone)
-        names = [k for k, v in RESNETS.items() if v == tuple(backbone)]
+        names = [k for k, v in [*RESNETS.items(), ("R50", R50_STRIDE32)] if v == tuple(backbone)]
         prefix = (names[0] if names else "R" + "-".join(map(str, backbone))) + "+"
     for size, shape in WIDTHS.items():
         if shape == (width, depth, heads, mlp):
@@ -75,11 +75,22 @@ def model_name(
 
 def infer_backbone(state: dict[str, torch.Tensor], where: str) -> tuple[tuple[int, ...] | None, int | None]:
     """A hybrid's ResNet stage depths and input channels from timm's key layout; (None, None) for a plain ViT."""
-    if "patch_embed.backbone.conv.weight" in state:  # the root alone (timm's R+ViT layout)
-        return (), int(state["patch_embed.backbone.conv.weight"].shape[1])
-    stem = state.get("patch_embed.backbone.stem.conv.weight")
+    root = state.get("patch_embed.backbone.conv.weight")  # the root alone (timm's R+ViT layout)
+    stem = state.get("patch_embed.backbone.stem.conv.weight") if root is None else root
     if stem is None:
+        if any(k.startswith("patch_embed.backbone.") for k in state):
+            some = sorted(k for k in state if k.startswith("patch_embed.backbone."))[:3]
+            raise ConversionError(
+                f"{where}: a hybrid whose CNN is not the BiT ResNet vitkit builds (keys such as {some}); "
+                "vitkit reads the ResNet-v2 hybrids (R50/R26/root, as timm's vit_*_r50_s16, vit_*_r26_s32)"
+            )
         return None, None
+    if tuple(stem.shape[0:1]) + tuple(stem.shape[2:]) != (64, 7, 7):
+        raise ConversionError(
+            f"{where}: the hybrid's root conv is {tuple(stem.shape)}; vitkit's BiT root is (64, C, 7, 7) (width 1x)"
+        )
+    if root is not None:
+        return (), int(root.shape[1])
     blocks: dict[int, set[int]] = {}
     for k in state:
         if m := _STAGE_BLOCK.match(k):

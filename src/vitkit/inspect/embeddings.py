@@ -79,9 +79,14 @@ def embedding_pca(model: nn.Module, k: int = 28, return_variance: bool = False):
     embed = getattr(model, "patch_embed", None)
     proj = getattr(embed, "proj", None)
     backbone = getattr(embed, "backbone", None)
-    if backbone is not None:
+    if backbone is not None:  # the root conv: 7x7 filters on pixels
         proj = backbone.conv if hasattr(backbone, "conv") else backbone.stem.conv
     if not isinstance(proj, nn.Conv2d):
         raise ValueError(f"{type(model).__name__} has no convolutional patch embedding (patch_embed.proj)")
-    comps, ratio = filter_pca(proj.weight, k)
+    weight = proj.weight.detach()
+    if backbone is not None:  # as the network uses them: each filter standardised (zero mean, unit variance)
+        flat = weight.flatten(1)  # (out, C*7*7)
+        var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+        weight = ((flat - mean) / (var + 1e-8).sqrt()).view_as(weight)
+    comps, ratio = filter_pca(weight, k)
     return (comps, ratio) if return_variance else comps

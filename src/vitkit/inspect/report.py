@@ -24,7 +24,8 @@ FIGURES = {  # file name -> (heading, caption)
     "embedding_pca.png": (
         "Patch-embedding filters",
         "Top principal components of the linear patch-embedding filters, each on its own colour scale, with the "
-        "fraction of the filters' variance it explains (the paper's Figure 7, left).",
+        "fraction of the filters' variance it explains (the paper's Figure 7, left); for a hybrid, its ResNet's "
+        "standardised 7x7 root filters.",
     ),
     "posemb_similarity.png": (
         "Position-embedding similarity",

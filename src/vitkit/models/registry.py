@@ -39,11 +39,13 @@ REGISTERED: dict[str, dict[str, Any]] = {
 }
 
 _NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
-_HYBRID = re.compile(r"^(R\d*)\+(.*)$", re.IGNORECASE)
+_HYBRID = re.compile(r"^(R\d*)\s*\+\s*(.*)$", re.IGNORECASE)
 
-# The hybrids' ResNets (stage depths): R50 as the paper (stage 4's blocks moved to stage 3), R26 as AugReg's
-# R26+ViT-S/32, and R the root alone (AugReg's R+ViT-Ti/16).
+# The hybrids' ResNets (stage depths). R50 as the paper's Section 4.1: at token stride 16 stage 4's blocks move
+# to stage 3 (3, 4, 9); at stride 32 the standard ResNet-50's four stages (3, 4, 6, 3). R26 as AugReg's
+# R26+ViT-S/32; R the root alone (stride 4).
 RESNETS: dict[str, tuple[int, ...]] = {"R50": (3, 4, 9), "R26": (2, 2, 2, 2), "R": ()}
+R50_STRIDE32 = (3, 4, 6, 3)
 
 
 def parse_name(name: str) -> tuple[str, int]:
@@ -54,7 +56,8 @@ def parse_name(name: str) -> tuple[str, int]:
     if not m:
         raise ValueError(
             f"unknown model {name!r}: expected 'ViT-<size>/<patch>' with size one of "
-            f"{', '.join(WIDTHS)} and an integer patch size, e.g. 'ViT-B/16'"
+            f"{', '.join(WIDTHS)} and an integer patch size, e.g. 'ViT-B/16', or a hybrid "
+            f"'<ResNet>+ViT-<size>/<stride>' with ResNet one of {', '.join(RESNETS)}, e.g. 'R50+ViT-B/16'"
         )
     size = {k.lower(): k for k in WIDTHS}[m.group(1).lower()]
     patch = int(m.group(2))
@@ -73,7 +76,11 @@ def parse_hybrid(name: str) -> tuple[str, tuple[int, ...] | None, str]:
         raise ValueError(
             f"unknown hybrid {name!r}: the ResNet is one of {', '.join(RESNETS)} (e.g. 'R50+ViT-B/16')"
         )
-    return resnet, RESNETS[resnet], m.group(2)
+    layers = RESNETS[resnet]
+    if resnet == "R50":  # the standard ResNet-50 at stride 32 and beyond
+        _, stride = parse_name(m.group(2))
+        layers = R50_STRIDE32 if stride % 32 == 0 else layers
+    return resnet, layers, m.group(2)
 
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
@@ -88,6 +95,10 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
             raise ValueError(
                 f"hybrid {name!r}: the token stride {stride} must be a multiple of the ResNet's stride "
                 f"{backbone_stride(layers)}"
+            )
+        if "backbone" in overrides:
+            raise ValueError(
+                f"model {name!r} names its ResNet; give a plain name such as 'ViT-B/16' with backbone="
             )
         overrides = {"backbone": layers, **overrides}
     base = dict(

@@ -4,7 +4,8 @@ The hybrid's CNN is ResNet-v2-style BiT without pre-activation (as timm's `vit_b
 R50+ViT-B/16): a 7x7/2 root conv and 3x3/2 max pool (stride 4), then bottleneck stages of widths 256, 512,
 1024, ... (the first at stride 1, the rest at stride 2). The paper's R50 keeps stages (3, 4, 9): stage 4 is
 removed and its blocks moved to stage 3, for a stride-16 feature map. Convolutions and pooling pad "same" as
-TensorFlow does (more on the bottom/right), so the official weights give the official features.
+TensorFlow does (more on the bottom/right). Numerics follow timm (weight-standardisation eps 1e-8, GroupNorm eps
+1e-5), whose outputs the tests match; the official Flax code's epsilons differ, so its features differ slightly.
 """
 
 from __future__ import annotations
