@@ -54,6 +54,15 @@ def test_bench_json_with_timm(capsys):
     assert res["max_logit_diff_vs_timm"] < 1e-5
 
 
+@pytest.mark.parametrize("name", ["R+ViT-Ti/16", "R26+ViT-S/32"])
+def test_bench_compares_hybrids_with_timms(name):
+    pytest.importorskip("timm")
+    cfg = model_config(name, img_size=64, depth=1)
+    res = run_benchmark(cfg, batch_size=2, compare="timm", repeats=1, warmup=1, min_seconds=0.01)
+    assert res["timm_img_s"] > 0 and res["max_logit_diff_vs_timm"] < 1e-4
+    assert res["gflops_per_image"] == pytest.approx(2 * forward_macs(cfg) / 1e9)
+
+
 def test_bench_train_peer_plain():
     res = run_benchmark(
         create_model("ViT-Ti/8", img_size=16, depth=2).cfg,

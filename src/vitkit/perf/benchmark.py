@@ -22,14 +22,26 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 
 def timm_twin(cfg: ModelConfig) -> nn.Module:
-    """timm's VisionTransformer with the same configuration (dev dependency)."""
+    """timm's VisionTransformer with the same configuration (dev dependency); hybrids on timm's ResNet-v2."""
     from timm.models.vision_transformer import VisionTransformer
 
-    if cfg.posemb not in ("learn",) or cfg.representation_size or cfg.backbone is not None:
-        raise ValueError(
-            "the timm comparison supports plain ViTs with learned 1D position embeddings and no pre-logits"
-        )
+    if cfg.posemb not in ("learn",) or cfg.representation_size:
+        raise ValueError("the timm comparison supports learned 1D position embeddings without pre-logits")
     gap = cfg.pool == "gap"
+    extra = {}
+    if cfg.backbone is not None:  # timm's hybrid: its BiT ResNet in a HybridEmbed, as vit_*_r50_s16_*
+        from timm.layers import HybridEmbed, StdConv2dSame
+        from timm.models.resnetv2 import ResNetV2, create_resnetv2_stem
+
+        conv = functools.partial(StdConv2dSame, eps=1e-8)
+        kw = dict(preact=False, stem_type="same", conv_layer=conv)
+        if cfg.backbone:
+            backbone = ResNetV2(
+                layers=cfg.backbone, num_classes=0, global_pool="", in_chans=cfg.in_chans, **kw
+            )
+        else:
+            backbone = create_resnetv2_stem(cfg.in_chans, **kw)
+        extra["embed_layer"] = functools.partial(HybridEmbed, backbone=backbone)
     return VisionTransformer(
         img_size=cfg.img_size,
         patch_size=cfg.patch_size,
@@ -44,6 +56,7 @@ def timm_twin(cfg: ModelConfig) -> nn.Module:
         global_pool="avg" if gap else "token",
         fc_norm=False if gap else None,
         norm_layer=functools.partial(nn.LayerNorm, eps=cfg.norm_eps),
+        **extra,
     )
 
 
