@@ -2,6 +2,7 @@
 
     python bench/time_to_accuracy.py                       # trains the fashion-mnist recipe into runs/tta
     python bench/time_to_accuracy.py --run runs/fashion-mnist   # reads an existing run's metrics instead
+    python bench/time_to_accuracy.py --recipe fashion-mnist-fast --out runs/fashion-mnist-fast   # 90% < 5 min
     python bench/time_to_accuracy.py --recipe fashion-mnist-gpu --device cuda
 
 The test set is evaluated once per epoch, so a time is the end of the first epoch at or above the target.
