@@ -132,9 +132,7 @@ def load_pretrained(
     state = dict(ckpt.state)
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
-    pixel_key = "patch_embed.proj.weight"  # the first conv on pixels: a hybrid's ResNet root
-    if cfg.backbone is not None:
-        pixel_key = "patch_embed.backbone." + ("stem.conv.weight" if cfg.backbone else "conv.weight")
+    pixel_key = f"patch_embed.{model.patch_embed.pixel_conv_name}.weight"  # a hybrid's: its ResNet root
     w = state.get(pixel_key)
     if w is not None and w.ndim == 4 and w.shape[1] != cfg.in_chans:
         state[pixel_key] = adapt_input_channels(w, cfg.in_chans)

@@ -77,16 +77,9 @@ def embedding_pca(model: nn.Module, k: int = 28, return_variance: bool = False):
     With `return_variance`, also the explained variance ratio of each component, (k,).
     """
     embed = getattr(model, "patch_embed", None)
-    proj = getattr(embed, "proj", None)
-    backbone = getattr(embed, "backbone", None)
-    if backbone is not None:  # the root conv: 7x7 filters on pixels
-        proj = backbone.conv if hasattr(backbone, "conv") else backbone.stem.conv
-    if not isinstance(proj, nn.Conv2d):
+    conv = getattr(embed, "pixel_conv", getattr(embed, "proj", None))
+    if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"{type(model).__name__} has no convolutional patch embedding (patch_embed.proj)")
-    weight = proj.weight.detach()
-    if backbone is not None:  # as the network uses them: each filter standardised (zero mean, unit variance)
-        flat = weight.flatten(1)  # (out, C*7*7)
-        var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
-        weight = ((flat - mean) / (var + 1e-8).sqrt()).view_as(weight)
-    comps, ratio = filter_pca(weight, k)
+    std = getattr(conv, "standardized_weight", None)  # a hybrid's root: its filters as the network uses them
+    comps, ratio = filter_pca((std() if std else conv.weight).detach(), k)
     return (comps, ratio) if return_variance else comps

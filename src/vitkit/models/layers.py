@@ -51,13 +51,19 @@ class PatchEmbed(nn.Module):
         self.img_size = tuple(img_size)
         self.patch_size = patch_size
         self.in_chans = in_chans
-        stride, chans = patch_size, in_chans
+        stride, chans = patch_size, in_chans  # pixels per token along each axis; channels into proj
+        self.pixel_conv_name = "proj"  # the first conv on pixels (its name under patch_embed)
         if backbone is not None:
             self.backbone = build_backbone(tuple(backbone), in_chans)
             stride, chans = patch_size * backbone_stride(tuple(backbone)), backbone_channels(tuple(backbone))
-        self.stride = stride  # pixels per token along each axis
+            self.pixel_conv_name = "backbone.stem.conv" if backbone else "backbone.conv"
         self.grid_size = (img_size[0] // stride, img_size[1] // stride)
         self.proj = nn.Conv2d(chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    @property
+    def pixel_conv(self) -> nn.Conv2d:
+        """The first convolution on pixels: `proj`, or a hybrid's ResNet root conv."""
+        return self.get_submodule(self.pixel_conv_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.in_chans:

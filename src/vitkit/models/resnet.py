@@ -47,13 +47,14 @@ class StdConv2d(nn.Conv2d):
         super().__init__(in_chs, out_chs, kernel_size, stride=stride, padding=0, bias=False)
         self.eps = eps
 
+    def standardized_weight(self) -> torch.Tensor:
+        """The weight as used: each output filter standardised (batch_norm statistics over in x k x k)."""
+        flat = self.weight.reshape(1, self.out_channels, -1)  # (1, out, in*k*k)
+        return F.batch_norm(flat, None, None, training=True, eps=self.eps).reshape_as(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = (
-            self.weight
-        )  # standardised per output filter: batch statistics over (in*k*k) of a (1, out, .) view
-        w = F.batch_norm(w.reshape(1, w.shape[0], -1), None, None, training=True, eps=self.eps).reshape_as(w)
         x = pad_same(x, self.kernel_size[0], self.stride[0])
-        return F.conv2d(x, w, None, self.stride)
+        return F.conv2d(x, self.standardized_weight(), None, self.stride)
 
 
 class GroupNormAct(nn.GroupNorm):
