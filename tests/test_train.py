@@ -246,3 +246,30 @@ def test_keyed_dropout_depends_on_sample_not_batch():
     torch.testing.assert_close(part, full[2:], rtol=0, atol=1e-6)
     with keyed_random.keyed(8, idx):
         assert not torch.allclose(model(x), full)
+
+
+def test_keyed_dropout_compiles_once_for_every_key():
+    """torch.compile reads the key as a tensor: new keys reuse the graph and draw the eager masks."""
+    from torch._dynamo.testing import CompileCounter
+
+    from vitkit import keyed_random
+
+    model = create_model(
+        "ViT-Ti/4",
+        img_size=8,
+        in_chans=1,
+        num_classes=3,
+        depth=2,
+        embed_dim=12,
+        num_heads=3,
+        mlp_dim=24,
+        drop_rate=0.3,
+        drop_path_rate=0.3,
+    ).train()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=False)
+    x, idx = torch.randn(4, 1, 8, 8), torch.tensor([10, 11, 12, 13])
+    for key in (7, 8, 2**31 + 5):
+        with keyed_random.keyed(key, idx):
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-6)
+    assert counter.frame_count == 1

@@ -15,18 +15,8 @@ import torch
 _M32 = 0xFFFFFFFF
 
 
-def _mix_int(x: int) -> int:
-    """A 32-bit integer hash (xorshift-multiply), on Python ints."""
-    x &= _M32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _M32
-    x ^= x >> 15
-    x = (x * 0x6C8E9CF5) & _M32
-    return x ^ (x >> 16)
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """The same hash on an int64 tensor of 32-bit values (products stay below 2**63)."""
+def _mix(x):
+    """A 32-bit integer hash (xorshift-multiply) of a Python int or an int64 tensor (products stay < 2**63)."""
     x = x & _M32
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _M32
@@ -35,15 +25,16 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def stream_key(*keys: int) -> int:
-    """Fold integers (seed, epoch, ...) into one 32-bit key."""
+def stream_key(*keys):
+    """Fold integers (seed, epoch, ...) into one 32-bit key; a tensor among them gives a 0-dim int64 tensor."""
     h = 0x3C6EF372
     for k in keys:
-        h = _mix_int(h ^ _mix_int(int(k) & _M32) ^ (int(k) >> 32))
+        k = k if isinstance(k, torch.Tensor) else int(k)
+        h = _mix(h ^ _mix(k & _M32) ^ (k >> 32))
     return h
 
 
-def hash_uniform(key: int, idx: torch.Tensor, draw: int) -> torch.Tensor:
+def hash_uniform(key: int | torch.Tensor, idx: torch.Tensor, draw: int) -> torch.Tensor:
     """Uniform [0, 1) float32 per element of `idx`: a pure function of (key, idx, draw)."""
     idx = idx.long()
     x = _mix((idx & _M32) + stream_key(key, draw))
@@ -53,7 +44,9 @@ def hash_uniform(key: int, idx: torch.Tensor, draw: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- keyed context for dropout
 
-_CONTEXT: contextvars.ContextVar[tuple[int, torch.Tensor] | None] = contextvars.ContextVar(
+# (key, the key as a 0-dim tensor, sample index). Compiled code reads only the tensors: a Python int would be
+# a constant of the graph, compiled anew for every step.
+_CONTEXT: contextvars.ContextVar[tuple[int, torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
     "vitkit_keyed_rng", default=None
 )
 
@@ -61,15 +54,16 @@ _CONTEXT: contextvars.ContextVar[tuple[int, torch.Tensor] | None] = contextvars.
 @contextlib.contextmanager
 def keyed(key: int, sample_index: torch.Tensor) -> Iterator[None]:
     """Within this block, vitkit's dropout layers draw masks keyed by (key, sample index, layer)."""
-    token = _CONTEXT.set((key, sample_index))
+    key_t = torch.full((), key, dtype=torch.int64, device=sample_index.device)  # a fill: no host copy
+    token = _CONTEXT.set((key, key_t, sample_index))
     try:
         yield
     finally:
         _CONTEXT.reset(token)
 
 
-def current() -> tuple[int, torch.Tensor] | None:
-    """The active (key, sample index) or None."""
+def current() -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """The active (key, key as a tensor, sample index) or None."""
     return _CONTEXT.get()
 
 
@@ -78,8 +72,9 @@ def keyed_uniform(shape: tuple[int, ...], layer: int, device: torch.device) -> t
     ctx = _CONTEXT.get()
     if ctx is None:
         return None
-    key, idx = ctx
-    idx = idx.to(device)
+    # eager: the key as a Python int (fewer kernels); compiled: as a tensor (one graph for every key)
+    key = ctx[1].to(device) if torch.compiler.is_compiling() else ctx[0]
+    idx = ctx[2].to(device)
     if idx.shape[0] != shape[0]:
         raise ValueError(f"keyed randomness: {idx.shape[0]} sample indices for a batch of {shape[0]}")
     per = 1
