@@ -213,7 +213,8 @@ class TrainConfig:
     steps: int = 0  # optimizer steps; when > 0 it overrides epochs
     batch_size: int = 256  # global batch per optimizer step
     micro_batch_size: int = 0  # 0: no accumulation
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "auto" (bf16 on CUDA, fp32 on CPU)
+    # "fp32" | "bf16" (autocast) | "bf16-pure" (bf16 model, fp32 master weights) | "auto" (bf16 on CUDA)
+    precision: str = "fp32"
     ema_decay: float = 0.0  # 0: no EMA
     compile: bool = False
     seed: int = 0
@@ -227,7 +228,7 @@ class TrainConfig:
     dist_timeout_s: float = 300.0  # a collective that hangs longer than this fails
 
     def __post_init__(self) -> None:
-        _check_choice("train.precision", self.precision, ("fp32", "bf16", "auto"))
+        _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
         if self.epochs < 1 and self.steps < 1:
             raise ValueError("train.epochs or train.steps must be positive")
         if self.batch_size < 1:

@@ -115,7 +115,7 @@ def fashion_mnist_best() -> RunConfig:
             dataset="fashion-mnist", crop_padding=2, hflip=True, random_erasing=0.25, label_smoothing=0.1
         ),
         optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, schedule="cosine"),
-        train=TrainConfig(epochs=100, batch_size=512, precision="auto", log_every=100),
+        train=TrainConfig(epochs=100, batch_size=512, precision="auto", log_every=100, compile=True),
         expected=(
             "Fashion-MNIST test top-1 >= 93%. Measured so far (bench/RESULTS.md): the same recipe cut to 48 "
             "epochs reached 92.91% on one H200 (163 s of training); the 100-epoch run is not yet measured"

@@ -42,6 +42,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds,
         peer_plain=bool(args.recipe),
         fast_method=args.fast_method,
+        profile=args.profile,
     )
     if args.json:
         print(json.dumps(res))
@@ -83,7 +84,12 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (or the recipe's)")
     p.add_argument("--recipe", help="a recipe's model, batch and training path; timm as a plain eager loop")
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "bf16-pure"],
+        default="fp32",
+        help="bf16: autocast; bf16-pure: vitkit in bf16 with fp32 master weights (timm keeps autocast)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--fast", action="store_true", help="vitkit's fast inference path")
     p.add_argument(
@@ -98,5 +104,6 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-seconds", type=float, default=1.0, help="shortest timed measurement")
+    p.add_argument("--profile", metavar="FILE", help="write torch.profiler's table of vitkit's step to FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)

@@ -10,6 +10,10 @@ import torch
 
 from vitkit.config import RunConfig
 
+PRECISION_HELP = (
+    "bf16: autocast; bf16-pure: the model in bf16, fp32 master weights in the optimizer; auto: bf16 on CUDA"
+)
+
 
 class UserError(Exception):
     """A mistake in the command line or its inputs: reported in one line, exit status 2."""

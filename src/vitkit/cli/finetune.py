@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import TqdmProgress, UserError
+from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
@@ -139,7 +139,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure"], help=PRECISION_HELP)
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.warmup_steps=50"
     )

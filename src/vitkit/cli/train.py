@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from vitkit.cli.common import TqdmProgress, UserError, load_run
+from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, load_run
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.recipes import RECIPES, get_recipe
 
@@ -303,7 +303,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure", "auto"], help=PRECISION_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun (default: ddp)")
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")

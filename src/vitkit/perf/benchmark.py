@@ -16,6 +16,7 @@ from torch import nn
 
 from vitkit.config import ModelConfig
 from vitkit.models import build_model, forward_macs
+from vitkit.train.master import Bf16Copy
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device-name substring, for MFU; datasheet values
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
@@ -89,8 +90,9 @@ class Timing:
 
 
 def infer_step(model: nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], torch.Tensor]:
-    """A callable running one inference batch."""
+    """A callable running one inference batch (bf16-pure: `model` already in bf16, the input cast)."""
     ac = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    x = x.to(torch.bfloat16) if dtype == "bf16-pure" else x
 
     def run() -> torch.Tensor:
         with torch.inference_mode(), ac:
@@ -100,22 +102,39 @@ def infer_step(model: nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], to
 
 
 def train_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, lr: float = 1e-4, fused: bool = True
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: str,
+    lr: float = 1e-4,
+    fused: bool = True,
+    compile: bool = False,
 ) -> Callable[[], torch.Tensor]:
-    """A callable running one full optimizer step: forward, loss, backward, clip, AdamW, zero_grad."""
+    """A callable running one full optimizer step: forward, loss, backward, clip, AdamW, zero_grad.
+
+    bf16-pure: forward and backward on a bf16 copy, the step on the fp32 `model` (as the trainer does).
+    """
     dev = x.device
     kw = {"fused": True} if fused and dev.type in ("cuda", "cpu") else {}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, **kw)
     ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    copy = Bf16Copy(model) if dtype == "bf16-pure" else None
+    work = copy.work if copy else model
+    work = torch.compile(work) if compile else work
+    x = x.to(torch.bfloat16) if copy else x
 
     def run() -> torch.Tensor:
         with ac:
-            logits = model(x)
+            logits = work(x)
         loss = F.cross_entropy(logits.float(), y)
         loss.backward()
+        if copy:
+            copy.grads_to_master()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if copy:
+            copy.pull()
         return loss
 
     return run
@@ -147,6 +166,24 @@ def time_alternately(
     return out
 
 
+def profile_table(fn: Callable, device: torch.device, steps: int = 3, rows: int = 30) -> str:
+    """torch.profiler's table of the operators and kernels of `steps` calls of `fn`, by self device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        for _ in range(steps):
+            fn()
+        _sync(device)
+    avg = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",):
+        try:
+            return avg.table(sort_by=key, row_limit=rows)
+        except (AttributeError, KeyError, ValueError):  # the key's name differs between torch versions
+            continue
+    return avg.table(row_limit=rows)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB."""
     if device.type == "cuda":
@@ -170,19 +207,23 @@ def run_benchmark(
     seed: int = 0,
     peer_plain: bool = False,
     fast_method: str = "auto",
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict.
 
     `peer_plain`: time timm as a plain loop (eager, default AdamW) while vitkit uses its own training path
-    (`compile` as given, fused AdamW) -- the comparison of a recipe's training step.
+    (`compile` as given, fused AdamW) -- the comparison of a recipe's training step. `profile`: a file for
+    torch.profiler's table of three of vitkit's steps, taken after the timing.
     """
     device = torch.device(device)
     if mode not in ("infer", "train"):
         raise ValueError(f"mode={mode!r}: expected infer or train")
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"dtype={dtype!r}: expected fp32 or bf16")
+    if dtype not in ("fp32", "bf16", "bf16-pure"):
+        raise ValueError(f"dtype={dtype!r}: expected fp32, bf16 or bf16-pure")
     if fast and mode != "infer":
         raise ValueError("--fast is an inference path; use --mode infer")
+    if fast and dtype == "bf16-pure":
+        raise ValueError("--fast chooses its own precision; use --dtype fp32 or bf16 with it")
     torch.manual_seed(seed)
     ours = build_model(cfg).to(device)
     g = torch.Generator().manual_seed(seed + 1)
@@ -228,10 +269,13 @@ def run_benchmark(
                 result["max_logit_diff_fast_vs_eager"] = float((fm(x).float() - ref).abs().max())
             continue
         plain = peer_plain and name != "vitkit"
-        m = torch.compile(m) if compile and not plain else m
-        runners[name] = (
-            infer_step(m, x, dtype) if mode == "infer" else train_step(m, x, y, dtype, fused=not plain)
-        )
+        # the peer as its users run it: bf16 means autocast (AMP) for timm, also beside vitkit's bf16-pure
+        dt = "bf16" if dtype == "bf16-pure" and name != "vitkit" else dtype
+        if mode == "train":
+            runners[name] = train_step(m, x, y, dt, fused=not plain, compile=compile and not plain)
+            continue
+        m = m.to(torch.bfloat16) if dt == "bf16-pure" else m
+        runners[name] = infer_step(torch.compile(m) if compile and not plain else m, x, dt)
     if fast_info:
         result["fast_path"] = {k: v for k, v in fast_info.items() if k != "handles_dtype"}
     if device.type == "cuda":
@@ -239,6 +283,10 @@ def run_benchmark(
     t0 = time.perf_counter()
     timings = time_alternately(runners, device, batch_size, warmup, repeats, min_seconds)
     result["seconds"] = time.perf_counter() - t0
+    if profile:
+        with open(profile, "w") as f:
+            f.write(profile_table(runners["vitkit"], device) + "\n")
+        result["profile"] = profile
     flops = train_flops_per_image(cfg) if mode == "train" else 2 * forward_macs(cfg)
     result["gflops_per_image"] = flops / 1e9
     peak = peak_tflops(device)
@@ -248,7 +296,7 @@ def run_benchmark(
         result[f"{name}_img_s_min"] = s["min"]
         result[f"{name}_img_s_max"] = s["max"]
         result[f"{name}_achieved_gflop_s"] = s["median"] * flops / 1e9
-        if peak and dtype == "bf16":
+        if peak and dtype.startswith("bf16"):
             result[f"{name}_mfu"] = s["median"] * flops / 1e12 / peak
     result["achieved_gflop_s"] = result["vitkit_achieved_gflop_s"]
     result["peak_memory_mb"] = peak_memory_mb(device)

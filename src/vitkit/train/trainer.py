@@ -20,6 +20,7 @@ from vitkit.models import build_model
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.train.master import Bf16Copy
 from vitkit.train.optim import build_optimizer
 from vitkit.train.runfiles import (
     CHECKPOINTS,
@@ -90,7 +91,13 @@ class Trainer:
         self.strategy = P.resolve_strategy(t.strategy, info)
         self.precision = resolve_precision(t.precision, device)
         self.t_start = time.perf_counter()
-        self.fwd = P.wrap_model(self.model, self.strategy, device)  # FSDP shards self.model in place
+        self.bf16 = None  # bf16-pure: forward/backward on a bf16 copy, the optimizer steps self.model (fp32)
+        if self.precision == "bf16-pure":
+            if self.strategy == "fsdp":
+                raise ValueError("train.precision=bf16-pure does not work with FSDP; use bf16 (autocast)")
+            self.bf16 = Bf16Copy(self.model)
+        work = self.bf16.work if self.bf16 else self.model
+        self.fwd = P.wrap_model(work, self.strategy, device)  # FSDP shards self.model in place
         if t.compile:
             self.fwd = self._compiled(self.fwd)
         self.opt = build_optimizer(self.model, cfg.optim, device, fused=self.strategy != "fsdp")
@@ -120,6 +127,7 @@ class Trainer:
         compiled = torch.compile(module, dynamic=False)
         c = self.cfg.model
         x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
+        x = x.to(torch.bfloat16) if self.bf16 else x
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         try:
             with autocast:
@@ -129,7 +137,7 @@ class Trainer:
             log.warning("torch.compile failed (%s: %s); training without it", type(e).__name__, str(e)[:200])
             compiled = module
         finally:
-            for p in self.model.parameters():
+            for p in module.parameters():
                 p.grad = None
         return compiled
 
@@ -171,6 +179,8 @@ class Trainer:
                 for i, name in enumerate(self._param_names()):
                     self.ema[i] = P.shard_like(ema[name], self.ema[i])
         P.load_optimizer_state(self.model, self.opt, state["optimizer"])
+        if self.bf16:
+            self.bf16.pull()
         self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         self.images_seen = int(state["images_seen"])
         # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
@@ -219,6 +229,7 @@ class Trainer:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             x = self.transform.train(images, idx, epoch)
+            x = x.to(torch.bfloat16) if self.bf16 else x
             target = labels
             if mixing:
                 key = stream_key(t.seed, epoch, b, i, self.info.rank)
@@ -240,6 +251,8 @@ class Trainer:
                 self._acc["loss"] += loss.detach().double() * len(idx)
                 self._acc["correct"] += (logits.argmax(-1) == labels).sum()
                 self._acc["count"] += len(idx)
+        if self.bf16:
+            self.bf16.grads_to_master()
         lr = self.lr(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -247,6 +260,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.bf16:
+            self.bf16.pull()
         if self.ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1 - t.ema_decay)
@@ -295,7 +310,7 @@ class Trainer:
             num_classes=self.cfg.model.num_classes,
             device=self.device,
             batch_size=self.cfg.train.eval_batch_size,
-            precision=self.precision,
+            precision="bf16" if self.precision.startswith("bf16") else self.precision,
             rank=self.info.rank,
             world=self.info.world,
             reduce=D.all_reduce_sum,
