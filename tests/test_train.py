@@ -267,7 +267,7 @@ def test_keyed_dropout_compiles_once_for_every_key():
         drop_path_rate=0.3,
     ).train()
     counter = CompileCounter()
-    compiled = torch.compile(model, backend=counter, dynamic=False)
+    compiled = torch.compile(model, backend=counter, dynamic=False, fullgraph=True)  # no graph break
     x, idx = torch.randn(4, 1, 8, 8), torch.tensor([10, 11, 12, 13])
     for key in (7, 8, 2**31 + 5):
         with keyed_random.keyed(key, idx):

@@ -7,7 +7,6 @@ treated the same whatever batch, micro-batch or process it lands in, and a resum
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator
 
 import torch
@@ -44,32 +43,33 @@ def hash_uniform(key: int | torch.Tensor, idx: torch.Tensor, draw: int) -> torch
 
 # ----------------------------------------------------------------------------- keyed context for dropout
 
-# (key, the key as a 0-dim tensor, sample index). Compiled code reads only the tensors: a Python int would be
-# a constant of the graph, compiled anew for every step.
-_CONTEXT: contextvars.ContextVar[tuple[int, torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
-    "vitkit_keyed_rng", default=None
-)
+# The active (key, the key as a 0-dim tensor, sample index), per process. A plain global rather than a
+# ContextVar: torch.compile traces a global on every torch version (a ContextVar read breaks the graph on
+# some). Compiled code reads only the tensors: a Python int would be a constant of the graph, compiled anew
+# for every step.
+_ACTIVE: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
 
 @contextlib.contextmanager
 def keyed(key: int, sample_index: torch.Tensor) -> Iterator[None]:
     """Within this block, vitkit's dropout layers draw masks keyed by (key, sample index, layer)."""
+    global _ACTIVE
     key_t = torch.full((), key, dtype=torch.int64, device=sample_index.device)  # a fill: no host copy
-    token = _CONTEXT.set((key, key_t, sample_index))
+    outer, _ACTIVE = _ACTIVE, (key, key_t, sample_index)
     try:
         yield
     finally:
-        _CONTEXT.reset(token)
+        _ACTIVE = outer
 
 
 def current() -> tuple[int, torch.Tensor, torch.Tensor] | None:
     """The active (key, key as a tensor, sample index) or None."""
-    return _CONTEXT.get()
+    return _ACTIVE
 
 
 def keyed_uniform(shape: tuple[int, ...], layer: int, device: torch.device) -> torch.Tensor | None:
     """Uniform [0, 1) of `shape` (B, ...) keyed by the active context and `layer`; None outside a context."""
-    ctx = _CONTEXT.get()
+    ctx = _ACTIVE
     if ctx is None:
         return None
     # eager: the key as a Python int (fewer kernels); compiled: as a tensor (one graph for every key)
