@@ -107,6 +107,19 @@ def test_train_learns_and_writes_run(tmp_path):
     assert (tmp_path / "checkpoints" / "best" / "manifest.json").exists()
 
 
+def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):
+    """A new run (--overwrite) keeps none of the old run's checkpoints, metrics or weights."""
+    out = str(tmp_path)
+    train(tiny_run(epochs=2, ema_decay=0.9), out)
+    (tmp_path / "notes.txt").write_text("mine")
+    train(tiny_run(steps=3), out)
+    steps = [json.loads(s)["step"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3 and steps == sorted(steps)
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "checkpoints"))] == ["step-00000003"]
+    assert not (tmp_path / "model_raw.safetensors").exists()  # the first run's EMA left no raw weights behind
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only run outputs are removed
+
+
 def test_checkpoint_atomic_and_truncated_fallback(tmp_path):
     root = str(tmp_path)
     sd = {"w": torch.randn(64, 64)}

@@ -22,6 +22,7 @@ from vitkit.train.runfiles import (
     DATA,
     SUMMARY,
     WEIGHTS,
+    clear_run,
     write_config,
     write_json,
 )
@@ -87,6 +88,8 @@ def train(
         os.makedirs(out_dir, exist_ok=True)
         if resume:
             _clean_stale(out_dir)
+        else:  # an earlier run's checkpoints and metrics would mix with this one's (and --resume pick them)
+            clear_run(out_dir)
         write_config(out_dir, cfg)
         write_json(os.path.join(out_dir, DATA), splits.info())
     tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)

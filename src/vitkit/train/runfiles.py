@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 from vitkit.config import RunConfig, load_run_config, to_dict
@@ -51,6 +52,19 @@ def write_config(run_dir: str, cfg: RunConfig) -> None:
 
 def read_config(run_dir: str) -> RunConfig:
     return load_run_config(os.path.join(run_dir, CONFIG))
+
+
+RUN_OUTPUTS = (CHECKPOINTS, METRICS, SUMMARY, WEIGHTS, "model_raw.safetensors", "tensorboard", "report.html")
+
+
+def clear_run(out_dir: str) -> None:
+    """Remove what an earlier run wrote in out_dir (checkpoints, metrics, weights): a fresh run replaces it."""
+    for name in RUN_OUTPUTS:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 class MetricsLog:
