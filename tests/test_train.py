@@ -28,6 +28,7 @@ from vitkit.train.checkpoint import (
 )
 from vitkit.train.loop import resolve_for_data, train
 from vitkit.train.optim import decay_names
+from vitkit.train.runfiles import clear_run
 from vitkit.train.schedules import lr_at, schedule_fn
 from vitkit.train.trainer import Trainer
 
@@ -118,6 +119,11 @@ def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "checkpoints"))] == ["step-00000003"]
     assert not (tmp_path / "model_raw.safetensors").exists()  # the first run's EMA left no raw weights behind
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only run outputs are removed
+    other = tmp_path / "not-a-run"  # no config.json: nothing is removed
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "report.html").write_text("theirs")
+    clear_run(str(other))
+    assert (other / "report.html").exists() and (other / "checkpoints").is_dir()
 
 
 def test_checkpoint_atomic_and_truncated_fallback(tmp_path):
@@ -296,7 +302,7 @@ def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):
     for _ in range(3):
         pure.train_step()
         amp.train_step()
-    work = dict(pure.bf16.work.named_parameters())
+    work = dict(pure.bf16_copy.work.named_parameters())
     for name, p in pure.model.named_parameters():
         assert p.dtype == torch.float32 and work[name].dtype == torch.bfloat16
         assert torch.equal(work[name], p.detach().to(torch.bfloat16)), name  # pulled after the step
@@ -318,3 +324,27 @@ def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):
     for a, b in zip(pure.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     assert pure.evaluate()["top1"] == resumed.evaluate()["top1"]
+
+
+def test_keyed_randomness_refuses_a_second_thread():
+    import threading
+
+    from vitkit import keyed_random
+
+    errors = []
+
+    def other() -> None:
+        try:
+            with keyed_random.keyed(2, torch.arange(3)):
+                pass
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    with keyed_random.keyed(1, torch.arange(3)):
+        with keyed_random.keyed(5, torch.arange(2)):  # nesting in one thread is fine
+            assert keyed_random.current()[0] == 5
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert keyed_random.current()[0] == 1
+    assert keyed_random.current() is None and errors and "another thread" in errors[0]

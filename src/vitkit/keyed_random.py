@@ -7,6 +7,7 @@ treated the same whatever batch, micro-batch or process it lands in, and a resum
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -14,7 +15,7 @@ import torch
 _M32 = 0xFFFFFFFF
 
 
-def _mix(x):
+def _mix(x: int | torch.Tensor) -> int | torch.Tensor:
     """A 32-bit integer hash (xorshift-multiply) of a Python int or an int64 tensor (products stay < 2**63)."""
     x = x & _M32
     x = x ^ (x >> 16)
@@ -24,7 +25,7 @@ def _mix(x):
     return x ^ (x >> 16)
 
 
-def stream_key(*keys):
+def stream_key(*keys: int | torch.Tensor) -> int | torch.Tensor:
     """Fold integers (seed, epoch, ...) into one 32-bit key; a tensor among them gives a 0-dim int64 tensor."""
     h = 0x3C6EF372
     for k in keys:
@@ -43,23 +44,30 @@ def hash_uniform(key: int | torch.Tensor, idx: torch.Tensor, draw: int) -> torch
 
 # ----------------------------------------------------------------------------- keyed context for dropout
 
-# The active (key, the key as a 0-dim tensor, sample index), per process. A plain global rather than a
-# ContextVar: torch.compile traces a global on every torch version (a ContextVar read breaks the graph on
-# some). Compiled code reads only the tensors: a Python int would be a constant of the graph, compiled anew
-# for every step.
+# The active (key, the key as a 0-dim tensor, sample index), per process: one thread at a time (checked). A
+# plain global rather than a ContextVar: torch.compile traces a global on every torch version (a ContextVar
+# read breaks the graph on some). Compiled code reads only the tensors: a Python int would be a constant of
+# the graph, compiled anew for every step.
 _ACTIVE: tuple[int, torch.Tensor, torch.Tensor] | None = None
+_OWNER: int | None = None  # the thread inside keyed()
 
 
 @contextlib.contextmanager
 def keyed(key: int, sample_index: torch.Tensor) -> Iterator[None]:
     """Within this block, vitkit's dropout layers draw masks keyed by (key, sample index, layer)."""
-    global _ACTIVE
+    global _ACTIVE, _OWNER
+    me = threading.get_ident()
+    if _ACTIVE is not None and me != _OWNER:
+        raise RuntimeError(
+            "keyed randomness is active in another thread; keyed() serves one thread at a time"
+        )
     key_t = torch.full((), key, dtype=torch.int64, device=sample_index.device)  # a fill: no host copy
-    outer, _ACTIVE = _ACTIVE, (key, key_t, sample_index)
+    outer, _ACTIVE, _OWNER = _ACTIVE, (key, key_t, sample_index), me
     try:
         yield
     finally:
         _ACTIVE = outer
+        _OWNER = me if outer is not None else None
 
 
 def current() -> tuple[int, torch.Tensor, torch.Tensor] | None:

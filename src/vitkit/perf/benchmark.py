@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import statistics
 import time
@@ -121,7 +122,7 @@ def train_step(
     copy = Bf16Copy(model) if dtype == "bf16-pure" else None
     work = copy.work if copy else model
     work = torch.compile(work) if compile else work
-    x = x.to(torch.bfloat16) if copy else x
+    x = copy.input(x) if copy else x
 
     def run() -> torch.Tensor:
         with ac:
@@ -129,7 +130,7 @@ def train_step(
         loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         if copy:
-            copy.grads_to_master()
+            copy.accumulate_grads()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -222,6 +223,8 @@ def run_benchmark(
         raise ValueError(f"dtype={dtype!r}: expected fp32, bf16 or bf16-pure")
     if fast and mode != "infer":
         raise ValueError("--fast is an inference path; use --mode infer")
+    if profile and not os.path.isdir(os.path.dirname(os.path.abspath(profile))):
+        raise ValueError(f"--profile {profile}: its folder does not exist")
     if fast and dtype == "bf16-pure":
         raise ValueError("--fast chooses its own precision; use --dtype fp32 or bf16 with it")
     torch.manual_seed(seed)

@@ -1,8 +1,9 @@
 """bf16 training with fp32 master weights: the forward and backward run on a bf16 copy of the model.
 
 Autocast keeps the weights, the residual stream and the LayerNorm outputs in fp32; here everything the model
-touches is bf16 (about half the activation bytes), while the optimizer, EMA, evaluation and checkpoints keep
-working on the fp32 master model, as Megatron-LM's and DeepSpeed's bf16 modes do.
+touches is bf16 (about half the activation bytes), while gradients are summed in fp32 on the master model, which
+the optimizer steps and EMA, evaluation and checkpoints read (as the fp32 main parameters and gradients of
+Megatron-LM's bf16 mode).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 
 
 class Bf16Copy:
-    """A bf16 working copy of an fp32 `master` model; its gradients are handed to the master before a step."""
+    """A bf16 working copy of an fp32 `master` model; each backward's gradients are added to the master's."""
 
     def __init__(self, master: nn.Module):
         self.master = master
@@ -22,19 +23,26 @@ class Bf16Copy:
         self._master_params = list(master.parameters())
         self._work_params = list(self.work.parameters())
 
-    def grads_to_master(self) -> None:
-        """Move the working copy's gradients (bf16) to the master's (fp32); the working copy's are cleared."""
-        pairs = [(m, w) for m, w in zip(self._master_params, self._work_params) if w.grad is not None]
-        for m, _ in pairs:
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input in the working copy's dtype."""
+        return x.to(torch.bfloat16)
+
+    @torch.no_grad()
+    def accumulate_grads(self) -> None:
+        """Add the working copy's gradients (bf16) to the master's (fp32, summed over micro-batches); clear them."""
+        for m, w in zip(self._master_params, self._work_params):
+            if w.grad is None:
+                continue
             if m.grad is None:
-                m.grad = torch.empty_like(m)
-        torch._foreach_copy_([m.grad for m, _ in pairs], [w.grad for _, w in pairs])  # casts to fp32
-        for w in self._work_params:
+                m.grad = w.grad.float()
+            else:
+                m.grad.add_(w.grad)
             w.grad = None
 
     @torch.no_grad()
-    def pull(self) -> None:
-        """Copy the master's weights (after an optimizer step or a load) into the working copy."""
+    def pull(self, buffers: bool = False) -> None:
+        """Copy the master's weights into the working copy: after each optimizer step, and after a load."""
         torch._foreach_copy_(self._work_params, [p.detach() for p in self._master_params])
-        for w, m in zip(self.work.buffers(), self.master.buffers()):
-            w.copy_(m)
+        if buffers:  # constant here (no BatchNorm): copied when weights are loaded
+            for w, m in zip(self.work.buffers(), self.master.buffers()):
+                w.copy_(m)

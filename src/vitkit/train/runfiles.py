@@ -54,17 +54,25 @@ def read_config(run_dir: str) -> RunConfig:
     return load_run_config(os.path.join(run_dir, CONFIG))
 
 
-RUN_OUTPUTS = (CHECKPOINTS, METRICS, SUMMARY, WEIGHTS, "model_raw.safetensors", "tensorboard", "report.html")
+RUN_OUTPUTS = (
+    CHECKPOINTS, METRICS, SUMMARY, WEIGHTS, "model_raw.safetensors", "pretrained.json", "tensorboard",
+    "report.html", "inspect",
+)  # fmt: skip
 
 
 def clear_run(out_dir: str) -> None:
-    """Remove what an earlier run wrote in out_dir (checkpoints, metrics, weights): a fresh run replaces it."""
+    """Remove an earlier run's outputs (checkpoints, metrics, weights, report) from its folder; nothing else.
+
+    Only a folder that holds a run (its config.json) is touched: a fresh run there replaces the old one.
+    """
+    if not os.path.exists(os.path.join(out_dir, CONFIG)):
+        return
     for name in RUN_OUTPUTS:
         path = os.path.join(out_dir, name)
-        if os.path.isdir(path):
+        if os.path.islink(path) or os.path.isfile(path):
+            os.remove(path)  # a link goes, not what it points to
+        elif os.path.isdir(path):
             shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
 
 
 class MetricsLog:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """ "auto" -> bf16 autocast on CUDA, fp32 on CPU (where bf16 is slow without AVX512-BF16/AMX)."""
+    """ "auto" -> bf16 autocast on CUDA, fp32 on CPU (no AVX512-BF16/AMX); fp32, bf16, bf16-pure as given."""
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return name
@@ -91,13 +91,14 @@ class Trainer:
         self.strategy = P.resolve_strategy(t.strategy, info)
         self.precision = resolve_precision(t.precision, device)
         self.t_start = time.perf_counter()
-        self.bf16 = None  # bf16-pure: forward/backward on a bf16 copy, the optimizer steps self.model (fp32)
+        # bf16-pure: forward/backward on a bf16 copy, gradients summed into self.model (fp32), which is stepped
+        self.bf16_copy = None
         if self.precision == "bf16-pure":
-            if self.strategy == "fsdp":
-                raise ValueError("train.precision=bf16-pure does not work with FSDP; use bf16 (autocast)")
-            self.bf16 = Bf16Copy(self.model)
-        work = self.bf16.work if self.bf16 else self.model
-        self.fwd = P.wrap_model(work, self.strategy, device)  # FSDP shards self.model in place
+            if info.world > 1:  # DDP would reduce the copy's gradients in bf16
+                raise ValueError("train.precision=bf16-pure runs in one process; under torchrun use bf16")
+            self.bf16_copy = Bf16Copy(self.model)
+        work = self.bf16_copy.work if self.bf16_copy else self.model
+        self.fwd = P.wrap_model(work, self.strategy, device)  # FSDP shards the model in place
         if t.compile:
             self.fwd = self._compiled(self.fwd)
         self.opt = build_optimizer(self.model, cfg.optim, device, fused=self.strategy != "fsdp")
@@ -127,7 +128,7 @@ class Trainer:
         compiled = torch.compile(module, dynamic=False)
         c = self.cfg.model
         x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
-        x = x.to(torch.bfloat16) if self.bf16 else x
+        x = self.bf16_copy.input(x) if self.bf16_copy else x
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         try:
             with autocast:
@@ -179,8 +180,8 @@ class Trainer:
                 for i, name in enumerate(self._param_names()):
                     self.ema[i] = P.shard_like(ema[name], self.ema[i])
         P.load_optimizer_state(self.model, self.opt, state["optimizer"])
-        if self.bf16:
-            self.bf16.pull()
+        if self.bf16_copy:
+            self.bf16_copy.pull(buffers=True)
         self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         self.images_seen = int(state["images_seen"])
         # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
@@ -229,7 +230,7 @@ class Trainer:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             x = self.transform.train(images, idx, epoch)
-            x = x.to(torch.bfloat16) if self.bf16 else x
+            x = self.bf16_copy.input(x) if self.bf16_copy else x
             target = labels
             if mixing:
                 key = stream_key(t.seed, epoch, b, i, self.info.rank)
@@ -247,12 +248,12 @@ class Trainer:
                     logits = self.fwd(x)
                 loss = _loss(logits.float(), target, d.label_smoothing)
                 (loss * (len(idx) / len(mine))).backward()
+            if self.bf16_copy:
+                self.bf16_copy.accumulate_grads()
             with torch.no_grad():
                 self._acc["loss"] += loss.detach().double() * len(idx)
                 self._acc["correct"] += (logits.argmax(-1) == labels).sum()
                 self._acc["count"] += len(idx)
-        if self.bf16:
-            self.bf16.grads_to_master()
         lr = self.lr(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -260,8 +261,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        if self.bf16:
-            self.bf16.pull()
+        if self.bf16_copy:
+            self.bf16_copy.pull()
         if self.ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1 - t.ema_decay)
