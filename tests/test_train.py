@@ -240,22 +240,18 @@ def test_accumulation_equals_large_batch_with_keyed_dropout():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
 
 
+def _dropout_vit(depth: int) -> torch.nn.Module:
+    """A tiny ViT with every kind of dropout on, in training mode."""
+    kw = dict(img_size=8, in_chans=1, num_classes=3, embed_dim=12, num_heads=3, mlp_dim=24)
+    return create_model(
+        "ViT-Ti/4", depth=depth, drop_rate=0.3, attn_drop_rate=0.3, drop_path_rate=0.3, **kw
+    ).train()
+
+
 def test_keyed_dropout_depends_on_sample_not_batch():
     from vitkit import keyed_random
 
-    model = create_model(
-        "ViT-Ti/4",
-        img_size=8,
-        in_chans=1,
-        num_classes=3,
-        depth=2,
-        embed_dim=12,
-        num_heads=3,
-        mlp_dim=24,
-        drop_rate=0.3,
-        attn_drop_rate=0.3,
-        drop_path_rate=0.3,
-    ).train()
+    model = _dropout_vit(depth=2)
     x = torch.randn(4, 1, 8, 8)
     idx = torch.tensor([10, 11, 12, 13])
     with keyed_random.keyed(7, idx):
@@ -273,18 +269,7 @@ def test_keyed_dropout_compiles_once_for_every_key():
 
     from vitkit import keyed_random
 
-    model = create_model(
-        "ViT-Ti/4",
-        img_size=8,
-        in_chans=1,
-        num_classes=3,
-        depth=2,
-        embed_dim=12,
-        num_heads=3,
-        mlp_dim=24,
-        drop_rate=0.3,
-        drop_path_rate=0.3,
-    ).train()
+    model = _dropout_vit(depth=3)  # drop path rates 0, 0.15, 0.3: one graph all the same
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter, dynamic=False, fullgraph=True)  # no graph break
     x, idx = torch.randn(4, 1, 8, 8), torch.tensor([10, 11, 12, 13])
