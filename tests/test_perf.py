@@ -77,6 +77,21 @@ def test_bench_train_peer_plain():
     assert res["peer_plain"] and res["ratio"] > 0 and res["vitkit_img_s"] > 0
 
 
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_bench_bf16_pure_beside_timm_amp_with_profile(mode, tmp_path):
+    """bf16-pure: vitkit in bf16 (fp32 master weights when training) beside timm with autocast; --profile."""
+    prof = tmp_path / "profile.txt"
+    cfg = create_model("ViT-Ti/8", img_size=16, depth=2).cfg
+    res = run_benchmark(
+        cfg, batch_size=4, mode=mode, dtype="bf16-pure", compare="timm", repeats=1, warmup=1,
+        min_seconds=0.01, profile=str(prof),
+    )  # fmt: skip
+    assert res["ratio"] > 0 and res["dtype"] == "bf16-pure"
+    assert "Self CPU" in prof.read_text()  # torch.profiler's table of vitkit's step
+    with pytest.raises(ValueError, match="folder does not exist"):
+        run_benchmark(cfg, batch_size=2, profile=str(tmp_path / "no" / "p.txt"))
+
+
 @pytest.mark.parametrize("method", ["onnx", "onnx-int8"])
 def test_fast_path_cpu(method, tmp_path):
     torch.manual_seed(0)
