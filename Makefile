@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vitkit-installed
 DATA   := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data browser train test lint format bench clean
+.PHONY: setup data browser train test lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ browser:
 	fi
 
 train: setup data
-	$(PY) -m vitkit train --recipe fashion-mnist --out runs/fashion-mnist
+	$(PY) -m vitkit train --recipe fashion-mnist --out runs/fashion-mnist --overwrite
 
 test: setup data browser
 	$(VENV)/bin/ruff check src tests bench

@@ -24,3 +24,15 @@ def test_models_bad_size_is_one_line(capsys):
     assert main(["models", "--img-size", "30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not divisible by the patch size" in err[0]
+
+
+def test_missing_optional_package_is_one_line(capsys, monkeypatch):
+    import vitkit.cli.models as models_cli
+
+    def needs_a_missing_package(args):
+        import timm_not_installed  # noqa: F401
+
+    monkeypatch.setattr(models_cli, "cmd_models", needs_a_missing_package)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vitkit models: error: this needs timm_not_installed: pip install timm_not_installed"]

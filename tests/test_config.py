@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -36,6 +37,8 @@ def test_overrides_parse_types():
     assert cfg.model.img_size == (32, 48) and cfg.optim.betas == (0.9, 0.95)
     assert cfg.model.representation_size is None and cfg.data.hflip is True
     assert apply_overrides(RunConfig(), ["model.img_size=64"]).model.img_size == (64, 64)
+    bracketed = apply_overrides(RunConfig(), ["model.img_size=(32, 48)", "optim.betas=[0.9, 0.95]"])
+    assert bracketed.model.img_size == (32, 48) and bracketed.optim.betas == (0.9, 0.95)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,8 @@ def test_overrides_parse_types():
         ("model=3", "is a section"),
         ("model.depth", "not of the form key=value"),
         ("optim.name=lion", "optim.name='lion' is not one of"),
+        ("train.steps=-1", "train.steps=-1: one must be positive, neither negative"),
+        ("train.device=cuda:x", "train.device='cuda:x' is not auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_override_errors_name_the_key(item, match):
@@ -75,6 +80,17 @@ def test_bad_config_file(tmp_path):
         load_run_config(str(path))
     with pytest.raises(FileNotFoundError, match="cannot read run config"):
         load_run_config(str(tmp_path / "missing.json"))
+    for section, key, value, kind in [
+        ("train", "epochs", "12", "int"),
+        ("train", "compile", 1, "bool"),
+        ("model", "img_size", [28], "tuple[int, int]"),
+        ("optim", "lr", None, "float"),
+    ]:
+        data = to_dict(RunConfig())
+        data[section][key] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=rf"config.json.{section}: {key}=.* is not of type {re.escape(kind)}$"):
+            load_run_config(str(path))
 
 
 def test_model_config_validates():

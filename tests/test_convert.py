@@ -379,12 +379,16 @@ def test_truncated_safetensors(tmp_path, b16_224):
         read_checkpoint(tmp_path / "cut.safetensors")
 
 
-def test_unknown_sources(tmp_path):
+def test_unknown_sources(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.npz")
     (tmp_path / "w.txt").write_text("x")
     with pytest.raises(ConversionError, match="unknown file type"):
         read_checkpoint(tmp_path / "w.txt")
+    (tmp_path / "runs").mkdir()  # a typo under a local folder is a missing path, not a hub id
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="runs/fashon-mnist does not exist"):
+        read_checkpoint("runs/fashon-mnist")
 
 
 # ----------------------------------------------------------------------------- hub ids (no network)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -55,6 +56,15 @@ def test_cli_export_onnx_at_new_size(run_dir, tmp_path, capsys):
     np.testing.assert_allclose(sess.run(None, {"images": x})[0], ref, rtol=0, atol=1e-4)
 
 
+def test_cli_export_default_out_leaves_the_runs_weights(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["export", str(run), "--format", "safetensors"]) == 0
+    assert (run / "model.safetensors").read_bytes() == before
+    assert read_checkpoint(str(run / "model-export.safetensors")).format == "vitkit"
+
+
 def test_cli_export_safetensors_is_self_describing(run_dir, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     assert (
@@ -83,6 +93,22 @@ def test_cli_convert_npz_to_run_dir(tmp_path, capsys):
         torch.testing.assert_close(run.model(x), theirs(x), rtol=0, atol=1e-5)
     assert json.loads((out / "data.json").read_text())["mean"] == [0.5, 0.5, 0.5]
     assert main(["convert", path, "--out", str(out)]) == 2  # refuses to overwrite
+    capsys.readouterr()
+    assert main(["eval", str(out), "--device", "cpu"]) == 2  # converted weights have no dataset of their own
+    assert "pass --dataset" in capsys.readouterr().err
+
+
+def test_cli_convert_over_a_run_replaces_its_outputs(run_dir, tmp_path, capsys):
+    from test_convert import flax_arrays, save_npz
+
+    path = save_npz(tmp_path / "vit.npz", flax_arrays(), "")
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    assert (out / "checkpoints").is_dir() and (out / "metrics.jsonl").exists()
+    assert main(["convert", path, "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert json.loads((out / "config.json").read_text())["recipe"] == "converted"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp") or ".tmp-" in p.name]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -112,11 +138,18 @@ def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
         return json.loads(capsys.readouterr().out)
 
     summary = finetune(tmp_path / "ft")
+    summary = finetune(
+        tmp_path / "ft", "--overwrite"
+    )  # a fresh fine-tune over the first keeps its provenance
+    assert json.loads((tmp_path / "ft" / "pretrained.json").read_text())["from"] == str(run_dir)
     assert summary["steps"] == 6 and summary["recipe"] == "finetune-small"
     assert summary["pretrained"]["img_size"] == [32, 32] and not summary["pretrained"]["head_reset"]
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert cfg["model"]["img_size"] == [32, 32] and cfg["optim"]["name"] == "sgd"
     assert vitkit.model_from_source(tmp_path / "ft").pos_embed.shape == (1, 1 + 64, 32)
+    shutil.rmtree(tmp_path / "ft" / "checkpoints")  # resuming needs its checkpoint: the weights are not there
+    assert main(["train", "--resume", str(tmp_path / "ft"), "--no-progress"]) == 2
+    assert "a fine-tuning run without a valid checkpoint" in capsys.readouterr().err
     assert finetune(tmp_path / "ft2", "--reset-head")["pretrained"][
         "head_reset"
     ]  # a new zero head when asked

@@ -107,6 +107,18 @@ def test_fast_path_cpu(method, tmp_path):
     assert (fn(x) - ref).abs().max() < tol
 
 
+def test_fast_path_without_workdir_leaves_no_files(tmp_path, monkeypatch):
+    import tempfile
+
+    import vitkit
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = create_model("ViT-Ti/8", img_size=16, depth=1, num_classes=4).eval()
+    fn, info = vitkit.fast_inference(model, torch.randn(2, 3, 16, 16), method="onnx")
+    assert fn(torch.randn(3, 3, 16, 16)).shape == (3, 4) and info["onnx"] is None
+    assert list(tmp_path.iterdir()) == []  # the ONNX files went with the temporary folder
+
+
 def test_fast_path_rejects_unknown_method():
     model = create_model("ViT-Ti/8", img_size=16, depth=1)
     with pytest.raises(ValueError, match="fast inference method"):

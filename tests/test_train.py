@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from helpers import TINY_FLAGS, run_vitkit, tiny_run, vitkit_cmd
+from vitkit.cli import main
 from vitkit.config import OptimConfig
 from vitkit.data.datasets import load_dataset
 from vitkit.models import create_model
@@ -28,7 +29,7 @@ from vitkit.train.checkpoint import (
 )
 from vitkit.train.loop import resolve_for_data, train
 from vitkit.train.optim import decay_names
-from vitkit.train.runfiles import clear_run
+from vitkit.train.runfiles import clear_run, read_config
 from vitkit.train.schedules import lr_at, schedule_fn
 from vitkit.train.trainer import Trainer
 
@@ -216,6 +217,17 @@ def test_resume_with_different_command_is_refused(tmp_path):
     train(cfg, str(tmp_path / "run"))
     r = run_vitkit("train", *TINY_FLAGS, "--lr", "0.5", "--resume", str(tmp_path / "run"))
     assert r.returncode == 2 and "differs from the run's config" in r.stderr
+
+
+def test_resume_applies_flags_to_the_runs_own_config(tmp_path, capsys):
+    """`--resume RUN --epochs N`: the flags apply on top of the run's config, not the default recipe's."""
+    run = tmp_path / "run"
+    train(tiny_run(epochs=1), str(run))
+    assert main(["train", "--resume", str(run), "--recipe", "fashion-mnist"]) == 2
+    assert "the run's recipe is test, not fashion-mnist" in capsys.readouterr().err
+    flags = ["--epochs", "2", "--device", "cpu", "--checkpoint-every", "3", "--no-progress", "--no-report"]
+    assert main(["train", "--resume", str(run), *flags]) == 0
+    assert read_config(str(run)).train.epochs == 2 and read_config(str(run)).recipe == "test"
 
 
 def test_steps_override_epochs():

@@ -14,6 +14,7 @@ from vitkit.models import (
     model_config,
     resample_posemb,
 )
+from vitkit.perf.fast import fast_inference
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "build_model",
     "count_params",
     "create_model",
+    "fast_inference",
     "forward_macs",
     "list_models",
     "load_pretrained",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -229,8 +231,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
-        if self.epochs < 1 and self.steps < 1:
-            raise ValueError("train.epochs or train.steps must be positive")
+        if self.epochs < 0 or self.steps < 0 or (self.epochs < 1 and self.steps < 1):
+            raise ValueError(
+                f"train.epochs={self.epochs}, train.steps={self.steps}: one must be positive, neither negative"
+            )
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size!r} must be positive")
         mb = self.micro_batch_size
@@ -244,7 +248,7 @@ class TrainConfig:
         _check_choice("train.strategy", self.strategy, ("auto", "ddp", "fsdp"))
         if self.dist_timeout_s <= 0:
             raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be positive")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"train.device={self.device!r} is not auto, cpu, cuda or cuda:N")
 
 
@@ -306,7 +310,7 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:  # variable length, e.g. "3,4,9"; "()" for none
             parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
             return tuple(_parse_scalar(key, p.strip(), args[0]) for p in parts)
-        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+        parts = [p for p in text.strip("()[] ").replace("x", ",").split(",") if p.strip()]
         if len(parts) == 1 and len(args) == 2 and args[0] is args[1]:
             parts = parts * 2
         if len(parts) != len(args):
@@ -376,17 +380,54 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         tp = hints[key]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             value = from_dict(tp, value, f"{where}.{key}")
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            value = tuple(value) if isinstance(value, list) else value
+            if not _has_type(value, tp):
+                raise ValueError(f"{where}: {key}={value!r} is not of type {_type_name(tp)}")
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def save_json(cfg: Any, path: str) -> None:
-    """Write a config as indented JSON."""
-    with open(path, "w") as f:
-        json.dump(to_dict(cfg), f, indent=2)
-        f.write("\n")
+def _has_type(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (int for float allowed; bool is not an int)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def save_json(obj: Any, path: str) -> None:
+    """Write a config (or a plain dict) as indented JSON, atomically (temporary file, fsync, rename)."""
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load_run_config(path: str) -> RunConfig:

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vitkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except ModuleNotFoundError as e:  # an optional dependency (timm, onnxruntime, matplotlib, ...)
+        print(f"vitkit {args.command}: error: this needs {e.name}: pip install {e.name}", file=sys.stderr)
+        return 2
+    except (UserError, ValueError, KeyError, OSError) as e:  # OSError: missing, unwritable, full disk ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vitkit {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -20,10 +20,12 @@ def _load(source: str, img_size: int | None, num_heads: int | None):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from vitkit.convert import save_run_dir
+    from vitkit.train.runfiles import clear_run
 
     if os.path.exists(os.path.join(args.out, "config.json")) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a config.json; pass --overwrite to replace it")
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
+    clear_run(args.out)  # an earlier run's checkpoints, metrics and report would describe another model
     save_run_dir(args.out, model, ckpt.meta, args.source)
     c = model.cfg
     if args.json:
@@ -41,7 +43,7 @@ def _default_out(source: str, fmt: str, img_size: int | None) -> str:
     suffix = f"-{img_size}" if img_size else ""
     ext = "onnx" if fmt == "onnx" else "safetensors"
     if os.path.isdir(source) and os.path.exists(os.path.join(source, "config.json")):
-        return os.path.join(source, f"model{suffix}.{ext}")
+        return os.path.join(source, f"model-export{suffix}.{ext}")  # beside the run's own model.safetensors
     base = os.path.basename(source.rstrip("/")).split(".")[0] or "model"
     return f"{base}{suffix}.{ext}"
 

@@ -48,7 +48,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     from vitkit.data.datasets import load_dataset
     from vitkit.models import build_model
     from vitkit.train.loop import resolve_for_data, train
-    from vitkit.train.runfiles import CONFIG, write_json
+    from vitkit.train.runfiles import CONFIG
 
     if args.out and os.path.exists(os.path.join(args.out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a run; pass --overwrite to start afresh there")
@@ -79,14 +79,16 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
         "head_reset": report.head_reset,
         "channels_adapted": report.channels_adapted,
     }
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        write_json(os.path.join(args.out, "pretrained.json"), provenance)
     if args.threads:
         torch.set_num_threads(args.threads)
     state = model.state_dict()
     summary = train(
-        cfg, args.out, progress=TqdmProgress(not args.no_progress), splits=splits, init_state=state
+        cfg,
+        args.out,
+        progress=TqdmProgress(not args.no_progress),
+        splits=splits,
+        init_state=state,
+        init_from=provenance,
     )
     return summary, cfg, provenance
 
@@ -139,7 +141,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure"], help=PRECISION_HELP)
+    p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure", "auto"], help=PRECISION_HELP)
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.warmup_steps=50"
     )

@@ -120,9 +120,15 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
     if subject.run is None:
         log.warning("no --images given: using noise images for the attention analyses")
         return noise_inputs(subject, n, "no --images given")
+    from vitkit.convert.runs import CONVERTED
     from vitkit.data.datasets import load_dataset
 
     rc = subject.run.cfg
+    if rc.recipe == CONVERTED:  # converted weights: no dataset of their own
+        log.warning(
+            "%s holds converted weights, no dataset: using noise images (pass --images)", subject.run_dir
+        )
+        return noise_inputs(subject, n, "converted weights, no --images given")
     try:
         splits = load_dataset(rc.data, img_size=rc.model.img_size, seed=rc.train.seed)
     except (OSError, ValueError, RuntimeError) as e:

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, load_run
+from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, load_run, positive_int
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.recipes import RECIPES, get_recipe
 
@@ -46,6 +46,7 @@ RESUME_MAY_CHANGE = (
     "train.eval_batch_size",
     "train.data_on_device",
     "train.log_every",
+    "train.checkpoint_every",
     "data.num_workers",
     "data.data_dir",
 )
@@ -67,9 +68,9 @@ def _model_overrides(name: str) -> list[str]:
     ]
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
-    """The run's config from --recipe, flags and --set; also whether anything was given explicitly."""
-    cfg = get_recipe(args.recipe or "fashion-mnist")
+def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """The run's config: `base` (else --recipe's, else the default recipe) with the flags and --set applied."""
+    cfg = base if base is not None else get_recipe(args.recipe or "fashion-mnist")
     overrides = []
     if args.model:
         overrides += _model_overrides(args.model)
@@ -81,9 +82,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
         overrides.append("train.steps=0")
     if args.compile:
         overrides.append("train.compile=true")
-    overrides += args.set or []
-    explicit = bool(overrides or args.recipe)
-    return apply_overrides(cfg, overrides), explicit
+    return apply_overrides(cfg, overrides + (args.set or []))
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -102,7 +101,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vitkit.train.loop import train
     from vitkit.train.runfiles import CONFIG, read_config
 
-    cfg, explicit = resolve_config(args)
     out = args.out
     resume = False
     info = from_env()
@@ -123,25 +121,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not os.path.exists(os.path.join(out, CONFIG)):
             raise UserError(f"--resume {out}: no {CONFIG} there (is it a run folder?)")
         saved = read_config(out)
-        if explicit:
-            # the dataset fixes num_classes/in_chans in the saved config; compare the rest
-            cfg = dataclasses.replace(
-                cfg,
-                model=dataclasses.replace(
-                    cfg.model, num_classes=saved.model.num_classes, in_chans=saved.model.in_chans
-                ),
-            )
-            diff = _differences(to_dict(cfg), to_dict(saved))
-            diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
-            if diff:
-                raise UserError(
-                    f"--resume {out}: the command differs from the run's config: {'; '.join(diff)}"
-                )
-        else:
-            cfg = saved
+        if args.recipe and args.recipe != saved.recipe:
+            raise UserError(f"--resume {out}: the run's recipe is {saved.recipe}, not {args.recipe}")
+        cfg = resolve_config(args, saved)  # the flags given apply on top of the run's config
+        diff = _differences(to_dict(cfg), to_dict(saved))
+        diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
+        if diff:
+            raise UserError(f"--resume {out}: the command differs from the run's config: {'; '.join(diff)}")
         resume = True
     elif out and info.is_main and os.path.exists(os.path.join(out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {out} already holds a run: use --resume {out} to continue it, or --overwrite")
+    else:
+        cfg = resolve_config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -190,6 +181,7 @@ def _write_report(out: str, cfg: RunConfig) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from vitkit.convert.runs import CONVERTED
     from vitkit.data.datasets import load_dataset
     from vitkit.data.transforms import BatchTransform
     from vitkit.eval.evaluate import evaluate
@@ -198,6 +190,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run = load_run(args.run, device)
     data_cfg = run.cfg.data
+    if run.cfg.recipe == CONVERTED and not args.dataset:
+        raise UserError(
+            f"{args.run} holds converted weights ({run.cfg.expected}), no dataset: pass --dataset"
+        )
     if args.dataset:
         data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset)
     if args.data_dir:
@@ -336,7 +332,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with a trained run or checkpoint")
     p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--fast", action="store_true", help="the fast inference path (CPU: int8 ONNX Runtime)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

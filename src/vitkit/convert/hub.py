@@ -17,10 +17,11 @@ SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def is_hub_id(source: str) -> bool:
-    """`hf-hub:owner/name`, or `owner/name` that is not a local path."""
+    """`hf-hub:owner/name`, or `owner/name` that is not a local path (nor under a local folder `owner`)."""
     if source.startswith("hf-hub:"):
         return True
-    return bool(_REPO_ID.match(source)) and not os.path.exists(source)
+    owner = source.split("/")[0]
+    return bool(_REPO_ID.match(source)) and not os.path.exists(source) and not os.path.isdir(owner)
 
 
 def _hub():

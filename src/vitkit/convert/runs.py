@@ -18,6 +18,7 @@ from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
 
 CONFIG = "config.json"
+CONVERTED = "converted"  # the recipe name of a converted run (it has no dataset of its own)
 DATA = "data.json"
 WEIGHTS = "model.safetensors"
 
@@ -96,13 +97,12 @@ def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any
 
 
 def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], source: str) -> None:
-    """A vitkit run folder for a converted model: config.json, data.json, model.safetensors."""
+    """A vitkit run folder for a converted model: model.safetensors, data.json, then config.json (each atomic).
+
+    The config goes last: a folder is a run once it has one, so an interrupted conversion leaves none.
+    """
     os.makedirs(out_dir, exist_ok=True)
     cfg = model.cfg
-    save_json(
-        RunConfig(recipe="converted", model=cfg, expected=f"converted from {source}"),
-        os.path.join(out_dir, CONFIG),
-    )
     data = {
         "dataset": f"pretrained:{source}",
         "classes": meta.get("classes") or [str(i) for i in range(cfg.num_classes)],
@@ -111,7 +111,7 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
         "mean": meta.get("mean") or [0.5] * cfg.in_chans,
         "std": meta.get("std") or [0.5] * cfg.in_chans,
     }
-    with open(os.path.join(out_dir, DATA), "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
     save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in ("mean", "std", "classes")})
+    save_json(data, os.path.join(out_dir, DATA))
+    run = RunConfig(recipe=CONVERTED, model=cfg, expected=f"converted from {source}")
+    save_json(run, os.path.join(out_dir, CONFIG))

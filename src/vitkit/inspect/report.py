@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vitkit.config import save_json
 from vitkit.inspect import plots
 from vitkit.inspect.analysis import Analysis
 
@@ -100,9 +100,7 @@ def write_inspection(
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(data)
     record = dict(info or {}) | analysis.to_json() | {"files": sorted(pngs) + ["inspect.json", "report.html"]}
-    with open(os.path.join(out_dir, "inspect.json"), "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+    save_json(record, os.path.join(out_dir, "inspect.json"))
     return pngs
 
 

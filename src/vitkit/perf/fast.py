@@ -79,7 +79,10 @@ def fast_inference(
     method: str = "auto",
     workdir: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """A callable for inference (eval mode) and `info` (method, settings). `example`: a batch of inputs."""
+    """A callable for inference (eval mode) and `info` (method, settings). `example`: a batch of inputs.
+
+    The ONNX files of the CPU methods go to `workdir` (kept) or a temporary folder (removed once loaded).
+    """
     if method not in METHODS:
         raise ValueError(f"fast inference method {method!r} is not one of {', '.join(METHODS)}")
     model = model.eval()
@@ -93,17 +96,17 @@ def fast_inference(
         return compiled, {"method": "compile", "dtype": dtype, "handles_dtype": False}
     if dev.type != "cpu":
         raise ValueError(f"method {method!r} runs on the CPU; the example is on {dev}")
-    folder = workdir or tempfile.mkdtemp(prefix="vitkit-fast-")
-    cpu_model = model.to("cpu")
-    path = _export(cpu_model, folder)
-    if method == "onnx-int8":
-        path = _quantize(path, folder)
-    runner = OrtModule(path, torch.get_num_threads())
+    with tempfile.TemporaryDirectory(prefix="vitkit-fast-") as tmp:  # the session holds the model once made
+        folder = workdir or tmp
+        path = _export(model.to("cpu"), folder)
+        if method == "onnx-int8":
+            path = _quantize(path, folder)
+        runner = OrtModule(path, torch.get_num_threads())
     runner(example)  # warm the session
     info = {
         "method": method,
         "dtype": "int8" if method == "onnx-int8" else "fp32",
-        "onnx": path,
+        "onnx": path if workdir else None,  # kept only when a workdir was given
         "threads": torch.get_num_threads(),
         "handles_dtype": True,
     }

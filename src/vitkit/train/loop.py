@@ -20,6 +20,7 @@ from vitkit.train.checkpoint import latest_valid, save_weights
 from vitkit.train.runfiles import (
     CHECKPOINTS,
     DATA,
+    PRETRAINED,
     SUMMARY,
     WEIGHTS,
     clear_run,
@@ -73,10 +74,12 @@ def train(
     info: D.DistInfo | None = None,
     tensorboard: bool = False,
     init_state: dict | None = None,
+    init_from: dict | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a model; with `out_dir`, write the run's files and checkpoints; returns the summary.
 
-    `init_state`: a state_dict for `cfg.model` to start from (fine-tuning) instead of random weights.
+    `init_state`: a state_dict for `cfg.model` to start from (fine-tuning) instead of random weights;
+    `init_from`: where it came from, written to the run's pretrained.json.
     """
     info = info or D.from_env()
     device = resolve_device(cfg.train.device, info)
@@ -92,12 +95,19 @@ def train(
             clear_run(out_dir)
         write_config(out_dir, cfg)
         write_json(os.path.join(out_dir, DATA), splits.info())
+        if init_from is not None:
+            write_json(os.path.join(out_dir, PRETRAINED), init_from)
     tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
     if resume and out_dir:
         path = latest_valid(os.path.join(out_dir, CHECKPOINTS))
         if path:
             tr.load_state(path)
             log.info("resumed from %s (step %d of %d)", path, tr.step, tr.total)
+        elif os.path.exists(os.path.join(out_dir, PRETRAINED)) and init_state is None:
+            raise ValueError(
+                f"--resume {out_dir}: a fine-tuning run without a valid checkpoint; its pretrained weights are "
+                f"not in the folder, so run the `vitkit finetune` command again (see {PRETRAINED})"
+            )
         else:
             log.info("no valid checkpoint in %s: starting from scratch", out_dir)
         tr.metrics.truncate_after(tr.step)

@@ -17,6 +17,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINTS = "checkpoints"
+PRETRAINED = "pretrained.json"  # a fine-tuning run's source
 
 
 def _clean(obj: Any) -> Any:
@@ -55,7 +56,7 @@ def read_config(run_dir: str) -> RunConfig:
 
 
 RUN_OUTPUTS = (
-    CHECKPOINTS, METRICS, SUMMARY, WEIGHTS, "model_raw.safetensors", "pretrained.json", "tensorboard",
+    CHECKPOINTS, METRICS, SUMMARY, WEIGHTS, "model_raw.safetensors", PRETRAINED, "tensorboard",
     "report.html", "inspect",
 )  # fmt: skip
 
