@@ -73,21 +73,8 @@ class PatchEmbed(nn.Module):
             )
         if hasattr(self, "backbone"):
             x = self.backbone(x)  # (B, C', H/s, W/s)
-        return patchify_project(x, self.proj)  # (B, N, D)
-
-
-def patchify_project(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """`conv` (kernel = stride = P) as one matrix product over flattened patches: (B, C, H, W) -> (B, N, D).
-
-    The same sums of products as `conv(x).flatten(2).transpose(1, 2)`, with the tokens contiguous. Profiled on an
-    H200 (ViT-B/16 training step, bf16), the strided convolution took 5.5% of the time for 0.7% of the FLOPs.
-    """
-    B, C, H, W = x.shape
-    P = conv.kernel_size[0]
-    gh, gw = H // P, W // P
-    x = x[..., : gh * P, : gw * P].reshape(B, C, gh, P, gw, P)
-    x = x.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * P * P)  # (B, N, C*P*P), as the filter's layout
-    return F.linear(x, conv.weight.reshape(conv.out_channels, -1), conv.bias)  # (B, N, D)
+        x = self.proj(x)  # (B, D, gh, gw)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
 
 class Attention(nn.Module):
