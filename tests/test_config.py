@@ -89,7 +89,9 @@ def test_bad_config_file(tmp_path):
         data = to_dict(RunConfig())
         data[section][key] = value
         path.write_text(json.dumps(data))
-        with pytest.raises(ValueError, match=rf"config.json.{section}: {key}=.* is not of type {re.escape(kind)}$"):
+        with pytest.raises(
+            ValueError, match=rf"config.json.{section}: {key}=.* is not of type {re.escape(kind)}$"
+        ):
             load_run_config(str(path))
 
 
