@@ -10,6 +10,7 @@ from vitkit.data.transforms import (
     BatchTransform,
     hash_uniform,
     hflip,
+    low_resolution,
     mix_batch,
     random_crop,
     random_erasing,
@@ -59,6 +60,25 @@ def test_sample_augmentation_is_independent_of_batching():
     part = tf.train(imgs[[5, 2]], idx[[5, 2]], epoch=3)
     torch.testing.assert_close(part, full[[5, 2]], rtol=0, atol=0)
     assert not torch.equal(tf.train(imgs, idx, epoch=4), full)
+
+
+def test_low_resolution_gives_the_patches_of_an_upsampled_image():
+    """A 28-px image at half resolution holds, in each 4x4 patch, what a 2x-upsampled 14-px image's patch holds."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 28, 28) * 255
+    apply = torch.tensor([True, False, True])
+    y = low_resolution(x, 2, apply)
+    assert torch.equal(y[1], x[1])
+    small = torch.nn.functional.interpolate(x, size=(14, 14), mode="bilinear", antialias=True)
+    up = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(y[[0, 2]], up[[0, 2]], rtol=0, atol=0)
+    assert y[0].diff(dim=-1).abs().mean() < 0.6 * x[0].diff(dim=-1).abs().mean()  # smoother: fewer pixels
+    cfg = DataConfig(low_res=0.5)
+    tf = BatchTransform(cfg, (28, 28), (0.5,), (0.25,), seed=1)
+    imgs = torch.randint(0, 255, (64, 1, 28, 28), dtype=torch.uint8)
+    out = tf.train(imgs, torch.arange(64), epoch=0)
+    changed = (out != tf.eval(imgs)).flatten(1).any(1).float().mean()
+    assert 0.3 < changed < 0.7  # about half the samples
 
 
 def test_random_resized_crop_and_resize_shapes():

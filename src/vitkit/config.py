@@ -155,6 +155,8 @@ class DataConfig:
     rrc_scale_min: float = 0.35
     rrc_scale_max: float = 1.0  # RandomResizedCrop's area fraction in [min, max]
     hflip: bool = False
+    low_res: float = 0.0  # probability of showing an image at 1/low_res_factor resolution, upsampled back
+    low_res_factor: int = 2  # (the patch contents of a model moved to low_res_factor x its resolution)
     randaugment_n: int = 0  # 0: off
     randaugment_m: int = 9
     random_erasing: float = 0.0  # probability
@@ -165,7 +167,7 @@ class DataConfig:
     synthetic_size: int = 2048  # images per split of the synthetic dataset
 
     def __post_init__(self) -> None:
-        for key in ("val_fraction", "random_erasing", "label_smoothing"):
+        for key in ("val_fraction", "random_erasing", "label_smoothing", "low_res"):
             _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0)
         for key in ("crop_padding", "randaugment_n", "num_workers", "mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
@@ -174,6 +176,8 @@ class DataConfig:
         _check_range("data.rrc_scale_max", self.rrc_scale_max, self.rrc_scale_min, 1.0)
         if self.synthetic_size < 1:
             raise ValueError(f"data.synthetic_size={self.synthetic_size!r} must be positive")
+        if self.low_res_factor < 2:
+            raise ValueError(f"data.low_res_factor={self.low_res_factor!r} must be >= 2")
 
 
 @dataclass(frozen=True)

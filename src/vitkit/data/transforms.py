@@ -63,6 +63,18 @@ def random_resized_crop(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def low_resolution(x: torch.Tensor, factor: int, apply: torch.Tensor) -> torch.Tensor:
+    """Where `apply` (B,): the image downsampled `factor` x (antialiased) and upsampled back (bilinear).
+
+    Each P x P patch then holds (P/factor)^2 pixels, smoothly interpolated: what a patch holds when a model
+    trained at this resolution is run on images upsampled `factor` x (the paper's move to a higher resolution).
+    """
+    H, W = x.shape[-2:]
+    small = F.interpolate(x, size=(max(H // factor, 1), max(W // factor, 1)), mode="bilinear", antialias=True)
+    back = F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)
+    return torch.where(apply[:, None, None, None], back, x)
+
+
 def random_erasing(
     x: torch.Tensor,
     prob: float,
@@ -187,6 +199,8 @@ class BatchTransform:
             x = resize(random_crop(x, c.crop_padding, u(1), u(2)), self.out_size)
         if c.hflip:
             x = hflip(x, u(5) < 0.5)
+        if c.low_res > 0:
+            x = low_resolution(x, c.low_res_factor, u(11) < c.low_res)
         x = normalize(x, self.mean, self.std)
         if c.random_erasing > 0:
             x = random_erasing(x, c.random_erasing, [u(6), u(7), u(8), u(9), u(10)])
