@@ -212,9 +212,9 @@ def test_train_flag_model_sets_the_resnet():
     from test_recipes import _args
     from vitkit.cli.train import resolve_config
 
-    cfg, _ = resolve_config(_args(model="R+ViT-Ti/16", img_size=32))
+    cfg = resolve_config(_args(model="R+ViT-Ti/16", img_size=32))
     assert cfg.model.backbone == () and cfg.model.patch_size == 4 and cfg.model.name == "R+ViT-Ti/16"
-    cfg, _ = resolve_config(_args(recipe="fashion-mnist-fast", model="ViT-Ti/4"))
+    cfg = resolve_config(_args(recipe="fashion-mnist-fast", model="ViT-Ti/4"))
     assert cfg.model.backbone is None and cfg.model.patch_size == 4
 
 

@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 from vitkit.cli.train import resolve_config
+from vitkit.config import apply_overrides
 from vitkit.recipes import RECIPES, get_recipe
 
 
@@ -56,12 +57,11 @@ def _args(**kw):
 
 
 def test_flags_override_recipe():
-    cfg, explicit = resolve_config(
-        _args(model="ViT-S/4", epochs=3, lr=0.01, set=["model.drop_path_rate=0.1"])
-    )
-    assert explicit and cfg.recipe == "fashion-mnist"
+    cfg = resolve_config(_args(model="ViT-S/4", epochs=3, lr=0.01, set=["model.drop_path_rate=0.1"]))
+    assert cfg.recipe == "fashion-mnist"
     assert cfg.model.embed_dim == 384 and cfg.model.patch_size == 4 and cfg.model.num_heads == 6
     assert cfg.train.epochs == 3 and cfg.train.steps == 0 and cfg.optim.lr == 0.01
     assert cfg.model.drop_path_rate == 0.1
-    cfg, explicit = resolve_config(_args())
-    assert not explicit and cfg == get_recipe("fashion-mnist")
+    assert resolve_config(_args()) == get_recipe("fashion-mnist")
+    base = get_recipe("fashion-mnist-best")  # a resumed run's own config is the base
+    assert resolve_config(_args(epochs=7), base) == apply_overrides(base, ["train.epochs=7", "train.steps=0"])
