@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from vitkit.atomic import write_json
 
 POOLS = ("token", "gap")
 POSEMBS = ("learn", "learn2d", "sincos2d", "none")
@@ -418,20 +419,9 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def save_json(obj: Any, path: str) -> None:
-    """Write a config (or a plain dict) as indented JSON, atomically (temporary file, fsync, rename)."""
-    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_json(cfg: Any, path: str) -> None:
+    """Write a config as indented JSON, atomically."""
+    write_json(path, to_dict(cfg))
 
 
 def load_run_config(path: str) -> RunConfig:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from vitkit.atomic import write_json
 from vitkit.config import ModelConfig, RunConfig, from_dict, load_run_config, save_json, to_dict
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
@@ -112,6 +113,6 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
         "std": meta.get("std") or [0.5] * cfg.in_chans,
     }
     save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in ("mean", "std", "classes")})
-    save_json(data, os.path.join(out_dir, DATA))
+    write_json(os.path.join(out_dir, DATA), data)
     run = RunConfig(recipe=CONVERTED, model=cfg, expected=f"converted from {source}")
     save_json(run, os.path.join(out_dir, CONFIG))

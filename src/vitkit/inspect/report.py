@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vitkit.config import save_json
+from vitkit.atomic import write_json
 from vitkit.inspect import plots
 from vitkit.inspect.analysis import Analysis
 
@@ -100,7 +100,7 @@ def write_inspection(
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(data)
     record = dict(info or {}) | analysis.to_json() | {"files": sorted(pngs) + ["inspect.json", "report.html"]}
-    save_json(record, os.path.join(out_dir, "inspect.json"))
+    write_json(os.path.join(out_dir, "inspect.json"), record)
     return pngs
 
 

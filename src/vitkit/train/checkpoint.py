@@ -20,6 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vitkit.atomic import fsync_dir
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -28,19 +30,6 @@ PREFIX = "step-"
 
 class CheckpointError(ValueError):
     """A checkpoint or weights file is missing, truncated or not what it claims to be."""
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: str) -> str:
@@ -56,24 +45,6 @@ def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write a file via temp file + fsync + rename, so readers see the old or the new file, never half."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_weights(path: str, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomically write a state_dict as safetensors."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -85,7 +56,7 @@ def save_weights(path: str, state: dict[str, torch.Tensor], metadata: dict[str, 
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -131,7 +102,7 @@ def save_checkpoint(
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if os.path.exists(final):
             trash = tempfile.mkdtemp(dir=root, prefix=".old-")
             os.replace(final, os.path.join(trash, "x"))
@@ -139,7 +110,7 @@ def save_checkpoint(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

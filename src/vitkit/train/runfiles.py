@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from typing import Any
 
+from vitkit.atomic import atomic_write_bytes, json_safe, write_json
 from vitkit.config import RunConfig, load_run_config, to_dict
-from vitkit.train.checkpoint import atomic_write_bytes
 
 CONFIG = "config.json"
 DATA = "data.json"
@@ -18,22 +17,6 @@ SUMMARY = "summary.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINTS = "checkpoints"
 PRETRAINED = "pretrained.json"  # a fine-tuning run's source
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf become null, tuples lists."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Atomically write indented JSON."""
-    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2) + "\n").encode())
 
 
 def read_json(path: str) -> Any:
@@ -101,7 +84,7 @@ class MetricsLog:
         if not self.path:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
             f.flush()
 
 
