@@ -54,6 +54,7 @@ def test_overrides_parse_types():
         ("optim.name=lion", "optim.name='lion' is not one of"),
         ("train.steps=-1", "train.steps=-1: one must be positive, neither negative"),
         ("train.device=cuda:x", "train.device='cuda:x' is not auto, cpu, cuda or cuda:N"),
+        ("optim.grad_clip=inf", "expected a finite number"),
     ],
 )
 def test_override_errors_name_the_key(item, match):

@@ -149,7 +149,10 @@ def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
     assert vitkit.model_from_source(tmp_path / "ft").pos_embed.shape == (1, 1 + 64, 32)
     shutil.rmtree(tmp_path / "ft" / "checkpoints")  # resuming needs its checkpoint: the weights are not there
     assert main(["train", "--resume", str(tmp_path / "ft"), "--no-progress"]) == 2
-    assert "a fine-tuning run without a valid checkpoint" in capsys.readouterr().err
+    assert (
+        "no valid checkpoint, and starting from scratch would lose what pretrained.json"
+        in capsys.readouterr().err
+    )
     assert finetune(tmp_path / "ft2", "--reset-head")["pretrained"][
         "head_reset"
     ]  # a new zero head when asked

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -228,6 +229,23 @@ def test_resume_applies_flags_to_the_runs_own_config(tmp_path, capsys):
     flags = ["--epochs", "2", "--device", "cpu", "--checkpoint-every", "3", "--no-progress", "--no-report"]
     assert main(["train", "--resume", str(run), *flags]) == 0
     assert read_config(str(run)).train.epochs == 2 and read_config(str(run)).recipe == "test"
+    shutil.rmtree(run / "checkpoints")  # finished, checkpoints gone: a restart would replace its weights
+    assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 2
+    assert "no valid checkpoint, and starting from scratch would lose what model.safetensors" in (
+        capsys.readouterr().err
+    )
+
+
+def test_resume_keeps_the_runs_normalisation(tmp_path):
+    """A fine-tuning run normalises as its checkpoint did; a resume must not switch to the dataset's stats."""
+    from vitkit.train.loop import _recorded_normalisation
+    from vitkit.train.runfiles import write_json
+
+    splits = load_dataset(tiny_run().data, img_size=16, seed=0)
+    assert _recorded_normalisation(str(tmp_path), splits) is splits  # no data.json yet
+    write_json(str(tmp_path / "data.json"), splits.info() | {"mean": [0.5], "std": [0.5]})
+    kept = _recorded_normalisation(str(tmp_path), splits)
+    assert kept.mean == (0.5,) and kept.std == (0.5,) and splits.mean != (0.5,)
 
 
 def test_steps_override_epochs():

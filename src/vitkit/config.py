@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -294,9 +295,12 @@ def _parse_scalar(key: str, text: str, tp: Any) -> Any:
             raise ValueError(f"{key}={text!r}: expected an integer") from None
     if tp is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ValueError(f"{key}={text!r}: expected a number") from None
+        if not math.isfinite(value):  # JSON has no inf/nan: the run's config.json could not be read back
+            raise ValueError(f"{key}={text!r}: expected a finite number")
+        return value
     if tp is str:
         return text
     raise ValueError(f"{key}: cannot parse values of type {tp}")

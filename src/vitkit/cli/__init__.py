@@ -11,6 +11,16 @@ from vitkit.cli.common import UserError
 
 __all__ = ["UserError", "build_parser", "main"]
 
+# a missing module -> what to install: vitkit's extras where one holds it
+PIP_NAMES = {
+    "PIL": "pillow",
+    "matplotlib": "'vitkit[plots]'",
+    "onnx": "'vitkit[export]'",
+    "onnxscript": "'vitkit[export]'",
+    "onnxruntime": "'vitkit[export]'",
+    "huggingface_hub": "'vitkit[hub]'",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitkit {args.command}: interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as e:  # an optional dependency (timm, onnxruntime, matplotlib, ...)
-        print(f"vitkit {args.command}: error: this needs {e.name}: pip install {e.name}", file=sys.stderr)
+        top = (e.name or "").split(".")[0]
+        if not top or top == "vitkit":
+            raise  # a broken install, not a missing extra
+        package = PIP_NAMES.get(top, top)
+        print(f"vitkit {args.command}: error: this needs {top}: pip install {package}", file=sys.stderr)
         return 2
     except (UserError, ValueError, KeyError, OSError) as e:  # OSError: missing, unwritable, full disk ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -26,6 +26,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} already holds a config.json; pass --overwrite to replace it")
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
     clear_run(args.out)  # an earlier run's checkpoints, metrics and report would describe another model
+    if os.path.exists(
+        os.path.join(args.out, "config.json")
+    ):  # written last: absent until the folder is whole
+        os.remove(os.path.join(args.out, "config.json"))
     save_run_dir(args.out, model, ckpt.meta, args.source)
     c = model.cfg
     if args.json:
@@ -87,7 +91,11 @@ def add_parser(sub) -> None:
     p.add_argument("source", metavar="RUN_DIR|SOURCE")
     p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
     p.add_argument("--img-size", type=int, help="export at this resolution (position embedding resampled)")
-    p.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model[-SIZE].onnx or ./<name>.onnx")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="default: RUN_DIR/model-export[-SIZE].onnx (or .safetensors) or ./<name>[-SIZE].onnx",
+    )
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--num-heads", type=int, help="heads, for fused-qkv files whose shape is not the paper's")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")

@@ -35,7 +35,7 @@ FLAG_KEYS = {
 }
 
 
-# keys a resumed run may change: its length, and how (not what) it computes
+# keys a resumed run may change: its length, and how (not what) it computes; and what the dataset fixes
 RESUME_MAY_CHANGE = (
     "train.epochs",
     "train.steps",
@@ -49,6 +49,8 @@ RESUME_MAY_CHANGE = (
     "train.checkpoint_every",
     "data.num_workers",
     "data.data_dir",
+    "model.num_classes",  # both set from the dataset, whatever the command said
+    "model.in_chans",
 )
 
 

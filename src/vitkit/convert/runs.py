@@ -90,6 +90,8 @@ def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any
     os.close(fd)
     try:
         save_file(_plain(model.state_dict()), tmp, metadata=meta)
+        with open(tmp, "rb") as f:  # on disk before the name points at it
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

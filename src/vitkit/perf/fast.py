@@ -96,7 +96,8 @@ def fast_inference(
         return compiled, {"method": "compile", "dtype": dtype, "handles_dtype": False}
     if dev.type != "cpu":
         raise ValueError(f"method {method!r} runs on the CPU; the example is on {dev}")
-    with tempfile.TemporaryDirectory(prefix="vitkit-fast-") as tmp:  # the session holds the model once made
+    # the session holds the model once made (on Windows a mapped external-data file may stay behind)
+    with tempfile.TemporaryDirectory(prefix="vitkit-fast-", ignore_cleanup_errors=True) as tmp:
         folder = workdir or tmp
         path = _export(model.to("cpu"), folder)
         if method == "onnx-int8":

@@ -24,6 +24,7 @@ from vitkit.train.runfiles import (
     SUMMARY,
     WEIGHTS,
     clear_run,
+    read_json,
     write_config,
     write_json,
 )
@@ -64,6 +65,29 @@ def _clean_stale(out_dir: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _refuse_resume_over_weights(out_dir: str) -> None:
+    """A run without a valid checkpoint restarts from scratch, unless that would lose weights it holds."""
+    held = [name for name in (PRETRAINED, WEIGHTS) if os.path.exists(os.path.join(out_dir, name))]
+    if held:
+        raise ValueError(
+            f"--resume {out_dir}: no valid checkpoint, and starting from scratch would lose what {', '.join(held)} "
+            "stands for (a fine-tuning run's pretrained weights are not in the folder; model.safetensors holds "
+            "final or converted weights): rerun the run's command with --overwrite instead"
+        )
+
+
+def _recorded_normalisation(out_dir: str, splits: Splits) -> Splits:
+    """The mean/std the run was trained with (a fine-tuning run keeps its checkpoint's, not the dataset's)."""
+    path = os.path.join(out_dir, DATA)
+    if not os.path.exists(path):
+        return splits
+    data = read_json(path)
+    mean, std = data.get("mean"), data.get("std")
+    if mean and std and len(mean) == len(std) == len(splits.mean):
+        return dataclasses.replace(splits, mean=tuple(mean), std=tuple(std))
+    return splits
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | None = None,
@@ -87,27 +111,27 @@ def train(
     if splits is None:
         splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
+    ckpt = None
+    if resume and out_dir:
+        ckpt = latest_valid(os.path.join(out_dir, CHECKPOINTS))
+        if ckpt is None and init_state is None:
+            _refuse_resume_over_weights(out_dir)
+        splits = _recorded_normalisation(out_dir, splits)
     if out_dir and info.is_main:
         os.makedirs(out_dir, exist_ok=True)
         if resume:
             _clean_stale(out_dir)
         else:  # an earlier run's checkpoints and metrics would mix with this one's (and --resume pick them)
             clear_run(out_dir)
+        if init_from is not None:  # before config.json: a folder with a config is a run
+            write_json(os.path.join(out_dir, PRETRAINED), init_from)
         write_config(out_dir, cfg)
         write_json(os.path.join(out_dir, DATA), splits.info())
-        if init_from is not None:
-            write_json(os.path.join(out_dir, PRETRAINED), init_from)
     tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
     if resume and out_dir:
-        path = latest_valid(os.path.join(out_dir, CHECKPOINTS))
-        if path:
-            tr.load_state(path)
-            log.info("resumed from %s (step %d of %d)", path, tr.step, tr.total)
-        elif os.path.exists(os.path.join(out_dir, PRETRAINED)) and init_state is None:
-            raise ValueError(
-                f"--resume {out_dir}: a fine-tuning run without a valid checkpoint; its pretrained weights are "
-                f"not in the folder, so run the `vitkit finetune` command again (see {PRETRAINED})"
-            )
+        if ckpt:
+            tr.load_state(ckpt)
+            log.info("resumed from %s (step %d of %d)", ckpt, tr.step, tr.total)
         else:
             log.info("no valid checkpoint in %s: starting from scratch", out_dir)
         tr.metrics.truncate_after(tr.step)
