@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import torch
 
-from vitkit.atomic import write_json
+from vitkit.atomic import atomic_write, write_json
 from vitkit.config import ModelConfig, RunConfig, from_dict, load_run_config, save_json, to_dict
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
@@ -81,22 +80,11 @@ def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any
     """Atomically write the model's weights as safetensors, its ModelConfig (and mean/std) in the metadata."""
     from safetensors.torch import save_file
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     meta = {"format": "vitkit", "config": json.dumps(to_dict(model.cfg))}
     if preprocess:
         meta["preprocess"] = json.dumps(preprocess)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(_plain(model.state_dict()), tmp, metadata=meta)
-        with open(tmp, "rb") as f:  # on disk before the name points at it
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    state = _plain(model.state_dict())
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
 def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], source: str) -> None:

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vitkit.atomic import fsync_dir
+from vitkit.atomic import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +47,8 @@ def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomically write a state_dict as safetensors."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(_plain(state), tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    plain = _plain(state)
+    atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
 
 
 def load_weights(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
