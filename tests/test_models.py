@@ -9,6 +9,7 @@ import torch
 
 import vitkit
 from vitkit.models import count_params, create_model, list_models, model_config
+from vitkit.models.layers import patchify_project
 from vitkit.models.registry import REGISTERED
 from vitkit.models.resnet import Bottleneck
 
@@ -183,6 +184,22 @@ def test_wrong_input_shape_is_reported():
     m = tiny("ViT-Ti/16")
     with pytest.raises(ValueError, match="expected images of shape"):
         m(torch.randn(1, 3, 48, 32))
+
+
+@pytest.mark.parametrize("c,p,hw", [(3, 16, (48, 32)), (1, 4, (30, 29)), (64, 1, (7, 5))])
+def test_patchify_project_equals_the_strided_conv(c, p, hw):
+    """The CUDA patch embedding (one matrix product) computes the CPU's strided conv, forward and gradients."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c, 24, kernel_size=p, stride=p)
+    x = torch.randn(2, c, *hw, requires_grad=True)
+    want = conv(x).flatten(2).transpose(1, 2)  # (B, N, D)
+    got = patchify_project(x, conv)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    g = torch.randn_like(want)
+    gw, gx = torch.autograd.grad((want * g).sum(), (conv.weight, x))
+    hw_, hx = torch.autograd.grad((got * g).sum(), (conv.weight, x))
+    torch.testing.assert_close(hw_, gw, rtol=0, atol=1e-4)
+    torch.testing.assert_close(hx, gx, rtol=0, atol=1e-5)
 
 
 def test_set_img_size_resamples_and_runs():
