@@ -341,6 +341,29 @@ def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):
     assert pure.evaluate()["top1"] == resumed.evaluate()["top1"]
 
 
+def test_bf16_copy_sums_micro_batch_gradients_in_fp32_exactly():
+    """accumulate_grads: the master's fp32 gradient is the exact fp32 sum of each backward's bf16 gradients."""
+    from vitkit.train.master import Bf16Copy
+
+    torch.manual_seed(0)
+    master = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+    master[2].bias.requires_grad_(False)  # a parameter without a gradient stays without one
+    copy = Bf16Copy(master)
+    want = [torch.zeros_like(p) for p in master.parameters()]
+    for _ in range(3):
+        copy.work(copy.input(torch.randn(4, 8))).float().square().sum().backward()
+        for w, p in zip(want, copy.work.parameters()):
+            if p.grad is not None:
+                w += p.grad.float()
+        copy.accumulate_grads()
+        assert all(p.grad is None for p in copy.work.parameters())
+    for w, p in zip(want, master.parameters()):
+        if p.requires_grad:
+            assert p.grad.dtype == torch.float32 and torch.equal(p.grad, w)
+        else:
+            assert p.grad is None
+
+
 def test_keyed_randomness_refuses_a_second_thread():
     import threading
 
