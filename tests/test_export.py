@@ -76,6 +76,29 @@ def test_cli_export_safetensors_is_self_describing(run_dir, tmp_path, capsys):
     assert model.pos_embed.shape == (1, 1 + 36, 32)
 
 
+def test_eval_reads_an_exported_files_own_config(run_dir, tmp_path, capsys):
+    """`vitkit eval RUN/model-export-24.safetensors` builds the 24-px model its metadata describes."""
+    from safetensors.torch import save_file
+
+    from vitkit.cli.common import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["export", str(run), "--format", "safetensors", "--img-size", "24"]) == 0
+    exported = run / "model-export-24.safetensors"
+    loaded = load_run(str(exported))
+    assert loaded.cfg.model.img_size == (24, 24) and loaded.model.pos_embed.shape == (1, 1 + 36, 32)
+    capsys.readouterr()
+    assert main(["eval", str(exported), "--device", "cpu", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["num_samples"] > 0 and 0.0 <= res["top1"] <= 1.0
+    plain = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
+    save_file(plain, str(run / "bare.safetensors"))  # 24-px weights without metadata: the run's 16-px config
+    assert main(["eval", str(run / "bare.safetensors"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "bare.safetensors does not match" in err and "config.json" in err and "Traceback" not in err
+
+
 def test_cli_convert_npz_to_run_dir(tmp_path, capsys):
     from test_convert import flax_arrays, save_npz, timm_vit
 

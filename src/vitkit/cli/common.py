@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,24 @@ def find_run(path: str) -> tuple[str, str]:
     raise UserError(f"{path} is neither a run folder (config.json + model.safetensors) nor a checkpoint")
 
 
+def _described_model(weights: str):
+    """The ModelConfig in a self-describing safetensors file's metadata (`vitkit export`), else None."""
+    from safetensors import safe_open
+
+    from vitkit.convert.runs import read_model_file
+
+    if not weights.endswith(".safetensors"):
+        return None
+    try:
+        with safe_open(weights, framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+    except Exception:  # unreadable: load_weights below names the file
+        return None
+    if meta.get("format") != "vitkit" or "config" not in meta:
+        return None
+    return read_model_file(weights, {}, meta).config
+
+
 def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     """Build the model of a run and load its weights (safetensors only: no code runs)."""
     from vitkit.models import build_model
@@ -111,11 +130,18 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     run_dir, weights = find_run(path)
     cfg = read_config(run_dir)
     data = read_json(os.path.join(run_dir, DATA)) if os.path.exists(os.path.join(run_dir, DATA)) else {}
+    described = _described_model(weights)  # a `vitkit export --format safetensors` file, e.g. at another size
+    if described is not None:
+        cfg = dataclasses.replace(cfg, model=described)
+    where = f"{weights}'s metadata" if described is not None else f"{run_dir}/config.json"
     model = build_model(cfg.model, weights_follow=True)
     state = load_weights(weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise UserError(f"{weights} does not match {where}: {str(e).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise UserError(
-            f"{weights} does not match {run_dir}/config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{weights} does not match {where}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return LoadedRun(model.to(device).eval(), cfg, data, weights)

@@ -15,6 +15,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vitkit.atomic import atomic_write_bytes
+
 HEAT = "inferno"
 
 
@@ -27,9 +29,8 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
 
 
 def save_figure(fig: Figure, path: str, dpi: int = 100) -> None:
-    """Write the figure as a PNG file."""
-    with open(path, "wb") as f:
-        f.write(figure_png(fig, dpi))
+    """Write the figure as a PNG file (atomically)."""
+    atomic_write_bytes(path, figure_png(fig, dpi))
 
 
 def _image_hwc(img: torch.Tensor) -> np.ndarray:

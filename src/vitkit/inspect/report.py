@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vitkit.atomic import write_json
+from vitkit.atomic import atomic_write_bytes, write_json
 from vitkit.inspect import plots
 from vitkit.inspect.analysis import Analysis
 
@@ -97,8 +97,7 @@ def write_inspection(
     os.makedirs(out_dir, exist_ok=True)
     pngs = {name: plots.figure_png(fig) for name, fig in inspection_figures(analysis, images, titles).items()}
     for name, data in pngs.items():
-        with open(os.path.join(out_dir, name), "wb") as f:
-            f.write(data)
+        atomic_write_bytes(os.path.join(out_dir, name), data)
     record = dict(info or {}) | analysis.to_json() | {"files": sorted(pngs) + ["inspect.json", "report.html"]}
     write_json(os.path.join(out_dir, "inspect.json"), record)
     return pngs
@@ -212,10 +211,5 @@ def render_html(report: Report) -> str:
 
 
 def write_report(path: str, report: Report) -> None:
-    """Write the HTML report (through a temporary file, so a reader never sees half a page)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render_html(report))
-    os.replace(tmp, path)
+    """Write the HTML report atomically (a reader never sees half a page)."""
+    atomic_write_bytes(path, render_html(report).encode("utf-8"))
