@@ -9,6 +9,7 @@ from vitkit.data.loader import eval_batches, global_batch, micro_batches, rank_s
 from vitkit.data.transforms import (
     BatchTransform,
     hash_uniform,
+    hash_uniforms,
     hflip,
     low_resolution,
     mix_batch,
@@ -26,6 +27,67 @@ def test_hash_uniform_is_keyed_and_uniform():
     assert not torch.equal(u, hash_uniform(stream_key(1, 3), idx, 3))
     assert not torch.equal(u, hash_uniform(stream_key(1, 2), idx, 4))
     assert torch.equal(hash_uniform(7, idx[5:9], 0), hash_uniform(7, idx, 0)[5:9])
+
+
+def test_hash_uniforms_equals_one_hash_per_draw():
+    idx = torch.cat([torch.arange(50), torch.tensor([2**32 + 7, 2**40 + 3])])
+    draws = [1, 2, 5, 11, 6]
+    want = torch.stack([hash_uniform(stream_key(9, 4), idx, d) for d in draws])
+    assert torch.equal(hash_uniforms(stream_key(9, 4), idx, draws), want)
+
+
+def test_training_transform_draws_as_one_hash_per_choice():
+    """The batched draws give what each choice's own hash gives (draw numbers fixed per choice)."""
+    cfg = DataConfig(crop_padding=2, hflip=True, random_erasing=0.5)
+    tf = BatchTransform(cfg, (28, 28), (0.5,), (0.25,), seed=4)
+    imgs = torch.randint(0, 255, (16, 1, 28, 28), dtype=torch.uint8)
+    idx = torch.arange(300, 316)
+    u = lambda d: hash_uniform(stream_key(4, 3), idx, d)  # noqa: E731
+    x = hflip(random_crop(imgs.float(), 2, u(1), u(2)), u(5) < 0.5)
+    x = random_erasing((x - 0.5 * 255) / (0.25 * 255), 0.5, [u(6), u(7), u(8), u(9), u(10)])
+    torch.testing.assert_close(tf.train(imgs, idx, epoch=3), x, rtol=0, atol=0)
+
+
+def test_training_transform_makes_no_host_to_device_copies(monkeypatch):
+    """After its first batch, the transform moves nothing from the host to the batch's device (on CUDA each
+    such copy stalls the stream every step). Run on the meta device, with the ways of copying watched."""
+    copies = []
+    real_tensor, real_as_tensor, real_to = torch.tensor, torch.as_tensor, torch.Tensor.to
+
+    def on_host(dev) -> bool:
+        return dev is None or torch.device(dev).type == "cpu"
+
+    def tensor(*args, device=None, **kw):
+        if not on_host(device):
+            copies.append(f"torch.tensor(..., device={device})")
+        return real_tensor(*args, device=device, **kw)
+
+    def as_tensor(*args, device=None, **kw):
+        if not on_host(device):
+            copies.append(f"torch.as_tensor(..., device={device})")
+        return real_as_tensor(*args, device=device, **kw)
+
+    def to(self, *args, **kw):
+        out = real_to(self, *args, **kw)
+        if self.device.type == "cpu" and out.device.type != "cpu":
+            copies.append(f"Tensor.to({out.device})")
+        return out
+
+    for cfg in (
+        DataConfig(crop_padding=2, hflip=True, random_erasing=0.25),
+        DataConfig(random_resized_crop=True, hflip=True, low_res=0.5),
+    ):
+        tf = BatchTransform(cfg, (28, 28), (0.3,), (0.2,), seed=4)
+        imgs = torch.empty((8, 1, 28, 28), dtype=torch.uint8, device="meta")
+        idx = torch.arange(8, device="meta")
+        tf.train(imgs, idx, epoch=0)  # the first batch may place the normalisation constants
+        with monkeypatch.context() as m:
+            m.setattr(torch, "tensor", tensor)
+            m.setattr(torch, "as_tensor", as_tensor)
+            m.setattr(torch.Tensor, "to", to)
+            out = tf.train(imgs, idx, epoch=1)
+            tf.eval(imgs)
+        assert out.shape == (8, 1, 28, 28) and copies == [], copies
 
 
 def test_random_crop_matches_manual():

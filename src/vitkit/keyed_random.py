@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -39,6 +39,21 @@ def hash_uniform(key: int | torch.Tensor, idx: torch.Tensor, draw: int) -> torch
     idx = idx.long()
     x = _mix((idx & _M32) + stream_key(key, draw))
     x = _mix(x ^ _mix((idx >> 32) + 0x632BE5AB))  # indices beyond 2**32 (elements of big batches)
+    return (x >> 8).float() * (1.0 / (1 << 24))
+
+
+def hash_uniforms(key: int, idx: torch.Tensor, draws: Sequence[int]) -> torch.Tensor:
+    """`hash_uniform(key, idx, d)` for every d in `draws` in one pass: (len(draws), B), bitwise the same.
+
+    One set of kernels for all draws instead of one per draw; the per-draw keys are filled on the device (a
+    host-to-device copy would stall a CUDA stream every step).
+    """
+    idx = idx.long()
+    keys = torch.stack(
+        [torch.full((), stream_key(key, d), dtype=torch.int64, device=idx.device) for d in draws]
+    )
+    x = _mix((idx & _M32)[None, :] + keys[:, None])  # (len(draws), B)
+    x = _mix(x ^ _mix((idx >> 32) + 0x632BE5AB)[None, :])
     return (x >> 8).float() * (1.0 / (1 << 24))
 
 

@@ -7,6 +7,7 @@ resume in the middle of an epoch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.config import DataConfig
-from vitkit.keyed_random import hash_uniform, stream_key
+from vitkit.keyed_random import hash_uniform, hash_uniforms, stream_key
 
 __all__ = ["BatchTransform", "hash_uniform", "stream_key"]
 
@@ -105,10 +106,15 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _pixel_scale(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) float32 `values` x 255 on `device`, made once: a per-batch copy would stall a CUDA stream."""
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).mul(255).to(device)
+
+
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 or [0, 255] float (B, C, H, W) -> standardised float32."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    m, s = _pixel_scale(tuple(mean), x.device), _pixel_scale(tuple(std), x.device)
     return (x.float() - m) / s
 
 
@@ -185,7 +191,16 @@ class BatchTransform:
         c = self.cfg
         key = stream_key(self.seed, epoch)
         idx = idx.to(images.device)
-        u = lambda k: hash_uniform(key, idx, k)  # noqa: E731
+        uses = [  # (in use, its draw numbers): each draw number always means the same choice
+            (c.random_resized_crop, [1, 2, 3, 4]),
+            (not c.random_resized_crop and c.crop_padding > 0, [1, 2]),
+            (c.hflip, [5]),
+            (c.low_res > 0, [11]),
+            (c.random_erasing > 0, [6, 7, 8, 9, 10]),
+        ]
+        draws = [d for used, ds in uses if used for d in ds]
+        rows = dict(zip(draws, hash_uniforms(key, idx, draws))) if draws else {}
+        u = rows.__getitem__  # draw number -> (B,) uniforms, all from one hash pass
         if c.randaugment_n > 0:
             images = randaugment(images.cpu(), key, idx.cpu(), c.randaugment_n, c.randaugment_m).to(
                 idx.device
@@ -196,7 +211,9 @@ class BatchTransform:
                 x, self.out_size, [u(1), u(2), u(3), u(4)], (c.rrc_scale_min, c.rrc_scale_max)
             )
         else:
-            x = resize(random_crop(x, c.crop_padding, u(1), u(2)), self.out_size)
+            if c.crop_padding:
+                x = random_crop(x, c.crop_padding, u(1), u(2))
+            x = resize(x, self.out_size)
         if c.hflip:
             x = hflip(x, u(5) < 0.5)
         if c.low_res > 0:
