@@ -1,8 +1,9 @@
 """All GPU checks in one call (run by bench/gpu.sh on a lent GPU machine), within a time budget.
 
 1. fashion-mnist-best alone on the GPU, cut to --best-epochs (default 20: its seconds per epoch, 2.6 on an H200
-   before the sixth session removed two stream synchronisations and ~500 small operators per step from the
-   training transform; --best-epochs 100 runs the recipe to its end, 93.58% in the sixth session);
+   before the sixth session took two stream synchronisations and a third of the operators (counted on the CPU:
+   bench/step_ops.py) out of each training step; the effect on the GPU is unmeasured; --best-epochs 100 runs
+   the recipe to its end, 93.58% in the sixth session);
 2. ViT-B/16 at 224 px, batch 256, vs timm with AMP + torch.compile in the same process: the training step in
    bf16-pure (with a profile of vitkit's step) and in bf16 autocast, inference (issue 6);
 3. the fashion-mnist-gpu recipe compiled, wall-clock timed (issue 6's >= 94% in <= 60 s), if time is left.

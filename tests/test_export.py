@@ -92,6 +92,9 @@ def test_eval_reads_an_exported_files_own_config(run_dir, tmp_path, capsys):
     assert main(["eval", str(exported), "--device", "cpu", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["num_samples"] > 0 and 0.0 <= res["top1"] <= 1.0
+    x = torch.randn(3, 1, 24, 24)
+    with torch.no_grad():  # the run's model moved to 24 px gives the exported file's logits
+        torch.testing.assert_close(loaded.model(x), vitkit.model_from_source(run_dir, img_size=24)(x))
     plain = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
     save_file(plain, str(run / "bare.safetensors"))  # 24-px weights without metadata: the run's 16-px config
     assert main(["eval", str(run / "bare.safetensors"), "--device", "cpu"]) == 2

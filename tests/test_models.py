@@ -196,10 +196,30 @@ def test_patchify_project_equals_the_strided_conv(c, p, hw):
     got = patchify_project(x, conv)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     g = torch.randn_like(want)
-    gw, gx = torch.autograd.grad((want * g).sum(), (conv.weight, x))
-    hw_, hx = torch.autograd.grad((got * g).sum(), (conv.weight, x))
+    gw, gb, gx = torch.autograd.grad((want * g).sum(), (conv.weight, conv.bias, x))
+    hw_, hb, hx = torch.autograd.grad((got * g).sum(), (conv.weight, conv.bias, x))
     torch.testing.assert_close(hw_, gw, rtol=0, atol=1e-4)
+    torch.testing.assert_close(hb, gb, rtol=0, atol=1e-5)
     torch.testing.assert_close(hx, gx, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ViT-B/16", "R26+ViT-S/32"])
+def test_models_give_the_same_logits_and_gradients_on_the_cuda_patch_path(name, monkeypatch):
+    """The model with its patch embedding as one matrix product (the path CUDA takes) matches the conv path."""
+    import vitkit.models.layers as layers
+
+    torch.manual_seed(0)
+    m = tiny(name).train()
+    x = torch.randn(2, 3, *m.cfg.img_size)
+    conv_out = m(x)
+    conv_grads = torch.autograd.grad(conv_out.square().sum(), list(m.parameters()))
+    monkeypatch.setattr(layers, "use_matmul_patch_embed", lambda x: True)
+    mm_out = m(x)
+    mm_grads = torch.autograd.grad(mm_out.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(mm_out, conv_out, rtol=0, atol=1e-5)
+    for (n, _), a, b in zip(m.named_parameters(), mm_grads, conv_grads):
+        scale = float(b.abs().max())  # float32 sums in another order: within 1e-4 of the tensor's scale
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * scale + 1e-7, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_set_img_size_resamples_and_runs():

@@ -128,6 +128,27 @@ def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):
     assert (other / "report.html").exists() and (other / "checkpoints").is_dir()
 
 
+def test_atomic_writes_leave_no_temp_file_and_follow_the_umask(tmp_path):
+    """An atomic write replaces the file whole, leaves no temporary behind, and has a plain file's mode."""
+    from vitkit.atomic import atomic_write_bytes, write_json
+
+    path = tmp_path / "f.json"
+    write_json(str(path), {"a": 1})
+    atomic_write_bytes(str(path), b'{"a": 2}')
+    assert path.read_bytes() == b'{"a": 2}' and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(str(path), b"x")
+        assert path.stat().st_mode & 0o777 == 0o640  # mkstemp alone gives 0600
+    finally:
+        os.umask(old)
+    with pytest.raises(ZeroDivisionError):  # a failed write keeps the old file and removes its temporary
+        from vitkit.atomic import atomic_write
+
+        atomic_write(str(path), lambda tmp: 1 / 0)
+    assert path.read_bytes() == b"x" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_checkpoint_atomic_and_truncated_fallback(tmp_path):
     root = str(tmp_path)
     sd = {"w": torch.randn(64, 64)}
@@ -362,6 +383,19 @@ def test_bf16_copy_sums_micro_batch_gradients_in_fp32_exactly():
             assert p.grad.dtype == torch.float32 and torch.equal(p.grad, w)
         else:
             assert p.grad is None
+    # a gradient that first appears in a later micro-batch, beside ones being summed, in the same call
+    master.zero_grad(set_to_none=True)
+    x = copy.input(torch.randn(4, 8))
+    copy.work[0](x).float().sum().backward()  # the first layer only
+    copy.accumulate_grads()
+    first = [p.grad.clone() for p in master[0].parameters()]
+    assert master[2].weight.grad is None
+    copy.work(x).float().sum().backward()  # now the last layer's weight too
+    w2 = copy.work[2].weight.grad.float()
+    sums = [f + p.grad.float() for f, p in zip(first, copy.work[0].parameters())]
+    copy.accumulate_grads()
+    assert torch.equal(master[2].weight.grad, w2)
+    assert all(torch.equal(p.grad, s) for p, s in zip(master[0].parameters(), sums))
 
 
 def test_keyed_randomness_refuses_a_second_thread():

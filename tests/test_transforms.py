@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vitkit.config import DataConfig
@@ -13,8 +14,10 @@ from vitkit.data.transforms import (
     hflip,
     low_resolution,
     mix_batch,
+    randaugment,
     random_crop,
     random_erasing,
+    random_resized_crop,
     stream_key,
 )
 
@@ -36,15 +39,38 @@ def test_hash_uniforms_equals_one_hash_per_draw():
     assert torch.equal(hash_uniforms(stream_key(9, 4), idx, draws), want)
 
 
-def test_training_transform_draws_as_one_hash_per_choice():
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DataConfig(crop_padding=2, hflip=True, random_erasing=0.5),
+        DataConfig(crop_padding=0, hflip=True, low_res=0.5),
+        DataConfig(random_resized_crop=True, rrc_scale_min=0.25, hflip=True, random_erasing=0.3),
+        DataConfig(randaugment_n=2, randaugment_m=9, crop_padding=1),
+    ],
+    ids=["crop-flip-erase", "nocrop-lowres", "rrc-flip-erase", "randaugment-crop"],
+)
+def test_training_transform_draws_as_one_hash_per_choice(cfg):
     """The batched draws give what each choice's own hash gives (draw numbers fixed per choice)."""
-    cfg = DataConfig(crop_padding=2, hflip=True, random_erasing=0.5)
     tf = BatchTransform(cfg, (28, 28), (0.5,), (0.25,), seed=4)
     imgs = torch.randint(0, 255, (16, 1, 28, 28), dtype=torch.uint8)
     idx = torch.arange(300, 316)
-    u = lambda d: hash_uniform(stream_key(4, 3), idx, d)  # noqa: E731
-    x = hflip(random_crop(imgs.float(), 2, u(1), u(2)), u(5) < 0.5)
-    x = random_erasing((x - 0.5 * 255) / (0.25 * 255), 0.5, [u(6), u(7), u(8), u(9), u(10)])
+    key = stream_key(4, 3)
+    u = lambda d: hash_uniform(key, idx, d)  # noqa: E731
+    x = imgs
+    if cfg.randaugment_n:
+        x = randaugment(x, key, idx, cfg.randaugment_n, cfg.randaugment_m)
+    x = x.float()
+    if cfg.random_resized_crop:
+        x = random_resized_crop(x, (28, 28), [u(1), u(2), u(3), u(4)], (cfg.rrc_scale_min, cfg.rrc_scale_max))
+    elif cfg.crop_padding:
+        x = random_crop(x, cfg.crop_padding, u(1), u(2))
+    if cfg.hflip:
+        x = hflip(x, u(5) < 0.5)
+    if cfg.low_res:
+        x = low_resolution(x, cfg.low_res_factor, u(11) < cfg.low_res)
+    x = (x - 0.5 * 255) / (0.25 * 255)
+    if cfg.random_erasing:
+        x = random_erasing(x, cfg.random_erasing, [u(6), u(7), u(8), u(9), u(10)])
     torch.testing.assert_close(tf.train(imgs, idx, epoch=3), x, rtol=0, atol=0)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vitkit.config import RunConfig
+from vitkit.config import ModelConfig, RunConfig
 
 PRECISION_HELP = (
     "bf16: autocast; bf16-pure: the model in bf16, fp32 master weights in the optimizer; auto: bf16 on CUDA"
@@ -103,9 +103,9 @@ def find_run(path: str) -> tuple[str, str]:
     raise UserError(f"{path} is neither a run folder (config.json + model.safetensors) nor a checkpoint")
 
 
-def _described_model(weights: str):
+def _described_model(weights: str) -> ModelConfig | None:
     """The ModelConfig in a self-describing safetensors file's metadata (`vitkit export`), else None."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from vitkit.convert.runs import read_model_file
 
@@ -114,7 +114,7 @@ def _described_model(weights: str):
     try:
         with safe_open(weights, framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
-    except Exception:  # unreadable: load_weights below names the file
+    except (SafetensorError, OSError):  # unreadable: load_weights below names the file
         return None
     if meta.get("format") != "vitkit" or "config" not in meta:
         return None

@@ -106,10 +106,13 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+# cached per (values, device): a tensor built from Python floats every batch is a host-to-device copy, which
+# synchronises a CUDA stream; never mutated, and made outside inference mode so that autograd may use it later
 @functools.lru_cache(maxsize=64)
 def _pixel_scale(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """(1, C, 1, 1) float32 `values` x 255 on `device`, made once: a per-batch copy would stall a CUDA stream."""
-    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).mul(255).to(device)
+    """(1, C, 1, 1) float32 `values` x 255 on `device`."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).mul(255).to(device)
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -73,21 +73,33 @@ class PatchEmbed(nn.Module):
             )
         if hasattr(self, "backbone"):
             x = self.backbone(x)  # (B, C', H/s, W/s)
-        # one matrix product on CUDA: 1.05x on an H200's ViT-B/16 training step; the conv on the CPU, where the
-        # product gains nothing in eager and costs the int8 ONNX fast path 7% (bench/RESULTS.md, sixth session)
-        if x.is_cuda:
+        if use_matmul_patch_embed(x):
             return patchify_project(x, self.proj)  # (B, N, D)
         x = self.proj(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
 
-def patchify_project(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """`conv` (kernel = stride = P) as one matrix product over flattened patches: (B, C, H, W) -> (B, N, D).
+def use_matmul_patch_embed(x: torch.Tensor) -> bool:
+    """Project patches by one matrix product (CUDA) rather than the strided conv (CPU): bench/RESULTS.md.
 
-    The same sums of products as `conv(x).flatten(2).transpose(1, 2)`, with the tokens contiguous.
+    Measured: 1.05x on an H200's ViT-B/16 training step (sixth session); on the CPU no gain in eager and 5-6.5%
+    slower int8 ONNX fast path (fifth session). Forward hooks on `proj` do not fire on the matrix-product path.
     """
-    B, C, H, W = x.shape
+    return x.is_cuda
+
+
+def patchify_project(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv` (kernel = stride = P, no padding) as one matrix product: (B, C, H, W) -> (B, N, D), same sums."""
     P = conv.kernel_size[0]
+    if (
+        conv.kernel_size != (P, P)
+        or conv.stride != (P, P)
+        or conv.padding != (0, 0)
+        or conv.dilation != (1, 1)
+        or conv.groups != 1
+    ):
+        raise ValueError(f"patchify_project needs a conv with kernel = stride, no padding or groups: {conv}")
+    B, C, H, W = x.shape
     gh, gw = H // P, W // P
     x = x[..., : gh * P, : gw * P].reshape(B, C, gh, P, gw, P)
     x = x.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * P * P)  # (B, N, C*P*P), the filter's layout

@@ -29,19 +29,18 @@ class Bf16Copy:
 
     @torch.no_grad()
     def accumulate_grads(self) -> None:
-        """Add the working copy's gradients (bf16) to the master's (fp32, summed over micro-batches); clear them.
-
-        Multi-tensor copies and adds (a few launches on CUDA, not one per parameter).
-        """
+        """Add the working copy's bf16 gradients to the master's fp32 ones (summed over micro-batches); clear them."""
         pairs = [(m, w) for m, w in zip(self._master_params, self._work_params) if w.grad is not None]
         fresh = [(m, w) for m, w in pairs if m.grad is None]
         summed = [(m, w) for m, w in pairs if m.grad is not None]
-        if fresh:
+        if (
+            fresh
+        ):  # the first micro-batch: one multi-tensor cast-copy (a few CUDA launches, not one per tensor)
             grads = [torch.empty_like(m) for m, _ in fresh]
             torch._foreach_copy_(grads, [w.grad for _, w in fresh])
             for (m, _), g in zip(fresh, grads):
                 m.grad = g
-        if summed:
+        if summed:  # later micro-batches (mixed dtypes: torch adds these tensor by tensor)
             torch._foreach_add_([m.grad for m, _ in summed], [w.grad for _, w in summed])
         for _, w in pairs:
             w.grad = None
