@@ -1,13 +1,14 @@
-"""A/B of the ViT-B/16 training step's overheads on a GPU (issue 6), beside timm, in one process.
+"""A/B of the ViT-B/16 training step on a GPU (issue 6), beside timm, in one process.
 
-After the sixth session's patch-embedding A/B (bench/gpu_patch_ab.py), the step ran 60.2 ms of GPU time in
-62.8 ms of wall time, with about 150 one-tensor copy kernels per step turning the bf16 gradients into fp32.
-Variants, all bf16-pure and compiled, same weights, timed alternately:
-  loop       gradients copied to the fp32 master one tensor at a time (vitkit before this change);
-  foreach    multi-tensor copies (vitkit's `Bf16Copy.accumulate_grads` now);
-  graphs     foreach, and the model compiled with mode="reduce-overhead" (CUDA graphs);
-  timm       timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
-Usage on a GPU: python bench/gpu_step_ab.py [--json FILE]; on a CPU: --smoke.
+Variants (bf16-pure and compiled unless said; same weights; timed alternately), chosen with --variants:
+  conv     the patch embedding forced to the strided conv (vitkit's CUDA path before the sixth session);
+  loop     bf16 gradients copied to the fp32 master one tensor at a time (vitkit before the sixth session);
+  foreach  vitkit as it stands (matrix-product patch embedding on CUDA, multi-tensor gradient copies);
+  graphs   foreach, compiled with mode="reduce-overhead" (CUDA graphs);
+  timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
+Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
+the two patch embeddings' fp32 difference on the device. Sixth session: `--variants conv foreach timm`, then
+`--variants loop foreach graphs timm` (bench/RESULTS.md). Usage on a CPU: --smoke (tiny, no compile).
 """
 
 from __future__ import annotations
@@ -19,8 +20,18 @@ import time
 import torch
 
 from vitkit.models import build_model, model_config
+from vitkit.models.layers import PatchEmbed
 from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
+
+VARIANTS = ("conv", "loop", "foreach", "graphs", "timm")
+
+
+class ConvPatchEmbed(PatchEmbed):
+    """PatchEmbed that always runs the strided conv (vitkit's CPU path)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
 class LoopBf16Copy(Bf16Copy):
@@ -38,34 +49,65 @@ class LoopBf16Copy(Bf16Copy):
             w.grad = None
 
 
+def device_checks(dev: torch.device, smoke: bool) -> dict[str, float]:
+    """float64 logits on `dev` vs the CPU, and the two patch embeddings' fp32 difference on `dev`."""
+    out = {}
+    names = ("ViT-Ti/16",) if smoke else ("ViT-B/16", "R50+ViT-B/16")
+    for name in names:
+        cfg = model_config(name, img_size=32) if smoke else model_config(name)
+        cpu = build_model(cfg).double().eval()
+        there = build_model(cfg).double().eval().to(dev)
+        there.load_state_dict(cpu.state_dict())
+        x = torch.randn(2, 3, *cfg.img_size, dtype=torch.float64)
+        with torch.no_grad():
+            out[f"{name} float64 logits max diff vs cpu"] = float(
+                (cpu(x) - there(x.to(dev)).cpu()).abs().max()
+            )
+    pe = build_model(model_config("ViT-B/16")).patch_embed.to(dev)
+    conv = ConvPatchEmbed(pe.img_size, pe.patch_size, pe.in_chans, pe.proj.out_channels).to(dev)
+    conv.load_state_dict(pe.state_dict())
+    x = torch.randn(4, 3, *pe.img_size, device=dev)
+    with torch.no_grad():
+        out["patch embedding fp32 max diff, conv vs this device's path"] = float(
+            (conv(x) - pe(x)).abs().max()
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="ViT-Ti/16, 32 px, batch 8, CPU, no compile")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--json")
+    ap.add_argument("--profile", help="torch.profiler table of the foreach (vitkit as it stands) step")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
     a = ap.parse_args()
     dev = torch.device("cpu" if a.smoke else "cuda")
     cfg = model_config("ViT-Ti/16", img_size=32) if a.smoke else model_config("ViT-B/16")
     batch, compile = (8, False) if a.smoke else (256, True)
     t0 = time.perf_counter()
+    res: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    res["torch"] = torch.__version__
+    res["checks"] = device_checks(dev, a.smoke)
+    for k, v in res["checks"].items():
+        print(f"{k}: {v:.2e}")
     torch.manual_seed(0)
     ref = build_model(cfg).to(dev)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, cfg.in_chans, *cfg.img_size, generator=g).to(dev)
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(dev)
     runs = {}
-    for name in ("loop", "foreach", "graphs", "timm"):
-        if name in a.skip:
-            continue
+    for name in a.variants:
         m = B.timm_twin(cfg).to(dev) if name == "timm" else build_model(cfg).to(dev)
         m.load_state_dict(ref.state_dict())
+        if name == "conv":
+            m.patch_embed.__class__ = ConvPatchEmbed
         B.Bf16Copy = LoopBf16Copy if name == "loop" else Bf16Copy  # the class train_step builds
         mode = "reduce-overhead" if name == "graphs" else None
         dtype = "bf16" if name == "timm" else "bf16-pure"
         runs[name] = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode)
     B.Bf16Copy = Bf16Copy
-    errors = {}
+    res["errors"] = {}
     for name, fn in list(runs.items()):  # compile and warm each; a variant that fails is reported, not fatal
         try:
             for _ in range(3):
@@ -73,17 +115,17 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
         except Exception as e:
-            errors[name] = f"{type(e).__name__}: {str(e)[:500]}"
+            res["errors"][name] = f"{type(e).__name__}: {str(e)[:500]}"
             del runs[name]
-            print(f"{name}: failed: {errors[name]}")
+            print(f"{name}: failed: {res['errors'][name]}")
     timings = B.time_alternately(runs, dev, batch, warmup=1, repeats=a.repeats, min_seconds=1.0)
     flops, peak = B.train_flops_per_image(cfg), B.peak_tflops(dev)
-    res: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
-    res["torch"] = torch.__version__
-    res["errors"] = errors
     for name, t in timings.items():
         s = t.summary()
         res[name] = {**s, "mfu": s["median"] * flops / 1e12 / peak if peak else None, "all": t.img_s}
+    if a.profile and "foreach" in runs:
+        with open(a.profile, "w") as f:
+            f.write(B.profile_table(runs["foreach"], dev) + "\n")
     res["seconds"] = time.perf_counter() - t0
     if a.json:
         with open(a.json, "w") as f:
