@@ -330,6 +330,31 @@ def test_keyed_dropout_compiles_once_for_every_key():
     assert counter.frame_count == 1
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        dict(crop_padding=2, hflip=True),
+        dict(crop_padding=2, hflip=True, random_erasing=0.25),
+        dict(random_resized_crop=True, low_res=0.5),
+    ],
+    ids=["crop-flip", "crop-flip-erase", "rrc-lowres"],
+)
+def test_training_runs_the_graph_compiled_at_start_up(data, monkeypatch):
+    """The trial compilation at start-up is the graph training runs: no recompilation at the first step (the
+    cropped one-channel batches once had strides that made torch.compile build the model a second time)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend=counter, **kw))
+    cfg = tiny_run(compile=True, steps=3)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+    tr = _trainer(cfg)
+    assert counter.frame_count == 1
+    for _ in range(3):
+        tr.train_step()
+    assert counter.frame_count == 1
+
+
 def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):
     """bf16-pure: a bf16 working copy, fp32 master weights that track an autocast run; exact resume."""
     cfg = tiny_run(precision="bf16-pure", micro_batch_size=16, steps=4)

@@ -27,15 +27,17 @@ def random_crop(x: torch.Tensor, pad: int, uy: torch.Tensor, ux: torch.Tensor) -
     """Per-sample crop of the zero-padded batch back to (H, W): (B, C, H, W) -> (B, C, H, W)."""
     if pad == 0:
         return x
-    B, _, H, W = x.shape
+    B, C, H, W = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     oy = (uy * (2 * pad + 1)).long().clamp_max(2 * pad)
     ox = (ux * (2 * pad + 1)).long().clamp_max(2 * pad)
     rows = oy[:, None] + torch.arange(H, device=x.device)  # (B, H)
     cols = ox[:, None] + torch.arange(W, device=x.device)  # (B, W)
-    b = torch.arange(B, device=x.device)[:, None, None]
-    out = padded[b, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    c = torch.arange(C, device=x.device)[None, :, None, None]
+    # gathered straight into (B, C, H, W) with the standard strides: a permuted (B, H, W, 1) result keeps odd
+    # strides that .contiguous() leaves alone, and torch.compile recompiles the model for them
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
 
 
 def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
