@@ -340,14 +340,15 @@ def test_keyed_dropout_compiles_once_for_every_key():
     ids=["crop-flip", "crop-flip-erase", "rrc-lowres"],
 )
 def test_training_runs_the_graph_compiled_at_start_up(data, monkeypatch):
-    """The trial compilation at start-up is the graph training runs: no recompilation at the first step (the
-    cropped one-channel batches once had strides that made torch.compile build the model a second time)."""
+    """The trial compilation at start-up is the graph training runs: no recompilation at the first step (once,
+    cropped one-channel batches had strides, and keyed drop path a context, that made it compile twice)."""
     from torch._dynamo.testing import CompileCounter
 
     counter, real = CompileCounter(), torch.compile
     monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend=counter, **kw))
     cfg = tiny_run(compile=True, steps=3)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+    model = dataclasses.replace(cfg.model, drop_rate=0.1, drop_path_rate=0.1)  # keyed randomness in the graph
+    cfg = dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, **data))
     tr = _trainer(cfg)
     assert counter.frame_count == 1
     for _ in range(3):

@@ -130,8 +130,9 @@ class Trainer:
         x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
         x = self.bf16_copy.input(x) if self.bf16_copy else x
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        try:
-            with autocast:
+        idx = torch.arange(x.shape[0], device=self.device)
+        try:  # as a training step runs it: keyed randomness on (its guards are part of the graph)
+            with autocast, keyed_random.keyed(0, idx):
                 out = compiled(x)
             out.float().sum().backward()
         except Exception as e:  # no C++ compiler, unsupported op, ...: training still works, eagerly
