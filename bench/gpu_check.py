@@ -75,7 +75,7 @@ def train_cmd(
 
 
 def collect(name: str, out_dir: str, wall: float, rc: int, stderr: str) -> dict:
-    res = {"rc": rc, "wall_s": wall}
+    res = {"rc": rc, "wall_s": wall, "recompilations": stderr.count("Recompiling function")}
     path = os.path.join(out_dir, "summary.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -103,12 +103,15 @@ def collect(name: str, out_dir: str, wall: float, rc: int, stderr: str) -> dict:
         with open(metrics) as f:
             evals = [json.loads(line) for line in f if '"split"' in line]
         res["evals"] = [(round(e["epoch"], 1), e["top1"], e.get("ema_top1")) for e in evals]
-    log(f"{name}: rc={rc} wall={wall:.0f}s top1={res.get('test_top1')} raw={res.get('raw_test_top1')}")
+    log(
+        f"{name}: rc={rc} wall={wall:.0f}s top1={res.get('test_top1')} raw={res.get('raw_test_top1')} "
+        f"recompilations={res['recompilations']}"
+    )
     return res
 
 
 def run_parallel(jobs: dict[str, list[str]], timeout: float) -> dict[str, tuple[int, float, str]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TORCH_LOGS="recompiles")  # collect() counts recompilations
     procs = {
         n: (
             subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
