@@ -342,17 +342,23 @@ def test_keyed_dropout_compiles_once_for_every_key():
 def test_training_runs_the_graph_compiled_at_start_up(data, monkeypatch):
     """The trial compilation at start-up is the graph training runs: no recompilation at the first step (once,
     cropped one-channel batches had strides, and keyed drop path a context, that made it compile twice)."""
+    import torch._dynamo
+    from torch._dynamo.eval_frame import OptimizedModule
     from torch._dynamo.testing import CompileCounter
 
+    torch._dynamo.reset()  # no cache or recompile count left by other tests
     counter, real = CompileCounter(), torch.compile
     monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend=counter, **kw))
-    cfg = tiny_run(compile=True, steps=3)
-    model = dataclasses.replace(cfg.model, drop_rate=0.1, drop_path_rate=0.1)  # keyed randomness in the graph
+    cfg = tiny_run(compile=True, steps=3, micro_batch_size=16)
+    model = dataclasses.replace(cfg.model, drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.1)  # keyed
     cfg = dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, **data))
     tr = _trainer(cfg)
-    assert counter.frame_count == 1
-    for _ in range(3):
-        tr.train_step()
+    assert (
+        isinstance(tr.fwd, OptimizedModule) and counter.frame_count == 1
+    )  # compiled, not the eager fallback
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            tr.train_step()
     assert counter.frame_count == 1
 
 

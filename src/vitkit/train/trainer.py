@@ -245,7 +245,9 @@ class Trainer:
                     d.label_smoothing,
                 )
             with P.gradient_sync(self.fwd, self.strategy, sync=i == len(chunks) - 1):
-                with autocast, keyed_random.keyed(stream_key(t.seed, self.step, 0xD20), idx):
+                # the sample indices on the model's device, as in the start-up compilation (files: on the CPU)
+                key_idx = idx.to(self.device, non_blocking=True)
+                with autocast, keyed_random.keyed(stream_key(t.seed, self.step, 0xD20), key_idx):
                     logits = self.fwd(x)
                 loss = _loss(logits.float(), target, d.label_smoothing)
                 (loss * (len(idx) / len(mine))).backward()
