@@ -44,9 +44,8 @@ def hash_uniform(key: int | torch.Tensor, idx: torch.Tensor, draw: int) -> torch
 
 def hash_uniforms(key: int, idx: torch.Tensor, draws: Sequence[int]) -> torch.Tensor:
     """`hash_uniform(key, idx, d)` for every d in `draws` in one pass of kernels: (len(draws), B), bitwise equal."""
-    idx = (
-        idx.long()
-    )  # the draws' keys are filled on the device: a host-to-device copy would stall a CUDA stream
+    idx = idx.long()
+    # the draws' keys are filled on the device: a host-to-device copy would stall a CUDA stream
     keys = torch.stack(
         [torch.full((), stream_key(key, d), dtype=torch.int64, device=idx.device) for d in draws]
     )
