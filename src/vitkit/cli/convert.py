@@ -26,10 +26,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} already holds a config.json; pass --overwrite to replace it")
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
     clear_run(args.out)  # an earlier run's checkpoints, metrics and report would describe another model
-    if os.path.exists(
-        os.path.join(args.out, "config.json")
-    ):  # written last: absent until the folder is whole
-        os.remove(os.path.join(args.out, "config.json"))
+    config = os.path.join(args.out, "config.json")
+    if os.path.exists(config):  # written last: absent until the folder is whole
+        os.remove(config)
     save_run_dir(args.out, model, ckpt.meta, args.source)
     c = model.cfg
     if args.json:

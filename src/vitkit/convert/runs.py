@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from vitkit.atomic import atomic_write, write_json
+from vitkit.atomic import write_json
 from vitkit.config import ModelConfig, RunConfig, from_dict, load_run_config, save_json, to_dict
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
+from vitkit.train.checkpoint import save_weights
 
 CONFIG = "config.json"
 CONVERTED = "converted"  # the recipe name of a converted run (it has no dataset of its own)
@@ -72,19 +73,12 @@ def read_model_file(path: str, state: dict[str, torch.Tensor], meta: dict[str, s
     return Checkpoint(state, cfg, "vitkit", path, extra if isinstance(extra, dict) else {})
 
 
-def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-
-
 def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any] | None = None) -> None:
     """Atomically write the model's weights as safetensors, its ModelConfig (and mean/std) in the metadata."""
-    from safetensors.torch import save_file
-
     meta = {"format": "vitkit", "config": json.dumps(to_dict(model.cfg))}
     if preprocess:
         meta["preprocess"] = json.dumps(preprocess)
-    state = _plain(model.state_dict())
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    save_weights(path, model.state_dict(), meta)
 
 
 def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], source: str) -> None:
