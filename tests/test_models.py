@@ -60,7 +60,14 @@ OPTIONS = [
 
 
 # every variant with every option; the big hybrids' ResNets (seconds each) with the default options only
-MATRIX = [(n, o) for n in list_models() for o in OPTIONS if not n.startswith(("R50+", "R26+")) or not o]
+# (the BiT baselines are ResNets, with their own tests in test_bit.py)
+MATRIX = [
+    (n, o)
+    for n in list_models()
+    if not n.startswith("BiT-")
+    for o in OPTIONS
+    if not n.startswith(("R50+", "R26+")) or not o
+]
 
 
 @pytest.mark.parametrize(

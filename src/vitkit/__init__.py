@@ -6,6 +6,7 @@ from vitkit.api import create_model
 from vitkit.config import ModelConfig, RunConfig
 from vitkit.convert import load_pretrained, model_from_source, read_checkpoint
 from vitkit.models import (
+    BiTResNet,
     VisionTransformer,
     build_model,
     count_params,
@@ -19,6 +20,7 @@ from vitkit.perf.fast import fast_inference
 __version__ = "0.1.0"
 
 __all__ = [
+    "BiTResNet",
     "ModelConfig",
     "RunConfig",
     "VisionTransformer",

@@ -13,6 +13,7 @@ from typing import Any
 
 from vitkit.atomic import write_json
 
+ARCHS = ("vit", "bit")
 POOLS = ("token", "gap")
 POSEMBS = ("learn", "learn2d", "sincos2d", "none")
 HEAD_INITS = ("default", "zero")
@@ -34,6 +35,19 @@ def backbone_stride(layers: tuple[int, ...]) -> int:
     return 4 * 2 ** max(len(layers) - 1, 0)
 
 
+_BIT_NAME = re.compile(r"^BiT-R(\d+)x(\d+)$", re.IGNORECASE)
+# fields the BiT baseline does not read: a value other than the default is an error naming the key
+VIT_ONLY = (
+    "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "posemb", "posemb_grid",
+    "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init",
+)  # fmt: skip
+
+
+def bit_depth(layers: tuple[int, ...]) -> int:
+    """A BiT ResNet's depth as its name gives it: the conv layers on the main path (3 per bottleneck, +2)."""
+    return 3 * sum(layers) + 2
+
+
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
@@ -46,9 +60,15 @@ def _check_range(key: str, value: float, lo: float, hi: float) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A Vision Transformer: the paper's encoder and the options its appendix ablates."""
+    """A Vision Transformer: the paper's encoder and the options its appendix ablates; or its BiT baseline.
+
+    `arch="bit"`: the paper's CNN baseline, a BiT ResNet-v2 (pre-activation, GroupNorm, weight standardisation)
+    of stage depths `backbone` and width `width_factor`. It reads img_size, in_chans, num_classes, drop_rate
+    (before the head), drop_path_rate and head_init; the ViT's other fields are ignored.
+    """
 
     name: str = "ViT-Ti/16"
+    arch: str = "vit"  # "vit" | "bit" (the BiT ResNet baseline)
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 16
     in_chans: int = 3
@@ -69,9 +89,11 @@ class ModelConfig:
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
     attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
     backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only
+    width_factor: int = 1  # arch="bit": channels x this (BiT-R50x3: 3)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
+        _check_choice("model.arch", self.arch, ARCHS)
         if self.backbone is not None:
             try:
                 layers = tuple(int(v) for v in self.backbone)
@@ -84,11 +106,16 @@ class ModelConfig:
                     f"model.backbone={self.backbone!r}: up to 4 positive ResNet stage depths, e.g. (3, 4, 9)"
                 )
             object.__setattr__(self, "backbone", layers)
-        for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
+        for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "width_factor"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         if self.num_classes < 0:
             raise ValueError(f"model.num_classes={self.num_classes!r} must be >= 0 (0: no head)")
+        if self.arch == "bit":
+            self._check_bit()
+            return
+        if self.width_factor != 1:
+            raise ValueError(f"model.width_factor={self.width_factor!r} applies to arch='bit' only")
         h, w = self.img_size
         p = self.token_stride
         if h < 1 or w < 1 or h % p or w % p:
@@ -122,9 +149,39 @@ class ModelConfig:
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps={self.norm_eps!r} must be positive")
 
+    def _check_bit(self) -> None:
+        """The BiT baseline's own checks: stage depths that its name states, no ViT-only option, the head's init."""
+        if not self.backbone:
+            raise ValueError(
+                f"model.arch='bit' needs model.backbone: 1 to 4 ResNet stage depths, e.g. (3, 4, 6, 3) for R50; "
+                f"got {self.backbone!r}"
+            )
+        m = _BIT_NAME.match(self.name)
+        want = f"BiT-R{bit_depth(self.backbone)}x{self.width_factor}"
+        if not m or (int(m.group(1)), int(m.group(2))) != (bit_depth(self.backbone), self.width_factor):
+            raise ValueError(
+                f"model.name={self.name!r} does not describe model.backbone={self.backbone} with model.width_factor="
+                f"{self.width_factor}: that model is {want!r} (BiT-R<conv layers>x<width>); choose the model with "
+                "--model, or set the name to match"
+            )
+        defaults = ModelConfig.__dataclass_fields__
+        for key in VIT_ONLY:
+            if getattr(self, key) != defaults[key].default:
+                raise ValueError(
+                    f"model.{key}={getattr(self, key)!r} is a ViT option; the BiT baseline {self.name} does not "
+                    f"read it (leave it at {defaults[key].default!r})"
+                )
+        if min(self.img_size) < 1:
+            raise ValueError(f"model.img_size={self.img_size!r} must be positive")
+        _check_choice("model.head_init", self.head_init, HEAD_INITS)
+        for key in ("drop_rate", "drop_path_rate"):
+            _check_range(f"model.{key}", getattr(self, key), 0.0, 1.0)
+
     @property
     def token_stride(self) -> int:
         """Pixels per token along each axis: the patch size, times the ResNet's stride for a hybrid."""
+        if self.arch != "vit":
+            raise ValueError(f"{self.name} is a CNN (arch={self.arch!r}): it has no tokens, patches or grid")
         return self.patch_size * (1 if self.backbone is None else backbone_stride(self.backbone))
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -17,15 +18,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.recipe:  # the recipe's model, batch and compile setting; timm as a plain loop beside it
+        from vitkit.cli.train import model_overrides
+        from vitkit.config import apply_overrides
         from vitkit.recipes import get_recipe
 
         run = get_recipe(args.recipe)
         cfg = run.model
+        size = {  # --model/--img-size/... given: that model in the recipe's setting
+            "img_size": args.img_size or cfg.img_size,
+            "in_chans": args.in_chans or cfg.in_chans,
+            "num_classes": cfg.num_classes if args.num_classes is None else args.num_classes,
+        }
+        if args.model:  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
+            cfg = apply_overrides(run, model_overrides(args.model)).model
+        cfg = dataclasses.replace(cfg, **size)
         args.batch_size = args.batch_size or run.train.batch_size
         args.compile = args.compile or run.train.compile
     else:
         cfg = model_config(
-            args.model, img_size=args.img_size, num_classes=args.num_classes, in_chans=args.in_chans
+            args.model or "ViT-S/16",
+            img_size=args.img_size or 224,
+            num_classes=1000 if args.num_classes is None else args.num_classes,
+            in_chans=args.in_chans or 3,
         )
     args.batch_size = args.batch_size or 32
     res = run_benchmark(
@@ -77,10 +91,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="throughput of vitkit (and timm with --compare timm)")
-    p.add_argument("--model", default="ViT-S/16")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--in-chans", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--model", help="default ViT-S/16 (or the recipe's)")
+    p.add_argument("--img-size", type=int, help="default 224 (or the recipe's)")
+    p.add_argument("--in-chans", type=int, help="default 3 (or the recipe's)")
+    p.add_argument("--num-classes", type=int, help="default 1000 (or the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (or the recipe's)")
     p.add_argument("--recipe", help="a recipe's model, batch and training path; timm as a plain eager loop")
     p.add_argument("--mode", choices=["infer", "train"], default="infer")

@@ -34,10 +34,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"source": args.source, "format": ckpt.format, "out": args.out, "model": c.name}))
     else:
+        shape = (
+            f"stage depths {','.join(map(str, c.backbone))}, width x{c.width_factor}"
+            if c.arch == "bit"
+            else f"width {c.embed_dim}, depth {c.depth}, heads {c.num_heads}, pool {c.pool}, eps {c.norm_eps:g}"
+        )
         print(
-            f"{args.source} ({ckpt.format}) -> {args.out}: {c.name}, {c.img_size[0]}x{c.img_size[1]}, "
-            f"width {c.embed_dim}, depth {c.depth}, heads {c.num_heads}, pool {c.pool}, "
-            f"{c.num_classes} classes, eps {c.norm_eps:g}"
+            f"{args.source} ({ckpt.format}) -> {args.out}: {c.name}, {c.img_size[0]}x{c.img_size[1]}, {shape}, "
+            f"{c.num_classes} classes"
         )
     return 0
 

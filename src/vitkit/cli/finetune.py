@@ -23,6 +23,7 @@ FLAG_KEYS = {
 }
 # the recipe's fine-tuning regularisation; the architecture comes from the checkpoint
 RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+BIT_READS = ("drop_rate", "drop_path_rate")  # the BiT baseline has no attention dropout
 
 
 def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
@@ -32,7 +33,11 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
         ckpt.config,
         img_size=args.img_size or ckpt.config.img_size,
         head_init="zero",
-        **{k: getattr(cfg.model, k) for k in RECIPE_MODEL_FIELDS},
+        **{
+            k: getattr(cfg.model, k)
+            for k in RECIPE_MODEL_FIELDS
+            if ckpt.config.arch == "vit" or k in BIT_READS
+        },
     )
     overrides = [
         f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None

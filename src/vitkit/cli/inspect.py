@@ -183,13 +183,21 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
     from vitkit.inspect.report import Report, inspection_sections, run_sections
 
     cfg = subject.model.cfg
-    facts = [
-        ("model", subject.name),
-        ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, {cfg.token_stride} px per token, grid {cfg.grid_size[0]}x"
-                 f"{cfg.grid_size[1]}, width {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"),
-        ("pool / position embedding", f"{cfg.pool} / {cfg.posemb}"),
-        ("images analysed", inputs.description),
-    ]  # fmt: skip
+    if cfg.arch == "bit":
+        facts = [
+            ("model", subject.name),
+            ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, BiT ResNet-v2, stage depths "
+                     f"{','.join(map(str, cfg.backbone))}, width x{cfg.width_factor}"),
+        ]  # fmt: skip
+    else:
+        facts = [
+            ("model", subject.name),
+            ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, {cfg.token_stride} px per token, grid "
+                     f"{cfg.grid_size[0]}x{cfg.grid_size[1]}, width {cfg.embed_dim}, depth {cfg.depth}, "
+                     f"heads {cfg.num_heads}"),
+            ("pool / position embedding", f"{cfg.pool} / {cfg.posemb}"),
+            ("images analysed", inputs.description),
+        ]  # fmt: skip
     sections = []
     if subject.run_dir:
         from vitkit.train.runfiles import SUMMARY, read_json, read_metrics
@@ -242,13 +250,17 @@ def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", nu
 
     args = argparse.Namespace(k=28, head_fusion="mean", discard_ratio=0.0, batch_size=16, show=8)
     subject = load_subject(run_dir, device)
+    path = out or os.path.join(subject.run_dir or run_dir, "report.html")
+    if subject.model.cfg.arch != "vit":  # a CNN baseline: curves and confusion, no attention to analyse
+        empty = Inputs(torch.zeros(0, dtype=torch.uint8), "none (a CNN: no attention to analyse)", noise=True)
+        write_report(path, build_report(subject, None, empty, {}))
+        return path
     inputs = sample_inputs(subject, num_images)
     analysis = run_analysis(subject, inputs, args)
     show = min(args.show, len(inputs.images))
     titles = inputs.titles[:show] if inputs.titles else None
     figs = inspection_figures(analysis, inputs.images[:show], titles)
     pngs = {name: figure_png(fig) for name, fig in figs.items()}
-    path = out or os.path.join(subject.run_dir or run_dir, "report.html")
     write_report(path, build_report(subject, analysis, inputs, pngs))
     return path
 
@@ -262,6 +274,12 @@ def _device(name: str) -> torch.device:
 def cmd_inspect(args: argparse.Namespace) -> int:
     require_matplotlib()
     subject = load_subject(args.source, _device(args.device))
+    if subject.model.cfg.arch != "vit":
+        raise UserError(
+            f"{args.source}: {subject.name} is a ResNet (arch={subject.model.cfg.arch!r}); the four analyses need a "
+            "ViT's patch embedding, position embedding and attention. For a run folder, `vitkit report RUN_DIR` "
+            "gives its curves and confusion matrix"
+        )
     inputs = file_inputs(subject, args.images) if args.images else sample_inputs(subject, args.num_images)
     out = args.out or (os.path.join(subject.run_dir, "inspect") if subject.run_dir else "vitkit-inspect")
     path = inspect_to(subject, out, inputs, args)

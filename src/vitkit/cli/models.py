@@ -7,6 +7,7 @@ import json
 
 from vitkit.models import count_params, forward_macs, list_models
 from vitkit.models.registry import registered_config
+from vitkit.models.resnet import STAGE_WIDTHS
 
 
 def model_table(img_size: int | None = None) -> list[dict]:
@@ -15,16 +16,18 @@ def model_table(img_size: int | None = None) -> list[dict]:
     for name in list_models():
         cfg = registered_config(name, **({"img_size": img_size} if img_size else {}))
         macs = forward_macs(cfg)
+        bit = cfg.arch == "bit"  # a ResNet: its output channels and conv layers; no heads or MLP
         rows.append(
             dict(
                 model=name,
+                arch=cfg.arch,
                 img_size=list(cfg.img_size),
                 in_chans=cfg.in_chans,
                 classes=cfg.num_classes,
-                width=cfg.embed_dim,
-                depth=cfg.depth,
-                heads=cfg.num_heads,
-                mlp=cfg.mlp_dim,
+                width=STAGE_WIDTHS[len(cfg.backbone) - 1] * cfg.width_factor if bit else cfg.embed_dim,
+                depth=3 * sum(cfg.backbone) + 2 if bit else cfg.depth,
+                heads=None if bit else cfg.num_heads,
+                mlp=None if bit else cfg.mlp_dim,
                 params=count_params(cfg),
                 gmacs=macs / 1e9,
                 gflops=2 * macs / 1e9,
@@ -46,13 +49,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['model']:<12} {r['img_size'][0]:>4} {r['width']:>5} {r['depth']:>5} {r['heads']:>5} "
-            f"{r['mlp']:>5} {r['params']:>13,} {r['gmacs']:>8.2f} {r['gflops']:>8.2f}"
+            f"{r['model']:<12} {r['img_size'][0]:>4} {r['width']:>5} {r['depth']:>5} {r['heads'] or '-':>5} "
+            f"{r['mlp'] or '-':>5} {r['params']:>13,} {r['gmacs']:>8.2f} {r['gflops']:>8.2f}"
         )
-    print("\nGFLOPs = 2 x MACs of one forward pass of one image; /4 variants: 28x28 grayscale, 10 classes.")
+    print(
+        "\nGFLOPs = 2 x MACs of one forward pass of one image; /4 variants and BiT-R26x1: 28x28 grayscale, "
+        "10 classes."
+    )
     print("Any ViT-{Ti,S,B,L,H}/<patch> is accepted, at any image size divisible by the patch; hybrids")
     print(
         "R50|R26|R+ViT-<size>/<stride> (a BiT ResNet's feature map as the patches) at multiples of the stride."
+    )
+    print(
+        "BiT-R{26,50,101,152}x<width>: the paper's CNN baseline (BiT ResNet-v2; width = output channels, depth ="
+        " conv layers) at any size."
     )
     return 0
 

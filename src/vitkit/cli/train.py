@@ -54,20 +54,38 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def _model_overrides(name: str) -> list[str]:
-    """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch (and a hybrid's ResNet) as overrides."""
+def model_overrides(name: str) -> list[str]:
+    """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch (a hybrid's or BiT's ResNet) as overrides.
+
+    A BiT name also sets the ViT-only options back to their defaults (the recipe's pool, posemb, ... are a ViT's).
+    """
+    from vitkit.config import VIT_ONLY
     from vitkit.models import model_config
 
+    def text(v) -> str:
+        if v is None:
+            return "none"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, tuple):
+            return ",".join(map(str, v)) or "()"
+        return str(v)
+
     m = model_config(name)
-    return [
-        f"model.name={m.name}",
-        f"model.patch_size={m.patch_size}",
-        f"model.embed_dim={m.embed_dim}",
-        f"model.depth={m.depth}",
-        f"model.num_heads={m.num_heads}",
-        f"model.mlp_dim={m.mlp_dim}",
-        "model.backbone=" + ("none" if m.backbone is None else ",".join(map(str, m.backbone)) or "()"),
+    keys = [
+        "name",
+        "arch",
+        "width_factor",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_dim",
+        "backbone",
     ]
+    if m.arch != "vit":
+        keys += [k for k in VIT_ONLY if k not in keys]
+    return [f"model.{k}={text(getattr(m, k))}" for k in keys]
 
 
 def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
@@ -75,7 +93,7 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     cfg = base if base is not None else get_recipe(args.recipe or "fashion-mnist")
     overrides = []
     if args.model:
-        overrides += _model_overrides(args.model)
+        overrides += model_overrides(args.model)
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:

@@ -15,13 +15,31 @@ from vitkit.config import ModelConfig
 from vitkit.convert.checkpoint import Checkpoint, unknown_heads_error
 from vitkit.convert.files import ConversionError
 from vitkit.convert.sources import read_checkpoint
-from vitkit.models import VisionTransformer, build_model, model_config, resample_posemb
+from vitkit.models import BiTResNet, VisionTransformer, build_model, model_config, resample_posemb
+from vitkit.models.bit import ConvHead
 
 log = logging.getLogger(__name__)
 
 RESAMPLE = {"official": ("bilinear", True), "bicubic": ("bicubic", False)}  # mode, align_corners
-HEAD_KEYS = ("head.weight", "head.bias", "pre_logits.fc.weight", "pre_logits.fc.bias")
-ARCH_FIELDS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "backbone")
+HEAD_KEYS = (
+    "head.weight",
+    "head.bias",
+    "pre_logits.fc.weight",
+    "pre_logits.fc.bias",
+    "head.fc.weight",
+    "head.fc.bias",
+)
+ARCH_FIELDS = (
+    "name",
+    "arch",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "backbone",
+    "width_factor",
+)
 
 
 @dataclass
@@ -57,6 +75,8 @@ def _resample_posemb(
     state: dict, ckpt: ModelConfig, cfg: ModelConfig, resample: str, report: LoadReport
 ) -> None:
     """Resize the checkpoint's position embedding to the model's grid (in place)."""
+    if cfg.arch != "vit" or ckpt.arch != "vit":  # a CNN has none
+        return
     old, new = ckpt.grid_size, cfg.grid_size
     mode, align = RESAMPLE[resample]
     if cfg.posemb == "learn" and "pos_embed" in state:
@@ -82,8 +102,25 @@ def _resample_posemb(
         report.resampled = (old, new)
 
 
-def _replace_head(model: VisionTransformer) -> None:
+def _head_key(model: nn.Module) -> str:
+    """The name of the classifier's weight: `head.weight` (ViT), `head.fc.weight` (BiT's 1x1-conv head)."""
+    return "head.fc.weight" if isinstance(model, BiTResNet) else "head.weight"
+
+
+def _replace_head(model: VisionTransformer | BiTResNet) -> None:
     """A zero-initialised head on the encoder's width, without pre-logits (the paper's fine-tuning)."""
+    if isinstance(model, BiTResNet):
+        model.cfg = dataclasses.replace(model.cfg, head_init="zero")
+        ref = model.stem.conv.weight
+        if model.num_classes:
+            head = ConvHead(model.num_features, model.num_classes, model.cfg.drop_rate).to(
+                ref.device, ref.dtype
+            )
+            nn.init.zeros_(head.fc.weight)
+            nn.init.zeros_(head.fc.bias)
+            head.drop.rng_id = model.head.drop.rng_id if model.head is not None else 0
+            model.head = head
+        return
     ref = model.patch_embed.proj.weight
     model.pre_logits = nn.Identity()
     if model.num_classes:
@@ -96,19 +133,21 @@ def _replace_head(model: VisionTransformer) -> None:
 
 def _check_head(state: dict, model: VisionTransformer, ckpt: ModelConfig, source: str) -> None:
     """Without reset_head, a head the model cannot take is an error that says what to do."""
-    if "head.weight" not in state or not isinstance(model.head, nn.Linear):
+    key = _head_key(model)
+    own = model.state_dict()
+    if key not in state or key not in own:
         return
-    theirs, ours = tuple(state["head.weight"].shape), tuple(model.head.weight.shape)
+    theirs, ours = tuple(state[key].shape), tuple(own[key].shape)
     if theirs[0] != ours[0]:  # another number of classes (a width mismatch is reported with the others)
         raise ConversionError(
-            f"{source}: head.weight is {theirs} in the checkpoint ({ckpt.num_classes} classes) and {ours} in the "
+            f"{source}: {key} is {theirs} in the checkpoint ({ckpt.num_classes} classes) and {ours} in the "
             f"model ({model.num_classes} classes); pass reset_head=True to replace the head with a zero-initialised "
             "one and drop pre_logits, as the paper does for fine-tuning"
         )
 
 
 def load_pretrained(
-    model: VisionTransformer,
+    model: VisionTransformer | BiTResNet,
     source: str | os.PathLike | Checkpoint,
     *,
     strict: bool = True,
@@ -132,13 +171,16 @@ def load_pretrained(
     state = dict(ckpt.state)
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
-    pixel_key = f"patch_embed.{model.patch_embed.pixel_conv_name}.weight"  # a hybrid's: its ResNet root
+    if isinstance(model, BiTResNet):
+        pixel_key = "stem.conv.weight"
+    else:
+        pixel_key = f"patch_embed.{model.patch_embed.pixel_conv_name}.weight"  # a hybrid's: its ResNet root
     w = state.get(pixel_key)
     if w is not None and w.ndim == 4 and w.shape[1] != cfg.in_chans:
         state[pixel_key] = adapt_input_channels(w, cfg.in_chans)
         report.channels_adapted = (int(w.shape[1]), cfg.in_chans)
         log.warning(
-            "%s: %d input channels adapted to %d (patch filters summed/repeated)",
+            "%s: %d input channels adapted to %d (the first conv's filters summed/repeated)",
             ckpt.path,
             w.shape[1],
             cfg.in_chans,
@@ -146,8 +188,8 @@ def load_pretrained(
     if reset_head:  # the head and pre-logits are replaced below, once the rest is known to fit
         for key in HEAD_KEYS:
             state.pop(key, None)
-    elif not isinstance(model.head, nn.Linear):  # a feature extractor: the encoder only
-        for key in ("head.weight", "head.bias"):
+    elif not model.num_classes:  # a feature extractor: the encoder only
+        for key in ("head.weight", "head.bias", "head.fc.weight", "head.fc.bias"):
             state.pop(key, None)
     else:
         _check_head(state, model, ckpt.config, ckpt.path)
@@ -180,7 +222,10 @@ def load_pretrained(
         _replace_head(model)
         report.head_reset = True
         log.info(
-            "%s: new zero-initialised head for %d classes; pre_logits dropped", ckpt.path, model.num_classes
+            "%s: new zero-initialised head for %d classes%s",
+            ckpt.path,
+            model.num_classes,
+            "" if isinstance(model, BiTResNet) else "; pre_logits dropped",
         )
     _layout_sincos(model, ckpt, report)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
@@ -194,7 +239,13 @@ def _layout_sincos(model: VisionTransformer, ckpt: Checkpoint, report: LoadRepor
     computed on the model's grid, as big_vision does.
     """
     cfg, src = model.cfg, ckpt.config
-    if cfg.posemb != "sincos2d" or src.posemb != "sincos2d" or ckpt.format != "vitkit":
+    if (
+        cfg.arch != "vit"
+        or src.arch != "vit"
+        or cfg.posemb != "sincos2d"
+        or src.posemb != "sincos2d"
+        or ckpt.format != "vitkit"
+    ):
         return
     trained = src.posemb_grid or src.grid_size
     if trained != (cfg.posemb_grid or cfg.grid_size):
@@ -226,7 +277,7 @@ def model_from_source(
     device: str | torch.device | None = None,
     num_heads: int | None = None,
     **overrides: Any,
-) -> VisionTransformer:
+) -> VisionTransformer | BiTResNet:
     """A model built from a checkpoint's inferred config (plus overrides) with its weights, in eval mode.
 
     Passing a `num_classes` different from the checkpoint's counts as asking for a new head (reset_head=True)

@@ -179,9 +179,9 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
     return out, {"num_heads": heads, "layout": "big_vision" if big_vision else "official"}
 
 
-def read_official(path: str) -> Checkpoint:
-    """Read an official or big_vision .npz (no pickles) into a Checkpoint."""
-    arrays = read_npz(path)
+def read_official(path: str, arrays: dict[str, np.ndarray] | None = None) -> Checkpoint:
+    """Read an official or big_vision .npz (no pickles) into a Checkpoint (`arrays`: the file, already read)."""
+    arrays = read_npz(path) if arrays is None else arrays
     state, facts = convert_official(arrays, path)
     prepend_prefix_posemb(state)
     posemb = None if "pos_embed" in state else "sincos2d"  # big_vision's fixed 2D sin-cos

@@ -6,11 +6,13 @@ import os
 
 import torch
 
+from vitkit.convert.bit import is_bit_npz, read_bit_npz
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import (
     TORCH_SUFFIXES,
     ConversionError,
     read_json_file,
+    read_npz,
     read_weights_file,
 )
 from vitkit.convert.hf import from_hf_state, is_hf_state, read_hf_folder
@@ -30,8 +32,8 @@ def _from_state(path: str, state: dict[str, torch.Tensor], num_heads: int | None
         return from_hf_state(state, {"num_attention_heads": num_heads} if num_heads else {}, path)
     some = sorted(state)[:6]
     raise ConversionError(
-        f"{path}: not a Vision Transformer checkpoint vitkit knows: expected timm names (patch_embed.proj.weight) "
-        f"or transformers names (embeddings.patch_embeddings.projection.weight); first keys: {some}"
+        f"{path}: not a checkpoint vitkit knows: expected timm names (patch_embed.proj.weight; a BiT ResNet's "
+        f"stem.conv.weight) or transformers names (embeddings.patch_embeddings.projection.weight); first keys: {some}"
     )
 
 
@@ -59,7 +61,8 @@ def _read_folder(folder: str, num_heads: int | None) -> Checkpoint:
 
 def _read_file(path: str, num_heads: int | None) -> Checkpoint:
     if path.endswith(".npz"):
-        return read_official(path)
+        arrays = read_npz(path)
+        return read_bit_npz(arrays, path) if is_bit_npz(arrays) else read_official(path, arrays)
     if not path.endswith((".safetensors", *TORCH_SUFFIXES)):
         raise ConversionError(
             f"{path}: unknown file type; expected .npz (official/big_vision), .safetensors, "

@@ -12,16 +12,19 @@ from typing import Any
 
 import torch
 
+from vitkit.convert.bit import from_bit_state, is_bit_state
 from vitkit.convert.checkpoint import Checkpoint, guess_num_heads, infer_config, prepend_prefix_posemb
 from vitkit.convert.files import ConversionError
 
 
 def is_timm_state(state: dict[str, torch.Tensor]) -> bool:
-    """Whether a state dict uses timm's (= vitkit's) ViT names."""
-    return any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in state)
+    """Whether a state dict uses timm's (= vitkit's) ViT names, or a BiT ResNet-v2's (timm's resnetv2_*_bit)."""
+    return any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in state) or is_bit_state(
+        strip_module(state)
+    )
 
 
-def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):
         return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
@@ -57,8 +60,11 @@ def from_timm_state(
     num_heads: int | None = None,
 ) -> Checkpoint:
     """A Checkpoint from a timm state dict (and, from the hub, timm's config.json)."""
-    state = _strip(state)
+    state = strip_module(state)
     facts = _hub_config_facts(hub_config, where) if hub_config else {}
+    if is_bit_state(state):  # timm's resnetv2_*_bit: the BiT baseline
+        meta = {k: facts[k] for k in ("mean", "std") if k in facts}
+        return from_bit_state(state, where, img_size=facts.get("img_size"), meta=meta)
     if "fc_norm.weight" in state:
         raise ConversionError(
             f"{where}: has fc_norm (timm's average pooling with a norm after pooling); vitkit's GAP normalises "

@@ -1,4 +1,4 @@
-"""The one registry of model variants: the paper's notation `ViT-B/16`, `R50+ViT-B/16` -> ModelConfig."""
+"""The one registry of model variants: the paper's notation `ViT-B/16`, `R50+ViT-B/16`, `BiT-R50x1` -> ModelConfig."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from vitkit.config import ModelConfig, backbone_stride
+from vitkit.models.bit import bit_macs, bit_params
 from vitkit.models.resnet import backbone_channels, backbone_macs, backbone_params
 
 # The paper's Table 1 (+ Ti from DeiT/AugReg): width, depth, heads, MLP size.
@@ -36,10 +37,23 @@ REGISTERED: dict[str, dict[str, Any]] = {
     "R+ViT-Ti/16": {},
     "ViT-Ti/4": dict(img_size=28, in_chans=1, num_classes=10),
     "ViT-S/4": dict(img_size=28, in_chans=1, num_classes=10),
+    "BiT-R50x1": {},
+    "BiT-R101x3": {},
+    "BiT-R152x4": {},  # BiT-L, the paper's Table 2 baseline
+    "BiT-R26x1": dict(img_size=28, in_chans=1, num_classes=10),
 }
 
 _NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
 _HYBRID = re.compile(r"^(R\d*)\s*\+\s*(.*)$", re.IGNORECASE)
+_BIT = re.compile(r"^BiT-R(\d+)x(\d+)$", re.IGNORECASE)
+
+# The BiT baselines' stage depths (bottleneck blocks per stage), by ResNet depth (config.bit_depth of them).
+BIT_DEPTHS: dict[int, tuple[int, ...]] = {
+    26: (2, 2, 2, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
 
 # The hybrids' ResNets (stage depths). R50 as the paper's Section 4.1: at token stride 16 stage 4's blocks move
 # to stage 3 (3, 4, 9); at stride 32 the standard ResNet-50's four stages (3, 4, 6, 3). R26 as AugReg's
@@ -57,7 +71,8 @@ def parse_name(name: str) -> tuple[str, int]:
         raise ValueError(
             f"unknown model {name!r}: expected 'ViT-<size>/<patch>' with size one of "
             f"{', '.join(WIDTHS)} and an integer patch size, e.g. 'ViT-B/16', or a hybrid "
-            f"'<ResNet>+ViT-<size>/<stride>' with ResNet one of {', '.join(RESNETS)}, e.g. 'R50+ViT-B/16'"
+            f"'<ResNet>+ViT-<size>/<stride>' with ResNet one of {', '.join(RESNETS)}, e.g. 'R50+ViT-B/16', "
+            f"or the BiT baseline 'BiT-R<depth>x<width>', e.g. 'BiT-R50x1'"
         )
     size = {k.lower(): k for k in WIDTHS}[m.group(1).lower()]
     patch = int(m.group(2))
@@ -83,8 +98,30 @@ def parse_hybrid(name: str) -> tuple[str, tuple[int, ...] | None, str]:
     return resnet, layers, m.group(2)
 
 
+def bit_config(name: str, **overrides: Any) -> ModelConfig:
+    """`BiT-R<depth>x<width>` (e.g. BiT-R50x1, BiT-R152x4) -> its ModelConfig with arch='bit'."""
+    m = _BIT.match(name.strip())
+    depth, width = int(m.group(1)), int(m.group(2))
+    if depth not in BIT_DEPTHS or width < 1:
+        raise ValueError(
+            f"unknown BiT model {name!r}: depth one of {', '.join(map(str, BIT_DEPTHS))} and a width factor >= 1, "
+            "e.g. 'BiT-R50x1', 'BiT-R152x4'"
+        )
+    for key in ("arch", "backbone", "width_factor"):
+        if key in overrides:
+            raise ValueError(f"model {name!r} fixes {key}; give another BiT name instead")
+    valid = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    base = dict(name=f"BiT-R{depth}x{width}", arch="bit", backbone=BIT_DEPTHS[depth], width_factor=width)
+    return ModelConfig(**{**base, **overrides})
+
+
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of variant `name`, with keyword overrides (img_size, num_classes, pool, ...)."""
+    if isinstance(name, str) and _BIT.match(name.strip()):
+        return bit_config(name, **overrides)
     resnet, layers, plain = parse_hybrid(name)
     size, stride = parse_name(plain)  # a hybrid's name gives the token stride, a plain one the patch size
     width, depth, heads, mlp = WIDTHS[size]
@@ -118,7 +155,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
 
 
 def list_models() -> list[str]:
-    """Names of the registered variants (any `ViT-<size>/<patch>` and `R<n>+ViT-<size>/<stride>` too)."""
+    """Names of the registered variants (any `ViT-<size>/<patch>`, `R<n>+ViT-<size>/<stride>`, `BiT-R<n>x<w>` too)."""
     return list(REGISTERED)
 
 
@@ -129,6 +166,8 @@ def registered_config(name: str, **overrides: Any) -> ModelConfig:
 
 def forward_macs(cfg: ModelConfig) -> int:
     """Analytic multiply-accumulates of one forward pass of one image."""
+    if cfg.arch == "bit":
+        return bit_macs(cfg)
     d, m, L = cfg.embed_dim, cfg.mlp_dim, cfg.depth
     chans = cfg.in_chans if cfg.backbone is None else backbone_channels(cfg.backbone)
     p2c = cfg.patch_size**2 * chans
@@ -144,6 +183,8 @@ def forward_macs(cfg: ModelConfig) -> int:
 
 def count_params(cfg: ModelConfig) -> int:
     """Analytic parameter count (matches `sum(p.numel())` of the built model)."""
+    if cfg.arch == "bit":
+        return bit_params(cfg)
     d, m, L, c = cfg.embed_dim, cfg.mlp_dim, cfg.depth, cfg.in_chans
     qkvb = 3 * d if cfg.qkv_bias else 0
     block = 2 * 2 * d + (3 * d * d + qkvb) + (d * d + d) + (d * m + m) + (m * d + d)

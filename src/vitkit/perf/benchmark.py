@@ -24,9 +24,26 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 
 def timm_twin(cfg: ModelConfig) -> nn.Module:
-    """timm's VisionTransformer with the same configuration (dev dependency); hybrids on timm's ResNet-v2."""
+    """timm's VisionTransformer with the same configuration (dev dependency); hybrids on timm's ResNet-v2.
+
+    The BiT baseline: timm's ResNetV2 as its `resnetv2_<depth>x<width>_bit` (same parameter names).
+    """
     from timm.models.vision_transformer import VisionTransformer
 
+    if cfg.arch == "bit":
+        from timm.layers import StdConv2d
+        from timm.models.resnetv2 import ResNetV2
+
+        return ResNetV2(
+            layers=list(cfg.backbone),
+            width_factor=cfg.width_factor,
+            num_classes=cfg.num_classes,
+            in_chans=cfg.in_chans,
+            stem_type="fixed",
+            conv_layer=functools.partial(StdConv2d, eps=1e-8),
+            drop_rate=cfg.drop_rate,
+            drop_path_rate=cfg.drop_path_rate,
+        )
     if cfg.posemb not in ("learn",) or cfg.representation_size:
         raise ValueError("the timm comparison supports learned 1D position embeddings without pre-logits")
     gap = cfg.pool == "gap"

@@ -2,7 +2,8 @@
 
 - CUDA: `torch.compile` (bf16 autocast when asked).
 - CPU: the model exported to ONNX and run by ONNX Runtime, fp32 (`onnx`) or with int8 weights and dynamically
-  quantised int8 activations (`onnx-int8`, the CPU default). Int8 changes the logits slightly: `vitkit bench`
+  quantised int8 activations (`onnx-int8`, the CPU default for a ViT; its matrix products are quantised, and a
+  CNN's convolutions too, but `auto` keeps a CNN in fp32). Int8 changes the logits slightly: `vitkit bench`
   prints the largest difference and `bench/fast_accuracy.py` measures the top-1 cost on a trained model.
 """
 
@@ -50,8 +51,8 @@ def _export(model: nn.Module, folder: str) -> str:
     return export_onnx(model, os.path.join(folder, "model.onnx"))
 
 
-def _quantize(src: str, folder: str) -> str:
-    """Dynamic int8: per-channel int8 weights, uint8 activations quantised per batch (reduce_range on AVX2)."""
+def _quantize(src: str, folder: str, ops: tuple[str, ...] = ("MatMul", "Gemm")) -> str:
+    """Dynamic int8 of `ops`: per-channel int8 weights, uint8 activations quantised per batch (reduce_range)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = os.path.join(folder, "model.int8.onnx")
@@ -65,7 +66,7 @@ def _quantize(src: str, folder: str) -> str:
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=True,
-            op_types_to_quantize=["MatMul", "Gemm"],
+            op_types_to_quantize=list(ops),
         )
     finally:
         root.setLevel(level)
@@ -87,8 +88,9 @@ def fast_inference(
         raise ValueError(f"fast inference method {method!r} is not one of {', '.join(METHODS)}")
     model = model.eval()
     dev = example.device
-    if method == "auto":
-        method = "compile" if dev.type == "cuda" else "onnx-int8"
+    cnn = getattr(getattr(model, "cfg", None), "arch", "vit") != "vit"
+    if method == "auto":  # int8 on the CPU for the ViT's matrix products; a CNN keeps fp32 (bench/RESULTS.md)
+        method = "compile" if dev.type == "cuda" else "onnx" if cnn else "onnx-int8"
     if method == "compile":
         compiled = torch.compile(model, dynamic=False)
         with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=dtype == "bf16"):
@@ -101,7 +103,7 @@ def fast_inference(
         folder = workdir or tmp
         path = _export(model.to("cpu"), folder)
         if method == "onnx-int8":
-            path = _quantize(path, folder)
+            path = _quantize(path, folder, ("Conv", "MatMul", "Gemm") if cnn else ("MatMul", "Gemm"))
         runner = OrtModule(path, torch.get_num_threads())
     runner(example)  # warm the session
     info = {

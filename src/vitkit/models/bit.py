@@ -1,0 +1,215 @@
+"""The paper's CNN baseline: BiT (Kolesnikov et al. 2020), a pre-activation ResNet-v2 with GroupNorm and
+weight-standardised convolutions, any depth (stage depths) and width factor, with timm's parameter names.
+
+As timm's `resnetv2_<depth>x<width>_bit` and the official BiT PyTorch code: a 7x7/2 root conv (symmetric
+padding 3), zero padding 1 and a 3x3/2 max pool (stride 4); pre-activation bottlenecks (GroupNorm + ReLU before
+each conv, the stride on the 3x3 conv, a 1x1 projection of the pre-activated input on each stage's first block);
+a final GroupNorm + ReLU, global average pooling and a 1x1-conv head. timm's weights load by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitkit.config import ModelConfig
+from vitkit.models.layers import Dropout, DropPath
+from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, GroupNormAct, StdConv2d
+
+
+class StdConv2dSym(StdConv2d):
+    """Weight-standardised conv padded symmetrically by (k - 1) // 2 (BiT's PyTorch layout, not TF 'SAME')."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = (self.kernel_size[0] - 1) // 2
+        return F.conv2d(x, self.standardized_weight(), None, self.stride, pad)
+
+
+class Stem(nn.Sequential):
+    """7x7/2 conv to 64 x width channels, zero pad 1, 3x3/2 max pool: (B, C, H, W) -> (B, 64w, H/4, W/4)."""
+
+    def __init__(self, in_chans: int, width: int):
+        super().__init__()
+        self.conv = StdConv2dSym(in_chans, width, 7, stride=2)
+        self.pad = nn.ConstantPad2d(1, 0.0)
+        self.pool = nn.MaxPool2d(3, stride=2)
+
+
+class Downsample(nn.Module):
+    """The projection shortcut of a pre-activation block: a 1x1 conv at the block's stride (no norm)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.conv = StdConv2dSym(in_chs, out_chs, 1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class PreActBottleneck(nn.Module):
+    """GN-ReLU-1x1, GN-ReLU-3x3 (stride), GN-ReLU-1x1 at a quarter of the width; plus the shortcut."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, drop_path: float = 0.0):
+        super().__init__()
+        mid = out_chs // 4
+        self.downsample = Downsample(in_chs, out_chs, stride) if stride != 1 or in_chs != out_chs else None
+        self.norm1 = GroupNormAct(in_chs)
+        self.conv1 = StdConv2dSym(in_chs, mid, 1)
+        self.norm2 = GroupNormAct(mid)
+        self.conv2 = StdConv2dSym(mid, mid, 3, stride=stride)
+        self.norm3 = GroupNormAct(mid)
+        self.conv3 = StdConv2dSym(mid, out_chs, 1)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.norm1(x)
+        shortcut = x if self.downsample is None else self.downsample(pre)
+        x = self.conv1(pre)
+        x = self.conv2(self.norm2(x))
+        x = self.conv3(self.norm3(x))
+        return self.drop_path(x) + shortcut
+
+
+class Stage(nn.Module):
+    """`len(drop_paths)` blocks; the first changes the width and applies the stride."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, drop_paths: list[float]):
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *[
+                PreActBottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, p)
+                for i, p in enumerate(drop_paths)
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class ConvHead(nn.Module):
+    """Global average pooling, dropout, a 1x1 conv to the classes (timm's `head.fc`): (B, C, h, w) -> (B, K)."""
+
+    def __init__(self, channels: int, num_classes: int, drop: float):
+        super().__init__()
+        self.drop = Dropout(drop)
+        self.fc = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
+        return x.flatten(1) if pre_logits else self.fc(x).flatten(1)  # (B, C) or (B, K)
+
+
+class BiTResNet(nn.Module):
+    """BiT ResNet-v2 classifier: stem, pre-activation bottleneck stages, GroupNorm + ReLU, pooled 1x1-conv head."""
+
+    def __init__(self, cfg: ModelConfig, weights_follow: bool = False):
+        super().__init__()
+        if cfg.arch != "bit":
+            raise ValueError(f"BiTResNet needs a config with arch='bit', got arch={cfg.arch!r} ({cfg.name})")
+        self.cfg = cfg
+        wf, layers = cfg.width_factor, cfg.backbone
+        self.num_classes = cfg.num_classes
+        self.stem = Stem(cfg.in_chans, ROOT_WIDTH * wf)
+        total, done, stages, c = sum(layers), 0, [], ROOT_WIDTH * wf
+        for i, depth in enumerate(layers):  # stochastic depth rising linearly over all blocks
+            dpr = [cfg.drop_path_rate * (done + j) / max(total - 1, 1) for j in range(depth)]
+            stages.append(Stage(c, STAGE_WIDTHS[i] * wf, 1 if i == 0 else 2, dpr))
+            c, done = STAGE_WIDTHS[i] * wf, done + depth
+        self.stages = nn.Sequential(*stages)
+        self.num_features = c
+        self.norm = GroupNormAct(c)
+        self.head = ConvHead(c, cfg.num_classes, cfg.drop_rate) if cfg.num_classes else None
+        for i, m in enumerate(m for m in self.modules() if isinstance(m, (Dropout, DropPath))):
+            m.rng_id = i + 1  # keyed dropout: each layer draws its own masks
+        self.reset_parameters()
+
+    @property
+    def blocks(self) -> list[PreActBottleneck]:
+        """All bottlenecks in order (the units FSDP shards)."""
+        return [b for s in self.stages for b in s.blocks]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """BiT's init as timm's: He-normal convs (fan out), unit norms, the head N(0, 0.01) or zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.head is not None:
+            if self.cfg.head_init == "zero":
+                nn.init.zeros_(self.head.fc.weight)
+            else:
+                nn.init.normal_(self.head.fc.weight, std=0.01)
+            nn.init.zeros_(self.head.fc.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay beyond biases and norms (none)."""
+        return set()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> the final feature map after GroupNorm + ReLU, (B, C', H/32, W/32)."""
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""
+        if self.head is None:
+            return x.mean((2, 3))
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, classes)."""
+        return self.forward_head(self.forward_features(x))
+
+    def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
+        """A CNN takes any size: only the config's image size changes (`mode` is for the ViT's embeddings)."""
+        self.cfg = dataclasses.replace(self.cfg, img_size=img_size)
+
+
+def _out(size: int, stride: int) -> int:
+    return math.ceil(size / stride)
+
+
+def bit_macs(cfg: ModelConfig) -> int:
+    """Analytic multiply-accumulates of one forward pass of one image."""
+    wf, h, w = cfg.width_factor, _out(cfg.img_size[0], 2), _out(cfg.img_size[1], 2)
+    c = ROOT_WIDTH * wf
+    macs = h * w * 49 * cfg.in_chans * c
+    h, w = _out(h, 2), _out(w, 2)  # zero pad 1, max pool 3x3/2
+    for i, depth in enumerate(cfg.backbone):
+        out = STAGE_WIDTHS[i] * wf
+        mid = out // 4
+        for j in range(depth):
+            s = 2 if i > 0 and j == 0 else 1
+            ho, wo = _out(h, s), _out(w, s)
+            macs += h * w * c * mid + ho * wo * (9 * mid * mid + mid * out)
+            if j == 0 and (s != 1 or c != out):
+                macs += ho * wo * c * out
+            h, w, c = ho, wo, out
+    return macs + c * cfg.num_classes
+
+
+def bit_params(cfg: ModelConfig) -> int:
+    """Analytic parameter count (matches `sum(p.numel())` of the built model)."""
+    wf = cfg.width_factor
+    c = ROOT_WIDTH * wf
+    total = 49 * cfg.in_chans * c
+    for i, depth in enumerate(cfg.backbone):
+        out = STAGE_WIDTHS[i] * wf
+        mid = out // 4
+        for j in range(depth):
+            total += 2 * c + c * mid + 2 * mid + 9 * mid * mid + 2 * mid + mid * out
+            if j == 0 and (i > 0 or c != out):
+                total += c * out
+            c = out
+    head = c * cfg.num_classes + cfg.num_classes if cfg.num_classes else 0
+    return total + 2 * c + head
