@@ -16,7 +16,8 @@ def test_recipe_is_valid_and_states_expectation(name):
     cfg = get_recipe(name)
     assert cfg.recipe == name
     assert cfg.expected, f"{name} does not say what it is expected to reach"
-    assert cfg.model.img_size[0] % cfg.model.token_stride == 0
+    if cfg.model.arch == "vit":  # a CNN (the BiT baseline) takes any size
+        assert cfg.model.img_size[0] % cfg.model.token_stride == 0
 
 
 def test_paper_recipes_follow_the_paper():
@@ -54,6 +55,21 @@ def _args(**kw):
     )
     base.update(kw)
     return argparse.Namespace(**base)
+
+
+def test_bit_model_on_a_vit_recipe_resets_its_vit_options():
+    cfg = resolve_config(_args(recipe="fashion-mnist-best", model="BiT-R26x1"))
+    m = cfg.model  # the recipe's GAP and sin-cos posemb are a ViT's: reset for the ResNet
+    assert (m.arch, m.name, m.backbone, m.pool, m.posemb) == (
+        "bit",
+        "BiT-R26x1",
+        (2, 2, 2, 2),
+        "token",
+        "learn",
+    )
+    assert m.drop_path_rate == 0.1 and cfg.data.random_erasing == 0.25  # the recipe's regularisation stays
+    back = resolve_config(_args(recipe="fashion-mnist-bit", model="ViT-S/4"))
+    assert (back.model.arch, back.model.width_factor, back.model.embed_dim) == ("vit", 1, 384)
 
 
 def test_flags_override_recipe():
