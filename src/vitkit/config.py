@@ -36,6 +36,10 @@ def backbone_stride(layers: tuple[int, ...]) -> int:
 
 
 _BIT_NAME = re.compile(r"^BiT-R(\d+)x(\d+)$", re.IGNORECASE)
+# the fields a registry name (ViT-B/16, R50+ViT-B/16, BiT-R50x1) fixes
+ARCH_FIELDS = (
+    "name", "arch", "width_factor", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "backbone",
+)  # fmt: skip
 # fields the BiT baseline does not read: a value other than the default is an error naming the key
 VIT_ONLY = (
     "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "posemb", "posemb_grid",

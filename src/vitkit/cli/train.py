@@ -59,7 +59,7 @@ def model_overrides(name: str) -> list[str]:
 
     A BiT name also sets the ViT-only options back to their defaults (the recipe's pool, posemb, ... are a ViT's).
     """
-    from vitkit.config import VIT_ONLY
+    from vitkit.config import ARCH_FIELDS, VIT_ONLY
     from vitkit.models import model_config
 
     def text(v) -> str:
@@ -72,17 +72,7 @@ def model_overrides(name: str) -> list[str]:
         return str(v)
 
     m = model_config(name)
-    keys = [
-        "name",
-        "arch",
-        "width_factor",
-        "patch_size",
-        "embed_dim",
-        "depth",
-        "num_heads",
-        "mlp_dim",
-        "backbone",
-    ]
+    keys = list(ARCH_FIELDS)
     if m.arch != "vit":
         keys += [k for k in VIT_ONLY if k not in keys]
     return [f"model.{k}={text(getattr(m, k))}" for k in keys]

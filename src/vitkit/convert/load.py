@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.config import ModelConfig
+from vitkit.config import ARCH_FIELDS, ModelConfig
 from vitkit.convert.checkpoint import Checkpoint, unknown_heads_error
 from vitkit.convert.files import ConversionError
 from vitkit.convert.sources import read_checkpoint
@@ -28,17 +28,6 @@ HEAD_KEYS = (
     "pre_logits.fc.bias",
     "head.fc.weight",
     "head.fc.bias",
-)
-ARCH_FIELDS = (
-    "name",
-    "arch",
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_dim",
-    "backbone",
-    "width_factor",
 )
 
 
