@@ -12,6 +12,6 @@ budget="${1:-560}"
 start=$SECONDS
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" 2>&1 | tee -a "$OUT/nvidia-smi.txt"
-timeout "${AB_SECONDS:-200}" python3 bench/gpu_step_ab.py --variants foreach flash cdt timm \
+timeout "${AB_SECONDS:-240}" python3 bench/gpu_step_ab.py --variants foreach flash timm cdt \
     --json "$OUT/step-ab.json" --profile "$OUT/profile-step-ab-foreach.txt" 2>&1 | tee "$OUT/step-ab.txt"
 python3 bench/gpu_check.py --budget "$((budget - (SECONDS - start)))"

@@ -7,27 +7,27 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
   foreach  vitkit as it stands (matrix-product patch embedding on CUDA, multi-tensor gradient copies);
   graphs   foreach, compiled with mode="reduce-overhead" (CUDA graphs);
   flash    foreach with attention forced to SDPA's FlashAttention-2 kernels (torch 2.11 picks cuDNN's on an H200:
-           15.2% of the step in the sixth session's profile);
-  cdt      foreach compiled with Inductor's coordinate-descent tuning of its generated kernels (GELU forward and
-           backward, LayerNorm, the q/k/v gradient assembly: ~25% of that profile, run at ~2.5-2.9 TB/s);
+           15.2% of the step in the sixth session's profile), traced afresh through an Attention subclass;
+  cdt      foreach compiled with options={"coordinate_descent_tuning": True}: Inductor tunes its generated kernels
+           (GELU forward and backward, LayerNorm, the q/k/v gradient assembly: ~25% of that profile, ~2.5-2.9 TB/s);
+Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
   timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
 the two patch embeddings' fp32 difference on the device. Sixth session: `--variants conv foreach timm`, then
-`--variants loop foreach graphs timm` (bench/RESULTS.md). Usage on a CPU: --smoke (tiny, no compile).
+`--variants loop foreach graphs timm` (bench/RESULTS.md). Usage on a CPU: --smoke (tiny, no compile),
+--smoke-compile (tiny, compiled: each variant's graph count).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
-from collections.abc import Callable
 
 import torch
 
 from vitkit.models import build_model, model_config
-from vitkit.models.layers import PatchEmbed
+from vitkit.models.layers import Attention, PatchEmbed
 from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
 
@@ -56,27 +56,29 @@ class LoopBf16Copy(Bf16Copy):
             w.grad = None
 
 
-def within(fn: Callable[[], torch.Tensor], context: Callable) -> Callable[[], torch.Tensor]:
-    """`fn` run inside a fresh `context()` each call (compilation happens inside it, on the first calls)."""
+class FlashAttention(Attention):
+    """Attention run inside `sdpa_kernel(FLASH_ATTENTION)`: its own class, so torch.compile traces it afresh
+    (an identical compile of the same classes would reuse the foreach variant's graphs, cuDNN attention included)."""
 
-    def run() -> torch.Tensor:
-        with context():
-            return fn()
-
-    return run
-
-
-def variant_context(name: str) -> Callable:
-    """The context a variant's step runs (and is compiled) in."""
-    if name == "flash":
+    def forward(self, *args, **kwargs):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)
-    if name == "cdt":
-        import torch._inductor.config as inductor_config
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return super().forward(*args, **kwargs)
 
-        return lambda: inductor_config.patch(coordinate_descent_tuning=True)
-    return contextlib.nullcontext
+
+def save(res: dict, path: str | None) -> None:
+    """Write the results so far (rewritten after each phase)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+def graphs_compiled() -> int:
+    """Graphs Dynamo has compiled in this process (to show each variant compiled its own)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def device_checks(dev: torch.device, smoke: bool) -> dict[str, float]:
@@ -107,14 +109,18 @@ def device_checks(dev: torch.device, smoke: bool) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="ViT-Ti/16, 32 px, batch 8, CPU, no compile")
+    ap.add_argument(
+        "--smoke-compile", action="store_true", help="--smoke, compiled (checks each variant compiles)"
+    )
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--json")
     ap.add_argument("--profile", help="torch.profiler table of the foreach (vitkit as it stands) step")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    a.smoke = a.smoke or a.smoke_compile
     dev = torch.device("cpu" if a.smoke else "cuda")
     cfg = model_config("ViT-Ti/16", img_size=32) if a.smoke else model_config("ViT-B/16")
-    batch, compile = (8, False) if a.smoke else (256, True)
+    batch, compile = (8, a.smoke_compile) if a.smoke else (256, True)
     t0 = time.perf_counter()
     res: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
     res["torch"] = torch.__version__
@@ -135,14 +141,20 @@ def main() -> None:
         m.load_state_dict(ref.state_dict())
         if name == "conv":
             m.patch_embed.__class__ = ConvPatchEmbed
+        if name == "flash":
+            for blk in m.blocks:
+                blk.attn.__class__ = FlashAttention
         B.Bf16Copy = LoopBf16Copy if name == "loop" else Bf16Copy  # the class train_step builds
         mode = "reduce-overhead" if name == "graphs" else None
+        # options make a backend of their own: compiled afresh, with the tuning applied by construction
+        options = {"coordinate_descent_tuning": True} if name == "cdt" else None
         dtype = "bf16" if name == "timm" else "bf16-pure"
-        step = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode)
-        runs[name] = within(step, variant_context(name))
+        runs[name] = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode, compile_options=options)
     B.Bf16Copy = Bf16Copy
-    res["errors"] = {}
+    res["errors"], res["graphs_compiled"] = {}, {}
+    save(res, a.json)
     for name, fn in list(runs.items()):  # compile and warm each; a variant that fails is reported, not fatal
+        before, t = graphs_compiled(), time.perf_counter()
         try:
             for _ in range(3):
                 fn()
@@ -152,6 +164,12 @@ def main() -> None:
             res["errors"][name] = f"{type(e).__name__}: {str(e)[:500]}"
             del runs[name]
             print(f"{name}: failed: {res['errors'][name]}")
+        res["graphs_compiled"][name] = graphs_compiled() - before
+        print(
+            f"{name}: {res['graphs_compiled'][name]} graphs compiled, {time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
+        save(res, a.json)  # what is known so far survives a timeout
     timings = B.time_alternately(runs, dev, batch, warmup=1, repeats=a.repeats, min_seconds=1.0)
     flops, peak = B.train_flops_per_image(cfg), B.peak_tflops(dev)
     for name, t in timings.items():
@@ -163,9 +181,7 @@ def main() -> None:
     elif a.profile:
         print("--profile: no profile written (the foreach variant was not run or failed)")
     res["seconds"] = time.perf_counter() - t0
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    save(res, a.json)
     base = res.get("timm", {}).get("median")
     print(f"{'variant':8} {'img/s':>9} {'min':>9} {'max':>9} {'MFU':>6} {'vs timm':>8}")
     for name in runs:

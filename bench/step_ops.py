@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     a = ap.parse_args()
     run = get_recipe(a.recipe)
+    if run.model.arch != "vit":
+        raise SystemExit(f"{a.recipe}: a {run.model.arch} model; step_ops shrinks a ViT (depth, width)")
     m = dataclasses.replace(run.model, depth=1, embed_dim=32, num_heads=2, mlp_dim=64)
     data = dataclasses.replace(run.data, dataset="synthetic")
     train = dataclasses.replace(

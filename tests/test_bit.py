@@ -148,6 +148,25 @@ def test_export_onnx_and_fast_path(tmp_path):
         torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-4)
 
 
+def test_wrong_kind_and_bad_stored_configs_name_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from vitkit.config import to_dict
+
+    path = tmp_path / "bit.safetensors"
+    save_file(create_model("BiT-R26x1", img_size=32).state_dict(), str(path))
+    with pytest.raises(ConversionError, match=r"bit\.safetensors holds a BIT .*'ViT-S/16' is a VIT"):
+        vitkit.create_model("ViT-S/16", pretrained=str(path))
+    cfg = to_dict(model_config("BiT-R26x1"))
+    cfg["pool"] = "gap"  # a ViT option in a BiT's stored config
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad), metadata={"format": "vitkit", "config": json.dumps(cfg)})
+    with pytest.raises(
+        ValueError, match=r"bad\.safetensors metadata 'config': model\.pool='gap' is a ViT option"
+    ):
+        read_checkpoint(str(bad))
+
+
 def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="depth one of 26, 50, 101, 152"):
         model_config("BiT-R34x1")

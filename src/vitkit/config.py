@@ -455,7 +455,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
             if not _has_type(value, tp):
                 raise ValueError(f"{where}: {key}={value!r} is not of type {_type_name(tp)}")
         kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a value the config refuses: say which file or object holds it
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _has_type(value: Any, tp: Any) -> bool:

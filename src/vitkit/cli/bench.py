@@ -110,7 +110,7 @@ def add_parser(sub) -> None:
         "--fast-method",
         choices=["auto", "compile", "onnx", "onnx-int8"],
         default="auto",
-        help="auto: onnx-int8 on CPU, compile on CUDA",
+        help="auto: onnx-int8 on CPU (onnx for a CNN), compile on CUDA",
     )
     p.add_argument("--compare", choices=["timm"], help="time timm's model with the same weights alternately")
     p.add_argument("--device", default="cpu")

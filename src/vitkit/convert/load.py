@@ -54,8 +54,12 @@ def adapt_input_channels(w: torch.Tensor, in_chans: int) -> torch.Tensor:
     c = w.shape[1]
     if c == in_chans:
         return w
-    if in_chans == 1:
-        return w.sum(dim=1, keepdim=True)  # (D, 1, P, P): a grey image seen as R = G = B
+    if (
+        in_chans == 1
+    ):  # a grey image seen as R = G = B: exact for a patch conv; BiT's weight-standardised stem
+        return w.sum(
+            dim=1, keepdim=True
+        )  # re-standardises the summed filter, approximately so (as timm does)
     reps = -(-in_chans // c)
     return w.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
 
@@ -248,6 +252,11 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
     cfg = ckpt.config
     if name is not None:
         reg = model_config(name)
+        if reg.arch != cfg.arch:
+            raise ConversionError(
+                f"{ckpt.path} holds a {cfg.arch.upper()} ({cfg.name}); {name!r} is a {reg.arch.upper()}: give the "
+                "name of a model of the checkpoint's kind, or none (the checkpoint describes its model)"
+            )
         cfg = dataclasses.replace(cfg, **{k: getattr(reg, k) for k in ARCH_FIELDS})
     valid = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(overrides) - valid

@@ -128,11 +128,13 @@ def train_step(
     fused: bool = True,
     compile: bool = False,
     compile_mode: str | None = None,
+    compile_options: dict[str, Any] | None = None,
 ) -> Callable[[], torch.Tensor]:
     """A callable running one full optimizer step: forward, loss, backward, clip, AdamW, zero_grad.
 
     bf16-pure: forward and backward on a bf16 copy, the step on the fp32 `model` (as the trainer does).
-    `compile_mode`: torch.compile's mode (e.g. "reduce-overhead": CUDA graphs), when `compile`.
+    `compile_mode`: torch.compile's mode (e.g. "reduce-overhead": CUDA graphs), or `compile_options` (Inductor
+    settings, e.g. {"coordinate_descent_tuning": True}), when `compile`.
     """
     dev = x.device
     kw = {"fused": True} if fused and dev.type in ("cuda", "cpu") else {}
@@ -140,7 +142,7 @@ def train_step(
     ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     copy = Bf16Copy(model) if dtype == "bf16-pure" else None
     work = copy.work if copy else model
-    work = torch.compile(work, mode=compile_mode) if compile else work
+    work = torch.compile(work, mode=compile_mode, options=compile_options) if compile else work
     x = copy.input(x) if copy else x
 
     def run() -> torch.Tensor:
