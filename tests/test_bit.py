@@ -296,3 +296,21 @@ def test_cli_trains_evaluates_and_reports_a_bit_run(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "BiT-R26x1" in r.stdout and "new zero-initialised head" in r.stdout
+
+
+def test_compiling_bit_on_the_cpu_warns(monkeypatch, caplog):
+    import dataclasses
+
+    from helpers import tiny_run
+    from vitkit.data.datasets import load_dataset
+    from vitkit.train import distributed as D
+    from vitkit.train.loop import resolve_for_data
+    from vitkit.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_compiled", lambda self, module: module)  # the warning, not the compilation
+    cfg = tiny_run(compile=True)
+    cfg = dataclasses.replace(cfg, model=model_config("BiT-R26x1", img_size=16, num_classes=10))
+    splits = load_dataset(cfg.data, seed=0)
+    with caplog.at_level("WARNING"):
+        Trainer(resolve_for_data(cfg, splits), None, splits, D.DistInfo(), torch.device("cpu"))
+    assert any("--set train.compile=false" in r.getMessage() for r in caplog.records)
