@@ -35,7 +35,7 @@ def backbone_stride(layers: tuple[int, ...]) -> int:
     return 4 * 2 ** max(len(layers) - 1, 0)
 
 
-_BIT_NAME = re.compile(r"^BiT-R(\d+)x(\d+)$", re.IGNORECASE)
+BIT_NAME = re.compile(r"^BiT-R(\d+)x(\d+)$", re.IGNORECASE)
 # the fields a registry name (ViT-B/16, R50+ViT-B/16, BiT-R50x1) fixes
 ARCH_FIELDS = (
     "name", "arch", "width_factor", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "backbone",
@@ -160,7 +160,7 @@ class ModelConfig:
                 f"model.arch='bit' needs model.backbone: 1 to 4 ResNet stage depths, e.g. (3, 4, 6, 3) for R50; "
                 f"got {self.backbone!r}"
             )
-        m = _BIT_NAME.match(self.name)
+        m = BIT_NAME.match(self.name)
         want = f"BiT-R{bit_depth(self.backbone)}x{self.width_factor}"
         if not m or (int(m.group(1)), int(m.group(2))) != (bit_depth(self.backbone), self.width_factor):
             raise ValueError(

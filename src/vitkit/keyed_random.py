@@ -34,12 +34,16 @@ def stream_key(*keys: int | torch.Tensor) -> int | torch.Tensor:
     return h
 
 
-def hash_uniform(key: int | torch.Tensor, idx: torch.Tensor, draw: int) -> torch.Tensor:
-    """Uniform [0, 1) float32 per element of `idx`: a pure function of (key, idx, draw)."""
-    idx = idx.long()
-    x = _mix((idx & _M32) + stream_key(key, draw))
+def _uniform(idx: torch.Tensor, key: int | torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) float32 from int64 indices and a (broadcastable) draw key."""
+    x = _mix((idx & _M32) + key)
     x = _mix(x ^ _mix((idx >> 32) + 0x632BE5AB))  # indices beyond 2**32 (elements of big batches)
     return (x >> 8).float() * (1.0 / (1 << 24))
+
+
+def hash_uniform(key: int | torch.Tensor, idx: torch.Tensor, draw: int) -> torch.Tensor:
+    """Uniform [0, 1) float32 per element of `idx`: a pure function of (key, idx, draw)."""
+    return _uniform(idx.long(), stream_key(key, draw))
 
 
 def hash_uniforms(key: int, idx: torch.Tensor, draws: Sequence[int]) -> torch.Tensor:
@@ -49,9 +53,7 @@ def hash_uniforms(key: int, idx: torch.Tensor, draws: Sequence[int]) -> torch.Te
     keys = torch.stack(
         [torch.full((), stream_key(key, d), dtype=torch.int64, device=idx.device) for d in draws]
     )
-    x = _mix((idx & _M32)[None, :] + keys[:, None])  # (len(draws), B)
-    x = _mix(x ^ _mix((idx >> 32) + 0x632BE5AB)[None, :])
-    return (x >> 8).float() * (1.0 / (1 << 24))
+    return _uniform(idx[None, :], keys[:, None])  # (len(draws), B)
 
 
 # ----------------------------------------------------------------------------- keyed context for dropout

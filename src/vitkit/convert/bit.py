@@ -18,13 +18,12 @@ import numpy as np
 import torch
 
 from vitkit.config import ModelConfig, bit_depth
-from vitkit.convert.checkpoint import Checkpoint
+from vitkit.convert.checkpoint import Checkpoint, stage_depths
 from vitkit.convert.files import ConversionError
 from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS
 
 log = logging.getLogger(__name__)
 
-_STAGE_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.")
 _NPZ_UNIT = re.compile(r"^resnet/block(\d+)/unit(\d+)/")
 NPZ_ROOT = "resnet/root_block/standardized_conv2d/kernel"
 BIT_MEAN_STD = {"mean": 0.5, "std": 0.5}  # BiT scales pixels to [-1, 1]
@@ -32,7 +31,7 @@ BIT_MEAN_STD = {"mean": 0.5, "std": 0.5}  # BiT scales pixels to [-1, 1]
 
 def is_bit_state(state: dict[str, torch.Tensor]) -> bool:
     """Whether a state dict has a BiT ResNet-v2's (timm's) names: stem.conv, stages.N.blocks.M."""
-    return "stem.conv.weight" in state and any(_STAGE_BLOCK.match(k) for k in state)
+    return "stem.conv.weight" in state and any(k.startswith("stages.") and ".blocks." in k for k in state)
 
 
 def _refuse_batchnorm(state: dict[str, torch.Tensor], where: str) -> None:
@@ -50,22 +49,6 @@ def is_bit_npz(arrays: dict[str, np.ndarray]) -> bool:
     return NPZ_ROOT in arrays
 
 
-def _layers(state: dict[str, torch.Tensor], where: str) -> tuple[int, ...]:
-    blocks: dict[int, set[int]] = {}
-    for k in state:
-        if m := _STAGE_BLOCK.match(k):
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    if sorted(blocks) != list(range(len(blocks))):
-        raise ConversionError(f"{where}: the ResNet's stages are {sorted(blocks)}, not numbered 0..N-1")
-    layers = tuple(len(blocks[i]) for i in sorted(blocks))
-    for i, n in enumerate(layers):
-        if blocks[i] != set(range(n)):
-            raise ConversionError(f"{where}: stage {i}'s blocks are {sorted(blocks[i])}, not numbered 0..N-1")
-    if len(layers) > len(STAGE_WIDTHS):
-        raise ConversionError(f"{where}: {len(layers)} ResNet stages; BiT has at most {len(STAGE_WIDTHS)}")
-    return layers
-
-
 def infer_bit_config(
     state: dict[str, torch.Tensor], where: str, img_size: tuple[int, int] | None = None
 ) -> ModelConfig:
@@ -77,7 +60,9 @@ def infer_bit_config(
             f"{where}: stem.conv.weight is {tuple(stem.shape)}; BiT's is (64 x width, C, 7, 7)"
         )
     wf, in_chans = int(stem.shape[0]) // ROOT_WIDTH, int(stem.shape[1])
-    layers = _layers(state, where)
+    layers = stage_depths(state, "", where)
+    if len(layers) > len(STAGE_WIDTHS):
+        raise ConversionError(f"{where}: {len(layers)} ResNet stages; BiT has at most {len(STAGE_WIDTHS)}")
     for i in range(len(layers)):
         w = state.get(f"stages.{i}.blocks.0.conv3.weight")
         if w is None or int(w.shape[0]) != STAGE_WIDTHS[i] * wf:

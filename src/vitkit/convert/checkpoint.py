@@ -17,7 +17,6 @@ from vitkit.models.registry import R50_STRIDE32, RESNETS, WIDTHS
 log = logging.getLogger(__name__)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-_STAGE_BLOCK = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
 
 
 @dataclass
@@ -73,6 +72,22 @@ def model_name(
     return f"{prefix}ViT-{width}x{depth}/{patch}"
 
 
+def stage_depths(state: dict[str, torch.Tensor], prefix: str, where: str) -> tuple[int, ...]:
+    """ResNet stage depths from the `<prefix>stages.N.blocks.M.` keys, checked to be numbered 0..N-1."""
+    pattern = re.compile(rf"^{re.escape(prefix)}stages\.(\d+)\.blocks\.(\d+)\.")
+    blocks: dict[int, set[int]] = {}
+    for k in state:
+        if m := pattern.match(k):
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if sorted(blocks) != list(range(len(blocks))):
+        raise ConversionError(f"{where}: the ResNet's stages are {sorted(blocks)}, not numbered 0..N-1")
+    layers = tuple(len(blocks[i]) for i in sorted(blocks))
+    for i, n in enumerate(layers):
+        if blocks[i] != set(range(n)):
+            raise ConversionError(f"{where}: stage {i}'s blocks are {sorted(blocks[i])}, not numbered 0..N-1")
+    return layers
+
+
 def infer_backbone(state: dict[str, torch.Tensor], where: str) -> tuple[tuple[int, ...] | None, int | None]:
     """A hybrid's ResNet stage depths and input channels from timm's key layout; (None, None) for a plain ViT."""
     root = state.get("patch_embed.backbone.conv.weight")  # the root alone (timm's R+ViT layout)
@@ -91,15 +106,7 @@ def infer_backbone(state: dict[str, torch.Tensor], where: str) -> tuple[tuple[in
         )
     if root is not None:
         return (), int(root.shape[1])
-    blocks: dict[int, set[int]] = {}
-    for k in state:
-        if m := _STAGE_BLOCK.match(k):
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    layers = tuple(len(blocks[i]) for i in sorted(blocks))
-    if sorted(blocks) != list(range(len(blocks))) or any(
-        blocks[i] != set(range(n)) for i, n in enumerate(layers)
-    ):
-        raise ConversionError(f"{where}: the hybrid's ResNet stages/blocks are not numbered 0..N-1")
+    layers = stage_depths(state, "patch_embed.backbone.", where)
     return layers, int(stem.shape[1])
 
 

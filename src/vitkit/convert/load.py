@@ -17,6 +17,7 @@ from vitkit.convert.files import ConversionError
 from vitkit.convert.sources import read_checkpoint
 from vitkit.models import BiTResNet, VisionTransformer, build_model, model_config, resample_posemb
 from vitkit.models.bit import ConvHead
+from vitkit.models.registry import check_model_options
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +259,7 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
                 "name of a model of the checkpoint's kind, or none (the checkpoint describes its model)"
             )
         cfg = dataclasses.replace(cfg, **{k: getattr(reg, k) for k in ARCH_FIELDS})
-    valid = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    check_model_options(overrides)
     return dataclasses.replace(cfg, **overrides)
 
 

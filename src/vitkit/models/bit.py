@@ -10,7 +10,6 @@ a final GroupNorm + ReLU, global average pooling and a 1x1-conv head. timm's wei
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from torch import nn
 
 from vitkit.config import ModelConfig
 from vitkit.models.layers import Dropout, DropPath
-from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, GroupNormAct, StdConv2d
+from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, GroupNormAct, StdConv2d, backbone_macs
 
 
 class StdConv2dSym(StdConv2d):
@@ -175,27 +174,13 @@ class BiTResNet(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, img_size=img_size)
 
 
-def _out(size: int, stride: int) -> int:
-    return math.ceil(size / stride)
-
-
 def bit_macs(cfg: ModelConfig) -> int:
-    """Analytic multiply-accumulates of one forward pass of one image."""
-    wf, h, w = cfg.width_factor, _out(cfg.img_size[0], 2), _out(cfg.img_size[1], 2)
-    c = ROOT_WIDTH * wf
-    macs = h * w * 49 * cfg.in_chans * c
-    h, w = _out(h, 2), _out(w, 2)  # zero pad 1, max pool 3x3/2
-    for i, depth in enumerate(cfg.backbone):
-        out = STAGE_WIDTHS[i] * wf
-        mid = out // 4
-        for j in range(depth):
-            s = 2 if i > 0 and j == 0 else 1
-            ho, wo = _out(h, s), _out(w, s)
-            macs += h * w * c * mid + ho * wo * (9 * mid * mid + mid * out)
-            if j == 0 and (s != 1 or c != out):
-                macs += ho * wo * c * out
-            h, w, c = ho, wo, out
-    return macs + c * cfg.num_classes
+    """Analytic multiply-accumulates of one forward pass of one image: the convolutions (the hybrid's count, the
+    same shapes) and the head."""
+    channels = STAGE_WIDTHS[len(cfg.backbone) - 1] * cfg.width_factor
+    return (
+        backbone_macs(cfg.backbone, cfg.in_chans, cfg.img_size, cfg.width_factor) + channels * cfg.num_classes
+    )
 
 
 def bit_params(cfg: ModelConfig) -> int:

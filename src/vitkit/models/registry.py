@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Any
 
-from vitkit.config import ModelConfig, backbone_stride
+from vitkit.config import BIT_NAME, ModelConfig, backbone_stride
 from vitkit.models.bit import bit_macs, bit_params
 from vitkit.models.resnet import backbone_channels, backbone_macs, backbone_params
 
@@ -45,7 +45,6 @@ REGISTERED: dict[str, dict[str, Any]] = {
 
 _NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
 _HYBRID = re.compile(r"^(R\d*)\s*\+\s*(.*)$", re.IGNORECASE)
-_BIT = re.compile(r"^BiT-R(\d+)x(\d+)$", re.IGNORECASE)
 
 # The BiT baselines' stage depths (bottleneck blocks per stage), by ResNet depth (config.bit_depth of them).
 BIT_DEPTHS: dict[int, tuple[int, ...]] = {
@@ -98,9 +97,17 @@ def parse_hybrid(name: str) -> tuple[str, tuple[int, ...] | None, str]:
     return resnet, layers, m.group(2)
 
 
+def check_model_options(overrides: dict[str, Any]) -> None:
+    """Keyword overrides must be ModelConfig fields: an unknown one is an error listing the valid ones."""
+    valid = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+
+
 def bit_config(name: str, **overrides: Any) -> ModelConfig:
     """`BiT-R<depth>x<width>` (e.g. BiT-R50x1, BiT-R152x4) -> its ModelConfig with arch='bit'."""
-    m = _BIT.match(name.strip())
+    m = BIT_NAME.match(name.strip())
     depth, width = int(m.group(1)), int(m.group(2))
     if depth not in BIT_DEPTHS or width < 1:
         raise ValueError(
@@ -110,17 +117,14 @@ def bit_config(name: str, **overrides: Any) -> ModelConfig:
     for key in ("arch", "backbone", "width_factor"):
         if key in overrides:
             raise ValueError(f"model {name!r} fixes {key}; give another BiT name instead")
-    valid = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    check_model_options(overrides)
     base = dict(name=f"BiT-R{depth}x{width}", arch="bit", backbone=BIT_DEPTHS[depth], width_factor=width)
     return ModelConfig(**{**base, **overrides})
 
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of variant `name`, with keyword overrides (img_size, num_classes, pool, ...)."""
-    if isinstance(name, str) and _BIT.match(name.strip()):
+    if isinstance(name, str) and BIT_NAME.match(name.strip()):
         return bit_config(name, **overrides)
     resnet, layers, plain = parse_hybrid(name)
     size, stride = parse_name(plain)  # a hybrid's name gives the token stride, a plain one the patch size
@@ -146,10 +150,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
         num_heads=heads,
         mlp_dim=mlp,
     )
-    valid = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    check_model_options(overrides)
     base.update(overrides)
     return ModelConfig(**base)
 

@@ -176,13 +176,14 @@ def init_backbone_(backbone: nn.Module) -> None:
             nn.init.zeros_(m.norm3.weight)
 
 
-def backbone_macs(layers: tuple[int, ...], in_chans: int, img_size: tuple[int, int]) -> int:
-    """Analytic multiply-accumulates of the backbone's convolutions for one image."""
+def backbone_macs(layers: tuple[int, ...], in_chans: int, img_size: tuple[int, int], width: int = 1) -> int:
+    """Analytic multiply-accumulates of the backbone's convolutions for one image (channels x `width`)."""
     h, w = math.ceil(img_size[0] / 2), math.ceil(img_size[1] / 2)
-    macs = h * w * 49 * in_chans * ROOT_WIDTH
-    h, w, c = math.ceil(h / 2), math.ceil(w / 2), ROOT_WIDTH
+    macs = h * w * 49 * in_chans * ROOT_WIDTH * width
+    h, w, c = math.ceil(h / 2), math.ceil(w / 2), ROOT_WIDTH * width
     for i, depth in enumerate(layers):
-        out, mid = STAGE_WIDTHS[i], STAGE_WIDTHS[i] // 4
+        out = STAGE_WIDTHS[i] * width
+        mid = out // 4
         for j in range(depth):
             s = 2 if i > 0 and j == 0 else 1
             ho, wo = math.ceil(h / s), math.ceil(w / s)

@@ -33,9 +33,8 @@ class Bf16Copy:
         pairs = [(m, w) for m, w in zip(self._master_params, self._work_params) if w.grad is not None]
         fresh = [(m, w) for m, w in pairs if m.grad is None]
         summed = [(m, w) for m, w in pairs if m.grad is not None]
-        if (
-            fresh
-        ):  # the first micro-batch: one multi-tensor cast-copy (a few CUDA launches, not one per tensor)
+        # the first micro-batch: one multi-tensor cast-copy (a few CUDA launches, not one per tensor)
+        if fresh:
             grads = [torch.empty_like(m) for m, _ in fresh]
             torch._foreach_copy_(grads, [w.grad for _, w in fresh])
             for (m, _), g in zip(fresh, grads):
