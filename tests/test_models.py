@@ -60,11 +60,11 @@ OPTIONS = [
 
 
 # every variant with every option; the big hybrids' ResNets (seconds each) with the default options only
-# (the BiT baselines are ResNets, with their own tests in test_bit.py)
+# (the CNN baselines have their own tests: test_bit.py, test_attention_baselines.py)
 MATRIX = [
     (n, o)
     for n in list_models()
-    if not n.startswith("BiT-")
+    if n.startswith(("ViT-", "R50+", "R26+", "R+"))
     for o in OPTIONS
     if not n.startswith(("R50+", "R26+")) or not o
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from vitkit.convert import Checkpoint, model_from_source
-from vitkit.models import BiTResNet, VisionTransformer
+from vitkit.models import Model
 from vitkit.models import create_model as create_random_model
 
 
@@ -18,8 +18,8 @@ def create_model(
     pretrained: str | os.PathLike | Checkpoint | None = None,
     device: str | torch.device | None = None,
     **kwargs: Any,
-) -> VisionTransformer | BiTResNet:
-    """Build variant `name` (e.g. "ViT-B/16", "BiT-R50x1"); with `pretrained`, load those weights.
+) -> Model:
+    """Build variant `name` (e.g. "ViT-B/16", "BiT-R50x1", "SASA-ResNet-26"); with `pretrained`, load weights.
 
     Without `pretrained` the model has random weights (as `vitkit.models.create_model`). With it, the config is
     the checkpoint's (width, depth, heads, patch, pooling, eps, pre-logits, classes, image size), `name` may fix

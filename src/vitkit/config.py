@@ -13,7 +13,8 @@ from typing import Any
 
 from vitkit.atomic import write_json
 
-ARCHS = ("vit", "bit")
+ARCHS = ("vit", "bit", "resnet", "sasa", "aa")
+CNN_ARCHS = ARCHS[1:]
 POOLS = ("token", "gap")
 POSEMBS = ("learn", "learn2d", "sincos2d", "none")
 HEAD_INITS = ("default", "zero")
@@ -36,20 +37,30 @@ def backbone_stride(layers: tuple[int, ...]) -> int:
 
 
 BIT_NAME = re.compile(r"^BiT-R(\d+)x(\d+)$", re.IGNORECASE)
-# the fields a registry name (ViT-B/16, R50+ViT-B/16, BiT-R50x1) fixes
+RESNET_NAME = re.compile(r"^(SASA-|AA-)?ResNet-(\d+)$", re.IGNORECASE)
+# the fields a registry name (ViT-B/16, R50+ViT-B/16, BiT-R50x1, SASA-ResNet-26) fixes
 ARCH_FIELDS = (
     "name", "arch", "width_factor", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "backbone",
 )  # fmt: skip
-# fields the BiT baseline does not read: a value other than the default is an error naming the key
+# fields the CNN baselines do not read (but those in CNN_READS): a value other than the default is an error
 VIT_ONLY = (
     "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "posemb", "posemb_grid",
     "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init",
 )  # fmt: skip
+CNN_READS = {"sasa": ("num_heads",), "aa": ("num_heads",)}  # ViT fields a CNN baseline reads too
+ARCH_ONLY = {"width_factor": "bit", "sasa_window": "sasa", "aa_key_ratio": "aa", "aa_value_ratio": "aa"}
 
 
 def bit_depth(layers: tuple[int, ...]) -> int:
-    """A BiT ResNet's depth as its name gives it: the conv layers on the main path (3 per bottleneck, +2)."""
+    """A bottleneck ResNet's depth as its name gives it: the conv layers on the main path (3 per block, +2)."""
     return 3 * sum(layers) + 2
+
+
+def cnn_name(arch: str, layers: tuple[int, ...], width: int = 1) -> str:
+    """The registry name of a CNN baseline: BiT-R50x1, ResNet-50, SASA-ResNet-26, AA-ResNet-50."""
+    depth = bit_depth(layers)
+    prefix = {"resnet": "", "sasa": "SASA-", "aa": "AA-"}
+    return f"BiT-R{depth}x{width}" if arch == "bit" else f"{prefix[arch]}ResNet-{depth}"
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -67,12 +78,15 @@ class ModelConfig:
     """A Vision Transformer: the paper's encoder and the options its appendix ablates; or its BiT baseline.
 
     `arch="bit"`: the paper's CNN baseline, a BiT ResNet-v2 (pre-activation, GroupNorm, weight standardisation)
-    of stage depths `backbone` and width `width_factor`. It reads img_size, in_chans, num_classes, drop_rate
-    (before the head), drop_path_rate and head_init; the ViT's other fields are ignored.
+    of stage depths `backbone` and width `width_factor`. `arch="resnet"`: a batch-norm ResNet (He et al.);
+    `"sasa"`: it with stand-alone local self-attention (`num_heads`, window `sasa_window`) for each 3x3 conv;
+    `"aa"`: it with attention-augmented 3x3 convs (`num_heads`, dk = `aa_key_ratio` and dv = `aa_value_ratio`
+    x the conv's channels) in the last three stages. The CNNs read img_size, in_chans, num_classes, drop_rate
+    (before the head), drop_path_rate, head_init and their own fields; another field set on them is an error.
     """
 
     name: str = "ViT-Ti/16"
-    arch: str = "vit"  # "vit" | "bit" (the BiT ResNet baseline)
+    arch: str = "vit"  # "vit" | the CNN baselines "bit", "resnet", "sasa", "aa"
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 16
     in_chans: int = 3
@@ -94,6 +108,11 @@ class ModelConfig:
     attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
     backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only
     width_factor: int = 1  # arch="bit": channels x this (BiT-R50x3: 3)
+    sasa_window: int = 7  # arch="sasa": each pixel attends to this k x k neighbourhood (the paper's k = 7)
+    aa_key_ratio: float = 0.2  # arch="aa": kappa = dk / Fout (the paper's ResNets: kappa = 2 upsilon = 0.2)
+    aa_value_ratio: float = (
+        0.1  # arch="aa": upsilon = dv / Fout, the attention's share of the output channels
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
@@ -115,11 +134,16 @@ class ModelConfig:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         if self.num_classes < 0:
             raise ValueError(f"model.num_classes={self.num_classes!r} must be >= 0 (0: no head)")
-        if self.arch == "bit":
-            self._check_bit()
+        defaults = ModelConfig.__dataclass_fields__
+        for key, arch in ARCH_ONLY.items():
+            if self.arch != arch and getattr(self, key) != defaults[key].default:
+                raise ValueError(
+                    f"model.{key}={getattr(self, key)!r} applies to arch={arch!r} only (this model: "
+                    f"arch={self.arch!r}, {self.name}); leave it at {defaults[key].default!r}"
+                )
+        if self.arch in CNN_ARCHS:
+            self._check_cnn()
             return
-        if self.width_factor != 1:
-            raise ValueError(f"model.width_factor={self.width_factor!r} applies to arch='bit' only")
         h, w = self.img_size
         p = self.token_stride
         if h < 1 or w < 1 or h % p or w % p:
@@ -153,33 +177,52 @@ class ModelConfig:
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps={self.norm_eps!r} must be positive")
 
-    def _check_bit(self) -> None:
-        """The BiT baseline's own checks: stage depths that its name states, no ViT-only option, the head's init."""
+    def _check_cnn(self) -> None:
+        """The CNN baselines' own checks: stage depths that the name states, no ViT-only option, their options."""
         if not self.backbone:
             raise ValueError(
-                f"model.arch='bit' needs model.backbone: 1 to 4 ResNet stage depths, e.g. (3, 4, 6, 3) for R50; "
-                f"got {self.backbone!r}"
+                f"model.arch={self.arch!r} needs model.backbone: 1 to 4 ResNet stage depths, e.g. (3, 4, 6, 3) for "
+                f"a ResNet-50; got {self.backbone!r}"
             )
-        m = BIT_NAME.match(self.name)
-        want = f"BiT-R{bit_depth(self.backbone)}x{self.width_factor}"
-        if not m or (int(m.group(1)), int(m.group(2))) != (bit_depth(self.backbone), self.width_factor):
+        want = cnn_name(self.arch, self.backbone, self.width_factor)
+        if self.name.lower() != want.lower():
+            what = "BiT-R<conv layers>x<width>" if self.arch == "bit" else "[SASA-|AA-]ResNet-<conv layers>"
             raise ValueError(
-                f"model.name={self.name!r} does not describe model.backbone={self.backbone} with model.width_factor="
-                f"{self.width_factor}: that model is {want!r} (BiT-R<conv layers>x<width>); choose the model with "
-                "--model, or set the name to match"
+                f"model.name={self.name!r} does not describe arch={self.arch!r} with model.backbone={self.backbone}"
+                + (f" and model.width_factor={self.width_factor}" if self.arch == "bit" else "")
+                + f": that model is {want!r} ({what}); choose the model with --model, or set the name to match"
             )
         defaults = ModelConfig.__dataclass_fields__
         for key in VIT_ONLY:
-            if getattr(self, key) != defaults[key].default:
+            if key not in CNN_READS.get(self.arch, ()) and getattr(self, key) != defaults[key].default:
                 raise ValueError(
-                    f"model.{key}={getattr(self, key)!r} is a ViT option; the BiT baseline {self.name} does not "
-                    f"read it (leave it at {defaults[key].default!r})"
+                    f"model.{key}={getattr(self, key)!r} is a ViT option; the {self.arch.upper()} baseline "
+                    f"{self.name} does not read it (leave it at {defaults[key].default!r})"
                 )
         if min(self.img_size) < 1:
             raise ValueError(f"model.img_size={self.img_size!r} must be positive")
         _check_choice("model.head_init", self.head_init, HEAD_INITS)
         for key in ("drop_rate", "drop_path_rate"):
             _check_range(f"model.{key}", getattr(self, key), 0.0, 1.0)
+        if self.arch == "sasa":
+            if self.sasa_window < 1 or self.sasa_window % 2 == 0:
+                raise ValueError(f"model.sasa_window={self.sasa_window!r}: an odd neighbourhood size, e.g. 7")
+            for i in range(len(self.backbone)):  # each stage's attention width: 64, 128, 256, 512
+                if (64 << i) % (2 * self.num_heads):
+                    raise ValueError(
+                        f"model.num_heads={self.num_heads!r}: stage {i + 1}'s {64 << i} attention channels must "
+                        "split into heads of an even width (half row, half column offsets), e.g. 8 heads"
+                    )
+        if self.arch == "aa":
+            if not self.aa_key_ratio > 0:
+                raise ValueError(
+                    f"model.aa_key_ratio={self.aa_key_ratio!r} must be positive (dk = it x channels)"
+                )
+            if not 0 < self.aa_value_ratio < 1:
+                raise ValueError(
+                    f"model.aa_value_ratio={self.aa_value_ratio!r} must lie in (0, 1): the attention's share of "
+                    "the channels, the conv keeps the rest"
+                )
 
     @property
     def token_stride(self) -> int:

@@ -35,8 +35,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(json.dumps({"source": args.source, "format": ckpt.format, "out": args.out, "model": c.name}))
     else:
         shape = (
-            f"stage depths {','.join(map(str, c.backbone))}, width x{c.width_factor}"
-            if c.arch == "bit"
+            f"stage depths {','.join(map(str, c.backbone))}"
+            + (f", width x{c.width_factor}" if c.arch == "bit" else "")
+            if c.arch != "vit"
             else f"width {c.embed_dim}, depth {c.depth}, heads {c.num_heads}, pool {c.pool}, eps {c.norm_eps:g}"
         )
         print(

@@ -183,11 +183,18 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
     from vitkit.inspect.report import Report, inspection_sections, run_sections
 
     cfg = subject.model.cfg
-    if cfg.arch == "bit":
+    if cfg.arch != "vit":
+        kind = {
+            "bit": f"BiT ResNet-v2, width x{cfg.width_factor}",
+            "resnet": "ResNet (batch norm)",
+            "sasa": f"ResNet with stand-alone local self-attention ({cfg.num_heads} heads, "
+            f"{cfg.sasa_window}x{cfg.sasa_window} windows)",
+            "aa": f"ResNet with attention-augmented convs ({cfg.num_heads} heads, dk {cfg.aa_key_ratio:g}, "
+            f"dv {cfg.aa_value_ratio:g} x channels)",
+        }[cfg.arch]
         facts = [
             ("model", subject.name),
-            ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, BiT ResNet-v2, stage depths "
-                     f"{','.join(map(str, cfg.backbone))}, width x{cfg.width_factor}"),
+            ("size", f"{cfg.img_size[0]}x{cfg.img_size[1]}, {kind}, stage depths {','.join(map(str, cfg.backbone))}"),
         ]  # fmt: skip
     else:
         facts = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from vitkit.config import CNN_READS, bit_depth
 from vitkit.models import count_params, forward_macs, list_models
 from vitkit.models.registry import registered_config
 from vitkit.models.resnet import STAGE_WIDTHS
@@ -16,7 +17,7 @@ def model_table(img_size: int | None = None) -> list[dict]:
     for name in list_models():
         cfg = registered_config(name, **({"img_size": img_size} if img_size else {}))
         macs = forward_macs(cfg)
-        bit = cfg.arch == "bit"  # a ResNet: its output channels and conv layers; no heads or MLP
+        cnn = cfg.arch != "vit"  # a ResNet: its output channels and conv layers; heads if it attends; no MLP
         rows.append(
             dict(
                 model=name,
@@ -24,10 +25,10 @@ def model_table(img_size: int | None = None) -> list[dict]:
                 img_size=list(cfg.img_size),
                 in_chans=cfg.in_chans,
                 classes=cfg.num_classes,
-                width=STAGE_WIDTHS[len(cfg.backbone) - 1] * cfg.width_factor if bit else cfg.embed_dim,
-                depth=3 * sum(cfg.backbone) + 2 if bit else cfg.depth,
-                heads=None if bit else cfg.num_heads,
-                mlp=None if bit else cfg.mlp_dim,
+                width=STAGE_WIDTHS[len(cfg.backbone) - 1] * cfg.width_factor if cnn else cfg.embed_dim,
+                depth=bit_depth(cfg.backbone) if cnn else cfg.depth,
+                heads=cfg.num_heads if cfg.arch in CNN_READS or not cnn else None,
+                mlp=None if cnn else cfg.mlp_dim,
                 params=count_params(cfg),
                 gmacs=macs / 1e9,
                 gflops=2 * macs / 1e9,
@@ -42,18 +43,18 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     head = (
-        f"{'model':<12} {'img':>4} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'params':>13} "
+        f"{'model':<15} {'img':>4} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'params':>13} "
         f"{'GMACs':>8} {'GFLOPs':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['model']:<12} {r['img_size'][0]:>4} {r['width']:>5} {r['depth']:>5} {r['heads'] or '-':>5} "
+            f"{r['model']:<15} {r['img_size'][0]:>4} {r['width']:>5} {r['depth']:>5} {r['heads'] or '-':>5} "
             f"{r['mlp'] or '-':>5} {r['params']:>13,} {r['gmacs']:>8.2f} {r['gflops']:>8.2f}"
         )
     print(
-        "\nGFLOPs = 2 x MACs of one forward pass of one image; /4 variants and BiT-R26x1: 28x28 grayscale, "
+        "\nGFLOPs = 2 x MACs of one forward pass of one image; /4 variants and the -26 CNNs: 28x28 grayscale, "
         "10 classes."
     )
     print("Any ViT-{Ti,S,B,L,H}/<patch> is accepted, at any image size divisible by the patch; hybrids")
@@ -63,6 +64,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(
         "BiT-R{26,50,101,152}x<width>: the paper's CNN baseline (BiT ResNet-v2; width = output channels, depth ="
         " conv layers) at any size."
+    )
+    print(
+        "ResNet-{26,38,50,101,152} (batch norm), SASA-ResNet-<depth> (stand-alone local self-attention for each 3x3"
+        " conv) and AA-ResNet-<depth> (attention-augmented 3x3 convs, last three stages): the attention baselines."
     )
     return 0
 

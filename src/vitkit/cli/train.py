@@ -57,9 +57,10 @@ RESUME_MAY_CHANGE = (
 def model_overrides(name: str) -> list[str]:
     """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch (a hybrid's or BiT's ResNet) as overrides.
 
-    A BiT name also sets the ViT-only options back to their defaults (the recipe's pool, posemb, ... are a ViT's).
+    A CNN's name also sets the ViT-only options back to their defaults (the recipe's pool, posemb, ... are a
+    ViT's), and any name the options of the other CNN kinds (a SASA recipe's window on an AA model).
     """
-    from vitkit.config import ARCH_FIELDS, VIT_ONLY
+    from vitkit.config import ARCH_FIELDS, ARCH_ONLY, CNN_READS, VIT_ONLY
     from vitkit.models import model_config
 
     def text(v) -> str:
@@ -74,7 +75,8 @@ def model_overrides(name: str) -> list[str]:
     m = model_config(name)
     keys = list(ARCH_FIELDS)
     if m.arch != "vit":
-        keys += [k for k in VIT_ONLY if k not in keys]
+        keys += [k for k in VIT_ONLY if k not in keys and k not in CNN_READS.get(m.arch, ())]
+    keys += [k for k, arch in ARCH_ONLY.items() if arch != m.arch and k not in keys]
     return [f"model.{k}={text(getattr(m, k))}" for k in keys]
 
 

@@ -15,7 +15,8 @@ from vitkit.config import ARCH_FIELDS, ModelConfig
 from vitkit.convert.checkpoint import Checkpoint, unknown_heads_error
 from vitkit.convert.files import ConversionError
 from vitkit.convert.sources import read_checkpoint
-from vitkit.models import BiTResNet, VisionTransformer, build_model, model_config, resample_posemb
+from vitkit.models import CNN, Model, VisionTransformer, build_model, model_config, resample_posemb
+from vitkit.models.augmented_conv import resize_relative_table
 from vitkit.models.bit import ConvHead
 from vitkit.models.registry import check_model_options
 
@@ -96,14 +97,29 @@ def _resample_posemb(
         report.resampled = (old, new)
 
 
+def _resample_relative(state: dict, model: nn.Module, source: str) -> None:
+    """An attention-augmented ResNet at another size: its relative tables resampled to the model's maps."""
+    if not isinstance(model, CNN):
+        return
+    own = {k: v.shape for k, v in model.state_dict().items() if k.endswith((".rel_h", ".rel_w"))}
+    moved = []
+    for k, shape in own.items():
+        v = state.get(k)
+        if v is not None and v.ndim == 2 and v.shape[1] == shape[1] and v.shape[0] != shape[0]:
+            state[k] = resize_relative_table(v, (shape[0] + 1) // 2)
+            moved.append(k)
+    if moved:
+        log.info("%s: %d relative position tables resampled to the model's feature maps", source, len(moved))
+
+
 def _head_key(model: nn.Module) -> str:
-    """The name of the classifier's weight: `head.weight` (ViT), `head.fc.weight` (BiT's 1x1-conv head)."""
-    return "head.fc.weight" if isinstance(model, BiTResNet) else "head.weight"
+    """The name of the classifier's weight: `head.weight` (ViT), `head.fc.weight` (the CNNs' 1x1-conv head)."""
+    return "head.fc.weight" if isinstance(model, CNN) else "head.weight"
 
 
-def _replace_head(model: VisionTransformer | BiTResNet) -> None:
+def _replace_head(model: Model) -> None:
     """A zero-initialised head on the encoder's width, without pre-logits (the paper's fine-tuning)."""
-    if isinstance(model, BiTResNet):
+    if isinstance(model, CNN):
         model.cfg = dataclasses.replace(model.cfg, head_init="zero")
         ref = model.stem.conv.weight
         if model.num_classes:
@@ -141,7 +157,7 @@ def _check_head(state: dict, model: VisionTransformer, ckpt: ModelConfig, source
 
 
 def load_pretrained(
-    model: VisionTransformer | BiTResNet,
+    model: Model,
     source: str | os.PathLike | Checkpoint,
     *,
     strict: bool = True,
@@ -165,7 +181,8 @@ def load_pretrained(
     state = dict(ckpt.state)
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
-    if isinstance(model, BiTResNet):
+    _resample_relative(state, model, ckpt.path)
+    if isinstance(model, CNN):
         pixel_key = "stem.conv.weight"
     else:
         pixel_key = f"patch_embed.{model.patch_embed.pixel_conv_name}.weight"  # a hybrid's: its ResNet root
@@ -219,7 +236,7 @@ def load_pretrained(
             "%s: new zero-initialised head for %d classes%s",
             ckpt.path,
             model.num_classes,
-            "" if isinstance(model, BiTResNet) else "; pre_logits dropped",
+            "" if isinstance(model, CNN) else "; pre_logits dropped",
         )
     _layout_sincos(model, ckpt, report)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
@@ -273,7 +290,7 @@ def model_from_source(
     device: str | torch.device | None = None,
     num_heads: int | None = None,
     **overrides: Any,
-) -> VisionTransformer | BiTResNet:
+) -> Model:
     """A model built from a checkpoint's inferred config (plus overrides) with its weights, in eval mode.
 
     Passing a `num_classes` different from the checkpoint's counts as asking for a new head (reset_head=True)

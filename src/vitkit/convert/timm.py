@@ -1,4 +1,5 @@
-"""timm VisionTransformer weights (.safetensors, .pth/.bin, or a hub folder with timm's config.json).
+"""timm VisionTransformer weights (.safetensors, .pth/.bin, or a hub folder with timm's config.json); timm's
+BiT ResNet-v2 and batch-norm ResNet files are handed to their converters.
 
 timm's parameter names are vitkit's, so conversion is mostly checking: a DDP `module.` prefix is stripped, a
 position embedding without a class-token row (timm's `no_embed_class`) gets a zero row, and what vitkit's
@@ -15,13 +16,16 @@ import torch
 from vitkit.convert.bit import from_bit_state, is_bit_state
 from vitkit.convert.checkpoint import Checkpoint, guess_num_heads, infer_config, prepend_prefix_posemb
 from vitkit.convert.files import ConversionError
+from vitkit.convert.resnet import from_timm_resnet_state, is_timm_resnet_state
 
 
 def is_timm_state(state: dict[str, torch.Tensor]) -> bool:
-    """Whether a state dict uses timm's (= vitkit's) ViT names, or a BiT ResNet-v2's (timm's resnetv2_*_bit)."""
-    return any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in state) or is_bit_state(
-        strip_module(state)
-    )
+    """Whether a state dict uses timm's (= vitkit's) ViT names, a BiT ResNet-v2's (timm's resnetv2_*_bit) or
+    timm's ResNet's (resnet50, ...)."""
+    if any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in state):
+        return True
+    state = strip_module(state)
+    return is_bit_state(state) or is_timm_resnet_state(state)
 
 
 def strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -65,6 +69,9 @@ def from_timm_state(
     if is_bit_state(state):  # timm's resnetv2_*_bit: the BiT baseline
         meta = {k: facts[k] for k in ("mean", "std") if k in facts}
         return from_bit_state(state, where, img_size=facts.get("img_size"), meta=meta)
+    if is_timm_resnet_state(state):  # timm's resnet50, ...: the batch-norm ResNet baseline
+        meta = {k: facts[k] for k in ("mean", "std") if k in facts}
+        return from_timm_resnet_state(state, where, img_size=facts.get("img_size"), meta=meta)
     if "fc_norm.weight" in state:
         raise ConversionError(
             f"{where}: has fc_norm (timm's average pooling with a norm after pooling); vitkit's GAP normalises "

@@ -1,4 +1,5 @@
-"""ViT models: the registry of variants, the model, its blocks and position embeddings; the BiT baseline."""
+"""ViT models: the registry of variants, the model, its blocks and position embeddings; the CNN baselines (BiT,
+ResNet, SASA, AA)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from vitkit.models.bit import BiTResNet
 from vitkit.models.layers import Attention, Block, DropPath, Mlp, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
 from vitkit.models.registry import count_params, forward_macs, list_models, model_config, parse_name
+from vitkit.models.resnet_v1 import ResNetV1
 from vitkit.models.vit import VisionTransformer
 
+Model = VisionTransformer | BiTResNet | ResNetV1
+CNN = (BiTResNet, ResNetV1)  # the baselines: images in, logits out, no tokens
 
-def build_model(cfg: ModelConfig, *, weights_follow: bool = False) -> VisionTransformer | BiTResNet:
+
+def build_model(cfg: ModelConfig, *, weights_follow: bool = False) -> Model:
     """A model from a full ModelConfig; `weights_follow=True` skips the costly structured init (`attn_init`)."""
-    cls = BiTResNet if cfg.arch == "bit" else VisionTransformer
+    cls = {"vit": VisionTransformer, "bit": BiTResNet}.get(cfg.arch, ResNetV1)
     return cls(cfg, weights_follow=weights_follow)
 
 
@@ -28,8 +33,9 @@ def create_model(
     in_chans: int = 3,
     device: str | torch.device | None = None,
     **overrides: Any,
-) -> VisionTransformer | BiTResNet:
-    """Build variant `name` (e.g. "ViT-B/16", "BiT-R50x1") with random weights; overrides are ModelConfig fields."""
+) -> Model:
+    """Build variant `name` (e.g. "ViT-B/16", "BiT-R50x1", "SASA-ResNet-26") with random weights; overrides are
+    ModelConfig fields."""
     cfg = model_config(name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **overrides)
     if device is not None:
         with torch.device(device):
@@ -38,13 +44,16 @@ def create_model(
 
 
 __all__ = [
+    "CNN",
     "Attention",
     "BiTResNet",
     "Block",
     "DropPath",
     "Mlp",
+    "Model",
     "ModelConfig",
     "PatchEmbed",
+    "ResNetV1",
     "VisionTransformer",
     "build_model",
     "count_params",

@@ -1,4 +1,5 @@
-"""The one registry of model variants: the paper's notation `ViT-B/16`, `R50+ViT-B/16`, `BiT-R50x1` -> ModelConfig."""
+"""The one registry of model variants: the paper's notation `ViT-B/16`, `R50+ViT-B/16`, `BiT-R50x1`, and the
+attention baselines `SASA-ResNet-26`, `AA-ResNet-50` with their control `ResNet-50` -> ModelConfig."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import dataclasses
 import re
 from typing import Any
 
-from vitkit.config import BIT_NAME, ModelConfig, backbone_stride
+from vitkit.config import BIT_NAME, RESNET_NAME, ModelConfig, backbone_stride, cnn_name
 from vitkit.models.bit import bit_macs, bit_params
 from vitkit.models.resnet import backbone_channels, backbone_macs, backbone_params
+from vitkit.models.resnet_v1 import resnet_v1_macs, resnet_v1_params
 
 # The paper's Table 1 (+ Ti from DeiT/AugReg): width, depth, heads, MLP size.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -41,6 +43,12 @@ REGISTERED: dict[str, dict[str, Any]] = {
     "BiT-R101x3": {},
     "BiT-R152x4": {},  # BiT-L, the paper's Table 2 baseline
     "BiT-R26x1": dict(img_size=28, in_chans=1, num_classes=10),
+    "ResNet-50": {},
+    "SASA-ResNet-50": {},
+    "AA-ResNet-50": {},
+    "ResNet-26": dict(img_size=28, in_chans=1, num_classes=10),
+    "SASA-ResNet-26": dict(img_size=28, in_chans=1, num_classes=10),
+    "AA-ResNet-26": dict(img_size=28, in_chans=1, num_classes=10),
 }
 
 _NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
@@ -53,6 +61,17 @@ BIT_DEPTHS: dict[int, tuple[int, ...]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+
+# The batch-norm ResNets of the attention baselines, by depth: 26 and 38 as the SASA paper (ResNet-50 with 2 and 1
+# blocks fewer per stage), 50/101/152 as He et al.
+RESNET_DEPTHS: dict[int, tuple[int, ...]] = {
+    26: (1, 2, 4, 1),
+    38: (2, 3, 5, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+ATTN_HEADS = 8  # both attention papers' heads per layer
 
 # The hybrids' ResNets (stage depths). R50 as the paper's Section 4.1: at token stride 16 stage 4's blocks move
 # to stage 3 (3, 4, 9); at stride 32 the standard ResNet-50's four stages (3, 4, 6, 3). R26 as AugReg's
@@ -71,7 +90,8 @@ def parse_name(name: str) -> tuple[str, int]:
             f"unknown model {name!r}: expected 'ViT-<size>/<patch>' with size one of "
             f"{', '.join(WIDTHS)} and an integer patch size, e.g. 'ViT-B/16', or a hybrid "
             f"'<ResNet>+ViT-<size>/<stride>' with ResNet one of {', '.join(RESNETS)}, e.g. 'R50+ViT-B/16', "
-            f"or the BiT baseline 'BiT-R<depth>x<width>', e.g. 'BiT-R50x1'"
+            f"or a CNN baseline: 'BiT-R<depth>x<width>' (e.g. 'BiT-R50x1'), 'ResNet-<depth>', "
+            f"'SASA-ResNet-<depth>' or 'AA-ResNet-<depth>' (depth one of {', '.join(map(str, RESNET_DEPTHS))})"
         )
     size = {k.lower(): k for k in WIDTHS}[m.group(1).lower()]
     patch = int(m.group(2))
@@ -122,10 +142,33 @@ def bit_config(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**base, **overrides})
 
 
+def resnet_config(name: str, **overrides: Any) -> ModelConfig:
+    """`ResNet-<depth>`, `SASA-ResNet-<depth>`, `AA-ResNet-<depth>` -> its ModelConfig (8 heads for attention)."""
+    m = RESNET_NAME.match(name.strip())
+    depth = int(m.group(2))
+    arch = (m.group(1) or "").rstrip("-").lower() or "resnet"
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(
+            f"unknown model {name!r}: the ResNet depth is one of {', '.join(map(str, RESNET_DEPTHS))}, e.g. "
+            "'ResNet-50', 'SASA-ResNet-26', 'AA-ResNet-50'"
+        )
+    for key in ("arch", "backbone"):
+        if key in overrides:
+            raise ValueError(f"model {name!r} fixes {key}; give another model name instead")
+    check_model_options(overrides)
+    base: dict[str, Any] = dict(arch=arch, backbone=RESNET_DEPTHS[depth])
+    base["name"] = cnn_name(arch, base["backbone"])
+    if arch != "resnet":
+        base["num_heads"] = ATTN_HEADS
+    return ModelConfig(**{**base, **overrides})
+
+
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of variant `name`, with keyword overrides (img_size, num_classes, pool, ...)."""
     if isinstance(name, str) and BIT_NAME.match(name.strip()):
         return bit_config(name, **overrides)
+    if isinstance(name, str) and RESNET_NAME.match(name.strip()):
+        return resnet_config(name, **overrides)
     resnet, layers, plain = parse_hybrid(name)
     size, stride = parse_name(plain)  # a hybrid's name gives the token stride, a plain one the patch size
     width, depth, heads, mlp = WIDTHS[size]
@@ -156,7 +199,8 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
 
 
 def list_models() -> list[str]:
-    """Names of the registered variants (any `ViT-<size>/<patch>`, `R<n>+ViT-<size>/<stride>`, `BiT-R<n>x<w>` too)."""
+    """Names of the registered variants (any `ViT-<size>/<patch>`, `R<n>+ViT-<size>/<stride>`, `BiT-R<n>x<w>`,
+    `[SASA-|AA-]ResNet-<n>` too)."""
     return list(REGISTERED)
 
 
@@ -169,6 +213,8 @@ def forward_macs(cfg: ModelConfig) -> int:
     """Analytic multiply-accumulates of one forward pass of one image."""
     if cfg.arch == "bit":
         return bit_macs(cfg)
+    if cfg.arch in ("resnet", "sasa", "aa"):
+        return resnet_v1_macs(cfg)
     d, m, L = cfg.embed_dim, cfg.mlp_dim, cfg.depth
     chans = cfg.in_chans if cfg.backbone is None else backbone_channels(cfg.backbone)
     p2c = cfg.patch_size**2 * chans
@@ -186,6 +232,8 @@ def count_params(cfg: ModelConfig) -> int:
     """Analytic parameter count (matches `sum(p.numel())` of the built model)."""
     if cfg.arch == "bit":
         return bit_params(cfg)
+    if cfg.arch in ("resnet", "sasa", "aa"):
+        return resnet_v1_params(cfg)
     d, m, L, c = cfg.embed_dim, cfg.mlp_dim, cfg.depth, cfg.in_chans
     qkvb = 3 * d if cfg.qkv_bias else 0
     block = 2 * 2 * d + (3 * d * d + qkvb) + (d * d + d) + (d * m + m) + (m * d + d)

@@ -26,9 +26,28 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 def timm_twin(cfg: ModelConfig) -> nn.Module:
     """timm's VisionTransformer with the same configuration (dev dependency); hybrids on timm's ResNet-v2.
 
-    The BiT baseline: timm's ResNetV2 as its `resnetv2_<depth>x<width>_bit` (same parameter names).
+    The BiT baseline: timm's ResNetV2 as its `resnetv2_<depth>x<width>_bit` (same parameter names). The ResNet
+    baseline: timm's ResNet with the same stage depths (`resnet50`; its names via `to_timm_resnet_names`). timm
+    has no stand-alone local self-attention or attention-augmented ResNet: asking for one is an error.
     """
     from timm.models.vision_transformer import VisionTransformer
+
+    if cfg.arch in ("sasa", "aa"):
+        raise ValueError(
+            f"--compare timm: timm has no {cfg.name} (no {'SASA' if cfg.arch == 'sasa' else 'AA'} ResNet); bench it "
+            f"alone, or its control ResNet-{3 * sum(cfg.backbone) + 2} against timm"
+        )
+    if cfg.arch == "resnet":
+        from timm.models.resnet import Bottleneck, ResNet
+
+        return ResNet(
+            block=Bottleneck,
+            layers=list(cfg.backbone),
+            num_classes=cfg.num_classes,
+            in_chans=cfg.in_chans,
+            drop_rate=cfg.drop_rate,
+            drop_path_rate=cfg.drop_path_rate,
+        )
 
     if cfg.arch == "bit":
         from timm.layers import StdConv2d
@@ -256,7 +275,12 @@ def run_benchmark(
     models: dict[str, nn.Module] = {"vitkit": ours}
     if compare == "timm":
         twin = timm_twin(cfg).to(device)
-        twin.load_state_dict(ours.state_dict(), strict=True)
+        state = ours.state_dict()
+        if cfg.arch == "resnet":
+            from vitkit.convert.resnet import to_timm_resnet_names
+
+            state = to_timm_resnet_names(state)
+        twin.load_state_dict(state, strict=True)
         models["timm"] = twin
     elif compare is not None:
         raise ValueError(f"--compare {compare!r}: only timm is supported")

@@ -1,0 +1,240 @@
+"""The attention baselines the paper cites and their ResNet control: a ResNet (He et al. 2016, batch norm,
+bottlenecks, the stride on the 3x3 conv as torchvision's and timm's `resnet50`), and the same network with each
+bottleneck's 3x3 conv replaced by stand-alone local self-attention (SASA, Ramachandran et al. 2019: every block,
+conv stem) or augmented by global relative self-attention (AA, Bello et al. 2019: the blocks of the last three
+stages, the first stage's large maps stay convolutional, as the paper augments "from the last layer until memory
+runs out").
+
+Stage depths as the SASA paper's ResNet-26/38/50 ((1, 2, 4, 1), (2, 3, 5, 2), (3, 4, 6, 3)) and the usual
+ResNet-101/152. Parameter names are vitkit's (`stem.conv`, `stages.S.blocks.B.conv2`, `head.fc`, ...), one
+mapping away from timm's ResNet (`convert/resnet.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from vitkit.config import ModelConfig
+from vitkit.models.augmented_conv import AugmentedConv2d, augmented_conv_macs, head_channels
+from vitkit.models.bit import ConvHead
+from vitkit.models.layers import Dropout, DropPath
+from vitkit.models.local_attention import LocalSelfAttention2d, local_attention_macs
+from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS
+
+
+def _half(size: int) -> int:
+    """Output length of a stride-2 conv/pool padded to keep ceil(size / 2)."""
+    return -(-size // 2)
+
+
+def block_plan(cfg: ModelConfig) -> list[dict]:
+    """Every bottleneck in order: stage, channels in/mid/out, stride, its input map (h, w), its output map (ho, wo)
+    and its spatial layer ("conv" | "sasa" | "aa"). The one description that building, MACs and parameters read."""
+    h, w = _half(_half(cfg.img_size[0])), _half(_half(cfg.img_size[1]))  # 7x7/2 conv, 3x3/2 max pool
+    plan, c = [], ROOT_WIDTH
+    for i, depth in enumerate(cfg.backbone):
+        out = STAGE_WIDTHS[i]
+        for j in range(depth):
+            stride = 2 if i > 0 and j == 0 else 1
+            layer = {"resnet": "conv", "sasa": "sasa", "aa": "aa" if i > 0 else "conv"}[cfg.arch]
+            ho, wo = (_half(h), _half(w)) if stride == 2 else (h, w)
+            plan.append(
+                dict(
+                    stage=i, cin=c, mid=out // 4, out=out, stride=stride, h=h, w=w, ho=ho, wo=wo, layer=layer
+                )
+            )
+            h, w, c = ho, wo, out
+    return plan
+
+
+def spatial_layer(cfg: ModelConfig, p: dict) -> nn.Module:
+    """The bottleneck's middle layer: a 3x3 conv, SASA local attention or an attention-augmented conv."""
+    mid, stride = p["mid"], p["stride"]
+    if p["layer"] == "sasa":
+        return LocalSelfAttention2d(mid, mid, cfg.num_heads, cfg.sasa_window, stride)
+    if p["layer"] == "aa":
+        dk = head_channels(cfg.aa_key_ratio, mid, cfg.num_heads)
+        dv = head_channels(cfg.aa_value_ratio, mid, cfg.num_heads)
+        return AugmentedConv2d(mid, mid, cfg.num_heads, dk, dv, (p["ho"], p["wo"]), stride)
+    return nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
+
+
+class Stem(nn.Sequential):
+    """7x7/2 conv, batch norm, ReLU, 3x3/2 max pool: (B, C, H, W) -> (B, 64, H/4, W/4)."""
+
+    def __init__(self, in_chans: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, ROOT_WIDTH, 7, stride=2, padding=3, bias=False)
+        self.norm = nn.BatchNorm2d(ROOT_WIDTH)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+
+
+class Downsample(nn.Sequential):
+    """The projection shortcut: a 1x1 conv at the block's stride and batch norm."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+        self.norm = nn.BatchNorm2d(out_chs)
+
+
+class Bottleneck(nn.Module):
+    """1x1, spatial layer (stride), 1x1 at a quarter of the width, each with batch norm; residual; ReLU."""
+
+    def __init__(self, cfg: ModelConfig, p: dict, drop_path: float):
+        super().__init__()
+        cin, mid, out = p["cin"], p["mid"], p["out"]
+        self.downsample = Downsample(cin, out, p["stride"]) if p["stride"] != 1 or cin != out else None
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(mid)
+        self.conv2 = spatial_layer(cfg, p)
+        self.norm2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, out, 1, bias=False)
+        self.norm3 = nn.BatchNorm2d(out)
+        self.act = nn.ReLU(inplace=True)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act(self.norm1(self.conv1(x)))
+        x = self.act(self.norm2(self.conv2(x)))
+        x = self.norm3(self.conv3(x))
+        return self.act(self.drop_path(x) + shortcut)
+
+
+class Stage(nn.Module):
+    """A stage's bottlenecks (the first changes the width and applies the stride)."""
+
+    def __init__(self, blocks: list[Bottleneck]):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class ResNetV1(nn.Module):
+    """ResNet / SASA / AA classifier: conv stem, bottleneck stages, global average pooling, 1x1-conv head."""
+
+    def __init__(self, cfg: ModelConfig, weights_follow: bool = False):
+        super().__init__()
+        if cfg.arch not in ("resnet", "sasa", "aa"):
+            raise ValueError(
+                f"ResNetV1 needs arch 'resnet', 'sasa' or 'aa', got arch={cfg.arch!r} ({cfg.name})"
+            )
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.stem = Stem(cfg.in_chans)
+        plan = block_plan(cfg)
+        rates = [cfg.drop_path_rate * n / max(len(plan) - 1, 1) for n in range(len(plan))]
+        self.stages = nn.Sequential(
+            *[
+                Stage([Bottleneck(cfg, p, r) for p, r in zip(plan, rates) if p["stage"] == i])
+                for i in range(len(cfg.backbone))
+            ]
+        )
+        self.num_features = plan[-1]["out"]
+        self.head = ConvHead(self.num_features, cfg.num_classes, cfg.drop_rate) if cfg.num_classes else None
+        for i, m in enumerate(m for m in self.modules() if isinstance(m, (Dropout, DropPath))):
+            m.rng_id = i + 1  # keyed dropout: each layer draws its own masks
+        self.reset_parameters()
+
+    @property
+    def blocks(self) -> list[Bottleneck]:
+        """All bottlenecks in order (the units FSDP shards)."""
+        return [b for s in self.stages for b in s.blocks]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """timm's ResNet init: He-normal convs (fan out), unit norms, each block's last norm at zero (so a block
+        starts as its shortcut), attention layers their own init; the head N(0, 0.01) or zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, (LocalSelfAttention2d, AugmentedConv2d)):
+                m.reset_parameters()
+            elif isinstance(m, Bottleneck):
+                nn.init.zeros_(m.norm3.weight)
+        if self.head is not None:
+            if self.cfg.head_init == "zero":
+                nn.init.zeros_(self.head.fc.weight)
+            else:
+                nn.init.normal_(self.head.fc.weight, std=0.01)
+            nn.init.zeros_(self.head.fc.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay beyond biases and norms: the relative embeddings."""
+        return {n for n, _ in self.named_parameters() if n.endswith(("rel_row", "rel_col", "rel_h", "rel_w"))}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> the last stage's feature map (B, C', H/32, W/32)."""
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""
+        if self.head is None:
+            return x.mean((2, 3))
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, classes)."""
+        return self.forward_head(self.forward_features(x))
+
+    def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
+        """Another input size: the AA layers' relative tables resampled to their new maps (`mode` is the ViT's)."""
+        self.cfg = dataclasses.replace(self.cfg, img_size=img_size)
+        for block, p in zip(self.blocks, block_plan(self.cfg)):
+            if isinstance(block.conv2, AugmentedConv2d):
+                block.conv2.set_feat_size((p["ho"], p["wo"]))
+
+
+def resnet_v1_macs(cfg: ModelConfig) -> int:
+    """Analytic multiply-accumulates of one forward pass of one image (convs, attention, head; norms not counted)."""
+    h, w = _half(cfg.img_size[0]), _half(cfg.img_size[1])
+    macs = h * w * 49 * cfg.in_chans * ROOT_WIDTH
+    for p in block_plan(cfg):
+        cin, mid, out, s = p["cin"], p["mid"], p["out"], p["stride"]
+        h, w, ho, wo = p["h"], p["w"], p["ho"], p["wo"]
+        macs += h * w * cin * mid + ho * wo * mid * out
+        if p["layer"] == "conv":
+            macs += ho * wo * 9 * mid * mid
+        elif p["layer"] == "sasa":
+            macs += local_attention_macs(mid, mid, h, w, cfg.sasa_window)
+        else:
+            dk = head_channels(cfg.aa_key_ratio, mid, cfg.num_heads)
+            dv = head_channels(cfg.aa_value_ratio, mid, cfg.num_heads)
+            macs += augmented_conv_macs(mid, mid, dk, dv, ho, wo)
+        if s != 1 or cin != out:
+            macs += ho * wo * cin * out
+    return macs + block_plan(cfg)[-1]["out"] * cfg.num_classes
+
+
+def resnet_v1_params(cfg: ModelConfig) -> int:
+    """Analytic parameter count (matches `sum(p.numel())` of the built model)."""
+    total = 49 * cfg.in_chans * ROOT_WIDTH + 2 * ROOT_WIDTH
+    for p in block_plan(cfg):
+        cin, mid, out = p["cin"], p["mid"], p["out"]
+        total += cin * mid + mid * out + 2 * (2 * mid + out)
+        if p["layer"] == "conv":
+            total += 9 * mid * mid
+        elif p["layer"] == "sasa":
+            total += 3 * mid * mid + 2 * (mid // 2) * cfg.sasa_window
+        else:
+            dk = head_channels(cfg.aa_key_ratio, mid, cfg.num_heads)
+            dv = head_channels(cfg.aa_value_ratio, mid, cfg.num_heads)
+            total += 9 * mid * (mid - dv) + mid * (2 * dk + dv) + dv * dv
+            total += (2 * p["ho"] - 1 + 2 * p["wo"] - 1) * (dk // cfg.num_heads)
+        if p["stride"] != 1 or cin != out:
+            total += cin * out + 2 * out
+    c = block_plan(cfg)[-1]["out"]
+    return total + (c * cfg.num_classes + cfg.num_classes if cfg.num_classes else 0)
