@@ -7,6 +7,7 @@ from vitkit.config import ModelConfig, RunConfig
 from vitkit.convert import load_pretrained, model_from_source, read_checkpoint
 from vitkit.models import (
     BiTResNet,
+    ResNetV1,
     VisionTransformer,
     build_model,
     count_params,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BiTResNet",
     "ModelConfig",
+    "ResNetV1",
     "RunConfig",
     "VisionTransformer",
     "build_model",

@@ -48,6 +48,15 @@ VIT_ONLY = (
     "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init",
 )  # fmt: skip
 CNN_READS = {"sasa": ("num_heads",), "aa": ("num_heads",)}  # ViT fields a CNN baseline reads too
+# The batch-norm ResNets of the attention baselines (resnet, sasa, aa), by depth: 26 and 38 as the SASA paper
+# (ResNet-50 with 2 and 1 blocks fewer per stage), 50/101/152 as He et al. (timm's resnet26 is another layout).
+RESNET_DEPTHS: dict[int, tuple[int, ...]] = {
+    26: (1, 2, 4, 1),
+    38: (2, 3, 5, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
 ARCH_ONLY = {"width_factor": "bit", "sasa_window": "sasa", "aa_key_ratio": "aa", "aa_value_ratio": "aa"}
 
 
@@ -61,6 +70,11 @@ def cnn_name(arch: str, layers: tuple[int, ...], width: int = 1) -> str:
     depth = bit_depth(layers)
     prefix = {"resnet": "", "sasa": "SASA-", "aa": "AA-"}
     return f"BiT-R{depth}x{width}" if arch == "bit" else f"{prefix[arch]}ResNet-{depth}"
+
+
+def head_channels(ratio: float, channels: int, num_heads: int) -> int:
+    """`ratio` x `channels` rounded to a multiple of the heads, at least one channel per head (AA's dk and dv)."""
+    return max(round(ratio * channels / num_heads), 1) * num_heads
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -81,7 +95,8 @@ class ModelConfig:
     of stage depths `backbone` and width `width_factor`. `arch="resnet"`: a batch-norm ResNet (He et al.);
     `"sasa"`: it with stand-alone local self-attention (`num_heads`, window `sasa_window`) for each 3x3 conv;
     `"aa"`: it with attention-augmented 3x3 convs (`num_heads`, dk = `aa_key_ratio` and dv = `aa_value_ratio`
-    x the conv's channels) in the last three stages. The CNNs read img_size, in_chans, num_classes, drop_rate
+    x the conv's channels) in the last three stages. Their stage depths are the named ResNet's (RESNET_DEPTHS);
+    the registry's names set 8 heads (the dataclass default, 3, is ViT-Ti's). The CNNs read img_size, in_chans, num_classes, drop_rate
     (before the head), drop_path_rate, head_init and their own fields; another field set on them is an error.
     """
 
@@ -192,6 +207,12 @@ class ModelConfig:
                 + (f" and model.width_factor={self.width_factor}" if self.arch == "bit" else "")
                 + f": that model is {want!r} ({what}); choose the model with --model, or set the name to match"
             )
+        depth = bit_depth(self.backbone)
+        if self.arch != "bit" and self.backbone != RESNET_DEPTHS.get(depth):
+            raise ValueError(
+                f"model.backbone={self.backbone}: {self.name} has the stage depths {RESNET_DEPTHS.get(depth)}; the "
+                f"ResNets are {', '.join(f'{d}: {v}' for d, v in RESNET_DEPTHS.items())}"
+            )
         defaults = ModelConfig.__dataclass_fields__
         for key in VIT_ONLY:
             if key not in CNN_READS.get(self.arch, ()) and getattr(self, key) != defaults[key].default:
@@ -218,11 +239,14 @@ class ModelConfig:
                 raise ValueError(
                     f"model.aa_key_ratio={self.aa_key_ratio!r} must be positive (dk = it x channels)"
                 )
-            if not 0 < self.aa_value_ratio < 1:
-                raise ValueError(
-                    f"model.aa_value_ratio={self.aa_value_ratio!r} must lie in (0, 1): the attention's share of "
-                    "the channels, the conv keeps the rest"
-                )
+            for i in range(1, len(self.backbone)):  # the augmented stages' 3x3 convs: 128, 256, 512 channels
+                dv = head_channels(self.aa_value_ratio, 64 << i, self.num_heads)
+                if not 0 < self.aa_value_ratio < 1 or dv >= 64 << i:
+                    raise ValueError(
+                        f"model.aa_value_ratio={self.aa_value_ratio!r} with model.num_heads={self.num_heads}: stage "
+                        f"{i + 1}'s {64 << i} channels would give the attention dv={dv}; it must leave the conv some "
+                        "(a ratio in (0, 1), dv a multiple of the heads below the channels)"
+                    )
 
     @property
     def token_stride(self) -> int:

@@ -23,7 +23,7 @@ FLAG_KEYS = {
 }
 # the recipe's fine-tuning regularisation; the architecture comes from the checkpoint
 RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
-CNN_READS = ("drop_rate", "drop_path_rate")  # the CNN baselines have no attention dropout
+CNN_FINETUNE_FIELDS = ("drop_rate", "drop_path_rate")  # the CNN baselines have no attention dropout
 
 
 def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
@@ -36,7 +36,7 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
         **{
             k: getattr(cfg.model, k)
             for k in RECIPE_MODEL_FIELDS
-            if ckpt.config.arch == "vit" or k in CNN_READS
+            if ckpt.config.arch == "vit" or k in CNN_FINETUNE_FIELDS
         },
     )
     overrides = [

@@ -37,15 +37,11 @@ def is_bit_state(state: dict[str, torch.Tensor]) -> bool:
 def _refuse_batchnorm(state: dict[str, torch.Tensor], where: str) -> None:
     """timm's resnetv2_50/101 share BiT's names but use BatchNorm and plain convs: another model."""
     stats = sorted(k for k in state if k.endswith(("running_mean", "running_var")))
-    if "stem.norm.running_mean" in state:  # vitkit's own ResNet / SASA / AA weights without their config
-        raise ConversionError(
-            f"{where}: a vitkit ResNet/SASA/AA state dict without its config; load the run folder or the file "
-            "`vitkit export` wrote (both record the model's config)"
-        )
     if stats:
         raise ConversionError(
-            f"{where}: a ResNet-v2 with BatchNorm ({stats[0]}, ...), not BiT's GroupNorm and weight-standardised "
-            "convs; vitkit's ResNet baseline is BiT (timm's resnetv2_*_bit)"
+            f"{where}: a ResNet with BatchNorm ({stats[0]}, ...) in BiT's names, not BiT's GroupNorm and "
+            "weight-standardised convs: vitkit's own ResNet/SASA/AA weights load from their run folder or the file "
+            "`vitkit export` wrote (both record the config); timm's BatchNorm ResNet-v2 is not a model vitkit builds"
         )
 
 

@@ -42,6 +42,9 @@ class LoadReport:
     resampled: tuple[tuple[int, int], tuple[int, int]] | None = None  # (checkpoint grid, model grid)
     head_reset: bool = False
     channels_adapted: tuple[int, int] | None = None  # (checkpoint, model) input channels
+    relative_resampled: list[str] = field(
+        default_factory=list
+    )  # AA relative tables moved to the model's maps
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 
@@ -97,8 +100,9 @@ def _resample_posemb(
         report.resampled = (old, new)
 
 
-def _resample_relative(state: dict, model: nn.Module, source: str) -> None:
-    """An attention-augmented ResNet at another size: its relative tables resampled to the model's maps."""
+def _resample_relative(state: dict, model: nn.Module, report: LoadReport) -> None:
+    """An attention-augmented ResNet at another size: its relative tables resampled linearly to the model's maps
+    (1-D tables: `resample`'s 2-D choices do not apply)."""
     if not isinstance(model, CNN):
         return
     own = {k: v.shape for k, v in model.state_dict().items() if k.endswith((".rel_h", ".rel_w"))}
@@ -109,7 +113,10 @@ def _resample_relative(state: dict, model: nn.Module, source: str) -> None:
             state[k] = resize_relative_table(v, (shape[0] + 1) // 2)
             moved.append(k)
     if moved:
-        log.info("%s: %d relative position tables resampled to the model's feature maps", source, len(moved))
+        report.relative_resampled = moved
+        log.info(
+            "%s: %d relative position tables resampled to the model's feature maps", report.source, len(moved)
+        )
 
 
 def _head_key(model: nn.Module) -> str:
@@ -181,7 +188,7 @@ def load_pretrained(
     state = dict(ckpt.state)
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
-    _resample_relative(state, model, ckpt.path)
+    _resample_relative(state, model, report)
     if isinstance(model, CNN):
         pixel_key = "stem.conv.weight"
     else:

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from vitkit.config import ModelConfig, cnn_name
+from vitkit.config import RESNET_DEPTHS, ModelConfig, bit_depth, cnn_name
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError
 from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS
@@ -111,6 +111,12 @@ def infer_resnet_config(
             f"{where}: a basic-block ResNet (no layer1.0.conv3: timm's resnet18/34); vitkit's ResNets use bottlenecks"
         )
     layers = _depths(state, where)
+    if RESNET_DEPTHS.get(bit_depth(layers)) != layers:
+        raise ConversionError(
+            f"{where}: a ResNet of stage depths {layers}; vitkit's ResNets are "
+            f"{', '.join(f'{d}: {v}' for d, v in RESNET_DEPTHS.items())} (timm's resnet26 (2, 2, 2, 2) is not its "
+            "ResNet-26 (1, 2, 4, 1), which follows the SASA paper)"
+        )
     for i in range(len(layers)):
         out, mid = STAGE_WIDTHS[i], STAGE_WIDTHS[i] // 4
         shapes = {

@@ -8,7 +8,8 @@ heads are mixed by a 1x1 conv W_O. As the paper's code, queries are scaled by dk
 logits. Choices it leaves open: no biases on the 1x1 projections (batch norm follows the concatenation), the
 embeddings drawn from N(0, dk_h^-1) (as timm's BottleneckAttn), and for a stride of 2 the attention runs on
 the input average-pooled 2x2 (the conv branch is strided itself): the paper's FLOPs for AA-ResNet-50 (8.3G, ResNet-50
-8.2G) are only reached so; attention at full resolution before pooling would cost 9.2G.
+8.2G) are only reached so; attention at full resolution before pooling would cost 9.2G. Its parameters are not
+reproduced: 25.1M here, 25.8M in the paper (no setting of dk, dv tried gave both its FLOPs and parameters).
 """
 
 from __future__ import annotations
@@ -45,11 +46,6 @@ def resize_relative_table(table: torch.Tensor, length: int) -> torch.Tensor:
     return out[0].t().to(table.dtype)
 
 
-def head_channels(ratio: float, channels: int, num_heads: int) -> int:
-    """`ratio` x `channels` rounded to a multiple of the heads, at least one channel per head."""
-    return max(round(ratio * channels / num_heads), 1) * num_heads
-
-
 class AugmentedConv2d(nn.Module):
     """3x3 conv to Fout - dv channels beside dv channels of 2D relative self-attention: (B, C, H, W) -> (B, Fout, H/s,
     W/s). `feat_size`: the (H, W) the attention runs at (its output's), which fixes the relative tables
@@ -68,12 +64,12 @@ class AugmentedConv2d(nn.Module):
         super().__init__()
         if num_heads < 1 or key_channels % num_heads or value_channels % num_heads:
             raise ValueError(
-                f"attention-augmented conv: dk={key_channels} and dv={value_channels} must be multiples of the "
-                f"{num_heads} heads"
+                f"attention-augmented conv: dk={key_channels} and dv={value_channels} (model.aa_key_ratio, "
+                f"model.aa_value_ratio) must be multiples of the {num_heads} heads (model.num_heads)"
             )
         if not 0 < value_channels < out_chs:
             raise ValueError(
-                f"attention-augmented conv: dv={value_channels} must lie in (0, {out_chs}) channels"
+                f"attention-augmented conv: dv={value_channels} (model.aa_value_ratio) must lie in (0, {out_chs})"
             )
         self.num_heads, self.dk, self.dv, self.stride = num_heads, key_channels, value_channels, stride
         self.feat_size = tuple(feat_size)
@@ -121,6 +117,7 @@ class AugmentedConv2d(nn.Module):
         return out.transpose(-1, -2).reshape(b, self.dv, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> conv channels beside attention channels, (B, Fout, H/s, W/s)."""
         return torch.cat([self.conv(x), self.proj(self.attention(self.pool(x)))], dim=1)
 
 

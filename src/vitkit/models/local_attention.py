@@ -5,7 +5,9 @@ y_ij = sum_ab softmax_ab(q_ij . k_ab + q_ij . r_{a-i, b-j}) v_ab per head, where
 (half of each head's channels) concatenated with a column-offset embedding (the other half). Queries, keys and
 values are 1x1 projections; a stride of 2 is a 2x2 average pool after the attention, as the paper does.
 Choices the paper leaves open: queries are scaled by head_dim^-0.5 (as the Transformer and the attention
-augmented conv do), and neighbours outside the image are masked out rather than read as zero padding.
+augmented conv do); neighbours outside the image are masked out rather than read as zero padding; each head has
+its own row and column embeddings (half of its channels each; the paper writes them for one head, and splitting a
+shared d_out-wide embedding by heads would leave half the heads with row offsets only).
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ class LocalSelfAttention2d(nn.Module):
         head_dim = out_chs // num_heads if num_heads > 0 else 0
         if head_dim * num_heads != out_chs or head_dim % 2:
             raise ValueError(
-                f"local self-attention: {out_chs} channels do not split into {num_heads} heads of an even width "
-                "(half for row offsets, half for column offsets)"
+                f"local self-attention: {out_chs} channels do not split into {num_heads} heads (model.num_heads) of "
+                "an even width (half for row offsets, half for column offsets)"
             )
         if window < 1 or window % 2 == 0:
-            raise ValueError(f"local self-attention window={window}: expected an odd size >= 1 (e.g. 7)")
+            raise ValueError(
+                f"local self-attention window={window} (model.sasa_window): expected an odd size >= 1 (e.g. 7)"
+            )
         self.num_heads, self.head_dim, self.window, self.stride = num_heads, head_dim, window, stride
         self.scale = head_dim**-0.5
         self.qkv = nn.Conv2d(in_chs, 3 * out_chs, 1, bias=False)
@@ -56,6 +60,7 @@ class LocalSelfAttention2d(nn.Module):
         nn.init.trunc_normal_(self.rel_col, std=self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D, H/s, W/s)."""
         b, _, h, w = x.shape
         q, key, v = self.qkv(x).chunk(3, dim=1)  # (B, D, H, W) each
         dense = h * w <= DENSE_WINDOWS * self.window**2
@@ -70,7 +75,7 @@ class LocalSelfAttention2d(nn.Module):
         return row, col
 
     def _windowed(self, q: torch.Tensor, key: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Each pixel's k x k window gathered (unfold): maps larger than a window. -> (B, nh, dh, HW)."""
+        """Each pixel's k x k window gathered (unfold): the larger maps. -> (B, nh, dh, HW)."""
         b, _, h, w = q.shape
         nh, dh, k = self.num_heads, self.head_dim, self.window
         q = q.reshape(b, nh, dh, h * w) * self.scale
@@ -78,13 +83,13 @@ class LocalSelfAttention2d(nn.Module):
         def windows(t: torch.Tensor) -> torch.Tensor:  # (B, D, H, W) -> (B, nh, dh, k*k, HW), zeros outside
             return F.unfold(t, k, padding=k // 2).reshape(b, nh, dh, k * k, h * w)
 
-        logits = (q.unsqueeze(3) * windows(key)).sum(2)  # (B, nh, k*k, HW): q_ij . k_ab
+        logits = torch.einsum("bncl,bnckl->bnkl", q, windows(key))  # (B, nh, k*k, HW): q_ij . k_ab
         row, col = self._relative(q)
         logits = logits + (row.unsqueeze(3) + col.unsqueeze(2)).flatten(
             2, 3
         )  # offset index (a-i+r)*k + (b-j+r)
         logits = logits.masked_fill(~neighbour_mask(h, w, k, q.device).t(), float("-inf"))
-        return (logits.softmax(dim=2).unsqueeze(2) * windows(v)).sum(3)  # (B, nh, dh, HW)
+        return torch.einsum("bnkl,bnckl->bncl", logits.softmax(dim=2), windows(v))  # (B, nh, dh, HW)
 
     def _dense(self, q: torch.Tensor, key: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """All pairs of pixels, those further apart than the window masked: for small maps the cheaper way to the
@@ -115,8 +120,8 @@ def pair_offsets(h: int, w: int, window: int, device: torch.device | None = None
 
 def local_attention_macs(in_chs: int, out_chs: int, h: int, w: int, window: int) -> int:
     """Multiply-accumulates of one layer on an h x w map: projections, logits (content + relative), weighted sum.
-    Each pixel scores its window's keys (all h*w pixels when the map is smaller than a window): the layer's own
-    count; the dense path for maps up to DENSE_WINDOWS windows also scores the masked pairs."""
+    Counted as computed: each pixel scores its window's keys, or all h*w pixels (the masked pairs too) on maps of
+    up to DENSE_WINDOWS windows' pixels, the dense path."""
     hw = h * w
-    keys = min(hw, window * window)
+    keys = hw if hw <= DENSE_WINDOWS * window * window else window * window
     return hw * in_chs * 3 * out_chs + hw * out_chs * (2 * keys + window)

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from typing import Any
 
-from vitkit.config import BIT_NAME, RESNET_NAME, ModelConfig, backbone_stride, cnn_name
+from vitkit.config import BIT_NAME, RESNET_DEPTHS, RESNET_NAME, ModelConfig, backbone_stride, cnn_name
 from vitkit.models.bit import bit_macs, bit_params
 from vitkit.models.resnet import backbone_channels, backbone_macs, backbone_params
 from vitkit.models.resnet_v1 import resnet_v1_macs, resnet_v1_params
@@ -62,15 +62,6 @@ BIT_DEPTHS: dict[int, tuple[int, ...]] = {
     152: (3, 8, 36, 3),
 }
 
-# The batch-norm ResNets of the attention baselines, by depth: 26 and 38 as the SASA paper (ResNet-50 with 2 and 1
-# blocks fewer per stage), 50/101/152 as He et al.
-RESNET_DEPTHS: dict[int, tuple[int, ...]] = {
-    26: (1, 2, 4, 1),
-    38: (2, 3, 5, 2),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
 ATTN_HEADS = 8  # both attention papers' heads per layer
 
 # The hybrids' ResNets (stage depths). R50 as the paper's Section 4.1: at token stride 16 stage 4's blocks move

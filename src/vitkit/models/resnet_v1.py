@@ -17,8 +17,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from vitkit.config import ModelConfig
-from vitkit.models.augmented_conv import AugmentedConv2d, augmented_conv_macs, head_channels
+from vitkit.config import ModelConfig, head_channels
+from vitkit.models.augmented_conv import AugmentedConv2d, augmented_conv_macs
 from vitkit.models.bit import ConvHead
 from vitkit.models.layers import Dropout, DropPath
 from vitkit.models.local_attention import LocalSelfAttention2d, local_attention_macs
@@ -31,8 +31,9 @@ def _half(size: int) -> int:
 
 
 def block_plan(cfg: ModelConfig) -> list[dict]:
-    """Every bottleneck in order: stage, channels in/mid/out, stride, its input map (h, w), its output map (ho, wo)
-    and its spatial layer ("conv" | "sasa" | "aa"). The one description that building, MACs and parameters read."""
+    """Every bottleneck in order: stage, channels in/mid/out, stride, its input map (h, w), its output map (ho, wo),
+    its spatial layer ("conv" | "sasa" | "aa") and an AA layer's dk, dv. The one description that building, MACs
+    and parameters read."""
     h, w = _half(_half(cfg.img_size[0])), _half(_half(cfg.img_size[1]))  # 7x7/2 conv, 3x3/2 max pool
     plan, c = [], ROOT_WIDTH
     for i, depth in enumerate(cfg.backbone):
@@ -41,11 +42,13 @@ def block_plan(cfg: ModelConfig) -> list[dict]:
             stride = 2 if i > 0 and j == 0 else 1
             layer = {"resnet": "conv", "sasa": "sasa", "aa": "aa" if i > 0 else "conv"}[cfg.arch]
             ho, wo = (_half(h), _half(w)) if stride == 2 else (h, w)
-            plan.append(
-                dict(
-                    stage=i, cin=c, mid=out // 4, out=out, stride=stride, h=h, w=w, ho=ho, wo=wo, layer=layer
-                )
+            p = dict(
+                stage=i, cin=c, mid=out // 4, out=out, stride=stride, h=h, w=w, ho=ho, wo=wo, layer=layer
             )
+            if layer == "aa":
+                p["dk"] = head_channels(cfg.aa_key_ratio, out // 4, cfg.num_heads)
+                p["dv"] = head_channels(cfg.aa_value_ratio, out // 4, cfg.num_heads)
+            plan.append(p)
             h, w, c = ho, wo, out
     return plan
 
@@ -56,9 +59,7 @@ def spatial_layer(cfg: ModelConfig, p: dict) -> nn.Module:
     if p["layer"] == "sasa":
         return LocalSelfAttention2d(mid, mid, cfg.num_heads, cfg.sasa_window, stride)
     if p["layer"] == "aa":
-        dk = head_channels(cfg.aa_key_ratio, mid, cfg.num_heads)
-        dv = head_channels(cfg.aa_value_ratio, mid, cfg.num_heads)
-        return AugmentedConv2d(mid, mid, cfg.num_heads, dk, dv, (p["ho"], p["wo"]), stride)
+        return AugmentedConv2d(mid, mid, cfg.num_heads, p["dk"], p["dv"], (p["ho"], p["wo"]), stride)
     return nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
 
 
@@ -99,6 +100,7 @@ class Bottleneck(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, Cout, H/s, W/s)."""
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act(self.norm1(self.conv1(x)))
         x = self.act(self.norm2(self.conv2(x)))
@@ -114,6 +116,7 @@ class Stage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, Cout, H/s, W/s)."""
         return self.blocks(x)
 
 
@@ -211,9 +214,7 @@ def resnet_v1_macs(cfg: ModelConfig) -> int:
         elif p["layer"] == "sasa":
             macs += local_attention_macs(mid, mid, h, w, cfg.sasa_window)
         else:
-            dk = head_channels(cfg.aa_key_ratio, mid, cfg.num_heads)
-            dv = head_channels(cfg.aa_value_ratio, mid, cfg.num_heads)
-            macs += augmented_conv_macs(mid, mid, dk, dv, ho, wo)
+            macs += augmented_conv_macs(mid, mid, p["dk"], p["dv"], ho, wo)
         if s != 1 or cin != out:
             macs += ho * wo * cin * out
     return macs + block_plan(cfg)[-1]["out"] * cfg.num_classes
@@ -230,8 +231,7 @@ def resnet_v1_params(cfg: ModelConfig) -> int:
         elif p["layer"] == "sasa":
             total += 3 * mid * mid + 2 * (mid // 2) * cfg.sasa_window
         else:
-            dk = head_channels(cfg.aa_key_ratio, mid, cfg.num_heads)
-            dv = head_channels(cfg.aa_value_ratio, mid, cfg.num_heads)
+            dk, dv = p["dk"], p["dv"]
             total += 9 * mid * (mid - dv) + mid * (2 * dk + dv) + dv * dv
             total += (2 * p["ho"] - 1 + 2 * p["wo"] - 1) * (dk // cfg.num_heads)
         if p["stride"] != 1 or cin != out:
