@@ -1,6 +1,8 @@
-"""BiT-R26x1's training step on the CPU, eager vs channels-last vs torch.compile, timed alternately in one process.
+"""A CNN baseline's training step on the CPU, eager vs channels-last vs torch.compile, timed alternately in one
+process (BiT-R26x1 unless --model names another 28-px CNN: ResNet-26, SASA-ResNet-26, AA-ResNet-26).
 
-python bench/bit_compile_ab.py [--repeats 3]   (28 px grayscale, batch 64, fused AdamW; bench/RESULTS.md)
+python bench/bit_compile_ab.py [--model SASA-ResNet-26] [--repeats 3]   (28 px grayscale, batch 64, fused AdamW;
+bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ VARIANTS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="BiT-R26x1")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10, help="steps per measurement")
     a = ap.parse_args()
@@ -30,7 +33,7 @@ def main() -> None:
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     steps = {}
     for name, (channels_last, compiled) in VARIANTS.items():
-        model = create_model("BiT-R26x1", img_size=28, in_chans=1, num_classes=10)
+        model = create_model(a.model, img_size=28, in_chans=1, num_classes=10)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt)
         opt = torch.optim.AdamW(model.parameters(), fused=True)

@@ -346,3 +346,20 @@ def test_cli_trains_evaluates_and_finetunes(tmp_path, name):
     assert r.returncode == 0, r.stderr
     assert name in r.stdout
     assert json.loads((ft / "config.json").read_text())["model"]["img_size"] == [24, 24]
+
+
+def test_model_flag_moves_a_recipe_between_kinds():
+    """`--model` on another kind's recipe: the ViT's options and the other CNNs' own options reset."""
+    from vitkit.cli.train import model_overrides
+    from vitkit.config import apply_overrides
+    from vitkit.recipes import get_recipe
+
+    sasa = apply_overrides(get_recipe("fashion-mnist-sasa"), ["model.sasa_window=5"])
+    aa = apply_overrides(sasa, model_overrides("AA-ResNet-26")).model
+    assert (aa.arch, aa.sasa_window, aa.num_heads, aa.img_size) == ("aa", 7, 8, (28, 28))
+    plain = apply_overrides(sasa, model_overrides("ResNet-26")).model
+    assert (plain.arch, plain.num_heads, plain.backbone) == ("resnet", 3, (1, 2, 4, 1))
+    vit = apply_overrides(sasa, model_overrides("ViT-S/4")).model
+    assert (vit.arch, vit.embed_dim, vit.sasa_window, vit.backbone) == ("vit", 384, 7, None)
+    back = apply_overrides(get_recipe("fashion-mnist"), model_overrides("SASA-ResNet-26")).model
+    assert (back.arch, back.pool, back.num_heads, back.in_chans) == ("sasa", "token", 8, 1)
