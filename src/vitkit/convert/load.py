@@ -17,7 +17,7 @@ from vitkit.convert.files import ConversionError
 from vitkit.convert.sources import read_checkpoint
 from vitkit.models import CNN, Model, VisionTransformer, build_model, model_config, resample_posemb
 from vitkit.models.augmented_conv import resize_relative_table
-from vitkit.models.bit import ConvHead
+from vitkit.models.cnn import ConvHead
 from vitkit.models.registry import check_model_options
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ import torch
 
 from vitkit.config import ModelConfig
 from vitkit.models.bit import BiTResNet
+from vitkit.models.cnn import CNNClassifier
 from vitkit.models.layers import Attention, Block, DropPath, Mlp, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
 from vitkit.models.registry import count_params, forward_macs, list_models, model_config, parse_name
@@ -16,7 +17,7 @@ from vitkit.models.resnet_v1 import ResNetV1
 from vitkit.models.vit import VisionTransformer
 
 Model = VisionTransformer | BiTResNet | ResNetV1
-CNN = (BiTResNet, ResNetV1)  # the baselines: images in, logits out, no tokens
+CNN = CNNClassifier  # the baselines (BiTResNet, ResNetV1): images in, logits out, no tokens
 
 
 def build_model(cfg: ModelConfig, *, weights_follow: bool = False) -> Model:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit.config import ModelConfig
+from vitkit.models.cnn import CNNClassifier, ConvHead
 from vitkit.models.layers import Dropout, DropPath
 from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, GroupNormAct, StdConv2d, backbone_macs
 
@@ -89,20 +90,7 @@ class Stage(nn.Module):
         return self.blocks(x)
 
 
-class ConvHead(nn.Module):
-    """Global average pooling, dropout, a 1x1 conv to the classes (timm's `head.fc`): (B, C, h, w) -> (B, K)."""
-
-    def __init__(self, channels: int, num_classes: int, drop: float):
-        super().__init__()
-        self.drop = Dropout(drop)
-        self.fc = nn.Conv2d(channels, num_classes, 1)
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
-        return x.flatten(1) if pre_logits else self.fc(x).flatten(1)  # (B, C) or (B, K)
-
-
-class BiTResNet(nn.Module):
+class BiTResNet(CNNClassifier):
     """BiT ResNet-v2 classifier: stem, pre-activation bottleneck stages, GroupNorm + ReLU, pooled 1x1-conv head."""
 
     def __init__(self, cfg: ModelConfig, weights_follow: bool = False):
@@ -125,11 +113,6 @@ class BiTResNet(nn.Module):
         for i, m in enumerate(m for m in self.modules() if isinstance(m, (Dropout, DropPath))):
             m.rng_id = i + 1  # keyed dropout: each layer draws its own masks
         self.reset_parameters()
-
-    @property
-    def blocks(self) -> list[PreActBottleneck]:
-        """All bottlenecks in order (the units FSDP shards)."""
-        return [b for s in self.stages for b in s.blocks]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -155,19 +138,8 @@ class BiTResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the final feature map after GroupNorm + ReLU, (B, C', H/32, W/32)."""
-        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
-            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
+        self.check_images(x)
         return self.norm(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""
-        if self.head is None:
-            return x.mean((2, 3))
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> logits (B, classes)."""
-        return self.forward_head(self.forward_features(x))
 
     def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
         """A CNN takes any size: only the config's image size changes (`mode` is for the ViT's embeddings)."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from vitkit.config import ModelConfig, head_channels
 from vitkit.models.augmented_conv import AugmentedConv2d, augmented_conv_macs
-from vitkit.models.bit import ConvHead
+from vitkit.models.cnn import CNNClassifier, ConvHead
 from vitkit.models.layers import Dropout, DropPath
 from vitkit.models.local_attention import LocalSelfAttention2d, local_attention_macs
 from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS
@@ -121,7 +121,7 @@ class Stage(nn.Module):
         return self.blocks(x)
 
 
-class ResNetV1(nn.Module):
+class ResNetV1(CNNClassifier):
     """ResNet / SASA / AA classifier: conv stem, bottleneck stages, global average pooling, 1x1-conv head."""
 
     def __init__(self, cfg: ModelConfig, weights_follow: bool = False):
@@ -146,11 +146,6 @@ class ResNetV1(nn.Module):
         for i, m in enumerate(m for m in self.modules() if isinstance(m, (Dropout, DropPath))):
             m.rng_id = i + 1  # keyed dropout: each layer draws its own masks
         self.reset_parameters()
-
-    @property
-    def blocks(self) -> list[Bottleneck]:
-        """All bottlenecks in order (the units FSDP shards)."""
-        return [b for s in self.stages for b in s.blocks]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -180,19 +175,8 @@ class ResNetV1(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the last stage's feature map (B, C', H/32, W/32)."""
-        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
-            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
+        self.check_images(x)
         return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""
-        if self.head is None:
-            return x.mean((2, 3))
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> logits (B, classes)."""
-        return self.forward_head(self.forward_features(x))
 
     def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
         """Another input size: the AA layers' relative tables resampled to their new maps (`mode` is the ViT's)."""

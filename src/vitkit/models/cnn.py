@@ -1,0 +1,47 @@
+"""What the CNN baselines (BiT, ResNet, SASA, AA) share: the pooled 1x1-conv head and the classifier's interface
+(`forward_features` -> `forward_head`, the bottlenecks FSDP shards, the input check)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vitkit.models.layers import Dropout
+
+
+class ConvHead(nn.Module):
+    """Global average pooling, dropout, a 1x1 conv to the classes (timm's `head.fc`): (B, C, h, w) -> (B, K)."""
+
+    def __init__(self, channels: int, num_classes: int, drop: float):
+        super().__init__()
+        self.drop = Dropout(drop)
+        self.fc = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
+        return x.flatten(1) if pre_logits else self.fc(x).flatten(1)  # (B, C) or (B, K)
+
+
+class CNNClassifier(nn.Module):
+    """A CNN with `stem`, `stages` of `blocks`, `head` (a ConvHead or None) and `cfg`; subclasses give
+    `forward_features`."""
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """All bottlenecks in order (the units FSDP shards)."""
+        return [b for s in self.stages for b in s.blocks]
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """Images must be (B, in_chans, H, W): anything else is an error saying so."""
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""
+        if self.head is None:
+            return x.mean((2, 3))
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, classes)."""
+        return self.forward_head(self.forward_features(x))
