@@ -133,8 +133,7 @@ def _replace_head(model: Model) -> None:
             head = ConvHead(model.num_features, model.num_classes, model.cfg.drop_rate).to(
                 ref.device, ref.dtype
             )
-            nn.init.zeros_(head.fc.weight)
-            nn.init.zeros_(head.fc.bias)
+            head.reset_parameters(zero=True)
             head.drop.rng_id = model.head.drop.rng_id if model.head is not None else 0
             model.head = head
         return

@@ -17,7 +17,17 @@ class ConvHead(nn.Module):
         self.drop = Dropout(drop)
         self.fc = nn.Conv2d(channels, num_classes, 1)
 
+    @torch.no_grad()
+    def reset_parameters(self, zero: bool = False) -> None:
+        """BiT's and timm's head init: weights N(0, 0.01), or zero (fine-tuning); zero bias."""
+        if zero:
+            nn.init.zeros_(self.fc.weight)
+        else:
+            nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map (B, C, h, w) -> logits (B, K), or pooled features (B, C) if pre_logits."""
         x = self.drop(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
         return x.flatten(1) if pre_logits else self.fc(x).flatten(1)  # (B, C) or (B, K)
 

@@ -163,11 +163,7 @@ class ResNetV1(CNNClassifier):
             elif isinstance(m, Bottleneck):
                 nn.init.zeros_(m.norm3.weight)
         if self.head is not None:
-            if self.cfg.head_init == "zero":
-                nn.init.zeros_(self.head.fc.weight)
-            else:
-                nn.init.normal_(self.head.fc.weight, std=0.01)
-            nn.init.zeros_(self.head.fc.bias)
+            self.head.reset_parameters(zero=self.cfg.head_init == "zero")
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay beyond biases and norms: the relative embeddings."""
