@@ -77,7 +77,8 @@ def main() -> int:
             train(model, a.recipe, a.epochs, out)
         rows.append(summarise(model, out))
     print(f"\n{a.recipe}, {a.epochs} epochs, torch threads as `vitkit train` sets them")
-    head = f"{'model':<16} {'params':>11} {'GFLOPs':>7} {'top-1 by epoch':<34} {'final':>7} {'s/epoch':>8} {'img/s':>7}"
+    head = f"{'model':<16} {'params':>11} {'GFLOPs':>7} {'top-1 by epoch':<34} {'final':>7} {'s/epoch':>8}"
+    head += f" {'img/s':>7}"
     print(head)
     print("-" * len(head))
     for r in rows:

@@ -96,8 +96,9 @@ class ModelConfig:
     `"sasa"`: it with stand-alone local self-attention (`num_heads`, window `sasa_window`) for each 3x3 conv;
     `"aa"`: it with attention-augmented 3x3 convs (`num_heads`, dk = `aa_key_ratio` and dv = `aa_value_ratio`
     x the conv's channels) in the last three stages. Their stage depths are the named ResNet's (RESNET_DEPTHS);
-    the registry's names set 8 heads (the dataclass default, 3, is ViT-Ti's). The CNNs read img_size, in_chans, num_classes, drop_rate
-    (before the head), drop_path_rate, head_init and their own fields; another field set on them is an error.
+    the registry's names set 8 heads (the dataclass default, 3, is ViT-Ti's). The CNNs read img_size, in_chans,
+    num_classes, drop_rate (before the head), drop_path_rate, head_init and their own fields; another field set on
+    them is an error.
     """
 
     name: str = "ViT-Ti/16"
@@ -125,9 +126,7 @@ class ModelConfig:
     width_factor: int = 1  # arch="bit": channels x this (BiT-R50x3: 3)
     sasa_window: int = 7  # arch="sasa": each pixel attends to this k x k neighbourhood (the paper's k = 7)
     aa_key_ratio: float = 0.2  # arch="aa": kappa = dk / Fout (the paper's ResNets: kappa = 2 upsilon = 0.2)
-    aa_value_ratio: float = (
-        0.1  # arch="aa": upsilon = dv / Fout, the attention's share of the output channels
-    )
+    aa_value_ratio: float = 0.1  # arch="aa": upsilon = dv / Fout, the attention's share of the channels
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))

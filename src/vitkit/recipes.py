@@ -93,7 +93,7 @@ def fashion_mnist_bit() -> RunConfig:
 
 
 def _attention_baseline(recipe: str, arch: str, expected: str) -> RunConfig:
-    """The default recipe's setting (data, AdamW, cosine schedule, batch 64) with a CNN attention baseline, 4 epochs."""
+    """The default recipe's setting (data, AdamW, cosine schedule, batch 64), a CNN attention baseline, 4 epochs."""
     base = fashion_mnist()
     return dataclasses.replace(
         base,

@@ -33,7 +33,8 @@ def _from_state(path: str, state: dict[str, torch.Tensor], num_heads: int | None
     some = sorted(state)[:6]
     raise ConversionError(
         f"{path}: not a checkpoint vitkit knows: expected timm names (patch_embed.proj.weight; a BiT ResNet's "
-        f"stem.conv.weight; a ResNet's conv1.weight and layer1.0.*) or transformers names (embeddings.patch_embeddings.projection.weight); first keys: {some}"
+        f"stem.conv.weight; a ResNet's conv1.weight and layer1.0.*) or transformers names "
+        f"(embeddings.patch_embeddings.projection.weight); first keys: {some}"
     )
 
 
