@@ -41,9 +41,8 @@ class LocalSelfAttention2d(nn.Module):
         self.num_heads, self.head_dim, self.window, self.stride = num_heads, head_dim, window, stride
         self.scale = head_dim**-0.5
         self.qkv = nn.Conv2d(in_chs, 3 * out_chs, 1, bias=False)
-        self.rel_row = nn.Parameter(
-            torch.empty(num_heads, head_dim // 2, window)
-        )  # offset a - i = 0..k-1 - k//2
+        # per head: half of its channels embed the row offset a - i, half the column offset b - j (index + k//2)
+        self.rel_row = nn.Parameter(torch.empty(num_heads, head_dim // 2, window))
         self.rel_col = nn.Parameter(torch.empty(num_heads, head_dim // 2, window))
         self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.reset_parameters()
@@ -63,15 +62,8 @@ class LocalSelfAttention2d(nn.Module):
         out = self._dense(q, key, v) if dense else self._tiled(q, key, v)
         return self.pool(out.reshape(b, -1, h, w))  # (B, D, H/s, W/s)
 
-    def _relative(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q (B, nh, dh, HW) -> q . r_row and q . r_col for every window offset, each (B, nh, k, HW)."""
-        half = self.head_dim // 2
-        row = torch.einsum("nck,bncl->bnkl", self.rel_row, q[:, :, :half])
-        col = torch.einsum("nck,bncl->bnkl", self.rel_col, q[:, :, half:])
-        return row, col
-
     def _tiled(self, q: torch.Tensor, key: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Queries in k x k tiles, each tile attending to the (3k - 2)^2 region its windows span, pairs beyond a
+        """Queries in k x k tiles, each tile attending to the (2k - 1)^2 region its windows span, pairs beyond a
         window and keys outside the image masked: dense products on large maps. -> (B, nh, dh, HW)."""
         b, _, h, w = q.shape
         nh, dh, t = self.num_heads, self.head_dim, self.window
@@ -111,7 +103,9 @@ class LocalSelfAttention2d(nn.Module):
         nh, dh = self.num_heads, self.head_dim
         q = q.reshape(b, nh, dh, h * w) * self.scale
         logits = q.transpose(-1, -2) @ key.reshape(b, nh, dh, h * w)  # (B, nh, HW, HW'): q_ij . k_ab
-        row, col = self._relative(q)  # (B, nh, k, HW)
+        half = dh // 2  # q . r_row[offset] and q . r_col[offset] for every offset: (B, nh, k, HW) each
+        row = torch.einsum("nck,bncl->bnkl", self.rel_row, q[:, :, :half])
+        col = torch.einsum("nck,bncl->bnkl", self.rel_col, q[:, :, half:])
         idx_row, idx_col, inside = pair_offsets(h, w, self.window, q.device)  # (HW, HW') each
         full = (b, nh, h * w, h * w)
         logits = logits + row.transpose(-1, -2).gather(-1, idx_row.expand(full))  # q . r_row[a - i]
@@ -132,7 +126,7 @@ def pair_offsets(h: int, w: int, window: int, device: torch.device | None = None
 
 
 def tile_offsets(h: int, w: int, window: int, device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
-    """For the tiles of an h x w map (k x k queries, (3k - 2)^2 keys each): the row and column offset indices into
+    """For the tiles of an h x w map (k x k queries, (2k - 1)^2 keys each): the row and column offset indices into
     a window's embeddings, (k*k, span^2), and which pairs count, (tiles, k*k, span^2): the key in the query's window
     and in the image; a padded query (beyond the map, dropped) takes every key so that its softmax stays finite."""
     r = window // 2
@@ -155,7 +149,7 @@ def tile_offsets(h: int, w: int, window: int, device: torch.device | None = None
 def local_attention_macs(in_chs: int, out_chs: int, h: int, w: int, window: int) -> int:
     """Multiply-accumulates of one layer on an h x w map: projections, logits (content + relative), weighted sum,
     each pixel scoring its window's keys (all h*w pixels when the map is smaller): the layer's arithmetic as the
-    paper counts it. The dense and tiled paths also score masked pairs (up to DENSE_WINDOWS x and (3k-2)^2/k^2 x as
+    paper counts it. The dense and tiled paths also score masked pairs (up to DENSE_WINDOWS x and (2k-1)^2/k^2 x as
     many) because dense products of those sizes run faster than gathering exactly the window."""
     hw = h * w
     keys = min(hw, window * window)
