@@ -365,3 +365,27 @@ def test_model_flag_moves_a_recipe_between_kinds():
     assert (vit.arch, vit.embed_dim, vit.sasa_window, vit.backbone) == ("vit", 384, 7, None)
     back = apply_overrides(get_recipe("fashion-mnist"), model_overrides("SASA-ResNet-26")).model
     assert (back.arch, back.pool, back.num_heads, back.in_chans) == ("sasa", "token", 8, 1)
+
+
+def test_a_batch_norm_run_resumes_exactly(tmp_path):
+    """Resuming a BN model restores its running statistics too: the same weights and buffers as an unbroken run."""
+    import shutil
+
+    from vitkit.convert.files import read_weights_file
+
+    flags = ["--dataset", "synthetic", "--device", "cpu", "--batch-size", "16", "--model", "AA-ResNet-26"]
+    flags += ["--set", "data.synthetic_size=64", "--set", "model.img_size=16", "--set", "train.compile=false"]
+    flags += ["--steps", "6", "--checkpoint-every", "3", "--no-progress", "--no-report"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for out in (ref, run):
+        r = run_vitkit("train", *flags, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+    shutil.rmtree(run / "checkpoints" / "step-00000006")  # as if killed between steps 3 and 6
+    (run / "model.safetensors").unlink()
+    r = run_vitkit("train", *flags, "--resume", str(run))
+    assert r.returncode == 0, r.stderr
+    a, _ = read_weights_file(str(ref / "model.safetensors"))
+    b, _ = read_weights_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys() and any(k.endswith("running_var") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
