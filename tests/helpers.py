@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from vitkit.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
 TINY_MODEL = ModelConfig(name="tiny", img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2,
@@ -42,3 +44,23 @@ def run_vitkit(*args: str, cwd: str | None = None, timeout: float = 300) -> subp
     return subprocess.run(
         vitkit_cmd(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
     )
+
+
+def check_cnn_trains(
+    model: torch.nn.Module, x: torch.Tensor, classes: int, nonzero_grads: bool = True
+) -> None:
+    """A CNN baseline in train mode: finite logits and gradients (all non-zero unless a zero-initialised norm
+    holds some back); in eval mode forward_features + forward_head == forward, pre-logits of the pooled width."""
+    out = model.train()(x)
+    assert out.shape == (len(x), classes) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        if nonzero_grads:
+            assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (len(x), model.num_features, 1, 1)
+        torch.testing.assert_close(model.forward_head(feats), model(x), rtol=0, atol=0)
+        assert model.forward_head(feats, pre_logits=True).shape == (len(x), model.num_features)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vitkit
-from helpers import run_vitkit
+from helpers import check_cnn_trains, run_vitkit
 from vitkit.convert import ConversionError, read_checkpoint
 from vitkit.models import build_model, count_params, create_model, forward_macs, list_models, model_config
 from vitkit.models.bit import BiTResNet
@@ -37,19 +37,8 @@ def test_param_counts_match_timm(name, expected):
 def test_registered_bit_tiny_trains(name):
     model = create_model(name, img_size=32, num_classes=5, in_chans=3, drop_rate=0.1, drop_path_rate=0.1)
     assert sum(p.numel() for p in model.parameters()) == count_params(model.cfg)
-    x = torch.randn(2, 3, 32, 32)
-    out = model.train()(x)
-    assert out.shape == (2, 5) and torch.isfinite(out).all()
-    out.square().sum().backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-        assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
-    model.eval()
+    check_cnn_trains(model, torch.randn(2, 3, 32, 32), 5)
     with torch.no_grad():
-        feats = model.forward_features(x)
-        assert feats.shape == (2, model.num_features, 1, 1)
-        torch.testing.assert_close(model.forward_head(feats), model(x), rtol=0, atol=0)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
         assert model(torch.randn(1, 3, 45, 61)).shape == (1, 5)  # a CNN: any size
 
 

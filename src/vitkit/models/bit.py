@@ -18,7 +18,7 @@ from torch import nn
 from vitkit.config import ModelConfig
 from vitkit.models.cnn import CNNClassifier, ConvHead
 from vitkit.models.layers import Dropout, DropPath
-from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, GroupNormAct, StdConv2d, backbone_macs
+from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, GroupNormAct, StdConv2d, backbone_macs, he_init_
 
 
 class StdConv2dSym(StdConv2d):
@@ -117,14 +117,7 @@ class BiTResNet(CNNClassifier):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """BiT's init as timm's: He-normal convs (fan out), unit norms, the head N(0, 0.01) or zero."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self)
         if self.head is not None:
             self.head.reset_parameters(zero=self.cfg.head_init == "zero")
 

@@ -163,14 +163,22 @@ def build_backbone(layers: tuple[int, ...], in_chans: int) -> nn.Module:
 
 
 @torch.no_grad()
-def init_backbone_(backbone: nn.Module) -> None:
-    """BiT's init: He-normal convs (fan out), unit norms, the last norm of each residual branch at zero."""
-    for m in backbone.modules():
+def he_init_(module: nn.Module) -> None:
+    """The ResNets' init (BiT's and timm's): He-normal convs (fan out, zero bias), unit group/batch norms."""
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.GroupNorm):
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def init_backbone_(backbone: nn.Module) -> None:
+    """BiT's init: He-normal convs (fan out), unit norms, the last norm of each residual branch at zero."""
+    he_init_(backbone)
     for m in backbone.modules():
         if isinstance(m, Bottleneck):
             nn.init.zeros_(m.norm3.weight)

@@ -22,7 +22,7 @@ from vitkit.models.augmented_conv import AugmentedConv2d, augmented_conv_macs
 from vitkit.models.cnn import CNNClassifier, ConvHead
 from vitkit.models.layers import Dropout, DropPath
 from vitkit.models.local_attention import LocalSelfAttention2d, local_attention_macs
-from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS
+from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, he_init_
 
 
 def _half(size: int) -> int:
@@ -151,12 +151,7 @@ class ResNetV1(CNNClassifier):
     def reset_parameters(self) -> None:
         """timm's ResNet init: He-normal convs (fan out), unit norms, each block's last norm at zero (so a block
         starts as its shortcut), attention layers their own init; the head N(0, 0.01) or zero."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self)
         for m in self.modules():
             if isinstance(m, (LocalSelfAttention2d, AugmentedConv2d)):
                 m.reset_parameters()
