@@ -1,13 +1,11 @@
 """All GPU checks in one call (run by bench/gpu.sh on a lent GPU machine), within a time budget.
 
-1. fashion-mnist-best alone on the GPU, cut to --best-epochs (default 20: its seconds per epoch, 2.6 on an H200
-   before the sixth session took two stream synchronisations and a third of the operators (counted on the CPU:
-   bench/step_ops.py) out of each training step; the effect on the GPU is unmeasured; --best-epochs 100 runs
-   the recipe to its end, 93.58% in the sixth session);
-2. ViT-B/16 at 224 px, batch 256, vs timm with AMP + torch.compile in the same process: the training step in
-   bf16-pure (with a profile of vitkit's step) and in bf16 autocast, inference (issue 6);
-3. the fashion-mnist-gpu recipe compiled (plus any --fast-set), wall-clock timed (issue 6's >= 94% in <= 60 s),
-   if time is left.
+1. fashion-mnist-best alone on the GPU, cut to --best-epochs (0, the default, skips it; 100 runs the recipe to its
+   end, 93.58% in the sixth session);
+2. fashion-mnist-gpu candidates for issue 6's >= 94% in <= 60 s, one after another, each alone on the GPU and
+   wall-clock timed from process start (--candidates, from CANDIDATES; each capped at --fast-timeout seconds);
+3. ViT-B/16 at 224 px, batch 256, vs timm with AMP + torch.compile in the same process (--b16 phases): the
+   training step in bf16-pure and in bf16 autocast, inference (issue 6), if time is left.
 Each phase is skipped when the budget cannot hold it. Results go to $OUT/results.json (rewritten after each
 phase), logs to $OUT/log.txt, the profile to $OUT/profile-vit-b16-train.txt.
 """
@@ -42,6 +40,18 @@ def left(deadline: float) -> float:
     return deadline - time.time()
 
 
+# fashion-mnist-gpu candidates: --set overrides of the recipe. "graphs": the recipe compiled with CUDA graphs
+# (its step is bound by kernel launches: 14 ms per step eager for ~1 ms of arithmetic), checkpointed only at
+# the end; "hybrid-graphs": the same with the sixth session's hybrid (BiT root + two bottleneck units, 1x1
+# patches on the 7x7 map: 1.4-4.3 points ahead per epoch); "-40": 40 epochs instead of 25.
+GRAPHS = ["train.compile=true", "train.compile_mode=reduce-overhead", "train.checkpoint_every=1000000"]
+HYBRID = ["model.backbone=(2,)", "model.patch_size=1"]
+CANDIDATES: dict[str, list[str]] = {
+    "graphs": GRAPHS,
+    "hybrid-graphs": [*GRAPHS, *HYBRID],
+    "hybrid-graphs-40": [*GRAPHS, *HYBRID, "train.epochs=40"],
+    "eager": [],  # the recipe as it stands: the baseline on the same machine
+}
 SMOKE_SETS: list[str] = []  # --smoke: tiny batches and depth so the script runs through on a CPU
 DEVICE = "cuda"
 
@@ -49,7 +59,7 @@ DEVICE = "cuda"
 def train_cmd(
     recipe: str, sets: list[str], epochs: int, out_dir: str, data_dir: str, seed: int = 0
 ) -> list[str]:
-    length = ["--steps", "3"] if SMOKE_SETS else ["--epochs", str(epochs)]
+    length = ["--steps", "3"] if SMOKE_SETS else ["--epochs", str(epochs)] if epochs else []
     cmd = [
         sys.executable,
         "-m",
@@ -151,15 +161,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=".gpu-data")
     ap.add_argument("--budget", type=float, default=560, help="seconds for everything")
-    ap.add_argument("--best-epochs", type=int, default=20)
-    ap.add_argument("--fast-epochs", type=int, default=40)
+    ap.add_argument("--best-epochs", type=int, default=0)
+    ap.add_argument("--candidates", nargs="*", choices=list(CANDIDATES), default=list(CANDIDATES))
+    ap.add_argument("--fast-timeout", type=float, default=90, help="seconds for each candidate's process")
     ap.add_argument(
-        "--fast-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra --set for phase 3, e.g. --fast-set 'model.backbone=(2,)' --fast-set model.patch_size=1 (the "
-        "hybrid candidate of the sixth session)",
+        "--b16",
+        nargs="*",
+        default=["infer_pure_compiled"],
+        choices=["train_pure_compiled", "infer_eager", "train_amp_compiled", "infer_pure_compiled"],
+        help="phase 3's ViT-B/16 measurements (the training step's A/B is bench/gpu_step_ab.py's)",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny settings, to check the script on a CPU")
     a = ap.parse_args()
@@ -180,45 +190,46 @@ def main() -> None:
     runs = os.path.join("/tmp", "vitkit-gpu-runs")
 
     # 1. fashion-mnist-best alone (sixth session: 100 epochs compiled, 260 s of training, 2.6 s per epoch)
-    name = "fashion-mnist-best"
-    cmd = train_cmd(name, [], a.best_epochs, f"{runs}/{name}", a.data_dir)
-    done = run_parallel({name: cmd}, timeout=min(420, left(deadline) - 100))
-    RESULTS["phases"]["best"] = collect(name, f"{runs}/{name}", done[name][1], done[name][0], done[name][2])
-    save()
+    if a.best_epochs:
+        name = "fashion-mnist-best"
+        cmd = train_cmd(name, [], a.best_epochs, f"{runs}/{name}", a.data_dir)
+        done = run_parallel({name: cmd}, timeout=min(420, left(deadline) - 100))
+        RESULTS["phases"]["best"] = collect(name, f"{runs}/{name}", done[name][1], done[name][0], done[name][2])
+        save()
 
-    # 2. ViT-B/16 bf16 224 px batch 256 vs timm (AMP + compile), same weights, same process
+    # 2. fashion-mnist-gpu candidates, one at a time, wall-clock timed (process start, data load, compile included)
+    RESULTS["phases"]["fast"] = fast = {}
+    for cand in a.candidates:
+        if left(deadline) < 45:
+            fast[cand] = {"skipped": f"{left(deadline):.0f}s left"}
+            continue
+        name, out_dir = "fashion-mnist-gpu", f"{runs}/fast-{cand}"
+        cmd = train_cmd(name, CANDIDATES[cand], 0, out_dir, a.data_dir)
+        done = run_parallel({cand: cmd}, timeout=min(a.fast_timeout, left(deadline) - 5))
+        fast[cand] = collect(f"{name} {cand}", out_dir, done[cand][1], done[cand][0], done[cand][2])
+        save()
+
+    # 3. ViT-B/16 bf16 224 px batch 256 vs timm (AMP + compile), same weights, same process
     model = ["--model", "ViT-Ti/16", "--img-size", "32"] if a.smoke else ["--model", "ViT-B/16"]
     common = [*model, "--device", DEVICE, "--compare", "timm", "--repeats", "3", "--min-seconds", "1"]
     common += ["--batch-size", "8" if a.smoke else "256"]
     prof = os.path.join(OUT, "profile-vit-b16-train.txt")
-    plan = [
-        (
-            "train_pure_compiled",
+    plan = {
+        "train_pure_compiled": (
             [*common, "--mode", "train", "--dtype", "bf16-pure", "--compile", "--profile", prof],
             110,
         ),
-        ("infer_eager", [*common, "--mode", "infer", "--dtype", "bf16"], 40),
-        ("train_amp_compiled", [*common, "--mode", "train", "--dtype", "bf16", "--compile"], 100),
-        ("infer_pure_compiled", [*common, "--mode", "infer", "--dtype", "bf16-pure", "--compile"], 80),
-    ]
+        "infer_eager": ([*common, "--mode", "infer", "--dtype", "bf16"], 40),
+        "train_amp_compiled": ([*common, "--mode", "train", "--dtype", "bf16", "--compile"], 100),
+        "infer_pure_compiled": ([*common, "--mode", "infer", "--dtype", "bf16-pure", "--compile"], 80),
+    }
     RESULTS["phases"]["vit_b16"] = b16 = {}
-    for key, args, need in plan:
+    for key in a.b16:
+        args, need = plan[key]
         if left(deadline) < need * 0.7:
             b16[key] = {"skipped": f"{left(deadline):.0f}s left"}
             continue
         b16[key] = bench(args, timeout=min(need * 1.5, left(deadline) - 5))
-        save()
-
-    # 3. fashion-mnist-gpu compiled, wall-clock timed (process start, data load and compile included)
-    if left(deadline) > 75:
-        name = "fashion-mnist-gpu"
-        cmd = train_cmd(
-            name, ["train.compile=true", *a.fast_set], a.fast_epochs, f"{runs}/{name}", a.data_dir
-        )
-        done = run_parallel({name: cmd}, timeout=left(deadline) - 5)
-        RESULTS["phases"]["fast"] = collect(
-            name, f"{runs}/{name}", done[name][1], done[name][0], done[name][2]
-        )
         save()
     log("done")
     save()

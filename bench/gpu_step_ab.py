@@ -10,6 +10,7 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
            15.2% of the step in the sixth session's profile), traced afresh through an Attention subclass;
   cdt      foreach compiled with options={"coordinate_descent_tuning": True}: Inductor tunes its generated kernels
            (GELU forward and backward, LayerNorm, the q/k/v gradient assembly: ~25% of that profile, ~2.5-2.9 TB/s);
+  flash-cdt  flash and cdt together;
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
   timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
@@ -31,7 +32,7 @@ from vitkit.models.layers import Attention, PatchEmbed
 from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
 
-VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "timm")
+VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "flash-cdt", "timm")
 
 
 class ConvPatchEmbed(PatchEmbed):
@@ -114,7 +115,8 @@ def main() -> None:
     )
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--json")
-    ap.add_argument("--profile", help="torch.profiler table of the foreach (vitkit as it stands) step")
+    ap.add_argument("--profile", help="torch.profiler table of one variant's step (--profile-variant)")
+    ap.add_argument("--profile-variant", default="foreach", choices=VARIANTS)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     a.smoke = a.smoke or a.smoke_compile
@@ -141,13 +143,13 @@ def main() -> None:
         m.load_state_dict(ref.state_dict())
         if name == "conv":
             m.patch_embed.__class__ = ConvPatchEmbed
-        if name == "flash":
+        if name in ("flash", "flash-cdt"):
             for blk in m.blocks:
                 blk.attn.__class__ = FlashAttention
         B.Bf16Copy = LoopBf16Copy if name == "loop" else Bf16Copy  # the class train_step builds
         mode = "reduce-overhead" if name == "graphs" else None
         # options make a backend of their own: compiled afresh, with the tuning applied by construction
-        options = {"coordinate_descent_tuning": True} if name == "cdt" else None
+        options = {"coordinate_descent_tuning": True} if name in ("cdt", "flash-cdt") else None
         dtype = "bf16" if name == "timm" else "bf16-pure"
         runs[name] = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode, compile_options=options)
     B.Bf16Copy = Bf16Copy
@@ -175,11 +177,11 @@ def main() -> None:
     for name, t in timings.items():
         s = t.summary()
         res[name] = {**s, "mfu": s["median"] * flops / 1e12 / peak if peak else None, "all": t.img_s}
-    if a.profile and "foreach" in runs:
+    if a.profile and a.profile_variant in runs:
         with open(a.profile, "w") as f:
-            f.write(B.profile_table(runs["foreach"], dev) + "\n")
+            f.write(B.profile_table(runs[a.profile_variant], dev) + "\n")
     elif a.profile:
-        print("--profile: no profile written (the foreach variant was not run or failed)")
+        print(f"--profile: no profile written (the {a.profile_variant} variant was not run or failed)")
     res["seconds"] = time.perf_counter() - t0
     save(res, a.json)
     base = res.get("timm", {}).get("median")

@@ -362,6 +362,27 @@ def test_training_runs_the_graph_compiled_at_start_up(data, monkeypatch):
     assert counter.frame_count == 1
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    """train.compile_mode is handed to torch.compile ("default" as its None); a bad mode names the key."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    modes, counter, real = [], CompileCounter(), torch.compile
+
+    def fake(m, mode=None, **kw):
+        modes.append(mode)
+        return real(m, backend=counter, **kw)
+
+    monkeypatch.setattr(torch, "compile", fake)
+    for mode, expected in (("reduce-overhead", "reduce-overhead"), ("default", None)):
+        tr = _trainer(tiny_run(compile=True, compile_mode=mode, steps=2))
+        assert not tr.graphs  # CUDA graph steps are marked on CUDA only
+        tr.train_step()
+        assert modes[-1] == expected and all(torch.isfinite(p).all() for p in tr.model.parameters())
+    with pytest.raises(ValueError, match="train.compile_mode='fast'"):
+        tiny_run(compile=True, compile_mode="fast")
+
+
 def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):
     """bf16-pure: a bf16 working copy, fp32 master weights that track an autocast run; exact resume."""
     cfg = tiny_run(precision="bf16-pure", micro_batch_size=16, steps=4)

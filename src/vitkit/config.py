@@ -77,6 +77,9 @@ def head_channels(ratio: float, channels: int, num_heads: int) -> int:
     return max(round(ratio * channels / num_heads), 1) * num_heads
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
@@ -352,6 +355,9 @@ class TrainConfig:
     precision: str = "fp32"
     ema_decay: float = 0.0  # 0: no EMA
     compile: bool = False
+    # torch.compile's mode when compile: "default" | "reduce-overhead" (CUDA graphs: for small models whose GPU
+    # step is bound by kernel launches; no effect on the CPU) | "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     log_every: int = 50  # optimizer steps
@@ -364,6 +370,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
+        _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         if self.epochs < 0 or self.steps < 0 or (self.epochs < 1 and self.steps < 1):
             raise ValueError(
                 f"train.epochs={self.epochs}, train.steps={self.steps}: one must be positive, neither negative"

@@ -99,6 +99,7 @@ class Trainer:
             self.bf16_copy = Bf16Copy(self.model)
         work = self.bf16_copy.work if self.bf16_copy else self.model
         self.fwd = P.wrap_model(work, self.strategy, device)  # FSDP shards the model in place
+        self.graphs = t.compile and t.compile_mode == "reduce-overhead" and device.type == "cuda"
         if t.compile:
             if cfg.model.arch == "bit" and device.type == "cpu" and info.is_main:
                 log.warning(
@@ -130,13 +131,16 @@ class Trainer:
 
     def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
         """torch.compile'd module, tried once on a dummy batch; eager (with a warning) if compiling fails."""
-        compiled = torch.compile(module, dynamic=False)
+        mode = self.cfg.train.compile_mode
+        compiled = torch.compile(module, dynamic=False, mode=None if mode == "default" else mode)
         c = self.cfg.model
         x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
         x = self.bf16_copy.input(x) if self.bf16_copy else x
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         idx = torch.arange(x.shape[0], device=self.device)
         try:  # as a training step runs it: keyed randomness on (its guards are part of the graph)
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast, keyed_random.keyed(0, idx):
                 out = compiled(x)
             out.float().sum().backward()
@@ -249,6 +253,8 @@ class Trainer:
                     d.cutmix_alpha,
                     d.label_smoothing,
                 )
+            if self.graphs:  # a new step for CUDA graph trees: the last step's outputs may be overwritten now
+                torch.compiler.cudagraph_mark_step_begin()
             with P.gradient_sync(self.fwd, self.strategy, sync=i == len(chunks) - 1):
                 # the sample indices on the model's device, as in the start-up compilation (files: on the CPU)
                 key_idx = idx.to(self.device, non_blocking=True)
