@@ -194,7 +194,9 @@ def main() -> None:
         name = "fashion-mnist-best"
         cmd = train_cmd(name, [], a.best_epochs, f"{runs}/{name}", a.data_dir)
         done = run_parallel({name: cmd}, timeout=min(420, left(deadline) - 100))
-        RESULTS["phases"]["best"] = collect(name, f"{runs}/{name}", done[name][1], done[name][0], done[name][2])
+        RESULTS["phases"]["best"] = collect(
+            name, f"{runs}/{name}", done[name][1], done[name][0], done[name][2]
+        )
         save()
 
     # 2. fashion-mnist-gpu candidates, one at a time, wall-clock timed (process start, data load, compile included)

@@ -379,7 +379,7 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
         assert not tr.graphs  # CUDA graph steps are marked on CUDA only
         tr.train_step()
         assert modes[-1] == expected and all(torch.isfinite(p).all() for p in tr.model.parameters())
-    with pytest.raises(ValueError, match="train.compile_mode='fast'"):
+    with pytest.raises(ValueError, match=r"train\.compile_mode='fast'"):
         tiny_run(compile=True, compile_mode="fast")
 
 
