@@ -7,15 +7,17 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
   foreach  vitkit as it stands (matrix-product patch embedding on CUDA, multi-tensor gradient copies);
   graphs   foreach, compiled with mode="reduce-overhead" (CUDA graphs);
   flash    foreach with attention forced to SDPA's FlashAttention-2 kernels (torch 2.11 picks cuDNN's on an H200:
-           15.2% of the step in the sixth session's profile), traced afresh through an Attention subclass;
+           15.2% of the step in the sixth session's profile), traced afresh through an Attention subclass
+           (ninth session: 5.4% slower than foreach);
   cdt      foreach compiled with options={"coordinate_descent_tuning": True}: Inductor tunes its generated kernels
-           (GELU forward and backward, LayerNorm, the q/k/v gradient assembly: ~25% of that profile, ~2.5-2.9 TB/s);
+           (GELU forward and backward, LayerNorm, the q/k/v gradient assembly: ~25% of that profile, ~2.5-2.9 TB/s;
+           ninth session: still compiling after 200 s on an H200, beyond a device session's means);
   flash-cdt  flash and cdt together;
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
   timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
 the two patch embeddings' fp32 difference on the device. Sixth session: `--variants conv foreach timm`, then
-`--variants loop foreach graphs timm` (bench/RESULTS.md). Usage on a CPU: --smoke (tiny, no compile),
+`--variants loop foreach graphs timm`; ninth: `--variants foreach flash timm` (bench/RESULTS.md). Usage on a CPU: --smoke (tiny, no compile),
 --smoke-compile (tiny, compiled: each variant's graph count).
 """
 

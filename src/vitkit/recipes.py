@@ -203,13 +203,20 @@ def fashion_mnist_best() -> RunConfig:
 
 
 def fashion_mnist_gpu() -> RunConfig:
-    """Fashion-MNIST in about a minute on one GPU, data resident on the device."""
+    """Fashion-MNIST in about a minute on one GPU: the paper's hybrid, CUDA graphs, data resident on the device.
+
+    The encoder (width 192, depth 6, GAP, sin-cos 2D) on the 7x7 map of a BiT root and two bottleneck units
+    (1x1 patches, the paper's Section 3.1), 1.4-4.3 points ahead per epoch of the same encoder on 4x4 pixel
+    patches; compiled with CUDA graphs (the step of a model this small is bound by kernel launches: 2.2x the
+    eager throughput on an H200); checkpoints every 10 epochs. Batch 512, bf16 autocast, AdamW, 40 epochs.
+    """
     return RunConfig(
         recipe="fashion-mnist-gpu",
         model=ModelConfig(
-            name="ViT-fmnist-gpu/4",
+            name="R+ViT-fmnist-gpu/4",
             img_size=28,
-            patch_size=4,
+            patch_size=1,
+            backbone=(2,),
             in_chans=1,
             num_classes=10,
             embed_dim=192,
@@ -221,8 +228,22 @@ def fashion_mnist_gpu() -> RunConfig:
         ),
         data=DataConfig(dataset="fashion-mnist", crop_padding=2, hflip=True, label_smoothing=0.1),
         optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, schedule="cosine"),
-        train=TrainConfig(epochs=25, batch_size=512, precision="auto", log_every=100, eval_every=5),
-        expected="Fashion-MNIST test top-1 91.1% in 51 s wall (41 s training) on one H200 (bench/RESULTS.md)",
+        train=TrainConfig(
+            epochs=40,
+            batch_size=512,
+            precision="auto",
+            log_every=100,
+            eval_every=5,
+            compile=True,
+            compile_mode="reduce-overhead",
+            checkpoint_every=1170,
+        ),
+        expected=(
+            "Fashion-MNIST test top-1 92.98% (top-5 99.80%) after 40 epochs on one H200: 34.6 s of training at "
+            "69,300 img/s, 83 s from process start on a fresh machine (compile cache cold; 51 s, 92.75%, with it "
+            "warm); seed 0. The same encoder on 4x4 pixel patches, eager (this recipe before): 91.2% in 53 s. "
+            "bench/RESULTS.md"
+        ),
     )
 
 
