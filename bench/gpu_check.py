@@ -41,12 +41,14 @@ def left(deadline: float) -> float:
 
 
 # fashion-mnist-gpu candidates: --set overrides of the recipe (since the ninth session the hybrid, compiled with
-# CUDA graphs, 40 epochs: 92.98% in 83 s from a cold start). Leads for the >= 94% in <= 60 s: a wider encoder
+# CUDA graphs, 40 epochs: 92.98% in 83 s from a cold start, ~36 s of it compilation). Leads for the >= 94% in
+# <= 60 s: compiling the blocks alone (start-up 46 -> 20 s on the CPU; the ResNet then runs eager), a wider encoder
 # (with CUDA graphs the step is still far from the GPU's arithmetic, so width may cost little time), more epochs;
 # "eager" shows what the graphs buy on the same machine. The ninth session's candidates (the 4x4-patch ViT with
 # and without graphs, the hybrid at 25 and 40 epochs) are in bench/RESULTS.md.
 CANDIDATES: dict[str, list[str]] = {
     "recipe": [],
+    "blocks": ["train.compile_scope=blocks"],
     "wide": ["model.embed_dim=384", "model.mlp_dim=768"],
     "60-epochs": ["train.epochs=60"],
     "eager": ["train.compile=false"],

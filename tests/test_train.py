@@ -16,7 +16,7 @@ import torch
 
 from helpers import TINY_FLAGS, run_vitkit, tiny_run, vitkit_cmd
 from vitkit.cli import main
-from vitkit.config import OptimConfig
+from vitkit.config import ModelConfig, OptimConfig
 from vitkit.data.datasets import load_dataset
 from vitkit.models import create_model
 from vitkit.train import distributed as D
@@ -381,6 +381,39 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
         assert modes[-1] == expected and all(torch.isfinite(p).all() for p in tr.model.parameters())
     with pytest.raises(ValueError, match=r"train\.compile_mode='fast'"):
         tiny_run(compile=True, compile_mode="fast")
+
+
+@pytest.mark.parametrize("depth", [4, 6])
+def test_compile_scope_blocks_shares_one_graph_between_identical_blocks(depth, monkeypatch):
+    """compile_scope=blocks: one graph for all the blocks alike and one for the class-token-only last block,
+    whatever the depth; training matches eager; evaluation runs eagerly (no graph for its batch)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, **kw: real(m, backend=counter, **kw))
+    cfg = tiny_run(compile=True, compile_scope="blocks", steps=3)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=depth))
+    tr = _trainer(cfg)
+    assert tr.compiled_regions and counter.frame_count == 2
+    ref = _trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False)))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            tr.train_step()
+            ref.train_step()
+        tr.evaluate()
+    assert counter.frame_count == 2
+    for p, q in zip(tr.model.parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_compile_scope_blocks_needs_blocks():
+    cfg = tiny_run(compile=True, compile_scope="blocks", steps=1)
+    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
+    with pytest.raises(ValueError, match=r"train\.compile_scope='blocks': ResNet-26"):
+        _trainer(dataclasses.replace(cfg, model=resnet))
+    with pytest.raises(ValueError, match=r"train\.compile_scope='layers'"):
+        tiny_run(compile_scope="layers")
 
 
 def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):

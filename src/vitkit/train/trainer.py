@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -100,6 +101,7 @@ class Trainer:
         work = self.bf16_copy.work if self.bf16_copy else self.model
         self.fwd = P.wrap_model(work, self.strategy, device)  # FSDP shards the model in place
         self.graphs = t.compile and t.compile_mode == "reduce-overhead" and device.type == "cuda"
+        self.compiled_regions = False  # blocks compiled in place (train.compile_scope=blocks)
         if t.compile:
             if cfg.model.arch == "bit" and device.type == "cpu" and info.is_main:
                 log.warning(
@@ -129,10 +131,26 @@ class Trainer:
             except ImportError:
                 log.warning("--tensorboard: tensorboard is not installed; metrics go to metrics.jsonl only")
 
+    def _regions(self) -> list[torch.nn.Module]:
+        """train.compile_scope=blocks: the modules compiled one by one (the transformer blocks)."""
+        work = self.bf16_copy.work if self.bf16_copy else self.model
+        if self.cfg.model.arch != "vit":
+            raise ValueError(
+                f"train.compile_scope='blocks': {self.cfg.model.name} (arch {self.cfg.model.arch!r}) has no "
+                "transformer blocks (a ViT's); use train.compile_scope=model"
+            )
+        return list(work.blocks)
+
     def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
-        """torch.compile'd module, tried once on a dummy batch; eager (with a warning) if compiling fails."""
-        mode = self.cfg.train.compile_mode
-        compiled = torch.compile(module, dynamic=False, mode=None if mode == "default" else mode)
+        """torch.compile'd module (or its regions, in place), tried once on a dummy batch; eager (with a warning)
+        if compiling fails."""
+        t = self.cfg.train
+        kw = dict(dynamic=False, mode=None if t.compile_mode == "default" else t.compile_mode)
+        regions = self._regions() if t.compile_scope == "blocks" else []
+        for r in regions:
+            r.compile(**kw)
+        self.compiled_regions = bool(regions)
+        compiled = module if regions else torch.compile(module, **kw)
         c = self.cfg.model
         x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
         x = self.bf16_copy.input(x) if self.bf16_copy else x
@@ -146,6 +164,9 @@ class Trainer:
             out.float().sum().backward()
         except Exception as e:  # no C++ compiler, unsupported op, ...: training still works, eagerly
             log.warning("torch.compile failed (%s: %s); training without it", type(e).__name__, str(e)[:200])
+            for r in regions:  # undo nn.Module.compile
+                r._compiled_call_impl = None
+            self.compiled_regions = False
             compiled = module
         finally:
             for p in module.parameters():
@@ -318,18 +339,21 @@ class Trainer:
 
     def evaluate(self, use_ema: bool = False) -> dict[str, Any]:
         raw = self._swap_ema() if use_ema else None
-        res = evaluate(
-            self.model,
-            self.test_ds,
-            self.transform.eval,
-            num_classes=self.cfg.model.num_classes,
-            device=self.device,
-            batch_size=self.cfg.train.eval_batch_size,
-            precision="bf16" if self.precision.startswith("bf16") else self.precision,
-            rank=self.info.rank,
-            world=self.info.world,
-            reduce=D.all_reduce_sum,
-        )
+        # blocks compiled in place would compile again for evaluation's mode and batch: run them eagerly
+        eager = self.compiled_regions and hasattr(torch.compiler, "set_stance")
+        with torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext():
+            res = evaluate(
+                self.model,
+                self.test_ds,
+                self.transform.eval,
+                num_classes=self.cfg.model.num_classes,
+                device=self.device,
+                batch_size=self.cfg.train.eval_batch_size,
+                precision="bf16" if self.precision.startswith("bf16") else self.precision,
+                rank=self.info.rank,
+                world=self.info.world,
+                reduce=D.all_reduce_sum,
+            )
         if raw is not None:
             self._restore(raw)
         return res
