@@ -359,8 +359,8 @@ class TrainConfig:
     # step is bound by kernel launches; no effect on the CPU) | "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
     # "model": one graph of the whole model; "blocks": each transformer block compiled on its own (identical
-    # blocks share one graph), the rest eager: fashion-mnist-gpu's start-up 20 s instead of 46 s on the CPU, its
-    # step 10% slower there (the hybrid's ResNet eager; no fusion across block boundaries)
+    # blocks share one graph), the rest eager (no fusion across block boundaries): fashion-mnist-gpu's start-up
+    # 19-22 s instead of 46-53 s on the CPU, its step the same within noise (bench/compile_scope.py)
     compile_scope: str = "model"
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
