@@ -416,6 +416,29 @@ def test_compile_scope_blocks_needs_blocks():
         tiny_run(compile_scope="layers")
 
 
+def test_bf16_pure_keeps_batchnorm_fp32_and_its_statistics_in_the_master():
+    """bf16-pure on a batch-norm ResNet: BatchNorm runs in fp32 on the master's running statistics (they once
+    stayed at their initial values in the master, which evaluation and checkpoints read)."""
+    cfg = tiny_run(precision="bf16-pure", steps=3)
+    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
+    tr = _trainer(dataclasses.replace(cfg, model=resnet))
+    pairs = [
+        (w, m)
+        for w, m in zip(tr.bf16_copy.work.modules(), tr.model.modules())
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+    start = [m.running_var.clone() for _, m in pairs]
+    for _ in range(3):
+        tr.train_step()
+    for (w, m), v0 in zip(pairs, start):
+        assert w.running_mean is m.running_mean and w.running_var is m.running_var
+        assert int(m.num_batches_tracked) == 3 and not torch.equal(m.running_var, v0)
+        assert w.weight.dtype == torch.float32 and torch.equal(w.weight, m.weight)  # pulled after the step
+    convs = [w for w in tr.bf16_copy.work.modules() if isinstance(w, torch.nn.Conv2d)]
+    assert all(c.weight.dtype == torch.bfloat16 for c in convs)
+    assert 0 <= tr.evaluate()["top1"] <= 1
+
+
 def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):
     """bf16-pure: a bf16 working copy, fp32 master weights that track an autocast run; exact resume."""
     cfg = tiny_run(precision="bf16-pure", micro_batch_size=16, steps=4)

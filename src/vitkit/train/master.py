@@ -1,9 +1,9 @@
 """bf16 training with fp32 master weights: the forward and backward run on a bf16 copy of the model.
 
 Autocast keeps the weights, the residual stream and the LayerNorm outputs in fp32; here everything the model
-touches is bf16 (about half the activation bytes), while gradients are summed in fp32 on the master model, which
-the optimizer steps and EMA, evaluation and checkpoints read (as the fp32 main parameters and gradients of
-Megatron-LM's bf16 mode).
+touches is bf16 (about half the activation bytes) but BatchNorm, while gradients are summed in fp32 on the master
+model, which the optimizer steps and EMA, evaluation and checkpoints read (as the fp32 main parameters and
+gradients of Megatron-LM's bf16 mode).
 """
 
 from __future__ import annotations
@@ -20,8 +20,16 @@ class Bf16Copy:
     def __init__(self, master: nn.Module):
         self.master = master
         self.work = copy.deepcopy(master).to(torch.bfloat16)
+        # BatchNorm stays fp32 (as apex's keep_batchnorm_fp32), and its running statistics are the master's own
+        # tensors: the working copy's forward updates what evaluation and checkpoints read
+        for w, m in zip(self.work.modules(), master.modules()):
+            if isinstance(w, nn.modules.batchnorm._BatchNorm):
+                w.float()
+                for name in list(w._buffers):
+                    w._buffers[name] = m._buffers[name]
         self._master_params = list(master.parameters())
         self._work_params = list(self.work.parameters())
+        self.pull()  # the fp32 BatchNorm weights exactly the master's (not their bf16 rounding)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         """The model's input in the working copy's dtype."""
@@ -48,6 +56,7 @@ class Bf16Copy:
     def pull(self, buffers: bool = False) -> None:
         """Copy the master's weights into the working copy: after each optimizer step, and after a load."""
         torch._foreach_copy_(self._work_params, [p.detach() for p in self._master_params])
-        if buffers:  # constant here (no BatchNorm): copied when weights are loaded
+        if buffers:  # constant ones, copied when weights are loaded (BatchNorm's are shared, not copied)
             for w, m in zip(self.work.buffers(), self.master.buffers()):
-                w.copy_(m)
+                if w is not m:
+                    w.copy_(m)
