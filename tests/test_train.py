@@ -439,6 +439,22 @@ def test_bf16_pure_keeps_batchnorm_fp32_and_its_statistics_in_the_master():
     assert 0 <= tr.evaluate()["top1"] <= 1
 
 
+def test_start_up_compilation_leaves_batchnorm_statistics_alone(monkeypatch):
+    """The trial compilation's dummy batch runs in training mode: BatchNorm must not count it."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, **kw: real(m, backend=counter, **kw))
+    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
+    tr = _trainer(dataclasses.replace(tiny_run(compile=True, steps=1), model=resnet))
+    assert counter.frame_count == 1
+    bns = [m for m in tr.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(int(m.num_batches_tracked) == 0 for m in bns)
+    assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in bns)
+    assert all(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in bns)
+
+
 def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):
     """bf16-pure: a bf16 working copy, fp32 master weights that track an autocast run; exact resume."""
     cfg = tiny_run(precision="bf16-pure", micro_batch_size=16, steps=4)

@@ -156,6 +156,7 @@ class Trainer:
         x = self.bf16_copy.input(x) if self.bf16_copy else x
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         idx = torch.arange(x.shape[0], device=self.device)
+        buffers = [(b, b.clone()) for b in module.buffers()]  # BatchNorm must not count the dummy batch
         try:  # as a training step runs it: keyed randomness on (its guards are part of the graph)
             if self.graphs:
                 torch.compiler.cudagraph_mark_step_begin()
@@ -171,6 +172,9 @@ class Trainer:
         finally:
             for p in module.parameters():
                 p.grad = None
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
         return compiled
 
     def _zero_acc(self) -> dict[str, torch.Tensor]:
