@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -453,6 +454,39 @@ def test_start_up_compilation_leaves_batchnorm_statistics_alone(monkeypatch):
     assert bns and all(int(m.num_batches_tracked) == 0 for m in bns)
     assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in bns)
     assert all(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in bns)
+
+
+def test_ema_follows_batchnorm_statistics_and_loads_older_checkpoints():
+    """EMA of a batch-norm model averages the running statistics too (evaluated and saved with the EMA weights);
+    a checkpoint whose ema holds parameters only (before this) starts the statistics' average at their values."""
+    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
+    tr = _trainer(dataclasses.replace(tiny_run(ema_decay=0.5, steps=4), model=resnet))
+    names = tr._ema_names()
+    assert any(n.endswith("running_mean") for n in names) and any(n.endswith("running_var") for n in names)
+    assert not any(n.endswith("num_batches_tracked") for n in names)
+    i = next(k for k, n in enumerate(names) if n.endswith("running_var"))
+    expected = tr._ema_live()[i].clone()
+    for _ in range(3):
+        tr.train_step()
+        expected = 0.5 * expected + 0.5 * tr._ema_live()[i]
+    torch.testing.assert_close(tr.ema[i], expected, rtol=0, atol=1e-6)
+    live = tr._ema_live()[i].clone()
+    assert not torch.equal(live, tr.ema[i])
+    raw = tr._swap_ema()  # what evaluate(use_ema=True) runs the model with
+    assert torch.equal(tr._ema_live()[i], tr.ema[i])
+    tr._restore(raw)
+    assert torch.equal(tr._ema_live()[i], live)
+    assert torch.equal(tr.final_weights()[names[i]], tr.ema[i].cpu())
+    weights, state = tr.state()
+    assert set(weights["ema"]) == set(names)
+    old = {n: t for n, t in weights["ema"].items() if n in dict(tr.model.named_parameters())}
+    again = _trainer(dataclasses.replace(tiny_run(ema_decay=0.5, steps=4), model=resnet))
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(d, 3, {"model": weights["model"], "ema": old}, state)
+        again.load_state(latest_valid(d))
+    assert torch.equal(again.ema[i], again._ema_live()[i]) and torch.equal(again._ema_live()[i], live)
+    p = next(k for k, n in enumerate(names) if n in old)
+    assert torch.equal(again.ema[p], tr.ema[p])
 
 
 def test_bf16_pure_steps_fp32_master_and_resumes_exactly(tmp_path):

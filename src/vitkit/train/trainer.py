@@ -111,7 +111,11 @@ class Trainer:
             self.fwd = self._compiled(self.fwd)
         self.opt = build_optimizer(self.model, cfg.optim, device, fused=self.strategy != "fsdp")
         self.lr = schedule_fn(cfg.optim, self.total)
-        self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema_decay > 0 else None
+        # the EMA averages the parameters and the floating-point buffers that checkpoints hold (BatchNorm's
+        # running statistics, as timm's ModelEmaV2)
+        held = self.model.state_dict().keys()
+        self._ema_buffers = [n for n, b in self.model.named_buffers() if n in held and b.is_floating_point()]
+        self.ema = [x.detach().clone() for x in self._ema_live()] if t.ema_decay > 0 else None
         self.step = 0
         self.elapsed = 0.0
         self.best = -1.0
@@ -186,11 +190,19 @@ class Trainer:
     def _param_names(self) -> list[str]:
         return [n for n, _ in self.model.named_parameters()]
 
+    def _ema_names(self) -> list[str]:
+        return self._param_names() + self._ema_buffers
+
+    def _ema_live(self) -> list[torch.Tensor]:
+        """The model's tensors the EMA follows, in `_ema_names` order."""
+        buffers = dict(self.model.named_buffers())
+        return [p.detach() for p in self.model.parameters()] + [buffers[n] for n in self._ema_buffers]
+
     def state(self) -> tuple[dict[str, dict], dict[str, Any]]:
         """Full weights and training state (collective under FSDP: all ranks call it)."""
         weights = {"model": P.model_state(self.model, self.strategy)}
         if self.ema is not None:
-            weights["ema"] = dict(zip(self._param_names(), P.full_tensors(self.ema)))
+            weights["ema"] = dict(zip(self._ema_names(), P.full_tensors(self.ema)))
         state = {
             "step": self.step,
             "optimizer": P.optimizer_state(self.model, self.opt),
@@ -211,9 +223,14 @@ class Trainer:
             ema = weights.get("ema")
             if ema is None:
                 raise ValueError(f"{path}: the run uses EMA but the checkpoint has no ema weights")
+            missing = [n for n in self._param_names() if n not in ema]
+            if missing:
+                raise ValueError(f"{path}: the checkpoint's ema weights lack {', '.join(missing[:3])}")
+            live = self._ema_live()
             with torch.no_grad():
-                for i, name in enumerate(self._param_names()):
-                    self.ema[i] = P.shard_like(ema[name], self.ema[i])
+                for i, name in enumerate(self._ema_names()):
+                    # a checkpoint from before the EMA followed buffers: start their average at the loaded values
+                    self.ema[i] = P.shard_like(ema[name], self.ema[i]) if name in ema else live[i].clone()
         P.load_optimizer_state(self.model, self.opt, state["optimizer"])
         if self.bf16_copy:
             self.bf16_copy.pull(buffers=True)
@@ -304,7 +321,11 @@ class Trainer:
             self.bf16_copy.pull()
         if self.ema is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1 - t.ema_decay)
+                live = self._ema_live()
+                n = len(live) - len(self._ema_buffers)  # parameters (DTensors under FSDP), then plain buffers
+                torch._foreach_lerp_(self.ema[:n], live[:n], 1 - t.ema_decay)
+                if self._ema_buffers:
+                    torch._foreach_lerp_(self.ema[n:], live[n:], 1 - t.ema_decay)
         self.step += 1
         self.images_seen += t.batch_size
 
@@ -329,17 +350,18 @@ class Trainer:
         return stats
 
     def _swap_ema(self) -> list[torch.Tensor]:
-        """Put the EMA weights into the model; returns the raw weights to put back."""
-        raw = [p.detach().clone() for p in self.model.parameters()]
+        """Put the EMA weights (and statistics) into the model; returns the raw ones to put back."""
+        live = self._ema_live()
+        raw = [x.clone() for x in live]
         with torch.no_grad():
-            for p, e in zip(self.model.parameters(), self.ema):
-                p.copy_(e)
+            for x, e in zip(live, self.ema):
+                x.copy_(e)
         return raw
 
     def _restore(self, raw: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for p, r in zip(self.model.parameters(), raw):
-                p.copy_(r)
+            for x, r in zip(self._ema_live(), raw):
+                x.copy_(r)
 
     def evaluate(self, use_ema: bool = False) -> dict[str, Any]:
         raw = self._swap_ema() if use_ema else None
@@ -394,6 +416,6 @@ class Trainer:
         """Full weights, with the EMA in place of the raw parameters when EMA is on (collective under FSDP)."""
         sd = P.model_state(self.model, self.strategy)
         if self.ema is not None:
-            for name, e in zip(self._param_names(), P.full_tensors(self.ema)):
+            for name, e in zip(self._ema_names(), P.full_tensors(self.ema)):
                 sd[name] = e
         return sd
