@@ -124,9 +124,15 @@ def collect(name: str, out_dir: str, wall: float, rc: int, stderr: str) -> dict:
 
 def run_parallel(jobs: dict[str, list[str]], timeout: float) -> dict[str, tuple[int, float, str]]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", TORCH_LOGS="recompiles")  # collect() counts recompilations
-    procs = {
+    procs = {  # each job its own Inductor cache: every one compiles from cold, as on a fresh machine
         n: (
-            subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+            subprocess.Popen(
+                c,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(env, TORCHINDUCTOR_CACHE_DIR=f"/tmp/inductor-cache-{n}"),
+            ),
             time.time(),
         )
         for n, c in jobs.items()

@@ -13,12 +13,12 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
            (GELU forward and backward, LayerNorm, the q/k/v gradient assembly: ~25% of that profile, ~2.5-2.9 TB/s;
            ninth session: still compiling after 200 s on an H200, beyond a device session's means);
   flash-cdt  flash and cdt together;
-Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
   timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
+Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
 the two patch embeddings' fp32 difference on the device. Sixth session: `--variants conv foreach timm`, then
-`--variants loop foreach graphs timm`; ninth: `--variants foreach flash timm` (bench/RESULTS.md). Usage on a CPU: --smoke (tiny, no compile),
---smoke-compile (tiny, compiled: each variant's graph count).
+`--variants loop foreach graphs timm`; ninth: `--variants foreach flash timm` (bench/RESULTS.md).
+Usage on a CPU: --smoke (tiny, no compile), --smoke-compile (tiny, compiled: each variant's graph count).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class LoopBf16Copy(Bf16Copy):
 
 class FlashAttention(Attention):
     """Attention run inside `sdpa_kernel(FLASH_ATTENTION)`: its own class, so torch.compile traces it afresh
-    (an identical compile of the same classes would reuse the foreach variant's graphs, cuDNN attention included)."""
+    (an identical compile of the same classes would reuse the foreach variant's graphs, cuDNN attention
+    included)."""
 
     def forward(self, *args, **kwargs):
         from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -396,7 +396,7 @@ def test_compile_scope_blocks_shares_one_graph_between_identical_blocks(depth, m
     cfg = tiny_run(compile=True, compile_scope="blocks", steps=3)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=depth))
     tr = _trainer(cfg)
-    assert tr.compiled_regions and counter.frame_count == 2
+    assert len(tr.regions) == depth and counter.frame_count == 2
     ref = _trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False)))
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(2):
@@ -406,6 +406,42 @@ def test_compile_scope_blocks_shares_one_graph_between_identical_blocks(depth, m
     assert counter.frame_count == 2
     for p, q in zip(tr.model.parameters(), ref.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_compile_scope_blocks_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch._dynamo.reset()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, **kw: real(m, backend=broken, **kw))
+    tr = _trainer(tiny_run(compile=True, compile_scope="blocks", steps=2))
+    assert tr.regions == [] and all(b._compiled_call_impl is None for b in tr.model.blocks)
+    tr.train_step()
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-pure"])
+def test_cuda_graph_steps_are_marked_once_per_micro_batch(precision, monkeypatch):
+    """With CUDA graphs, each forward starts a new graph-tree step (the CPU runs the same code path)."""
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    micro = 8 if precision == "bf16-pure" else 0  # fp32 with micro-batches is refused with CUDA graphs
+    tr = _trainer(tiny_run(precision=precision, micro_batch_size=micro, steps=2))
+    tr.graphs = True
+    tr.train_step()
+    assert len(marks) == (4 if micro else 1)
+
+
+def test_cuda_graphs_refuse_what_they_cannot_train():
+    from vitkit.train.trainer import check_graphs
+
+    check_graphs("bf16-pure", micro_batches=True, world=1)
+    check_graphs("bf16", micro_batches=False, world=1)
+    with pytest.raises(ValueError, match=r"reduce-overhead with train\.micro_batch_size"):
+        check_graphs("bf16", micro_batches=True, world=1)
+    with pytest.raises(ValueError, match="runs in one process"):
+        check_graphs("bf16-pure", micro_batches=False, world=2)
 
 
 def test_compile_scope_blocks_needs_blocks():
@@ -421,7 +457,9 @@ def test_bf16_pure_keeps_batchnorm_fp32_and_its_statistics_in_the_master():
     """bf16-pure on a batch-norm ResNet: BatchNorm runs in fp32 on the master's running statistics (they once
     stayed at their initial values in the master, which evaluation and checkpoints read)."""
     cfg = tiny_run(precision="bf16-pure", steps=3)
-    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
+    # 32 px: at 16 px the last stage's strided 3x3 conv sees a 1x1 map, where torch 2.14's CPU bf16 conv
+    # sometimes returns NaN weight gradients (uninitialised memory; reproduced with a lone nn.Conv2d)
+    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=32, in_chans=1)
     tr = _trainer(dataclasses.replace(cfg, model=resnet))
     pairs = [
         (w, m)
@@ -434,7 +472,8 @@ def test_bf16_pure_keeps_batchnorm_fp32_and_its_statistics_in_the_master():
     for (w, m), v0 in zip(pairs, start):
         assert w.running_mean is m.running_mean and w.running_var is m.running_var
         assert int(m.num_batches_tracked) == 3 and not torch.equal(m.running_var, v0)
-        assert w.weight.dtype == torch.float32 and torch.equal(w.weight, m.weight)  # pulled after the step
+        assert w.weight.dtype == torch.float32, w.weight.dtype
+        assert torch.equal(w.weight, m.weight), (w.weight - m.weight).abs().max()  # pulled after the step
     convs = [w for w in tr.bf16_copy.work.modules() if isinstance(w, torch.nn.Conv2d)]
     assert all(c.weight.dtype == torch.bfloat16 for c in convs)
     assert 0 <= tr.evaluate()["top1"] <= 1

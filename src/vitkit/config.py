@@ -360,7 +360,7 @@ class TrainConfig:
     compile_mode: str = "default"
     # "model": one graph of the whole model; "blocks": each transformer block compiled on its own (identical
     # blocks share one graph), the rest eager (no fusion across block boundaries): fashion-mnist-gpu's start-up
-    # 19-22 s instead of 46-53 s on the CPU, its step the same within noise (bench/compile_scope.py)
+    # 19-22 s instead of 47-53 s on the CPU, its step the same within noise (bench/compile_scope.py)
     compile_scope: str = "model"
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"

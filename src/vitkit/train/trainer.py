@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,6 +52,19 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
     torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def check_graphs(precision: str, micro_batches: bool, world: int) -> None:
+    """Refuse what CUDA graphs (train.compile_mode=reduce-overhead) cannot train: gradients accumulated over
+    micro-batches or all-reduced by DDP would live in the graphs' memory, overwritten by the next replay (bf16-pure
+    copies them out after each backward)."""
+    if world > 1:
+        raise ValueError("train.compile_mode=reduce-overhead runs in one process; under torchrun use default")
+    if micro_batches and precision != "bf16-pure":
+        raise ValueError(
+            "train.compile_mode=reduce-overhead with train.micro_batch_size: the accumulated gradients would be "
+            "overwritten by the next graph replay; use train.precision=bf16-pure, or no micro-batches"
+        )
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -101,7 +115,9 @@ class Trainer:
         work = self.bf16_copy.work if self.bf16_copy else self.model
         self.fwd = P.wrap_model(work, self.strategy, device)  # FSDP shards the model in place
         self.graphs = t.compile and t.compile_mode == "reduce-overhead" and device.type == "cuda"
-        self.compiled_regions = False  # blocks compiled in place (train.compile_scope=blocks)
+        if self.graphs:
+            check_graphs(self.precision, bool(self.micro), info.world)
+        self.regions: list[torch.nn.Module] = []  # blocks compiled in place (train.compile_scope=blocks)
         if t.compile:
             if cfg.model.arch == "bit" and device.type == "cpu" and info.is_main:
                 log.warning(
@@ -138,6 +154,12 @@ class Trainer:
     def _regions(self) -> list[torch.nn.Module]:
         """train.compile_scope=blocks: the modules compiled one by one (the transformer blocks)."""
         work = self.bf16_copy.work if self.bf16_copy else self.model
+        if (
+            self.strategy == "fsdp"
+        ):  # fully_shard has already wrapped the blocks: compile them first (untested)
+            raise ValueError(
+                "train.compile_scope='blocks' with train.strategy=fsdp: use train.compile_scope=model"
+            )
         if self.cfg.model.arch != "vit":
             raise ValueError(
                 f"train.compile_scope='blocks': {self.cfg.model.name} (arch {self.cfg.model.arch!r}) has no "
@@ -153,7 +175,7 @@ class Trainer:
         regions = self._regions() if t.compile_scope == "blocks" else []
         for r in regions:
             r.compile(**kw)
-        self.compiled_regions = bool(regions)
+        self.regions = regions
         compiled = module if regions else torch.compile(module, **kw)
         c = self.cfg.model
         x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
@@ -171,7 +193,7 @@ class Trainer:
             log.warning("torch.compile failed (%s: %s); training without it", type(e).__name__, str(e)[:200])
             for r in regions:  # undo nn.Module.compile
                 r._compiled_call_impl = None
-            self.compiled_regions = False
+            self.regions = []
             compiled = module
         finally:
             for p in module.parameters():
@@ -363,11 +385,22 @@ class Trainer:
             for x, r in zip(self._ema_live(), raw):
                 x.copy_(r)
 
+    @contextlib.contextmanager
+    def _eager_regions(self) -> Iterator[None]:
+        """Blocks compiled in place run eagerly inside (evaluation would compile them again for its mode and
+        batch, and record CUDA graphs for them)."""
+        saved = [r._compiled_call_impl for r in self.regions]
+        for r in self.regions:
+            r._compiled_call_impl = None
+        try:
+            yield
+        finally:
+            for r, impl in zip(self.regions, saved):
+                r._compiled_call_impl = impl
+
     def evaluate(self, use_ema: bool = False) -> dict[str, Any]:
         raw = self._swap_ema() if use_ema else None
-        # blocks compiled in place would compile again for evaluation's mode and batch: run them eagerly
-        eager = self.compiled_regions and hasattr(torch.compiler, "set_stance")
-        with torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext():
+        with self._eager_regions():
             res = evaluate(
                 self.model,
                 self.test_ds,
