@@ -41,7 +41,7 @@ RESUME_MAY_CHANGE = (
     "train.steps",
     "train.strategy",
     "train.device",
-    "train.compile",
+    "train.compile",  # a prefix: train.compile_mode and train.compile_scope too
     "train.dist_timeout_s",
     "train.eval_batch_size",
     "train.data_on_device",
