@@ -123,3 +123,30 @@ def test_fast_path_rejects_unknown_method():
     model = create_model("ViT-Ti/8", img_size=16, depth=1)
     with pytest.raises(ValueError, match="fast inference method"):
         fast_inference(model, torch.randn(1, 3, 16, 16), method="tensorrt")
+
+
+def test_bench_recipe_uses_its_compile_mode(monkeypatch, capsys):
+    """`bench --recipe` times the recipe's training path: fashion-mnist-gpu's CUDA graphs mode reaches
+    torch.compile and each step is marked for the graph trees (the CPU runs the same calls; eager backend here)."""
+    modes, marks, real = [], [], torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda m, mode=None, **kw: modes.append(mode) or real(m, backend="eager")
+    )
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    args = [
+        "bench",
+        "--recipe",
+        "fashion-mnist-gpu",
+        "--mode",
+        "train",
+        "--batch-size",
+        "4",
+        "--repeats",
+        "1",
+    ]
+    assert main([*args, "--warmup", "1", "--min-seconds", "0.01", "--json", "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["compile"] and res["compile_mode"] == "reduce-overhead" and modes == ["reduce-overhead"]
+    assert len(marks) >= 3 and res["vitkit_img_s"] > 0
+    with pytest.raises(ValueError, match="compile_mode='fast'"):
+        run_benchmark(model_config("ViT-Ti/8", img_size=16), compile=True, compile_mode="fast")

@@ -8,6 +8,7 @@ import json
 
 import torch
 
+from vitkit.config import COMPILE_MODES
 from vitkit.models import model_config
 
 
@@ -34,6 +35,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, **size)
         args.batch_size = args.batch_size or run.train.batch_size
         args.compile = args.compile or run.train.compile
+        args.compile_mode = args.compile_mode or run.train.compile_mode
     else:
         cfg = model_config(
             args.model or "ViT-S/16",
@@ -48,6 +50,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         mode=args.mode,
         dtype=args.dtype,
         compile=args.compile,
+        compile_mode=args.compile_mode or "default",
         compare=args.compare,
         fast=args.fast,
         device=resolve_device(args.device),
@@ -62,7 +65,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(res))
         return 0
     what = f"{res['model']} {res['img_size'][0]}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
-    flags = ", ".join(f for f, on in (("compile", args.compile), ("fast", args.fast)) if on) or "eager"
+    compile_flag = (
+        "compile" if res.get("compile_mode") in (None, "default") else f"compile {res['compile_mode']}"
+    )
+    flags = ", ".join(f for f, on in ((compile_flag, args.compile), ("fast", args.fast)) if on) or "eager"
     if args.recipe:
         flags += f"; recipe {args.recipe}: timm as a plain eager loop"
     print(f"{what} ({flags}) on {res['device_name']}, {res['threads']} threads, torch {res['torch']}")
@@ -105,6 +111,11 @@ def add_parser(sub) -> None:
         help="bf16: autocast; bf16-pure: vitkit in bf16 with fp32 master weights (timm keeps autocast)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        help="torch.compile's mode with --compile (the recipe's, else default); reduce-overhead: CUDA graphs",
+    )
     p.add_argument("--fast", action="store_true", help="vitkit's fast inference path")
     p.add_argument(
         "--fast-method",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.config import ModelConfig
+from vitkit.config import COMPILE_MODES, ModelConfig
 from vitkit.models import build_model, forward_macs
 from vitkit.train.master import Bf16Copy
 
@@ -165,6 +165,8 @@ def train_step(
     x = copy.input(x) if copy else x
 
     def run() -> torch.Tensor:
+        if compile and compile_mode == "reduce-overhead":  # a new step for CUDA graph trees
+            torch.compiler.cudagraph_mark_step_begin()
         with ac:
             logits = work(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -239,6 +241,7 @@ def run_benchmark(
     mode: str = "infer",
     dtype: str = "fp32",
     compile: bool = False,
+    compile_mode: str = "default",
     compare: str | None = None,
     fast: bool = False,
     device: torch.device | str = "cpu",
@@ -253,7 +256,7 @@ def run_benchmark(
     """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict.
 
     `peer_plain`: time timm as a plain loop (eager, default AdamW) while vitkit uses its own training path
-    (`compile` as given, fused AdamW) -- the comparison of a recipe's training step. `profile`: a file for
+    (`compile` and `compile_mode` as given, fused AdamW) -- the comparison of a recipe's training step. `profile`: a file for
     torch.profiler's table of three of vitkit's steps, taken after the timing.
     """
     device = torch.device(device)
@@ -261,6 +264,8 @@ def run_benchmark(
         raise ValueError(f"mode={mode!r}: expected infer or train")
     if dtype not in ("fp32", "bf16", "bf16-pure"):
         raise ValueError(f"dtype={dtype!r}: expected fp32, bf16 or bf16-pure")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode={compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     if fast and mode != "infer":
         raise ValueError("--fast is an inference path; use --mode infer")
     if profile and not os.path.isdir(os.path.dirname(os.path.abspath(profile))):
@@ -291,6 +296,7 @@ def run_benchmark(
         "mode": mode,
         "dtype": dtype,
         "compile": compile,
+        "compile_mode": compile_mode if compile else None,
         "fast": fast,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -319,11 +325,14 @@ def run_benchmark(
         plain = peer_plain and name != "vitkit"
         # the peer as its users run it: bf16 means autocast (AMP) for timm, also beside vitkit's bf16-pure
         dt = "bf16" if dtype == "bf16-pure" and name != "vitkit" else dtype
+        mode_ = None if compile_mode == "default" else compile_mode
         if mode == "train":
-            runners[name] = train_step(m, x, y, dt, fused=not plain, compile=compile and not plain)
+            runners[name] = train_step(
+                m, x, y, dt, fused=not plain, compile=compile and not plain, compile_mode=mode_
+            )
             continue
         m = m.to(torch.bfloat16) if dt == "bf16-pure" else m
-        runners[name] = infer_step(torch.compile(m) if compile and not plain else m, x, dt)
+        runners[name] = infer_step(torch.compile(m, mode=mode_) if compile and not plain else m, x, dt)
     if fast_info:
         result["fast_path"] = {k: v for k, v in fast_info.items() if k != "handles_dtype"}
     if device.type == "cuda":
