@@ -15,4 +15,4 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --f
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" 2>&1 | tee -a "$OUT/nvidia-smi.txt"
 timeout "${AB_SECONDS:-200}" python3 bench/gpu_step_ab.py --variants ${AB_VARIANTS:-foreach timm} \
     --json "$OUT/step-ab.json" --profile "$OUT/profile-step-ab.txt" 2>&1 | tee "$OUT/step-ab.txt"
-python3 bench/gpu_check.py --budget "$((budget - (SECONDS - start)))"
+python3 bench/gpu_check.py --budget "$((budget - (SECONDS - start)))" --candidates ${CANDIDATES:-recipe blocks wide}

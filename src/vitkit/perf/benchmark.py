@@ -256,8 +256,8 @@ def run_benchmark(
     """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict.
 
     `peer_plain`: time timm as a plain loop (eager, default AdamW) while vitkit uses its own training path
-    (`compile` and `compile_mode` as given, fused AdamW) -- the comparison of a recipe's training step. `profile`: a file for
-    torch.profiler's table of three of vitkit's steps, taken after the timing.
+    (`compile` and `compile_mode` as given, fused AdamW) -- the comparison of a recipe's training step.
+    `profile`: a file for torch.profiler's table of three of vitkit's steps, taken after the timing.
     """
     device = torch.device(device)
     if mode not in ("infer", "train"):

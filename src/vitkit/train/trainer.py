@@ -154,9 +154,8 @@ class Trainer:
     def _regions(self) -> list[torch.nn.Module]:
         """train.compile_scope=blocks: the modules compiled one by one (the transformer blocks)."""
         work = self.bf16_copy.work if self.bf16_copy else self.model
-        if (
-            self.strategy == "fsdp"
-        ):  # fully_shard has already wrapped the blocks: compile them first (untested)
+        # fully_shard has already wrapped the blocks here (torchtitan compiles them before sharding): untested
+        if self.strategy == "fsdp":
             raise ValueError(
                 "train.compile_scope='blocks' with train.strategy=fsdp: use train.compile_scope=model"
             )
