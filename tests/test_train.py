@@ -17,7 +17,7 @@ import torch
 
 from helpers import TINY_FLAGS, run_vitkit, tiny_run, vitkit_cmd
 from vitkit.cli import main
-from vitkit.config import ModelConfig, OptimConfig
+from vitkit.config import ModelConfig, OptimConfig, RunConfig, apply_overrides
 from vitkit.data.datasets import load_dataset
 from vitkit.models import create_model
 from vitkit.train import distributed as D
@@ -49,6 +49,21 @@ def test_schedules():
     assert f(19) == pytest.approx(1.0) and f(0) == pytest.approx(0.05)
     vals = [f(s) for s in range(20, 200)]
     assert all(a >= b for a, b in itertools.pairwise(vals))
+
+
+def test_step_schedule_is_bits_fine_tuning_rule():
+    """schedule=step: BiT-HyperRule's 10k-step schedule (500 warmup steps, lr / 10 at 3k, 6k and 9k)."""
+    f = schedule_fn(OptimConfig(name="sgd", lr=0.003, warmup_steps=500, schedule="step"), 10_000)
+    assert f(0) == pytest.approx(0.003 / 500) and f(499) == pytest.approx(0.003)
+    for step, lr in ((500, 3e-3), (2999, 3e-3), (3000, 3e-4), (5999, 3e-4), (6000, 3e-5), (9000, 3e-6)):
+        assert f(step) == pytest.approx(lr), step
+    small = OptimConfig(lr=1.0, warmup_steps=100, schedule="step", decay_at=(0.4, 0.6, 0.8), decay_factor=0.5)
+    assert [schedule_fn(small, 500)(s) for s in (199, 200, 300, 400)] == pytest.approx([1, 0.5, 0.25, 0.125])
+    cfg = apply_overrides(RunConfig(), ["optim.schedule=step", "optim.decay_at=(0.5,0.75)"])
+    assert cfg.optim.decay_at == (0.5, 0.75)
+    for bad in (dict(decay_at=(0.6, 0.3)), dict(decay_at=(0.3, 1.0)), dict(decay_factor=0.0)):
+        with pytest.raises(ValueError, match=r"optim\.decay_"):
+            OptimConfig(schedule="step", **bad)
 
 
 def test_param_groups_skip_biases_norms_pos_cls():

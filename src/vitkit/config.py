@@ -323,15 +323,24 @@ class OptimConfig:
     momentum: float = 0.9
     eps: float = 1e-8
     grad_clip: float = 1.0  # global norm; 0 disables
-    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant" | "step"
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # used when warmup_steps == 0
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine and linear decay to lr * min_lr_ratio
+    # "step": lr x decay_factor at each of these fractions of the run (BiT's fine-tuning: 0.1 at 30/60/90%)
+    decay_at: tuple[float, ...] = (0.3, 0.6, 0.9)
+    decay_factor: float = 0.1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
-        _check_choice("optim.schedule", self.schedule, ("cosine", "linear", "constant"))
+        _check_choice("optim.schedule", self.schedule, ("cosine", "linear", "constant", "step"))
+        object.__setattr__(self, "decay_at", tuple(float(f) for f in self.decay_at))
+        at = self.decay_at
+        if not all(0 < f < 1 for f in at) or list(at) != sorted(set(at)):
+            raise ValueError(f"optim.decay_at={at!r} must be increasing fractions of the run in (0, 1)")
+        if not 0 < self.decay_factor <= 1:
+            raise ValueError(f"optim.decay_factor={self.decay_factor!r} must lie in (0, 1]")
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr!r} must be positive")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:

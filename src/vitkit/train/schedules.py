@@ -15,13 +15,23 @@ def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
 
 
 def lr_at(
-    step: int, total_steps: int, base_lr: float, warmup: int = 0, kind: str = "cosine", min_ratio: float = 0.0
+    step: int,
+    total_steps: int,
+    base_lr: float,
+    warmup: int = 0,
+    kind: str = "cosine",
+    min_ratio: float = 0.0,
+    decay_at: tuple[float, ...] = (),
+    decay_factor: float = 0.1,
 ) -> float:
-    """LR for optimizer step `step` (0-based): linear warmup from 0, then cosine/linear decay to min_ratio*base."""
+    """LR for optimizer step `step` (0-based): linear warmup from 0, then cosine/linear decay to min_ratio*base,
+    constant, or "step": x decay_factor from each step at or past a fraction `decay_at` of the run (BiT)."""
     if step < warmup:
         return base_lr * (step + 1) / warmup
     if kind == "constant":
         return base_lr
+    if kind == "step":
+        return base_lr * decay_factor ** sum(step >= f * total_steps for f in decay_at)
     span = max(total_steps - warmup, 1)
     progress = min(max((step - warmup) / span, 0.0), 1.0)
     if kind == "cosine":
@@ -29,11 +39,13 @@ def lr_at(
     elif kind == "linear":
         factor = 1.0 - progress
     else:
-        raise ValueError(f"unknown schedule {kind!r}: expected cosine, linear or constant")
+        raise ValueError(f"unknown schedule {kind!r}: expected cosine, linear, constant or step")
     return base_lr * (min_ratio + (1.0 - min_ratio) * factor)
 
 
 def schedule_fn(cfg: OptimConfig, total_steps: int):
     """step -> lr for a config."""
     warm = warmup_steps(cfg, total_steps)
-    return lambda step: lr_at(step, total_steps, cfg.lr, warm, cfg.schedule, cfg.min_lr_ratio)
+    return lambda step: lr_at(
+        step, total_steps, cfg.lr, warm, cfg.schedule, cfg.min_lr_ratio, cfg.decay_at, cfg.decay_factor
+    )
