@@ -285,6 +285,20 @@ def test_cli_trains_evaluates_and_reports_a_bit_run(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "BiT-R26x1" in r.stdout and "new zero-initialised head" in r.stdout
+    hr = tmp_path / "hyperrule"  # BiT's fine-tuning rule: its size rule applied, the command's flags winning
+    r = run_vitkit(
+        "finetune", "--recipe", "bit-hyperrule", "--from", str(out), "--dataset", "synthetic", "--img-size", "24",
+        "--steps", "2", "--batch-size", "16", "--micro-batch-size", "8", "--set", "data.synthetic_size=64",
+        "--set", "optim.warmup_steps=1",
+        "--device", "cpu", "--out", str(hr), "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    config = json.loads((hr / "config.json").read_text())
+    assert config["recipe"] == "bit-hyperrule" and config["train"]["steps"] == 2
+    assert (config["optim"]["schedule"], config["optim"]["warmup_steps"]) == ("step", 1)
+    assert (
+        config["optim"]["decay_at"] == [0.4, 0.6, 0.8] and config["data"]["mixup_alpha"] == 0
+    )  # < 20k images
 
 
 def test_compiling_bit_on_the_cpu_warns(monkeypatch, caplog):

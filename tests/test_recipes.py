@@ -28,6 +28,35 @@ def test_paper_recipes_follow_the_paper():
     assert fine.optim.weight_decay == 0.0 and fine.optim.grad_clip == 1.0 and fine.model.head_init == "zero"
 
 
+def test_bit_hyperrule_follows_the_bit_paper():
+    from vitkit.recipes import hyperrule
+
+    cfg = get_recipe("bit-hyperrule")
+    o = cfg.optim
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.grad_clip) == ("sgd", 0.003, 0.9, 0.0, 0.0)
+    assert (o.schedule, o.decay_at, o.decay_factor, cfg.train.batch_size) == (
+        "step",
+        (0.3, 0.6, 0.9),
+        0.1,
+        512,
+    )
+    for n, steps, warmup, at, mixup in (
+        (19_999, 500, 100, (0.4, 0.6, 0.8), 0.0),
+        (20_000, 10_000, 500, (0.3, 0.6, 0.9), 0.1),
+        (500_000, 20_000, 500, (0.3, 0.6, 0.9), 0.1),
+    ):
+        c = apply_overrides(cfg, hyperrule(n))
+        assert (c.train.steps, c.optim.warmup_steps, c.optim.decay_at, c.data.mixup_alpha) == (
+            steps,
+            warmup,
+            at,
+            mixup,
+        ), n
+    # its supports as BiT's code lists them: under 500k images 500 warmup, decays at 3k, 6k, 9k, end at 10k
+    c = apply_overrides(cfg, hyperrule(100_000))
+    assert [round(f * c.train.steps) for f in c.optim.decay_at] == [3000, 6000, 9000]
+
+
 def test_unknown_recipe():
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("imagenet-in-5-minutes")

@@ -15,7 +15,7 @@ from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
-from vitkit.recipes import RECIPES, get_recipe
+from vitkit.recipes import RECIPES, get_recipe, hyperrule
 
 # the train command's flags that fine-tuning takes too (the image size comes from --img-size and the checkpoint)
 FLAG_KEYS = {
@@ -39,12 +39,17 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
             if ckpt.config.arch == "vit" or k in CNN_FINETUNE_FIELDS
         },
     )
+    return apply_overrides(dataclasses.replace(cfg, model=model), user_overrides(args))
+
+
+def user_overrides(args: argparse.Namespace) -> list[str]:
+    """The command's flags and --set as config overrides (they win over the recipe and its rules)."""
     overrides = [
         f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
     ]
     if args.epochs is not None and args.steps is None:
         overrides.append("train.steps=0")
-    return apply_overrides(dataclasses.replace(cfg, model=model), overrides + (args.set or []))
+    return overrides + (args.set or [])
 
 
 def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, dict[str, Any]]:
@@ -61,6 +66,8 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     cfg = finetune_config(args, ckpt)
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
+    if cfg.recipe == "bit-hyperrule":  # its length, warmup and MixUp follow the training set's size
+        cfg = apply_overrides(cfg, hyperrule(len(splits.train)) + user_overrides(args))
     reset = args.reset_head or cfg.model.num_classes != ckpt.config.num_classes
     if reset:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, representation_size=None))
@@ -127,7 +134,8 @@ def add_parser(sub) -> None:
         "--recipe",
         choices=sorted(RECIPES),
         default="finetune-small",
-        help="finetune-small (CPU-sized, default) or paper-finetune (the paper's: batch 512, SGD)",
+        help="finetune-small (CPU-sized, default), paper-finetune (the paper's: batch 512, SGD) or bit-hyperrule "
+        "(BiT's: its length by the dataset's size)",
     )
     p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
     p.add_argument("--data-dir")
