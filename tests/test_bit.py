@@ -296,9 +296,9 @@ def test_cli_trains_evaluates_and_reports_a_bit_run(tmp_path):
     config = json.loads((hr / "config.json").read_text())
     assert config["recipe"] == "bit-hyperrule" and config["train"]["steps"] == 2
     assert (config["optim"]["schedule"], config["optim"]["warmup_steps"]) == ("step", 1)
-    assert (
-        config["optim"]["decay_at"] == [0.4, 0.6, 0.8] and config["data"]["mixup_alpha"] == 0
-    )  # < 20k images
+    opt, data = config["optim"], config["data"]  # the rule for under 20k images at 24 px (<= 128: 160 -> 128)
+    assert opt["decay_at"] == [0.4, 0.6, 0.8] and data["mixup_alpha"] == 0
+    assert data["rrc_scale_min"] == pytest.approx(0.64) and data["rrc_ratio"] == [1, 1]
 
 
 def test_compiling_bit_on_the_cpu_warns(monkeypatch, caplog):

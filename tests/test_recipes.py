@@ -40,21 +40,39 @@ def test_bit_hyperrule_follows_the_bit_paper():
         0.1,
         512,
     )
-    for n, steps, warmup, at, mixup in (
-        (19_999, 500, 100, (0.4, 0.6, 0.8), 0.0),
-        (20_000, 10_000, 500, (0.3, 0.6, 0.9), 0.1),
-        (500_000, 20_000, 500, (0.3, 0.6, 0.9), 0.1),
-    ):
-        c = apply_overrides(cfg, hyperrule(n))
-        assert (c.train.steps, c.optim.warmup_steps, c.optim.decay_at, c.data.mixup_alpha) == (
-            steps,
-            warmup,
-            at,
-            mixup,
-        ), n
+    assert cfg.data.rrc_ratio == (1.0, 1.0) and cfg.data.mixup_alpha == 0.1  # square crops; 20k-500k images
+    cases = [  # images, resolution -> steps, warmup, decays, MixUp, crop's share of the area
+        (19_999, (128, 128), 500, 100, (0.4, 0.6, 0.8), 0.0, 0.64),  # BiT: 160 -> 128
+        (20_000, (480, 480), 10_000, 500, (0.3, 0.6, 0.9), 0.1, 0.8789),  # 512 -> 480
+        (500_000, (384, 384), 20_000, 500, (0.3, 0.6, 0.9), 0.1, 0.8789),
+    ]
+    for n, size, steps, warmup, at, mixup, crop in cases:
+        c = apply_overrides(cfg, hyperrule(n, size))
+        got = (c.train.steps, c.optim.warmup_steps, c.optim.decay_at, c.data.mixup_alpha)
+        assert got == (steps, warmup, at, mixup), n
+        assert c.data.rrc_scale_min == c.data.rrc_scale_max == pytest.approx(crop, abs=1e-4)
     # its supports as BiT's code lists them: under 500k images 500 warmup, decays at 3k, 6k, 9k, end at 10k
-    c = apply_overrides(cfg, hyperrule(100_000))
+    c = apply_overrides(cfg, hyperrule(100_000, (480, 480)))
     assert [round(f * c.train.steps) for f in c.optim.decay_at] == [3000, 6000, 9000]
+
+
+def test_bit_hyperrule_leaves_the_commands_settings():
+    """What the command sets wins; a length it gives keeps the rule's shape (warmup as BiT's share of the run)."""
+    from vitkit.recipes import hyperrule
+
+    cfg = get_recipe("bit-hyperrule")
+
+    def ft(given, *overrides):
+        return apply_overrides(cfg, hyperrule(10_000, (128, 128), set(given)) + list(overrides))
+
+    c = ft({"train.steps"}, "train.steps=50")
+    assert (c.train.steps, c.optim.warmup_steps, c.optim.warmup_fraction) == (50, 0, 0.2)
+    c = ft({" train.epochs "}, "train.epochs=3")  # keys as apply_overrides reads them: stripped
+    assert (c.train.steps, c.train.epochs, c.optim.warmup_fraction) == (0, 3, 0.2)  # epochs count
+    c = ft({"optim.warmup_fraction"}, "optim.warmup_fraction=0.1")
+    assert (c.train.steps, c.optim.warmup_steps, c.optim.warmup_fraction) == (500, 0, 0.1)
+    c = ft({"optim.warmup_steps", "data.mixup_alpha"}, "optim.warmup_steps=7", "data.mixup_alpha=0.3")
+    assert (c.optim.warmup_steps, c.data.mixup_alpha, c.optim.decay_at) == (7, 0.3, (0.4, 0.6, 0.8))
 
 
 def test_unknown_recipe():

@@ -225,3 +225,23 @@ def test_batch_order_sharding_and_eval_cover():
     assert sorted(seen.tolist()) == list(range(n))
     perm = torch.cat([global_batch(n, b, 0, 0, i) for i in range(10)])
     assert len(set(perm.tolist())) == 100
+
+
+def test_random_resized_crop_with_a_fixed_ratio_crops_squares():
+    """data.rrc_ratio=(1, 1) (BiT-HyperRule's crops): every crop spans the same share of width and height."""
+    x = torch.linspace(0, 255, 64).round()
+    ramps = torch.stack([x.expand(64, 64), x[:, None].expand(64, 64)]).to(torch.uint8).expand(16, 2, 64, 64)
+
+    def spans(ratio: tuple[float, float]) -> torch.Tensor:
+        cfg = DataConfig(random_resized_crop=True, rrc_scale_min=0.36, rrc_scale_max=0.36, rrc_ratio=ratio)
+        out = BatchTransform(cfg, (64, 64), (0.0, 0.0), (1.0, 1.0)).train(ramps, torch.arange(16), 0)
+        return out.amax(dim=(2, 3)) - out.amin(
+            dim=(2, 3)
+        )  # (16, 2): width and height shares (pixels in [0, 1])
+
+    square = spans((1.0, 1.0))
+    torch.testing.assert_close(square, torch.full_like(square, 0.6), atol=0.03, rtol=0)  # sqrt(0.36)
+    free = spans((3 / 4, 4 / 3))
+    assert float((free[:, 0] - free[:, 1]).abs().max()) > 0.05
+    with pytest.raises(ValueError, match=r"data\.rrc_ratio"):
+        DataConfig(rrc_ratio=(2.0, 1.0))

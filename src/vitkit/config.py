@@ -286,6 +286,7 @@ class DataConfig:
     random_resized_crop: bool = False  # RandomResizedCrop instead of padded crop
     rrc_scale_min: float = 0.35
     rrc_scale_max: float = 1.0  # RandomResizedCrop's area fraction in [min, max]
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # its aspect ratio range (width / height)
     hflip: bool = False
     low_res: float = 0.0  # probability of showing an image at 1/low_res_factor resolution, upsampled back
     low_res_factor: int = 2  # (the patch contents of a model moved to low_res_factor x its resolution)
@@ -306,6 +307,9 @@ class DataConfig:
                 raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")
         _check_range("data.rrc_scale_min", self.rrc_scale_min, 0.01, 1.0)
         _check_range("data.rrc_scale_max", self.rrc_scale_max, self.rrc_scale_min, 1.0)
+        object.__setattr__(self, "rrc_ratio", tuple(float(r) for r in self.rrc_ratio))
+        if len(self.rrc_ratio) != 2 or not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
+            raise ValueError(f"data.rrc_ratio={self.rrc_ratio!r} must be (low, high) with 0 < low <= high")
         if self.synthetic_size < 1:
             raise ValueError(f"data.synthetic_size={self.synthetic_size!r} must be positive")
         if self.low_res_factor < 2:

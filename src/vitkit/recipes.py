@@ -298,10 +298,12 @@ def paper_finetune() -> RunConfig:
 
 def bit_hyperrule() -> RunConfig:
     """BiT's fine-tuning recipe, "BiT-HyperRule" (Kolesnikov et al. 2020), for the paper's BiT baselines and any
-    checkpoint: SGD momentum 0.9, lr 0.003, batch 512, no weight decay or clipping, lr x 0.1 at 30/60/90% of the
-    run, random crops and flips. Its length, warmup and MixUp follow the training set's size (`hyperrule`,
-    applied by `vitkit finetune`); its resolution the images' (BiT: 128 px below 96x96 pixels, else 480), given
-    with --img-size. BiT resizes to 160 (512) then crops 128 (480): here a random crop of 64% of the area.
+    checkpoint: SGD momentum 0.9, lr 0.003, batch 512, no weight decay or clipping, lr x 0.1 at three points of
+    the run, random square crops and flips, a zero head. `vitkit finetune` sets its length, warmup, decay points,
+    MixUp and crop from the training set's size and the resolution (`hyperrule`); the resolution itself is
+    --img-size (BiT: 128 px for images under 96x96 pixels, else 480). The defaults here are its rule for 20k to
+    500k images. BiT resizes to 160 (512) and crops 128 (480); here the images, loaded at the fine-tuning
+    resolution, are cropped to the same share of their area and resampled back.
     """
     return RunConfig(
         recipe="bit-hyperrule",
@@ -309,9 +311,11 @@ def bit_hyperrule() -> RunConfig:
         data=DataConfig(
             dataset="imagefolder",
             random_resized_crop=True,
-            rrc_scale_min=0.64,
-            rrc_scale_max=0.64,
+            rrc_scale_min=(480 / 512) ** 2,
+            rrc_scale_max=(480 / 512) ** 2,
+            rrc_ratio=(1.0, 1.0),
             hflip=True,
+            mixup_alpha=0.1,
         ),
         optim=OptimConfig(
             name="sgd",
@@ -321,6 +325,7 @@ def bit_hyperrule() -> RunConfig:
             grad_clip=0.0,
             warmup_steps=500,
             schedule="step",
+            decay_at=(0.3, 0.6, 0.9),
         ),
         train=TrainConfig(steps=10_000, batch_size=512, micro_batch_size=32, precision="auto", log_every=50),
         expected=(
@@ -330,23 +335,39 @@ def bit_hyperrule() -> RunConfig:
     )
 
 
-def hyperrule(num_train: int) -> list[str]:
-    """BiT-HyperRule's rule of the training set's size, as overrides: under 20k images 500 steps (100 warmup,
-    decays at 40/60/80%), no MixUp; under 500k 10k steps (500 warmup, 30/60/90%), else 20k; MixUp 0.1 from 20k."""
-    if num_train < 20_000:
-        return [
-            "train.steps=500",
-            "optim.warmup_steps=100",
-            "optim.decay_at=(0.4,0.6,0.8)",
-            "data.mixup_alpha=0",
-        ]
-    steps = 10_000 if num_train < 500_000 else 20_000
-    return [
-        f"train.steps={steps}",
-        "optim.warmup_steps=500",
-        "optim.decay_at=(0.3,0.6,0.9)",
-        "data.mixup_alpha=0.1",
-    ]
+def hyperrule(num_train: int, img_size: tuple[int, int], given: set[str] = frozenset()) -> list[str]:
+    """BiT-HyperRule as overrides, for the keys not in `given` (the command's): BiT's supports (warmup end,
+    three decays, end) are [100, 200, 300, 400, 500] steps under 20k training images, [500, 3k, 6k, 9k, 10k]
+    under 500k, [500, 6k, 12k, 18k, 20k] beyond; MixUp 0.1 from 20k images; the crop 64% of the area at 128 px
+    or less (160 -> 128), else 88% (512 -> 480). A length the command gives keeps the rule's shape: its warmup
+    then becomes the same fraction of the run."""
+    given = {k.strip() for k in given}
+    supports = (
+        (100, 200, 300, 400, 500)
+        if num_train < 20_000
+        else (500, 3000, 6000, 9000, 10_000)
+        if num_train < 500_000
+        else (500, 6000, 12_000, 18_000, 20_000)
+    )
+    total = supports[-1]
+    at = ",".join(f"{s / total:g}" for s in supports[1:4])
+    scale = (128 / 160) ** 2 if max(img_size) <= 128 else (480 / 512) ** 2
+    rule = {
+        "optim.decay_at": f"({at})",
+        "data.mixup_alpha": "0" if num_train < 20_000 else "0.1",
+        "data.rrc_scale_min": f"{scale}",
+        "data.rrc_scale_max": f"{scale}",
+    }
+    if given & {"train.steps", "train.epochs"}:  # the command's length, the rule's warmup share
+        rule |= {"optim.warmup_fraction": f"{supports[0] / total:g}", "optim.warmup_steps": "0"}
+        rule |= {"train.steps": "0"} if "train.epochs" in given else {}  # epochs count when steps are 0
+    else:
+        rule |= {"train.steps": str(total), "optim.warmup_steps": str(supports[0])}
+    if given & {"optim.warmup_steps", "optim.warmup_fraction"}:  # the command's warmup, either way given
+        rule = {k: v for k, v in rule.items() if not k.startswith("optim.warmup")}
+        if "optim.warmup_steps" not in given:  # a fraction counts only without warmup steps
+            rule["optim.warmup_steps"] = "0"
+    return [f"{k}={v}" for k, v in rule.items() if k not in given]
 
 
 def finetune_small() -> RunConfig:

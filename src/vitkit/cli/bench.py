@@ -18,6 +18,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.compile = args.compile or args.compile_mode is not None  # a compile mode asks for compilation
     if args.recipe:  # the recipe's model, batch and compile setting; timm as a plain loop beside it
         from vitkit.cli.train import model_overrides
         from vitkit.config import apply_overrides
@@ -114,7 +115,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--compile-mode",
         choices=COMPILE_MODES,
-        help="torch.compile's mode with --compile (the recipe's, else default); reduce-overhead: CUDA graphs",
+        help="compile with this torch.compile mode (with --compile: the recipe's, else default); "
+        "reduce-overhead: CUDA graphs",
     )
     p.add_argument("--fast", action="store_true", help="vitkit's fast inference path")
     p.add_argument(

@@ -67,10 +67,8 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
     if cfg.recipe == "bit-hyperrule":  # its length, warmup and MixUp follow the training set's size
-        given = {o.split("=", 1)[0] for o in user_overrides(args)}  # --epochs comes with train.steps=0
-        cfg = apply_overrides(
-            cfg, [o for o in hyperrule(len(splits.train)) if o.split("=", 1)[0] not in given]
-        )
+        given = {o.split("=", 1)[0] for o in user_overrides(args)}
+        cfg = apply_overrides(cfg, hyperrule(len(splits.train), cfg.model.img_size, given))
     reset = args.reset_head or cfg.model.num_classes != ckpt.config.num_classes
     if reset:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, representation_size=None))

@@ -213,7 +213,7 @@ class BatchTransform:
         x = images.float()  # pixel values: crops pad with black, as torchvision's RandomCrop
         if c.random_resized_crop:
             x = random_resized_crop(
-                x, self.out_size, [u(1), u(2), u(3), u(4)], (c.rrc_scale_min, c.rrc_scale_max)
+                x, self.out_size, [u(1), u(2), u(3), u(4)], (c.rrc_scale_min, c.rrc_scale_max), c.rrc_ratio
             )
         else:
             if c.crop_padding:

@@ -31,7 +31,7 @@ def lr_at(
     if kind == "constant":
         return base_lr
     if kind == "step":
-        return base_lr * decay_factor ** sum(step >= f * total_steps for f in decay_at)
+        return base_lr * decay_factor ** sum(step >= round(f * total_steps) for f in decay_at)
     span = max(total_steps - warmup, 1)
     progress = min(max((step - warmup) / span, 0.0), 1.0)
     if kind == "cosine":
