@@ -153,3 +153,60 @@ def test_hung_collective_fails_within_timeout(tmp_path):
     assert r.returncode != 0
     assert "FAILED after" in r.stdout, r.stdout + r.stderr[-2000:]
     assert time.time() - t0 < 60
+
+
+BN_STATS = """
+import dataclasses, sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from helpers import tiny_run
+from vitkit.config import ModelConfig
+from vitkit.data.datasets import load_dataset
+from vitkit.train import distributed as D
+from vitkit.train.loop import resolve_for_data
+from vitkit.train.trainer import Trainer
+
+info = D.from_env()
+D.init_process_group(info, torch.device("cpu"), 60)
+resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=32, in_chans=1)
+cfg = dataclasses.replace(tiny_run(steps=3, ema_decay=0.5), model=resnet)
+splits = load_dataset(cfg.data, img_size=32, seed=0)
+tr = Trainer(resolve_for_data(cfg, splits), None, splits, info, torch.device("cpu"))
+for _ in range(3):
+    tr.train_step()
+name = next(n for n in tr._ema_names() if n.endswith("running_var"))
+var, ema = dict(tr.model.named_buffers())[name], tr.ema[tr._ema_names().index(name)]
+
+def everyone(t):
+    out = [torch.empty_like(t) for _ in range(info.world)]
+    dist.all_gather(out, t.clone())
+    return out
+
+before, ema_before = everyone(var), everyone(ema)
+assert not torch.equal(*before), "each rank updates its own statistics"
+tr.eval_and_log()
+for now, was in ((everyone(var), before), (everyone(ema), ema_before)):
+    assert torch.equal(*now), "the ranks evaluate and save the same statistics"
+    torch.testing.assert_close(now[0], (was[0] + was[1]) / 2, rtol=0, atol=1e-6)
+print("AVERAGED", flush=True)
+D.destroy()
+"""
+
+
+def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
+    """Under DDP each rank updates its own BatchNorm statistics: they (and their EMA) are averaged before an
+    evaluation or a checkpoint, so every rank evaluates, and the checkpoint holds, the same ones."""
+    script = tmp_path / "bn.py"
+    script.write_text(BN_STATS)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(31500 + os.getpid() % 1000),
+        str(script),
+        os.path.dirname(__file__),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env())
+    assert r.returncode == 0 and r.stdout.count("AVERAGED") == 2, r.stdout + r.stderr[-3000:]

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vitkit import keyed_random
 from vitkit.config import RunConfig
@@ -132,6 +133,13 @@ class Trainer:
         held = self.model.state_dict().keys()
         self._ema_buffers = [n for n, b in self.model.named_buffers() if n in held and b.is_floating_point()]
         self.ema = [x.detach().clone() for x in self._ema_live()] if t.ema_decay > 0 else None
+        self._norm_stats = [  # BatchNorm's running statistics, averaged over ranks under torchrun
+            b
+            for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers()
+            if b.is_floating_point()
+        ]
         self.step = 0
         self.elapsed = 0.0
         self.best = -1.0
@@ -265,7 +273,20 @@ class Trainer:
         if int(state.get("world_size", 1)) == self.info.world:
             _set_rng_state(state["rng"], self.device)
 
+    def _average_norm_stats(self) -> None:
+        """Under torchrun, BatchNorm's running statistics (and their EMA) averaged over the ranks before they are
+        evaluated or saved: DDP broadcasts rank 0's before each forward, then each rank updates its own from its
+        share of the batch (timm's distribute_bn does the same)."""
+        if self.info.world < 2 or not self._norm_stats:
+            return
+        ids = {id(b) for b in self._norm_stats}  # their averages' places in the EMA
+        ema = [e for x, e in zip(self._ema_live(), self.ema) if id(x) in ids] if self.ema is not None else []
+        with torch.no_grad():
+            for b in self._norm_stats + ema:
+                b.copy_(D.all_reduce_sum(b) / self.info.world)
+
     def save(self) -> None:
+        self._average_norm_stats()
         if self.out:
             weights, state = self.state()
             if self.info.is_main:
@@ -418,6 +439,7 @@ class Trainer:
 
     def eval_and_log(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Evaluate (raw, and EMA when on), log one record, keep the best; returns (record, headline, raw)."""
+        self._average_norm_stats()
         raw = self.evaluate()
         head = self.evaluate(use_ema=True) if self.ema is not None else raw
         rec = {
