@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 6 in one call on a lent GPU machine: first the ViT-B/16 training step beside timm
 # (bench/gpu_step_ab.py, with a profile; ninth session: FlashAttention-2 measured 5.4% slower than torch's cuDNN
-# choice, and Inductor's coordinate-descent tuning compiled for over 200 s, so neither is run by default), then
+# choice, and Inductor's coordinate-descent tuning compiled for over 200 s, so neither is run by default;
+# AB_VARIANTS="foreach mapw timm" tries Inductor's cheaper pointwise tuning), then
 # bench/gpu_check.py's phases (fashion-mnist-gpu candidates, ViT-B/16 inference) in what is left of the budget.
 # Usage there: bash bench/gpu.sh [BUDGET_SECONDS]; Fashion-MNIST IDX files in .gpu-data/ (carried).
 set -uo pipefail

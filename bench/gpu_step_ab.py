@@ -13,6 +13,8 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
            (GELU forward and backward, LayerNorm, the q/k/v gradient assembly: ~25% of that profile, ~2.5-2.9 TB/s;
            ninth session: still compiling after 200 s on an H200, beyond a device session's means);
   flash-cdt  flash and cdt together;
+  mapw     foreach compiled with options={"max_autotune_pointwise": True}: Inductor benchmarks a few block sizes
+           for each generated pointwise/reduction kernel only (a cheaper tuning than cdt's; untried on a GPU);
   timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
@@ -34,7 +36,7 @@ from vitkit.models.layers import Attention, PatchEmbed
 from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
 
-VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "flash-cdt", "timm")
+VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "flash-cdt", "mapw", "timm")
 
 
 class ConvPatchEmbed(PatchEmbed):
@@ -152,7 +154,13 @@ def main() -> None:
         B.Bf16Copy = LoopBf16Copy if name == "loop" else Bf16Copy  # the class train_step builds
         mode = "reduce-overhead" if name == "graphs" else None
         # options make a backend of their own: compiled afresh, with the tuning applied by construction
-        options = {"coordinate_descent_tuning": True} if name in ("cdt", "flash-cdt") else None
+        options = (
+            {"coordinate_descent_tuning": True}
+            if name in ("cdt", "flash-cdt")
+            else {"max_autotune_pointwise": True}
+            if name == "mapw"
+            else None
+        )
         dtype = "bf16" if name == "timm" else "bf16-pure"
         runs[name] = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode, compile_options=options)
     B.Bf16Copy = Bf16Copy
