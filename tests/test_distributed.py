@@ -188,6 +188,7 @@ for now, was in ((everyone(var), before), (everyone(ema), ema_before)):
     assert torch.equal(*now), "the ranks evaluate and save the same statistics"
     torch.testing.assert_close(now[0], (was[0] + was[1]) / 2, rtol=0, atol=1e-6)
 print("AVERAGED", flush=True)
+D.barrier()  # both ranks done with their collectives before the group goes
 D.destroy()
 """
 
