@@ -37,6 +37,8 @@ from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
 
 VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "flash-cdt", "mapw", "timm")
+CDT = {"coordinate_descent_tuning": True}
+INDUCTOR_OPTIONS = {"cdt": CDT, "flash-cdt": CDT, "mapw": {"max_autotune_pointwise": True}}
 
 
 class ConvPatchEmbed(PatchEmbed):
@@ -154,13 +156,7 @@ def main() -> None:
         B.Bf16Copy = LoopBf16Copy if name == "loop" else Bf16Copy  # the class train_step builds
         mode = "reduce-overhead" if name == "graphs" else None
         # options make a backend of their own: compiled afresh, with the tuning applied by construction
-        options = (
-            {"coordinate_descent_tuning": True}
-            if name in ("cdt", "flash-cdt")
-            else {"max_autotune_pointwise": True}
-            if name == "mapw"
-            else None
-        )
+        options = INDUCTOR_OPTIONS.get(name)
         dtype = "bf16" if name == "timm" else "bf16-pure"
         runs[name] = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode, compile_options=options)
     B.Bf16Copy = Bf16Copy

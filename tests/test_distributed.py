@@ -48,6 +48,21 @@ def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> list[st
     ]
 
 
+def torchrun_script(script, *args: str, port: int) -> list[str]:
+    """Two processes of a Python script under torchrun (`port` + this pid's share: tests may run side by side)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(port + os.getpid() % 1000),
+        str(script),
+        *args,
+    ]
+
+
 def env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -138,16 +153,7 @@ except Exception as e:
 def test_hung_collective_fails_within_timeout(tmp_path):
     script = tmp_path / "hang.py"
     script.write_text(HANG)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(30500 + os.getpid() % 1000),
-        str(script),
-    ]
+    cmd = torchrun_script(script, port=30500)
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env())
     assert r.returncode != 0
@@ -198,16 +204,6 @@ def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
     evaluation or a checkpoint, so every rank evaluates, and the checkpoint holds, the same ones."""
     script = tmp_path / "bn.py"
     script.write_text(BN_STATS)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(31500 + os.getpid() % 1000),
-        str(script),
-        os.path.dirname(__file__),
-    ]
+    cmd = torchrun_script(script, os.path.dirname(__file__), port=31500)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env())
     assert r.returncode == 0 and r.stdout.count("AVERAGED") == 2, r.stdout + r.stderr[-3000:]
