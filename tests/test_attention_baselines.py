@@ -13,7 +13,7 @@ from helpers import check_cnn_trains, run_vitkit
 from vitkit.convert import ConversionError, read_checkpoint
 from vitkit.models import build_model, count_params, create_model, forward_macs, list_models, model_config
 from vitkit.models.augmented_conv import AugmentedConv2d, relative_logits_1d, relative_logits_2d
-from vitkit.models.local_attention import LocalSelfAttention2d
+from vitkit.models.local_attention import AttentionStem, LocalSelfAttention2d
 from vitkit.models.resnet_v1 import ResNetV1
 
 RESNETS = [n for n in list_models() if "ResNet-" in n]
@@ -52,15 +52,30 @@ def test_paper_sizes():
     assert round(count_params(sasa50) / 1e6, 1) == 18.0
     assert round(2 * forward_macs(r50) / 1e9, 1) == 8.2 and round(2 * forward_macs(aa50) / 1e9, 1) == 8.3
     assert round(2 * forward_macs(sasa50) / 1e9, 2) == 6.81  # the paper's 7.0
+    # "Full Attention" (the attention stem): ResNet-26 10.3M / 4.7 GFLOPs, ResNet-50 18.0M / 7.2 in the paper;
+    # mixing each in-block position's value matrix first costs less than the paper's count of m value maps
+    full26, full50 = (model_config(n, sasa_stem="attention") for n in ("SASA-ResNet-26", "SASA-ResNet-50"))
+    assert round(count_params(full26) / 1e6, 1) == 10.3 and round(count_params(full50) / 1e6, 1) == 18.0
+    assert (
+        round(2 * forward_macs(full26) / 1e9, 2) == 4.46 and round(2 * forward_macs(full50) / 1e9, 2) == 6.88
+    )
 
 
 # SASA at 28 px: every map at most 7x7, where the dense path computes exactly the windows' pairs (on larger maps
 # its dense and tiled paths also compute masked pairs, which the count leaves out as the paper does)
-@pytest.mark.parametrize("name,size", [("ResNet-26", 45), ("SASA-ResNet-26", 28), ("AA-ResNet-26", 40)])
-def test_forward_macs_count_every_product(name, size):
+@pytest.mark.parametrize(
+    "name,size,kw",
+    [
+        ("ResNet-26", 45, {}),
+        ("SASA-ResNet-26", 28, {}),
+        ("SASA-ResNet-26", 28, {"sasa_stem": "attention"}),
+        ("AA-ResNet-26", 40, {}),
+    ],
+)
+def test_forward_macs_count_every_product(name, size, kw):
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = model_config(name, img_size=size, num_classes=10)
+    cfg = model_config(name, img_size=size, num_classes=10, **kw)
     model = build_model(cfg).eval()
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(torch.randn(1, 3, size, size))
@@ -109,6 +124,70 @@ def test_local_attention_matches_the_equation(stride, window, size):
     x.requires_grad_(True)  # padded tiles and masked pairs leave no NaN in the gradients
     layer(x).square().sum().backward()
     assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def attention_stem_reference(stem: AttentionStem, x: torch.Tensor) -> torch.Tensor:
+    """The paper's stem pixel by pixel: v_ab = sum_m p(a, b, m) W_V^m x_ab, p = softmax_m over the in-block
+    position's row + column tables; each pixel attends to its 4x4 block, logits q . (k + r_offset); batch norm,
+    ReLU, 4x4 max pool."""
+    b, _, h, w = x.shape
+    nh, dh, s = stem.num_heads, stem.head_dim, stem.block
+    pix = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+    q, k = stem.qk(pix).chunk(2, dim=-1)  # (B, H, W, D)
+    mixed = {}  # in-block position -> sum_m p(a, b, m) W_V^m, (D, C)
+    for a in range(s):
+        for c in range(s):
+            p = (stem.mix_row[a] + stem.mix_col[c]).softmax(-1)  # (m,)
+            mixed[a, c] = sum(p_m * w_m for p_m, w_m in zip(p, stem.value))
+    out = torch.zeros(b, h, w, nh * dh)
+    for i in range(h):
+        for j in range(w):
+            for n in range(nh):
+                ch = slice(n * dh, (n + 1) * dh)
+                logits, values = [], []
+                for a in range(i - i % s, i - i % s + s):
+                    for c in range(j - j % s, j - j % s + s):
+                        rel = torch.cat(
+                            [stem.rel_row[n, :, a - i + s - 1], stem.rel_col[n, :, c - j + s - 1]]
+                        )
+                        logits.append((q[:, i, j, ch] * stem.scale * (k[:, a, c, ch] + rel)).sum(-1))
+                        values.append(pix[:, a, c] @ mixed[a % s, c % s][ch].t())  # (B, dh)
+                weights = torch.stack(logits, -1).softmax(-1)  # (B, 16)
+                out[:, i, j, ch] = (weights.unsqueeze(-1) * torch.stack(values, 1)).sum(1)
+    out = torch.relu(stem.norm(out.permute(0, 3, 1, 2)))
+    return torch.nn.functional.max_pool2d(out, s)
+
+
+def test_attention_stem_matches_the_equation():
+    """The block layout, the once-mixed value matrices and the in-block relative logits against the paper's stem
+    pixel by pixel; a pixel's output depends on its own block only."""
+    torch.manual_seed(0)
+    stem = AttentionStem(3, 8, num_heads=2).eval()
+    perturb_(stem, 0.5)  # mixture tables away from the even mix, running statistics away from identity
+    x = torch.randn(2, 3, 8, 12)
+    with torch.no_grad():
+        out = stem(x)
+        assert out.shape == (2, 8, 2, 3)
+        torch.testing.assert_close(out, attention_stem_reference(stem, x), rtol=1e-5, atol=1e-5)
+        y = x.clone()
+        y[:, :, 4:, 8:] += 1.0  # one block changed: only its pooled output moves
+        moved = (stem(y) - out).abs().amax(1) > 0  # (B, 2, 3)
+        assert moved[:, 1, 2].all() and moved.sum() == 2
+    with pytest.raises(ValueError, match="image sides divisible by 4, got 6x8"):
+        stem(torch.randn(1, 3, 6, 8))
+    stem.train()
+    x.requires_grad_(True)
+    stem(x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stem.parameters())
+
+
+def test_sasa_with_the_attention_stem_trains():
+    model = create_model("SASA-ResNet-26", img_size=28, in_chans=1, num_classes=4, sasa_stem="attention")
+    assert isinstance(model.stem, AttentionStem) and sum(
+        p.numel() for p in model.parameters()
+    ) == count_params(model.cfg)
+    assert {"stem.mix_row", "stem.mix_col", "stem.rel_row"} <= model.no_weight_decay()
+    check_cnn_trains(model, torch.randn(2, 1, 28, 28), 4, nonzero_grads=False)
 
 
 def test_relative_logits_match_timm():
@@ -272,6 +351,12 @@ def test_configs_name_what_is_wrong():
         model_config("SASA-ResNet-26", sasa_window=4)
     with pytest.raises(ValueError, match=r"model\.sasa_window=5 applies to arch='sasa' only"):
         model_config("AA-ResNet-26", sasa_window=5)
+    with pytest.raises(ValueError, match=r"model\.sasa_stem='attn' is not one of 'conv', 'attention'"):
+        model_config("SASA-ResNet-26", sasa_stem="attn")
+    with pytest.raises(ValueError, match=r"model\.sasa_stem='attention' applies to arch='sasa' only"):
+        model_config("ResNet-26", sasa_stem="attention")
+    with pytest.raises(ValueError, match=r"4x4 blocks: image size 30x32 must be a multiple of 4"):
+        model_config("SASA-ResNet-26", sasa_stem="attention", img_size=(30, 32))
     with pytest.raises(ValueError, match=r"model\.aa_value_ratio=1\.0 with .*a ratio in \(0, 1\)"):
         model_config("AA-ResNet-50", aa_value_ratio=1.0)
     with pytest.raises(ValueError, match=r"model\.num_heads=8 is a ViT option; the RESNET baseline"):
@@ -294,10 +379,14 @@ def test_models_command_and_export(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from vitkit.convert import check_onnx, export_onnx
 
-    for name in ("SASA-ResNet-26", "AA-ResNet-26"):
-        model = create_model(name, img_size=32, num_classes=10).eval()
+    for name, kw in [
+        ("SASA-ResNet-26", {}),
+        ("AA-ResNet-26", {}),
+        ("SASA-ResNet-26", {"sasa_stem": "attention"}),
+    ]:
+        model = create_model(name, img_size=32, num_classes=10, **kw).eval()
         perturb_(model, 0.01)
-        path = export_onnx(model, str(tmp_path / f"{name}.onnx"))
+        path = export_onnx(model, str(tmp_path / f"{name}-{len(kw)}.onnx"))
         assert max(check_onnx(path, model, (1, 3)).values()) < 1e-4
 
 

@@ -57,7 +57,14 @@ RESNET_DEPTHS: dict[int, tuple[int, ...]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
-ARCH_ONLY = {"width_factor": "bit", "sasa_window": "sasa", "aa_key_ratio": "aa", "aa_value_ratio": "aa"}
+ARCH_ONLY = {
+    "width_factor": "bit",
+    "sasa_window": "sasa",
+    "sasa_stem": "sasa",
+    "aa_key_ratio": "aa",
+    "aa_value_ratio": "aa",
+}
+SASA_STEMS = ("conv", "attention")
 
 
 def bit_depth(layers: tuple[int, ...]) -> int:
@@ -78,6 +85,7 @@ def head_channels(ratio: float, channels: int, num_heads: int) -> int:
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("model", "blocks")
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -96,7 +104,8 @@ class ModelConfig:
 
     `arch="bit"`: the paper's CNN baseline, a BiT ResNet-v2 (pre-activation, GroupNorm, weight standardisation)
     of stage depths `backbone` and width `width_factor`. `arch="resnet"`: a batch-norm ResNet (He et al.);
-    `"sasa"`: it with stand-alone local self-attention (`num_heads`, window `sasa_window`) for each 3x3 conv;
+    `"sasa"`: it with stand-alone local self-attention (`num_heads`, window `sasa_window`) for each 3x3 conv
+    and a conv or attention stem (`sasa_stem`);
     `"aa"`: it with attention-augmented 3x3 convs (`num_heads`, dk = `aa_key_ratio` and dv = `aa_value_ratio`
     x the conv's channels) in the last three stages. Their stage depths are the named ResNet's (RESNET_DEPTHS);
     the registry's names set 8 heads (the dataclass default, 3, is ViT-Ti's). The CNNs read img_size, in_chans,
@@ -128,6 +137,9 @@ class ModelConfig:
     backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only
     width_factor: int = 1  # arch="bit": channels x this (BiT-R50x3: 3)
     sasa_window: int = 7  # arch="sasa": each pixel attends to this k x k neighbourhood (the paper's k = 7)
+    sasa_stem: str = (
+        "conv"  # arch="sasa": "conv" (7x7/2 conv, 3x3/2 max pool) | "attention" (the paper's stem)
+    )
     aa_key_ratio: float = 0.2  # arch="aa": kappa = dk / Fout (the paper's ResNets: kappa = 2 upsilon = 0.2)
     aa_value_ratio: float = 0.1  # arch="aa": upsilon = dv / Fout, the attention's share of the channels
 
@@ -230,6 +242,12 @@ class ModelConfig:
         if self.arch == "sasa":
             if self.sasa_window < 1 or self.sasa_window % 2 == 0:
                 raise ValueError(f"model.sasa_window={self.sasa_window!r}: an odd neighbourhood size, e.g. 7")
+            _check_choice("model.sasa_stem", self.sasa_stem, SASA_STEMS)
+            if self.sasa_stem == "attention" and (self.img_size[0] % 4 or self.img_size[1] % 4):
+                raise ValueError(
+                    f"model.sasa_stem='attention' attends within 4x4 blocks: image size "
+                    f"{self.img_size[0]}x{self.img_size[1]} must be a multiple of 4 on each side (e.g. 28, 32, 224)"
+                )
             for i in range(len(self.backbone)):  # each stage's attention width: 64, 128, 256, 512
                 if (64 << i) % (2 * self.num_heads):
                     raise ValueError(
@@ -388,7 +406,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
         _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
-        _check_choice("train.compile_scope", self.compile_scope, ("model", "blocks"))
+        _check_choice("train.compile_scope", self.compile_scope, COMPILE_SCOPES)
         if self.epochs < 0 or self.steps < 0 or (self.epochs < 1 and self.steps < 1):
             raise ValueError(
                 f"train.epochs={self.epochs}, train.steps={self.steps}: one must be positive, neither negative"

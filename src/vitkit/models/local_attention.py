@@ -3,7 +3,8 @@
 Each pixel (i, j) attends to the k x k pixels around it with relative position embeddings:
 y_ij = sum_ab softmax_ab(q_ij . k_ab + q_ij . r_{a-i, b-j}) v_ab per head, where r is a row-offset embedding
 (half of each head's channels) concatenated with a column-offset embedding (the other half). Queries, keys and
-values are 1x1 projections; a stride of 2 is a 2x2 average pool after the attention, as the paper does.
+values are 1x1 projections; a stride of 2 is a 2x2 average pool after the attention, as the paper does. Also the
+paper's attention stem (`AttentionStem`: attention within 4x4 blocks, spatially-aware values, the 4x4 max pool).
 Choices the paper leaves open: queries are scaled by head_dim^-0.5 (as the Transformer and the attention
 augmented conv do); neighbours outside the image are masked out rather than read as zero padding; each head has
 its own row and column embeddings (half of its channels each; the paper writes them for one head, and splitting a
@@ -154,3 +155,109 @@ def local_attention_macs(in_chs: int, out_chs: int, h: int, w: int, window: int)
     hw = h * w
     keys = min(hw, window * window)
     return hw * in_chs * 3 * out_chs + hw * out_chs * (2 * keys + window)
+
+
+class AttentionStem(nn.Module):
+    """SASA's attention stem (the paper's "full attention" models): self-attention within each 4x4 block of pixels
+    with spatially-aware values, batch norm, ReLU, then the 4x4 max pool: (B, C, H, W) -> (B, D, H/4, W/4).
+
+    Values (the paper's Section 3.2): v_ab = (sum_m p(a, b, m) W_V^m) x_ab with p(a, b, m) =
+    softmax_m((emb_row(a) + emb_col(b)) . nu^m), a and b the pixel's row and column inside its block (the pooling
+    window). The products emb_row(a) . nu^m and emb_col(b) . nu^m are stored as two (block, m) tables, the same
+    functions for embeddings at least m wide. The mixture is linear in x, so each of the 16 in-block positions
+    mixes its value matrix once per forward pass and applies it to its pixels. Logits are the body layers':
+    q . (k + r), r from the row and column offsets inside the block (-3..3). Chosen here: m = 4 value matrices,
+    the ReLU before the pool (as the conv stem; max and ReLU commute), queries scaled by head_dim^-0.5.
+    """
+
+    def __init__(self, in_chans: int, out_chs: int, num_heads: int, block: int = 4, mixtures: int = 4):
+        super().__init__()
+        head_dim = out_chs // num_heads if num_heads > 0 else 0
+        if head_dim * num_heads != out_chs or head_dim % 2:
+            raise ValueError(
+                f"attention stem: {out_chs} channels do not split into {num_heads} heads (model.num_heads) of an "
+                "even width (half for row offsets, half for column offsets)"
+            )
+        self.num_heads, self.head_dim, self.block, self.mixtures = num_heads, head_dim, block, mixtures
+        self.scale = head_dim**-0.5
+        self.qk = nn.Linear(in_chans, 2 * out_chs, bias=False)
+        self.value = nn.Parameter(torch.empty(mixtures, out_chs, in_chans))  # W_V^m
+        self.mix_row = nn.Parameter(torch.empty(block, mixtures))  # emb_row(a) . nu^m
+        self.mix_col = nn.Parameter(torch.empty(block, mixtures))  # emb_col(b) . nu^m
+        self.rel_row = nn.Parameter(torch.empty(num_heads, head_dim // 2, 2 * block - 1))
+        self.rel_col = nn.Parameter(torch.empty(num_heads, head_dim // 2, 2 * block - 1))
+        self.norm = nn.BatchNorm2d(out_chs)
+        self.act = nn.ReLU(inplace=True)
+        pos = torch.arange(block)
+        dy = pos.repeat_interleave(block)  # (block^2,) row of each in-block position
+        dx = pos.repeat(block)
+        self.register_buffer("idx_row", dy.unsqueeze(0) - dy.unsqueeze(1) + block - 1, persistent=False)
+        self.register_buffer("idx_col", dx.unsqueeze(0) - dx.unsqueeze(1) + block - 1, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Projections N(0, 1/fan_in), relative embeddings N(0, 1/head_dim), an even mixture, a unit norm."""
+        fan_in = self.qk.in_features
+        nn.init.trunc_normal_(self.qk.weight, std=fan_in**-0.5)
+        nn.init.trunc_normal_(self.value, std=fan_in**-0.5)
+        nn.init.zeros_(self.mix_row)
+        nn.init.zeros_(self.mix_col)
+        nn.init.trunc_normal_(self.rel_row, std=self.scale)
+        nn.init.trunc_normal_(self.rel_col, std=self.scale)
+        self.norm.reset_parameters()
+
+    def mixed_values(self) -> torch.Tensor:
+        """Each in-block position's value matrix sum_m p(a, b, m) W_V^m: (block^2, D, C)."""
+        logits = self.mix_row.unsqueeze(1) + self.mix_col.unsqueeze(0)  # (block, block, m)
+        p = logits.reshape(-1, self.mixtures).softmax(dim=-1)  # (block^2, m)
+        return torch.einsum("pm,mdc->pdc", p, self.value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D, H/4, W/4)."""
+        b, c, h, w = x.shape
+        s, nh, dh = self.block, self.num_heads, self.head_dim
+        if h % s or w % s:
+            raise ValueError(f"the attention stem needs image sides divisible by {s}, got {h}x{w}")
+        gh, gw = h // s, w // s
+        x = (
+            x.reshape(b, c, gh, s, gw, s).permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, s * s, c)
+        )  # (B, n, s*s, C)
+        q, k = self.qk(x).chunk(2, dim=-1)  # (B, n, s*s, D) each
+        v = torch.einsum("bnpc,pdc->bnpd", x, self.mixed_values())  # spatially-aware values
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, n, s*s, D) -> (B, nh, n, s*s, dh)
+            return t.reshape(b, gh * gw, s * s, nh, dh).permute(0, 3, 1, 2, 4)
+
+        q, k, v = heads(q) * self.scale, heads(k), heads(v)
+        half = dh // 2
+        row = q[..., :half] @ self.rel_row.unsqueeze(1)  # (B, nh, n, s*s, 2s-1): q . r_row[offset]
+        col = q[..., half:] @ self.rel_col.unsqueeze(1)
+        full = (b, nh, gh * gw, s * s, s * s)
+        logits = q @ k.transpose(-1, -2)  # (B, nh, n, s*s, s*s)
+        logits = (
+            logits + row.gather(-1, self.idx_row.expand(full)) + col.gather(-1, self.idx_col.expand(full))
+        )
+        out = logits.softmax(dim=-1) @ v  # (B, nh, n, s*s, dh)
+        out = out.permute(0, 1, 4, 2, 3).reshape(b, nh * dh, gh * gw, s * s)  # (B, D, n, s*s)
+        out = self.act(self.norm(out)).amax(dim=-1)  # the 4x4 max pool: (B, D, n)
+        return out.reshape(b, nh * dh, gh, gw)  # (B, D, H/4, W/4)
+
+
+def attention_stem_macs(
+    in_chans: int, out_chs: int, h: int, w: int, block: int = 4, mixtures: int = 4
+) -> int:
+    """Multiply-accumulates of the attention stem on an h x w image: queries and keys, the 16 positions' mixed value
+    matrices and their values, logits (content + relative), weighted sum."""
+    hw, pos = h * w, block * block
+    return (
+        hw * in_chans * 3 * out_chs
+        + pos * mixtures * out_chs * in_chans
+        + hw * out_chs * (2 * pos + 2 * block - 1)
+    )
+
+
+def attention_stem_params(in_chans: int, out_chs: int, block: int = 4, mixtures: int = 4) -> int:
+    """Parameters of the attention stem (projections, value matrices, mixture tables, relative tables, norm)."""
+    rel = 2 * (out_chs // 2) * (2 * block - 1)
+    return 2 * in_chans * out_chs + mixtures * out_chs * in_chans + 2 * block * mixtures + rel + 2 * out_chs

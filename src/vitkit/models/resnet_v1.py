@@ -1,7 +1,7 @@
 """The attention baselines the paper cites and their ResNet control: a ResNet (He et al. 2016, batch norm,
 bottlenecks, the stride on the 3x3 conv as torchvision's and timm's `resnet50`), and the same network with each
 bottleneck's 3x3 conv replaced by stand-alone local self-attention (SASA, Ramachandran et al. 2019: every block,
-conv stem) or augmented by global relative self-attention (AA, Bello et al. 2019: the blocks of the last three
+the conv stem or, with `model.sasa_stem="attention"`, the paper's attention stem) or augmented by global relative self-attention (AA, Bello et al. 2019: the blocks of the last three
 stages, the first stage's large maps stay convolutional, as the paper augments "from the last layer until memory
 runs out").
 
@@ -21,7 +21,13 @@ from vitkit.config import ModelConfig, head_channels
 from vitkit.models.augmented_conv import AugmentedConv2d, augmented_conv_macs
 from vitkit.models.cnn import CNNClassifier, ConvHead
 from vitkit.models.layers import Dropout, DropPath
-from vitkit.models.local_attention import LocalSelfAttention2d, local_attention_macs
+from vitkit.models.local_attention import (
+    AttentionStem,
+    LocalSelfAttention2d,
+    attention_stem_macs,
+    attention_stem_params,
+    local_attention_macs,
+)
 from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS, he_init_
 
 
@@ -34,7 +40,10 @@ def block_plan(cfg: ModelConfig) -> list[dict]:
     """Every bottleneck in order: stage, channels in/mid/out, stride, its input map (h, w), its output map (ho, wo),
     its spatial layer ("conv" | "sasa" | "aa") and an AA layer's dk, dv. The one description that building, MACs
     and parameters read."""
-    h, w = _half(_half(cfg.img_size[0])), _half(_half(cfg.img_size[1]))  # 7x7/2 conv, 3x3/2 max pool
+    h, w = (
+        _half(_half(cfg.img_size[0])),
+        _half(_half(cfg.img_size[1])),
+    )  # either stem: H/4 (attention: H % 4 == 0)
     plan, c = [], ROOT_WIDTH
     for i, depth in enumerate(cfg.backbone):
         out = STAGE_WIDTHS[i]
@@ -122,7 +131,8 @@ class Stage(nn.Module):
 
 
 class ResNetV1(CNNClassifier):
-    """ResNet / SASA / AA classifier: conv stem, bottleneck stages, global average pooling, 1x1-conv head."""
+    """ResNet / SASA / AA classifier: conv (or SASA's attention) stem, bottleneck stages, global average pooling,
+    1x1-conv head."""
 
     def __init__(self, cfg: ModelConfig, weights_follow: bool = False):
         super().__init__()
@@ -132,7 +142,10 @@ class ResNetV1(CNNClassifier):
             )
         self.cfg = cfg
         self.num_classes = cfg.num_classes
-        self.stem = Stem(cfg.in_chans)
+        attention_stem = cfg.arch == "sasa" and cfg.sasa_stem == "attention"
+        self.stem = (
+            AttentionStem(cfg.in_chans, ROOT_WIDTH, cfg.num_heads) if attention_stem else Stem(cfg.in_chans)
+        )
         plan = block_plan(cfg)
         rates = [cfg.drop_path_rate * n / max(len(plan) - 1, 1) for n in range(len(plan))]
         self.stages = nn.Sequential(
@@ -153,7 +166,7 @@ class ResNetV1(CNNClassifier):
         starts as its shortcut), attention layers their own init; the head N(0, 0.01) or zero."""
         he_init_(self)
         for m in self.modules():
-            if isinstance(m, (LocalSelfAttention2d, AugmentedConv2d)):
+            if isinstance(m, (LocalSelfAttention2d, AugmentedConv2d, AttentionStem)):
                 m.reset_parameters()
             elif isinstance(m, Bottleneck):
                 nn.init.zeros_(m.norm3.weight)
@@ -161,8 +174,10 @@ class ResNetV1(CNNClassifier):
             self.head.reset_parameters(zero=self.cfg.head_init == "zero")
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names excluded from weight decay beyond biases and norms: the relative embeddings."""
-        return {n for n, _ in self.named_parameters() if n.endswith(("rel_row", "rel_col", "rel_h", "rel_w"))}
+        """Parameter names excluded from weight decay beyond biases and norms: the relative embeddings and the
+        attention stem's position-dependent mixture tables."""
+        ends = ("rel_row", "rel_col", "rel_h", "rel_w", "mix_row", "mix_col")
+        return {n for n, _ in self.named_parameters() if n.endswith(ends)}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the last stage's feature map (B, C', H/32, W/32)."""
@@ -179,8 +194,10 @@ class ResNetV1(CNNClassifier):
 
 def resnet_v1_macs(cfg: ModelConfig) -> int:
     """Analytic multiply-accumulates of one forward pass of one image (convs, attention, head; norms not counted)."""
-    h, w = _half(cfg.img_size[0]), _half(cfg.img_size[1])
-    macs = h * w * 49 * cfg.in_chans * ROOT_WIDTH
+    if cfg.arch == "sasa" and cfg.sasa_stem == "attention":
+        macs = attention_stem_macs(cfg.in_chans, ROOT_WIDTH, *cfg.img_size)
+    else:
+        macs = _half(cfg.img_size[0]) * _half(cfg.img_size[1]) * 49 * cfg.in_chans * ROOT_WIDTH
     for p in block_plan(cfg):
         cin, mid, out, s = p["cin"], p["mid"], p["out"], p["stride"]
         h, w, ho, wo = p["h"], p["w"], p["ho"], p["wo"]
@@ -198,7 +215,10 @@ def resnet_v1_macs(cfg: ModelConfig) -> int:
 
 def resnet_v1_params(cfg: ModelConfig) -> int:
     """Analytic parameter count (matches `sum(p.numel())` of the built model)."""
-    total = 49 * cfg.in_chans * ROOT_WIDTH + 2 * ROOT_WIDTH
+    if cfg.arch == "sasa" and cfg.sasa_stem == "attention":
+        total = attention_stem_params(cfg.in_chans, ROOT_WIDTH)
+    else:
+        total = 49 * cfg.in_chans * ROOT_WIDTH + 2 * ROOT_WIDTH
     for p in block_plan(cfg):
         cin, mid, out = p["cin"], p["mid"], p["out"]
         total += cin * mid + mid * out + 2 * (2 * mid + out)
