@@ -150,3 +150,27 @@ def test_bench_recipe_uses_its_compile_mode(monkeypatch, capsys):
     assert len(marks) >= 3 and res["vitkit_img_s"] > 0
     with pytest.raises(ValueError, match="compile_mode='fast'"):
         run_benchmark(model_config("ViT-Ti/8", img_size=16), compile=True, compile_mode="fast")
+
+
+def test_bench_compiles_the_blocks_alone(monkeypatch, capsys):
+    """`--compile-scope blocks` (or a recipe's train.compile_scope) compiles each transformer block in place and
+    nothing else, for vitkit and timm alike; a CNN is refused."""
+    compiled_blocks, wholes = [], []
+    real = torch.nn.Module.compile
+    whole = lambda m, **kw: (wholes.append(m) if isinstance(m, torch.nn.Module) else None) or m  # noqa: E731
+    monkeypatch.setattr(torch, "compile", whole)  # a block's Module.compile passes its bound _call_impl
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda m, **kw: compiled_blocks.append(m) or real(m, backend="eager")
+    )
+    args = ["bench", "--model", "ViT-Ti/8", "--img-size", "16", "--num-classes", "4", "--compare", "timm"]
+    args += ["--batch-size", "2", "--repeats", "1", "--warmup", "1", "--min-seconds", "0.01", "--json"]
+    assert main([*args, "--mode", "train", "--compile-scope", "blocks"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["compile"] and res["compile_scope"] == "blocks" and not wholes
+    assert len(compiled_blocks) == 24 and res["vitkit_img_s"] > 0 and res["timm_img_s"] > 0  # 12 blocks each
+    assert main([*args, "--compile"]) == 0  # default scope: the whole models
+    assert json.loads(capsys.readouterr().out)["compile_scope"] == "model" and len(wholes) == 2
+    with pytest.raises(ValueError, match=r"compile_scope='blocks': ResNet-26 .* no transformer blocks"):
+        run_benchmark(model_config("ResNet-26", img_size=32), compile=True, compile_scope="blocks")
+    with pytest.raises(ValueError, match="compile_scope='layers'"):
+        run_benchmark(model_config("ViT-Ti/8", img_size=16), compile=True, compile_scope="layers")

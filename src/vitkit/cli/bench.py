@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from vitkit.config import COMPILE_MODES
+from vitkit.config import COMPILE_MODES, COMPILE_SCOPES
 from vitkit.models import model_config
 
 
@@ -18,7 +18,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.compile = args.compile or args.compile_mode is not None  # a compile mode asks for compilation
+    # a compile mode or scope asks for compilation
+    args.compile = args.compile or args.compile_mode is not None or args.compile_scope is not None
     if args.recipe:  # the recipe's model, batch and compile setting; timm as a plain loop beside it
         from vitkit.cli.train import model_overrides
         from vitkit.config import apply_overrides
@@ -37,6 +38,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.batch_size = args.batch_size or run.train.batch_size
         args.compile = args.compile or run.train.compile
         args.compile_mode = args.compile_mode or run.train.compile_mode
+        args.compile_scope = args.compile_scope or run.train.compile_scope
     else:
         cfg = model_config(
             args.model or "ViT-S/16",
@@ -52,6 +54,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         compile=args.compile,
         compile_mode=args.compile_mode or "default",
+        compile_scope=args.compile_scope or "model",
         compare=args.compare,
         fast=args.fast,
         device=resolve_device(args.device),
@@ -68,7 +71,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     what = f"{res['model']} {res['img_size'][0]}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
     compile_flag = (
         "compile" if res.get("compile_mode") in (None, "default") else f"compile {res['compile_mode']}"
-    )
+    ) + (" (blocks)" if res.get("compile_scope") == "blocks" else "")
     flags = ", ".join(f for f, on in ((compile_flag, args.compile), ("fast", args.fast)) if on) or "eager"
     if args.recipe:
         flags += f"; recipe {args.recipe}: timm as a plain eager loop"
@@ -117,6 +120,11 @@ def add_parser(sub) -> None:
         choices=COMPILE_MODES,
         help="compile with this torch.compile mode (with --compile: the recipe's, else default); "
         "reduce-overhead: CUDA graphs",
+    )
+    p.add_argument(
+        "--compile-scope",
+        choices=COMPILE_SCOPES,
+        help="what to compile (with --compile: the recipe's, else model); blocks: each transformer block alone",
     )
     p.add_argument("--fast", action="store_true", help="vitkit's fast inference path")
     p.add_argument(

@@ -188,7 +188,7 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
             "bit": f"BiT ResNet-v2, width x{cfg.width_factor}",
             "resnet": "ResNet (batch norm)",
             "sasa": f"ResNet with stand-alone local self-attention ({cfg.num_heads} heads, "
-            f"{cfg.sasa_window}x{cfg.sasa_window} windows)",
+            f"{cfg.sasa_window}x{cfg.sasa_window} windows, {cfg.sasa_stem} stem)",
             "aa": f"ResNet with attention-augmented convs ({cfg.num_heads} heads, dk {cfg.aa_key_ratio:g}, "
             f"dv {cfg.aa_value_ratio:g} x channels)",
         }[cfg.arch]

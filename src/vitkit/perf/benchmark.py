@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.config import COMPILE_MODES, ModelConfig
+from vitkit.config import COMPILE_MODES, COMPILE_SCOPES, ModelConfig
 from vitkit.models import build_model, forward_macs
 from vitkit.train.master import Bf16Copy
 
@@ -126,6 +126,18 @@ class Timing:
         return {"median": statistics.median(self.img_s), "min": min(self.img_s), "max": max(self.img_s)}
 
 
+def compiled(
+    model: nn.Module, mode: str | None = None, options: dict[str, Any] | None = None, scope: str = "model"
+) -> nn.Module:
+    """torch.compile'd `model`; scope "blocks": each transformer block compiled in place instead (identical
+    blocks share one graph; the rest stays eager), as `train.compile_scope=blocks`."""
+    if scope == "blocks":
+        for block in model.blocks:
+            block.compile(mode=mode, options=options)
+        return model
+    return torch.compile(model, mode=mode, options=options)
+
+
 def infer_step(model: nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], torch.Tensor]:
     """A callable running one inference batch (bf16-pure: `model` already in bf16, the input cast)."""
     ac = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
@@ -148,12 +160,14 @@ def train_step(
     compile: bool = False,
     compile_mode: str | None = None,
     compile_options: dict[str, Any] | None = None,
+    compile_scope: str = "model",
 ) -> Callable[[], torch.Tensor]:
     """A callable running one full optimizer step: forward, loss, backward, clip, AdamW, zero_grad.
 
     bf16-pure: forward and backward on a bf16 copy, the step on the fp32 `model` (as the trainer does).
     `compile_mode`: torch.compile's mode (e.g. "reduce-overhead": CUDA graphs), or `compile_options` (Inductor
-    settings, e.g. {"coordinate_descent_tuning": True}), when `compile`.
+    settings, e.g. {"coordinate_descent_tuning": True}), when `compile`; `compile_scope` "blocks" compiles the
+    transformer blocks alone.
     """
     dev = x.device
     kw = {"fused": True} if fused and dev.type in ("cuda", "cpu") else {}
@@ -161,7 +175,7 @@ def train_step(
     ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     copy = Bf16Copy(model) if dtype == "bf16-pure" else None
     work = copy.work if copy else model
-    work = torch.compile(work, mode=compile_mode, options=compile_options) if compile else work
+    work = compiled(work, compile_mode, compile_options, compile_scope) if compile else work
     x = copy.input(x) if copy else x
 
     def run() -> torch.Tensor:
@@ -242,6 +256,7 @@ def run_benchmark(
     dtype: str = "fp32",
     compile: bool = False,
     compile_mode: str = "default",
+    compile_scope: str = "model",
     compare: str | None = None,
     fast: bool = False,
     device: torch.device | str = "cpu",
@@ -256,7 +271,8 @@ def run_benchmark(
     """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict.
 
     `peer_plain`: time timm as a plain loop (eager, default AdamW) while vitkit uses its own training path
-    (`compile` and `compile_mode` as given, fused AdamW) -- the comparison of a recipe's training step.
+    (`compile`, `compile_mode` and `compile_scope` as given, fused AdamW) -- the comparison of a recipe's training
+    step. `compile_scope` "blocks" compiles the transformer blocks alone (each model's, timm's too unless plain).
     `profile`: a file for torch.profiler's table of three of vitkit's steps, taken after the timing.
     """
     device = torch.device(device)
@@ -266,6 +282,12 @@ def run_benchmark(
         raise ValueError(f"dtype={dtype!r}: expected fp32, bf16 or bf16-pure")
     if compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode={compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+    if compile_scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile_scope={compile_scope!r}: expected one of {', '.join(COMPILE_SCOPES)}")
+    if compile and compile_scope == "blocks" and cfg.arch != "vit":
+        raise ValueError(
+            f"compile_scope='blocks': {cfg.name} (arch {cfg.arch!r}) has no transformer blocks; use 'model'"
+        )
     if fast and mode != "infer":
         raise ValueError("--fast is an inference path; use --mode infer")
     if profile and not os.path.isdir(os.path.dirname(os.path.abspath(profile))):
@@ -297,6 +319,7 @@ def run_benchmark(
         "dtype": dtype,
         "compile": compile,
         "compile_mode": compile_mode if compile else None,
+        "compile_scope": compile_scope if compile else None,
         "fast": fast,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -328,11 +351,20 @@ def run_benchmark(
         mode_ = None if compile_mode == "default" else compile_mode
         if mode == "train":
             runners[name] = train_step(
-                m, x, y, dt, fused=not plain, compile=compile and not plain, compile_mode=mode_
+                m,
+                x,
+                y,
+                dt,
+                fused=not plain,
+                compile=compile and not plain,
+                compile_mode=mode_,
+                compile_scope=compile_scope,
             )
             continue
         m = m.to(torch.bfloat16) if dt == "bf16-pure" else m
-        runners[name] = infer_step(torch.compile(m, mode=mode_) if compile and not plain else m, x, dt)
+        runners[name] = infer_step(
+            compiled(m, mode_, scope=compile_scope) if compile and not plain else m, x, dt
+        )
     if fast_info:
         result["fast_path"] = {k: v for k, v in fast_info.items() if k != "handles_dtype"}
     if device.type == "cuda":
