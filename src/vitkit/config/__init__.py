@@ -1,0 +1,68 @@
+"""Configuration as code: frozen dataclasses (`model`: the model's, `run`: data, optimizer, training and the run)
+and type-checked `key=value` overrides with their JSON round trip (`overrides`). Everything is importable from
+`vitkit.config`."""
+
+from vitkit.config.model import (
+    ARCH_FIELDS,
+    ARCH_ONLY,
+    ARCHS,
+    ATTN_INITS,
+    BIT_NAME,
+    CNN_ARCHS,
+    CNN_READS,
+    HEAD_INITS,
+    POOLS,
+    POSEMBS,
+    RESNET_DEPTHS,
+    RESNET_NAME,
+    SASA_STEMS,
+    VIT_ONLY,
+    ModelConfig,
+    backbone_stride,
+    bit_depth,
+    cnn_name,
+    head_channels,
+)
+from vitkit.config.overrides import (
+    apply_overrides,
+    from_dict,
+    load_run_config,
+    parse_value,
+    save_json,
+    to_dict,
+)
+from vitkit.config.run import COMPILE_MODES, COMPILE_SCOPES, DataConfig, OptimConfig, RunConfig, TrainConfig
+
+__all__ = [
+    "ARCHS",
+    "ARCH_FIELDS",
+    "ARCH_ONLY",
+    "ATTN_INITS",
+    "BIT_NAME",
+    "CNN_ARCHS",
+    "CNN_READS",
+    "COMPILE_MODES",
+    "COMPILE_SCOPES",
+    "HEAD_INITS",
+    "POOLS",
+    "POSEMBS",
+    "RESNET_DEPTHS",
+    "RESNET_NAME",
+    "SASA_STEMS",
+    "VIT_ONLY",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "backbone_stride",
+    "bit_depth",
+    "cnn_name",
+    "from_dict",
+    "head_channels",
+    "load_run_config",
+    "parse_value",
+    "save_json",
+    "to_dict",
+]

@@ -1,0 +1,158 @@
+"""A run's configuration: data, optimizer, training and the RunConfig that holds them with the model's."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from vitkit.config.model import ModelConfig, _check_choice, _check_range
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("model", "blocks")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset, augmentation and loading."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_fraction: float = 0.0  # imagefolder without val/: held-out fraction of train
+    crop_padding: int = 0  # random crop with this zero padding (native resolution)
+    random_resized_crop: bool = False  # RandomResizedCrop instead of padded crop
+    rrc_scale_min: float = 0.35
+    rrc_scale_max: float = 1.0  # RandomResizedCrop's area fraction in [min, max]
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # its aspect ratio range (width / height)
+    hflip: bool = False
+    low_res: float = 0.0  # probability of showing an image at 1/low_res_factor resolution, upsampled back
+    low_res_factor: int = 2  # (the patch contents of a model moved to low_res_factor x its resolution)
+    randaugment_n: int = 0  # 0: off
+    randaugment_m: int = 9
+    random_erasing: float = 0.0  # probability
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    num_workers: int = 0
+    synthetic_size: int = 2048  # images per split of the synthetic dataset
+
+    def __post_init__(self) -> None:
+        for key in ("val_fraction", "random_erasing", "label_smoothing", "low_res"):
+            _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0)
+        for key in ("crop_padding", "randaugment_n", "num_workers", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")
+        _check_range("data.rrc_scale_min", self.rrc_scale_min, 0.01, 1.0)
+        _check_range("data.rrc_scale_max", self.rrc_scale_max, self.rrc_scale_min, 1.0)
+        object.__setattr__(self, "rrc_ratio", tuple(float(r) for r in self.rrc_ratio))
+        if len(self.rrc_ratio) != 2 or not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
+            raise ValueError(f"data.rrc_ratio={self.rrc_ratio!r} must be (low, high) with 0 < low <= high")
+        if self.synthetic_size < 1:
+            raise ValueError(f"data.synthetic_size={self.synthetic_size!r} must be positive")
+        if self.low_res_factor < 2:
+            raise ValueError(f"data.low_res_factor={self.low_res_factor!r} must be >= 2")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning-rate schedule and clipping."""
+
+    name: str = "adamw"  # "adam" (the paper's, decoupled weight decay as in its code) | "adamw" | "sgd"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; 0 disables
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant" | "step"
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # used when warmup_steps == 0
+    min_lr_ratio: float = 0.0  # cosine and linear decay to lr * min_lr_ratio
+    # "step": lr x decay_factor at each of these fractions of the run (BiT's fine-tuning: 0.1 at 30/60/90%)
+    decay_at: tuple[float, ...] = (0.3, 0.6, 0.9)
+    decay_factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
+        _check_choice("optim.schedule", self.schedule, ("cosine", "linear", "constant", "step"))
+        object.__setattr__(self, "decay_at", tuple(float(f) for f in self.decay_at))
+        at = self.decay_at
+        if not all(0 < f < 1 for f in at) or list(at) != sorted(set(at)):
+            raise ValueError(f"optim.decay_at={at!r} must be increasing fractions of the run in (0, 1)")
+        if not 0 < self.decay_factor <= 1:
+            raise ValueError(f"optim.decay_factor={self.decay_factor!r} must lie in (0, 1]")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr!r} must be positive")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
+        _check_range("optim.warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        _check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_range("optim.momentum", self.momentum, 0.0, 1.0)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length, batch, precision and bookkeeping of a run."""
+
+    epochs: int = 10
+    steps: int = 0  # optimizer steps; when > 0 it overrides epochs
+    batch_size: int = 256  # global batch per optimizer step
+    micro_batch_size: int = 0  # 0: no accumulation
+    # "fp32" | "bf16" (autocast) | "bf16-pure" (bf16 model, fp32 master weights) | "auto" (bf16 on CUDA)
+    precision: str = "fp32"
+    ema_decay: float = 0.0  # 0: no EMA
+    compile: bool = False
+    # torch.compile's mode when compile: "default" | "reduce-overhead" (CUDA graphs: for small models whose GPU
+    # step is bound by kernel launches; no effect on the CPU) | "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
+    # "model": one graph of the whole model; "blocks": each transformer block compiled on its own (identical
+    # blocks share one graph), the rest eager (no fusion across block boundaries): fashion-mnist-gpu's start-up
+    # 19-22 s instead of 47-53 s on the CPU, its step the same within noise (bench/compile_scope.py)
+    compile_scope: str = "model"
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    log_every: int = 50  # optimizer steps
+    eval_every: int = 1  # epochs; 0: only at the end
+    checkpoint_every: int = 0  # optimizer steps; 0: once per epoch
+    eval_batch_size: int = 1024
+    data_on_device: bool = True  # keep in-memory datasets on the training device
+    strategy: str = "auto"  # under torchrun: "auto" (= ddp) | "ddp" | "fsdp"
+    dist_timeout_s: float = 300.0  # a collective that hangs longer than this fails
+
+    def __post_init__(self) -> None:
+        _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
+        _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
+        _check_choice("train.compile_scope", self.compile_scope, COMPILE_SCOPES)
+        if self.epochs < 0 or self.steps < 0 or (self.epochs < 1 and self.steps < 1):
+            raise ValueError(
+                f"train.epochs={self.epochs}, train.steps={self.steps}: one must be positive, neither negative"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size={self.batch_size!r} must be positive")
+        mb = self.micro_batch_size
+        if mb < 0 or (mb and self.batch_size % mb):
+            raise ValueError(
+                f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={mb}"
+            )
+        _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("train.log_every must be >= 1; eval_every, checkpoint_every >= 0")
+        _check_choice("train.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be positive")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"train.device={self.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; written as config.json beside its checkpoints."""
+
+    recipe: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    expected: str = ""  # the result this recipe is expected to reach, and how it was measured
