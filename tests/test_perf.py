@@ -174,3 +174,12 @@ def test_bench_compiles_the_blocks_alone(monkeypatch, capsys):
         run_benchmark(model_config("ResNet-26", img_size=32), compile=True, compile_scope="blocks")
     with pytest.raises(ValueError, match="compile_scope='layers'"):
         run_benchmark(model_config("ViT-Ti/8", img_size=16), compile=True, compile_scope="layers")
+
+
+def test_bench_grad_checkpointing_runs_both_models_checkpointed(capsys):
+    args = ["bench", "--model", "ViT-Ti/8", "--img-size", "16", "--num-classes", "4", "--compare", "timm"]
+    args += ["--batch-size", "2", "--repeats", "1", "--warmup", "1", "--min-seconds", "0.01"]
+    assert main([*args, "--mode", "train", "--grad-checkpointing"]) == 0
+    assert "(grad checkpointing)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"grad_checkpointing: a ViT's .* training step only"):
+        run_benchmark(model_config("ViT-Ti/8", img_size=16), grad_checkpointing=True)

@@ -635,3 +635,93 @@ def test_keyed_randomness_refuses_a_second_thread():
         t.join()
         assert keyed_random.current()[0] == 1
     assert keyed_random.current() is None and errors and "another thread" in errors[0]
+
+
+def _saved_bytes_and_grads(model, x, key=7):
+    """Bytes the forward saves for backward, and the gradients, of one keyed forward + backward."""
+    from vitkit import keyed_random
+
+    model.zero_grad()
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        keyed_random.keyed(key, torch.arange(len(x))),
+    ):
+        out = model(x)
+    out.square().sum().backward()
+    return saved[0], [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_grad_checkpointing_same_gradients_far_less_activation_memory(pool, monkeypatch):
+    """Checkpointed blocks recompute in backward with the forward's keyed dropout masks (also outside a keyed
+    context, where torch's RNG state is replayed): the gradients are the same, the saved activations a fraction."""
+    model = create_model(
+        "ViT-Ti/4", img_size=16, num_classes=5, depth=3, pool=pool, drop_rate=0.1, attn_drop_rate=0.1,
+        drop_path_rate=0.2,
+    ).train()  # fmt: skip
+    x = torch.randn(4, 3, 16, 16)
+    plain_bytes, plain = _saved_bytes_and_grads(model, x)
+    model.set_grad_checkpointing(True)
+    ckpt_bytes, ckpt = _saved_bytes_and_grads(model, x)
+    assert ckpt_bytes < plain_bytes / 5
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.manual_seed(3)  # no keyed context: torch's own dropout, replayed by the checkpoint
+    model.zero_grad()
+    model(x).square().sum().backward()
+    unkeyed = [p.grad.clone() for p in model.parameters()]
+    model.set_grad_checkpointing(False)
+    torch.manual_seed(3)
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for a, p in zip(unkeyed, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=0, atol=0)
+    model.set_grad_checkpointing(True)
+    calls = []
+    import vitkit.models.vit as vit_module
+
+    real = vit_module.checkpoint
+    monkeypatch.setattr(vit_module, "checkpoint", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    with torch.no_grad():  # nothing to recompute without a backward: the plain forward
+        model(x)
+    model.eval()(x).sum().backward()  # evaluation mode: neither
+    assert not calls
+    model.train()(x).sum().backward()
+    assert len(calls) == 3
+
+
+def test_grad_checkpointing_compiles_and_trains_as_without(monkeypatch):
+    """Compiled (AOTAutograd traces the recomputation) and through the trainer with dropout, bf16-pure and
+    micro-batches: the same weights after two steps as without checkpointing; CNNs are refused."""
+    model = _dropout_vit(depth=2)
+    x = torch.randn(4, 1, 8, 8)
+    _, plain = _saved_bytes_and_grads(model, x)
+    model.set_grad_checkpointing(True)
+    compiled = torch.compile(model, backend="aot_eager")
+    for key in (7, 8):  # the second key reuses the graph
+        _, ckpt = _saved_bytes_and_grads(compiled, x, key=key)
+        if key == 7:
+            for a, b in zip(plain, ckpt):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    def cfg(**kw):
+        c = tiny_run(batch_size=16, micro_batch_size=8, precision="bf16-pure", **kw)
+        m = dataclasses.replace(c.model, drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
+        return dataclasses.replace(c, model=m)
+
+    plain_run, ckpt_run = _trainer(cfg()), _trainer(cfg(grad_checkpointing=True))
+    assert ckpt_run.model.grad_checkpointing and ckpt_run.bf16_copy.work.grad_checkpointing
+    for _ in range(2):
+        plain_run.train_step()
+        ckpt_run.train_step()
+    for (name, a), b in zip(plain_run.model.named_parameters(), ckpt_run.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
+    with pytest.raises(ValueError, match=r"train\.grad_checkpointing: ResNet-26 \(arch 'resnet'\) has no"):
+        _trainer(dataclasses.replace(tiny_run(grad_checkpointing=True, steps=1), model=resnet))

@@ -39,6 +39,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.compile = args.compile or run.train.compile
         args.compile_mode = args.compile_mode or run.train.compile_mode
         args.compile_scope = args.compile_scope or run.train.compile_scope
+        args.grad_checkpointing = args.grad_checkpointing or run.train.grad_checkpointing
     else:
         cfg = model_config(
             args.model or "ViT-S/16",
@@ -55,6 +56,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compile=args.compile,
         compile_mode=args.compile_mode or "default",
         compile_scope=args.compile_scope or "model",
+        grad_checkpointing=args.grad_checkpointing,
         compare=args.compare,
         fast=args.fast,
         device=resolve_device(args.device),
@@ -72,7 +74,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     compile_flag = (
         "compile" if res.get("compile_mode") in (None, "default") else f"compile {res['compile_mode']}"
     ) + (" (blocks)" if res.get("compile_scope") == "blocks" else "")
-    flags = ", ".join(f for f, on in ((compile_flag, args.compile), ("fast", args.fast)) if on) or "eager"
+    on = ((compile_flag, args.compile), ("fast", args.fast), ("grad checkpointing", args.grad_checkpointing))
+    flags = ", ".join(f for f, wanted in on if wanted) or "eager"
     if args.recipe:
         flags += f"; recipe {args.recipe}: timm as a plain eager loop"
     print(f"{what} ({flags}) on {res['device_name']}, {res['threads']} threads, torch {res['torch']}")
@@ -125,6 +128,11 @@ def add_parser(sub) -> None:
         "--compile-scope",
         choices=COMPILE_SCOPES,
         help="what to compile (with --compile: the recipe's, else model); blocks: each transformer block alone",
+    )
+    p.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="--mode train: recompute each transformer block's activations in backward (both models)",
     )
     p.add_argument("--fast", action="store_true", help="vitkit's fast inference path")
     p.add_argument(

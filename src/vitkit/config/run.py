@@ -111,6 +111,9 @@ class TrainConfig:
     # blocks share one graph), the rest eager (no fusion across block boundaries): fashion-mnist-gpu's start-up
     # 19-22 s instead of 47-53 s on the CPU, its step the same within noise (bench/compile_scope.py)
     compile_scope: str = "model"
+    # recompute each transformer block's activations in backward instead of keeping them (ViTs and hybrids):
+    # activation memory of the blocks for about one more forward pass per step
+    grad_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     log_every: int = 50  # optimizer steps

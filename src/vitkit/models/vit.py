@@ -7,7 +7,9 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from vitkit import keyed_random
 from vitkit.config import ModelConfig
 from vitkit.models.init import mimetic_init_
 from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed
@@ -20,6 +22,15 @@ def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
     fan_in = t[0].numel()
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the truncation's shrinkage
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+def _keyed_block(block: nn.Module, x: torch.Tensor, ctx: tuple | None, **kw) -> torch.Tensor:
+    """`block(x)` inside the keyed-randomness context `ctx` that was active when the forward ran: a checkpointed
+    block recomputed during backward (outside that context) draws the same dropout masks as its forward did."""
+    if ctx is None or keyed_random.current() is ctx:
+        return block(x, **kw)
+    with keyed_random.keyed(ctx[0], ctx[2]):
+        return block(x, **kw)
 
 
 class PreLogits(nn.Module):
@@ -72,6 +83,9 @@ class VisionTransformer(nn.Module):
                 )
                 for i in range(cfg.depth)
             ]
+        )
+        self.grad_checkpointing = (
+            False  # set_grad_checkpointing: recompute each block's activations in backward
         )
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         rep = cfg.representation_size
@@ -144,11 +158,25 @@ class VisionTransformer(nn.Module):
             x = x + self.pos_embed
         return self.pos_drop(x)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's name): in training with gradients, each transformer block keeps only
+        its input and recomputes its activations during backward (about one more forward pass per step for the
+        blocks' activation memory; the same gradients, dropout masks included)."""
+        self.grad_checkpointing = enable
+
+    def _block(self, block: nn.Module, x: torch.Tensor, **kw) -> torch.Tensor:
+        """One encoder block, checkpointed when asked and a backward will follow."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(_keyed_block, block, x, keyed_random.current(), use_reentrant=False, **kw)
+        return block(x, **kw)
+
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):
         """Encoder output after the final LayerNorm, (B, N, D); with the attention maps if asked."""
         x = self.embed(x)
         if not return_attention:
-            return self.norm(self.blocks(x))
+            for blk in self.blocks:
+                x = self._block(blk, x)
+            return self.norm(x)
         attns = []
         for blk in self.blocks:
             x, a = blk(x, return_attn=True)
@@ -182,7 +210,9 @@ class VisionTransformer(nn.Module):
         x = self.embed(x)
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            x = blk(x, num_queries=1) if i == last else blk(x)  # (B, N, D), then (B, 1, D)
+            x = (
+                self._block(blk, x, num_queries=1) if i == last else self._block(blk, x)
+            )  # (B, N, D), (B, 1, D)
         return self.forward_head(self.norm(x))
 
     # ------------------------------------------------------------------ resolution

@@ -257,6 +257,7 @@ def run_benchmark(
     compile: bool = False,
     compile_mode: str = "default",
     compile_scope: str = "model",
+    grad_checkpointing: bool = False,
     compare: str | None = None,
     fast: bool = False,
     device: torch.device | str = "cpu",
@@ -272,7 +273,8 @@ def run_benchmark(
 
     `peer_plain`: time timm as a plain loop (eager, default AdamW) while vitkit uses its own training path
     (`compile`, `compile_mode` and `compile_scope` as given, fused AdamW) -- the comparison of a recipe's training
-    step. `compile_scope` "blocks" compiles the transformer blocks alone (each model's, timm's too unless plain).
+    step. `compile_scope` "blocks" compiles the transformer blocks alone (each model's, timm's too unless plain);
+    `grad_checkpointing` recomputes each block's activations in backward (both models).
     `profile`: a file for torch.profiler's table of three of vitkit's steps, taken after the timing.
     """
     device = torch.device(device)
@@ -288,6 +290,8 @@ def run_benchmark(
         raise ValueError(
             f"compile_scope='blocks': {cfg.name} (arch {cfg.arch!r}) has no transformer blocks; use 'model'"
         )
+    if grad_checkpointing and (mode != "train" or cfg.arch != "vit"):
+        raise ValueError("grad_checkpointing: a ViT's (or hybrid's) training step only (--mode train)")
     if fast and mode != "infer":
         raise ValueError("--fast is an inference path; use --mode infer")
     if profile and not os.path.isdir(os.path.dirname(os.path.abspath(profile))):
@@ -320,6 +324,7 @@ def run_benchmark(
         "compile": compile,
         "compile_mode": compile_mode if compile else None,
         "compile_scope": compile_scope if compile else None,
+        "grad_checkpointing": grad_checkpointing,
         "fast": fast,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -329,6 +334,8 @@ def run_benchmark(
     }
     for m in models.values():
         m.train(mode == "train")
+        if grad_checkpointing:
+            m.set_grad_checkpointing(True)  # timm's models have the same method
     if mode == "infer":
         with torch.inference_mode():
             ref = models["vitkit"](x).float()

@@ -103,6 +103,13 @@ class Trainer:
         self.model = build_model(cfg.model, weights_follow=init_state is not None)
         if init_state is not None:  # fine-tuning: start from given weights (already adapted to cfg.model)
             self.model.load_state_dict(init_state, strict=True)
+        if t.grad_checkpointing:
+            if cfg.model.arch != "vit":
+                raise ValueError(
+                    f"train.grad_checkpointing: {cfg.model.name} (arch {cfg.model.arch!r}) has no transformer "
+                    "blocks to checkpoint (a ViT's or a hybrid's)"
+                )
+            self.model.set_grad_checkpointing(True)
         self.model = self.model.to(device)
         self.strategy = P.resolve_strategy(t.strategy, info)
         self.precision = resolve_precision(t.precision, device)
