@@ -183,3 +183,16 @@ def test_bench_grad_checkpointing_runs_both_models_checkpointed(capsys):
     assert "(grad checkpointing)" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"grad_checkpointing: a ViT's .* training step only"):
         run_benchmark(model_config("ViT-Ti/8", img_size=16), grad_checkpointing=True)
+
+
+def test_bench_set_changes_the_model_and_names_a_wrong_key(capsys):
+    args = ["bench", "--model", "SASA-ResNet-26", "--img-size", "16", "--in-chans", "1", "--num-classes", "3"]
+    args += ["--batch-size", "2", "--repeats", "1", "--warmup", "1", "--min-seconds", "0.01", "--json"]
+    assert main([*args, "--set", "model.sasa_stem=attention"]) == 0
+    with_stem = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    assert with_stem["gflops_per_image"] > json.loads(capsys.readouterr().out)["gflops_per_image"]
+    assert main([*args, "--set", "train.epochs=3"]) == 2
+    assert "bench --set 'train.epochs=3': only the model's keys" in capsys.readouterr().err
+    assert main([*args, "--set", "model.sasa_stem=big"]) == 2
+    assert "model.sasa_stem='big' is not one of" in capsys.readouterr().err

@@ -47,6 +47,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             num_classes=1000 if args.num_classes is None else args.num_classes,
             in_chans=args.in_chans or 3,
         )
+    if args.set:
+        from vitkit.config import RunConfig, apply_overrides
+
+        other = [o for o in args.set if not o.strip().startswith("model.")]
+        if other:
+            raise ValueError(
+                f"bench --set {other[0]!r}: only the model's keys (model.*) apply to a benchmark; the batch, "
+                "compilation and precision have their own flags"
+            )
+        cfg = apply_overrides(RunConfig(model=cfg), args.set).model
     args.batch_size = args.batch_size or 32
     res = run_benchmark(
         cfg,
@@ -110,6 +120,12 @@ def add_parser(sub) -> None:
     p.add_argument("--num-classes", type=int, help="default 1000 (or the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (or the recipe's)")
     p.add_argument("--recipe", help="a recipe's model, batch and training path; timm as a plain eager loop")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="model.KEY=VALUE",
+        help="a model option, e.g. model.sasa_stem=attention or model.pool=gap (repeatable)",
+    )
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
     p.add_argument(
         "--dtype",
