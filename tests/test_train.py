@@ -83,6 +83,51 @@ def test_param_groups_skip_biases_norms_pos_cls():
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("kw", [{}, {"backbone": (1,), "patch_size": 1, "img_size": 16}])
+def test_layer_decay_matches_timm(kw):
+    """Each parameter's learning-rate scale and weight decay equal timm's param_groups_layer_decay on its own
+    ViT (or hybrid) with the same names, but the final norm's: it trains at the head's rate as in BEiT and MAE,
+    where timm's group matcher puts it with the last block."""
+    from timm.optim import param_groups_layer_decay
+
+    from vitkit.models import build_model, model_config
+    from vitkit.perf.benchmark import timm_twin
+    from vitkit.train.optim import param_groups
+
+    cfg = model_config("ViT-Ti/4", **{"img_size": 16, "num_classes": 5, "depth": 3, **kw})
+    ours, theirs = build_model(cfg), timm_twin(cfg)
+
+    def table(model, groups):
+        ids = {id(p): n for n, p in model.named_parameters()}
+        return {ids[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+    want = table(theirs, param_groups_layer_decay(theirs, 0.05, theirs.no_weight_decay(), layer_decay=0.65))
+    got = table(ours, param_groups(ours, 0.05, layer_decay=0.65))
+    assert got.keys() == want.keys()
+    for name in want:
+        if name.startswith("norm."):
+            assert got[name] == (1.0, 0.0) and want[name] == pytest.approx((0.65, 0.0)), name
+            continue
+        assert got[name] == pytest.approx(want[name], rel=1e-12), name
+    assert got["head.weight"] == (1.0, 0.05) and got["cls_token"][0] == pytest.approx(0.65**4)
+
+
+def test_layer_decay_scales_each_groups_learning_rate():
+    c = tiny_run(steps=3)
+    trainer = _trainer(dataclasses.replace(c, optim=dataclasses.replace(c.optim, layer_decay=0.5)))
+    trainer.train_step()
+    trainer.train_step()
+    lr = trainer.lr(1)
+    depth = len(trainer.model.blocks)
+    assert {round(g["lr"] / lr, 12) for g in trainer.opt.param_groups} == {0.5**k for k in range(depth + 2)}
+    with pytest.raises(ValueError, match=r"optim\.layer_decay=1\.5 must lie in \(0, 1\]"):
+        OptimConfig(layer_decay=1.5)
+    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
+    bad = dataclasses.replace(c, model=resnet, optim=dataclasses.replace(c.optim, layer_decay=0.5))
+    with pytest.raises(ValueError, match=r"optim\.layer_decay=0\.5: layer-wise decay follows a ViT's blocks"):
+        _trainer(bad)
+
+
 def _trainer(cfg):
     splits = load_dataset(cfg.data, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)

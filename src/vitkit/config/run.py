@@ -70,6 +70,9 @@ class OptimConfig:
     # "step": lr x decay_factor at each of these fractions of the run (BiT's fine-tuning: 0.1 at 30/60/90%)
     decay_at: tuple[float, ...] = (0.3, 0.6, 0.9)
     decay_factor: float = 0.1
+    # < 1: layer-wise learning-rate decay (BEiT, MAE and timm's fine-tuning): block i's rate x this^(depth - i),
+    # the embeddings' x this^(depth + 1), the head's x 1; 1.0: off (the paper's recipes)
+    layer_decay: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -79,6 +82,8 @@ class OptimConfig:
         at = self.decay_at
         if not all(0 < f < 1 for f in at) or list(at) != sorted(set(at)):
             raise ValueError(f"optim.decay_at={at!r} must be increasing fractions of the run in (0, 1)")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"optim.layer_decay={self.layer_decay!r} must lie in (0, 1] (1: off; e.g. 0.75)")
         if not 0 < self.decay_factor <= 1:
             raise ValueError(f"optim.decay_factor={self.decay_factor!r} must lie in (0, 1]")
         if self.lr <= 0:

@@ -103,6 +103,11 @@ class Trainer:
         self.model = build_model(cfg.model, weights_follow=init_state is not None)
         if init_state is not None:  # fine-tuning: start from given weights (already adapted to cfg.model)
             self.model.load_state_dict(init_state, strict=True)
+        if cfg.optim.layer_decay < 1 and cfg.model.arch != "vit":
+            raise ValueError(
+                f"optim.layer_decay={cfg.optim.layer_decay}: layer-wise decay follows a ViT's blocks; "
+                f"{cfg.model.name} (arch {cfg.model.arch!r}) has none (leave it at 1.0)"
+            )
         if t.grad_checkpointing:
             if cfg.model.arch != "vit":
                 raise ValueError(
@@ -361,7 +366,7 @@ class Trainer:
                 self._acc["count"] += len(idx)
         lr = self.lr(self.step)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt.step()
