@@ -496,7 +496,7 @@ def test_cuda_graph_steps_are_marked_once_per_micro_batch(precision, monkeypatch
 
 
 def test_cuda_graphs_refuse_what_they_cannot_train():
-    from vitkit.train.trainer import check_graphs
+    from vitkit.train.compiling import check_graphs
 
     check_graphs("bf16-pure", micro_batches=True, world=1)
     check_graphs("bf16", micro_batches=False, world=1)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,6 +21,7 @@ from vitkit.models import build_model
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.train.compiling import block_regions, check_graphs, compile_with_trial, eager_regions
 from vitkit.train.master import Bf16Copy
 from vitkit.train.optim import build_optimizer
 from vitkit.train.runfiles import (
@@ -53,19 +52,6 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
     torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def check_graphs(precision: str, micro_batches: bool, world: int) -> None:
-    """Refuse what CUDA graphs (train.compile_mode=reduce-overhead) cannot train: gradients accumulated over
-    micro-batches or all-reduced by DDP would live in the graphs' memory, overwritten by the next replay (bf16-pure
-    copies them out after each backward)."""
-    if world > 1:
-        raise ValueError("train.compile_mode=reduce-overhead runs in one process; under torchrun use default")
-    if micro_batches and precision != "bf16-pure":
-        raise ValueError(
-            "train.compile_mode=reduce-overhead with train.micro_batch_size: the accumulated gradients would be "
-            "overwritten by the next graph replay; use train.precision=bf16-pure, or no micro-batches"
-        )
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -171,55 +157,16 @@ class Trainer:
             except ImportError:
                 log.warning("--tensorboard: tensorboard is not installed; metrics go to metrics.jsonl only")
 
-    def _regions(self) -> list[torch.nn.Module]:
-        """train.compile_scope=blocks: the modules compiled one by one (the transformer blocks)."""
-        work = self.bf16_copy.work if self.bf16_copy else self.model
-        # fully_shard has already wrapped the blocks here (torchtitan compiles them before sharding): untested
-        if self.strategy == "fsdp":
-            raise ValueError(
-                "train.compile_scope='blocks' with train.strategy=fsdp: use train.compile_scope=model"
-            )
-        if self.cfg.model.arch != "vit":
-            raise ValueError(
-                f"train.compile_scope='blocks': {self.cfg.model.name} (arch {self.cfg.model.arch!r}) has no "
-                "transformer blocks (a ViT's); use train.compile_scope=model"
-            )
-        return list(work.blocks)
-
     def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
-        """torch.compile'd module (or its regions, in place), tried once on a dummy batch; eager (with a warning)
-        if compiling fails."""
-        t = self.cfg.train
-        kw = dict(dynamic=False, mode=None if t.compile_mode == "default" else t.compile_mode)
-        regions = self._regions() if t.compile_scope == "blocks" else []
-        for r in regions:
-            r.compile(**kw)
-        self.regions = regions
-        compiled = module if regions else torch.compile(module, **kw)
-        c = self.cfg.model
+        """torch.compile'd module (or its blocks, in place), tried once on a dummy batch; eager if that fails."""
+        t, c = self.cfg.train, self.cfg.model
+        work = self.bf16_copy.work if self.bf16_copy else self.model
+        regions = block_regions(work, c, self.strategy) if t.compile_scope == "blocks" else []
         x = torch.zeros(self.micro or self.per_rank, c.in_chans, *c.img_size, device=self.device)
         x = self.bf16_copy.input(x) if self.bf16_copy else x
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        idx = torch.arange(x.shape[0], device=self.device)
-        buffers = [(b, b.clone()) for b in module.buffers()]  # BatchNorm must not count the dummy batch
-        try:  # as a training step runs it: keyed randomness on (its guards are part of the graph)
-            if self.graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            with autocast, keyed_random.keyed(0, idx):
-                out = compiled(x)
-            out.float().sum().backward()
-        except Exception as e:  # no C++ compiler, unsupported op, ...: training still works, eagerly
-            log.warning("torch.compile failed (%s: %s); training without it", type(e).__name__, str(e)[:200])
-            for r in regions:  # undo nn.Module.compile
-                r._compiled_call_impl = None
-            self.regions = []
-            compiled = module
-        finally:
-            for p in module.parameters():
-                p.grad = None
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
+        compiled, self.regions = compile_with_trial(
+            module, regions, t.compile_mode, x, self.precision == "bf16", self.graphs
+        )
         return compiled
 
     def _zero_acc(self) -> dict[str, torch.Tensor]:
@@ -417,22 +364,9 @@ class Trainer:
             for x, r in zip(self._ema_live(), raw):
                 x.copy_(r)
 
-    @contextlib.contextmanager
-    def _eager_regions(self) -> Iterator[None]:
-        """Blocks compiled in place run eagerly inside (evaluation would compile them again for its mode and
-        batch, and record CUDA graphs for them)."""
-        saved = [r._compiled_call_impl for r in self.regions]
-        for r in self.regions:
-            r._compiled_call_impl = None
-        try:
-            yield
-        finally:
-            for r, impl in zip(self.regions, saved):
-                r._compiled_call_impl = impl
-
     def evaluate(self, use_ema: bool = False) -> dict[str, Any]:
         raw = self._swap_ema() if use_ema else None
-        with self._eager_regions():
+        with eager_regions(self.regions):
             res = evaluate(
                 self.model,
                 self.test_ds,
