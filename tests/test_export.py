@@ -102,6 +102,48 @@ def test_eval_reads_an_exported_files_own_config(run_dir, tmp_path, capsys):
     assert "bare.safetensors does not match" in err and "config.json" in err and "Traceback" not in err
 
 
+def test_eval_and_predict_read_an_exported_file_outside_its_run(run_dir, tmp_path, capsys):
+    """A self-describing exported file moved out of its run: eval (with --dataset) and predict use its own config
+    and preprocessing; an ONNX file, an image, a bare weights file or a folder without a run are named."""
+    from PIL import Image
+
+    out = tmp_path / "alone" / "m.safetensors"
+    out.parent.mkdir()
+    assert main(["export", str(run_dir), "--format", "safetensors", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--device", "cpu"]) == 2  # no run: the dataset must be named
+    assert "pass --dataset" in capsys.readouterr().err
+    assert main(["eval", str(out), "--dataset", "synthetic", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_samples"] > 0
+    from vitkit.cli.common import load_run
+
+    alone, inside = load_run(str(out)), load_run(str(run_dir))
+    assert alone.data["mean"] == inside.data["mean"] and alone.data["classes"] == inside.data["classes"]
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(alone.model(x), inside.model(x), rtol=0, atol=0)
+    img = tmp_path / "x.png"
+    Image.new("L", (16, 16), 90).save(img)
+    assert main(["predict", str(out), str(img), "--json"]) == 0
+    capsys.readouterr()
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    (tmp_path / "nocfg").mkdir()
+    shutil.copy(run_dir / "model.safetensors", tmp_path / "nocfg" / "model.safetensors")
+    listed = tmp_path / "listed"
+    shutil.copytree(run_dir, listed)
+    (listed / "data.json").write_text("[1, 2]")
+    for bad, says in [
+        (listed, "data.json: expected a JSON object, got list"),
+        (tmp_path / "m.onnx", "is an ONNX file"),
+        (img, "x.png is not in a run folder"),
+        (tmp_path / "nocfg" / "model.safetensors", "is not a self-describing vitkit safetensors file"),
+        (tmp_path / "nocfg", "nocfg is neither a run folder"),
+    ]:
+        assert main(["predict", str(bad), str(img)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and "/config.json:" not in err, err
+
+
 def test_cli_convert_npz_to_run_dir(tmp_path, capsys):
     from test_convert import flax_arrays, save_npz, timm_vit
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vitkit.config import ModelConfig, RunConfig
+from vitkit.config import RunConfig
 
 PRECISION_HELP = (
     "bf16: autocast; bf16-pure: the model in bf16, fp32 master weights in the optimizer; auto: bf16 on CUDA"
@@ -78,16 +78,22 @@ class LoadedRun:
     weights_path: str
 
 
-def find_run(path: str) -> tuple[str, str]:
-    """(run_dir, weights file) for a run folder, a checkpoint folder in it, or a weights file in it."""
+def find_run(path: str) -> tuple[str | None, str]:
+    """(run_dir, weights file) for a run folder, a checkpoint folder in it, or a weights file in it; run_dir None
+    for a weights file outside a run (a `vitkit export --format safetensors` file describes its own model)."""
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise UserError(f"{path} does not exist")
+    if path.endswith(".onnx"):
+        raise UserError(
+            f"{path} is an ONNX file (for ONNX Runtime); eval and predict read a run folder, a checkpoint or a "
+            "safetensors file (`vitkit eval RUN --fast` runs the model through ONNX Runtime)"
+        )
     if os.path.isfile(path):
-        run_dir = os.path.dirname(path)
-        if not os.path.exists(os.path.join(run_dir, "config.json")):
-            run_dir = os.path.dirname(os.path.dirname(run_dir))  # checkpoints/step-x/model.safetensors
-        return run_dir, path
+        for run_dir in (os.path.dirname(path), os.path.dirname(os.path.dirname(os.path.dirname(path)))):
+            if os.path.exists(os.path.join(run_dir, "config.json")):  # RUN/x or RUN/checkpoints/step-x/x
+                return run_dir, path
+        return None, path
     if os.path.exists(os.path.join(path, "config.json")):
         weights = os.path.join(path, "model.safetensors")
         if not os.path.exists(weights):
@@ -98,13 +104,20 @@ def find_run(path: str) -> tuple[str, str]:
                 raise UserError(f"{path} has no model.safetensors and no valid checkpoint")
             weights = os.path.join(ckpt, "model.safetensors")
         return path, weights
-    if os.path.exists(os.path.join(path, "model.safetensors")):  # a checkpoint folder
-        return os.path.dirname(os.path.dirname(path)), os.path.join(path, "model.safetensors")
-    raise UserError(f"{path} is neither a run folder (config.json + model.safetensors) nor a checkpoint")
+    weights = os.path.join(path, "model.safetensors")
+    run_dir = os.path.dirname(os.path.dirname(path))
+    if os.path.exists(weights) and os.path.exists(
+        os.path.join(run_dir, "config.json")
+    ):  # a checkpoint folder
+        return run_dir, weights
+    raise UserError(
+        f"{path} is neither a run folder (config.json + model.safetensors) nor a checkpoint folder of one"
+    )
 
 
-def _described_model(weights: str) -> ModelConfig | None:
-    """The ModelConfig in a self-describing safetensors file's metadata (`vitkit export`), else None."""
+def _described_model(weights: str):
+    """The Checkpoint (ModelConfig, preprocessing) of a self-describing safetensors file (`vitkit export`), else
+    None."""
     from safetensors import SafetensorError, safe_open
 
     from vitkit.convert.runs import read_model_file
@@ -118,21 +131,37 @@ def _described_model(weights: str) -> ModelConfig | None:
         return None
     if meta.get("format") != "vitkit" or "config" not in meta:
         return None
-    return read_model_file(weights, {}, meta).config
+    return read_model_file(weights, {}, meta)
 
 
 def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
-    """Build the model of a run and load its weights (safetensors only: no code runs)."""
+    """Build the model of a run (or of a self-describing weights file) and load its weights (safetensors only:
+    no code runs)."""
+    from vitkit.convert.runs import CONVERTED
     from vitkit.models import build_model
     from vitkit.train.checkpoint import load_weights
     from vitkit.train.runfiles import DATA, read_config, read_json
 
     run_dir, weights = find_run(path)
-    cfg = read_config(run_dir)
-    data = read_json(os.path.join(run_dir, DATA)) if os.path.exists(os.path.join(run_dir, DATA)) else {}
     described = _described_model(weights)  # a `vitkit export --format safetensors` file, e.g. at another size
-    if described is not None:
-        cfg = dataclasses.replace(cfg, model=described)
+    if run_dir is None:
+        if described is None:
+            raise UserError(
+                f"{weights} is not in a run folder (no config.json beside it or in the run above its checkpoint) "
+                "and is not a self-describing vitkit safetensors file (`vitkit export --format safetensors`); "
+                "for timm, Hugging Face or .npz weights run `vitkit convert SOURCE --out RUN` first"
+            )
+        cfg = RunConfig(recipe=CONVERTED, model=described.config, expected=f"the exported file {weights}")
+        data = dict(described.meta)
+    else:
+        cfg = read_config(run_dir)
+        data = read_json(os.path.join(run_dir, DATA)) if os.path.exists(os.path.join(run_dir, DATA)) else {}
+        if not isinstance(data, dict):
+            raise UserError(
+                f"{os.path.join(run_dir, DATA)}: expected a JSON object, got {type(data).__name__}"
+            )
+        if described is not None:
+            cfg = dataclasses.replace(cfg, model=described.config)
     where = f"{weights}'s metadata" if described is not None else f"{run_dir}/config.json"
     model = build_model(cfg.model, weights_follow=True)
     state = load_weights(weights)
