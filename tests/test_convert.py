@@ -360,6 +360,15 @@ def test_npz_with_object_arrays_is_refused(tmp_path):
     path = save_npz(tmp_path / "evil.npz", arrays)
     with pytest.raises(UnsafeCheckpointError, match=r"evil\.npz: refused"):
         read_checkpoint(path)
+    import pickle
+
+    (tmp_path / "pickled.npz").write_bytes(pickle.dumps({"a": 1}))  # a pickle under the name: refused too
+    with pytest.raises(UnsafeCheckpointError, match=r"pickled\.npz: refused"):
+        read_checkpoint(tmp_path / "pickled.npz")
+    for junk in (b"hello\n", bytes(range(7, 64))):  # not pickles: unreadable, not "dangerous"
+        (tmp_path / "junk.npz").write_bytes(junk)
+        with pytest.raises(ConversionError, match=r"junk\.npz is not a readable \.npz archive: neither a zip"):
+            read_checkpoint(tmp_path / "junk.npz")
 
 
 @pytest.mark.parametrize("content", [b"not a safetensors file", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":'])

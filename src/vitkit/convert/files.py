@@ -56,6 +56,14 @@ def read_torch(path: str) -> Any:
 def read_npz(path: str) -> dict[str, np.ndarray]:
     """All arrays of a .npz archive, read with allow_pickle=False (object arrays are refused)."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise ConversionError(f"{path} is not a readable .npz archive: {e.strerror}") from None
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")) and magic[:1] != b"\x80":
+        # np.load would take anything else for a pickle and name it so (0x80 opens a pickle: refused below)
+        raise ConversionError(f"{path} is not a readable .npz archive: neither a zip of arrays nor a .npy file")
+    try:
         with np.load(path, allow_pickle=False) as archive:
             if not hasattr(archive, "files"):
                 raise ConversionError(f"{path} is a single .npy array, not an .npz archive of named arrays")
