@@ -367,7 +367,9 @@ def test_npz_with_object_arrays_is_refused(tmp_path):
         read_checkpoint(tmp_path / "pickled.npz")
     for junk in (b"hello\n", bytes(range(7, 64))):  # not pickles: unreadable, not "dangerous"
         (tmp_path / "junk.npz").write_bytes(junk)
-        with pytest.raises(ConversionError, match=r"junk\.npz is not a readable \.npz archive: neither a zip"):
+        with pytest.raises(
+            ConversionError, match=r"junk\.npz is not a readable \.npz archive: neither a zip"
+        ):
             read_checkpoint(tmp_path / "junk.npz")
 
 

@@ -8,6 +8,7 @@ import json
 
 import torch
 
+from vitkit.cli.common import nonneg_int, positive_int
 from vitkit.config import COMPILE_MODES, COMPILE_SCOPES
 from vitkit.models import model_config
 
@@ -115,10 +116,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="throughput of vitkit (and timm with --compare timm)")
     p.add_argument("--model", help="default ViT-S/16 (or the recipe's)")
-    p.add_argument("--img-size", type=int, help="default 224 (or the recipe's)")
-    p.add_argument("--in-chans", type=int, help="default 3 (or the recipe's)")
-    p.add_argument("--num-classes", type=int, help="default 1000 (or the recipe's)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 32 (or the recipe's)")
+    p.add_argument("--img-size", type=positive_int, help="default 224 (or the recipe's)")
+    p.add_argument("--in-chans", type=positive_int, help="default 3 (or the recipe's)")
+    p.add_argument("--num-classes", type=nonneg_int, help="default 1000 (or the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 32 (or the recipe's)")
     p.add_argument("--recipe", help="a recipe's model, batch and training path; timm as a plain eager loop")
     p.add_argument(
         "--set",
@@ -159,9 +160,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--compare", choices=["timm"], help="time timm's model with the same weights alternately")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=positive_int)
+    p.add_argument("--warmup", type=nonneg_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--min-seconds", type=float, default=1.0, help="shortest timed measurement")
     p.add_argument("--profile", metavar="FILE", help="write torch.profiler's table of vitkit's step to FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from vitkit.cli.common import UserError
+from vitkit.cli.common import UserError, positive_int
 
 
 def _load(source: str, img_size: int | None, num_heads: int | None):
@@ -85,8 +85,10 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="folder for config.json, data.json, model.safetensors"
     )
-    p.add_argument("--img-size", type=int, help="resample the position embedding to this resolution")
-    p.add_argument("--num-heads", type=int, help="heads, for fused-qkv files whose shape is not the paper's")
+    p.add_argument("--img-size", type=positive_int, help="resample the position embedding to this resolution")
+    p.add_argument(
+        "--num-heads", type=positive_int, help="heads, for fused-qkv files whose shape is not the paper's"
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)
@@ -94,13 +96,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a run or checkpoint to ONNX or safetensors")
     p.add_argument("source", metavar="RUN_DIR|SOURCE")
     p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
-    p.add_argument("--img-size", type=int, help="export at this resolution (position embedding resampled)")
+    p.add_argument(
+        "--img-size", type=positive_int, help="export at this resolution (position embedding resampled)"
+    )
     p.add_argument(
         "--out",
         metavar="FILE",
         help="default: RUN_DIR/model-export[-SIZE].onnx (or .safetensors) or ./<name>[-SIZE].onnx",
     )
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--num-heads", type=int, help="heads, for fused-qkv files whose shape is not the paper's")
+    p.add_argument(
+        "--num-heads", type=positive_int, help="heads, for fused-qkv files whose shape is not the paper's"
+    )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.set_defaults(func=cmd_export)

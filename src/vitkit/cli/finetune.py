@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError
+from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, positive_int
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
@@ -140,17 +140,19 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
     p.add_argument("--data-dir")
-    p.add_argument("--img-size", type=int, help="fine-tuning resolution (default: the checkpoint's)")
+    p.add_argument("--img-size", type=positive_int, help="fine-tuning resolution (default: the checkpoint's)")
     p.add_argument(
         "--resample", choices=["official", "bicubic"], default="official", help="position embedding"
     )
     p.add_argument(
         "--reset-head", action="store_true", help="new zero-initialised head even if classes match"
     )
-    p.add_argument("--num-heads", type=int, help="heads, for fused-qkv files whose shape is not the paper's")
+    p.add_argument(
+        "--num-heads", type=positive_int, help="heads, for fused-qkv files whose shape is not the paper's"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--micro-batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
@@ -161,7 +163,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_finetune)

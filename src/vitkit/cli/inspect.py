@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import UserError, find_run, load_run
+from vitkit.cli.common import UserError, find_run, load_run, positive_int
 
 log = logging.getLogger("vitkit")
 
@@ -304,7 +304,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _analysis_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-images", type=int, default=32, help="test images averaged over (default 32)")
+    p.add_argument(
+        "--num-images", type=positive_int, default=32, help="test images averaged over (default 32)"
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
 
 
@@ -318,13 +320,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--images", nargs="+", metavar="FILE", help="image files (default: the run's test images)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/inspect, or ./vitkit-inspect)")
-    p.add_argument("--k", type=int, default=28, help="principal components of the embedding filters")
+    p.add_argument("--k", type=positive_int, default=28, help="principal components of the embedding filters")
     p.add_argument(
         "--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion"
     )
     p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of weights")
-    p.add_argument("--show", type=int, default=8, help="images in the rollout figure")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--show", type=positive_int, default=8, help="images in the rollout figure")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     _analysis_flags(p)
     p.set_defaults(func=cmd_inspect)
 

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
+from vitkit.cli.common import positive_int
 from vitkit.config import CNN_READS, bit_depth
 from vitkit.models import count_params, forward_macs, list_models
 from vitkit.models.registry import registered_config
 from vitkit.models.resnet import STAGE_WIDTHS
 
+log = logging.getLogger(__name__)
 
-def model_table(img_size: int | None = None) -> list[dict]:
-    """Rows of the registry: variant, width/depth/heads/MLP, params, GMACs and GFLOPs per image."""
+
+def model_table(img_size: int | None = None, skipped: list[str] | None = None) -> list[dict]:
+    """Rows of the registry: variant, width/depth/heads/MLP, params, GMACs and GFLOPs per image. At an
+    `img_size` that a variant's patches (token stride) do not divide, the variant is left out (its name appended
+    to `skipped`)."""
     rows = []
     for name in list_models():
-        cfg = registered_config(name, **({"img_size": img_size} if img_size else {}))
+        try:
+            cfg = registered_config(name, **({"img_size": img_size} if img_size else {}))
+        except ValueError:
+            if img_size is None:
+                raise
+            if skipped is not None:
+                skipped.append(name)
+            continue
         macs = forward_macs(cfg)
         cnn = cfg.arch != "vit"  # a ResNet: its output channels and conv layers; heads if it attends; no MLP
         rows.append(
@@ -38,7 +51,10 @@ def model_table(img_size: int | None = None) -> list[dict]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    rows = model_table(args.img_size)
+    skipped: list[str] = []
+    rows = model_table(args.img_size, skipped)
+    if skipped:
+        log.warning("not at %d px (its patches do not divide it): %s", args.img_size, ", ".join(skipped))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -74,6 +90,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the registered model variants with params and FLOPs")
-    p.add_argument("--img-size", type=int, default=None, help="show every variant at this size")
+    p.add_argument("--img-size", type=positive_int, default=None, help="show every variant at this size")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)

@@ -301,10 +301,10 @@ def add_parser(sub) -> None:
         "--data-dir", help="where the dataset is (default: $VITKIT_DATA, Debian's package, download)"
     )
     p.add_argument("--model", help="variant such as ViT-S/4 (keeps the recipe's other model options)")
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--img-size", type=positive_int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
+    p.add_argument("--batch-size", type=positive_int, help="global batch per optimizer step")
     p.add_argument(
         "--micro-batch-size", type=int, help="accumulate gradients over micro-batches of this size"
     )
@@ -313,7 +313,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure", "auto"], help=PRECISION_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun (default: ddp)")
+    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun (default: auto = ddp)")
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
@@ -322,7 +322,7 @@ def add_parser(sub) -> None:
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. model.drop_path_rate=0.1"
     )
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html at the end")
@@ -333,7 +333,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset")
     p.add_argument("--data-dir")
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=positive_int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object (top1, top5, loss, num_samples, ...)"

@@ -62,7 +62,9 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path} is not a readable .npz archive: {e.strerror}") from None
     if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")) and magic[:1] != b"\x80":
         # np.load would take anything else for a pickle and name it so (0x80 opens a pickle: refused below)
-        raise ConversionError(f"{path} is not a readable .npz archive: neither a zip of arrays nor a .npy file")
+        raise ConversionError(
+            f"{path} is not a readable .npz archive: neither a zip of arrays nor a .npy file"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not hasattr(archive, "files"):
