@@ -56,6 +56,32 @@ def test_cli_export_onnx_at_new_size(run_dir, tmp_path, capsys):
     np.testing.assert_allclose(sess.run(None, {"images": x})[0], ref, rtol=0, atol=1e-4)
 
 
+def test_cli_export_refuses_an_opset_it_cannot_write_and_leaves_no_file(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    """Was: opset 5 printed a traceback, wrote opset 18 and reported 5; opset 99 left a file onnxruntime refused."""
+    pytest.importorskip("onnxruntime")
+    import vitkit.convert as convert
+
+    for opset, says in [
+        (5, "could not convert the model to ONNX opset 5 (it stays at 18)"),
+        (99, "knows opsets 1 to"),
+    ]:
+        out = tmp_path / f"m{opset}.onnx"
+        assert main(["export", str(run_dir), "--opset", str(opset), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and not out.exists(), err
+        assert not list(tmp_path.glob(".tmp-*"))
+
+    def unloadable(path, *a, **kw):
+        raise convert.ConversionError(f"{path}: onnxruntime cannot load it: InvalidGraph")
+
+    monkeypatch.setattr(convert, "check_onnx", unloadable)
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run_dir), "--out", str(out)]) == 2
+    assert "cannot load it" in capsys.readouterr().err and not out.exists()
+
+
 def test_cli_export_default_out_leaves_the_runs_weights(run_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

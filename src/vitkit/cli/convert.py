@@ -57,7 +57,7 @@ def _default_out(source: str, fmt: str, img_size: int | None) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitkit.convert import check_onnx, export_onnx, save_model_file
+    from vitkit.convert import ConversionError, check_onnx, export_onnx, save_model_file
 
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
     out = args.out or _default_out(args.source, args.format, args.img_size)
@@ -70,7 +70,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_onnx(model, out, opset=args.opset)
     line = f"{out}: ONNX opset {args.opset}, input images (batch, {model.cfg.in_chans}, {model.cfg.img_size[0]}, {model.cfg.img_size[1]})"
     if not args.no_check:
-        diffs = check_onnx(out, model, (1, 7))
+        try:
+            diffs = check_onnx(out, model, (1, 7))
+        except ConversionError as e:  # a file onnxruntime cannot run is not left behind
+            os.unlink(out)
+            raise UserError(f"{e} (removed it; another --opset may load)") from None
         worst = max(diffs.values())
         line += f"; onnxruntime vs PyTorch max |diff| {worst:.1e} (batch 1 and 7)"
         if worst > 1e-4:

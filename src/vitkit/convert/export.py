@@ -16,12 +16,12 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _quiet(*names: str):
-    """Raise the given loggers to WARNING for the duration (the ONNX optimizer logs every pass at INFO)."""
+def _quiet(*names: str, level: int = logging.WARNING):
+    """Raise the given loggers to `level` for the duration (the ONNX optimizer logs every pass at INFO)."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        lg.setLevel(max(lg.getEffectiveLevel(), level))
     try:
         yield
     finally:
@@ -29,12 +29,29 @@ def _quiet(*names: str):
             lg.setLevel(level)
 
 
+def written_opset(path: str) -> int:
+    """The default-domain ONNX opset a file declares."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
-    """Write `model` (eval mode, CPU) as ONNX: input "images" (batch, C, H, W), output "logits" (batch, K)."""
+    """Write `model` (eval mode, CPU) as ONNX: input "images" (batch, C, H, W), output "logits" (batch, K).
+
+    The exporter writes opset 18 and converts to `opset` from there; an opset it cannot reach is an error (the
+    file is not left behind)."""
     try:
+        import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
         raise ConversionError("ONNX export needs onnx and onnxscript: pip install 'vitkit[export]'") from None
+    newest = onnx.defs.onnx_opset_version()
+    if not 1 <= opset <= newest:
+        raise ConversionError(
+            f"ONNX opset {opset}: this onnx ({onnx.__version__}) knows opsets 1 to {newest}"
+        )
     model = model.eval().to("cpu")
     cfg = model.cfg
     example = torch.zeros(2, cfg.in_chans, *cfg.img_size)  # batch 2: a size-1 example would be specialised
@@ -49,7 +66,8 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".onnx")
         os.close(fd)
     try:
-        with torch.no_grad(), _quiet("onnxscript", "onnx_ir", "torch.onnx"):
+        # a failed version conversion logs its traceback: the opset check below reports it in one line
+        with torch.no_grad(), _quiet("onnxscript", "onnx_ir", "torch.onnx", level=logging.CRITICAL):
             torch.onnx.export(
                 model,
                 (example,),
@@ -61,6 +79,12 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
                 opset_version=opset,
                 external_data=external,
                 verbose=False,
+            )
+        got = written_opset(tmp)
+        if got != opset:
+            raise ConversionError(
+                f"{path}: the exporter could not convert the model to ONNX opset {opset} (it stays at {got}); "
+                f"--opset {got} (the default) exports it"
             )
         if tmp != path:
             os.replace(tmp, path)
@@ -81,7 +105,13 @@ def check_onnx(
         raise ConversionError(
             "checking an ONNX export needs onnxruntime: pip install 'vitkit[export]'"
         ) from None
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own error types (InvalidGraph, NotImplemented, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"{path}: onnxruntime {ort.__version__} cannot load it: {first[:300]}"
+        ) from None
     model = model.eval().to("cpu")
     cfg = model.cfg
     gen = torch.Generator().manual_seed(seed)
