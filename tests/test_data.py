@@ -88,10 +88,21 @@ def test_vitkit_data_env(tmp_path, monkeypatch):
 def test_missing_data_names_every_place(tmp_path, monkeypatch):
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "env"))
     with pytest.raises(DataNotFoundError) as e:
-        load_mnist_like("mnist", str(tmp_path / "given"), download=False)
+        load_mnist_like("mnist", None, download=False)
     msg = str(e.value)
-    assert str(tmp_path / "given") in msg and str(tmp_path / "env") in msg
-    assert "--data-dir" in msg and "download" in msg
+    assert str(tmp_path / "env") in msg and "--data-dir" in msg and "download" in msg
+
+
+def test_a_data_folder_given_is_the_only_place_looked_in(tmp_path, monkeypatch):
+    """Was: a --data-dir that did not exist was passed over for $VITKIT_DATA or Debian's package, silently."""
+    write_mnist(str(tmp_path / "env" / "fashion-mnist"))
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "env"))
+    assert len(load_mnist_like("fashion-mnist", None, download=False).train) == 20
+    with pytest.raises(DataNotFoundError) as e:
+        load_mnist_like("fashion-mnist", str(tmp_path / "nonexistent"), download=False)
+    msg = str(e.value)
+    assert f"--data-dir {tmp_path / 'nonexistent'} (a data folder given is the only place looked in)" in msg
+    assert str(tmp_path / "env") not in msg.split("Get it by")[0]
 
 
 def test_real_fashion_mnist_if_installed():

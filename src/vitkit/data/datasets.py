@@ -137,9 +137,11 @@ def _idx_folder(root: str, name: str) -> str | None:
 
 
 def _candidate_roots(name: str, data_dir: str | None) -> list[str]:
-    roots = []
+    """Where to look: a data folder given is the only place (as torchvision's root); else $VITKIT_DATA and
+    Debian's package folder."""
     if data_dir:
-        roots.append(data_dir)
+        return [data_dir]
+    roots = []
     if os.environ.get("VITKIT_DATA"):
         roots.append(os.environ["VITKIT_DATA"])
     if name in DEBIAN_DIRS:
@@ -160,6 +162,8 @@ def downloads_allowed(download: bool) -> bool:
 
 def _missing(name: str, looked: list[str], error: str, hint: str) -> DataNotFoundError:
     places = "; ".join(looked) if looked else "(no folder given)"
+    if looked and looked[0].startswith("--data-dir "):
+        places += " (a data folder given is the only place looked in)"
     return DataNotFoundError(
         f"dataset {name!r} not found. Looked in: {places}. Download failed: {error}. Get it by either: {hint}"
     )
@@ -177,6 +181,8 @@ def locate(
     into the download root; otherwise a DataNotFoundError naming every place looked in and `hint`."""
     roots = _candidate_roots(name, data_dir)
     folder = next((f for f in (find(r) for r in roots) if f), None)
+    if data_dir:
+        roots = [f"--data-dir {data_dir}"]
     error = "not attempted (VITKIT_OFFLINE is set)" if download else "downloads disabled"
     if folder is None and downloads_allowed(download):
         target = _download_root(data_dir)
