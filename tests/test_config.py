@@ -55,6 +55,8 @@ def test_overrides_parse_types():
         ("train.steps=-1", "train.steps=-1: one must be positive, neither negative"),
         ("train.device=cuda:x", "train.device='cuda:x' is not auto, cpu, cuda or cuda:N"),
         ("optim.grad_clip=inf", "expected a finite number"),
+        ("optim.betas=0.9", r"optim\.betas='0\.9': expected 2 comma-separated values"),  # was (0.9, 0.9)
+        ("data.rrc_ratio=2", r"data\.rrc_ratio='2': expected 2 comma-separated values"),
     ],
 )
 def test_override_errors_name_the_key(item, match):

@@ -60,7 +60,7 @@ def parse_value(key: str, text: str, tp: Any) -> Any:
             parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
             return tuple(_parse_scalar(key, p.strip(), args[0]) for p in parts)
         parts = [p for p in text.strip("()[] ").replace("x", ",").split(",") if p.strip()]
-        if len(parts) == 1 and len(args) == 2 and args[0] is args[1]:
+        if len(parts) == 1 and args == (int, int):  # a square size: img_size=224, posemb_grid=14
             parts = parts * 2
         if len(parts) != len(args):
             raise ValueError(f"{key}={text!r}: expected {len(args)} comma-separated values")
