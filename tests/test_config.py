@@ -102,3 +102,29 @@ def test_model_config_validates():
     assert ModelConfig(img_size=28, patch_size=4, embed_dim=192, num_heads=3).grid_size == (7, 7)
     with pytest.raises(ValueError, match=r"model\.drop_rate"):
         ModelConfig(drop_rate=1.5)
+
+
+def test_a_changed_patch_size_renames_the_vit():
+    """`--set model.patch_size=7` on the default recipe: the run is called ViT-fmnist/7, not /4; a name given
+    wins; a change that keeps the stride keeps the name."""
+    import argparse
+
+    from vitkit.cli.train import resolve_config
+
+    def resolved(*sets, **flags):
+        args = argparse.Namespace(
+            recipe=None, model=None, epochs=None, steps=None, compile=False, set=list(sets)
+        )
+        for flag in ("img_size", "batch_size", "micro_batch_size", "lr", "seed", "device", "precision"):
+            setattr(args, flag, flags.get(flag))
+        for flag in ("dataset", "data_dir", "strategy", "checkpoint_every"):
+            setattr(args, flag, None)
+        return resolve_config(args).model
+
+    assert resolved().name == "ViT-fmnist/4"
+    assert resolved("model.patch_size=7").name == "ViT-fmnist/7"
+    assert resolved("model.patch_size=7", "model.name=mine/7x").name == "mine/7x"
+    assert resolved("model.depth=2").name == "ViT-fmnist/4"
+    hybrid = resolved("model.backbone=()", "model.patch_size=1")  # the BiT root: 4 px per token
+    assert hybrid.name == "ViT-fmnist/4" and hybrid.token_stride == 4
+    assert resolved("model.backbone=()", "model.img_size=32").name == "ViT-fmnist/16"

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 
 import torch
@@ -94,7 +95,29 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
         overrides.append("train.steps=0")
     if args.compile:
         overrides.append("train.compile=true")
-    return apply_overrides(cfg, overrides + (args.set or []))
+    overrides += args.set or []
+    return _renamed(cfg, apply_overrides(cfg, overrides), overrides)
+
+
+def _renamed(before: RunConfig, cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A ViT's name ends in its token stride (ViT-fmnist/4): overrides that changed the stride (patch size,
+    backbone) rename it, unless they name the model themselves."""
+    m, old = cfg.model, before.model
+    named = any(o.split("=", 1)[0].strip() == "model.name" for o in overrides)
+    suffix = re.search(r"/(\d+)$", m.name)
+    if (
+        named
+        or m.arch != "vit"
+        or old.arch != "vit"
+        or suffix is None
+        or int(suffix.group(1)) != old.token_stride
+    ):
+        return cfg
+    if m.token_stride == old.token_stride:
+        return cfg
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(m, name=f"{m.name[: suffix.start()]}/{m.token_stride}")
+    )
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
