@@ -290,7 +290,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     inputs = file_inputs(subject, args.images) if args.images else sample_inputs(subject, args.num_images)
     out = args.out or (os.path.join(subject.run_dir, "inspect") if subject.run_dir else "vitkit-inspect")
     path = inspect_to(subject, out, inputs, args)
-    print(f"wrote {out}/: embedding_pca.png posemb_similarity.png attention_distance.png attention_rollout.png "
+    print(f"wrote {os.path.join(out, '')}: embedding_pca.png posemb_similarity.png attention_distance.png attention_rollout.png "
           f"inspect.json report.html ({path})")  # fmt: skip
     return 0
 

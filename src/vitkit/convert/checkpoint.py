@@ -36,13 +36,15 @@ class Checkpoint:
     heads_known: bool = True
 
 
-def guess_num_heads(width: int, depth: int, mlp: int, where: str) -> int | None:
-    """Heads of a fused-qkv checkpoint: the paper's table when width/depth/MLP match, else width / 64, else None."""
+def guess_num_heads(width: int, depth: int, mlp: int, where: str, say: bool = True) -> int | None:
+    """Heads of a fused-qkv checkpoint: the paper's table when width/depth/MLP match, else width / 64 (logged
+    if `say`), else None."""
     for w, d, h, m in WIDTHS.values():
         if (w, d, m) == (width, depth, mlp):
             return h
     if width % 64 == 0:
-        log.info("%s: num_heads not stored; assuming head width 64 -> %d heads", where, width // 64)
+        if say:
+            log.info("%s: num_heads not stored; assuming head width 64 -> %d heads", where, width // 64)
         return width // 64
     return None
 

@@ -130,7 +130,9 @@ def from_hf_state(state: dict[str, torch.Tensor], config: dict[str, Any], where:
     labels = config.get("id2label")
     if isinstance(labels, dict) and len(labels) == cfg.num_classes and cfg.num_classes:
         meta["classes"] = [str(labels.get(str(i), labels.get(i, i))) for i in range(cfg.num_classes)]
-    known = "num_attention_heads" in config or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where)
+    known = "num_attention_heads" in config or guess_num_heads(
+        cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False
+    )
     return Checkpoint(converted, cfg, "hf", where, meta, heads_known=bool(known))
 
 

@@ -86,7 +86,9 @@ def from_timm_state(
     heads = num_heads or facts.get("num_heads")
     cfg = infer_config(state, where, num_heads=heads, norm_eps=1e-6, img_size=facts.get("img_size"))
     meta = {k: facts[k] for k in ("mean", "std") if k in facts}
-    known = bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where) is not None
+    known = (
+        bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False) is not None
+    )
     return Checkpoint(state, cfg, "timm", where, meta, heads_known=known)
 
 
