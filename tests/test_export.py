@@ -170,6 +170,19 @@ def test_eval_and_predict_read_an_exported_file_outside_its_run(run_dir, tmp_pat
         assert says in err and "Traceback" not in err and "/config.json:" not in err, err
 
 
+def test_eval_warns_of_non_finite_weights(run_dir, tmp_path, capsys, caplog):
+    """Was: a damaged final model.safetensors evaluated to 10% and loss nan without a word."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    state = load_file(str(run / "model.safetensors"))
+    state["head.bias"][0] = float("nan")
+    save_file(state, str(run / "model.safetensors"))
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert "non-finite values (NaN or inf) in 1 tensors (head.bias)" in caplog.text
+
+
 def test_cli_convert_npz_to_run_dir(tmp_path, capsys):
     from test_convert import flax_arrays, save_npz, timm_vit
 

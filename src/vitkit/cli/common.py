@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from vitkit.config import RunConfig
 PRECISION_HELP = (
     "bf16: autocast; bf16-pure: the model in bf16, fp32 master weights in the optimizer; auto: bf16 on CUDA"
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
@@ -176,6 +180,14 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     where = f"{weights}'s metadata" if described is not None else f"{run_dir}/config.json"
     model = build_model(cfg.model, weights_follow=True)
     state = load_weights(weights)
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        log.warning(
+            "%s holds non-finite values (NaN or inf) in %d tensors (%s): the run diverged or the file is damaged",
+            weights,
+            len(bad),
+            ", ".join(bad[:3]),
+        )
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape
