@@ -263,6 +263,14 @@ def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
     assert finetune(tmp_path / "ft2", "--reset-head")["pretrained"][
         "head_reset"
     ]  # a new zero head when asked
+    finetune(tmp_path / "ft3", "--layer-decay", "0.7")  # layer-wise decay: one group pair per layer
+    assert json.loads((tmp_path / "ft3" / "config.json").read_text())["optim"]["layer_decay"] == 0.7
+    from vitkit.train.checkpoint import latest_valid
+
+    ckpt = latest_valid(str(tmp_path / "ft3" / "checkpoints"))
+    state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
+    scales = sorted({g["lr_scale"] for g in state["optimizer"]["param_groups"]})
+    assert scales == pytest.approx([0.7**k for k in range(4)][::-1])  # depth 2: embeddings, 2 blocks, head
 
 
 def test_transfer_resolution_bench_runs(run_dir, tmp_path):

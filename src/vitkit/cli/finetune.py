@@ -20,7 +20,7 @@ from vitkit.recipes import RECIPES, get_recipe, hyperrule
 # the train command's flags that fine-tuning takes too (the image size comes from --img-size and the checkpoint)
 FLAG_KEYS = {
     k: v for k, v in TRAIN_FLAG_KEYS.items() if k not in ("img_size", "checkpoint_every", "strategy")
-}
+} | {"layer_decay": "optim.layer_decay"}
 # the recipe's fine-tuning regularisation; the architecture comes from the checkpoint
 RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
 CNN_FINETUNE_FIELDS = ("drop_rate", "drop_path_rate")  # the CNN baselines have no attention dropout
@@ -155,6 +155,12 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--micro-batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        metavar="D",
+        help="layer-wise learning-rate decay, e.g. 0.75 (ViTs; default off)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure", "auto"], help=PRECISION_HELP)
