@@ -467,3 +467,23 @@ def test_a_batch_norm_run_resumes_exactly(tmp_path):
     assert a.keys() == b.keys() and any(k.endswith("running_var") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+def test_attention_stem_weights_fine_tune_to_grey_images_and_new_classes(tmp_path):
+    """A SASA model with the attention stem loads into a 1-channel model with another head (was: an
+    AttributeError on the stem's missing conv): its stem on a grey image equals the RGB stem on that image as
+    R = G = B, and the new head starts at zero."""
+    from vitkit.convert import load_pretrained, save_model_file
+
+    rgb = create_model("SASA-ResNet-26", img_size=16, num_classes=5, sasa_stem="attention").eval()
+    perturb_(rgb, 0.1)
+    save_model_file(str(tmp_path / "rgb.safetensors"), rgb)
+    grey = create_model("SASA-ResNet-26", img_size=16, in_chans=1, num_classes=3, sasa_stem="attention")
+    report = load_pretrained(grey, str(tmp_path / "rgb.safetensors"), reset_head=True)
+    assert report.channels_adapted == (3, 1)
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            grey.eval().stem(x), rgb.stem(x.expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5
+        )
+        assert grey(x).abs().max() == 0  # the zero head

@@ -54,19 +54,30 @@ def _names(keys: list[str], limit: int = 12) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def adapt_input_channels(w: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Patch-embedding weights (D, C, P, P) for another number of input channels (as timm's adapt_input_conv)."""
-    c = w.shape[1]
+def adapt_input_channels(w: torch.Tensor, in_chans: int, dim: int = 1) -> torch.Tensor:
+    """Weights whose `dim` is the input channels ((D, C, P, P) of a patch embedding or stem conv) for another
+    number of input channels (as timm's adapt_input_conv)."""
+    c = w.shape[dim]
     if c == in_chans:
         return w
     if (
         in_chans == 1
-    ):  # a grey image seen as R = G = B: exact for a patch conv; BiT's weight-standardised stem
+    ):  # a grey image seen as R = G = B: exact for a linear map (a patch conv, the attention stem)
         return w.sum(
-            dim=1, keepdim=True
-        )  # re-standardises the summed filter, approximately so (as timm does)
-    reps = -(-in_chans // c)
-    return w.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
+            dim=dim, keepdim=True
+        )  # BiT's weight-standardised stem re-standardises it: approximately
+    reps = [1] * w.ndim
+    reps[dim] = -(-in_chans // c)
+    return w.repeat(*reps).narrow(dim, 0, in_chans) * (c / in_chans)
+
+
+def _pixel_weights(model: nn.Module) -> list[tuple[str, int]]:
+    """The weights that read the image's channels, with the dimension that indexes them."""
+    if isinstance(model, CNN):
+        if isinstance(getattr(model.stem, "conv", None), nn.Conv2d):
+            return [("stem.conv.weight", 1)]
+        return [("stem.qk.weight", 1), ("stem.value", 2)]  # SASA's attention stem: (2D, C), (m, D, C)
+    return [(f"patch_embed.{model.patch_embed.pixel_conv_name}.weight", 1)]  # a hybrid's: its ResNet root
 
 
 def _resample_posemb(
@@ -128,7 +139,7 @@ def _replace_head(model: Model) -> None:
     """A zero-initialised head on the encoder's width, without pre-logits (the paper's fine-tuning)."""
     if isinstance(model, CNN):
         model.cfg = dataclasses.replace(model.cfg, head_init="zero")
-        ref = model.stem.conv.weight
+        ref = next(model.parameters())
         if model.num_classes:
             head = ConvHead(model.num_features, model.num_classes, model.cfg.drop_rate).to(
                 ref.device, ref.dtype
@@ -188,20 +199,18 @@ def load_pretrained(
     cfg = model.cfg
     _resample_posemb(state, ckpt.config, cfg, resample, report)
     _resample_relative(state, model, report)
-    if isinstance(model, CNN):
-        pixel_key = "stem.conv.weight"
-    else:
-        pixel_key = f"patch_embed.{model.patch_embed.pixel_conv_name}.weight"  # a hybrid's: its ResNet root
-    w = state.get(pixel_key)
-    if w is not None and w.ndim == 4 and w.shape[1] != cfg.in_chans:
-        state[pixel_key] = adapt_input_channels(w, cfg.in_chans)
-        report.channels_adapted = (int(w.shape[1]), cfg.in_chans)
-        log.warning(
-            "%s: %d input channels adapted to %d (the first conv's filters summed/repeated)",
-            ckpt.path,
-            w.shape[1],
-            cfg.in_chans,
-        )
+    for pixel_key, dim in _pixel_weights(model):
+        w = state.get(pixel_key)
+        if w is not None and w.ndim > dim and w.shape[dim] != cfg.in_chans:
+            state[pixel_key] = adapt_input_channels(w, cfg.in_chans, dim)
+            report.channels_adapted = (int(w.shape[dim]), cfg.in_chans)
+            log.warning(
+                "%s: %d input channels adapted to %d (%s summed/repeated over its channels)",
+                ckpt.path,
+                w.shape[dim],
+                cfg.in_chans,
+                pixel_key,
+            )
     if reset_head:  # the head and pre-logits are replaced below, once the rest is known to fit
         for key in HEAD_KEYS:
             state.pop(key, None)
