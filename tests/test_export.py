@@ -73,13 +73,24 @@ def test_cli_export_refuses_an_opset_it_cannot_write_and_leaves_no_file(
         assert says in err and "Traceback" not in err and not out.exists(), err
         assert not list(tmp_path.glob(".tmp-*"))
 
+    from vitkit.convert.export import OnnxLoadError
+
     def unloadable(path, *a, **kw):
-        raise convert.ConversionError(f"{path}: onnxruntime cannot load it: InvalidGraph")
+        raise OnnxLoadError(f"{path}: onnxruntime cannot load it: InvalidGraph")
 
     monkeypatch.setattr(convert, "check_onnx", unloadable)
     out = tmp_path / "m.onnx"
     assert main(["export", str(run_dir), "--out", str(out)]) == 2
     assert "cannot load it" in capsys.readouterr().err and not out.exists()
+
+    def no_runtime(path, *a, **kw):  # another failure of the check keeps the (good) file
+        raise convert.ConversionError(
+            "checking an ONNX export needs onnxruntime: pip install 'vitkit[export]'"
+        )
+
+    monkeypatch.setattr(convert, "check_onnx", no_runtime)
+    assert main(["export", str(run_dir), "--out", str(out)]) == 2
+    assert "needs onnxruntime" in capsys.readouterr().err and out.exists()
 
 
 def test_cli_export_default_out_leaves_the_runs_weights(run_dir, tmp_path, capsys):

@@ -176,13 +176,39 @@ def test_bench_compiles_the_blocks_alone(monkeypatch, capsys):
         run_benchmark(model_config("ViT-Ti/8", img_size=16), compile=True, compile_scope="layers")
 
 
-def test_bench_grad_checkpointing_runs_both_models_checkpointed(capsys):
+def test_bench_grad_checkpointing_runs_both_models_checkpointed(capsys, monkeypatch):
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    from vitkit.models.vit import VisionTransformer
+
+    recomputed = []
+    for cls in (VisionTransformer, TimmViT):
+        real = cls.set_grad_checkpointing
+        monkeypatch.setattr(
+            cls,
+            "set_grad_checkpointing",
+            lambda m, enable=True, r=real: recomputed.append(type(m)) or r(m, enable),
+        )
+    import torch.utils.checkpoint as ckpt_module
+
+    real_ckpt, calls = ckpt_module.checkpoint, []
+    monkeypatch.setattr(ckpt_module, "checkpoint", lambda *a, **kw: calls.append(1) or real_ckpt(*a, **kw))
+    import vitkit.models.vit as vit_module
+
+    monkeypatch.setattr(vit_module, "checkpoint", ckpt_module.checkpoint)
     args = ["bench", "--model", "ViT-Ti/8", "--img-size", "16", "--num-classes", "4", "--compare", "timm"]
     args += ["--batch-size", "2", "--repeats", "1", "--warmup", "1", "--min-seconds", "0.01"]
     assert main([*args, "--mode", "train", "--grad-checkpointing"]) == 0
     assert "(grad checkpointing)" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"grad_checkpointing: a ViT's .* training step only"):
+    assert (
+        set(recomputed) == {VisionTransformer, TimmViT} and len(calls) >= 12
+    )  # both models' blocks recompute
+    with pytest.raises(ValueError, match=r"grad_checkpointing applies to a training step \(--mode train\)"):
         run_benchmark(model_config("ViT-Ti/8", img_size=16), grad_checkpointing=True)
+    with pytest.raises(
+        ValueError, match=r"grad_checkpointing: ResNet-26 \(arch 'resnet'\) has no transformer"
+    ):
+        run_benchmark(model_config("ResNet-26", img_size=32), mode="train", grad_checkpointing=True)
 
 
 def test_bench_set_changes_the_model_and_names_a_wrong_key(capsys):

@@ -40,7 +40,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.compile = args.compile or run.train.compile
         args.compile_mode = args.compile_mode or run.train.compile_mode
         args.compile_scope = args.compile_scope or run.train.compile_scope
-        args.grad_checkpointing = args.grad_checkpointing or run.train.grad_checkpointing
+        if args.mode == "train":  # the recipe's training path
+            args.grad_checkpointing = args.grad_checkpointing or run.train.grad_checkpointing
     else:
         cfg = model_config(
             args.model or "ViT-S/16",

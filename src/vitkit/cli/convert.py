@@ -57,7 +57,8 @@ def _default_out(source: str, fmt: str, img_size: int | None) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitkit.convert import ConversionError, check_onnx, export_onnx, save_model_file
+    from vitkit.convert import check_onnx, export_onnx, save_model_file
+    from vitkit.convert.export import OnnxLoadError
 
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
     out = args.out or _default_out(args.source, args.format, args.img_size)
@@ -72,8 +73,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.no_check:
         try:
             diffs = check_onnx(out, model, (1, 7))
-        except ConversionError as e:  # a file onnxruntime cannot run is not left behind
-            os.unlink(out)
+        except OnnxLoadError as e:  # a file onnxruntime cannot run is not left behind
+            for f in (out, out + ".data"):  # the weights of a model over 1.5 GB lie beside it
+                if os.path.exists(f):
+                    os.unlink(f)
             raise UserError(f"{e} (removed it; another --opset may load)") from None
         worst = max(diffs.values())
         line += f"; onnxruntime vs PyTorch max |diff| {worst:.1e} (batch 1 and 7)"

@@ -29,6 +29,10 @@ def _quiet(*names: str, level: int = logging.WARNING):
             lg.setLevel(level)
 
 
+class OnnxLoadError(ConversionError):
+    """onnxruntime refused an exported file (an operator or opset it does not implement)."""
+
+
 def written_opset(path: str) -> int:
     """The default-domain ONNX opset a file declares."""
     import onnx
@@ -84,7 +88,7 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         if got != opset:
             raise ConversionError(
                 f"{path}: the exporter could not convert the model to ONNX opset {opset} (it stays at {got}); "
-                f"--opset {got} (the default) exports it"
+                f"--opset {got} exports it"
             )
         if tmp != path:
             os.replace(tmp, path)
