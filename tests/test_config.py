@@ -111,9 +111,9 @@ def test_a_changed_patch_size_renames_the_vit():
 
     from vitkit.cli.train import resolve_config
 
-    def resolved(*sets, **flags):
+    def resolved(*sets, model=None, **flags):
         args = argparse.Namespace(
-            recipe=None, model=None, epochs=None, steps=None, compile=False, set=list(sets)
+            recipe=None, model=model, epochs=None, steps=None, compile=False, set=list(sets)
         )
         for flag in ("img_size", "batch_size", "micro_batch_size", "lr", "seed", "device", "precision"):
             setattr(args, flag, flags.get(flag))
@@ -128,3 +128,5 @@ def test_a_changed_patch_size_renames_the_vit():
     hybrid = resolved("model.backbone=()", "model.patch_size=1")  # the BiT root: 4 px per token
     assert hybrid.name == "ViT-fmnist/4" and hybrid.token_stride == 4
     assert resolved("model.backbone=()", "model.img_size=32").name == "ViT-fmnist/16"
+    assert resolved(model="ViT-S/4").name == "ViT-S/4"  # --model names the architecture, --set changes it
+    assert resolved("model.patch_size=7", model="ViT-S/4").name == "ViT-S/7"

@@ -84,9 +84,9 @@ def model_overrides(name: str) -> list[str]:
 def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
     """The run's config: `base` (else --recipe's, else the default recipe) with the flags and --set applied."""
     cfg = base if base is not None else get_recipe(args.recipe or "fashion-mnist")
+    if args.model:  # the named architecture first: the flags and --set apply to it
+        cfg = apply_overrides(cfg, model_overrides(args.model))
     overrides = []
-    if args.model:
-        overrides += model_overrides(args.model)
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -95,15 +95,14 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
         overrides.append("train.steps=0")
     if args.compile:
         overrides.append("train.compile=true")
-    overrides += args.set or []
-    return _renamed(cfg, apply_overrides(cfg, overrides), overrides)
+    return _renamed(cfg, apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
 
 
-def _renamed(before: RunConfig, cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """A ViT's name ends in its token stride (ViT-fmnist/4): overrides that changed the stride (patch size,
-    backbone) rename it, unless they name the model themselves."""
+def _renamed(before: RunConfig, cfg: RunConfig, sets: list[str]) -> RunConfig:
+    """A ViT's name ends in its token stride (ViT-fmnist/4): --set overrides that changed the stride (patch
+    size, backbone) rename it, unless they name the model themselves."""
     m, old = cfg.model, before.model
-    named = any(o.split("=", 1)[0].strip() == "model.name" for o in overrides)
+    named = any(o.split("=", 1)[0].strip() == "model.name" for o in sets)
     suffix = re.search(r"/(\d+)$", m.name)
     if (
         named
