@@ -130,3 +130,4 @@ def test_a_changed_patch_size_renames_the_vit():
     assert resolved("model.backbone=()", "model.img_size=32").name == "ViT-fmnist/16"
     assert resolved(model="ViT-S/4").name == "ViT-S/4"  # --model names the architecture, --set changes it
     assert resolved("model.patch_size=7", model="ViT-S/4").name == "ViT-S/7"
+    assert resolved(model="ViT-S/16", img_size=224).name == "ViT-S/16"  # --model then --img-size: one check

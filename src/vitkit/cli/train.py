@@ -84,9 +84,9 @@ def model_overrides(name: str) -> list[str]:
 def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
     """The run's config: `base` (else --recipe's, else the default recipe) with the flags and --set applied."""
     cfg = base if base is not None else get_recipe(args.recipe or "fashion-mnist")
-    if args.model:  # the named architecture first: the flags and --set apply to it
-        cfg = apply_overrides(cfg, model_overrides(args.model))
     overrides = []
+    if args.model:
+        overrides += model_overrides(args.model)
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -95,24 +95,18 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
         overrides.append("train.steps=0")
     if args.compile:
         overrides.append("train.compile=true")
-    return _renamed(cfg, apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
+    return _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
 
 
-def _renamed(before: RunConfig, cfg: RunConfig, sets: list[str]) -> RunConfig:
-    """A ViT's name ends in its token stride (ViT-fmnist/4): --set overrides that changed the stride (patch
-    size, backbone) rename it, unless they name the model themselves."""
-    m, old = cfg.model, before.model
-    named = any(o.split("=", 1)[0].strip() == "model.name" for o in sets)
+def _renamed(cfg: RunConfig, sets: list[str]) -> RunConfig:
+    """A ViT's name ends in its token stride (ViT-fmnist/4): --set of the patch size or backbone that changed
+    the stride renames it, unless --set names the model too."""
+    m = cfg.model
+    keys = {o.split("=", 1)[0].strip() for o in sets}
     suffix = re.search(r"/(\d+)$", m.name)
-    if (
-        named
-        or m.arch != "vit"
-        or old.arch != "vit"
-        or suffix is None
-        or int(suffix.group(1)) != old.token_stride
-    ):
+    if "model.name" in keys or not keys & {"model.patch_size", "model.backbone"} or m.arch != "vit":
         return cfg
-    if m.token_stride == old.token_stride:
+    if suffix is None or int(suffix.group(1)) == m.token_stride:
         return cfg
     return dataclasses.replace(
         cfg, model=dataclasses.replace(m, name=f"{m.name[: suffix.start()]}/{m.token_stride}")
