@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -101,7 +102,9 @@ def test_a_data_folder_given_is_the_only_place_looked_in(tmp_path, monkeypatch):
     with pytest.raises(DataNotFoundError) as e:
         load_mnist_like("fashion-mnist", str(tmp_path / "nonexistent"), download=False)
     msg = str(e.value)
-    assert f"--data-dir {tmp_path / 'nonexistent'} (a data folder given is the only place looked in)" in msg
+    assert (
+        f"the data folder {tmp_path / 'nonexistent'} (a data folder given is the only place looked in)" in msg
+    )
     assert str(tmp_path / "env") not in msg.split("Get it by")[0]
 
 
@@ -213,3 +216,17 @@ def test_synthetic_is_deterministic():
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         load_dataset(DataConfig(dataset="imagenet"))
+
+
+def test_a_runs_saved_data_folder_that_is_not_here_falls_back_with_a_warning(tmp_path, caplog):
+    """A run trained elsewhere (its data.data_dir absent here) evaluates from the usual places, saying so; a
+    --data-dir given wins; an imagefolder run keeps its folder (it has no other place)."""
+    from vitkit.cli.common import local_data
+
+    away = DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "elsewhere"))
+    assert local_data(away, None, "RUN").data_dir is None
+    assert "RUN's data folder" in caplog.text and "is not here" in caplog.text
+    assert local_data(away, "/given").data_dir == "/given"
+    assert local_data(dataclasses.replace(away, data_dir=str(tmp_path))).data_dir == str(tmp_path)
+    folder = DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "elsewhere"))
+    assert local_data(folder).data_dir == folder.data_dir

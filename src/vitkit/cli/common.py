@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vitkit.config import RunConfig
+from vitkit.config import DataConfig, RunConfig
 
 PRECISION_HELP = (
     "bf16: autocast; bf16-pure: the model in bf16, fp32 master weights in the optimizer; auto: bf16 on CUDA"
@@ -81,6 +81,23 @@ class TqdmProgress:
     def close(self) -> None:
         if self.bar:
             self.bar.close()
+
+
+def local_data(data: DataConfig, given: str | None = None, where: str = "the run") -> DataConfig:
+    """A run's data config on this machine: `--data-dir` if given (then the only place looked in); a data folder
+    the run saved that is not here (trained elsewhere, or a relative path from another folder) is dropped with a
+    warning, so the usual places ($VITKIT_DATA, Debian's package) are searched."""
+    if given:
+        return dataclasses.replace(data, data_dir=given)
+    if data.data_dir and not os.path.exists(data.data_dir) and data.dataset != "imagefolder":
+        log.warning(
+            "%s's data folder %s is not here: looking for %s in the usual places (pass --data-dir to choose)",
+            where,
+            data.data_dir,
+            data.dataset,
+        )
+        return dataclasses.replace(data, data_dir=None)
+    return data
 
 
 @dataclass

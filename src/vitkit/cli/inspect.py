@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import UserError, find_run, load_run, positive_int
+from vitkit.cli.common import UserError, find_run, load_run, local_data, positive_int
 
 log = logging.getLogger("vitkit")
 
@@ -130,7 +130,9 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
         )
         return noise_inputs(subject, n, "converted weights, no --images given")
     try:
-        splits = load_dataset(rc.data, img_size=rc.model.img_size, seed=rc.train.seed)
+        splits = load_dataset(
+            local_data(rc.data, None, subject.run_dir), img_size=rc.model.img_size, seed=rc.train.seed
+        )
     except (OSError, ValueError, RuntimeError) as e:
         log.warning("could not load the test images of %s (%s): using noise images", rc.data.dataset, e)
         return noise_inputs(subject, n, f"the test images of {rc.data.dataset} could not be loaded")

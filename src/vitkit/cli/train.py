@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, load_run, positive_int
+from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, load_run, local_data, positive_int
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.recipes import RECIPES, get_recipe
 
@@ -43,6 +43,7 @@ RESUME_MAY_CHANGE = (
     "train.strategy",
     "train.device",
     "train.compile",  # a prefix: train.compile_mode and train.compile_scope too
+    "train.grad_checkpointing",  # how the step runs, not what it computes (on to resume after running out of memory)
     "train.dist_timeout_s",
     "train.eval_batch_size",
     "train.data_on_device",
@@ -151,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = read_config(out)
         if args.recipe and args.recipe != saved.recipe:
             raise UserError(f"--resume {out}: the run's recipe is {saved.recipe}, not {args.recipe}")
-        cfg = resolve_config(args, saved)  # the flags given apply on top of the run's config
+        saved_here = dataclasses.replace(saved, data=local_data(saved.data, None, out))
+        cfg = resolve_config(args, saved_here)  # the flags given apply on top of the run's config
         diff = _differences(to_dict(cfg), to_dict(saved))
         diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
         if diff:
@@ -222,10 +224,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.run} holds converted weights ({run.cfg.expected}), no dataset: pass --dataset"
         )
-    if args.dataset:
-        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset)
-    if args.data_dir:
-        data_cfg = dataclasses.replace(data_cfg, data_dir=args.data_dir)
+    if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
+        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
+    data_cfg = local_data(data_cfg, args.data_dir, args.run)
     splits = load_dataset(data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed)
     if splits.num_classes != run.cfg.model.num_classes:
         raise UserError(

@@ -162,7 +162,7 @@ def downloads_allowed(download: bool) -> bool:
 
 def _missing(name: str, looked: list[str], error: str, hint: str) -> DataNotFoundError:
     places = "; ".join(looked) if looked else "(no folder given)"
-    if looked and looked[0].startswith("--data-dir "):
+    if looked and looked[0].startswith("the data folder "):
         places += " (a data folder given is the only place looked in)"
     return DataNotFoundError(
         f"dataset {name!r} not found. Looked in: {places}. Download failed: {error}. Get it by either: {hint}"
@@ -182,7 +182,7 @@ def locate(
     roots = _candidate_roots(name, data_dir)
     folder = next((f for f in (find(r) for r in roots) if f), None)
     if data_dir:
-        roots = [f"--data-dir {data_dir}"]
+        roots = [f"the data folder {data_dir}"]
     error = "not attempted (VITKIT_OFFLINE is set)" if download else "downloads disabled"
     if folder is None and downloads_allowed(download):
         target = _download_root(data_dir)
@@ -207,7 +207,8 @@ def _fetch_mnist_like(name: str, target: str) -> None:
 
 
 def load_mnist_like(name: str, data_dir: str | None = None, download: bool = True) -> Splits:
-    """Fashion-MNIST or MNIST from IDX files: --data-dir, $VITKIT_DATA, Debian's package, or torchvision."""
+    """Fashion-MNIST or MNIST from IDX files: in `data_dir` if given (only there), else $VITKIT_DATA or Debian's
+    package; else downloaded by torchvision (into `data_dir`, $VITKIT_DATA or ~/.cache/vitkit)."""
     pkg = "`sudo apt-get install dataset-fashion-mnist` (Debian)" if name == "fashion-mnist" else ""
     hint = (
         f"{pkg + ' or ' if pkg else ''}put the four IDX files (train-images-idx3-ubyte.gz, ...) in a "
