@@ -88,12 +88,15 @@ def single(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp-checkpointed"])
 def test_two_processes_equal_one(single, tmp_path, strategy):
+    """... and so does FSDP with activation checkpointing (each sharded block recomputed in backward)."""
     out = tmp_path / strategy
-    run(torchrun("train", *FLAGS, "--strategy", strategy, "--out", str(out)))
+    extra = ("--set", "train.grad_checkpointing=true") if strategy.endswith("checkpointed") else ()
+    strategy = strategy.split("-")[0]
+    run(torchrun("train", *FLAGS, *extra, "--strategy", strategy, "--out", str(out)))
     assert_close_weights(single / "model.safetensors", out / "model.safetensors")
-    if strategy == "fsdp":  # its mid-run checkpoint (2 processes) resumes in 1 process to the same end
+    if strategy == "fsdp" and not extra:  # its mid-run checkpoint (2 processes) resumes in 1 process to the same end
         resumed = tmp_path / "fsdp-resumed"
         shutil.copytree(out, resumed)
         for name in ("model.safetensors", "summary.json"):

@@ -504,6 +504,8 @@ def test_cuda_graphs_refuse_what_they_cannot_train():
         check_graphs("bf16", micro_batches=True, world=1)
     with pytest.raises(ValueError, match="runs in one process"):
         check_graphs("bf16-pure", micro_batches=False, world=2)
+    with pytest.raises(ValueError, match=r"reduce-overhead with train\.grad_checkpointing"):
+        check_graphs("bf16-pure", micro_batches=False, world=1, checkpointing=True)
 
 
 def test_compile_scope_blocks_needs_blocks():
@@ -747,13 +749,17 @@ def test_grad_checkpointing_compiles_and_trains_as_without(monkeypatch):
     model = _dropout_vit(depth=2)
     x = torch.randn(4, 1, 8, 8)
     _, plain = _saved_bytes_and_grads(model, x)
+    _, plain8 = _saved_bytes_and_grads(model, x, key=8)
     model.set_grad_checkpointing(True)
-    compiled = torch.compile(model, backend="aot_eager")
-    for key in (7, 8):  # the second key reuses the graph
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    for key, want in ((7, plain), (8, plain8)):  # the second key reuses the graph, with its own masks
         _, ckpt = _saved_bytes_and_grads(compiled, x, key=key)
-        if key == 7:
-            for a, b in zip(plain, ckpt):
-                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        for a, b in zip(want, ckpt):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert counter.frame_count == 1
 
     def cfg(**kw):
         c = tiny_run(batch_size=16, micro_batch_size=8, precision="bf16-pure", **kw)

@@ -16,10 +16,16 @@ from vitkit.config import ModelConfig
 log = logging.getLogger(__name__)
 
 
-def check_graphs(precision: str, micro_batches: bool, world: int) -> None:
+def check_graphs(precision: str, micro_batches: bool, world: int, checkpointing: bool = False) -> None:
     """Refuse what CUDA graphs (train.compile_mode=reduce-overhead) cannot train: gradients accumulated over
     micro-batches or all-reduced by DDP would live in the graphs' memory, overwritten by the next replay (bf16-pure
-    copies them out after each backward)."""
+    copies them out after each backward); activation checkpointing would replay graphed forwards inside the
+    backward (untested on a GPU)."""
+    if checkpointing:
+        raise ValueError(
+            "train.compile_mode=reduce-overhead with train.grad_checkpointing: recomputing inside CUDA graphs is "
+            "untested; use train.compile_mode=default with checkpointing"
+        )
     if world > 1:
         raise ValueError("train.compile_mode=reduce-overhead runs in one process; under torchrun use default")
     if micro_batches and precision != "bf16-pure":

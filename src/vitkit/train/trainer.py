@@ -115,7 +115,7 @@ class Trainer:
         self.fwd = P.wrap_model(work, self.strategy, device)  # FSDP shards the model in place
         self.graphs = t.compile and t.compile_mode == "reduce-overhead" and device.type == "cuda"
         if self.graphs:
-            check_graphs(self.precision, bool(self.micro), info.world)
+            check_graphs(self.precision, bool(self.micro), info.world, t.grad_checkpointing)
         self.regions: list[torch.nn.Module] = []  # blocks compiled in place (train.compile_scope=blocks)
         if t.compile:
             if cfg.model.arch == "bit" and device.type == "cpu" and info.is_main:
