@@ -24,17 +24,23 @@ from torch import nn
 DENSE_WINDOWS = 4
 
 
+def even_head_dim(channels: int, num_heads: int, what: str) -> int:
+    """Each head's width, which must be even (half its channels embed row offsets, half column offsets)."""
+    head_dim = channels // num_heads if num_heads > 0 else 0
+    if head_dim * num_heads != channels or head_dim % 2:
+        raise ValueError(
+            f"{what}: {channels} channels do not split into {num_heads} heads (model.num_heads) of an even width "
+            "(half for row offsets, half for column offsets)"
+        )
+    return head_dim
+
+
 class LocalSelfAttention2d(nn.Module):
     """Multi-head self-attention over each pixel's window x window neighbourhood: (B, C, H, W) -> (B, D, H/s, W/s)."""
 
     def __init__(self, in_chs: int, out_chs: int, num_heads: int, window: int = 7, stride: int = 1):
         super().__init__()
-        head_dim = out_chs // num_heads if num_heads > 0 else 0
-        if head_dim * num_heads != out_chs or head_dim % 2:
-            raise ValueError(
-                f"local self-attention: {out_chs} channels do not split into {num_heads} heads (model.num_heads) of "
-                "an even width (half for row offsets, half for column offsets)"
-            )
+        head_dim = even_head_dim(out_chs, num_heads, "local self-attention")
         if window < 1 or window % 2 == 0:
             raise ValueError(
                 f"local self-attention window={window} (model.sasa_window): expected an odd size >= 1 (e.g. 7)"
@@ -172,12 +178,7 @@ class AttentionStem(nn.Module):
 
     def __init__(self, in_chans: int, out_chs: int, num_heads: int, block: int = 4, mixtures: int = 4):
         super().__init__()
-        head_dim = out_chs // num_heads if num_heads > 0 else 0
-        if head_dim * num_heads != out_chs or head_dim % 2:
-            raise ValueError(
-                f"attention stem: {out_chs} channels do not split into {num_heads} heads (model.num_heads) of an "
-                "even width (half for row offsets, half for column offsets)"
-            )
+        head_dim = even_head_dim(out_chs, num_heads, "attention stem")
         self.num_heads, self.head_dim, self.block, self.mixtures = num_heads, head_dim, block, mixtures
         self.scale = head_dim**-0.5
         self.qk = nn.Linear(in_chans, 2 * out_chs, bias=False)
