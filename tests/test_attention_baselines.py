@@ -175,7 +175,9 @@ def test_attention_stem_matches_the_equation():
         assert moved[:, 1, 2].all() and moved.sum() == 2
     with pytest.raises(ValueError, match="image sides divisible by 4, got 6x8"):
         stem(torch.randn(1, 3, 6, 8))
-    with pytest.raises(ValueError, match=r"attention stem: 10 channels do not split into 2 heads .* even width"):
+    with pytest.raises(
+        ValueError, match=r"attention stem: 10 channels do not split into 2 heads .* even width"
+    ):
         AttentionStem(3, 10, num_heads=2)
     stem.train()
     x.requires_grad_(True)

@@ -96,7 +96,8 @@ def test_two_processes_equal_one(single, tmp_path, strategy):
     strategy = strategy.split("-")[0]
     run(torchrun("train", *FLAGS, *extra, "--strategy", strategy, "--out", str(out)))
     assert_close_weights(single / "model.safetensors", out / "model.safetensors")
-    if strategy == "fsdp" and not extra:  # its mid-run checkpoint (2 processes) resumes in 1 process to the same end
+    # FSDP's mid-run checkpoint (2 processes) resumes in 1 process to the same end
+    if strategy == "fsdp" and not extra:
         resumed = tmp_path / "fsdp-resumed"
         shutil.copytree(out, resumed)
         for name in ("model.safetensors", "summary.json"):
