@@ -201,6 +201,11 @@ def test_atomic_writes_leave_no_temp_file_and_follow_the_umask(tmp_path):
     try:
         atomic_write_bytes(str(path), b"x")
         assert path.stat().st_mode & 0o777 == 0o640  # mkstemp alone gives 0600
+        from vitkit.train.checkpoint import save_weights
+
+        save_weights(str(tmp_path / "w.safetensors"), {"a": torch.zeros(2)})  # safetensors recreates it 0600
+        assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o640
+        (tmp_path / "w.safetensors").unlink()
     finally:
         os.umask(old)
     with pytest.raises(ZeroDivisionError):  # a failed write keeps the old file and removes its temporary

@@ -31,15 +31,22 @@ def _umask() -> int:
     return mask
 
 
+def plain_file_mode() -> int:
+    """The mode a plainly created file gets (0666 less the umask): temp files are made 0600, renamed files keep it."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Have `write(tmp)` fill a temp file beside `path`, fsync it, rename it over `path`: old or new, never half."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a plainly written file would follow the umask
     try:
         write(tmp)
+        # mkstemp makes it 0600 and some writers (safetensors) recreate it so: a plainly written file would
+        # follow the umask
+        os.chmod(tmp, plain_file_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

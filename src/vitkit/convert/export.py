@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vitkit.atomic import plain_file_mode
 from vitkit.convert.files import ConversionError
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
                 external_data=external,
                 verbose=False,
             )
+        os.chmod(tmp, plain_file_mode())  # mkstemp's 0600: as a plainly written file, the umask decides
         got = written_opset(tmp)
         if got != opset:
             raise ConversionError(
