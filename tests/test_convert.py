@@ -365,6 +365,15 @@ def test_npz_with_object_arrays_is_refused(tmp_path):
     (tmp_path / "pickled.npz").write_bytes(pickle.dumps({"a": 1}))  # a pickle under the name: refused too
     with pytest.raises(UnsafeCheckpointError, match=r"pickled\.npz: refused"):
         read_checkpoint(tmp_path / "pickled.npz")
+    for name, junk in [
+        ("junk.bin", b"hello world\n"),
+        ("rnd.pth", bytes(range(128, 256)) * 4),
+        ("empty.pth", b""),
+    ]:
+        (tmp_path / name).write_bytes(junk)  # not pickles of code: unreadable, not "dangerous"
+        with pytest.raises(ConversionError, match=rf"{name} is not a readable PyTorch weights file: \S") as e:
+            read_checkpoint(tmp_path / name)
+        assert not isinstance(e.value, UnsafeCheckpointError)
     for junk in (b"hello\n", bytes(range(7, 64))):  # not pickles: unreadable, not "dangerous"
         (tmp_path / "junk.npz").write_bytes(junk)
         with pytest.raises(

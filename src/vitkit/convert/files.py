@@ -43,14 +43,27 @@ def read_torch(path: str) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below if unsafe
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsafeCheckpointError(
-            f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers "
-            f"(a pickle that could run code); nothing in it was executed. Only weights-only files load; "
-            f"convert it to safetensors with code you trust. ({first})"
-        ) from None
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise ConversionError(f"{path} is not a readable PyTorch weights file: {e}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        with open(path, "rb") as f:
+            head = f.read(2)
+        pickled = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # a pickle's PROTO opcode
+        if pickled or any("global" in line.lower() for line in lines):  # it may import and call: could run code
+            reason = next((line for line in lines if "global" in line.lower()), lines[0])
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers "
+                f"(a pickle that could run code); nothing in it was executed. Only weights-only files load; "
+                f"convert it to safetensors with code you trust. ({reason})"
+            ) from None
+        reason = next((line for line in lines if line.startswith("Unsupported")), "not a pickle of tensors")
+        raise ConversionError(f"{path} is not a readable PyTorch weights file: {reason}") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as e:
+        if isinstance(e, EOFError):
+            reason = "it ends early"
+        elif isinstance(e, (KeyError, IndexError)):  # torch read garbage as a legacy (non-zip) save
+            reason = "neither torch.save's zip format nor a pickle of tensors"
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        raise ConversionError(f"{path} is not a readable PyTorch weights file: {reason}") from None
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
