@@ -314,13 +314,46 @@ def test_resume_applies_flags_to_the_runs_own_config(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--recipe", "fashion-mnist"]) == 2
     assert "the run's recipe is test, not fashion-mnist" in capsys.readouterr().err
     flags = ["--epochs", "2", "--device", "cpu", "--checkpoint-every", "3", "--no-progress", "--no-report"]
+
+    def evals() -> list[tuple]:
+        recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["top1"]) for r in recs if "split" in r]
+
     assert main(["train", "--resume", str(run), *flags]) == 0
     assert read_config(str(run)).train.epochs == 2 and read_config(str(run)).recipe == "test"
+    before = evals()
+    assert main(["train", "--resume", str(run), *flags]) == 0  # finished: evaluated again, not logged twice
+    assert evals() == before
+    assert main(["train", "--resume", str(run), "--steps", "3", *flags[2:]]) == 2  # shorter than it ran
+    assert "checkpoint is at step 16, past the 3 steps asked for" in capsys.readouterr().err
+    assert read_config(str(run)).train.steps == 0  # the run's config untouched
     shutil.rmtree(run / "checkpoints")  # finished, checkpoints gone: a restart would replace its weights
     assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 2
     assert "no valid checkpoint, and starting from scratch would lose what model.safetensors" in (
         capsys.readouterr().err
     )
+
+
+def test_a_setting_refused_at_start_up_leaves_no_run_behind(tmp_path, capsys):
+    """Was: config.json and data.json stayed, so the corrected command was told the folder held a run."""
+    out = tmp_path / "run"
+    cnn = ["--model", "ResNet-26", "--set", "model.img_size=16", "--set", "model.in_chans=1"]
+    args = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main([*args, *cnn, "--set", "train.grad_checkpointing=true"]) == 2
+    assert "has no transformer blocks to checkpoint" in capsys.readouterr().err
+    assert not (out / "config.json").exists() and not (out / "data.json").exists()
+    assert main([*args, *cnn, "--set", "data.synthetic_size=64", "--batch-size", "8", "--no-report"]) == 0
 
 
 def test_resume_keeps_the_runs_normalisation(tmp_path):

@@ -14,11 +14,13 @@ import torch
 
 from vitkit.config import RunConfig
 from vitkit.data.datasets import Splits, load_dataset
+from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
 from vitkit.train.checkpoint import latest_valid, save_weights
 from vitkit.train.runfiles import (
     CHECKPOINTS,
+    CONFIG,
     DATA,
     PRETRAINED,
     SUMMARY,
@@ -88,6 +90,20 @@ def _recorded_normalisation(out_dir: str, splits: Splits) -> Splits:
     return splits
 
 
+def _refuse_shorter(cfg: RunConfig, splits: Splits, ckpt: str | None) -> None:
+    """A resumed run may be lengthened, not cut below the step its checkpoint holds."""
+    name = os.path.basename(ckpt or "")
+    if not name.startswith("step-"):
+        return
+    done = int(name[len("step-") :])
+    total = cfg.train.steps or cfg.train.epochs * steps_per_epoch(len(splits.train), cfg.train.batch_size)
+    if total < done:
+        raise ValueError(
+            f"--resume: the run's checkpoint is at step {done}, past the {total} steps asked for "
+            "(train.steps / train.epochs); ask for at least as many, or start a new run"
+        )
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | None = None,
@@ -117,24 +133,35 @@ def train(
         if ckpt is None and init_state is None:
             _refuse_resume_over_weights(out_dir)
         splits = _recorded_normalisation(out_dir, splits)
-    if out_dir and info.is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        if resume:
-            _clean_stale(out_dir)
-        else:  # an earlier run's checkpoints and metrics would mix with this one's (and --resume pick them)
-            clear_run(out_dir)
-        if init_from is not None:  # before config.json: a folder with a config is a run
-            write_json(os.path.join(out_dir, PRETRAINED), init_from)
-        write_config(out_dir, cfg)
-        write_json(os.path.join(out_dir, DATA), splits.info())
-    tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
+        _refuse_shorter(cfg, splits, ckpt)
+    fresh = (
+        bool(out_dir) and info.is_main and not resume and not os.path.exists(os.path.join(out_dir, CONFIG))
+    )
+    try:
+        if out_dir and info.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+            if resume:
+                _clean_stale(out_dir)
+            else:  # an earlier run's checkpoints and metrics would mix with this one's (and --resume pick them)
+                clear_run(out_dir)
+            if init_from is not None:  # before config.json: a folder with a config is a run
+                write_json(os.path.join(out_dir, PRETRAINED), init_from)
+            write_config(out_dir, cfg)
+            write_json(os.path.join(out_dir, DATA), splits.info())
+        tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
+    except BaseException:  # a setting refused while setting up: leave no half-made run to block the next try
+        if fresh:
+            for name in (CONFIG, DATA, PRETRAINED):
+                if os.path.exists(os.path.join(out_dir, name)):
+                    os.unlink(os.path.join(out_dir, name))
+        raise
     if resume and out_dir:
         if ckpt:
             tr.load_state(ckpt)
             log.info("resumed from %s (step %d of %d)", ckpt, tr.step, tr.total)
         else:
             log.info("no valid checkpoint in %s: starting from scratch", out_dir)
-        tr.metrics.truncate_after(tr.step)
+        tr.metrics.truncate_after(tr.step, final=tr.step >= tr.total)
     t = cfg.train
     ckpt_every = t.checkpoint_every or tr.spe
     if progress and info.is_main:

@@ -65,8 +65,9 @@ class MetricsLog:
     def __init__(self, path: str | None):
         self.path = path
 
-    def truncate_after(self, step: int) -> None:
-        """Drop lines past `step` (written after the checkpoint a resumed run restarts from)."""
+    def truncate_after(self, step: int, final: bool = False) -> None:
+        """Drop lines past `step` (written after the checkpoint a resumed run restarts from); `final`: the run
+        had finished at `step`, so its closing evaluation (written after that checkpoint) goes too."""
         if not self.path or not os.path.exists(self.path):
             return
         keep = []
@@ -76,7 +77,8 @@ class MetricsLog:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill
-                if rec.get("step", 0) <= step:
+                after = rec.get("step", 0) > step or (final and rec.get("step") == step and "split" in rec)
+                if not after:
                     keep.append(json.dumps(rec) + "\n")
         atomic_write_bytes(self.path, "".join(keep).encode())
 
