@@ -93,6 +93,13 @@ def test_cli_export_refuses_an_opset_it_cannot_write_and_leaves_no_file(
     assert "needs onnxruntime" in capsys.readouterr().err and out.exists()
 
 
+def test_cli_export_format_follows_the_out_name_and_refuses_a_mismatch(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "m.safetensors")]) == 0  # by the name
+    assert read_checkpoint(str(tmp_path / "m.safetensors")).format == "vitkit"
+    assert main(["export", str(run_dir), "--format", "safetensors", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--format safetensors with --out" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+
+
 def test_cli_export_default_out_leaves_the_runs_weights(run_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

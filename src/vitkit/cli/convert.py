@@ -60,6 +60,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vitkit.convert import check_onnx, export_onnx, save_model_file
     from vitkit.convert.export import OnnxLoadError
 
+    by_name = {".onnx": "onnx", ".safetensors": "safetensors"}.get(os.path.splitext(args.out or "")[1])
+    if args.format and by_name and args.format != by_name:
+        raise UserError(
+            f"--format {args.format} with --out {args.out}: the name says {by_name}; make them agree"
+        )
+    args.format = args.format or by_name or "onnx"
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
     out = args.out or _default_out(args.source, args.format, args.img_size)
     if args.format == "safetensors":
@@ -102,7 +108,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("export", help="export a run or checkpoint to ONNX or safetensors")
     p.add_argument("source", metavar="RUN_DIR|SOURCE")
-    p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    p.add_argument(
+        "--format", choices=["onnx", "safetensors"], help="default: by --out's extension, else onnx"
+    )
     p.add_argument(
         "--img-size", type=positive_int, help="export at this resolution (position embedding resampled)"
     )
