@@ -290,6 +290,15 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
                 f"{ckpt.path} holds a {cfg.arch.upper()} ({cfg.name}); {name!r} is a {reg.arch.upper()}: give the "
                 "name of a model of the checkpoint's kind, or none (the checkpoint describes its model)"
             )
+        shape = ("embed_dim", "depth", "mlp_dim", "patch_size", "backbone", "width_factor")
+        differ = [
+            f"{k} {getattr(cfg, k)} vs {getattr(reg, k)}" for k in shape if getattr(cfg, k) != getattr(reg, k)
+        ]
+        if differ:
+            raise ConversionError(
+                f"{ckpt.path} holds {cfg.name}, not {name!r}: {', '.join(differ)} (the checkpoint's vs the name's); "
+                "give no name (the checkpoint describes its model) or one that matches it"
+            )
         cfg = dataclasses.replace(cfg, **{k: getattr(reg, k) for k in ARCH_FIELDS})
     check_model_options(overrides)
     return dataclasses.replace(cfg, **overrides)
