@@ -361,8 +361,10 @@ def test_configs_name_what_is_wrong():
         model_config("ResNet-26", sasa_stem="attention")
     with pytest.raises(ValueError, match=r"4x4 blocks: image size 30x32 must be a multiple of 4"):
         model_config("SASA-ResNet-26", sasa_stem="attention", img_size=(30, 32))
-    with pytest.raises(ValueError, match=r"model\.aa_value_ratio=1\.0 with .*a ratio in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"model\.aa_value_ratio=1\.0 must lie in \(0, 1\)"):
         model_config("AA-ResNet-50", aa_value_ratio=1.0)
+    with pytest.raises(ValueError, match=r"model\.aa_value_ratio=0\.0 must lie in \(0, 1\)"):  # was: "dv=8"
+        model_config("AA-ResNet-26", aa_value_ratio=0.0)
     with pytest.raises(ValueError, match=r"model\.num_heads=8 is a ViT option; the RESNET baseline"):
         model_config("ResNet-50", num_heads=8)
     with pytest.raises(ValueError, match="fixes backbone"):

@@ -131,3 +131,27 @@ def test_a_changed_patch_size_renames_the_vit():
     assert resolved(model="ViT-S/4").name == "ViT-S/4"  # --model names the architecture, --set changes it
     assert resolved("model.patch_size=7", model="ViT-S/4").name == "ViT-S/7"
     assert resolved(model="ViT-S/16", img_size=224).name == "ViT-S/16"  # --model then --img-size: one check
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"img_size": "48"}, r"model\.img_size='48': expected an int or an \(H, W\) pair of ints"),  # was 4x8
+        ({"img_size": 48.0}, r"model\.img_size=48\.0: expected an int"),
+        ({"img_size": True}, r"model\.img_size=True: expected an int"),
+        ({"img_size": (-16, 32)}, r"model\.img_size=\(-16, 32\): both sides must be positive"),
+        ({"img_size": 0}, r"model\.img_size=0: both sides must be positive"),
+        ({"depth": 1.5}, r"model\.depth=1\.5 must be a positive integer"),
+        ({"drop_path_rate": "0.1"}, r"model\.drop_path_rate='0\.1' must be a number"),
+    ],
+)
+def test_python_api_sizes_and_numbers_are_checked_by_name(kw, match):
+    """Was: '48' read as 4x8, floats and strings failing with raw TypeErrors, 0 called indivisible."""
+    import vitkit
+
+    with pytest.raises(ValueError, match=match):
+        vitkit.create_model("ViT-Ti/16", **kw)
+    if "img_size" in kw:
+        model = vitkit.create_model("ViT-Ti/16", img_size=32)
+        with pytest.raises(ValueError, match=match):
+            model.set_img_size(kw["img_size"])

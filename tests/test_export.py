@@ -322,5 +322,7 @@ def test_a_name_that_does_not_describe_the_checkpoint_says_how(run_dir):
     """Was: 'image size 16x16 is not divisible by the patch size 16' for a 4-px-patch, width-32 run."""
     from vitkit.convert import ConversionError
 
-    with pytest.raises(ConversionError, match=r"holds .*, not 'ViT-B/16': embed_dim 32 vs 768, depth 2 vs 12"):
+    with pytest.raises(
+        ConversionError, match=r"holds .*, not 'ViT-B/16': embed_dim 32 vs 768, depth 2 vs 12"
+    ):
         vitkit.create_model("ViT-B/16", pretrained=str(run_dir))

@@ -143,3 +143,13 @@ def test_a_vitkit_sincos_checkpoint_sets_its_grid_on_a_model_of_the_same_size(tm
     assert report.resampled == ((7, 7), (14, 14))
     with pytest.raises(ValueError, match="posemb_grid"):
         create_model("ViT-Ti/16", img_size=28, posemb_grid=(7, 7), **{**kw, "posemb": "learn"})
+
+
+def test_resample_and_pca_refuse_empty_sizes():
+    import vitkit
+    from vitkit.inspect import embedding_pca
+
+    with pytest.raises(ValueError, match=r"new_grid=\(0, 4\): expected a positive grid"):
+        resample_posemb(torch.zeros(1, 17, 8), (0, 4))
+    with pytest.raises(ValueError, match="k=0 principal components"):
+        embedding_pca(vitkit.create_model("ViT-Ti/4", img_size=16, depth=1), k=0)

@@ -14,14 +14,23 @@ HEAD_INITS = ("default", "zero")
 ATTN_INITS = ("default", "mimetic")
 
 
-def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Return `value` as an (H, W) pair of ints."""
-    if isinstance(value, int):
-        return (value, value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"expected an int or an (H, W) pair, got {value!r}")
-    return pair  # type: ignore[return-value]
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _pair(value: int | tuple[int, int] | list[int], key: str = "model.img_size") -> tuple[int, int]:
+    """Return `value` as an (H, W) pair of positive ints; anything else is an error naming `key`."""
+    pair = (value, value) if _is_int(value) else value
+    if (
+        isinstance(pair, str)
+        or not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(map(_is_int, pair))
+    ):
+        raise ValueError(f"{key}={value!r}: expected an int or an (H, W) pair of ints")
+    if min(pair) < 1:
+        raise ValueError(f"{key}={value!r}: both sides must be positive")
+    return tuple(pair)  # type: ignore[return-value]
 
 
 def backbone_stride(layers: tuple[int, ...]) -> int:
@@ -148,9 +157,19 @@ class ModelConfig:
                 )
             object.__setattr__(self, "backbone", layers)
         for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "width_factor"):
-            if int(getattr(self, key)) < 1:
+            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
-        if self.num_classes < 0:
+        for key in (
+            "drop_rate",
+            "attn_drop_rate",
+            "drop_path_rate",
+            "aa_key_ratio",
+            "aa_value_ratio",
+            "norm_eps",
+        ):
+            if not isinstance(getattr(self, key), (int, float)) or isinstance(getattr(self, key), bool):
+                raise ValueError(f"model.{key}={getattr(self, key)!r} must be a number")
+        if not _is_int(self.num_classes) or self.num_classes < 0:
             raise ValueError(f"model.num_classes={self.num_classes!r} must be >= 0 (0: no head)")
         defaults = ModelConfig.__dataclass_fields__
         for key, arch in ARCH_ONLY.items():
@@ -177,7 +196,7 @@ class ModelConfig:
         _check_choice("model.pool", self.pool, POOLS)
         _check_choice("model.posemb", self.posemb, POSEMBS)
         if self.posemb_grid is not None:
-            ref = _pair(self.posemb_grid)
+            ref = _pair(self.posemb_grid, "model.posemb_grid")
             if min(ref) < 1 or self.posemb != "sincos2d":
                 raise ValueError(
                     f"model.posemb_grid={self.posemb_grid!r}: a positive grid, for posemb='sincos2d' only "
@@ -248,9 +267,14 @@ class ModelConfig:
                 raise ValueError(
                     f"model.aa_key_ratio={self.aa_key_ratio!r} must be positive (dk = it x channels)"
                 )
+            if not 0 < self.aa_value_ratio < 1:
+                raise ValueError(
+                    f"model.aa_value_ratio={self.aa_value_ratio!r} must lie in (0, 1): the attention's share of the "
+                    "channels (dv = it x channels)"
+                )
             for i in range(1, len(self.backbone)):  # the augmented stages' 3x3 convs: 128, 256, 512 channels
                 dv = head_channels(self.aa_value_ratio, 64 << i, self.num_heads)
-                if not 0 < self.aa_value_ratio < 1 or dv >= 64 << i:
+                if dv >= 64 << i:
                     raise ValueError(
                         f"model.aa_value_ratio={self.aa_value_ratio!r} with model.num_heads={self.num_heads}: stage "
                         f"{i + 1}'s {64 << i} channels would give the attention dv={dv}; it must leave the conv some "

@@ -76,6 +76,8 @@ def embedding_pca(model: nn.Module, k: int = 28, return_variance: bool = False):
     A hybrid's patch embedding sees ResNet features, not pixels: its ResNet's first (root) filters are used.
     With `return_variance`, also the explained variance ratio of each component, (k,).
     """
+    if k < 1:
+        raise ValueError(f"embedding_pca: k={k} principal components; ask for at least 1")
     embed = getattr(model, "patch_embed", None)
     conv = getattr(embed, "pixel_conv", getattr(embed, "proj", None))
     if not isinstance(conv, nn.Conv2d):

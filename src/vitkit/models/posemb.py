@@ -71,6 +71,8 @@ def resample_posemb(
     if mode not in ("bilinear", "bicubic"):
         raise ValueError(f"mode={mode!r}: expected 'bilinear' or 'bicubic'")
     new = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
+    if len(new) != 2 or min(new) < 1:
+        raise ValueError(f"new_grid={new_grid!r}: expected a positive grid (gh, gw)")
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     old = tuple(old_grid) if old_grid is not None else grid_of(grid.shape[1])
     if old[0] * old[1] != grid.shape[1]:
