@@ -427,7 +427,7 @@ def test_cli_trains_evaluates_and_finetunes(tmp_path, name):
     r = run_vitkit(
         "finetune", "--from", str(out), "--dataset", "synthetic", "--img-size", "24", "--steps", "2",
         "--batch-size", "16", "--set", "data.synthetic_size=64",
-        "--device", "cpu", "--out", str(ft), "--no-progress", "--reset-head",
+        "--device", "cpu", "--out", str(ft), "--no-progress", "--no-report", "--reset-head",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert name in r.stdout

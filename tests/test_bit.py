@@ -281,7 +281,7 @@ def test_cli_trains_evaluates_and_reports_a_bit_run(tmp_path):
     r = run_vitkit(
         "finetune", "--from", str(out), "--dataset", "synthetic", "--img-size", "24", "--steps", "2",
         "--batch-size", "16", "--set", "data.synthetic_size=64",
-        "--device", "cpu", "--out", str(ft), "--no-progress", "--reset-head",
+        "--device", "cpu", "--out", str(ft), "--no-progress", "--no-report", "--reset-head",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "BiT-R26x1" in r.stdout and "new zero-initialised head" in r.stdout
@@ -290,7 +290,7 @@ def test_cli_trains_evaluates_and_reports_a_bit_run(tmp_path):
         "finetune", "--recipe", "bit-hyperrule", "--from", str(out), "--dataset", "synthetic", "--img-size", "24",
         "--steps", "2", "--batch-size", "16", "--micro-batch-size", "8", "--set", "data.synthetic_size=64",
         "--set", "optim.warmup_steps=1",
-        "--device", "cpu", "--out", str(hr), "--no-progress",
+        "--device", "cpu", "--out", str(hr), "--no-progress", "--no-report",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     config = json.loads((hr / "config.json").read_text())

@@ -263,8 +263,9 @@ def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
         return json.loads(capsys.readouterr().out)
 
     summary = finetune(tmp_path / "ft")
+    assert (tmp_path / "ft" / "report.html").stat().st_size > 10_000  # as `vitkit train` writes it
     summary = finetune(
-        tmp_path / "ft", "--overwrite"
+        tmp_path / "ft", "--overwrite", "--no-report"
     )  # a fresh fine-tune over the first keeps its provenance
     assert json.loads((tmp_path / "ft" / "pretrained.json").read_text())["from"] == str(run_dir)
     assert summary["steps"] == 6 and summary["recipe"] == "finetune-small"
@@ -278,10 +279,12 @@ def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
         "no valid checkpoint, and starting from scratch would lose what pretrained.json"
         in capsys.readouterr().err
     )
-    assert finetune(tmp_path / "ft2", "--reset-head")["pretrained"][
+    assert finetune(tmp_path / "ft2", "--reset-head", "--no-report")["pretrained"][
         "head_reset"
     ]  # a new zero head when asked
-    finetune(tmp_path / "ft3", "--layer-decay", "0.7")  # layer-wise decay: one group pair per layer
+    finetune(
+        tmp_path / "ft3", "--layer-decay", "0.7", "--no-report"
+    )  # layer-wise decay: one group pair per layer
     assert json.loads((tmp_path / "ft3" / "config.json").read_text())["optim"]["layer_decay"] == 0.7
     from vitkit.train.checkpoint import latest_valid
 

@@ -107,11 +107,16 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from vitkit.cli.train import write_report
+
     t0 = time.time()
     summary, cfg, prov = run_finetune(args)
     if args.json:
         out = {k: v for k, v in summary.items() if k != "confusion"} | {"pretrained": prov}
         print(json.dumps(out, indent=2))
+    if args.out and not args.no_report:
+        write_report(args.out, cfg)
+    if args.json:
         return 0
     g0, g1 = prov["checkpoint_img_size"], prov["img_size"]
     head = "new zero-initialised head" if prov["head_reset"] else "pretrained head"
@@ -172,4 +177,5 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html at the end")
     p.set_defaults(func=cmd_finetune)

@@ -188,11 +188,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
         )
     if out and not getattr(args, "no_report", False):
-        _write_report(out, cfg)
+        write_report(out, cfg)
     return 0
 
 
-def _write_report(out: str, cfg: RunConfig) -> None:
+def write_report(out: str, cfg: RunConfig) -> None:
     """RUN_DIR/report.html after training; a failure is a warning: the trained run is kept as it is."""
     from vitkit.train import distributed as D
 
