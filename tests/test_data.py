@@ -230,3 +230,24 @@ def test_a_runs_saved_data_folder_that_is_not_here_falls_back_with_a_warning(tmp
     assert local_data(dataclasses.replace(away, data_dir=str(tmp_path))).data_dir == str(tmp_path)
     folder = DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "elsewhere"))
     assert local_data(folder).data_dir == folder.data_dir
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """Was: a download into a data folder that failed left DIR/FashionMNIST/raw behind."""
+    import vitkit.data.datasets as ds
+
+    def failing_fetch(name, target):
+        os.makedirs(os.path.join(target, "FashionMNIST", "raw"))
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(ds, "_fetch_mnist_like", failing_fetch)
+    monkeypatch.setattr(ds, "downloads_allowed", lambda download: True)
+    target = tmp_path / "new"
+    with pytest.raises(DataNotFoundError, match="ConnectionError: no network"):
+        load_mnist_like("fashion-mnist", str(target))
+    assert not target.exists()
+    kept = tmp_path / "kept"
+    (kept / "empty").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError):
+        load_mnist_like("fashion-mnist", str(kept))
+    assert sorted(p.name for p in kept.iterdir()) == ["empty"]  # only what the download made is gone

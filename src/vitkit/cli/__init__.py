@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from vitkit.cli import bench, convert, finetune, inspect, models, train
@@ -54,5 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (UserError, ValueError, KeyError, OSError) as e:  # OSError: missing, unwritable, full disk ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"vitkit {args.command}: error: {msg}", file=sys.stderr)
+        rank = (
+            f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        )  # torchrun
+        print(f"vitkit {args.command}: error{rank}: {msg}", file=sys.stderr, flush=True)
         return 2

@@ -186,6 +186,7 @@ def locate(
     error = "not attempted (VITKIT_OFFLINE is set)" if download else "downloads disabled"
     if folder is None and downloads_allowed(download):
         target = _download_root(data_dir)
+        before = _folders(target)
         try:
             fetch(target)
             folder = find(target)
@@ -193,9 +194,22 @@ def locate(
         except Exception as e:  # network errors come in many types
             error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             roots.append(f"{target} (download target)")
+            _remove_new_empty_dirs(target, before)  # the folders the failed download made
     if folder is None:
         raise _missing(name, roots, error, hint)
     return folder
+
+
+def _folders(root: str) -> set[str]:
+    """`root` and every folder under it (empty if it does not exist)."""
+    return {w[0] for w in os.walk(root)} if os.path.isdir(root) else set()
+
+
+def _remove_new_empty_dirs(root: str, before: set[str]) -> None:
+    """Remove the folders under `root` (and `root`) that were not in `before` and are empty, deepest first."""
+    for folder in sorted(_folders(root) - before, key=lambda f: -f.count(os.sep)):
+        if not os.listdir(folder):
+            os.rmdir(folder)
 
 
 def _fetch_mnist_like(name: str, target: str) -> None:
