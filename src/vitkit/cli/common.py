@@ -134,10 +134,8 @@ def find_run(path: str) -> tuple[str | None, str]:
             weights = os.path.join(ckpt, "model.safetensors")
         return path, weights
     weights = os.path.join(path, "model.safetensors")
-    run_dir = os.path.dirname(os.path.dirname(path))
-    if os.path.exists(weights) and os.path.exists(
-        os.path.join(run_dir, "config.json")
-    ):  # a checkpoint folder
+    run_dir = os.path.dirname(os.path.dirname(path))  # a checkpoint folder: RUN/checkpoints/step-x
+    if os.path.exists(weights) and os.path.exists(os.path.join(run_dir, "config.json")):
         return run_dir, weights
     raise UserError(
         f"{path} is neither a run folder (config.json + model.safetensors) nor a checkpoint folder of one"

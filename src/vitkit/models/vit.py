@@ -84,9 +84,8 @@ class VisionTransformer(nn.Module):
                 for i in range(cfg.depth)
             ]
         )
-        self.grad_checkpointing = (
-            False  # set_grad_checkpointing: recompute each block's activations in backward
-        )
+        # set_grad_checkpointing(): recompute each block's activations in backward
+        self.grad_checkpointing = False
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         rep = cfg.representation_size
         self.pre_logits = PreLogits(d, rep) if rep else nn.Identity()
@@ -209,10 +208,8 @@ class VisionTransformer(nn.Module):
             return self.forward_head(self.forward_features(x))
         x = self.embed(x)
         last = len(self.blocks) - 1
-        for i, blk in enumerate(self.blocks):
-            x = (
-                self._block(blk, x, num_queries=1) if i == last else self._block(blk, x)
-            )  # (B, N, D), (B, 1, D)
+        for i, blk in enumerate(self.blocks):  # (B, N, D), then (B, 1, D) from the last
+            x = self._block(blk, x, num_queries=1) if i == last else self._block(blk, x)
         return self.forward_head(self.norm(x))
 
     # ------------------------------------------------------------------ resolution
