@@ -188,7 +188,7 @@ def test_eval_and_predict_read_an_exported_file_outside_its_run(run_dir, tmp_pat
         assert says in err and "Traceback" not in err and "/config.json:" not in err, err
 
 
-def test_eval_warns_of_non_finite_weights(run_dir, tmp_path, capsys, caplog):
+def test_eval_refuses_damaged_final_weights_and_warns_of_non_finite_ones(run_dir, tmp_path, capsys, caplog):
     """Was: a damaged final model.safetensors evaluated to 10% and loss nan without a word."""
     from safetensors.torch import load_file, save_file
 
@@ -197,6 +197,12 @@ def test_eval_warns_of_non_finite_weights(run_dir, tmp_path, capsys, caplog):
     state = load_file(str(run / "model.safetensors"))
     state["head.bias"][0] = float("nan")
     save_file(state, str(run / "model.safetensors"))
+    assert main(["eval", str(run), "--device", "cpu"]) == 2  # not the file training wrote: refused
+    err = capsys.readouterr().err
+    assert "model.safetensors does not match the SHA-256" in err and "checkpoints" in err
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["weights_sha256"]  # a run from before the hash was recorded: loaded, with a warning
+    (run / "summary.json").write_text(json.dumps(summary))
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     assert "non-finite values (NaN or inf) in 1 tensors (head.bias)" in caplog.text
 

@@ -32,7 +32,8 @@ class CheckpointError(ValueError):
     """A checkpoint or weights file is missing, truncated or not what it claims to be."""
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -85,7 +86,7 @@ def save_checkpoint(
         for fname, path in files.items():
             with open(path, "rb+") as f:
                 os.fsync(f.fileno())
-            manifest["files"][fname] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            manifest["files"][fname] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -131,7 +132,7 @@ def verify_checkpoint(path: str) -> dict:
         size = os.path.getsize(fpath)
         if size != meta["bytes"]:
             raise CheckpointError(f"{fpath}: {size} bytes, the manifest says {meta['bytes']} (truncated)")
-        if _sha256(fpath) != meta["sha256"]:
+        if file_sha256(fpath) != meta["sha256"]:
             raise CheckpointError(f"{fpath}: SHA-256 differs from the manifest (corrupt)")
     return manifest
 

@@ -17,7 +17,7 @@ from vitkit.data.datasets import Splits, load_dataset
 from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
-from vitkit.train.checkpoint import latest_valid, save_weights
+from vitkit.train.checkpoint import file_sha256, latest_valid, save_weights
 from vitkit.train.runfiles import (
     CHECKPOINTS,
     CONFIG,
@@ -223,6 +223,8 @@ def train(
         )
         if raw_weights is not None:
             save_weights(os.path.join(out_dir, "model_raw.safetensors"), raw_weights)
+        # what eval/predict check the final weights against (checkpoints carry their own manifest)
+        summary["weights_sha256"] = file_sha256(os.path.join(out_dir, WEIGHTS))
         write_json(os.path.join(out_dir, SUMMARY), summary)
     if tr.tb:
         tr.tb.close()
