@@ -2,6 +2,7 @@
 
     python bench/activation_memory.py                       # ViT-S/16, ViT-B/16, ViT-L/16; batch 8, 224 px
     python bench/activation_memory.py --models ViT-B/16 --batch-size 32 --time
+    python bench/activation_memory.py --models ResNet-50 BiT-R50x1 R50+ViT-B/16    # CNNs and the hybrid
 
 Counts the bytes of the distinct tensors the training forward saves for backward (parameters excluded) with
 saved-tensor hooks: a device-independent measure of what checkpointing frees (on a GPU the peak also holds one
@@ -54,7 +55,7 @@ def main() -> None:
         f"batch {args.batch_size}, {args.img_size} px, fp32, {args.threads} threads, torch {torch.__version__}"
     )
     print(
-        f"{'model':10} {'saved MB':>9} {'checkpointed MB':>16} {'ratio':>6}"
+        f"{'model':14} {'saved MB':>9} {'checkpointed MB':>16} {'ratio':>6}"
         + ("  s/step plain  s/step ckpt" * args.time)
     )
     for name in args.models:
@@ -64,7 +65,7 @@ def main() -> None:
         for on in (False, True):
             model.set_grad_checkpointing(on)
             sizes.append(saved_activation_bytes(model, x))
-        line = f"{name:10} {sizes[0] / 1e6:9.1f} {sizes[1] / 1e6:16.1f} {sizes[0] / sizes[1]:6.1f}"
+        line = f"{name:14} {sizes[0] / 1e6:9.1f} {sizes[1] / 1e6:16.1f} {sizes[0] / sizes[1]:6.1f}"
         if args.time:
             runs: dict[bool, list[float]] = {False: [], True: []}
             step_seconds(model, x)  # warm-up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -350,8 +351,8 @@ def test_a_setting_refused_at_start_up_leaves_no_run_behind(tmp_path, capsys):
         str(out),
         "--no-progress",
     ]
-    assert main([*args, *cnn, "--set", "train.grad_checkpointing=true"]) == 2
-    assert "has no transformer blocks to checkpoint" in capsys.readouterr().err
+    assert main([*args, *cnn, "--set", "optim.layer_decay=0.75"]) == 2
+    assert "layer-wise decay follows a ViT's blocks" in capsys.readouterr().err
     assert not (out / "config.json").exists() and not (out / "data.json").exists()
     assert main([*args, *cnn, "--set", "data.synthetic_size=64", "--batch-size", "8", "--no-report"]) == 0
 
@@ -769,10 +770,12 @@ def test_grad_checkpointing_same_gradients_far_less_activation_memory(pool, monk
         torch.testing.assert_close(a, p.grad, rtol=0, atol=0)
     model.set_grad_checkpointing(True)
     calls = []
-    import vitkit.models.vit as vit_module
+    import vitkit.models.checkpointing as checkpointing_module
 
-    real = vit_module.checkpoint
-    monkeypatch.setattr(vit_module, "checkpoint", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = checkpointing_module.checkpoint
+    monkeypatch.setattr(
+        checkpointing_module, "checkpoint", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
     with torch.no_grad():  # nothing to recompute without a backward: the plain forward
         model(x)
     model.eval()(x).sum().backward()  # evaluation mode: neither
@@ -781,9 +784,46 @@ def test_grad_checkpointing_same_gradients_far_less_activation_memory(pool, monk
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize(
+    "name", ["ResNet-26", "BiT-R26x1", "SASA-ResNet-26", "AA-ResNet-26", "R26+ViT-S/32", "R+ViT-Ti/16"]
+)
+def test_grad_checkpointing_of_cnns_and_hybrids_changes_nothing_but_memory(name):
+    """Each bottleneck (and a hybrid's ResNet units) recomputed in backward: the same gradients with drop path,
+    the same BatchNorm running statistics (torch's checkpoint would update them twice), fewer saved bytes;
+    compiled (AOTAutograd recomputes in its graph), the same again."""
+    kw = dict(depth=1) if "ViT" in name else {}
+    model = create_model(name, img_size=32, in_chans=1, num_classes=3, drop_path_rate=0.3, **kw).train()
+    x = torch.randn(4, 1, 32, 32)
+    states, grads, saved = [], [], []
+    for on in (False, True):
+        m = copy.deepcopy(model)
+        m.set_grad_checkpointing(on)
+        n, g = _saved_bytes_and_grads(m, x)
+        states.append(m.state_dict())
+        grads.append(g)
+        saved.append(n)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for k, v in states[0].items():
+        torch.testing.assert_close(v, states[1][k], rtol=0, atol=0, msg=k)
+    assert saved[1] < saved[0] / (1.5 if name == "R+ViT-Ti/16" else 2)  # its root alone is not checkpointed
+    if name != "ResNet-26":  # BatchNorm's statistics, compiled
+        return
+    compiled = []
+    for on in (False, True):
+        m = copy.deepcopy(model)
+        m.set_grad_checkpointing(on)
+        _, g = _saved_bytes_and_grads(torch.compile(m, backend="aot_eager"), x)
+        compiled.append((m.state_dict(), g))
+    for a, b in zip(compiled[0][1], compiled[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for k, v in compiled[0][0].items():
+        torch.testing.assert_close(v, compiled[1][0][k], rtol=0, atol=0, msg=k)
+
+
 def test_grad_checkpointing_compiles_and_trains_as_without(monkeypatch):
     """Compiled (AOTAutograd traces the recomputation) and through the trainer with dropout, bf16-pure and
-    micro-batches: the same weights after two steps as without checkpointing; CNNs are refused."""
+    micro-batches: the same weights after two steps as without checkpointing."""
     model = _dropout_vit(depth=2)
     x = torch.randn(4, 1, 8, 8)
     _, plain = _saved_bytes_and_grads(model, x)
@@ -811,6 +851,3 @@ def test_grad_checkpointing_compiles_and_trains_as_without(monkeypatch):
         ckpt_run.train_step()
     for (name, a), b in zip(plain_run.model.named_parameters(), ckpt_run.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    resnet = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1), img_size=16, in_chans=1)
-    with pytest.raises(ValueError, match=r"train\.grad_checkpointing: ResNet-26 \(arch 'resnet'\) has no"):
-        _trainer(dataclasses.replace(tiny_run(grad_checkpointing=True, steps=1), model=resnet))

@@ -128,7 +128,7 @@ class BiTResNet(CNNClassifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the final feature map after GroupNorm + ReLU, (B, C', H/32, W/32)."""
         self.check_images(x)
-        return self.norm(self.stages(self.stem(x)))
+        return self.norm(self.run_stages(self.stem(x)))
 
     def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
         """A CNN takes any size: only the config's image size changes (`mode` is for the ViT's embeddings)."""

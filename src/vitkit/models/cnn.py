@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitkit.models.checkpointing import run_blocks
 from vitkit.models.layers import Dropout
 
 
@@ -36,10 +37,22 @@ class CNNClassifier(nn.Module):
     """A CNN with `stem`, `stages` of `blocks`, `head` (a ConvHead or None) and `cfg`; subclasses give
     `forward_features`."""
 
+    grad_checkpointing = False  # set_grad_checkpointing()
+
     @property
     def blocks(self) -> list[nn.Module]:
         """All bottlenecks in order (the units FSDP shards)."""
         return [b for s in self.stages for b in s.blocks]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's name): in training with gradients, each bottleneck keeps only its
+        input and recomputes its activations during backward (the same gradients, dropout masks and BatchNorm
+        running statistics)."""
+        self.grad_checkpointing = enable
+
+    def run_stages(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem's output through every bottleneck, each checkpointed when asked."""
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
 
     def check_images(self, x: torch.Tensor) -> None:
         """Images must be (B, in_chans, H, W): anything else is an error saying so."""

@@ -9,7 +9,7 @@ from torch import nn
 from vitkit.config import backbone_stride
 from vitkit.keyed_random import current as keyed_context
 from vitkit.keyed_random import keyed_uniform
-from vitkit.models.resnet import backbone_channels, build_backbone
+from vitkit.models.resnet import ResNetBackbone, backbone_channels, build_backbone
 
 
 class Dropout(nn.Module):
@@ -59,6 +59,11 @@ class PatchEmbed(nn.Module):
             self.pixel_conv_name = "backbone.stem.conv" if backbone else "backbone.conv"
         self.grid_size = (img_size[0] // stride, img_size[1] // stride)
         self.proj = nn.Conv2d(chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint a hybrid's ResNet units (a root alone or pixel patches have nothing to checkpoint)."""
+        if isinstance(getattr(self, "backbone", None), ResNetBackbone):
+            self.backbone.grad_checkpointing = enable
 
     @property
     def pixel_conv(self) -> nn.Conv2d:

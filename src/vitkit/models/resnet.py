@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitkit.models.checkpointing import run_blocks
+
 ROOT_WIDTH = 64
 STAGE_WIDTHS = (256, 512, 1024, 2048)
 
@@ -150,9 +152,11 @@ class ResNetBackbone(nn.Module):
             c = STAGE_WIDTHS[i]
         self.stages = nn.Sequential(*stages)
         self.norm = nn.Identity()  # timm's name for the pre-activation variant's final norm
+        self.grad_checkpointing = False  # recompute each unit's activations in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.stages(self.stem(x)))
+        units = (b for s in self.stages for b in s.blocks)
+        return self.norm(run_blocks(units, self.stem(x), self.grad_checkpointing))
 
 
 def build_backbone(layers: tuple[int, ...], in_chans: int) -> nn.Module:

@@ -182,7 +182,7 @@ class ResNetV1(CNNClassifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the last stage's feature map (B, C', H/32, W/32)."""
         self.check_images(x)
-        return self.stages(self.stem(x))
+        return self.run_stages(self.stem(x))
 
     def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
         """Another input size: the AA layers' relative tables resampled to their new maps (`mode` is the ViT's)."""

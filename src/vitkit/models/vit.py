@@ -7,10 +7,9 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from vitkit import keyed_random
 from vitkit.config import ModelConfig
+from vitkit.models.checkpointing import checkpointed
 from vitkit.models.init import mimetic_init_
 from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
@@ -22,15 +21,6 @@ def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
     fan_in = t[0].numel()
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the truncation's shrinkage
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
-
-
-def _keyed_block(block: nn.Module, x: torch.Tensor, ctx: tuple | None, **kw) -> torch.Tensor:
-    """`block(x)` inside the keyed-randomness context `ctx` that was active when the forward ran: a checkpointed
-    block recomputed during backward (outside that context) draws the same dropout masks as its forward did."""
-    if ctx is None or keyed_random.current() is ctx:
-        return block(x, **kw)
-    with keyed_random.keyed(ctx[0], ctx[2]):
-        return block(x, **kw)
 
 
 class PreLogits(nn.Module):
@@ -160,13 +150,15 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing (timm's name): in training with gradients, each transformer block keeps only
         its input and recomputes its activations during backward (about one more forward pass per step for the
-        blocks' activation memory; the same gradients, dropout masks included)."""
+        blocks' activation memory; the same gradients, dropout masks included); so does a hybrid's ResNet, stage
+        by stage's units."""
         self.grad_checkpointing = enable
+        self.patch_embed.set_grad_checkpointing(enable)
 
     def _block(self, block: nn.Module, x: torch.Tensor, **kw) -> torch.Tensor:
         """One encoder block, checkpointed when asked and a backward will follow."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(_keyed_block, block, x, keyed_random.current(), use_reentrant=False, **kw)
+            return checkpointed(block, x, **kw)
         return block(x, **kw)
 
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):

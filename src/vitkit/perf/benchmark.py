@@ -290,8 +290,6 @@ def run_benchmark(
         raise ValueError(
             f"compile_scope='blocks': {cfg.name} (arch {cfg.arch!r}) has no transformer blocks; use 'model'"
         )
-    if grad_checkpointing and cfg.arch != "vit":
-        raise ValueError(f"grad_checkpointing: {cfg.name} (arch {cfg.arch!r}) has no transformer blocks")
     if grad_checkpointing and mode != "train":
         raise ValueError("grad_checkpointing applies to a training step (--mode train)")
     if fast and mode != "infer":

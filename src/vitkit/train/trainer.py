@@ -95,11 +95,6 @@ class Trainer:
                 f"{cfg.model.name} (arch {cfg.model.arch!r}) has none (leave it at 1.0)"
             )
         if t.grad_checkpointing:
-            if cfg.model.arch != "vit":
-                raise ValueError(
-                    f"train.grad_checkpointing: {cfg.model.name} (arch {cfg.model.arch!r}) has no transformer "
-                    "blocks to checkpoint (a ViT's or a hybrid's)"
-                )
             self.model.set_grad_checkpointing(True)
         self.model = self.model.to(device)
         self.strategy = P.resolve_strategy(t.strategy, info)
