@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 
 from vitkit.cli.train import resolve_config
-from vitkit.config import apply_overrides
+from vitkit.config import ModelConfig, apply_overrides
+from vitkit.models import model_config
 from vitkit.recipes import RECIPES, get_recipe
 
 
@@ -128,3 +130,52 @@ def test_flags_override_recipe():
     assert resolve_config(_args()) == get_recipe("fashion-mnist")
     base = get_recipe("fashion-mnist-best")  # a resumed run's own config is the base
     assert resolve_config(_args(epochs=7), base) == apply_overrides(base, ["train.epochs=7", "train.steps=0"])
+
+
+def test_paper_finetune_uses_its_resolution_and_the_official_length_per_dataset():
+    """Was: `vitkit finetune --recipe paper-finetune` fine-tuned at the checkpoint's resolution, not 384 px."""
+    from types import SimpleNamespace
+
+    from vitkit.cli import build_parser
+    from vitkit.cli.finetune import finetune_config
+
+    ckpt = SimpleNamespace(config=model_config("ViT-B/16", num_classes=21843))
+
+    def cfg(*flags):
+        return finetune_config(build_parser().parse_args(["finetune", "--from", "X", *flags]), ckpt)
+
+    c = cfg("--recipe", "paper-finetune")
+    assert c.model.img_size == (384, 384) and c.train.steps == 20_000 and c.optim.lr == 0.03
+    assert c.model.head_init == "zero" and c.model.head_drop_rate == 0.0
+    assert cfg("--recipe", "paper-finetune", "--img-size", "224").model.img_size == (224, 224)
+    assert cfg("--recipe", "paper-finetune", "--dataset", "cifar100").train.steps == 10_000
+    assert cfg("--recipe", "paper-finetune", "--dataset", "cifar10", "--steps", "7").train.steps == 7
+    c = cfg("--recipe", "paper-finetune", "--dataset", "cifar10", "--set", "train.steps=9")
+    assert c.train.steps == 9
+    assert cfg().model.img_size == (224, 224)  # finetune-small: the checkpoint's resolution
+
+
+def test_paper_pretrain_has_the_official_pre_training_head():
+    """A tanh pre-logits layer of width D, then a zero-initialised head with no dropout before it (the official
+    code); dropout 0.1 elsewhere (Table 3)."""
+    from vitkit.models import build_model
+
+    cfg = get_recipe("paper-pretrain").model
+    assert (cfg.representation_size, cfg.head_init, cfg.head_drop_rate, cfg.drop_rate) == (
+        768,
+        "zero",
+        0.0,
+        0.1,
+    )
+    small = dataclasses.replace(cfg, img_size=32, depth=1, embed_dim=64, num_heads=2, mlp_dim=128)
+    model = build_model(dataclasses.replace(small, representation_size=64))
+    assert model.head_drop.p == 0.0 and model.pos_drop.p == 0.1 and not model.head.weight.any()
+    assert (
+        build_model(dataclasses.replace(small, representation_size=64, head_drop_rate=None)).head_drop.p
+        == 0.1
+    )
+    with pytest.raises(ValueError, match=r"model\.head_drop_rate=1\.5 must lie in \[0\.0, 1\.0\]"):
+        dataclasses.replace(small, head_drop_rate=1.5)
+    cnn = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1))
+    with pytest.raises(ValueError, match=r"model\.head_drop_rate=0\.0 is a ViT option"):
+        dataclasses.replace(cnn, head_drop_rate=0.0)

@@ -15,14 +15,14 @@ from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, positive_
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
-from vitkit.recipes import RECIPES, get_recipe, hyperrule
+from vitkit.recipes import FINETUNE_IMG_SIZE, PAPER_FINETUNE_STEPS, RECIPES, get_recipe, hyperrule
 
-# the train command's flags that fine-tuning takes too (the image size comes from --img-size and the checkpoint)
+# the train command's flags that fine-tuning takes too (the image size: --img-size, the recipe or the checkpoint)
 FLAG_KEYS = {
     k: v for k, v in TRAIN_FLAG_KEYS.items() if k not in ("img_size", "checkpoint_every", "strategy")
 } | {"layer_decay": "optim.layer_decay"}
 # the recipe's fine-tuning regularisation; the architecture comes from the checkpoint
-RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "head_drop_rate")
 CNN_FINETUNE_FIELDS = ("drop_rate", "drop_path_rate")  # the CNN baselines have no attention dropout
 
 
@@ -31,7 +31,7 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
     cfg = get_recipe(args.recipe)
     model = dataclasses.replace(
         ckpt.config,
-        img_size=args.img_size or ckpt.config.img_size,
+        img_size=args.img_size or FINETUNE_IMG_SIZE.get(args.recipe) or ckpt.config.img_size,
         head_init="zero",
         **{
             k: getattr(cfg.model, k)
@@ -39,7 +39,14 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
             if ckpt.config.arch == "vit" or k in CNN_FINETUNE_FIELDS
         },
     )
-    return apply_overrides(dataclasses.replace(cfg, model=model), user_overrides(args))
+    overrides = user_overrides(args)
+    cfg = apply_overrides(dataclasses.replace(cfg, model=model), overrides)
+    steps = PAPER_FINETUNE_STEPS.get(cfg.data.dataset) if cfg.recipe == "paper-finetune" else None
+    if steps and not {o.split("=", 1)[0].strip() for o in overrides} & {"train.steps", "train.epochs"}:
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, steps=steps)
+        )  # the official preset
+    return cfg
 
 
 def user_overrides(args: argparse.Namespace) -> list[str]:
@@ -67,7 +74,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
     if cfg.recipe == "bit-hyperrule":  # its length, warmup and MixUp follow the training set's size
-        given = {o.split("=", 1)[0] for o in user_overrides(args)}
+        given = {o.split("=", 1)[0].strip() for o in user_overrides(args)}
         cfg = apply_overrides(cfg, hyperrule(len(splits.train), cfg.model.img_size, given))
     reset = args.reset_head or cfg.model.num_classes != ckpt.config.num_classes
     if reset:
@@ -145,7 +152,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
     p.add_argument("--data-dir")
-    p.add_argument("--img-size", type=positive_int, help="fine-tuning resolution (default: the checkpoint's)")
+    p.add_argument(
+        "--img-size",
+        type=positive_int,
+        help="fine-tuning resolution (default: 384 px for paper-finetune, else the checkpoint's)",
+    )
     p.add_argument(
         "--resample", choices=["official", "bicubic"], default="official", help="position embedding"
     )

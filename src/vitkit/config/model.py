@@ -47,7 +47,7 @@ ARCH_FIELDS = (
 # fields the CNN baselines do not read (but those in CNN_READS): a value other than the default is an error
 VIT_ONLY = (
     "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "posemb", "posemb_grid",
-    "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init",
+    "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init", "head_drop_rate",
 )  # fmt: skip
 CNN_READS = {"sasa": ("num_heads",), "aa": ("num_heads",)}  # ViT fields a CNN baseline reads too
 # The batch-norm ResNets of the attention baselines (resnet, sasa, aa), by depth: 26 and 38 as the SASA paper
@@ -127,6 +127,7 @@ class ModelConfig:
     representation_size: int | None = None  # pre-logits Linear+tanh of pre-training
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
+    head_drop_rate: float | None = None  # before the head; None: drop_rate as timm (the official code: none)
     drop_path_rate: float = 0.0
     qkv_bias: bool = True
     norm_eps: float = 1e-6
@@ -211,6 +212,10 @@ class ModelConfig:
             raise ValueError(f"model.representation_size={self.representation_size!r} must be positive")
         for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
             _check_range(f"model.{key}", getattr(self, key), 0.0, 1.0)
+        if self.head_drop_rate is not None:
+            if not isinstance(self.head_drop_rate, (int, float)) or isinstance(self.head_drop_rate, bool):
+                raise ValueError(f"model.head_drop_rate={self.head_drop_rate!r} must be a number or None")
+            _check_range("model.head_drop_rate", self.head_drop_rate, 0.0, 1.0)
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps={self.norm_eps!r} must be positive")
 

@@ -79,7 +79,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         rep = cfg.representation_size
         self.pre_logits = PreLogits(d, rep) if rep else nn.Identity()
-        self.head_drop = Dropout(cfg.drop_rate)
+        self.head_drop = Dropout(cfg.drop_rate if cfg.head_drop_rate is None else cfg.head_drop_rate)
         self.head = nn.Linear(rep or d, cfg.num_classes) if cfg.num_classes else nn.Identity()
         for i, m in enumerate(m for m in self.modules() if isinstance(m, (Dropout, DropPath))):
             m.rng_id = i + 1  # keyed dropout: each layer draws its own masks
@@ -89,7 +89,11 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The official code's initialisation (xavier Linear, lecun patch embedding, 0.02 posemb); `attn_init`."""
+        """The official code's initialisation (xavier Linear, lecun patch embedding, 0.02 posemb); `attn_init`.
+
+        Two details differ from the official code: xavier spans the fused qkv as timm's (the official code's q, k
+        and v are initialised apart: std 0.036 instead of 0.026 for ViT-B), and the position embedding's normal is
+        truncated at 2 std (std 0.018; the official code's is not truncated, timm's at +-2, in effect neither)."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
