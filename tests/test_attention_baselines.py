@@ -303,7 +303,7 @@ def test_other_timm_resnets_are_refused_by_name(tmp_path):
 
 
 def test_aa_moves_to_another_size():
-    model = create_model("AA-ResNet-26", img_size=32, num_classes=4).eval()
+    model = create_model("AA-ResNet-26", img_size=32, in_chans=3, num_classes=4).eval()
     with pytest.raises(ValueError, match="set_img_size"):
         model(torch.randn(1, 3, 64, 64))
     table = model.stages[1].blocks[0].conv2.rel_w.detach().clone()  # (2 * 4 - 1, dkh)
@@ -320,9 +320,9 @@ def test_aa_weights_load_at_another_size(tmp_path):
     from vitkit.convert.runs import save_model_file
     from vitkit.models.augmented_conv import resize_relative_table
 
-    src = create_model("AA-ResNet-26", img_size=32, num_classes=4).eval()
+    src = create_model("AA-ResNet-26", img_size=32, in_chans=3, num_classes=4).eval()
     save_model_file(str(tmp_path / "aa.safetensors"), src)
-    model = create_model("AA-ResNet-26", img_size=48, num_classes=4)
+    model = create_model("AA-ResNet-26", img_size=48, in_chans=3, num_classes=4)
     report = load_pretrained(model, str(tmp_path / "aa.safetensors"))
     assert "stages.1.blocks.0.conv2.rel_h" in report.relative_resampled
     want = resize_relative_table(
@@ -481,7 +481,7 @@ def test_attention_stem_weights_fine_tune_to_grey_images_and_new_classes(tmp_pat
     R = G = B, and the new head starts at zero."""
     from vitkit.convert import load_pretrained, save_model_file
 
-    rgb = create_model("SASA-ResNet-26", img_size=16, num_classes=5, sasa_stem="attention").eval()
+    rgb = create_model("SASA-ResNet-26", img_size=16, in_chans=3, num_classes=5, sasa_stem="attention").eval()
     perturb_(rgb, 0.1)
     save_model_file(str(tmp_path / "rgb.safetensors"), rgb)
     grey = create_model("SASA-ResNet-26", img_size=16, in_chans=1, num_classes=3, sasa_stem="attention")

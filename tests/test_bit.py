@@ -195,7 +195,7 @@ def official_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def test_official_npz_loads_as_timm_reads_it(tmp_path):
-    src = create_model("BiT-R26x1", img_size=32, num_classes=6).eval()
+    src = create_model("BiT-R26x1", img_size=32, in_chans=3, num_classes=6).eval()
     with torch.no_grad():
         for p in src.parameters():  # non-trivial norms and head
             p.add_(0.1 * torch.randn_like(p))

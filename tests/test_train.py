@@ -748,7 +748,7 @@ def test_grad_checkpointing_same_gradients_far_less_activation_memory(pool, monk
     """Checkpointed blocks recompute in backward with the forward's keyed dropout masks (also outside a keyed
     context, where torch's RNG state is replayed): the gradients are the same, the saved activations a fraction."""
     model = create_model(
-        "ViT-Ti/4", img_size=16, num_classes=5, depth=3, pool=pool, drop_rate=0.1, attn_drop_rate=0.1,
+        "ViT-Ti/4", img_size=16, in_chans=3, num_classes=5, depth=3, pool=pool, drop_rate=0.1, attn_drop_rate=0.1,
         drop_path_rate=0.2,
     ).train()  # fmt: skip
     x = torch.randn(4, 3, 16, 16)

@@ -16,6 +16,35 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
+# `create_model(name, pretrained=True)`: the paper's own weights where the Hugging Face hub has them in a
+# classifier for ImageNet-1k (ImageNet-21k pre-training, then fine-tuned), else timm's (AugReg, BiT, ResNet)
+DEFAULT_PRETRAINED = {
+    "ViT-Ti/16": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    "ViT-S/16": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "ViT-S/32": "timm/vit_small_patch32_224.augreg_in21k_ft_in1k",
+    "ViT-B/16": "google/vit-base-patch16-224",
+    "ViT-B/32": "timm/vit_base_patch32_224.augreg_in21k_ft_in1k",
+    "ViT-L/16": "google/vit-large-patch16-224",
+    "ViT-L/32": "google/vit-large-patch32-384",
+    "ViT-H/14": "google/vit-huge-patch14-224-in21k",
+    "R50+ViT-B/16": "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k",
+    "R26+ViT-S/32": "timm/vit_small_r26_s32_224.augreg_in21k_ft_in1k",
+    "BiT-R50x1": "timm/resnetv2_50x1_bit.goog_in21k_ft_in1k",
+    "ResNet-50": "timm/resnet50.a1_in1k",
+}
+
+
+def default_pretrained(name: str | None) -> str:
+    """The hub id `pretrained=True` loads for model `name`; a ValueError naming the choices for another."""
+    lower = {k.lower(): v for k, v in DEFAULT_PRETRAINED.items()}
+    if isinstance(name, str) and name.strip().lower() in lower:
+        return lower[name.strip().lower()]
+    raise ValueError(
+        f"pretrained=True: no default weights for {name!r}; the defaults are for {', '.join(DEFAULT_PRETRAINED)}. "
+        "Pass pretrained=<path, run folder or hub id> instead (e.g. 'google/vit-base-patch16-224')"
+    )
+
+
 def is_hub_id(source: str) -> bool:
     """`hf-hub:owner/name`, or `owner/name` that is not a local path (nor under a local folder `owner`)."""
     if source.startswith("hf-hub:"):

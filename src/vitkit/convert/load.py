@@ -17,7 +17,6 @@ from vitkit.convert.files import ConversionError
 from vitkit.convert.sources import read_checkpoint
 from vitkit.models import CNN, Model, VisionTransformer, build_model, model_config, resample_posemb
 from vitkit.models.augmented_conv import resize_relative_table
-from vitkit.models.cnn import ConvHead
 from vitkit.models.registry import check_model_options
 
 log = logging.getLogger(__name__)
@@ -135,29 +134,6 @@ def _head_key(model: nn.Module) -> str:
     return "head.fc.weight" if isinstance(model, CNN) else "head.weight"
 
 
-def _replace_head(model: Model) -> None:
-    """A zero-initialised head on the encoder's width, without pre-logits (the paper's fine-tuning)."""
-    if isinstance(model, CNN):
-        model.cfg = dataclasses.replace(model.cfg, head_init="zero")
-        ref = next(model.parameters())
-        if model.num_classes:
-            head = ConvHead(model.num_features, model.num_classes, model.cfg.drop_rate).to(
-                ref.device, ref.dtype
-            )
-            head.reset_parameters(zero=True)
-            head.drop.rng_id = model.head.drop.rng_id if model.head is not None else 0
-            model.head = head
-        return
-    ref = model.patch_embed.proj.weight
-    model.pre_logits = nn.Identity()
-    if model.num_classes:
-        head = nn.Linear(model.embed_dim, model.num_classes, device=ref.device, dtype=ref.dtype)
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-        model.head = head
-    model.cfg = dataclasses.replace(model.cfg, representation_size=None, head_init="zero")
-
-
 def _check_head(state: dict, model: VisionTransformer, ckpt: ModelConfig, source: str) -> None:
     """Without reset_head, a head the model cannot take is an error that says what to do."""
     key = _head_key(model)
@@ -245,7 +221,7 @@ def load_pretrained(
             raise ConversionError(msg)
         log.warning(msg)
     if reset_head:
-        _replace_head(model)
+        model.reset_classifier(model.num_classes)
         report.head_reset = True
         log.info(
             "%s: new zero-initialised head for %d classes%s",
@@ -255,6 +231,8 @@ def load_pretrained(
         )
     _layout_sincos(model, ckpt, report)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    keep = ("mean", "std") if reset_head else ("mean", "std", "classes")
+    model.preprocess = {k: ckpt.meta[k] for k in keep if ckpt.meta.get(k)} | {"source": ckpt.path}
     return report
 
 

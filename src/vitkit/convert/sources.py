@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -77,13 +78,21 @@ def _read_file(path: str, num_heads: int | None) -> Checkpoint:
     return _from_state(path, state, num_heads)
 
 
-def read_checkpoint(source: str | os.PathLike, *, num_heads: int | None = None) -> Checkpoint:
+def read_checkpoint(
+    source: str | os.PathLike | Mapping[str, torch.Tensor], *, num_heads: int | None = None
+) -> Checkpoint:
     """Read any supported checkpoint into vitkit names with its inferred ModelConfig.
 
     `source`: an official/big_vision `.npz`; timm `.safetensors`/`.pth`/`.bin`; a transformers ViT folder; a vitkit
-    run folder, checkpoint folder or exported `.safetensors`; or a hub id (`hf-hub:timm/...`, `google/vit-...`).
+    run folder, checkpoint folder or exported `.safetensors`; a hub id (`hf-hub:timm/...`, `google/vit-...`); or
+    a state dict in memory with timm's or transformers' names (`timm_model.state_dict()`).
     `num_heads` is needed only for fused-qkv files whose shape is not one of the paper's.
     """
+    if isinstance(source, Mapping):
+        bad = [k for k, v in source.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise ConversionError(f"state dict: keys must be names and values tensors; not so for {bad[:3]}")
+        return _from_state("<state dict>", {k: v.detach() for k, v in source.items()}, num_heads)
     source = os.fspath(source)
     path = os.path.expanduser(source)
     if os.path.isdir(path):

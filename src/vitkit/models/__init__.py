@@ -12,7 +12,14 @@ from vitkit.models.bit import BiTResNet
 from vitkit.models.cnn import CNNClassifier
 from vitkit.models.layers import Attention, Block, DropPath, Mlp, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
-from vitkit.models.registry import count_params, forward_macs, list_models, model_config, parse_name
+from vitkit.models.registry import (
+    count_params,
+    forward_macs,
+    list_models,
+    model_config,
+    parse_name,
+    registered_setting,
+)
 from vitkit.models.resnet_v1 import ResNetV1
 from vitkit.models.vit import VisionTransformer
 
@@ -29,15 +36,19 @@ def build_model(cfg: ModelConfig, *, weights_follow: bool = False) -> Model:
 def create_model(
     name: str,
     *,
-    num_classes: int = 1000,
-    img_size: int | tuple[int, int] = 224,
-    in_chans: int = 3,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    in_chans: int | None = None,
     device: str | torch.device | None = None,
     **overrides: Any,
 ) -> Model:
     """Build variant `name` (e.g. "ViT-B/16", "BiT-R50x1", "SASA-ResNet-26") with random weights; overrides are
-    ModelConfig fields."""
-    cfg = model_config(name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **overrides)
+    ModelConfig fields. Classes, image size and channels not given are those `vitkit models` lists the variant
+    with (the small-image variants: 10 classes of 28x28 grey images), else 1000, 224 and 3."""
+    given = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans}
+    setting = {"num_classes": 1000, "img_size": 224, "in_chans": 3} | registered_setting(name)
+    setting |= {k: v for k, v in given.items() if v is not None}
+    cfg = model_config(name, **setting, **overrides)
     if device is not None:
         with torch.device(device):
             return build_model(cfg)

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
 from vitkit.models.checkpointing import run_blocks
+from vitkit.models.data_config import data_config
 from vitkit.models.layers import Dropout
 
 
@@ -37,7 +41,12 @@ class CNNClassifier(nn.Module):
     """A CNN with `stem`, `stages` of `blocks`, `head` (a ConvHead or None) and `cfg`; subclasses give
     `forward_features`."""
 
-    grad_checkpointing = False  # set_grad_checkpointing()
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False  # set_grad_checkpointing()
+        self.preprocess: dict[
+            str, Any
+        ] = {}  # the loaded weights' mean, std, classes, source (pretrained_cfg)
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -58,6 +67,42 @@ class CNNClassifier(nn.Module):
         """Images must be (B, in_chans, H, W): anything else is an error saying so."""
         if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
             raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data config (input size, mean/std of the loaded weights, resize, crop, classes)."""
+        first = next(name for name, m in self.named_modules() if isinstance(m, nn.Conv2d))
+        return data_config(self.cfg, first, self.preprocess)
+
+    default_cfg = pretrained_cfg  # timm's older name
+
+    def get_classifier(self) -> nn.Module | None:
+        """The classification head (timm's name): pooling, dropout and the 1x1 conv; None without one."""
+        return self.head
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by layer, as timm's ResNets: the stem, each bottleneck (each stage if `coarse`)."""
+        blocks = (
+            r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))]
+        )
+        return {"stem": r"^stem", "blocks": blocks}
+
+    @torch.no_grad()
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new zero-initialised head for `num_classes` (0: none, pooled features out), as BiT's fine-tuning
+        (timm's method; timm's new head is random); the pooling is always the average ("avg")."""
+        cfg = dataclasses.replace(self.cfg, num_classes=num_classes, head_init="zero")  # checks num_classes
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"reset_classifier(global_pool={global_pool!r}): the CNNs pool by 'avg' only")
+        ref = next(self.parameters())
+        rng_id = self.head.drop.rng_id if self.head is not None else 0
+        self.head = None
+        if num_classes:
+            self.head = ConvHead(self.num_features, num_classes, cfg.drop_rate).to(ref.device, ref.dtype)
+            self.head.reset_parameters(zero=True)
+            self.head.drop.rng_id = rng_id
+        self.num_classes, self.cfg = num_classes, cfg
+        self.preprocess.pop("classes", None)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""

@@ -4,6 +4,7 @@ attention baselines `SASA-ResNet-26`, `AA-ResNet-50` with their control `ResNet-
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import re
 from typing import Any
 
@@ -189,19 +190,38 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def list_models() -> list[str]:
-    """Names of the registered variants (any `ViT-<size>/<patch>`, `R<n>+ViT-<size>/<stride>`, `BiT-R<n>x<w>`,
-    `[SASA-|AA-]ResNet-<n>` too)."""
-    return list(REGISTERED)
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the registered variants matching the shell-style `pattern` (e.g. "ViT-*", "*ResNet*"), case
+    insensitive; any `ViT-<size>/<patch>`, `R<n>+ViT-<size>/<stride>`, `BiT-R<n>x<w>`, `[SASA-|AA-]ResNet-<n>`
+    builds too."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"list_models(pattern={pattern!r}): a shell-style pattern string such as 'ViT-*'")
+    return [n for n in REGISTERED if fnmatch.fnmatchcase(n.lower(), pattern.lower())]
+
+
+def registered_setting(name: str) -> dict[str, Any]:
+    """The image size, channels and classes a registered variant is listed with (none for the others)."""
+    lower = {k.lower(): v for k, v in REGISTERED.items()}
+    return dict(lower.get(name.strip().lower(), {})) if isinstance(name, str) else {}
 
 
 def registered_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of a registered variant at the setting it is listed with."""
-    return model_config(name, **{**REGISTERED.get(name, {}), **overrides})
+    return model_config(name, **{**registered_setting(name), **overrides})
+
+
+def _config_of(cfg: Any, fn: str) -> ModelConfig:
+    """A ModelConfig, or the config of a vitkit model."""
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(getattr(cfg, "cfg", None), ModelConfig):
+        return cfg.cfg
+    raise ValueError(f"{fn}: expected a ModelConfig or a vitkit model, got {type(cfg).__name__}")
 
 
 def forward_macs(cfg: ModelConfig) -> int:
-    """Analytic multiply-accumulates of one forward pass of one image."""
+    """Analytic multiply-accumulates of one forward pass of one image (of a ModelConfig or a vitkit model)."""
+    cfg = _config_of(cfg, "forward_macs")
     if cfg.arch == "bit":
         return bit_macs(cfg)
     if cfg.arch in ("resnet", "sasa", "aa"):
@@ -220,7 +240,8 @@ def forward_macs(cfg: ModelConfig) -> int:
 
 
 def count_params(cfg: ModelConfig) -> int:
-    """Analytic parameter count (matches `sum(p.numel())` of the built model)."""
+    """Analytic parameter count (matches `sum(p.numel())` of the built model; of a ModelConfig or a model)."""
+    cfg = _config_of(cfg, "count_params")
     if cfg.arch == "bit":
         return bit_params(cfg)
     if cfg.arch in ("resnet", "sasa", "aa"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from vitkit.config import ModelConfig
 from vitkit.models.checkpointing import checkpointed
+from vitkit.models.data_config import data_config
 from vitkit.models.init import mimetic_init_
 from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
@@ -21,6 +23,24 @@ def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
     fan_in = t[0].numel()
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the truncation's shrinkage
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+def _block_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Block indices asked for: all (None), the last n (an int), or a list (negative from the end), checked."""
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices}: the last n blocks with 1 <= n <= {depth}")
+        return list(range(depth - indices, depth))
+    if not isinstance(indices, (list, tuple)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in indices
+    ):
+        raise ValueError(f"indices={indices!r}: an int (the last n blocks) or a list of block indices")
+    bad = [i for i in indices if not -depth <= i < depth]
+    if bad:
+        raise ValueError(f"indices={list(indices)}: {bad} outside the {depth} blocks")
+    return sorted({i % depth for i in indices})
 
 
 class PreLogits(nn.Module):
@@ -44,6 +64,9 @@ class VisionTransformer(nn.Module):
         self._structured_init = not weights_follow  # False when loaded weights will replace the init anyway
         d = cfg.embed_dim
         self.num_classes = cfg.num_classes
+        self.preprocess: dict[
+            str, Any
+        ] = {}  # the loaded weights' mean, std, classes, source (pretrained_cfg)
         self.num_prefix_tokens = cfg.num_prefix_tokens
         self.embed_dim = self.num_features = d
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d, cfg.backbone)
@@ -126,6 +149,51 @@ class VisionTransformer(nn.Module):
         """Parameter names excluded from weight decay beyond biases and norms."""
         return {"cls_token", "pos_embed", "pos_embed_row", "pos_embed_col"}
 
+    # ------------------------------------------------------------------ timm's interface
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data config (input size, mean/std of the loaded weights, resize, crop, classes)."""
+        return data_config(self.cfg, "patch_embed." + self.patch_embed.pixel_conv_name, self.preprocess)
+
+    default_cfg = pretrained_cfg  # timm's older name
+
+    def get_classifier(self) -> nn.Module:
+        """The classification head (timm's name)."""
+        return self.head
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by layer, as timm's (its layer-wise decay reads them): the embeddings, each block,
+        the final norm after the last block; the head (and pre-logits) at the top."""
+        return {
+            "stem": r"^cls_token|pos_embed|patch_embed",
+            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
+
+    @torch.no_grad()
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new zero-initialised head for `num_classes` (0: none, pooled features out) with pre-logits dropped:
+        the paper's fine-tuning head (timm's method; timm's new head is random). `global_pool` ("token", "avg"),
+        if given, must be the model's pooling: changing it changes the architecture (build another model)."""
+        cfg = dataclasses.replace(  # checks num_classes
+            self.cfg, num_classes=num_classes, representation_size=None, head_init="zero"
+        )
+        pool = {"token": "token", "avg": "gap", "gap": "gap"}.get(global_pool, global_pool)
+        if global_pool is not None and pool != self.cfg.pool:
+            raise ValueError(
+                f"reset_classifier(global_pool={global_pool!r}): this model pools by {self.cfg.pool!r} "
+                f"({'class token' if self.cfg.pool == 'token' else 'avg'}); build a model with pool= instead"
+            )
+        ref = self.patch_embed.proj.weight
+        self.pre_logits = nn.Identity()
+        self.head = nn.Identity()
+        if num_classes:
+            self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.num_classes, self.cfg = num_classes, cfg
+        self.preprocess.pop("classes", None)
+
     # ------------------------------------------------------------------ forward
 
     def _patch_posemb(self) -> torch.Tensor | None:
@@ -177,6 +245,54 @@ class VisionTransformer(nn.Module):
             x, a = blk(x, return_attn=True)
             attns.append(a)  # (B, heads, N, N)
         return self.norm(x), attns
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Block outputs, as timm's method: `indices` an int n (the last n blocks) or block indices (negative
+        from the end), default all; each as (B, D, gh, gw) ("NCHW") or (B, Np, D) ("NLC") patch tokens, with the
+        prefix tokens (B, 1, D) beside if `return_prefix_tokens` (and the model has any), through the final norm if `norm`. Returns
+        (final features (B, N, D), list), or the list alone if `intermediates_only` (then, or with
+        `stop_early`, the blocks after the last one asked for are not run)."""
+        take = _block_indices(len(self.blocks), indices)
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}: expected 'NCHW' or 'NLC'")
+        gh, gw = self.cfg.grid_size
+        out, x = [], self.embed(x)  # (B, N, D)
+        last = max(take) if (stop_early or intermediates_only) and take else len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks[: last + 1]):
+            x = self._block(blk, x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                prefix, patches = y[:, : self.num_prefix_tokens], y[:, self.num_prefix_tokens :]  # (B, Np, D)
+                if output_fmt == "NCHW":
+                    patches = patches.reshape(len(y), gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+                out.append((patches, prefix) if return_prefix_tokens and self.num_prefix_tokens else patches)
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+    def get_intermediate_layers(
+        self,
+        x: torch.Tensor,
+        n: int | list[int] | tuple[int, ...] = 1,
+        reshape: bool = False,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+    ) -> list:
+        """timm's (and DINO's) older form: the outputs of the last `n` blocks (or those indices) as (B, Np, D),
+        or (B, D, gh, gw) if `reshape`; with the prefix tokens beside each if asked."""
+        fmt = "NCHW" if reshape else "NLC"
+        return self.forward_intermediates(
+            x, n, return_prefix_tokens, norm, output_fmt=fmt, intermediates_only=True
+        )
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, D): the class token, or the mean of the patch tokens (GAP)."""

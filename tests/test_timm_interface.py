@@ -1,0 +1,160 @@
+"""timm's model interface on vitkit's models, checked against timm itself (random weights, no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.convert import ConversionError
+
+timm = pytest.importorskip("timm")
+
+GAP = dict(class_token=False, global_pool="avg", fc_norm=False)
+
+
+def _pair(pool: str = "token", depth: int = 3):
+    """A vitkit ViT and timm's with the same weights, in eval mode."""
+    ours = vitkit.create_model("ViT-Ti/16", img_size=32, num_classes=5, depth=depth, pool=pool).eval()
+    kw = GAP if pool == "gap" else {}
+    theirs = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=5, depth=depth, **kw).eval()
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _assert_same(a, b):
+    assert type(a) is type(b) and (not isinstance(a, (list, tuple)) or len(a) == len(b))
+    if isinstance(a, (list, tuple)):
+        for u, v in zip(a, b):
+            _assert_same(u, v)
+    else:
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_forward_intermediates_and_get_intermediate_layers_equal_timms(pool):
+    ours, theirs = _pair(pool)
+    x = torch.randn(2, 3, 32, 32)
+    cases = [
+        {},
+        {"indices": 2, "norm": True},
+        {"indices": [0, -1], "return_prefix_tokens": True, "output_fmt": "NLC"},
+        {"indices": [1], "intermediates_only": True},
+        {"indices": [0], "stop_early": True},
+    ]
+    with torch.no_grad():
+        for kw in cases:
+            _assert_same(ours.forward_intermediates(x, **kw), theirs.forward_intermediates(x, **kw))
+        for kw in ({"n": 2, "reshape": True}, {"n": [0, 2], "return_prefix_tokens": True, "norm": True}):
+            _assert_same(ours.get_intermediate_layers(x, **kw), theirs.get_intermediate_layers(x, **kw))
+    for bad, match in ((4, "the last n blocks with 1 <= n <= 3"), ([3], r"\[3\] outside the 3 blocks")):
+        with pytest.raises(ValueError, match=match):
+            ours.forward_intermediates(x, indices=bad)
+    with pytest.raises(ValueError, match="output_fmt='NHWC'"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_reset_classifier_gives_a_zero_head_and_drops_pre_logits():
+    model = vitkit.create_model("ViT-Ti/16", img_size=32, num_classes=5, depth=1, representation_size=16)
+    model.reset_classifier(3)
+    assert model.get_classifier() is model.head and tuple(model.head.weight.shape) == (3, 192)
+    assert not model.head.weight.any() and isinstance(model.pre_logits, torch.nn.Identity)
+    assert (model.num_classes, model.cfg.num_classes, model.cfg.representation_size) == (3, 3, None)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    model.reset_classifier(0)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 192)  # pooled features
+    with pytest.raises(ValueError, match="pools by 'token'"):
+        model.reset_classifier(3, global_pool="avg")
+    with pytest.raises(ValueError, match=r"model\.num_classes=-1 must be >= 0"):
+        model.reset_classifier(-1)
+    cnn = vitkit.create_model("BiT-R26x1", img_size=32, num_classes=5, drop_rate=0.1)
+    rng_id = cnn.head.drop.rng_id
+    cnn.reset_classifier(7, global_pool="avg")
+    assert cnn.get_classifier().fc.out_channels == 7 and not cnn.head.fc.weight.any()
+    assert cnn.head.drop.rng_id == rng_id and cnn(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    cnn.reset_classifier(0)
+    assert cnn.get_classifier() is None and cnn(torch.randn(2, 1, 32, 32)).shape == (2, cnn.num_features)
+
+
+def test_pretrained_cfg_carries_the_weights_normalisation_to_timms_data_config(tmp_path):
+    from timm.data import resolve_model_data_config
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    model = vitkit.create_model("ViT-Ti/4")
+    cfg = resolve_model_data_config(model)
+    assert cfg["input_size"] == (1, 28, 28) and cfg["mean"] == (0.5,) and cfg["crop_pct"] == 1.0
+    assert vitkit.create_model("ResNet-50").pretrained_cfg["mean"] == (0.485, 0.456, 0.406)  # timm's ResNet
+    size = dict(image_size=32, patch_size=16, hidden_size=64, num_hidden_layers=1, num_attention_heads=4)
+    hf = ViTForImageClassification(
+        ViTConfig(**size, intermediate_size=128, num_labels=2, id2label={0: "cat", 1: "dog"})
+    )
+    hf.save_pretrained(tmp_path / "hf")
+    ViTImageProcessor(image_mean=[0.4, 0.45, 0.5], image_std=[0.2, 0.25, 0.3]).save_pretrained(
+        tmp_path / "hf"
+    )
+    loaded = vitkit.create_model(pretrained=str(tmp_path / "hf"))
+    cfg = resolve_model_data_config(loaded)
+    assert (
+        cfg["mean"] == (0.4, 0.45, 0.5)
+        and cfg["std"] == (0.2, 0.25, 0.3)
+        and cfg["input_size"] == (3, 32, 32)
+    )
+    assert (
+        loaded.pretrained_cfg["label_names"] == ("cat", "dog") and loaded.default_cfg == loaded.pretrained_cfg
+    )
+    fresh_head = vitkit.create_model(pretrained=str(tmp_path / "hf"), num_classes=3)
+    assert "label_names" not in fresh_head.pretrained_cfg and fresh_head.pretrained_cfg["mean"] == cfg["mean"]
+
+
+def test_timm_layer_decay_groups_vitkit_models_as_its_own():
+    from timm.optim import create_optimizer_v2
+
+    ours, theirs = _pair(depth=4)
+
+    def scales(model):
+        opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {
+            names[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]
+        }
+
+    assert scales(ours) == scales(theirs) and len(set(scales(ours).values())) > 6
+    groups = create_optimizer_v2(
+        vitkit.create_model("BiT-R26x1"), "sgd", lr=0.1, layer_decay=0.75
+    ).param_groups
+    assert len({g["lr_scale"] for g in groups}) == 10  # stem, 8 bottlenecks, the norm and head
+
+
+def test_create_model_takes_pretrained_bools_listed_settings_and_state_dicts(monkeypatch):
+    random = vitkit.create_model("ViT-Ti/4", pretrained=False)  # timm's False: random weights
+    assert random.cfg.img_size == (28, 28)
+    small = vitkit.create_model("vit-ti/4")
+    assert (small.cfg.img_size, small.cfg.in_chans, small.num_classes) == ((28, 28), 1, 10)
+    assert vitkit.count_params(small) == sum(p.numel() for p in small.parameters()) == 5_353_738
+    assert vitkit.forward_macs(small) == vitkit.forward_macs(small.cfg)
+    assert vitkit.create_model("ViT-Ti/4", img_size=32, in_chans=3).cfg.in_chans == 3
+    assert vitkit.create_model("ViT-Ti/16").cfg.img_size == (224, 224)
+    assert sorted(vitkit.list_models("*ResNet-26")) == ["AA-ResNet-26", "ResNet-26", "SASA-ResNet-26"]
+    assert "ViT-B/16" in vitkit.list_models("vit-b*") and vitkit.list_models("nothing*") == []
+    with pytest.raises(ValueError, match="expected a ModelConfig or a vitkit model"):
+        vitkit.count_params("ViT-B/16")
+    asked = []
+    monkeypatch.setattr(vitkit.api, "model_from_source", lambda src, name, **kw: asked.append(src))
+    vitkit.create_model("vit-b/16", pretrained=True)
+    assert asked == ["google/vit-base-patch16-224"]
+    with pytest.raises(ValueError, match="pretrained=True: no default weights for 'ViT-Ti/4'"):
+        vitkit.create_model("ViT-Ti/4", pretrained=True)
+    monkeypatch.undo()
+    _, theirs = _pair()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        from_state = vitkit.create_model(pretrained=theirs.state_dict())
+        torch.testing.assert_close(from_state(x), theirs(x), rtol=0, atol=1e-5)
+        target = vitkit.create_model("ViT-Ti/16", img_size=32, num_classes=5, depth=3).eval()
+        vitkit.load_pretrained(target, theirs.state_dict())
+        torch.testing.assert_close(target(x), theirs(x), rtol=0, atol=1e-5)
+    assert from_state.pretrained_cfg["source"] == "<state dict>"
+    with pytest.raises(
+        ConversionError, match=r"state dict: keys must be names and values tensors; .*\['a'\]"
+    ):
+        vitkit.create_model(pretrained={"a": 1})
