@@ -149,6 +149,62 @@ def test_npz_pre_logits_loaded(tmp_path):
     assert new.head.weight.shape == (3, D) and new.head.weight.abs().sum() == 0
 
 
+def official_forward(w: dict[str, np.ndarray], images: np.ndarray, tanh_gelu: bool) -> np.ndarray:
+    """The official vit_jax forward written out in float64 numpy on its own .npz arrays (class token, 1-D
+    posemb, pre-LN blocks, LayerNorm eps 1e-6, flax's tanh GELU or the erf one): an independent reference."""
+    from scipy.special import erf
+
+    def ln(x, name):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-6) * w[f"{name}/scale"] + w[f"{name}/bias"]
+
+    def gelu(x):
+        if tanh_gelu:
+            return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+    w = {k: v.astype(np.float64) for k, v in w.items()}
+    x = images.astype(np.float64).transpose(0, 2, 3, 1)  # (B, H, W, C): NHWC as Flax
+    b, h, wd, c = x.shape
+    patches = x.reshape(b, h // P, P, wd // P, P, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, P * P * c)
+    z = patches @ w["embedding/kernel"].reshape(P * P * c, D) + w["embedding/bias"]  # (B, Np, D)
+    z = np.concatenate([np.repeat(w["cls"], b, 0), z], 1) + w["Transformer/posembed_input/pos_embedding"]
+    for i in range(DEPTH):
+        pre = f"Transformer/encoderblock_{i}/"
+        mha, mlp = pre + "MultiHeadDotProductAttention_1/", pre + "MlpBlock_3/"
+        y = ln(z, pre + "LayerNorm_0")
+        q, k, v = (np.einsum("bnd,dhk->bhnk", y, w[mha + f"{n}/kernel"]) + w[mha + f"{n}/bias"][None, :, None]
+                   for n in ("query", "key", "value"))  # fmt: skip
+        logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(D // HEADS)
+        a = np.exp(logits - logits.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        z = z + np.einsum("bhnk,hkd->bnd", a @ v, w[mha + "out/kernel"]) + w[mha + "out/bias"]
+        y = ln(z, pre + "LayerNorm_2")
+        y = gelu(y @ w[mlp + "Dense_0/kernel"] + w[mlp + "Dense_0/bias"])
+        z = z + y @ w[mlp + "Dense_1/kernel"] + w[mlp + "Dense_1/bias"]
+    cls = ln(z, "Transformer/encoder_norm")[:, 0]
+    return cls @ w["head/kernel"] + w["head/bias"]
+
+
+def test_npz_logits_equal_the_official_forward_with_its_tanh_gelu(tmp_path):
+    """`mlp_act="gelu_tanh"` computes what the official JAX code computes on its own checkpoint; the default
+    erf GELU (timm's, transformers') is the other reference's."""
+    arrays = flax_arrays(seed=3)
+    path = save_npz(tmp_path / "ckpt.npz", arrays)
+    x = np.random.default_rng(0).normal(size=(2, 3, 2 * P, 2 * P)).astype(np.float32)
+    official = vitkit.create_model(pretrained=path, mlp_act="gelu_tanh").double()
+    erf_model = vitkit.create_model(pretrained=path).double()
+    assert official.cfg.mlp_act == "gelu_tanh" and erf_model.cfg.mlp_act == "gelu"
+    with torch.no_grad():
+        ours_tanh = official(torch.from_numpy(x).double()).numpy()
+        ours_erf = erf_model(torch.from_numpy(x).double()).numpy()
+    np.testing.assert_allclose(ours_tanh, official_forward(arrays, x, tanh_gelu=True), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ours_erf, official_forward(arrays, x, tanh_gelu=False), rtol=0, atol=1e-9)
+    assert np.abs(ours_tanh - ours_erf).max() > 1e-4  # the two GELUs differ visibly on these weights
+    with pytest.raises(ValueError, match=r"model\.mlp_act='relu'"):
+        vitkit.create_model("ViT-Ti/16", mlp_act="relu")
+
+
 # ----------------------------------------------------------------------------- timm and Hugging Face
 
 

@@ -12,6 +12,7 @@ POOLS = ("token", "gap")
 POSEMBS = ("learn", "learn2d", "sincos2d", "none")
 HEAD_INITS = ("default", "zero")
 ATTN_INITS = ("default", "mimetic")
+MLP_ACTS = ("gelu", "gelu_tanh")
 
 
 def _is_int(v: Any) -> bool:
@@ -47,7 +48,7 @@ ARCH_FIELDS = (
 # fields the CNN baselines do not read (but those in CNN_READS): a value other than the default is an error
 VIT_ONLY = (
     "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "posemb", "posemb_grid",
-    "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init", "head_drop_rate",
+    "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init", "head_drop_rate", "mlp_act",
 )  # fmt: skip
 CNN_READS = {"sasa": ("num_heads",), "aa": ("num_heads",)}  # ViT fields a CNN baseline reads too
 # The batch-norm ResNets of the attention baselines (resnet, sasa, aa), by depth: 26 and 38 as the SASA paper
@@ -131,6 +132,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     qkv_bias: bool = True
     norm_eps: float = 1e-6
+    mlp_act: str = "gelu"  # "gelu" (erf: timm, transformers) | "gelu_tanh" (the official JAX code's)
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
     attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
     backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only
@@ -206,6 +208,7 @@ class ModelConfig:
             object.__setattr__(self, "posemb_grid", None if ref == self.grid_size else ref)
         _check_choice("model.head_init", self.head_init, HEAD_INITS)
         _check_choice("model.attn_init", self.attn_init, ATTN_INITS)
+        _check_choice("model.mlp_act", self.mlp_act, MLP_ACTS)
         if self.posemb in ("learn2d", "sincos2d") and self.embed_dim % 4:
             raise ValueError(f"posemb={self.posemb!r} needs a width divisible by 4, got {self.embed_dim}")
         if self.representation_size is not None and self.representation_size < 1:

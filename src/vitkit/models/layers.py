@@ -154,12 +154,13 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear - GELU - Linear, with dropout after each Linear."""
+    """Linear - GELU - Linear, with dropout after each Linear; `act` "gelu" (erf, timm's and transformers') or
+    "gelu_tanh" (the tanh approximation: flax's default, so the official JAX code's)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate="tanh" if act == "gelu_tanh" else "none")
         self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop2 = Dropout(drop)
@@ -209,13 +210,14 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         eps: float = 1e-6,
+        act: str = "gelu",
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, mlp_dim, drop)
+        self.mlp = Mlp(dim, mlp_dim, drop, act)
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None):

@@ -93,6 +93,7 @@ class VisionTransformer(nn.Module):
                     cfg.attn_drop_rate,
                     dpr[i],
                     cfg.norm_eps,
+                    cfg.mlp_act,
                 )
                 for i in range(cfg.depth)
             ]
