@@ -247,15 +247,22 @@ def _hf_model(cls_name: str, **kw):
     return randomize(getattr(transformers, cls_name)(cfg), std=0.1)
 
 
-def test_hf_image_classification_matches(tmp_path):
-    hf = _hf_model("ViTForImageClassification")
+@pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh", "gelu_new"])
+def test_hf_image_classification_matches(tmp_path, act):
+    hf = _hf_model("ViTForImageClassification", hidden_act=act)
     hf.save_pretrained(tmp_path / "hf")
     ours = vitkit.create_model(pretrained=tmp_path / "hf")
     assert ours.cfg.norm_eps == 1e-5 and ours.cfg.num_heads == HEADS and ours.cfg.num_classes == 5
+    assert ours.cfg.mlp_act == ("gelu" if act == "gelu" else "gelu_tanh")
     x = torch.randn(3, 3, 2 * P, 2 * P)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, rtol=0, atol=1e-5)
     assert read_checkpoint(tmp_path / "hf").meta["classes"][0] == "LABEL_0"
+    if act == "gelu":
+        hf.config.hidden_act = "relu"
+        hf.save_pretrained(tmp_path / "relu")
+        with pytest.raises(ConversionError, match="hidden_act='relu'; vitkit's MLP takes 'gelu', 'gelu_new'"):
+            read_checkpoint(tmp_path / "relu")
 
 
 def test_hf_vit_model_pooler_is_pre_logits(tmp_path):

@@ -63,6 +63,14 @@ def test_bench_compares_hybrids_with_timms(name):
     assert res["gflops_per_image"] == pytest.approx(2 * forward_macs(cfg) / 1e9)
 
 
+def test_bench_twin_has_the_models_gelu():
+    """timm's twin of a model with the official tanh GELU computes it too (was: erf, 1e-4 away)."""
+    pytest.importorskip("timm")
+    cfg = model_config("ViT-Ti/16", img_size=32, depth=2, mlp_act="gelu_tanh")
+    res = run_benchmark(cfg, batch_size=2, compare="timm", repeats=1, warmup=1, min_seconds=0.01)
+    assert res["max_logit_diff_vs_timm"] < 1e-5
+
+
 def test_bench_train_peer_plain():
     res = run_benchmark(
         create_model("ViT-Ti/8", img_size=16, depth=2).cfg,

@@ -13,6 +13,7 @@ Names (transformers <= 4 and the files `save_pretrained` writes; transformers 5 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -105,11 +106,17 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
 
 
+# transformers' activations vitkit's MLP computes: the erf GELU, and two names of its tanh approximation
+HF_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
 def _check_hf_config(config: dict[str, Any], where: str) -> None:
     if config.get("model_type", "vit") != "vit":
         raise ConversionError(f"{where}: model_type={config.get('model_type')!r}; only 'vit' is supported")
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise ConversionError(f"{where}: hidden_act={config['hidden_act']!r}; vitkit's MLP uses exact 'gelu'")
+    if config.get("hidden_act", "gelu") not in HF_ACTS:
+        raise ConversionError(
+            f"{where}: hidden_act={config['hidden_act']!r}; vitkit's MLP takes {', '.join(map(repr, HF_ACTS))}"
+        )
     if config.get("pooler_act", "tanh") != "tanh":
         raise ConversionError(f"{where}: pooler_act={config['pooler_act']!r}; vitkit's pre-logits use tanh")
 
@@ -126,6 +133,7 @@ def from_hf_state(state: dict[str, torch.Tensor], config: dict[str, Any], where:
         norm_eps=float(config.get("layer_norm_eps", 1e-12)),
         img_size=img,
     )
+    cfg = dataclasses.replace(cfg, mlp_act=HF_ACTS[config.get("hidden_act", "gelu")])
     meta: dict[str, Any] = {}
     labels = config.get("id2label")
     if isinstance(labels, dict) and len(labels) == cfg.num_classes and cfg.num_classes:
