@@ -158,3 +158,39 @@ def test_create_model_takes_pretrained_bools_listed_settings_and_state_dicts(mon
         ConversionError, match=r"state dict: keys must be names and values tensors; .*\['a'\]"
     ):
         vitkit.create_model(pretrained={"a": 1})
+
+
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_dynamic_img_size_equals_timms_and_a_moved_model(pool):
+    """Any multiple of the patch size, the position embedding resampled per forward: timm's dynamic_img_size
+    logits (bicubic, antialiased), and those of a copy moved with set_img_size for every embedding kind."""
+    import copy
+
+    ours = vitkit.create_model(
+        "ViT-Ti/16", img_size=32, num_classes=5, depth=3, pool=pool, dynamic_img_size=True
+    ).eval()
+    kw = GAP if pool == "gap" else {}
+    theirs = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, num_classes=5, depth=3, dynamic_img_size=True, **kw
+    ).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+        _assert_same(ours.forward_intermediates(x, indices=1), theirs.forward_intermediates(x, indices=1))
+        torch.testing.assert_close(ours(x[..., :32, :32]), theirs(x[..., :32, :32]), rtol=0, atol=1e-5)
+    for posemb in ("learn", "learn2d", "sincos2d"):
+        model = vitkit.create_model(
+            "ViT-Ti/16", img_size=32, num_classes=5, depth=1, pool=pool, posemb=posemb, dynamic_img_size=True
+        ).eval()
+        moved = copy.deepcopy(model)
+        moved.set_img_size((48, 64), mode="bicubic")
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), moved(x), rtol=0, atol=1e-5, msg=posemb)
+    with pytest.raises(
+        ValueError, match="image size 40x64 is not a positive multiple of the token stride 16"
+    ):
+        ours(torch.randn(1, 3, 40, 64))
+    fixed = vitkit.create_model("ViT-Ti/16", img_size=32, depth=1)
+    with pytest.raises(ValueError, match=r"model\.set_img_size\(\), or dynamic_img_size=True"):
+        fixed(x)

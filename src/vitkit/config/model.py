@@ -49,6 +49,7 @@ ARCH_FIELDS = (
 VIT_ONLY = (
     "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "posemb", "posemb_grid",
     "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init", "head_drop_rate", "mlp_act",
+    "dynamic_img_size",
 )  # fmt: skip
 CNN_READS = {"sasa": ("num_heads",), "aa": ("num_heads",)}  # ViT fields a CNN baseline reads too
 # The batch-norm ResNets of the attention baselines (resnet, sasa, aa), by depth: 26 and 38 as the SASA paper
@@ -133,6 +134,7 @@ class ModelConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     mlp_act: str = "gelu"  # "gelu" (erf: timm, transformers) | "gelu_tanh" (the official JAX code's)
+    dynamic_img_size: bool = False  # any multiple of the token stride, posemb resampled per forward (timm's)
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
     attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
     backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only

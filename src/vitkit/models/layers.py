@@ -46,9 +46,11 @@ class PatchEmbed(nn.Module):
         in_chans: int,
         embed_dim: int,
         backbone: tuple[int, ...] | None = None,
+        dynamic: bool = False,
     ):
         super().__init__()
         self.img_size = tuple(img_size)
+        self.dynamic = dynamic  # any image size that is a multiple of the token stride
         self.patch_size = patch_size
         self.in_chans = in_chans
         stride, chans = patch_size, in_chans  # pixels per token along each axis; channels into proj
@@ -57,8 +59,15 @@ class PatchEmbed(nn.Module):
             self.backbone = build_backbone(tuple(backbone), in_chans)
             stride, chans = patch_size * backbone_stride(tuple(backbone)), backbone_channels(tuple(backbone))
             self.pixel_conv_name = "backbone.stem.conv" if backbone else "backbone.conv"
+        self.stride = stride
         self.grid_size = (img_size[0] // stride, img_size[1] // stride)
         self.proj = nn.Conv2d(chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def grid_of(self, x: torch.Tensor) -> tuple[int, int]:
+        """The token grid of images `x` (B, C, H, W): the model's, or with `dynamic` the images' own."""
+        if not self.dynamic:
+            return self.grid_size
+        return (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Checkpoint a hybrid's ResNet units (a root alone or pixel patches have nothing to checkpoint)."""
@@ -71,10 +80,17 @@ class PatchEmbed(nn.Module):
         return self.get_submodule(self.pixel_conv_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.in_chans:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        if self.dynamic and (x.shape[-2] % self.stride or x.shape[-1] % self.stride or min(x.shape[-2:]) < 1):
             raise ValueError(
-                f"expected images of shape (B, {self.in_chans}, {self.img_size[0]}, "
-                f"{self.img_size[1]}), got {tuple(x.shape)}"
+                f"dynamic_img_size: image size {x.shape[-2]}x{x.shape[-1]} is not a positive multiple of the "
+                f"token stride {self.stride}"
+            )
+        if not self.dynamic and tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"expected images of shape (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), got "
+                f"{tuple(x.shape)} (another size: model.set_img_size(), or dynamic_img_size=True)"
             )
         if hasattr(self, "backbone"):
             x = self.backbone(x)  # (B, C', H/s, W/s)

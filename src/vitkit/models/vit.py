@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vitkit.config import ModelConfig
@@ -69,7 +70,9 @@ class VisionTransformer(nn.Module):
         ] = {}  # the loaded weights' mean, std, classes, source (pretrained_cfg)
         self.num_prefix_tokens = cfg.num_prefix_tokens
         self.embed_dim = self.num_features = d
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d, cfg.backbone)
+        self.patch_embed = PatchEmbed(
+            cfg.img_size, cfg.patch_size, cfg.in_chans, d, cfg.backbone, dynamic=cfg.dynamic_img_size
+        )
         gh, gw = cfg.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "token" else None
         if cfg.posemb == "learn":  # one vector per token, class token included (as timm/official)
@@ -197,27 +200,44 @@ class VisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _patch_posemb(self) -> torch.Tensor | None:
-        """The position embedding added to patch tokens only, (1, Np, D), for 2D kinds."""
+    def _patch_posemb(self, grid: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """The position embedding added to patch tokens only, (1, Np, D), for 2D kinds, on `grid` (the model's)."""
+        grid = grid or self.cfg.grid_size
         if self.cfg.posemb == "learn2d":
-            gh, gw = self.cfg.grid_size
-            row = self.pos_embed_row[:, :, None].expand(-1, gh, gw, -1)  # (1, gh, gw, D/2)
-            col = self.pos_embed_col[:, None, :].expand(-1, gh, gw, -1)
+            row, col = self.pos_embed_row, self.pos_embed_col  # (1, g, D/2)
+            if grid != self.cfg.grid_size:  # dynamic_img_size: each axis resampled linearly, as set_img_size
+                row, col = (
+                    F.interpolate(p.transpose(1, 2), size=n, mode="linear", align_corners=True).transpose(
+                        1, 2
+                    )
+                    for p, n in ((row, grid[0]), (col, grid[1]))
+                )
+            gh, gw = grid
+            row = row[:, :, None].expand(-1, gh, gw, -1)  # (1, gh, gw, D/2)
+            col = col[:, None, :].expand(-1, gh, gw, -1)
             return torch.cat([col, row], dim=-1).reshape(1, gh * gw, -1)  # (1, Np, D)
         if self.cfg.posemb == "sincos2d":
+            if grid != self.cfg.grid_size:  # laid out in the units of the grid it was trained on
+                ref = self.cfg.posemb_grid or self.cfg.grid_size
+                return sincos2d(grid, self.embed_dim, ref_grid=ref)[None].to(self.pos_embed.device)
             return self.pos_embed
         return None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> tokens (B, N, D) with class token and position embedding."""
+        """Images (B, C, H, W) -> tokens (B, N, D) with class token and position embedding (resampled to the
+        images' grid with `dynamic_img_size`)."""
+        grid = self.patch_embed.grid_of(x)
         x = self.patch_embed(x)  # (B, Np, D)
-        patch_pe = self._patch_posemb()
+        patch_pe = self._patch_posemb(grid)
         if patch_pe is not None:
             x = x + patch_pe.to(x.dtype)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D)
         if self.cfg.posemb == "learn":
-            x = x + self.pos_embed
+            pe = self.pos_embed
+            if grid != self.cfg.grid_size:  # bicubic with antialiasing, as timm's dynamic_img_size
+                pe = resample_posemb(pe, grid, self.num_prefix_tokens, "bicubic", old_grid=self.cfg.grid_size)
+            x = x + pe.to(x.dtype)
         return self.pos_drop(x)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -265,7 +285,7 @@ class VisionTransformer(nn.Module):
         take = _block_indices(len(self.blocks), indices)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}: expected 'NCHW' or 'NLC'")
-        gh, gw = self.cfg.grid_size
+        gh, gw = self.patch_embed.grid_of(x)
         out, x = [], self.embed(x)  # (B, N, D)
         last = max(take) if (stop_early or intermediates_only) and take else len(self.blocks) - 1
         for i, blk in enumerate(self.blocks[: last + 1]):
