@@ -59,7 +59,7 @@ def main() -> None:
         + ("  s/step plain  s/step ckpt" * args.time)
     )
     for name in args.models:
-        model = vitkit.create_model(name, img_size=args.img_size).train()
+        model = vitkit.create_model(name, img_size=args.img_size, in_chans=3, num_classes=1000).train()
         x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
         sizes = []
         for on in (False, True):

@@ -179,3 +179,23 @@ def test_paper_pretrain_has_the_official_pre_training_head():
     cnn = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1))
     with pytest.raises(ValueError, match=r"model\.head_drop_rate=0\.0 is a ViT option"):
         dataclasses.replace(cnn, head_drop_rate=0.0)
+
+
+def test_paper_pretrain_pre_logits_follow_the_models_width():
+    """Was: `--model ViT-L/16` kept the recipe's 768-wide pre-logits (the official L/16 has 1024)."""
+    from vitkit.cli import build_parser
+
+    def model(*flags):
+        return resolve_config(
+            build_parser().parse_args(["train", "--recipe", "paper-pretrain", *flags])
+        ).model
+
+    assert model().representation_size == 768
+    assert model("--model", "ViT-L/16").representation_size == 1024
+    assert model("--set", "model.embed_dim=384", "--set", "model.num_heads=6").representation_size == 384
+    assert model("--model", "ViT-L/16", "--set", "model.representation_size=512").representation_size == 512
+    assert model("--model", "BiT-R50x1").representation_size is None
+    assert (
+        resolve_config(build_parser().parse_args(["train", "--model", "ViT-S/4"])).model.representation_size
+        is None
+    )

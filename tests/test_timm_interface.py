@@ -56,7 +56,9 @@ def test_forward_intermediates_and_get_intermediate_layers_equal_timms(pool):
 
 def test_reset_classifier_gives_a_zero_head_and_drops_pre_logits():
     model = vitkit.create_model("ViT-Ti/16", img_size=32, num_classes=5, depth=1, representation_size=16)
-    model.reset_classifier(3)
+    model.eval().reset_classifier(3)
+    assert not model.head.training
+    model.train()
     assert model.get_classifier() is model.head and tuple(model.head.weight.shape) == (3, 192)
     assert not model.head.weight.any() and isinstance(model.pre_logits, torch.nn.Identity)
     assert (model.num_classes, model.cfg.num_classes, model.cfg.representation_size) == (3, 3, None)
@@ -67,10 +69,16 @@ def test_reset_classifier_gives_a_zero_head_and_drops_pre_logits():
         model.reset_classifier(3, global_pool="avg")
     with pytest.raises(ValueError, match=r"model\.num_classes=-1 must be >= 0"):
         model.reset_classifier(-1)
-    cnn = vitkit.create_model("BiT-R26x1", img_size=32, num_classes=5, drop_rate=0.1)
+    cnn = vitkit.create_model("BiT-R26x1", img_size=32, num_classes=5, drop_rate=0.5).eval().double()
     rng_id = cnn.head.drop.rng_id
     cnn.reset_classifier(7, global_pool="avg")
     assert cnn.get_classifier().fc.out_channels == 7 and not cnn.head.fc.weight.any()
+    assert not cnn.head.training and cnn.head.fc.weight.dtype == torch.float64  # the model's mode and dtype
+    cnn.head.fc.weight.data.normal_()
+    with torch.no_grad():  # was: the new head's dropout ran in an evaluated model
+        x = torch.randn(2, 1, 32, 32, dtype=torch.float64)
+        torch.testing.assert_close(cnn(x), cnn(x), rtol=0, atol=0)
+    cnn = cnn.train().float()
     assert cnn.head.drop.rng_id == rng_id and cnn(torch.randn(2, 1, 32, 32)).shape == (2, 7)
     cnn.reset_classifier(0)
     assert cnn.get_classifier() is None and cnn(torch.randn(2, 1, 32, 32)).shape == (2, cnn.num_features)
@@ -194,3 +202,50 @@ def test_dynamic_img_size_equals_timms_and_a_moved_model(pool):
     fixed = vitkit.create_model("ViT-Ti/16", img_size=32, depth=1)
     with pytest.raises(ValueError, match=r"model\.set_img_size\(\), or dynamic_img_size=True"):
         fixed(x)
+
+
+def test_models_in_memory_load_with_their_configs(caplog):
+    """transformers' model brings its config (tanh GELU, eps, heads: its bare state dict is warned about);
+    vitkit's own CNNs load from the model; a compiled model's or DDP's prefixes are dropped."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    size = dict(image_size=32, patch_size=16, hidden_size=64, num_hidden_layers=1, num_attention_heads=4)
+    hf = ViTForImageClassification(
+        ViTConfig(**size, intermediate_size=128, num_labels=3, hidden_act="gelu_new")
+    )
+    x = torch.randn(2, 3, 32, 32)
+    ours = vitkit.create_model(pretrained=hf.eval())
+    assert (ours.cfg.mlp_act, ours.cfg.num_heads, ours.cfg.norm_eps) == ("gelu_tanh", 4, 1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, rtol=0, atol=1e-5)
+    with caplog.at_level("WARNING"):
+        vitkit.read_checkpoint(hf.state_dict(), num_heads=4)
+    assert "transformers state dict without its config" in caplog.text
+    cnn = vitkit.create_model("ResNet-26", img_size=32).eval()
+    twin = vitkit.create_model(pretrained=cnn)
+    twin_x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(twin_x), cnn(twin_x), rtol=0, atol=0)
+    _, theirs = _pair()
+    compiled = torch.compile(theirs)  # its state dict's names begin with _orig_mod.
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    assert vitkit.read_checkpoint(compiled.state_dict()).config.depth == 3
+    assert vitkit.read_checkpoint({f"module.{k}": v for k, v in theirs.state_dict().items()}).format == "timm"
+
+
+def test_pretrained_cfg_takes_timms_crop_and_resize_from_its_hub_config(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    _, theirs = _pair()
+    (tmp_path / "hub").mkdir()
+    save_file(theirs.state_dict(), str(tmp_path / "hub" / "model.safetensors"))
+    pre = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.9}
+    pre |= {"interpolation": "bicubic", "crop_mode": "center"}
+    config = {"architecture": "vit_tiny_patch16_224", "num_classes": 5, "pretrained_cfg": pre}
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    cfg = vitkit.create_model(pretrained=str(tmp_path / "hub")).pretrained_cfg
+    assert (cfg["crop_pct"], cfg["interpolation"], cfg["input_size"]) == (0.9, "bicubic", (3, 32, 32))
+    stem = vitkit.create_model("SASA-ResNet-26", img_size=32, sasa_stem="attention").pretrained_cfg
+    assert stem["first_conv"] == "stem.qk"  # the pixels' first layer, not a later conv

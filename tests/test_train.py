@@ -821,6 +821,47 @@ def test_grad_checkpointing_of_cnns_and_hybrids_changes_nothing_but_memory(name)
         torch.testing.assert_close(v, compiled[1][0][k], rtol=0, atol=0, msg=k)
 
 
+def test_checkpointed_batch_norm_updates_once_compiled_across_a_graph_break():
+    """Was: a checkpointed block that broke the compiled graph was recomputed eagerly without the restore, and
+    its BatchNorm statistics moved twice."""
+    from vitkit.models.checkpointing import run_blocks
+
+    class Unit(torch.nn.Module):
+        def __init__(self, breaks: bool):
+            super().__init__()
+            self.conv, self.norm, self.breaks = (
+                torch.nn.Conv2d(2, 2, 3, padding=1),
+                torch.nn.BatchNorm2d(2),
+                breaks,
+            )
+
+        def forward(self, x):
+            if self.breaks:
+                torch._dynamo.graph_break()
+            return torch.relu(self.norm(self.conv(x))) + x
+
+    class Net(torch.nn.Module):
+        def __init__(self, on: bool):
+            super().__init__()
+            self.units, self.on = torch.nn.ModuleList([Unit(False), Unit(True)]), on
+
+        def forward(self, x):
+            return run_blocks(self.units, x, self.on)
+
+    torch.manual_seed(0)
+    states = []
+    for on, compiled in ((False, False), (True, False), (True, True)):
+        torch.manual_seed(0)
+        net = Net(on).train()
+        run = torch.compile(net, backend="aot_eager") if compiled else net
+        run(torch.randn(4, 2, 8, 8)).square().sum().backward()
+        states.append(net.state_dict())
+    for state in states[1:]:
+        for k, v in states[0].items():
+            torch.testing.assert_close(v, state[k], rtol=0, atol=1e-6, msg=k)
+    assert int(states[2]["units.1.norm.num_batches_tracked"]) == 1
+
+
 def test_grad_checkpointing_compiles_and_trains_as_without(monkeypatch):
     """Compiled (AOTAutograd traces the recomputation) and through the trainer with dropout, bf16-pure and
     micro-batches: the same weights after two steps as without checkpointing."""

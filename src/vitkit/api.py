@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from vitkit.convert import Checkpoint, model_from_source
 from vitkit.convert.hub import default_pretrained
+from vitkit.convert.sources import Source
 from vitkit.models import Model
 from vitkit.models import create_model as create_random_model
 
@@ -16,7 +16,7 @@ from vitkit.models import create_model as create_random_model
 def create_model(
     name: str | None = None,
     *,
-    pretrained: bool | str | os.PathLike | Checkpoint | None = None,
+    pretrained: bool | Source | Checkpoint | None = None,
     device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> Model:
@@ -24,8 +24,8 @@ def create_model(
 
     Without `pretrained` (None or False) the model has random weights (as `vitkit.models.create_model`).
     `pretrained=True` loads the variant's default weights from the Hugging Face hub (`DEFAULT_PRETRAINED` in
-    `vitkit.convert.hub`: the paper's ImageNet-21k -> 1k checkpoints for ViT-B/16, L/16, L/32 and H/14, timm's
-    for the others). A path, run folder, hub id or Checkpoint loads that one. With weights, the config is
+    `vitkit.convert.hub`: the paper's ImageNet-21k -> 1k checkpoints for ViT-B/16, L/16 and L/32, its
+    ImageNet-21k ViT-H/14 without a head, timm's for the others). A path, run folder, hub id or Checkpoint loads that one. With weights, the config is
     the checkpoint's (width, depth, heads, patch, pooling, eps, pre-logits, classes, image size), `name` may fix
     the architecture, and keyword arguments override any ModelConfig field: `img_size` resamples the position
     embedding, a different `num_classes` replaces the head (zero-initialised, pre-logits dropped). Loader options

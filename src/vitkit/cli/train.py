@@ -96,7 +96,20 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
         overrides.append("train.steps=0")
     if args.compile:
         overrides.append("train.compile=true")
-    return _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
+    resolved = _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
+    return _prelogits_follow_width(cfg, resolved, args.set or [])
+
+
+def _prelogits_follow_width(recipe: RunConfig, cfg: RunConfig, sets: list[str]) -> RunConfig:
+    """A recipe's pre-logits of the model's width (paper-pretrain's, as the official code) stay of the model's
+    width when --model or --set changes it, unless --set gives model.representation_size."""
+    before, m = recipe.model, cfg.model
+    keys = {o.split("=", 1)[0].strip() for o in sets}
+    if before.representation_size != before.embed_dim or m.embed_dim == before.embed_dim or m.arch != "vit":
+        return cfg
+    if "model.representation_size" in keys or m.representation_size != before.representation_size:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, representation_size=m.embed_dim))
 
 
 def _renamed(cfg: RunConfig, sets: list[str]) -> RunConfig:

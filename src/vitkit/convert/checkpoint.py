@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
+# the weights' preprocessing a source may state, kept in Checkpoint.meta and the model's pretrained_cfg
+PREPROCESS_KEYS = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+
+
 @dataclass
 class Checkpoint:
     """Weights renamed to vitkit's (timm's) names, the config they imply, and where they came from.

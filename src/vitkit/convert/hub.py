@@ -10,6 +10,7 @@ import os
 import re
 
 from vitkit.convert.files import ConversionError, read_json_file
+from vitkit.models.registry import lookup
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -17,7 +18,8 @@ SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 # `create_model(name, pretrained=True)`: the paper's own weights where the Hugging Face hub has them in a
-# classifier for ImageNet-1k (ImageNet-21k pre-training, then fine-tuned), else timm's (AugReg, BiT, ResNet)
+# classifier for ImageNet-1k (ImageNet-21k pre-training, then fine-tuned), else timm's (AugReg, BiT, ResNet);
+# ViT-H/14 is the paper's ImageNet-21k model without a head (Google published no ImageNet-1k head for it)
 DEFAULT_PRETRAINED = {
     "ViT-Ti/16": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
     "ViT-S/16": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
@@ -36,9 +38,9 @@ DEFAULT_PRETRAINED = {
 
 def default_pretrained(name: str | None) -> str:
     """The hub id `pretrained=True` loads for model `name`; a ValueError naming the choices for another."""
-    lower = {k.lower(): v for k, v in DEFAULT_PRETRAINED.items()}
-    if isinstance(name, str) and name.strip().lower() in lower:
-        return lower[name.strip().lower()]
+    source = lookup(DEFAULT_PRETRAINED, name)
+    if source is not None:
+        return source
     raise ValueError(
         f"pretrained=True: no default weights for {name!r}; the defaults are for {', '.join(DEFAULT_PRETRAINED)}. "
         "Pass pretrained=<path, run folder or hub id> instead (e.g. 'google/vit-base-patch16-224')"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +11,9 @@ import torch
 from torch import nn
 
 from vitkit.config import ARCH_FIELDS, ModelConfig
-from vitkit.convert.checkpoint import Checkpoint, unknown_heads_error
+from vitkit.convert.checkpoint import PREPROCESS_KEYS, Checkpoint, unknown_heads_error
 from vitkit.convert.files import ConversionError
-from vitkit.convert.sources import read_checkpoint
+from vitkit.convert.sources import Source, read_checkpoint
 from vitkit.models import CNN, Model, VisionTransformer, build_model, model_config, resample_posemb
 from vitkit.models.augmented_conv import resize_relative_table
 from vitkit.models.registry import check_model_options
@@ -151,7 +150,7 @@ def _check_head(state: dict, model: VisionTransformer, ckpt: ModelConfig, source
 
 def load_pretrained(
     model: Model,
-    source: str | os.PathLike | Checkpoint,
+    source: Source | Checkpoint,
     *,
     strict: bool = True,
     resample: str = "official",
@@ -231,7 +230,7 @@ def load_pretrained(
         )
     _layout_sincos(model, ckpt, report)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    keep = ("mean", "std") if reset_head else ("mean", "std", "classes")
+    keep = PREPROCESS_KEYS + (() if reset_head else ("classes",))  # a new head has no class names
     model.preprocess = {k: ckpt.meta[k] for k in keep if ckpt.meta.get(k)} | {"source": ckpt.path}
     return report
 
@@ -283,7 +282,7 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
 
 
 def model_from_source(
-    source: str | os.PathLike | Checkpoint,
+    source: Source | Checkpoint,
     name: str | None = None,
     *,
     strict: bool = True,

@@ -18,12 +18,13 @@ import torch
 from vitkit.config import RESNET_DEPTHS, ModelConfig, bit_depth, cnn_name
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError
+from vitkit.models.data_config import IMAGENET_MEAN, IMAGENET_STD
 from vitkit.models.resnet import ROOT_WIDTH, STAGE_WIDTHS
 
 log = logging.getLogger(__name__)
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.*)$")
-IMAGENET_MEAN_STD = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # timm's resnet default
+IMAGENET_MEAN_STD = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}  # timm's resnet default
 
 
 def is_timm_resnet_state(state: dict[str, torch.Tensor]) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from vitkit.convert.bit import is_bit_npz, read_bit_npz
 from vitkit.convert.checkpoint import Checkpoint
@@ -20,9 +22,14 @@ from vitkit.convert.hf import from_hf_state, is_hf_state, read_hf_folder
 from vitkit.convert.hub import fetch, is_hub_id
 from vitkit.convert.official import read_official
 from vitkit.convert.runs import CONFIG, WEIGHTS, is_run_config, read_model_file, read_run
-from vitkit.convert.timm import from_timm_state, is_timm_state, timm_folder_weights
+from vitkit.convert.timm import from_timm_state, is_timm_state, strip_module, timm_folder_weights
+from vitkit.models import CNN, ModelConfig, VisionTransformer
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("official", "big_vision", "timm", "hf", "vitkit")
+# what read_checkpoint reads: a path or hub id, a state dict or a model in memory
+Source = str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module
 
 
 def _from_state(path: str, state: dict[str, torch.Tensor], num_heads: int | None) -> Checkpoint:
@@ -37,6 +44,23 @@ def _from_state(path: str, state: dict[str, torch.Tensor], num_heads: int | None
         f"stem.conv.weight; a ResNet's conv1.weight and layer1.0.*) or transformers names "
         f"(embeddings.patch_embeddings.projection.weight); first keys: {some}"
     )
+
+
+def _from_module(model: nn.Module, num_heads: int | None) -> Checkpoint:
+    """A model in memory: vitkit's own (its config), transformers' (its config), any other by its weights' names."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, ModelConfig) and isinstance(model, (VisionTransformer, CNN)):
+        meta = dict(getattr(model, "preprocess", {}))
+        return Checkpoint(state, cfg, "vitkit", f"<vitkit {cfg.name}>", meta)
+    hf_config = getattr(getattr(model, "config", None), "to_dict", None)
+    name = f"<{type(model).__name__}>"
+    if callable(hf_config) and is_hf_state(state):
+        config = hf_config()
+        if num_heads:
+            config["num_attention_heads"] = num_heads
+        return from_hf_state(state, config, name)
+    return _from_state(name, strip_module(state), num_heads)
 
 
 def _read_folder(folder: str, num_heads: int | None) -> Checkpoint:
@@ -78,21 +102,28 @@ def _read_file(path: str, num_heads: int | None) -> Checkpoint:
     return _from_state(path, state, num_heads)
 
 
-def read_checkpoint(
-    source: str | os.PathLike | Mapping[str, torch.Tensor], *, num_heads: int | None = None
-) -> Checkpoint:
+def read_checkpoint(source: Source, *, num_heads: int | None = None) -> Checkpoint:
     """Read any supported checkpoint into vitkit names with its inferred ModelConfig.
 
     `source`: an official/big_vision `.npz`; timm `.safetensors`/`.pth`/`.bin`; a transformers ViT folder; a vitkit
     run folder, checkpoint folder or exported `.safetensors`; a hub id (`hf-hub:timm/...`, `google/vit-...`); or
-    a state dict in memory with timm's or transformers' names (`timm_model.state_dict()`).
+    a state dict in memory with timm's or transformers' names (`timm_model.state_dict()`), or a model in memory
+    (a vitkit model, a transformers ViT with its config, a timm model).
     `num_heads` is needed only for fused-qkv files whose shape is not one of the paper's.
     """
+    if isinstance(source, nn.Module):
+        return _from_module(source, num_heads)
     if isinstance(source, Mapping):
         bad = [k for k, v in source.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
         if bad:
             raise ConversionError(f"state dict: keys must be names and values tensors; not so for {bad[:3]}")
-        return _from_state("<state dict>", {k: v.detach() for k, v in source.items()}, num_heads)
+        state = strip_module({k: v.detach() for k, v in source.items()})
+        if is_hf_state(state):
+            log.warning(
+                "a transformers state dict without its config: LayerNorm eps 1e-12, erf GELU and the heads "
+                "guessed; pass the transformers model itself (or its folder) to use its config"
+            )
+        return _from_state("<state dict>", state, num_heads)
     source = os.fspath(source)
     path = os.path.expanduser(source)
     if os.path.isdir(path):

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 
 from vitkit.convert.bit import from_bit_state, is_bit_state
-from vitkit.convert.checkpoint import Checkpoint, guess_num_heads, infer_config, prepend_prefix_posemb
+from vitkit.convert.checkpoint import (
+    PREPROCESS_KEYS,
+    Checkpoint,
+    guess_num_heads,
+    infer_config,
+    prepend_prefix_posemb,
+)
 from vitkit.convert.files import ConversionError
 from vitkit.convert.resnet import from_timm_resnet_state, is_timm_resnet_state
 
@@ -22,20 +28,23 @@ from vitkit.convert.resnet import from_timm_resnet_state, is_timm_resnet_state
 def is_timm_state(state: dict[str, torch.Tensor]) -> bool:
     """Whether a state dict uses timm's (= vitkit's) ViT names, a BiT ResNet-v2's (timm's resnetv2_*_bit) or
     timm's ResNet's (resnet50, ...)."""
-    if any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in state):
-        return True
     state = strip_module(state)
-    return is_bit_state(state) or is_timm_resnet_state(state)
+    return "patch_embed.proj.weight" in state or is_bit_state(state) or is_timm_resnet_state(state)
 
 
 def strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if all(k.startswith("module.") for k in state):
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
+    """The names without the prefixes wrappers add to all of them: DDP's `module.`, torch.compile's `_orig_mod.`."""
+    state = dict(state)
+    while state:
+        prefix = next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """What timm's hub config.json says that weights do not: image size, mean/std, pooling, heads."""
+    """What timm's hub config.json says that weights do not: image size, preprocessing, pooling, heads."""
     pre = config.get("pretrained_cfg") or {}
     facts: dict[str, Any] = {}
     size = pre.get("input_size")
@@ -44,6 +53,11 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("mean", "std"):
         if isinstance(pre.get(key), (list, tuple)):
             facts[key] = [float(v) for v in pre[key]]
+    if isinstance(pre.get("crop_pct"), (int, float)):
+        facts["crop_pct"] = float(pre["crop_pct"])
+    for key in ("interpolation", "crop_mode"):
+        if isinstance(pre.get(key), str):
+            facts[key] = pre[key]
     args = config.get("model_args") or {}
     if "num_heads" in args:
         facts["num_heads"] = int(args["num_heads"])
@@ -67,10 +81,10 @@ def from_timm_state(
     state = strip_module(state)
     facts = _hub_config_facts(hub_config, where) if hub_config else {}
     if is_bit_state(state):  # timm's resnetv2_*_bit: the BiT baseline
-        meta = {k: facts[k] for k in ("mean", "std") if k in facts}
+        meta = {k: facts[k] for k in PREPROCESS_KEYS if k in facts}
         return from_bit_state(state, where, img_size=facts.get("img_size"), meta=meta)
     if is_timm_resnet_state(state):  # timm's resnet50, ...: the batch-norm ResNet baseline
-        meta = {k: facts[k] for k in ("mean", "std") if k in facts}
+        meta = {k: facts[k] for k in PREPROCESS_KEYS if k in facts}
         return from_timm_resnet_state(state, where, img_size=facts.get("img_size"), meta=meta)
     if "fc_norm.weight" in state:
         raise ConversionError(
@@ -85,7 +99,7 @@ def from_timm_state(
     prepend_prefix_posemb(state)
     heads = num_heads or facts.get("num_heads")
     cfg = infer_config(state, where, num_heads=heads, norm_eps=1e-6, img_size=facts.get("img_size"))
-    meta = {k: facts[k] for k in ("mean", "std") if k in facts}
+    meta = {k: facts[k] for k in PREPROCESS_KEYS if k in facts}
     known = (
         bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False) is not None
     )

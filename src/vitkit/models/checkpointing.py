@@ -18,11 +18,15 @@ from vitkit import keyed_random
 
 def _keyed_block(block: nn.Module, x: torch.Tensor, ctx: tuple | None, **kw) -> torch.Tensor:
     """`block(x)` inside the keyed-randomness context `ctx` that was active when the forward ran: a checkpointed
-    block recomputed during backward (outside that context) draws the same dropout masks as its forward did."""
-    if ctx is None or keyed_random.current() is ctx:
-        return block(x, **kw)
-    with keyed_random.keyed(ctx[0], ctx[2]):
-        return block(x, **kw)
+    block recomputed during backward (outside that context) draws the same dropout masks as its forward did.
+    Recomputed eagerly (inside autograd's backward), its BatchNorm running statistics are restored afterwards;
+    compiled, the recomputation is part of the traced graph and updates nothing."""
+    recompute = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+    with _kept(_running_stats(block)) if recompute else contextlib.nullcontext():
+        if ctx is None or keyed_random.current() is ctx:
+            return block(x, **kw)
+        with keyed_random.keyed(ctx[0], ctx[2]):
+            return block(x, **kw)
 
 
 def _running_stats(block: nn.Module) -> list[torch.Tensor]:
@@ -48,9 +52,7 @@ def _kept(buffers: list[torch.Tensor]) -> Iterator[None]:
 
 def checkpointed(block: nn.Module, x: torch.Tensor, **kw) -> torch.Tensor:
     """`block(x, **kw)` with its activations recomputed in backward (same outputs, masks and statistics)."""
-    stats = [] if torch.compiler.is_compiling() else _running_stats(block)  # compiled: no second update
-    opts = {"context_fn": lambda: (contextlib.nullcontext(), _kept(stats))} if stats else {}
-    return checkpoint(_keyed_block, block, x, keyed_random.current(), use_reentrant=False, **opts, **kw)
+    return checkpoint(_keyed_block, block, x, keyed_random.current(), use_reentrant=False, **kw)
 
 
 def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, enabled: bool) -> torch.Tensor:

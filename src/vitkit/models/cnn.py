@@ -71,7 +71,9 @@ class CNNClassifier(nn.Module):
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """timm's data config (input size, mean/std of the loaded weights, resize, crop, classes)."""
-        first = next(name for name, m in self.named_modules() if isinstance(m, nn.Conv2d))
+        first = (
+            "stem.conv" if isinstance(getattr(self.stem, "conv", None), nn.Conv2d) else "stem.qk"
+        )  # SASA's
         return data_config(self.cfg, first, self.preprocess)
 
     default_cfg = pretrained_cfg  # timm's older name
@@ -101,6 +103,7 @@ class CNNClassifier(nn.Module):
             self.head = ConvHead(self.num_features, num_classes, cfg.drop_rate).to(ref.device, ref.dtype)
             self.head.reset_parameters(zero=True)
             self.head.drop.rng_id = rng_id
+            self.head.train(self.training)
         self.num_classes, self.cfg = num_classes, cfg
         self.preprocess.pop("classes", None)
 

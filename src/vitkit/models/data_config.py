@@ -21,8 +21,9 @@ def default_mean_std(cfg: ModelConfig) -> tuple[tuple[float, ...], tuple[float, 
 def data_config(
     cfg: ModelConfig, first_conv: str, preprocess: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """timm's `pretrained_cfg` of a model: the loaded weights' normalisation (`preprocess`: mean, std, classes,
-    source) or the defaults; vitkit's own resize: shorter side to the input size (bilinear), centre crop."""
+    """timm's `pretrained_cfg` of a model: the loaded weights' preprocessing (`preprocess`: mean, std, and from
+    timm's hub configs crop_pct, interpolation, crop_mode; classes, source) or the defaults, and vitkit's own
+    resize: shorter side to the input size (bilinear), centre crop."""
     pre = preprocess or {}
     mean, std = default_mean_std(cfg)
     if pre.get("mean") and pre.get("std"):
@@ -30,9 +31,9 @@ def data_config(
     out: dict[str, Any] = {
         "architecture": cfg.name,
         "input_size": (cfg.in_chans, *cfg.img_size),
-        "interpolation": "bilinear",
-        "crop_pct": 1.0,
-        "crop_mode": "center",
+        "interpolation": pre.get("interpolation", "bilinear"),
+        "crop_pct": pre.get("crop_pct", 1.0),
+        "crop_mode": pre.get("crop_mode", "center"),
         "mean": mean,
         "std": std,
         "num_classes": cfg.num_classes,

@@ -169,6 +169,11 @@ class Attention(nn.Module):
         return (x, attn) if return_attn else x
 
 
+def gelu(act: str = "gelu") -> nn.GELU:
+    """`model.mlp_act` as a module: "gelu" (erf) or "gelu_tanh" (the tanh approximation)."""
+    return nn.GELU(approximate="tanh" if act == "gelu_tanh" else "none")
+
+
 class Mlp(nn.Module):
     """Linear - GELU - Linear, with dropout after each Linear; `act` "gelu" (erf, timm's and transformers') or
     "gelu_tanh" (the tanh approximation: flax's default, so the official JAX code's)."""
@@ -176,7 +181,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh" if act == "gelu_tanh" else "none")
+        self.act = gelu(act)
         self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop2 = Dropout(drop)

@@ -199,10 +199,16 @@ def list_models(pattern: str = "*") -> list[str]:
     return [n for n in REGISTERED if fnmatch.fnmatchcase(n.lower(), pattern.lower())]
 
 
+def lookup(table: dict[str, Any], name: Any, default: Any = None) -> Any:
+    """`table[name]` with the model name matched case-insensitively (ViT-B/16, vit-b/16), else `default`."""
+    if not isinstance(name, str):
+        return default
+    return {k.lower(): v for k, v in table.items()}.get(name.strip().lower(), default)
+
+
 def registered_setting(name: str) -> dict[str, Any]:
     """The image size, channels and classes a registered variant is listed with (none for the others)."""
-    lower = {k.lower(): v for k, v in REGISTERED.items()}
-    return dict(lower.get(name.strip().lower(), {})) if isinstance(name, str) else {}
+    return dict(lookup(REGISTERED, name, {}))
 
 
 def registered_config(name: str, **overrides: Any) -> ModelConfig:

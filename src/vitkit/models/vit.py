@@ -195,6 +195,7 @@ class VisionTransformer(nn.Module):
             self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        self.head.train(self.training)
         self.num_classes, self.cfg = num_classes, cfg
         self.preprocess.pop("classes", None)
 

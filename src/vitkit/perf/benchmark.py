@@ -17,6 +17,7 @@ from torch import nn
 
 from vitkit.config import COMPILE_MODES, COMPILE_SCOPES, ModelConfig
 from vitkit.models import build_model, forward_macs
+from vitkit.models.layers import gelu
 from vitkit.train.master import Bf16Copy
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device-name substring, for MFU; datasheet values
@@ -94,14 +95,9 @@ def timm_twin(cfg: ModelConfig) -> nn.Module:
         global_pool="avg" if gap else "token",
         fc_norm=False if gap else None,
         norm_layer=functools.partial(nn.LayerNorm, eps=cfg.norm_eps),
-        act_layer=partial_gelu(cfg.mlp_act),
+        act_layer=functools.partial(gelu, cfg.mlp_act),
         **extra,
     )
-
-
-def partial_gelu(mlp_act: str) -> Callable[[], nn.Module]:
-    """The MLP activation of `model.mlp_act` as timm's act_layer."""
-    return functools.partial(nn.GELU, approximate="tanh" if mlp_act == "gelu_tanh" else "none")
 
 
 def train_flops_per_image(cfg: ModelConfig) -> float:
