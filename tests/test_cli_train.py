@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from helpers import TINY_FLAGS, run_vitkit
 from vitkit.cli import main
@@ -99,3 +100,39 @@ def test_unreadable_checkpoint(capsys, tmp_path, run_dir):
 def test_out_holding_a_run_is_not_overwritten(capsys, run_dir):
     assert main(["train", "--dataset", "synthetic", "--out", str(run_dir)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(capsys, run_dir, monkeypatch):
+    """Was: rank 0 refused the folder holding a run, torchrun restarted the job, and the restart resumed (and
+    lengthened) the finished run in it."""
+    from safetensors.torch import load_file
+
+    weights = (run_dir / "model.safetensors").read_bytes()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    flags = [*TINY_FLAGS, "--no-progress", "--no-report", "--out", str(run_dir)]
+    assert main(["train", *flags, "--epochs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "torchrun restarted the job, but" in err and "train.epochs: 3 in the run, 5 now" in err
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+    before = load_file(str(run_dir / "model.safetensors"))
+    assert main(["train", *flags, "--epochs", "3"]) == 0  # the command that made it: a restart resumes it
+    after = load_file(str(run_dir / "model.safetensors"))  # finished: evaluated again, the same weights
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_finetune_into_its_own_source_is_refused(capsys, run_dir):
+    """Was: --overwrite deleted the run fine-tuned from before reading it (a kill then lost the weights)."""
+    for source in (run_dir, run_dir / "model.safetensors", run_dir / "checkpoints" / "best"):
+        args = [
+            "finetune",
+            "--from",
+            str(source),
+            "--out",
+            str(run_dir),
+            "--overwrite",
+            "--dataset",
+            "synthetic",
+        ]
+        assert main(args) == 2
+        assert "holds the checkpoint fine-tuned from" in capsys.readouterr().err
+    assert (run_dir / "model.safetensors").exists() and (run_dir / "checkpoints").is_dir()

@@ -328,6 +328,12 @@ def test_resume_applies_flags_to_the_runs_own_config(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--steps", "3", *flags[2:]]) == 2  # shorter than it ran
     assert "checkpoint is at step 16, past the 3 steps asked for" in capsys.readouterr().err
     assert read_config(str(run)).train.steps == 0  # the run's config untouched
+    steps = sorted((run / "checkpoints").glob("step-*"))
+    for step in steps:  # every checkpoint damaged: was a silent restart that then deleted them
+        (step / "manifest.json").unlink()
+    assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 2
+    assert "none of its checkpoints verifies (step-" in capsys.readouterr().err
+    assert sorted((run / "checkpoints").glob("step-*")) == steps
     shutil.rmtree(run / "checkpoints")  # finished, checkpoints gone: a restart would replace its weights
     assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 2
     assert "no valid checkpoint, and starting from scratch would lose what model.safetensors" in (
@@ -892,3 +898,20 @@ def test_grad_checkpointing_compiles_and_trains_as_without(monkeypatch):
         ckpt_run.train_step()
     for (name, a), b in zip(plain_run.model.named_parameters(), ckpt_run.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_training_time_counts_the_steps_between_checkpoints(tmp_path, monkeypatch):
+    """Was: a checkpoint inside a logging window dropped the window's time so far (checkpoints every step:
+    0 s of training, an absurd img/s)."""
+    import vitkit.train.trainer as trainer_module
+
+    real_step = trainer_module.Trainer.train_step
+
+    def slow_step(self):
+        time.sleep(0.02)
+        return real_step(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", slow_step)
+    cfg = tiny_run(steps=10, log_every=100, checkpoint_every=1)
+    summary = train(cfg, str(tmp_path / "run"))
+    assert summary["train_seconds"] >= 10 * 0.02

@@ -67,6 +67,12 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     from vitkit.train.loop import resolve_for_data, train
     from vitkit.train.runfiles import CONFIG
 
+    if args.out and os.path.exists(os.path.expanduser(args.source)):
+        out, src = os.path.realpath(args.out), os.path.realpath(os.path.expanduser(args.source))
+        if os.path.commonpath([out, src]) == out:  # --overwrite would delete the weights before reading them
+            raise UserError(
+                f"--out {args.out} holds the checkpoint fine-tuned from (--from {args.source}): choose another --out"
+            )
     if args.out and os.path.exists(os.path.join(args.out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a run; pass --overwrite to start afresh there")
     ckpt = read_checkpoint(args.source, num_heads=args.num_heads)

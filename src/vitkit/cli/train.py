@@ -149,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if restarted and out and not args.resume and os.path.exists(os.path.join(out, CONFIG)):
+    auto = restarted and out and not args.resume and os.path.exists(os.path.join(out, CONFIG))
+    if auto:
         log.info(
             "torchrun restarted the job (restart %s): resuming %s",
             os.environ["TORCHELASTIC_RESTART_COUNT"],
@@ -168,6 +169,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved_here = dataclasses.replace(saved, data=local_data(saved.data, None, out))
         cfg = resolve_config(args, saved_here)  # the flags given apply on top of the run's config
         diff = _differences(to_dict(cfg), to_dict(saved))
+        if (
+            auto and diff
+        ):  # a restart resumes only the run this very command started (any difference: another)
+            raise UserError(
+                f"torchrun restarted the job, but {out} holds a run this command did not start (it differs: "
+                f"{'; '.join(diff)}); the run is left as it is: use --resume {out} to continue it, or --overwrite"
+            )
         diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
         if diff:
             raise UserError(f"--resume {out}: the command differs from the run's config: {'; '.join(diff)}")

@@ -17,7 +17,7 @@ from vitkit.data.datasets import Splits, load_dataset
 from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
-from vitkit.train.checkpoint import file_sha256, latest_valid, save_weights
+from vitkit.train.checkpoint import file_sha256, latest_valid, list_checkpoints, save_weights
 from vitkit.train.runfiles import (
     CHECKPOINTS,
     CONFIG,
@@ -67,10 +67,18 @@ def _clean_stale(out_dir: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _refuse_resume_over_weights(out_dir: str) -> None:
-    """A run without a valid checkpoint restarts from scratch, unless that would lose weights it holds."""
+def _refuse_resume_over_weights(out_dir: str, fine_tuning: bool) -> None:
+    """A run without a valid checkpoint restarts from scratch, unless that would lose checkpoints (damaged) or
+    weights it holds."""
     held = [name for name in (PRETRAINED, WEIGHTS) if os.path.exists(os.path.join(out_dir, name))]
-    if held:
+    damaged = list_checkpoints(os.path.join(out_dir, CHECKPOINTS))
+    if damaged:  # starting afresh would replace them (the cleanup keeps the newest): they may be mended
+        raise ValueError(
+            f"--resume {out_dir}: none of its checkpoints verifies ({', '.join(map(os.path.basename, damaged))}; "
+            "the reasons are logged above); starting from scratch would delete them: mend or remove them, or "
+            "rerun the run's command with --overwrite"
+        )
+    if held and not fine_tuning:
         raise ValueError(
             f"--resume {out_dir}: no valid checkpoint, and starting from scratch would lose what {', '.join(held)} "
             "stands for (a fine-tuning run's pretrained weights are not in the folder; model.safetensors holds "
@@ -130,8 +138,8 @@ def train(
     ckpt = None
     if resume and out_dir:
         ckpt = latest_valid(os.path.join(out_dir, CHECKPOINTS))
-        if ckpt is None and init_state is None:
-            _refuse_resume_over_weights(out_dir)
+        if ckpt is None:
+            _refuse_resume_over_weights(out_dir, fine_tuning=init_state is not None)
         splits = _recorded_normalisation(out_dir, splits)
         _refuse_shorter(cfg, splits, ckpt)
     fresh = (
@@ -182,14 +190,21 @@ def train(
                 progress.update(tr.step, stats)
             window_t = time.perf_counter()
         epoch_done = tr.step // tr.spe
-        if end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total:
+        evaluate = end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total
+        save = tr.step % ckpt_every == 0 or tr.step == tr.total
+        if not (evaluate or save):
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the steps so far count as training time
+        # evaluation and checkpoints are not training time: the window skips them
+        paused = time.perf_counter()
+        if evaluate:
             _, head, _ = tr.eval_and_log()
             if progress and info.is_main:
                 progress.update(tr.step, {"test_top1": head["top1"]})
-            window_t = time.perf_counter()
-        if tr.step % ckpt_every == 0 or tr.step == tr.total:
+        if save:
             tr.save()
-            window_t = time.perf_counter()
+        window_t += time.perf_counter() - paused
     if progress and info.is_main:
         progress.close()
     final, headline, raw = tr.eval_and_log()
