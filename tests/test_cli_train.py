@@ -136,3 +136,25 @@ def test_finetune_into_its_own_source_is_refused(capsys, run_dir):
         assert main(args) == 2
         assert "holds the checkpoint fine-tuned from" in capsys.readouterr().err
     assert (run_dir / "model.safetensors").exists() and (run_dir / "checkpoints").is_dir()
+
+
+def test_edited_run_files_are_named_not_tracebacks(capsys, run_dir, tmp_path):
+    """Was: an edited config.json gave a size-mismatch traceback on resume; a data.json whose classes do not
+    fit the model an IndexError or TypeError in predict."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["embed_dim"] = 48
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress", "--no-report"]) == 2
+    assert "does not fit the model of the run's config.json" in capsys.readouterr().err
+    shutil.rmtree(run)
+    shutil.copytree(run_dir, run)
+    _png(tmp_path / "x.png", "L")
+    data = json.loads((run / "data.json").read_text())
+    for bad in (["a"], 5):
+        (run / "data.json").write_text(json.dumps({**data, "classes": bad}))
+        assert main(["predict", str(run), str(tmp_path / "x.png")]) == 2
+        assert "'classes' must list the model's 10 class names" in capsys.readouterr().err

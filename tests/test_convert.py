@@ -486,7 +486,25 @@ def test_hub_offline_uncached_names_id_and_cache(tmp_path, monkeypatch):
         with pytest.raises(ConversionError) as e:
             read_checkpoint(hub_id)
         assert hub_id in str(e.value) and str(tmp_path / "hub-cache") in str(e.value)
-        assert "offline" in str(e.value)
+        assert "cannot be reached (no connection, or HF_HUB_OFFLINE=1)" in str(e.value)
+    monkeypatch.chdir(tmp_path)  # no runs/ folder here
+    with pytest.raises(ConversionError, match=r"nor is 'runs/best' a local file or folder"):
+        read_checkpoint("runs/best")  # a mistyped local path reads as a hub id: both are said
+
+
+def test_hub_unreachable_online_is_not_called_a_missing_file(monkeypatch):
+    """Was: no connection (huggingface_hub's LocalEntryNotFoundError) was reported as 'config.json not found in
+    the repository'."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(repo_id, filename, **kw):
+        raise LocalEntryNotFoundError("connection error, and the file is not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(ConversionError, match="the Hugging Face hub cannot be reached") as e:
+        read_checkpoint("google/vit-base-patch16-224")
+    assert "not found in the repository" not in str(e.value)
 
 
 def test_hub_ids_resolve_through_the_cache(tmp_path, monkeypatch):
@@ -536,3 +554,32 @@ def test_big_vision_sincos_checkpoint_is_laid_out_on_the_models_grid(tmp_path):
     model = vitkit.create_model(pretrained=path, img_size=3 * P)
     assert model.cfg.posemb_grid is None
     torch.testing.assert_close(model.pos_embed[0], vitkit.models.sincos2d((3, 3), D))
+
+
+def test_malformed_npz_arrays_are_named(tmp_path):
+    """Was: a block with other heads or a 2-D query kernel loaded silently as another model; a scanned array of
+    the wrong depth, a 3-D embedding or a string array gave a traceback or an error naming nothing."""
+    mha = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/"
+    cases = []
+    mixed = flax_arrays()
+    for n in ("query", "key", "value"):
+        mixed[f"{mha}{n}/kernel"] = mixed[f"{mha}{n}/kernel"].reshape(D, 2 * HEADS, D // HEADS // 2)
+        mixed[f"{mha}{n}/bias"] = mixed[f"{mha}{n}/bias"].reshape(2 * HEADS, -1)
+    mixed[f"{mha}out/kernel"] = mixed[f"{mha}out/kernel"].reshape(2 * HEADS, -1, D)
+    cases.append((mixed, "", r"the blocks' attention heads differ \(\[8, 4\]\)"))
+    flat = flax_arrays()
+    flat[f"{mha}query/kernel"] = flat[f"{mha}query/kernel"].reshape(D, D)
+    cases.append((flat, "", rf"array '{mha}query/kernel' has shape \(32, 32\); expected 3 axes"))
+    scanned = flax_arrays(big_vision=True, scanned=True)
+    scanned["Transformer/encoderblock/LayerNorm_0/scale"] = np.ones((DEPTH + 1, D), np.float32)
+    cases.append((scanned, "params/", r"has no entry for block 2 \(the scanned blocks' arrays disagree"))
+    embed = flax_arrays()
+    embed["embedding/kernel"] = embed["embedding/kernel"].reshape(P, P, -1)
+    cases.append((embed, "", r"array 'embedding/kernel' has shape \(16, 16, 96\); expected 4 axes"))
+    text = flax_arrays()
+    text["Transformer/encoder_norm/scale"] = np.array(["a"] * D)
+    cases.append((text, "", r"array 'Transformer/encoder_norm/scale' holds <U1, not numbers"))
+    for i, (arrays, prefix, match) in enumerate(cases):
+        path = save_npz(tmp_path / f"bad{i}.npz", arrays, prefix)
+        with pytest.raises(ConversionError, match=match):
+            read_checkpoint(path)

@@ -251,3 +251,44 @@ def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     with pytest.raises(DataNotFoundError):
         load_mnist_like("fashion-mnist", str(kept))
     assert sorted(p.name for p in kept.iterdir()) == ["empty"]  # only what the download made is gone
+
+
+def test_imagefolder_16_bit_hidden_files_and_empty_classes(tmp_path, caplog):
+    """Was: 16-bit PNGs saturated to white, a macOS ._name file aborted the load, an empty class folder became a
+    class without a word."""
+    from PIL import Image
+
+    wide = (np.arange(256).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I")
+    img = load_image(str(tmp_path / "wide.png"), (16, 16), 1)
+    assert torch.equal(img[0].long(), torch.from_numpy((wide >> 8).astype(np.int64)))
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=r"float\.tif: 32-bit float pixels"):
+        load_image(str(tmp_path / "float.tif"), (4, 4), 1)
+    write_folder(str(tmp_path / "ds"), "train")
+    (tmp_path / "ds" / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "ds" / "train" / ".hidden").mkdir()
+    (tmp_path / "ds" / "train" / "empty").mkdir()
+    with caplog.at_level("WARNING"):
+        splits = load_imagefolder(str(tmp_path / "ds"), (8, 8), val_fraction=0.2)
+    assert splits.classes == ["cat", "dog", "empty"] and "class 'empty' has no images" in caplog.text
+
+
+def test_an_empty_test_split_is_an_error(tmp_path):
+    """Was: a valid IDX test set of 0 images trained and reported 'test top-1 0.00% (0 images)'."""
+    from vitkit.config import DataConfig
+
+    folder = write_mnist(str(tmp_path), n_test=0)
+    with pytest.raises(ValueError, match=r"dataset 'mnist' in .*: its test split holds no images"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=folder), download=False)
+
+
+def test_cifar_meta_without_a_name_list_loads_with_a_warning(tmp_path, caplog):
+    """Was: `label_names: 5` in batches.meta raised TypeError: the names are only for display."""
+    d = write_cifar(str(tmp_path))
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": 5}, f)
+    with caplog.at_level("WARNING"):
+        splits = load_cifar("cifar10", str(tmp_path), download=False)
+    assert splits.classes[3] == "class3" and "no list of 10 'label_names'" in caplog.text

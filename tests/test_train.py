@@ -915,3 +915,40 @@ def test_training_time_counts_the_steps_between_checkpoints(tmp_path, monkeypatc
     cfg = tiny_run(steps=10, log_every=100, checkpoint_every=1)
     summary = train(cfg, str(tmp_path / "run"))
     assert summary["train_seconds"] >= 10 * 0.02
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_checkpoints_the_step_and_resumes_exactly(
+    tmp_path, monkeypatch, capsys, caplog, signum
+):
+    """Was: Ctrl-C (and a scheduler's SIGTERM) lost every step since the last checkpoint (up to an epoch)."""
+    from safetensors.torch import load_file
+
+    import vitkit.train.trainer as trainer_module
+
+    ref = tmp_path / "ref"
+    flags = [*TINY_FLAGS, "--epochs", "2", "--no-progress", "--no-report"]
+    assert main(["train", *flags, "--out", str(ref)]) == 0
+    real_step = trainer_module.Trainer.train_step
+
+    def step_then_signal(self):
+        out = real_step(self)
+        if self.step == 5:
+            os.kill(os.getpid(), signum)  # as a terminal's Ctrl-C or a scheduler would, mid-epoch
+        return out
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_signal)
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        assert main(["train", *flags, "--out", str(run)]) == 128 + signum
+    assert f"interrupted ({signal.Signals(signum).name})" in capsys.readouterr().err
+    assert (
+        f"stopped at step 5 of 32, checkpointed: continue with `vitkit train --resume {run}`" in caplog.text
+    )
+    assert (run / "checkpoints" / "step-00000005").is_dir() and not (run / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    assert main(["train", "--resume", str(run), "--no-progress", "--no-report"]) == 0
+    ours, want = load_file(str(run / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    for k, v in want.items():
+        torch.testing.assert_close(ours[k], v, rtol=0, atol=0, msg=k)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from vitkit.cli import bench, convert, finetune, inspect, models, train
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"vitkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C; or training stopped by SIGINT/SIGTERM after a checkpoint
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"vitkit {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except ModuleNotFoundError as e:  # an optional dependency (timm, onnxruntime, matplotlib, ...)
         top = (e.name or "").split(".")[0]
         if not top or top == "vitkit":

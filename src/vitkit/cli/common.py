@@ -161,6 +161,29 @@ def _described_model(weights: str):
     return read_model_file(weights, {}, meta)
 
 
+def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
+    """A run's data.json as eval/predict/inspect read it: class names one per class, mean/std one per channel."""
+    classes = data.get("classes")
+    if classes is not None and (
+        not isinstance(classes, list)
+        or len(classes) != cfg.model.num_classes
+        or not all(isinstance(c, str) for c in classes)
+    ):
+        raise UserError(
+            f"{path}: 'classes' must list the model's {cfg.model.num_classes} class names, got {classes!r:.80}"
+        )
+    for key in ("mean", "std"):
+        v = data.get(key)
+        if v is not None and (
+            not isinstance(v, list)
+            or len(v) != cfg.model.in_chans
+            or not all(isinstance(x, (int, float)) for x in v)
+        ):
+            raise UserError(
+                f"{path}: {key!r} must give one number per input channel ({cfg.model.in_chans}), got {v!r:.80}"
+            )
+
+
 def _check_final_weights(run_dir: str, weights: str) -> None:
     """A run's final model.safetensors against the SHA-256 its summary.json recorded (runs trained since the tenth
     session): a damaged file is an error pointing at the verified checkpoints."""
@@ -208,6 +231,7 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
             raise UserError(
                 f"{os.path.join(run_dir, DATA)}: expected a JSON object, got {type(data).__name__}"
             )
+        _check_data_info(data, cfg, os.path.join(run_dir, DATA))
         if described is not None:
             cfg = dataclasses.replace(cfg, model=described.config)
     where = f"{weights}'s metadata" if described is not None else f"{run_dir}/config.json"

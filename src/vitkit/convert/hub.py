@@ -73,13 +73,19 @@ def cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _download(hub, repo_id: str, filename: str) -> str | None:
-    """The cached path of one file, or None if the repo has no such file (or it is not cached offline)."""
+def _download(hub, repo_id: str, filename: str, required: bool = False) -> str | None:
+    """The cached path of one file, or None if the repo has no such file (or, unless `required`, it cannot be
+    fetched now: offline or no connection, and not cached); a required file that cannot be fetched raises
+    huggingface_hub's LocalEntryNotFoundError."""
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return hub.hf_hub_download(repo_id, filename)
-    except (EntryNotFoundError, LocalEntryNotFoundError):
+    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError) not cached, hub unreachable
+        if required:
+            raise
+        return None
+    except EntryNotFoundError:
         return None
 
 
@@ -94,12 +100,17 @@ def fetch(source: str) -> str:
     """The local snapshot folder holding config.json and the weights of hub id `source`."""
     hub = _hub()
     from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     repo_id = source.removeprefix("hf-hub:")
     offline = bool(constants.HF_HUB_OFFLINE)
     try:
-        config = _download(hub, repo_id, "config.json")
+        config = _download(hub, repo_id, "config.json", required=True)
         if config is None:
             raise LookupError("config.json")
         folder = os.path.dirname(config)
@@ -121,6 +132,12 @@ def fetch(source: str) -> str:
         raise ConversionError(
             f"hub id {source!r}: {e.args[0]} {why}; cache folder: {cache_dir()}"
             + (". Download it once while online, or pass a local path" if offline else "")
+        ) from None
+    except LocalEntryNotFoundError:
+        local = "" if source.startswith("hf-hub:") else f" (nor is {source!r} a local file or folder)"
+        raise ConversionError(
+            f"hub id {source!r}: the Hugging Face hub cannot be reached (no connection, or HF_HUB_OFFLINE=1) and it "
+            f"is not in the cache folder {cache_dir()}{local}. Download it once while online, or pass a local path"
         ) from None
     except (OfflineModeIsEnabled, RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
         raise ConversionError(

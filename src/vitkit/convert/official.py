@@ -52,15 +52,27 @@ class _Reader:
     def has(self, key: str) -> bool:
         return key in self.left
 
-    def pop(self, key: str, idx: int | None = None) -> np.ndarray:
+    def pop(self, key: str, idx: int | None = None, ndim: int | None = None) -> np.ndarray:
+        """Array `key` (of a scanned layout: its entry `idx`), checked to hold numbers (and `ndim` axes)."""
         if key not in self.left:
             raise ConversionError(f"{self.path}: missing array {key!r}")
         a = self.left[key]
+        if not np.issubdtype(a.dtype, np.number):
+            raise ConversionError(f"{self.path}: array {key!r} holds {a.dtype}, not numbers")
         if idx is None:
             del self.left[key]
-            return a
-        self.used.add(key)
-        return a[idx]
+        else:
+            if a.ndim == 0 or a.shape[0] <= idx:
+                raise ConversionError(
+                    f"{self.path}: array {key!r} of shape {a.shape} has no entry for block {idx} (the scanned "
+                    "blocks' arrays disagree on the depth)"
+                )
+            self.used.add(key)
+            a = a[idx]
+        if ndim is not None and a.ndim != ndim:
+            where = key if idx is None else f"{key}[{idx}]"
+            raise ConversionError(f"{self.path}: array {where!r} has shape {a.shape}; expected {ndim} axes")
+        return a
 
     def drop_used(self) -> None:
         for key in self.used:
@@ -92,15 +104,20 @@ def _block(r: _Reader, base: str, idx: int | None, out: dict[str, torch.Tensor],
     mlp = _pick(r, base, ("MlpBlock_3", "MlpBlock_0"), "MLP block")
     ln2 = "LayerNorm_2" if any(k.startswith(f"{base}LayerNorm_2/") for k in r.left) else "LayerNorm_1"
     a = f"{base}{mha}/"
-    q = r.pop(f"{a}query/kernel", idx)  # (D, H, hd)
+    q, k, v = (r.pop(f"{a}{n}/kernel", idx, ndim=3) for n in ("query", "key", "value"))  # (D, H, hd) each
+    proj = r.pop(f"{a}out/kernel", idx, ndim=3)  # (H, hd, D)
     dim, heads = q.shape[0], q.shape[1]
-    qkv_w = [_t(r.pop(f"{a}{n}/kernel", idx).reshape(dim, -1).T) for n in ("key", "value")]
-    out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([_t(q.reshape(dim, -1).T), *qkv_w])  # (3D, D)
+    if k.shape != q.shape or v.shape != q.shape or proj.shape != (q.shape[1], q.shape[2], dim):
+        raise ConversionError(
+            f"{r.path}: block {i}'s attention kernels disagree: query {q.shape}, key {k.shape}, value {v.shape} "
+            f"(each (D, heads, head width)), out {proj.shape} (heads, head width, D)"
+        )
+    out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([_t(w.reshape(dim, -1).T) for w in (q, k, v)])  # (3D, D)
     if f"{a}query/bias" in r.left:
         out[f"blocks.{i}.attn.qkv.bias"] = torch.cat(
             [_t(r.pop(f"{a}{n}/bias", idx).reshape(-1)) for n in ("query", "key", "value")]
         )
-    out[f"blocks.{i}.attn.proj.weight"] = _t(r.pop(f"{a}out/kernel", idx).reshape(-1, dim).T)  # (D, H*hd)
+    out[f"blocks.{i}.attn.proj.weight"] = _t(proj.reshape(-1, dim).T)  # (D, H*hd)
     out[f"blocks.{i}.attn.proj.bias"] = _t(r.pop(f"{a}out/bias", idx))
     for src, dst in (("LayerNorm_0", "norm1"), (ln2, "norm2")):
         out[f"blocks.{i}.{dst}.weight"] = _t(r.pop(f"{base}{src}/scale", idx))
@@ -139,7 +156,9 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
     prefix = _detect_prefix(arrays, path)
     r = _Reader(arrays, prefix, path)
     out: dict[str, torch.Tensor] = {}
-    out["patch_embed.proj.weight"] = _t(r.pop("embedding/kernel").transpose(3, 2, 0, 1))  # (D, C, P, P)
+    out["patch_embed.proj.weight"] = _t(
+        r.pop("embedding/kernel", ndim=4).transpose(3, 2, 0, 1)
+    )  # (D, C, P, P)
     out["patch_embed.proj.bias"] = _t(r.pop("embedding/bias"))
     _backbone(r, out)
     if r.has("cls"):
@@ -150,17 +169,25 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
             pe = _t(r.pop(key))
             out["pos_embed"] = pe if pe.ndim == 3 else pe.reshape(1, -1, pe.shape[-1])  # (1, N, D)
     scanned = "Transformer/encoderblock/"
-    heads = 0
+    heads: list[int] = []
     if any(k.startswith(scanned) for k in r.left):
-        depth = int(r.left[f"{scanned}LayerNorm_0/scale"].shape[0])
+        ln0 = r.left.get(f"{scanned}LayerNorm_0/scale")
+        if ln0 is None or ln0.ndim != 2:
+            shape = None if ln0 is None else ln0.shape
+            raise ConversionError(f"{path}: {scanned}LayerNorm_0/scale is {shape}; expected (depth, D)")
+        depth = int(ln0.shape[0])
         for i in range(depth):
-            heads = _block(r, scanned, i, out, i)
+            heads.append(_block(r, scanned, i, out, i))
         r.drop_used()
     else:
         i = 0
         while any(k.startswith(f"Transformer/encoderblock_{i}/") for k in r.left):
-            heads = _block(r, f"Transformer/encoderblock_{i}/", None, out, i)
+            heads.append(_block(r, f"Transformer/encoderblock_{i}/", None, out, i))
             i += 1
+    if len(set(heads)) > 1:
+        raise ConversionError(
+            f"{path}: the blocks' attention heads differ ({heads}); a ViT's blocks all have the same"
+        )
     out["norm.weight"] = _t(r.pop("Transformer/encoder_norm/scale"))
     out["norm.bias"] = _t(r.pop("Transformer/encoder_norm/bias"))
     for src, dst in (("pre_logits", "pre_logits.fc"), ("head", "head")):
@@ -176,7 +203,7 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
             out[prefix + k] = torch.from_numpy(np.array(v))
         except TypeError:
             out[prefix + k] = torch.empty(0)
-    return out, {"num_heads": heads, "layout": "big_vision" if big_vision else "official"}
+    return out, {"num_heads": heads[0] if heads else 0, "layout": "big_vision" if big_vision else "official"}
 
 
 def read_official(path: str, arrays: dict[str, np.ndarray] | None = None) -> Checkpoint:

@@ -114,8 +114,13 @@ def load_cifar(name: str, data_dir: str | None = None, download: bool = True) ->
     classes = [f"class{i}" for i in range(num_classes)]
     meta_path = os.path.join(folder, meta)
     if os.path.isfile(meta_path):
-        names = safe_unpickle(meta_path).get(names_key)
-        if names and len(names) == num_classes:
+        meta_dict = safe_unpickle(meta_path)
+        names = meta_dict.get(names_key) if isinstance(meta_dict, dict) else None
+        if isinstance(names, (list, tuple)) and len(names) == num_classes:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        else:  # the class names are only for display: the data stands without them
+            log.warning(
+                "%s: no list of %d %r; classes are named class0...", meta_path, num_classes, names_key
+            )
     log.info("loaded %s from %s", name, folder)
     return _with_stats(name, parts["train"], parts["test"], classes)

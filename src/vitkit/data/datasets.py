@@ -274,7 +274,16 @@ def load_synthetic(cfg: DataConfig, seed: int = 0) -> Splits:
 def load_dataset(
     cfg: DataConfig, *, img_size: tuple[int, int] | None = None, seed: int = 0, download: bool = True
 ) -> Splits:
-    """Load the dataset named by `cfg.dataset` into memory."""
+    """Load the dataset named by `cfg.dataset` into memory; a split without images is an error naming it."""
+    splits = _load(cfg, img_size, seed, download)
+    for split, data in (("training", splits.train), ("test", splits.test)):
+        if len(data) == 0:
+            where = f" in {cfg.data_dir}" if cfg.data_dir else ""
+            raise ValueError(f"dataset {cfg.dataset!r}{where}: its {split} split holds no images")
+    return splits
+
+
+def _load(cfg: DataConfig, img_size: tuple[int, int] | None, seed: int, download: bool) -> Splits:
     name = cfg.dataset
     if name in ("fashion-mnist", "mnist"):
         return load_mnist_like(name, cfg.data_dir, download)

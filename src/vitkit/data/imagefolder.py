@@ -25,6 +25,11 @@ def load_image(path: str, size: tuple[int, int], in_chans: int = 3) -> torch.Ten
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I"):  # 16-bit greyscale (I;16, or I from newer Pillow): its top 8 bits
+                wide = np.asarray(im).astype(np.int64)
+                im = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), mode="L")
+            elif im.mode == "F":
+                raise ValueError("32-bit float pixels: their range is unknown; save as 8- or 16-bit")
             if im.mode in ("P", "LA", "RGBA", "PA") or "transparency" in im.info:
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -49,7 +54,9 @@ def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list
     """Files and labels under folder/<class>/; the class list is sorted folder names unless given."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    found = sorted(
+        d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")
+    )
     if classes is None:
         classes = found
         if not classes:
@@ -63,13 +70,19 @@ def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list
         cdir = os.path.join(folder, c)
         if not os.path.isdir(cdir):
             continue
-        for root, _, files in sorted(os.walk(cdir)):
-            for f in sorted(files):
-                if f.lower().endswith(EXTENSIONS):
+        before = len(paths)
+        for root, dirs, files in sorted(os.walk(cdir)):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for f in sorted(files):  # hidden files (macOS ._name, .DS_Store) are not images
+                if f.lower().endswith(EXTENSIONS) and not f.startswith("."):
                     paths.append(os.path.join(root, f))
                     labels.append(i)
+        if len(paths) == before:
+            log.warning("%s: class %r has no images", folder, c)
     if not paths:
         raise ValueError(f"{folder} holds no images with extensions {', '.join(EXTENSIONS)}")
+    if len(classes) == 1:
+        log.warning("%s: one class only (%r): a classifier needs two or more", folder, classes[0])
     return paths, labels, classes
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
@@ -67,6 +71,46 @@ def _clean_stale(out_dir: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after checkpointing its last step."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+class _StopRequest:
+    """The signal asking training to stop, if one came (a second one stops at once)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(
+            "%s: stopping after this step with a checkpoint (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool) -> Iterator[_StopRequest]:
+    """While training one process with a run folder: SIGINT (Ctrl-C) and SIGTERM (schedulers) ask it to stop at
+    the end of the step, checkpointed. Several processes keep the default: they could stop at different steps."""
+    request = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    old = {s: signal.signal(s, request.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def _refuse_resume_over_weights(out_dir: str, fine_tuning: bool) -> None:
     """A run without a valid checkpoint restarts from scratch, unless that would lose checkpoints (damaged) or
     weights it holds."""
@@ -110,6 +154,56 @@ def _refuse_shorter(cfg: RunConfig, splits: Splits, ckpt: str | None) -> None:
             f"--resume: the run's checkpoint is at step {done}, past the {total} steps asked for "
             "(train.steps / train.epochs); ask for at least as many, or start a new run"
         )
+
+
+def _train_steps(
+    tr: Trainer, cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Any, stop: _StopRequest
+) -> None:
+    """Train to the last step, logging, evaluating and checkpointing as configured; a stop request ends it after
+    a checkpoint of the current step (TrainingInterrupted)."""
+    t = cfg.train
+    ckpt_every = t.checkpoint_every or tr.spe
+    window_t, window_imgs = time.perf_counter(), 0
+    while tr.step < tr.total:
+        tr.train_step()
+        window_imgs += t.batch_size
+        end_of_epoch = tr.step % tr.spe == 0
+        if tr.step % t.log_every == 0 or tr.step == tr.total or end_of_epoch:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            tr.elapsed += now - window_t
+            stats = tr.flush_train_stats(now - window_t, window_imgs)
+            window_imgs = 0
+            if progress and info.is_main:
+                progress.update(tr.step, stats)
+            window_t = time.perf_counter()
+        epoch_done = tr.step // tr.spe
+        evaluate = end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total
+        save = tr.step % ckpt_every == 0 or tr.step == tr.total or stop.signum is not None
+        if not (evaluate or save):
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the steps so far count as training time
+        # evaluation and checkpoints are not training time: the window skips them
+        paused = time.perf_counter()
+        if stop.signum is not None:
+            tr.elapsed += paused - window_t  # the steps since the last log line, kept in the checkpoint
+        if evaluate:
+            _, head, _ = tr.eval_and_log()
+            if progress and info.is_main:
+                progress.update(tr.step, {"test_top1": head["top1"]})
+        if save:
+            tr.save()
+        window_t += time.perf_counter() - paused
+        if stop.signum is not None:
+            log.warning(
+                "stopped at step %d of %d, checkpointed: continue with `vitkit train --resume %s`",
+                tr.step,
+                tr.total,
+                tr.out,
+            )
+            raise TrainingInterrupted(stop.signum, tr.step)
 
 
 def train(
@@ -170,41 +264,10 @@ def train(
         else:
             log.info("no valid checkpoint in %s: starting from scratch", out_dir)
         tr.metrics.truncate_after(tr.step, final=tr.step >= tr.total)
-    t = cfg.train
-    ckpt_every = t.checkpoint_every or tr.spe
     if progress and info.is_main:
         progress.start(tr.total, tr.step)
-    window_t, window_imgs = time.perf_counter(), 0
-    while tr.step < tr.total:
-        tr.train_step()
-        window_imgs += t.batch_size
-        end_of_epoch = tr.step % tr.spe == 0
-        if tr.step % t.log_every == 0 or tr.step == tr.total or end_of_epoch:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            now = time.perf_counter()
-            tr.elapsed += now - window_t
-            stats = tr.flush_train_stats(now - window_t, window_imgs)
-            window_imgs = 0
-            if progress and info.is_main:
-                progress.update(tr.step, stats)
-            window_t = time.perf_counter()
-        epoch_done = tr.step // tr.spe
-        evaluate = end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total
-        save = tr.step % ckpt_every == 0 or tr.step == tr.total
-        if not (evaluate or save):
-            continue
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the steps so far count as training time
-        # evaluation and checkpoints are not training time: the window skips them
-        paused = time.perf_counter()
-        if evaluate:
-            _, head, _ = tr.eval_and_log()
-            if progress and info.is_main:
-                progress.update(tr.step, {"test_top1": head["top1"]})
-        if save:
-            tr.save()
-        window_t += time.perf_counter() - paused
+    with _stop_on_signals(bool(out_dir) and info.world == 1) as stop:
+        _train_steps(tr, cfg, device, info, progress, stop)
     if progress and info.is_main:
         progress.close()
     final, headline, raw = tr.eval_and_log()

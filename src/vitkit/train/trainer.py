@@ -201,7 +201,14 @@ class Trainer:
     def load_state(self, path: str) -> None:
         """Restore from a checkpoint written with any world size or strategy."""
         weights, state = load_checkpoint(path, "cpu")
-        P.load_model_state(self.model, weights["model"], self.strategy)
+        try:
+            P.load_model_state(self.model, weights["model"], self.strategy)
+        except RuntimeError as e:  # missing/unexpected keys, size mismatches
+            detail = str(e).strip().splitlines()
+            raise ValueError(
+                f"{path} does not fit the model of the run's config.json ({self.cfg.model.name}; was the config "
+                f"edited?): {' '.join(line.strip() for line in detail[:3])}"
+            ) from None
         if self.ema is not None:
             ema = weights.get("ema")
             if ema is None:
