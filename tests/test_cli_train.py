@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -158,3 +159,23 @@ def test_edited_run_files_are_named_not_tracebacks(capsys, run_dir, tmp_path):
         (run / "data.json").write_text(json.dumps({**data, "classes": bad}))
         assert main(["predict", str(run), str(tmp_path / "x.png")]) == 2
         assert "'classes' must list the model's 10 class names" in capsys.readouterr().err
+
+
+def test_small_mistakes_get_their_own_messages(capsys, run_dir, tmp_path):
+    """Was: `[Errno 17] File exists`, a temporary file's name, a micro-batch of -4 called a divisor of the batch,
+    --checkpoint-every -1 answered about log_every, --resume with --overwrite silently resumed."""
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (
+            ["convert", str(run_dir), "--out", str(tmp_path / "file")],
+            "is a file; convert writes a run folder",
+        ),
+        (["export", str(run_dir), "--out", str(tmp_path)], "is a folder; export writes one file"),
+        (["train", "--micro-batch-size", "-4"], "argument --micro-batch-size: -4 must be at least 1"),
+        (["train", "--checkpoint-every", "-1"], "argument --checkpoint-every: -1 must be at least 1"),
+        (["train", "--resume", str(run_dir), "--overwrite"], "give one of them"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) if "-1" in args or "-4" in args else contextlib.nullcontext():
+            assert main(args) == 2
+        assert message in capsys.readouterr().err, args

@@ -22,6 +22,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from vitkit.convert import save_run_dir
     from vitkit.train.runfiles import clear_run
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(
+            f"--out {args.out} is a file; convert writes a run folder (config.json, model.safetensors)"
+        )
     if os.path.exists(os.path.join(args.out, "config.json")) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a config.json; pass --overwrite to replace it")
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
@@ -68,6 +72,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     args.format = args.format or by_name or "onnx"
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
     out = args.out or _default_out(args.source, args.format, args.img_size)
+    if os.path.isdir(out):
+        raise UserError(
+            f"--out {out} is a folder; export writes one file (e.g. {os.path.join(out, 'model.onnx')})"
+        )
     if args.format == "safetensors":
         save_model_file(out, model, ckpt.meta)
         print(

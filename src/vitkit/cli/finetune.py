@@ -175,7 +175,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--micro-batch-size", type=int)
+    p.add_argument("--micro-batch-size", type=positive_int)
     p.add_argument("--lr", type=float)
     p.add_argument(
         "--layer-decay",

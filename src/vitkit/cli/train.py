@@ -148,6 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     info = from_env()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite starts afresh over it: give one of them")
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     auto = restarted and out and not args.resume and os.path.exists(os.path.join(out, CONFIG))
     if auto:
@@ -344,7 +346,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int, help="global batch per optimizer step")
     p.add_argument(
-        "--micro-batch-size", type=int, help="accumulate gradients over micro-batches of this size"
+        "--micro-batch-size", type=positive_int, help="accumulate gradients over micro-batches of this size"
     )
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
@@ -355,7 +357,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="default: once per epoch")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="default: once per epoch")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. model.drop_path_rate=0.1"
     )

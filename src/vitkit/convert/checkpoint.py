@@ -58,7 +58,8 @@ def unknown_heads_error(ckpt: Checkpoint) -> ConversionError:
     c = ckpt.config
     return ConversionError(
         f"{ckpt.path}: the number of attention heads is not stored in the checkpoint and width {c.embed_dim} "
-        "is not a multiple of 64; pass num_heads=... (or a model name such as 'ViT-S/16')"
+        "is not a multiple of 64; pass num_heads=... (--num-heads on the command line) or a model name such as "
+        "'ViT-S/16'"
     )
 
 
