@@ -249,3 +249,31 @@ def test_pretrained_cfg_takes_timms_crop_and_resize_from_its_hub_config(tmp_path
     assert (cfg["crop_pct"], cfg["interpolation"], cfg["input_size"]) == (0.9, "bicubic", (3, 32, 32))
     stem = vitkit.create_model("SASA-ResNet-26", img_size=32, sasa_stem="attention").pretrained_cfg
     assert stem["first_conv"] == "stem.qk"  # the pixels' first layer, not a later conv
+
+
+@pytest.mark.parametrize("name", ["ResNet-26", "BiT-R26x1"])
+def test_cnn_forward_intermediates_equal_timms(name):
+    """The stem's map before its pooling, then each stage's (BiT's last one normed if asked), as timm's ResNet
+    and ResNetV2; SASA's attention stem gives its pooled output."""
+    from vitkit.convert.resnet import to_timm_resnet_names
+    from vitkit.perf.benchmark import timm_twin
+
+    ours = vitkit.create_model(name, img_size=64, in_chans=3, num_classes=5).eval()
+    theirs = timm_twin(ours.cfg).eval()
+    state = ours.state_dict()
+    theirs.load_state_dict(to_timm_resnet_names(state) if ours.cfg.arch == "resnet" else state)
+    x = torch.randn(2, 3, 64, 64)
+    cases = [
+        {},
+        {"indices": 2, "norm": True},
+        {"indices": [0, 2], "stop_early": True},
+        {"indices": [1], "intermediates_only": True},
+    ]
+    with torch.no_grad():
+        for kw in cases:
+            _assert_same(ours.forward_intermediates(x, **kw), theirs.forward_intermediates(x, **kw))
+    sasa = vitkit.create_model("SASA-ResNet-26", img_size=32, in_chans=3, sasa_stem="attention").eval()
+    maps = sasa.forward_intermediates(torch.randn(1, 3, 32, 32), indices=[0, 1], intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(1, 64, 8, 8), (1, 256, 8, 8)]
+    with pytest.raises(ValueError, match="output_fmt='NLC': the CNNs give 'NCHW' maps"):
+        ours.forward_intermediates(x, output_fmt="NLC")

@@ -11,7 +11,7 @@ from torch import nn
 
 from vitkit.models.checkpointing import run_blocks
 from vitkit.models.data_config import data_config
-from vitkit.models.layers import Dropout
+from vitkit.models.layers import Dropout, block_indices
 
 
 class ConvHead(nn.Module):
@@ -106,6 +106,51 @@ class CNNClassifier(nn.Module):
             self.head.train(self.training)
         self.num_classes, self.cfg = num_classes, cfg
         self.preprocess.pop("classes", None)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Feature maps at each level, as timm's ResNet/ResNetV2 method: level 0 the stem's before its max pool
+        (stride 2), then each stage's output; `indices` an int n (the last n levels) or level indices (negative
+        from the end), default all; with `norm`, a final norm (BiT's) applied to the last stage's. Returns
+        (forward_features's map, list), or the list alone if `intermediates_only` (then, or with `stop_early`,
+        the stages after the last one asked for are not run)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: the CNNs give 'NCHW' maps")
+        self.check_images(x)
+        take = block_indices(1 + len(self.stages), indices)
+        out = []
+        children = list(self.stem.named_children()) if isinstance(self.stem, nn.Sequential) else []
+        if (
+            children and children[-1][0] == "pool"
+        ):  # the stem's feature is taken before its padding and pooling
+            cut = next(i for i, (name, _) in enumerate(children) if name in ("pad", "pool"))
+            for i, (_, module) in enumerate(children):
+                if i == cut and 0 in take:
+                    out.append(x)
+                x = module(x)
+        else:  # SASA's attention stem pools inside: its output
+            x = self.stem(x)
+            if 0 in take:
+                out.append(x)
+        last = max(take) if (stop_early or intermediates_only) and take else len(self.stages)
+        norm_layer = getattr(self, "norm", None)
+        for level, stage in enumerate(self.stages[:last], start=1):
+            x = run_blocks(stage.blocks, x, self.grad_checkpointing)
+            if level in take:
+                final = level == len(self.stages) and norm and norm_layer is not None
+                out.append(norm_layer(x) if final else x)
+        if intermediates_only:
+            return out
+        if norm_layer is not None and last == len(self.stages):  # stopped early: the last map run, unnormed
+            x = norm_layer(x)
+        return x, out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""

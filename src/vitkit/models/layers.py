@@ -253,3 +253,21 @@ class Block(nn.Module):
         x = x + self.drop_path1(y)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return (x, attn) if return_attn else x
+
+
+def block_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Block (or feature level) indices asked for, as timm's `indices`: all (None), the last n (an int), or a list (negative from the end), checked."""
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices}: the last n blocks with 1 <= n <= {depth}")
+        return list(range(depth - indices, depth))
+    if not isinstance(indices, (list, tuple)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in indices
+    ):
+        raise ValueError(f"indices={indices!r}: an int (the last n blocks) or a list of block indices")
+    bad = [i for i in indices if not -depth <= i < depth]
+    if bad:
+        raise ValueError(f"indices={list(indices)}: {bad} outside the {depth} blocks")
+    return sorted({i % depth for i in indices})

@@ -14,7 +14,7 @@ from vitkit.config import ModelConfig
 from vitkit.models.checkpointing import checkpointed
 from vitkit.models.data_config import data_config
 from vitkit.models.init import mimetic_init_
-from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed
+from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed, block_indices
 from vitkit.models.posemb import resample_posemb, sincos2d
 from vitkit.models.resnet import init_backbone_
 
@@ -24,24 +24,6 @@ def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
     fan_in = t[0].numel()
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the truncation's shrinkage
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
-
-
-def _block_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
-    """Block indices asked for: all (None), the last n (an int), or a list (negative from the end), checked."""
-    if indices is None:
-        return list(range(depth))
-    if isinstance(indices, int) and not isinstance(indices, bool):
-        if not 0 < indices <= depth:
-            raise ValueError(f"indices={indices}: the last n blocks with 1 <= n <= {depth}")
-        return list(range(depth - indices, depth))
-    if not isinstance(indices, (list, tuple)) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in indices
-    ):
-        raise ValueError(f"indices={indices!r}: an int (the last n blocks) or a list of block indices")
-    bad = [i for i in indices if not -depth <= i < depth]
-    if bad:
-        raise ValueError(f"indices={list(indices)}: {bad} outside the {depth} blocks")
-    return sorted({i % depth for i in indices})
 
 
 class PreLogits(nn.Module):
@@ -283,7 +265,7 @@ class VisionTransformer(nn.Module):
         prefix tokens (B, 1, D) beside if `return_prefix_tokens` (and the model has any), through the final norm if `norm`. Returns
         (final features (B, N, D), list), or the list alone if `intermediates_only` (then, or with
         `stop_early`, the blocks after the last one asked for are not run)."""
-        take = _block_indices(len(self.blocks), indices)
+        take = block_indices(len(self.blocks), indices)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}: expected 'NCHW' or 'NLC'")
         gh, gw = self.patch_embed.grid_of(x)
