@@ -103,7 +103,9 @@ def test_out_holding_a_run_is_not_overwritten(capsys, run_dir):
     assert "--resume" in capsys.readouterr().err
 
 
-def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(capsys, run_dir, monkeypatch):
+def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(
+    capsys, run_dir, monkeypatch, tmp_path
+):
     """Was: rank 0 refused the folder holding a run, torchrun restarted the job, and the restart resumed (and
     lengthened) the finished run in it."""
     from safetensors.torch import load_file
@@ -119,9 +121,20 @@ def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(capsys, r
     assert main(["train", *flags, "--epochs", "3"]) == 0  # the command that made it: a restart resumes it
     after = load_file(str(run_dir / "model.safetensors"))  # finished: evaluated again, the same weights
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+    # keys the dataset sets whatever the command said do not make it another run
+    assert main(["train", *flags, "--epochs", "3", "--set", "model.num_classes=1000"]) == 0
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    other = [*TINY_FLAGS, "--no-progress", "--no-report", "--out", str(copy), "--epochs", "1", "--overwrite"]
+    assert (
+        main(["train", *other]) == 0
+    )  # another run, --overwrite: a restart starts afresh as the first try would
+    assert json.loads((copy / "summary.json").read_text())["epochs"] == 1
 
 
-def test_finetune_into_its_own_source_is_refused(capsys, run_dir):
+def test_finetune_into_its_own_source_is_refused(capsys, run_dir, tmp_path):
     """Was: --overwrite deleted the run fine-tuned from before reading it (a kill then lost the weights)."""
     for source in (run_dir, run_dir / "model.safetensors", run_dir / "checkpoints" / "best"):
         args = [
@@ -137,6 +150,26 @@ def test_finetune_into_its_own_source_is_refused(capsys, run_dir):
         assert main(args) == 2
         assert "holds the checkpoint fine-tuned from" in capsys.readouterr().err
     assert (run_dir / "model.safetensors").exists() and (run_dir / "checkpoints").is_dir()
+    import shutil
+
+    exp = tmp_path / "exp"  # a source in a sub-folder that is not one of the run's outputs is kept: allowed
+    shutil.copytree(run_dir, exp / "pre")
+    args = [
+        "finetune",
+        "--from",
+        str(exp / "pre"),
+        "--out",
+        str(exp),
+        "--dataset",
+        "synthetic",
+        "--steps",
+        "1",
+    ]
+    assert (
+        main([*args, "--batch-size", "16", "--set", "data.synthetic_size=64", "--no-progress", "--no-report"])
+        == 0
+    )
+    assert (exp / "pre" / "model.safetensors").exists() and (exp / "model.safetensors").exists()
 
 
 def test_edited_run_files_are_named_not_tracebacks(capsys, run_dir, tmp_path):

@@ -492,7 +492,7 @@ def test_hub_offline_uncached_names_id_and_cache(tmp_path, monkeypatch):
         read_checkpoint("runs/best")  # a mistyped local path reads as a hub id: both are said
 
 
-def test_hub_unreachable_online_is_not_called_a_missing_file(monkeypatch):
+def test_hub_unreachable_online_is_not_called_a_missing_file(monkeypatch, tmp_path):
     """Was: no connection (huggingface_hub's LocalEntryNotFoundError) was reported as 'config.json not found in
     the repository'."""
     import huggingface_hub
@@ -505,6 +505,16 @@ def test_hub_unreachable_online_is_not_called_a_missing_file(monkeypatch):
     with pytest.raises(ConversionError, match="the Hugging Face hub cannot be reached") as e:
         read_checkpoint("google/vit-base-patch16-224")
     assert "not found in the repository" not in str(e.value)
+
+    def config_cached(repo_id, filename, **kw):  # the config cached, the weights not, the hub unreachable
+        if filename == "config.json":
+            return str(tmp_path / "config.json")
+        raise LocalEntryNotFoundError("connection error, and the file is not in the cache")
+
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", config_cached)
+    with pytest.raises(ConversionError, match="the Hugging Face hub cannot be reached"):
+        read_checkpoint("google/vit-base-patch16-224")
 
 
 def test_hub_ids_resolve_through_the_cache(tmp_path, monkeypatch):

@@ -269,6 +269,8 @@ def test_imagefolder_16_bit_hidden_files_and_empty_classes(tmp_path, caplog):
     write_folder(str(tmp_path / "ds"), "train")
     (tmp_path / "ds" / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     (tmp_path / "ds" / "train" / ".hidden").mkdir()
+    (tmp_path / "ds" / "train" / "cat" / ".ipynb_checkpoints").mkdir()  # inside a class too
+    (tmp_path / "ds" / "train" / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(b"junk")
     (tmp_path / "ds" / "train" / "empty").mkdir()
     with caplog.at_level("WARNING"):
         splits = load_imagefolder(str(tmp_path / "ds"), (8, 8), val_fraction=0.2)

@@ -952,3 +952,39 @@ def test_sigint_or_sigterm_checkpoints_the_step_and_resumes_exactly(
     ours, want = load_file(str(run / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     for k, v in want.items():
         torch.testing.assert_close(ours[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_a_signal_during_evaluation_checkpoints_and_a_second_one_stops_at_once(tmp_path, monkeypatch, caplog):
+    """Was: a signal that came during an epoch's evaluation stopped without a checkpoint (it said it had made
+    one); a second SIGTERM was reported as SIGINT (exit 130, not 143)."""
+    import vitkit.train.trainer as trainer_module
+
+    real_eval, real_step = trainer_module.Trainer.eval_and_log, trainer_module.Trainer.train_step
+
+    def eval_then_signal(self, *a, **kw):
+        out = real_eval(self, *a, **kw)
+        if self.step == 16:  # the end of the first epoch, not a checkpoint step
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(trainer_module.Trainer, "eval_and_log", eval_then_signal)
+    run = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--epochs", "3", "--checkpoint-every", "100", "--no-progress", "--no-report"]
+    with caplog.at_level("WARNING"):
+        assert (
+            main(["train", *flags, "--set", "train.eval_every=1", "--out", str(run)]) == 128 + signal.SIGINT
+        )
+    assert (run / "checkpoints" / "step-00000016").is_dir() and "stopped at step 16 of 48" in caplog.text
+
+    def step_then_two_signals(self):
+        out = real_step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # the second: at once, no checkpoint
+        return out
+
+    monkeypatch.setattr(trainer_module.Trainer, "eval_and_log", real_eval)
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_two_signals)
+    assert main(["train", *flags, "--out", str(tmp_path / "twice")]) == 128 + signal.SIGTERM
+    assert not list((tmp_path / "twice" / "checkpoints").glob("step-*"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

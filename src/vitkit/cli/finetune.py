@@ -65,11 +65,12 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     from vitkit.data.datasets import load_dataset
     from vitkit.models import build_model
     from vitkit.train.loop import resolve_for_data, train
-    from vitkit.train.runfiles import CONFIG
+    from vitkit.train.runfiles import CONFIG, RUN_OUTPUTS
 
     if args.out and os.path.exists(os.path.expanduser(args.source)):
         out, src = os.path.realpath(args.out), os.path.realpath(os.path.expanduser(args.source))
-        if os.path.commonpath([out, src]) == out:  # --overwrite would delete the weights before reading them
+        inside = os.path.relpath(src, out).split(os.sep)[0] if os.path.commonpath([out, src]) == out else None
+        if inside in (".", *RUN_OUTPUTS):  # the run's outputs there are replaced before the source is read
             raise UserError(
                 f"--out {args.out} holds the checkpoint fine-tuned from (--from {args.source}): choose another --out"
             )

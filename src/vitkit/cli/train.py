@@ -127,6 +127,19 @@ def _renamed(cfg: RunConfig, sets: list[str]) -> RunConfig:
     )
 
 
+def _restart_differences(args: argparse.Namespace, out: str) -> list[str]:
+    """How the run in `out` differs from what this command makes (its flags on the run's config), but for the
+    keys the dataset sets whatever the command said."""
+    from vitkit.train.runfiles import read_config
+
+    saved = read_config(out)
+    if args.recipe and args.recipe != saved.recipe:
+        return [f"recipe: {saved.recipe!r} in the run, {args.recipe!r} now"]
+    saved_here = dataclasses.replace(saved, data=local_data(saved.data, None, out))
+    diff = _differences(to_dict(resolve_config(args, saved_here)), to_dict(saved))
+    return [d for d in diff if not d.startswith(("model.num_classes", "model.in_chans"))]
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -150,15 +163,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite starts afresh over it: give one of them")
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    auto = restarted and out and not args.resume and os.path.exists(os.path.join(out, CONFIG))
-    if auto:
-        log.info(
-            "torchrun restarted the job (restart %s): resuming %s",
-            os.environ["TORCHELASTIC_RESTART_COUNT"],
-            out,
-        )
-        args.resume = out
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if int(restart) > 0 and out and not args.resume and os.path.exists(os.path.join(out, CONFIG)):
+        # a restart resumes only the run this very command started: the refusal of a folder holding another run
+        # (the first attempt's error) must not become a resume of it
+        diff = _restart_differences(args, out)
+        if not diff:
+            log.info("torchrun restarted the job (restart %s): resuming %s", restart, out)
+            args.resume = out
+        elif args.overwrite:
+            log.info(
+                "torchrun restarted the job (restart %s): %s holds another run; starting afresh", restart, out
+            )
+        else:
+            raise UserError(
+                f"torchrun restarted the job, but {out} holds a run this command did not start (it differs: "
+                f"{'; '.join(diff)}); the run is left as it is: use --resume {out} to continue it, or --overwrite"
+            )
     if args.resume:
         if out and os.path.abspath(out) != os.path.abspath(args.resume):
             raise UserError(f"--resume {args.resume} and --out {out} name different folders")
@@ -171,13 +192,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved_here = dataclasses.replace(saved, data=local_data(saved.data, None, out))
         cfg = resolve_config(args, saved_here)  # the flags given apply on top of the run's config
         diff = _differences(to_dict(cfg), to_dict(saved))
-        if (
-            auto and diff
-        ):  # a restart resumes only the run this very command started (any difference: another)
-            raise UserError(
-                f"torchrun restarted the job, but {out} holds a run this command did not start (it differs: "
-                f"{'; '.join(diff)}); the run is left as it is: use --resume {out} to continue it, or --overwrite"
-            )
         diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
         if diff:
             raise UserError(f"--resume {out}: the command differs from the run's config: {'; '.join(diff)}")

@@ -115,8 +115,12 @@ def fetch(source: str) -> str:
             raise LookupError("config.json")
         folder = os.path.dirname(config)
         _download(hub, repo_id, "preprocessor_config.json")  # optional: mean and std
+        unreachable = None
         for name in WEIGHT_FILES:
-            path = _download(hub, repo_id, name)
+            try:
+                path = _download(hub, repo_id, name, required=True)
+            except LocalEntryNotFoundError as e:  # try the other name; if neither: unreachable, not missing
+                path, unreachable = None, e
             if path is not None:
                 if os.path.dirname(path) != folder:
                     raise ConversionError(f"{source}: config.json and {name} resolved to different snapshots")
@@ -126,6 +130,8 @@ def fetch(source: str) -> str:
             if path is not None:
                 _download_shards(hub, repo_id, path)
                 return folder
+        if unreachable is not None:
+            raise unreachable
         raise LookupError(" or ".join(WEIGHT_FILES))
     except LookupError as e:
         why = "offline (HF_HUB_OFFLINE=1) and not in the cache" if offline else "not found in the repository"

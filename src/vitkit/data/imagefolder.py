@@ -71,8 +71,10 @@ def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list
         if not os.path.isdir(cdir):
             continue
         before = len(paths)
-        for root, dirs, files in sorted(os.walk(cdir)):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for root, dirs, files in os.walk(
+            cdir
+        ):  # in sorted order, hidden folders (.ipynb_checkpoints) skipped
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for f in sorted(files):  # hidden files (macOS ._name, .DS_Store) are not images
                 if f.lower().endswith(EXTENSIONS) and not f.startswith("."):
                     paths.append(os.path.join(root, f))

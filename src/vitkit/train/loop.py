@@ -72,11 +72,11 @@ def _clean_stale(out_dir: str) -> None:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT or SIGTERM after checkpointing its last step."""
+    """Training stopped by SIGINT or SIGTERM: after checkpointing its last step, or at once (a second one)."""
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"{signal.Signals(signum).name} at step {step}")
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int, step: int | None):
+        super().__init__(f"{signal.Signals(signum).name}" + (f" at step {step}" if step is not None else ""))
+        self.signum, self.step = signum, step  # step None: stopped at once, not checkpointed
 
 
 class _StopRequest:
@@ -87,7 +87,7 @@ class _StopRequest:
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise TrainingInterrupted(signum, None)
         self.signum = signum
         log.warning(
             "%s: stopping after this step with a checkpoint (send it again to stop at once)",
@@ -179,24 +179,26 @@ def _train_steps(
                 progress.update(tr.step, stats)
             window_t = time.perf_counter()
         epoch_done = tr.step // tr.spe
+        stopping = stop.signum is not None  # asked to stop: checkpoint now, evaluate on resuming
         evaluate = end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total
-        save = tr.step % ckpt_every == 0 or tr.step == tr.total or stop.signum is not None
-        if not (evaluate or save):
+        save = tr.step % ckpt_every == 0 or tr.step == tr.total or stopping
+        if not ((evaluate and not stopping) or save):
             continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the steps so far count as training time
         # evaluation and checkpoints are not training time: the window skips them
         paused = time.perf_counter()
-        if stop.signum is not None:
-            tr.elapsed += paused - window_t  # the steps since the last log line, kept in the checkpoint
-        if evaluate:
+        if evaluate and not stopping:
             _, head, _ = tr.eval_and_log()
             if progress and info.is_main:
                 progress.update(tr.step, {"test_top1": head["top1"]})
-        if save:
+            stopping = stop.signum is not None  # a signal during the evaluation
+        if stopping:
+            tr.elapsed += paused - window_t  # the steps since the last log line, kept in the checkpoint
+        if save or stopping:  # a signal during the save itself stops after the next step's checkpoint
             tr.save()
         window_t += time.perf_counter() - paused
-        if stop.signum is not None:
+        if stopping:
             log.warning(
                 "stopped at step %d of %d, checkpointed: continue with `vitkit train --resume %s`",
                 tr.step,
