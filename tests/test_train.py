@@ -988,3 +988,28 @@ def test_a_signal_during_evaluation_checkpoints_and_a_second_one_stops_at_once(t
     assert main(["train", *flags, "--out", str(tmp_path / "twice")]) == 128 + signal.SIGTERM
     assert not list((tmp_path / "twice" / "checkpoints").glob("step-*"))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def signal_at_epoch_end(self):
+        out = real_step(self)
+        if self.step == 16:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(
+        trainer_module.Trainer, "train_step", signal_at_epoch_end
+    )  # stop with an evaluation due
+    ends = tmp_path / "ends"
+    args = [*flags, "--set", "train.eval_every=1", "--out", str(ends)]
+    assert main(["train", *args]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    assert main(["train", "--resume", str(ends), "--no-progress", "--no-report"]) == 0
+    assert main(["train", *args[:-1], str(tmp_path / "plain")]) == 0
+    evals = [
+        [
+            json.loads(line)["step"]
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "split" in line
+        ]
+        for run in (ends, tmp_path / "plain")
+    ]
+    assert evals[0] == evals[1] and 16 in evals[0]  # the due evaluation made once, as without the stop

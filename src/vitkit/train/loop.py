@@ -179,22 +179,26 @@ def _train_steps(
                 progress.update(tr.step, stats)
             window_t = time.perf_counter()
         epoch_done = tr.step // tr.spe
-        stopping = stop.signum is not None  # asked to stop: checkpoint now, evaluate on resuming
+        stopping = stop.signum is not None  # asked to stop: checkpoint this step
         evaluate = end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total
         save = tr.step % ckpt_every == 0 or tr.step == tr.total or stopping
-        if not ((evaluate and not stopping) or save):
+        if not (evaluate or save):
             continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the steps so far count as training time
         # evaluation and checkpoints are not training time: the window skips them
         paused = time.perf_counter()
-        if evaluate and not stopping:
+        if stopping:
+            tr.elapsed += paused - window_t  # the steps since the last log line, kept in the checkpoint
+            if evaluate:
+                tr.save()  # first: a kill during the (maybe long) evaluation keeps the steps
+        if evaluate:  # its metrics and best/ as without the stop: the checkpoint below follows it
             _, head, _ = tr.eval_and_log()
             if progress and info.is_main:
                 progress.update(tr.step, {"test_top1": head["top1"]})
-            stopping = stop.signum is not None  # a signal during the evaluation
-        if stopping:
-            tr.elapsed += paused - window_t  # the steps since the last log line, kept in the checkpoint
+            if not stopping and stop.signum is not None:  # a signal during the evaluation
+                stopping = True
+                tr.elapsed += paused - window_t
         if save or stopping:  # a signal during the save itself stops after the next step's checkpoint
             tr.save()
         window_t += time.perf_counter() - paused
