@@ -25,7 +25,8 @@ def create_model(
     Without `pretrained` (None or False) the model has random weights (as `vitkit.models.create_model`).
     `pretrained=True` loads the variant's default weights from the Hugging Face hub (`DEFAULT_PRETRAINED` in
     `vitkit.convert.hub`: the paper's ImageNet-21k -> 1k checkpoints for ViT-B/16, L/16 and L/32, its
-    ImageNet-21k ViT-H/14 without a head, timm's for the others). A path, run folder, hub id or Checkpoint loads that one. With weights, the config is
+    ImageNet-21k ViT-H/14 without a head, timm's for the others). A path, run folder, hub id, Checkpoint, state
+    dict or model in memory loads that one. With weights, the config is
     the checkpoint's (width, depth, heads, patch, pooling, eps, pre-logits, classes, image size), `name` may fix
     the architecture, and keyword arguments override any ModelConfig field: `img_size` resamples the position
     embedding, a different `num_classes` replaces the head (zero-initialised, pre-logits dropped). Loader options

@@ -47,9 +47,8 @@ class VisionTransformer(nn.Module):
         self._structured_init = not weights_follow  # False when loaded weights will replace the init anyway
         d = cfg.embed_dim
         self.num_classes = cfg.num_classes
-        self.preprocess: dict[
-            str, Any
-        ] = {}  # the loaded weights' mean, std, classes, source (pretrained_cfg)
+        # the loaded weights' mean, std, classes, source (pretrained_cfg)
+        self.preprocess: dict[str, Any] = {}
         self.num_prefix_tokens = cfg.num_prefix_tokens
         self.embed_dim = self.num_features = d
         self.patch_embed = PatchEmbed(
@@ -226,8 +225,8 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing (timm's name): in training with gradients, each transformer block keeps only
         its input and recomputes its activations during backward (about one more forward pass per step for the
-        blocks' activation memory; the same gradients, dropout masks included); so does a hybrid's ResNet, stage
-        by stage's units."""
+        blocks' activation memory; the same gradients, dropout masks included); so does each unit of a hybrid's
+        ResNet."""
         self.grad_checkpointing = enable
         self.patch_embed.set_grad_checkpointing(enable)
 
@@ -262,9 +261,9 @@ class VisionTransformer(nn.Module):
     ):
         """Block outputs, as timm's method: `indices` an int n (the last n blocks) or block indices (negative
         from the end), default all; each as (B, D, gh, gw) ("NCHW") or (B, Np, D) ("NLC") patch tokens, with the
-        prefix tokens (B, 1, D) beside if `return_prefix_tokens` (and the model has any), through the final norm if `norm`. Returns
-        (final features (B, N, D), list), or the list alone if `intermediates_only` (then, or with
-        `stop_early`, the blocks after the last one asked for are not run)."""
+        prefix tokens (B, 1, D) beside if `return_prefix_tokens` (and the model has any), through the final
+        norm if `norm`. Returns (final features (B, N, D), list), or the list alone if `intermediates_only`
+        (then, or with `stop_early`, the blocks after the last one asked for are not run)."""
         take = block_indices(len(self.blocks), indices)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}: expected 'NCHW' or 'NLC'")
