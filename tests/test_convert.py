@@ -593,3 +593,27 @@ def test_malformed_npz_arrays_are_named(tmp_path):
         path = save_npz(tmp_path / f"bad{i}.npz", arrays, prefix)
         with pytest.raises(ConversionError, match=match):
             read_checkpoint(path)
+
+
+def test_a_wrongly_shaped_tensor_is_named_itself(tmp_path):
+    """Was: the config was read from the damaged tensor, and every other block's tensors were listed instead."""
+    from safetensors.torch import save_file
+
+    state = vitkit.create_model("ViT-Ti/16", img_size=32, depth=3, num_classes=3).state_dict()
+    bad = dict(state, **{"blocks.0.mlp.fc1.weight": torch.zeros(100, 192)})
+    save_file(bad, str(tmp_path / "a.safetensors"))
+    with pytest.raises(
+        ConversionError, match=r"blocks\.0\.mlp\.fc1\.weight \(100, 192\) and blocks\.0\.mlp\.fc1"
+    ):
+        read_checkpoint(tmp_path / "a.safetensors")
+    odd = dict(state, **{"blocks.2.norm1.weight": torch.ones(7)})
+    save_file(odd, str(tmp_path / "b.safetensors"))
+    with pytest.raises(
+        ConversionError, match=r"blocks\.2\.norm1\.weight \(7,\) unlike the other blocks' \(192,\)"
+    ):
+        read_checkpoint(tmp_path / "b.safetensors")
+    save_file(state, str(tmp_path / "c.safetensors"))
+    with pytest.raises(
+        ConversionError, match=r"c\.safetensors: width 192 is not divisible by the number of heads 5"
+    ):
+        vitkit.create_model(pretrained=str(tmp_path / "c.safetensors"), num_heads=5)

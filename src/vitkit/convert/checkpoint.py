@@ -132,6 +132,34 @@ def _require(state: dict[str, torch.Tensor], key: str, where: str) -> torch.Tens
     return state[key]
 
 
+def _check_blocks_agree(state: dict[str, torch.Tensor], where: str, depth: int) -> None:
+    """Each encoder block's MLP and attention widths agree within it, and every block's tensors have the shapes
+    of the others': else the tensors at fault are named (the config is read from block 0)."""
+    pairs = [("mlp.fc1.weight", 0, "mlp.fc1.bias", 0), ("mlp.fc1.weight", 0, "mlp.fc2.weight", 1)]
+    pairs += [("attn.qkv.weight", 0, "attn.qkv.bias", 0), ("attn.proj.weight", 1, "attn.qkv.weight", 1)]
+    for i in range(depth):
+        for a, da, b, db in pairs:
+            ta, tb = state.get(f"blocks.{i}.{a}"), state.get(f"blocks.{i}.{b}")
+            if ta is None or tb is None or ta.ndim <= da or tb.ndim <= db or ta.shape[da] == tb.shape[db]:
+                continue
+            raise ConversionError(
+                f"{where}: blocks.{i}.{a} {tuple(ta.shape)} and blocks.{i}.{b} {tuple(tb.shape)} disagree on a width"
+            )
+    for name in sorted({k.split(".", 2)[2] for k in state if _BLOCK.match(k)}):
+        shapes = {
+            i: tuple(state[f"blocks.{i}.{name}"].shape) for i in range(depth) if f"blocks.{i}.{name}" in state
+        }
+        if len(set(shapes.values())) < 2:
+            continue
+        counts = list(shapes.values())
+        common = max(set(counts), key=counts.count)
+        if 2 * counts.count(common) > len(counts):  # a majority: the others are at fault
+            odd = [f"blocks.{i}.{name} {shape}" for i, shape in shapes.items() if shape != common]
+            raise ConversionError(f"{where}: {', '.join(odd)} unlike the other blocks' {common}")
+        listed = ", ".join(f"blocks.{i}.{name} {shape}" for i, shape in shapes.items())
+        raise ConversionError(f"{where}: the blocks' shapes differ: {listed}")
+
+
 def infer_config(
     state: dict[str, torch.Tensor],
     where: str,
@@ -153,6 +181,7 @@ def infer_config(
     if backbone is not None:
         in_chans, stride = backbone_in, patch * backbone_stride(backbone)
     depth = _depth(state, where)
+    _check_blocks_agree(state, where, depth)
     mlp = int(_require(state, "blocks.0.mlp.fc1.weight", where).shape[0])
     heads = num_heads or guess_num_heads(width, depth, mlp, where) or 1  # 1: unknown (see heads_known)
     pool = "token" if "cls_token" in state else "gap"
@@ -176,23 +205,26 @@ def infer_config(
             log.info("%s: no position embedding to read the grid from; assuming 224x224 images", where)
     head = state.get("head.weight")
     pre = state.get("pre_logits.fc.weight")
-    return ModelConfig(
-        name=model_name(width, depth, heads, mlp, patch, backbone),
-        img_size=img_size,
-        patch_size=patch,
-        in_chans=in_chans,
-        num_classes=int(head.shape[0]) if head is not None else 0,
-        embed_dim=width,
-        depth=depth,
-        num_heads=heads,
-        mlp_dim=mlp,
-        pool=pool,
-        posemb=posemb,
-        representation_size=int(pre.shape[0]) if pre is not None else None,
-        qkv_bias="blocks.0.attn.qkv.bias" in state,
-        norm_eps=norm_eps,
-        backbone=backbone,
-    )
+    try:
+        return ModelConfig(
+            name=model_name(width, depth, heads, mlp, patch, backbone),
+            img_size=img_size,
+            patch_size=patch,
+            in_chans=in_chans,
+            num_classes=int(head.shape[0]) if head is not None else 0,
+            embed_dim=width,
+            depth=depth,
+            num_heads=heads,
+            mlp_dim=mlp,
+            pool=pool,
+            posemb=posemb,
+            representation_size=int(pre.shape[0]) if pre is not None else None,
+            qkv_bias="blocks.0.attn.qkv.bias" in state,
+            norm_eps=norm_eps,
+            backbone=backbone,
+        )
+    except ValueError as e:  # e.g. --num-heads that does not divide the width: name the file
+        raise ConversionError(f"{where}: {e}") from None
 
 
 def prepend_prefix_posemb(state: dict[str, torch.Tensor], grid_tokens: int | None = None) -> None:

@@ -308,7 +308,12 @@ def model_from_source(
         reset_head = True  # asking for another number of classes asks for a new head
     if reset_head:
         overrides = {**overrides, "representation_size": None, "head_init": "zero"}
-    cfg = config_for(ckpt, name, **overrides)
+    try:
+        cfg = config_for(ckpt, name, **overrides)
+    except ConversionError:
+        raise
+    except ValueError as e:  # an option that does not fit the checkpoint's shape: name the file too
+        raise ConversionError(f"{ckpt.path}: {e}") from None
     if device is not None:
         with torch.device(device):
             model = build_model(cfg, weights_follow=True)
