@@ -142,6 +142,13 @@ def test_create_model_takes_pretrained_bools_listed_settings_and_state_dicts(mon
     assert vitkit.forward_macs(small) == vitkit.forward_macs(small.cfg)
     assert vitkit.create_model("ViT-Ti/4", img_size=32, in_chans=3).cfg.in_chans == 3
     assert vitkit.create_model("ViT-Ti/16").cfg.img_size == (224, 224)
+    named = vitkit.models.model_config  # the name says the shape (was: "ViT-Ti/16" whatever the overrides)
+    assert named("ViT-Ti/16", embed_dim=64, num_heads=2, mlp_dim=128, depth=2).name == "ViT-64x2/16"
+    assert (
+        named("ViT-B/16", patch_size=8).name == "ViT-B/8"
+        and named("ViT-S/16", img_size=32).name == "ViT-S/16"
+    )
+    assert named("R50+ViT-B/16", depth=2).name == "R50+ViT-768x2/16"
     assert sorted(vitkit.list_models("*ResNet-26")) == ["AA-ResNet-26", "ResNet-26", "SASA-ResNet-26"]
     assert "ViT-B/16" in vitkit.list_models("vit-b*") and vitkit.list_models("nothing*") == []
     with pytest.raises(ValueError, match="expected a ModelConfig or a vitkit model"):

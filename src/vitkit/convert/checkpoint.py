@@ -12,7 +12,7 @@ import torch
 
 from vitkit.config import ModelConfig, backbone_stride
 from vitkit.convert.files import ConversionError
-from vitkit.models.registry import R50_STRIDE32, RESNETS, WIDTHS
+from vitkit.models.registry import WIDTHS, model_name
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +61,6 @@ def unknown_heads_error(ckpt: Checkpoint) -> ConversionError:
         "is not a multiple of 64; pass num_heads=... (--num-heads on the command line) or a model name such as "
         "'ViT-S/16'"
     )
-
-
-def model_name(
-    width: int, depth: int, heads: int, mlp: int, patch: int, backbone: tuple[int, ...] | None = None
-) -> str:
-    """ "ViT-B/16" when the shape is one of the paper's, else "ViT-<width>x<depth>/<patch>"; hybrids
-    "R50+ViT-B/16" with the token stride after the slash."""
-    prefix = ""
-    if backbone is not None:
-        patch *= backbone_stride(backbone)
-        names = [k for k, v in [*RESNETS.items(), ("R50", R50_STRIDE32)] if v == tuple(backbone)]
-        prefix = (names[0] if names else "R" + "-".join(map(str, backbone))) + "+"
-    for size, shape in WIDTHS.items():
-        if shape == (width, depth, heads, mlp):
-            return f"{prefix}ViT-{size}/{patch}"
-    return f"{prefix}ViT-{width}x{depth}/{patch}"
 
 
 def stage_depths(state: dict[str, torch.Tensor], prefix: str, where: str) -> tuple[int, ...]:

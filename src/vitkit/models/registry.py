@@ -72,6 +72,22 @@ RESNETS: dict[str, tuple[int, ...]] = {"R50": (3, 4, 9), "R26": (2, 2, 2, 2), "R
 R50_STRIDE32 = (3, 4, 6, 3)
 
 
+def model_name(
+    width: int, depth: int, heads: int, mlp: int, patch: int, backbone: tuple[int, ...] | None = None
+) -> str:
+    """ "ViT-B/16" when the shape is one of the paper's, else "ViT-<width>x<depth>/<patch>"; hybrids
+    "R50+ViT-B/16" with the token stride after the slash."""
+    prefix = ""
+    if backbone is not None:
+        patch *= backbone_stride(backbone)
+        names = [k for k, v in [*RESNETS.items(), ("R50", R50_STRIDE32)] if v == tuple(backbone)]
+        prefix = (names[0] if names else "R" + "-".join(map(str, backbone))) + "+"
+    for size, shape in WIDTHS.items():
+        if shape == (width, depth, heads, mlp):
+            return f"{prefix}ViT-{size}/{patch}"
+    return f"{prefix}ViT-{width}x{depth}/{patch}"
+
+
 def parse_name(name: str) -> tuple[str, int]:
     """Split `ViT-B/16` into ("B", 16); raise ValueError naming what is wrong."""
     if not isinstance(name, str):
@@ -187,6 +203,9 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     )
     check_model_options(overrides)
     base.update(overrides)
+    shape = (base["embed_dim"], base["depth"], base["num_heads"], base["mlp_dim"])
+    if shape != WIDTHS[size] or base["patch_size"] != patch:
+        base["name"] = model_name(*shape, base["patch_size"], base.get("backbone"))  # the name says the shape
     return ModelConfig(**base)
 
 
