@@ -204,7 +204,7 @@ def test_small_mistakes_get_their_own_messages(capsys, run_dir, tmp_path):
             "is a file; convert writes a run folder",
         ),
         (["export", str(run_dir), "--out", str(tmp_path)], "is a folder; export writes one file"),
-        (["train", "--micro-batch-size", "-4"], "argument --micro-batch-size: -4 must be at least 1"),
+        (["train", "--micro-batch-size", "-4"], "argument --micro-batch-size: -4 must be at least 0"),
         (["train", "--checkpoint-every", "-1"], "argument --checkpoint-every: -1 must be at least 1"),
         (["train", "--resume", str(run_dir), "--overwrite"], "give one of them"),
     ]

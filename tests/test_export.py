@@ -42,6 +42,16 @@ def test_onnx_dynamic_batch_matches_pytorch(tmp_path):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 48]
 
 
+def test_a_dynamic_img_size_model_exports_at_its_size_with_a_warning(tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    model = vitkit.create_model("ViT-Ti/16", img_size=32, embed_dim=32, depth=1, num_heads=2, mlp_dim=64,
+                                dynamic_img_size=True).eval()  # fmt: skip
+    with caplog.at_level("WARNING"):
+        path = export_onnx(model, str(tmp_path / "d.onnx"))
+    assert "exported at 32x32 only (the model's dynamic_img_size is not exported)" in caplog.text
+    assert max(check_onnx(path, model, (2,)).values()) < 1e-4
+
+
 def test_cli_export_onnx_at_new_size(run_dir, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m32.onnx"

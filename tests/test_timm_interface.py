@@ -72,7 +72,9 @@ def test_reset_classifier_gives_a_zero_head_and_drops_pre_logits():
     cnn = vitkit.create_model("BiT-R26x1", img_size=32, num_classes=5, drop_rate=0.5).eval().double()
     rng_id = cnn.head.drop.rng_id
     cnn.reset_classifier(7, global_pool="avg")
-    assert cnn.get_classifier().fc.out_channels == 7 and not cnn.head.fc.weight.any()
+    assert (
+        cnn.get_classifier().out_channels == 7 and not cnn.head.fc.weight.any()
+    )  # timm's ResNetV2: the conv
     assert not cnn.head.training and cnn.head.fc.weight.dtype == torch.float64  # the model's mode and dtype
     cnn.head.fc.weight.data.normal_()
     with torch.no_grad():  # was: the new head's dropout ran in an evaluated model
@@ -233,6 +235,12 @@ def test_models_in_memory_load_with_their_configs(caplog):
     twin_x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(twin(twin_x), cnn(twin_x), rtol=0, atol=0)
+    odd = timm.create_model("vit_small_patch16_224", img_size=32, depth=1, num_heads=12, num_classes=3).eval()
+    with torch.no_grad():  # 384 wide with 12 heads: the module says so (the paper's table would guess 6)
+        torch.testing.assert_close(vitkit.create_model(pretrained=odd)(x), odd(x), rtol=0, atol=1e-5)
+    resnet = timm.create_model("resnet50", num_classes=3)
+    cfg = vitkit.create_model(pretrained=resnet).pretrained_cfg  # its own resize and crop, not its input size
+    assert (cfg["interpolation"], cfg["crop_pct"]) == (resnet.pretrained_cfg["interpolation"], 0.95)
     _, theirs = _pair()
     compiled = torch.compile(theirs)  # its state dict's names begin with _orig_mod.
     assert next(iter(compiled.state_dict())).startswith("_orig_mod.")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, positive_int
+from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, nonneg_int, positive_int
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
@@ -176,7 +176,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--micro-batch-size", type=positive_int)
+    p.add_argument("--micro-batch-size", type=nonneg_int, help="0: none")
     p.add_argument("--lr", type=float)
     p.add_argument(
         "--layer-decay",

@@ -12,7 +12,15 @@ import time
 
 import torch
 
-from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, load_run, local_data, positive_int
+from vitkit.cli.common import (
+    PRECISION_HELP,
+    TqdmProgress,
+    UserError,
+    load_run,
+    local_data,
+    nonneg_int,
+    positive_int,
+)
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.recipes import RECIPES, get_recipe
 
@@ -360,7 +368,9 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int, help="global batch per optimizer step")
     p.add_argument(
-        "--micro-batch-size", type=positive_int, help="accumulate gradients over micro-batches of this size"
+        "--micro-batch-size",
+        type=nonneg_int,
+        help="accumulate gradients over micro-batches of this size (0: none)",
     )
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)

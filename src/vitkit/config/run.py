@@ -142,7 +142,8 @@ class TrainConfig:
         mb = self.micro_batch_size
         if mb < 0 or (mb and self.batch_size % mb):
             raise ValueError(
-                f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={mb}"
+                f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={mb} "
+                "(--micro-batch-size N, or 0 for none)"
             )
         _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:

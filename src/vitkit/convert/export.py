@@ -52,6 +52,9 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
         raise ConversionError("ONNX export needs onnx and onnxscript: pip install 'vitkit[export]'") from None
+    if getattr(getattr(model, "cfg", None), "dynamic_img_size", False):
+        size = model.cfg.img_size
+        log.warning("%s: exported at %dx%d only (the model's dynamic_img_size is not exported)", path, *size)
     newest = onnx.defs.onnx_opset_version()
     if not 1 <= opset <= newest:
         raise ConversionError(

@@ -38,6 +38,10 @@ DEFAULT_PRETRAINED = {
 
 def default_pretrained(name: str | None) -> str:
     """The hub id `pretrained=True` loads for model `name`; a ValueError naming the choices for another."""
+    if name is None:
+        raise ValueError(
+            "pretrained=True needs the model's name, e.g. create_model('ViT-B/16', pretrained=True)"
+        )
     source = lookup(DEFAULT_PRETRAINED, name)
     if source is not None:
         return source

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vitkit.convert.bit import is_bit_npz, read_bit_npz
-from vitkit.convert.checkpoint import Checkpoint
+from vitkit.convert.checkpoint import PREPROCESS_KEYS, Checkpoint
 from vitkit.convert.files import (
     TORCH_SUFFIXES,
     ConversionError,
@@ -60,7 +60,16 @@ def _from_module(model: nn.Module, num_heads: int | None) -> Checkpoint:
         if num_heads:
             config["num_attention_heads"] = num_heads
         return from_hf_state(state, config, name)
-    return _from_state(name, strip_module(state), num_heads)
+    state = strip_module(state)
+    if is_timm_state(state):  # timm's model: its heads and preprocessing (not its default input size)
+        blocks = getattr(model, "blocks", None)
+        attn = getattr(blocks[0], "attn", None) if isinstance(blocks, nn.Sequential) and len(blocks) else None
+        heads = num_heads or getattr(attn, "num_heads", None)
+        pre = {
+            k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if k in PREPROCESS_KEYS
+        }
+        return from_timm_state(state, name, hub_config={"pretrained_cfg": pre}, num_heads=heads)
+    return _from_state(name, state, num_heads)
 
 
 def _read_folder(folder: str, num_heads: int | None) -> Checkpoint:
@@ -120,8 +129,9 @@ def read_checkpoint(source: Source, *, num_heads: int | None = None) -> Checkpoi
         state = strip_module({k: v.detach() for k, v in source.items()})
         if is_hf_state(state):
             log.warning(
-                "a transformers state dict without its config: LayerNorm eps 1e-12, erf GELU and the heads "
-                "guessed; pass the transformers model itself (or its folder) to use its config"
+                "a transformers state dict without its config: its LayerNorm eps, GELU and heads are unknown (a "
+                "model built from it takes transformers' defaults: eps 1e-12, erf GELU, heads by width; a model "
+                "given keeps its own); pass the transformers model itself (or its folder) to use its config"
             )
         return _from_state("<state dict>", state, num_heads)
     source = os.fspath(source)

@@ -79,8 +79,8 @@ class CNNClassifier(nn.Module):
     default_cfg = pretrained_cfg  # timm's older name
 
     def get_classifier(self) -> nn.Module | None:
-        """The classification head (timm's name): pooling, dropout and the 1x1 conv; None without one."""
-        return self.head
+        """The classifier layer (timm's name; its ResNetV2's): the head's 1x1 conv, None without a head."""
+        return self.head.fc if self.head is not None else None
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups by layer, as timm's ResNets: the stem, each bottleneck (each stage if `coarse`)."""
