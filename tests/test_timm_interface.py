@@ -153,6 +153,13 @@ def test_create_model_takes_pretrained_bools_listed_settings_and_state_dicts(mon
     assert named("R50+ViT-B/16", depth=2).name == "R50+ViT-768x2/16"
     assert sorted(vitkit.list_models("*ResNet-26")) == ["AA-ResNet-26", "ResNet-26", "SASA-ResNet-26"]
     assert "ViT-B/16" in vitkit.list_models("vit-b*") and vitkit.list_models("nothing*") == []
+    both = vitkit.list_models(["ViT-B*", "*ResNet-26"], exclude_filters="SASA*")  # timm's list and exclusions
+    assert both == ["ViT-B/16", "ViT-B/32", "ResNet-26", "AA-ResNet-26"]
+    assert "ViT-Ti/4" not in vitkit.list_models(pretrained=True) and "ViT-B/16" in vitkit.list_models(
+        pretrained=True
+    )
+    with pytest.raises(ValueError, match="list_models\\(pattern=3\\)"):
+        vitkit.list_models(3)
     with pytest.raises(ValueError, match="expected a ModelConfig or a vitkit model"):
         vitkit.count_params("ViT-B/16")
     asked = []

@@ -10,30 +10,11 @@ import os
 import re
 
 from vitkit.convert.files import ConversionError, read_json_file
-from vitkit.models.registry import lookup
+from vitkit.models.registry import DEFAULT_PRETRAINED, lookup
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-# `create_model(name, pretrained=True)`: the paper's own weights where the Hugging Face hub has them in a
-# classifier for ImageNet-1k (ImageNet-21k pre-training, then fine-tuned), else timm's (AugReg, BiT, ResNet);
-# ViT-H/14 is the paper's ImageNet-21k model without a head (Google published no ImageNet-1k head for it)
-DEFAULT_PRETRAINED = {
-    "ViT-Ti/16": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-    "ViT-S/16": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
-    "ViT-S/32": "timm/vit_small_patch32_224.augreg_in21k_ft_in1k",
-    "ViT-B/16": "google/vit-base-patch16-224",
-    "ViT-B/32": "timm/vit_base_patch32_224.augreg_in21k_ft_in1k",
-    "ViT-L/16": "google/vit-large-patch16-224",
-    "ViT-L/32": "google/vit-large-patch32-384",
-    "ViT-H/14": "google/vit-huge-patch14-224-in21k",
-    "R50+ViT-B/16": "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k",
-    "R26+ViT-S/32": "timm/vit_small_r26_s32_224.augreg_in21k_ft_in1k",
-    "BiT-R50x1": "timm/resnetv2_50x1_bit.goog_in21k_ft_in1k",
-    "ResNet-50": "timm/resnet50.a1_in1k",
-}
 
 
 def default_pretrained(name: str | None) -> str:

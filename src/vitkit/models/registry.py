@@ -52,6 +52,25 @@ REGISTERED: dict[str, dict[str, Any]] = {
     "AA-ResNet-26": dict(img_size=28, in_chans=1, num_classes=10),
 }
 
+# `create_model(name, pretrained=True)`: the paper's own weights where the Hugging Face hub has them in a
+# classifier for ImageNet-1k (ImageNet-21k pre-training, then fine-tuned), else timm's (AugReg, BiT, ResNet);
+# ViT-H/14 is the paper's ImageNet-21k model without a head (Google published no ImageNet-1k head for it)
+DEFAULT_PRETRAINED = {
+    "ViT-Ti/16": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    "ViT-S/16": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "ViT-S/32": "timm/vit_small_patch32_224.augreg_in21k_ft_in1k",
+    "ViT-B/16": "google/vit-base-patch16-224",
+    "ViT-B/32": "timm/vit_base_patch32_224.augreg_in21k_ft_in1k",
+    "ViT-L/16": "google/vit-large-patch16-224",
+    "ViT-L/32": "google/vit-large-patch32-384",
+    "ViT-H/14": "google/vit-huge-patch14-224-in21k",
+    "R50+ViT-B/16": "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k",
+    "R26+ViT-S/32": "timm/vit_small_r26_s32_224.augreg_in21k_ft_in1k",
+    "BiT-R50x1": "timm/resnetv2_50x1_bit.goog_in21k_ft_in1k",
+    "ResNet-50": "timm/resnet50.a1_in1k",
+}
+
+
 _NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
 _HYBRID = re.compile(r"^(R\d*)\s*\+\s*(.*)$", re.IGNORECASE)
 
@@ -209,13 +228,28 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the registered variants matching the shell-style `pattern` (e.g. "ViT-*", "*ResNet*"), case
-    insensitive; any `ViT-<size>/<patch>`, `R<n>+ViT-<size>/<stride>`, `BiT-R<n>x<w>`, `[SASA-|AA-]ResNet-<n>`
-    builds too."""
-    if not isinstance(pattern, str):
-        raise ValueError(f"list_models(pattern={pattern!r}): a shell-style pattern string such as 'ViT-*'")
-    return [n for n in REGISTERED if fnmatch.fnmatchcase(n.lower(), pattern.lower())]
+def list_models(
+    pattern: str | list[str] | tuple[str, ...] = "*",
+    exclude_filters: str | list[str] | tuple[str, ...] = (),
+    pretrained: bool = False,
+) -> list[str]:
+    """Names of the registered variants matching a shell-style `pattern` (or any of several: "ViT-*",
+    "*ResNet*"), case insensitive, but none of `exclude_filters`; with `pretrained`, only those with default
+    weights (`create_model(name, pretrained=True)`), as timm's. Any `ViT-<size>/<patch>`, `R<n>+ViT-<size>/<stride>`,
+    `BiT-R<n>x<w>`, `[SASA-|AA-]ResNet-<n>` builds too."""
+
+    def patterns(value: Any, what: str) -> list[str]:
+        items = (
+            [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+        )
+        if items is None or not all(isinstance(v, str) for v in items):
+            raise ValueError(f"list_models({what}={value!r}): shell-style patterns such as 'ViT-*'")
+        return [v.lower() for v in items]
+
+    keep, drop = patterns(pattern, "pattern"), patterns(exclude_filters, "exclude_filters")
+    names = [n for n in REGISTERED if any(fnmatch.fnmatchcase(n.lower(), p) for p in keep)]
+    names = [n for n in names if not any(fnmatch.fnmatchcase(n.lower(), p) for p in drop)]
+    return [n for n in names if lookup(DEFAULT_PRETRAINED, n)] if pretrained else names
 
 
 def lookup(table: dict[str, Any], name: Any, default: Any = None) -> Any:
