@@ -135,16 +135,24 @@ def _renamed(cfg: RunConfig, sets: list[str]) -> RunConfig:
     )
 
 
-def _restart_differences(args: argparse.Namespace, out: str) -> list[str]:
-    """How the run in `out` differs from what this command makes (its flags on the run's config), but for the
-    keys the dataset sets whatever the command said."""
+def _on_run(args: argparse.Namespace, out: str) -> tuple[RunConfig | None, RunConfig]:
+    """(this command's flags applied to the run's config, None if it names another recipe; the run's config)."""
     from vitkit.train.runfiles import read_config
 
     saved = read_config(out)
     if args.recipe and args.recipe != saved.recipe:
-        return [f"recipe: {saved.recipe!r} in the run, {args.recipe!r} now"]
+        return None, saved
     saved_here = dataclasses.replace(saved, data=local_data(saved.data, None, out))
-    diff = _differences(to_dict(resolve_config(args, saved_here)), to_dict(saved))
+    return resolve_config(args, saved_here), saved
+
+
+def _restart_differences(args: argparse.Namespace, out: str) -> list[str]:
+    """How the run in `out` differs from what this command makes (its flags on the run's config), but for the
+    keys the dataset sets whatever the command said."""
+    cfg, saved = _on_run(args, out)
+    if cfg is None:
+        return [f"recipe: {saved.recipe!r} in the run, {args.recipe!r} now"]
+    diff = _differences(to_dict(cfg), to_dict(saved))
     return [d for d in diff if not d.startswith(("model.num_classes", "model.in_chans"))]
 
 
@@ -162,7 +170,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from vitkit.train.distributed import from_env
     from vitkit.train.loop import train
-    from vitkit.train.runfiles import CONFIG, read_config
+    from vitkit.train.runfiles import CONFIG
 
     out = args.out
     resume = False
@@ -194,11 +202,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = args.resume
         if not os.path.exists(os.path.join(out, CONFIG)):
             raise UserError(f"--resume {out}: no {CONFIG} there (is it a run folder?)")
-        saved = read_config(out)
-        if args.recipe and args.recipe != saved.recipe:
+        cfg, saved = _on_run(args, out)  # the flags given apply on top of the run's config
+        if cfg is None:
             raise UserError(f"--resume {out}: the run's recipe is {saved.recipe}, not {args.recipe}")
-        saved_here = dataclasses.replace(saved, data=local_data(saved.data, None, out))
-        cfg = resolve_config(args, saved_here)  # the flags given apply on top of the run's config
         diff = _differences(to_dict(cfg), to_dict(saved))
         diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
         if diff:
