@@ -1,4 +1,5 @@
-"""Mimetic initialisation: the weight products it promises and the local attention it starts from."""
+"""Initialisation: mimetic attention (the weight products it promises, the local attention it starts from) and
+the official code's initialisation."""
 
 import pytest
 import torch
@@ -68,3 +69,32 @@ def test_mimetic_init_is_skipped_when_weights_follow():
         assert bool(diag > 0.2) == expect_identity, (follow, float(diag))
     with pytest.raises(ValueError, match="divisible"):
         mimetic_init_(torch.nn.Linear(6, 18), torch.nn.Linear(6, 6), num_heads=4)
+
+
+def test_official_weight_init_follows_the_official_code():
+    torch.manual_seed(0)
+    d = 256
+    kw = dict(KW, embed_dim=d, num_heads=4, mlp_dim=512, representation_size=d)
+    official = create_model("ViT-Ti/16", weight_init="official", **kw)
+    default = create_model("ViT-Ti/16", **kw)
+    official.requires_grad_(False), default.requires_grad_(False)
+    for q_k_v in (official.blocks[0].attn.qkv.weight, official.blocks[1].attn.qkv.weight):
+        for part in q_k_v.chunk(3):  # each xavier over (D, D): uniform in +-sqrt(3 / D), std 1 / sqrt(D)
+            bound = (3 / d) ** 0.5
+            assert 0.97 * bound < float(part.abs().max()) <= bound
+            assert abs(float(part.std()) * d**0.5 - 1) < 0.02
+    fused = default.blocks[0].attn.qkv.weight  # timm's: xavier over (3D, D), std 1 / sqrt(2D)
+    assert (
+        float(fused.abs().max()) <= (1.5 / d) ** 0.5 and abs(float(fused.std()) * (2 * d) ** 0.5 - 1) < 0.02
+    )
+    pe = official.pos_embed  # normal(0.02), not truncated: 4.6% of its values lie beyond 2 std
+    assert 0.03 < float((pe.abs() > 0.04).float().mean()) < 0.06 and abs(float(pe.std()) - 0.02) < 0.001
+    assert float(default.pos_embed.abs().max()) <= 0.04
+    fc = official.pre_logits.fc.weight  # lecun normal: std 1 / sqrt(fan_in), truncated at 2 std
+    assert abs(float(fc.std()) * d**0.5 - 1) < 0.03 and float(fc.abs().max()) <= 2 / 0.8796 / d**0.5
+    assert not official.head.weight.any() and not official.head.bias.any()  # the official head is zero
+    assert default.head.weight.any()
+    with pytest.raises(ValueError, match=r"model\.weight_init"):
+        create_model("ViT-Ti/16", weight_init="jax", **KW)
+    with pytest.raises(ValueError, match="is a ViT option"):
+        create_model("ResNet-26", weight_init="official")

@@ -12,6 +12,7 @@ POOLS = ("token", "gap")
 POSEMBS = ("learn", "learn2d", "sincos2d", "none")
 HEAD_INITS = ("default", "zero")
 ATTN_INITS = ("default", "mimetic")
+WEIGHT_INITS = ("default", "official")
 MLP_ACTS = ("gelu", "gelu_tanh")
 
 
@@ -49,7 +50,7 @@ ARCH_FIELDS = (
 VIT_ONLY = (
     "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "posemb", "posemb_grid",
     "representation_size", "attn_drop_rate", "qkv_bias", "norm_eps", "attn_init", "head_drop_rate", "mlp_act",
-    "dynamic_img_size",
+    "dynamic_img_size", "weight_init",
 )  # fmt: skip
 CNN_READS = {"sasa": ("num_heads",), "aa": ("num_heads",)}  # ViT fields a CNN baseline reads too
 # The batch-norm ResNets of the attention baselines (resnet, sasa, aa), by depth: 26 and 38 as the SASA paper
@@ -137,6 +138,9 @@ class ModelConfig:
     dynamic_img_size: bool = False  # any multiple of the token stride, posemb resampled per forward (timm's)
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
     attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
+    weight_init: str = (
+        "default"  # "official": the official JAX code's exactly (q, k, v apart; see reset_parameters)
+    )
     backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only
     width_factor: int = 1  # arch="bit": channels x this (BiT-R50x3: 3)
     sasa_window: int = 7  # arch="sasa": each pixel attends to this k x k neighbourhood (the paper's k = 7)
@@ -210,6 +214,7 @@ class ModelConfig:
             object.__setattr__(self, "posemb_grid", None if ref == self.grid_size else ref)
         _check_choice("model.head_init", self.head_init, HEAD_INITS)
         _check_choice("model.attn_init", self.attn_init, ATTN_INITS)
+        _check_choice("model.weight_init", self.weight_init, WEIGHT_INITS)
         _check_choice("model.mlp_act", self.mlp_act, MLP_ACTS)
         if self.posemb in ("learn2d", "sincos2d") and self.embed_dim % 4:
             raise ValueError(f"posemb={self.posemb!r} needs a width divisible by 4, got {self.embed_dim}")

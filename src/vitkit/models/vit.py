@@ -99,9 +99,11 @@ class VisionTransformer(nn.Module):
     def reset_parameters(self) -> None:
         """The official code's initialisation (xavier Linear, lecun patch embedding, 0.02 posemb); `attn_init`.
 
-        Two details differ from the official code: xavier spans the fused qkv as timm's (the official code's q, k
-        and v are initialised apart: std 0.036 instead of 0.026 for ViT-B), and the position embedding's normal is
-        truncated at 2 std (std 0.018; the official code's is not truncated, timm's at +-2, in effect neither)."""
+        By default (`weight_init="default"`, as timm's) four details differ from the official code: xavier spans
+        the fused qkv (the official code's q, k and v are initialised apart: std 0.036 instead of 0.026 for
+        ViT-B), the position embedding's normal is truncated at 2 std (std 0.018; the official code's is not),
+        the pre-logits layer is xavier (official: lecun normal) and the head is xavier unless `head_init="zero"`
+        (official: zero). `weight_init="official"` follows the official code in all four."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -117,16 +119,26 @@ class VisionTransformer(nn.Module):
         nn.init.zeros_(self.patch_embed.proj.bias)
         if hasattr(self.patch_embed, "backbone"):
             init_backbone_(self.patch_embed.backbone)
+        official = self.cfg.weight_init == "official"
         for name in ("pos_embed", "pos_embed_row", "pos_embed_col"):
             p = getattr(self, name, None)
             if isinstance(p, nn.Parameter):
-                nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+                if official:
+                    nn.init.normal_(p, std=0.02)
+                else:
+                    nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
+        if official:
+            for blk in self.blocks:  # q, k and v each xavier over (D, D), as Flax's attention kernels
+                for part in blk.attn.qkv.weight.chunk(3):  # (D, D) views
+                    nn.init.xavier_uniform_(part)
+            if isinstance(self.pre_logits, PreLogits):
+                lecun_normal_(self.pre_logits.fc.weight)  # Flax Dense's default
         if self.cfg.attn_init == "mimetic" and self._structured_init:  # SVDs: seconds for ViT-B
             for blk in self.blocks:
                 mimetic_init_(blk.attn.qkv, blk.attn.proj, blk.attn.num_heads)
-        if isinstance(self.head, nn.Linear) and self.cfg.head_init == "zero":
+        if isinstance(self.head, nn.Linear) and (self.cfg.head_init == "zero" or official):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
