@@ -212,3 +212,30 @@ def test_small_mistakes_get_their_own_messages(capsys, run_dir, tmp_path):
         with pytest.raises(SystemExit) if "-1" in args or "-4" in args else contextlib.nullcontext():
             assert main(args) == 2
         assert message in capsys.readouterr().err, args
+
+
+def test_fewshot_of_a_run(run_dir):
+    r = run_vitkit("fewshot", str(run_dir), "--shots", "2", "1", "--seeds", "2", "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["dataset"] == "synthetic" and res["num_test"] == 128 and res["dim"] == 32
+    assert list(res["shots"]) == ["1", "2"] and len(res["shots"]["2"]["seeds"]) == 2
+    assert all(0.0 <= a <= 1.0 for r in res["shots"].values() for a in r["seeds"])
+    r = run_vitkit(
+        "fewshot", str(run_dir), "--shots", "5", "--seeds", "1", "--test-limit", "10", "--no-progress"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "pre-logits of width 32" in r.stdout and "10 test images" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shots", "1000"], "1000 training images of every class; class 0 has"),
+        (["--l2-reg", "0"], "must be a positive number"),
+        (["--shots", "0"], "0 must be at least 1"),
+    ],
+)
+def test_fewshot_errors(run_dir, args, message):
+    r = run_vitkit("fewshot", str(run_dir), "--no-progress", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from vitkit.cli import bench, convert, finetune, inspect, models, train
+from vitkit.cli import bench, convert, fewshot, finetune, inspect, models, train
 from vitkit.cli.common import UserError
 
 __all__ = ["UserError", "build_parser", "main"]
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (models, train, inspect, finetune, convert, bench):
+    for module in (models, train, fewshot, inspect, finetune, convert, bench):
         module.add_parser(sub)
     return parser
 

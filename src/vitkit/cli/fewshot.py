@@ -1,0 +1,147 @@
+"""`vitkit fewshot`: the paper's few-shot linear evaluation of a run or of pretrained weights on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+
+import torch
+
+from vitkit.cli.common import UserError, local_data, positive_int
+from vitkit.eval.fewshot import L2_REG, SEEDS, SHOTS
+
+log = logging.getLogger(__name__)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _data_config(args: argparse.Namespace, subject):
+    """The dataset evaluated on: --dataset, else the run's own."""
+    from vitkit.config import DataConfig
+    from vitkit.convert.runs import CONVERTED
+
+    run = subject.run
+    if run is None or run.cfg.recipe == CONVERTED:
+        if not args.dataset:
+            raise UserError(f"{args.source} holds pretrained weights, no dataset: pass --dataset")
+        return DataConfig(dataset=args.dataset, data_dir=args.data_dir)
+    data_cfg = run.cfg.data
+    if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
+        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
+    return local_data(data_cfg, args.data_dir, args.source)
+
+
+def _preprocess(subject, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The model's input normalisation: its run's, else the loaded weights' (timm's hub config), else [-1, 1]."""
+    pre = getattr(subject.model, "preprocess", {}) if subject.run is None else {}
+    mean, std = pre.get("mean"), pre.get("std")
+    if mean and std and len(mean) == len(std) == in_chans:
+        return tuple(mean), tuple(std)
+    return subject.mean, subject.std
+
+
+def cmd_fewshot(args: argparse.Namespace) -> int:
+    from vitkit.cli.inspect import is_run_path, load_subject
+    from vitkit.data.datasets import load_dataset
+    from vitkit.data.transforms import normalize, resize
+    from vitkit.eval.fewshot import fewshot_evaluate
+    from vitkit.train.loop import resolve_device
+
+    if not args.dataset and not is_run_path(args.source):  # before loading (downloading) the weights
+        raise UserError(f"{args.source} is not a run folder: pass --dataset for pretrained weights")
+    device = resolve_device(args.device)
+    subject = load_subject(args.source, device)
+    cfg = subject.model.cfg
+    data_cfg = _data_config(args, subject)
+    splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=0)
+    if splits.in_chans not in (1, cfg.in_chans):
+        raise UserError(
+            f"dataset {data_cfg.dataset} has {splits.in_chans}-channel images, {subject.name} takes {cfg.in_chans}"
+        )
+    mean, std = _preprocess(subject, cfg.in_chans)
+
+    def transform(images: torch.Tensor) -> torch.Tensor:  # uint8 (B, c, h, w) -> (B, C, H, W) model input
+        x = resize(images.float(), cfg.img_size).expand(
+            -1, cfg.in_chans, -1, -1
+        )  # grey -> the model's channels
+        return normalize(x, mean, std)
+
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="img", desc="embedding", dynamic_ncols=True, leave=False)
+    try:
+        res = fewshot_evaluate(
+            subject.model,
+            splits.train,
+            splits.test,
+            transform,
+            num_classes=splits.num_classes,
+            shots=args.shots,
+            seeds=args.seeds,
+            l2_reg=args.l2_reg,
+            device=device,
+            batch_size=args.batch_size,
+            test_limit=args.test_limit,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    res = {"source": args.source, "model": subject.name, "dataset": data_cfg.dataset} | res
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(
+        f"few-shot linear evaluation of {subject.name} on {data_cfg.dataset}: pre-logits of width {res['dim']}, "
+        f"ridge l2 {res['l2_reg']:g}, {res['num_test']} test images, {args.seeds} seed(s)"
+    )
+    print(f"  {'shots':>5}  {'top-1':>7}  {'std':>6}  per seed")
+    for k, r in res["shots"].items():
+        seeds = " ".join(f"{a:.2%}" for a in r["seeds"])
+        print(f"  {k:>5}  {r['mean']:>7.2%}  {r['std']:>6.2%}  {seeds}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "fewshot",
+        help="few-shot linear accuracy of the frozen representation (the paper's ridge regression)",
+        description="Embed K images per class with the frozen model (its pre-logits), fit a ridge regression to "
+        "{-1,1} targets in closed form, and report test top-1 (the paper's Section 4.1; big_vision's defaults).",
+    )
+    p.add_argument(
+        "source", metavar="RUN_DIR|SOURCE", help="a run folder or checkpoint, or pretrained weights"
+    )
+    p.add_argument("--dataset", help="default: the run's (required for pretrained weights)")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--shots", type=positive_int, nargs="+", default=list(SHOTS), metavar="K", help="default: 1 5 10 25"
+    )
+    p.add_argument(
+        "--seeds", type=positive_int, default=SEEDS, help=f"draws of the K-shot sets (default {SEEDS})"
+    )
+    p.add_argument(
+        "--l2-reg", type=positive_float, default=L2_REG, help=f"ridge penalty (default {L2_REG:g})"
+    )
+    p.add_argument(
+        "--test-limit", type=positive_int, metavar="N", help="score on the first N test images only"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.set_defaults(func=cmd_fewshot)
