@@ -153,3 +153,89 @@ def test_resample_and_pca_refuse_empty_sizes():
         resample_posemb(torch.zeros(1, 17, 8), (0, 4))
     with pytest.raises(ValueError, match="k=0 principal components"):
         embedding_pca(vitkit.create_model("ViT-Ti/4", img_size=16, depth=1), k=0)
+
+
+# ----------------------------------------------------------------------------- 1-D relative attention (App. D.4)
+
+
+def _relative(pool: str = "token", **kw):
+    import vitkit
+
+    kw = dict(img_size=(12, 16), patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2, num_heads=4,
+              mlp_dim=64, posemb="relative", pool=pool) | kw  # fmt: skip
+    model = vitkit.create_model("ViT-Ti/4", **kw).eval()
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.rel_pos.normal_(std=0.5)  # large enough to matter
+    return model
+
+
+def _brute_force_logits(attn, x: torch.Tensor) -> torch.Tensor:
+    """The paper's relative attention written out pair by pair: content logits q.k plus the query against the
+    embedding of the offset p_q - p_k (the tokens in their 1-D order) as a key; scaled by 1/sqrt(head_dim)."""
+    B, N, _ = x.shape
+    H, hd = attn.num_heads, attn.head_dim
+    q, k, _ = attn.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).double()  # (B, H, N, hd)
+    rel = attn.rel_pos.double().reshape(-1, H, hd)  # (2N - 1, H, hd)
+    out = torch.zeros(B, H, N, N, dtype=torch.float64)
+    for i in range(N):
+        for j in range(N):
+            r = rel[i - j + N - 1]  # (H, hd)
+            out[:, :, i, j] = ((q[:, :, i] * k[:, :, j]).sum(-1) + (q[:, :, i] * r).sum(-1)) / hd**0.5
+    return out  # (B, H, N, N)
+
+
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_relative_attention_equals_the_pairwise_definition(pool):
+    model = _relative(pool)
+    images = torch.randn(2, 1, 12, 16)
+    with torch.no_grad():
+        logits, attns = model(images, return_attention=True)
+        x = model.embed(images)  # no absolute embedding is added
+        assert torch.equal(x[:, model.num_prefix_tokens :], model.patch_embed(images))
+        want = _brute_force_logits(model.blocks[0].attn, model.blocks[0].norm1(x))
+        torch.testing.assert_close(attns[0].double(), want.softmax(-1), rtol=1e-5, atol=1e-6)
+        # the SDPA path (the bias as its float mask) and the class-token-only last block give the same logits
+        torch.testing.assert_close(model(images), logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.forward_head(model.forward_features(images)), logits, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_relative_attention_trains_its_tables_without_weight_decay():
+    model = _relative().train()
+    images = torch.randn(2, 1, 12, 16)
+    model(images).logsumexp(-1).sum().backward()  # SDPA with the bias as a float mask
+    sdpa = [blk.attn.rel_pos.grad.clone() for blk in model.blocks]
+    model.zero_grad()
+    logits, _ = model(images, return_attention=True)  # the explicit softmax path
+    logits.logsumexp(-1).sum().backward()
+    for a, blk in zip(sdpa, model.blocks):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, blk.attn.rel_pos.grad, rtol=1e-4, atol=1e-6)
+    assert {"blocks.0.attn.rel_pos", "blocks.1.attn.rel_pos"} <= model.no_weight_decay()
+
+
+def test_relative_attention_holds_one_grid_and_round_trips_through_a_state_dict(tmp_path):
+    from safetensors.torch import save_file
+
+    import vitkit
+
+    model = _relative(img_size=(16, 16))
+    assert vitkit.count_params(model.cfg) == sum(p.numel() for p in model.parameters())
+    assert model.blocks[0].attn.rel_pos.shape == (
+        2 * 17 - 1,
+        32,
+    )  # offsets of 17 tokens: class token, 4x4 grid
+    with pytest.raises(ValueError, match="tied to the 4x4 patch grid"):
+        model.set_img_size(32)
+    with pytest.raises(ValueError, match="dynamic_img_size"):
+        _relative(dynamic_img_size=True)
+    path = str(tmp_path / "rel.safetensors")
+    save_file(model.state_dict(), path)
+    loaded = vitkit.create_model(pretrained=path, num_heads=4)  # the config read from the tensors
+    assert loaded.cfg.posemb == "relative" and loaded.cfg.img_size == (16, 16)
+    images = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(images), model(images))
+    with pytest.raises(ValueError, match="tied to the 4x4 patch grid"):
+        vitkit.create_model(pretrained=path, num_heads=4, img_size=32)

@@ -9,7 +9,7 @@ from typing import Any
 ARCHS = ("vit", "bit", "resnet", "sasa", "aa")
 CNN_ARCHS = ARCHS[1:]
 POOLS = ("token", "gap")
-POSEMBS = ("learn", "learn2d", "sincos2d", "none")
+POSEMBS = ("learn", "learn2d", "sincos2d", "relative", "none")
 HEAD_INITS = ("default", "zero")
 ATTN_INITS = ("default", "mimetic")
 WEIGHT_INITS = ("default", "official")
@@ -125,7 +125,7 @@ class ModelConfig:
     num_heads: int = 3
     mlp_dim: int = 768
     pool: str = "token"  # "token": class token; "gap": encoder norm, then mean over patch tokens
-    posemb: str = "learn"  # "learn" (1D, the paper's default) | "learn2d" | "sincos2d" | "none"
+    posemb: str = "learn"  # "learn" (1D, the paper's default) | "learn2d" | "sincos2d" | "relative" | "none"
     posemb_grid: tuple[int, int] | None = None  # sincos2d moved to another size: the grid it was trained on
     representation_size: int | None = None  # pre-logits Linear+tanh of pre-training
     drop_rate: float = 0.0
@@ -216,6 +216,11 @@ class ModelConfig:
         _check_choice("model.attn_init", self.attn_init, ATTN_INITS)
         _check_choice("model.weight_init", self.weight_init, WEIGHT_INITS)
         _check_choice("model.mlp_act", self.mlp_act, MLP_ACTS)
+        if self.posemb == "relative" and self.dynamic_img_size:
+            raise ValueError(
+                "model.posemb='relative' (1-D relative attention over the patches in raster order) holds one grid: "
+                "it cannot take dynamic_img_size=True"
+            )
         if self.posemb in ("learn2d", "sincos2d") and self.embed_dim % 4:
             raise ValueError(f"posemb={self.posemb!r} needs a width divisible by 4, got {self.embed_dim}")
         if self.representation_size is not None and self.representation_size < 1:

@@ -172,6 +172,8 @@ def infer_config(
     prefix = 1 if pool == "token" else 0
     if posemb is None:
         posemb = "learn" if "pos_embed" in state else "learn2d" if "pos_embed_row" in state else "none"
+        if posemb == "none" and "blocks.0.attn.rel_pos" in state:
+            posemb = "relative"
     if img_size is None:
         if "pos_embed" in state:
             n = int(state["pos_embed"].shape[1]) - prefix
@@ -184,6 +186,15 @@ def infer_config(
             img_size = (side * stride, side * stride)
         elif "pos_embed_row" in state:
             img_size = (state["pos_embed_row"].shape[1] * stride, state["pos_embed_col"].shape[1] * stride)
+        elif posemb == "relative":  # 2 N - 1 offsets of N tokens: a square grid assumed
+            n = (int(state["blocks.0.attn.rel_pos"].shape[0]) + 1) // 2 - prefix
+            side = math.isqrt(max(n, 0))
+            if side * side != n:
+                raise ConversionError(
+                    f"{where}: blocks.0.attn.rel_pos holds the offsets of {n} patches, not a square grid, and the "
+                    "file does not say the image size; save it as a vitkit file (vitkit.convert.save_model_file)"
+                )
+            img_size = (side * stride, side * stride)
         else:
             img_size = (224, 224)
             log.info("%s: no position embedding to read the grid from; assuming 224x224 images", where)

@@ -17,6 +17,7 @@ from vitkit.convert.sources import Source, read_checkpoint
 from vitkit.models import CNN, Model, VisionTransformer, build_model, model_config, resample_posemb
 from vitkit.models.augmented_conv import resize_relative_table
 from vitkit.models.registry import check_model_options
+from vitkit.models.vit import RELATIVE_FIXED
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def _resample_posemb(
         return
     old, new = ckpt.grid_size, cfg.grid_size
     mode, align = RESAMPLE[resample]
+    if "relative" in (cfg.posemb, ckpt.posemb) and old != new:
+        raise ConversionError(f"{report.source}: " + RELATIVE_FIXED.format(grid=old, size=cfg.img_size))
     if cfg.posemb == "learn" and "pos_embed" in state:
         pe = state["pos_embed"]  # (1, prefix + gh*gw, D)
         if pe.shape[1] != ckpt.num_tokens:

@@ -84,7 +84,7 @@ def analyse(
     """All four analyses of `model` on normalised images (B, C, H, W) at the model's size, in batches."""
     cfg = model.cfg
     pca, ratio = embedding_pca(model, k, return_variance=True)
-    sim = posemb_similarity(model).cpu() if cfg.posemb != "none" else None
+    sim = posemb_similarity(model).cpu() if cfg.posemb not in ("none", "relative") else None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

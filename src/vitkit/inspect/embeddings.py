@@ -9,8 +9,8 @@ from torch import nn
 def patch_posemb(model: nn.Module) -> torch.Tensor:
     """The position embedding of each patch, row-major over the grid: (gh * gw, D)."""
     cfg = model.cfg
-    if cfg.posemb == "none":
-        raise ValueError(f"model {cfg.name} has no position embedding (posemb='none')")
+    if cfg.posemb in ("none", "relative"):
+        raise ValueError(f"model {cfg.name} has no position embedding per patch (posemb={cfg.posemb!r})")
     if cfg.posemb == "learn":
         pe = model.pos_embed[0, cfg.num_prefix_tokens :]  # (Np, D): the class token's position dropped
     else:

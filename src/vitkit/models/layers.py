@@ -131,7 +131,13 @@ class Attention(nn.Module):
     """Multi-head self-attention: SDPA by default, explicit softmax when the weights are asked for."""
 
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rel_tokens: int = 0,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -141,6 +147,21 @@ class Attention(nn.Module):
         self.attn_drop = Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = Dropout(proj_drop)
+        if rel_tokens:  # the paper's 1-D relative attention (Appendix D.4): one key per offset p_q - p_k
+            self.rel_pos = nn.Parameter(torch.zeros(2 * rel_tokens - 1, dim))  # offsets -(N-1) .. N-1
+            pos = torch.arange(rel_tokens)
+            self.register_buffer("rel_index", pos[:, None] - pos[None, :] + rel_tokens - 1, persistent=False)
+
+    def relative_logits(self, q: torch.Tensor) -> torch.Tensor | None:
+        """The relative attention's logits, scaled, as a bias (B, H, n, N) on the content logits of queries `q`
+        (B, H, n, hd) (the first n tokens): q_i . r_(i - j), the tokens in their 1-D order (the class token
+        first); None without relative attention."""
+        if not hasattr(self, "rel_pos"):
+            return None
+        B, H, n, hd = q.shape
+        rel = self.rel_pos.to(q.dtype).reshape(-1, H, hd).transpose(0, 1)  # (H, 2N-1, hd): the heads' keys
+        logits = (q * self.scale) @ rel.transpose(-2, -1)  # (B, H, n, 2N-1): every offset
+        return logits.gather(-1, self.rel_index[:n].expand(B, H, -1, -1))  # (B, H, n, N): token i, j -> i - j
 
     def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None):
         """(B, N, D) -> (B, N, D); with `num_queries`, outputs for the first n tokens only: (B, n, D)."""
@@ -158,12 +179,15 @@ class Attention(nn.Module):
             k, v = kv.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn = None
         p = self.attn_drop.p if self.training else 0.0
+        bias = self.relative_logits(q)  # (B, H, n, N) or None
         if return_attn or (p > 0 and keyed_context() is not None):  # explicit: weights or keyed dropout
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, n, N)
+            if bias is not None:
+                attn = attn + bias
             attn = attn.softmax(dim=-1)
             x = self.attn_drop(attn) @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         x = x.transpose(1, 2).reshape(B, n, C)  # (B, n, D)
         x = self.proj_drop(self.proj(x))
         return (x, attn) if return_attn else x
@@ -232,10 +256,11 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         eps: float = 1e-6,
         act: str = "gelu",
+        rel_tokens: int = 0,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, rel_tokens)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, mlp_dim, drop, act)

@@ -318,6 +318,7 @@ def count_params(cfg: ModelConfig) -> int:
         "learn": cfg.num_tokens * d,
         "learn2d": (gh + gw) * (d // 2),
         "sincos2d": 0,
+        "relative": L * (2 * cfg.num_tokens - 1) * d,
         "none": 0,
     }[cfg.posemb]
     rep = (d * cfg.representation_size + cfg.representation_size) if cfg.representation_size else 0

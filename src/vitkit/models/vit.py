@@ -26,6 +26,14 @@ def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
 
 
+# the 1-D relative attention's table is indexed by raster offsets, which mean other pairs on another grid
+RELATIVE_FIXED = (
+    "posemb='relative' (the paper's 1-D relative attention) is tied to the {grid[0]}x{grid[1]} patch grid it was "
+    "built for: its offsets count tokens in raster order, which pair other patches on another grid; "
+    "{size[0]}x{size[1]} px needs a model trained at that size"
+)
+
+
 class PreLogits(nn.Module):
     """The pre-training representation layer: Linear + tanh (dropped when fine-tuning)."""
 
@@ -78,6 +86,7 @@ class VisionTransformer(nn.Module):
                     dpr[i],
                     cfg.norm_eps,
                     cfg.mlp_act,
+                    cfg.num_tokens if cfg.posemb == "relative" else 0,
                 )
                 for i in range(cfg.depth)
             ]
@@ -120,8 +129,8 @@ class VisionTransformer(nn.Module):
         if hasattr(self.patch_embed, "backbone"):
             init_backbone_(self.patch_embed.backbone)
         official = self.cfg.weight_init == "official"
-        for name in ("pos_embed", "pos_embed_row", "pos_embed_col"):
-            p = getattr(self, name, None)
+        tables = [blk.attn.rel_pos for blk in self.blocks if hasattr(blk.attn, "rel_pos")]
+        for p in [getattr(self, n, None) for n in ("pos_embed", "pos_embed_row", "pos_embed_col")] + tables:
             if isinstance(p, nn.Parameter):
                 if official:
                     nn.init.normal_(p, std=0.02)
@@ -144,7 +153,8 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay beyond biases and norms."""
-        return {"cls_token", "pos_embed", "pos_embed_row", "pos_embed_col"}
+        tables = {f"blocks.{i}.attn.rel_pos" for i, b in enumerate(self.blocks) if hasattr(b.attn, "rel_pos")}
+        return {"cls_token", "pos_embed", "pos_embed_row", "pos_embed_col"} | tables
 
     # ------------------------------------------------------------------ timm's interface
 
@@ -349,6 +359,8 @@ class VisionTransformer(nn.Module):
         """
         new_cfg = dataclasses.replace(self.cfg, img_size=img_size)
         old_grid, new_grid = self.cfg.grid_size, new_cfg.grid_size
+        if self.cfg.posemb == "relative" and new_grid != old_grid:
+            raise ValueError(RELATIVE_FIXED.format(grid=old_grid, size=new_cfg.img_size))
         trained_grid = self.cfg.posemb_grid or old_grid
         self.patch_embed.img_size = new_cfg.img_size
         self.patch_embed.grid_size = new_grid
