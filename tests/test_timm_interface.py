@@ -299,3 +299,19 @@ def test_cnn_forward_intermediates_equal_timms(name):
     assert [tuple(m.shape) for m in maps] == [(1, 64, 8, 8), (1, 256, 8, 8)]
     with pytest.raises(ValueError, match="output_fmt='NLC': the CNNs give 'NCHW' maps"):
         ours.forward_intermediates(x, output_fmt="NLC")
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"indices": [0], "prune_norm": True}, {"indices": 2, "prune_head": False}]
+)
+def test_prune_intermediate_layers_as_timms(kw):
+    ours, theirs = _pair(depth=4)
+    assert ours.prune_intermediate_layers(**kw) == theirs.prune_intermediate_layers(**kw)
+    assert len(ours.blocks) == len(theirs.blocks) == ours.cfg.depth
+    assert ours.num_classes == theirs.num_classes
+    x = torch.randn(2, 3, 32, 32)
+    take = kw.get("indices", 1)
+    with torch.no_grad():
+        _assert_same(ours.forward_intermediates(x, take), theirs.forward_intermediates(x, take))
+        # a pruned head: vitkit still pools (the class token), timm's reset_classifier(0, "") gives every token
+        _assert_same(ours(x), theirs(x)[:, 0] if kw.get("prune_head", True) else theirs(x))

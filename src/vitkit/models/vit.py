@@ -319,6 +319,25 @@ class VisionTransformer(nn.Module):
             x, n, return_prefix_tokens, norm, output_fmt=fmt, intermediates_only=True
         )
 
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the blocks after the last of `indices` (timm's method: a feature extractor that calls
+        `forward_intermediates(x, indices)` then runs no more), the final norm if `prune_norm` (the features are
+        then the blocks' raw outputs) and the head if `prune_head` (the model then gives pooled features; timm's
+        drops its pooling too). Returns the block indices; the config follows the depth."""
+        take = block_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max(take) + 1]
+        self.cfg = dataclasses.replace(self.cfg, depth=len(self.blocks))
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, D): the class token, or the mean of the patch tokens (GAP)."""
         if self.cfg.pool == "token":
