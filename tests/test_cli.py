@@ -68,3 +68,70 @@ def test_sizes_and_counts_below_their_minimum_are_refused_by_name(args, capsys):
     err = capsys.readouterr().err
     flag = next(a for a in args if a.startswith("--") and a not in ("--from", "--dataset"))
     assert f"argument {flag}" in err and "must be at least" in err
+
+
+def test_version_verbose_after_the_command_and_unknown_options_named_by_the_command(capsys):
+    from vitkit import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vitkit {__version__}"
+    assert main(["models", "-v", "--json"]) == 0
+    capsys.readouterr()
+    for argv in (["models", "--bogus"], ["--bogus", "models"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert "usage: vitkit models" in err and "unrecognized arguments: --bogus" in err
+    for flag in ("--steps", "--epochs"):  # 0 no longer means "the recipe's length"
+        with pytest.raises(SystemExit):
+            main(["train", flag, "0"])
+        assert "0 must be at least 1" in capsys.readouterr().err
+
+
+def test_train_model_name_is_checked_at_the_runs_image_size():
+    import argparse
+
+    from vitkit.cli.train import resolve_config
+
+    base = dict(recipe=None, dataset=None, model="ViT-S/5", set=None, steps=None, epochs=None, compile=False)
+    cfg = resolve_config(argparse.Namespace(**base, img_size=30))
+    assert (cfg.model.patch_size, cfg.model.embed_dim, cfg.model.img_size) == (5, 384, (30, 30))
+    with pytest.raises(ValueError, match="28x28 is not divisible by the patch size 5"):
+        resolve_config(argparse.Namespace(**base, img_size=None))  # the recipe's 28 px, not 224
+
+
+def test_wrong_kinds_of_paths_are_named(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert main(["eval", str(tmp_path / "run" / "config.json")]) == 2
+    assert f"not a weights file: pass its folder ({tmp_path / 'run'})" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(b"x")
+    assert main(["train", "--data-dir", str(gz), "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        f"is a file; pass the folder that holds the dataset's files ({tmp_path}?)" in capsys.readouterr().err
+    )
+    (tmp_path / "imgs" / "train" / "cat").mkdir(parents=True)
+    args = [
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "imgs" / "train"),
+        "--steps",
+        "1",
+    ]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    assert f"did you mean --data-dir {tmp_path / 'imgs'}?" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "export writes ONNX (.onnx) or safetensors (.safetensors), not .pt" in capsys.readouterr().err
+
+
+def test_a_missing_weights_file_is_not_looked_up_on_the_hub():
+    from vitkit.convert.hub import is_hub_id
+
+    assert not is_hub_id("ViT-B/16-weights.npz") and not is_hub_id("runs/model.safetensors")
+    assert is_hub_id("google/vit-base-patch16-224") and is_hub_id("timm/vit_base_patch16_224.augreg_in21k")

@@ -92,10 +92,15 @@ def test_unreadable_checkpoint(capsys, tmp_path, run_dir):
 
     bad = tmp_path / "badrun"
     shutil.copytree(run_dir, bad)
-    (bad / "model.safetensors").write_bytes(b"garbage")
+    (bad / "model.safetensors").write_bytes(b"garbage")  # a run's final file damaged: the checkpoints named
     assert main(["eval", str(bad), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "model.safetensors" in err and "not a valid safetensors" in err
+    assert "model.safetensors does not match the SHA-256" in err and "are verified copies" in err
+    loose = tmp_path / "loose.safetensors"  # outside a run: not a vitkit file
+    loose.write_bytes(b"garbage")
+    assert main(["eval", str(loose), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "loose.safetensors is not in a run folder" in err and "not a self-describing" in err
 
 
 def test_out_holding_a_run_is_not_overwritten(capsys, run_dir):

@@ -189,7 +189,7 @@ def test_eval_and_predict_read_an_exported_file_outside_its_run(run_dir, tmp_pat
     for bad, says in [
         (listed, "data.json: expected a JSON object, got list"),
         (tmp_path / "m.onnx", "is an ONNX file"),
-        (img, "x.png is not in a run folder"),
+        (img, "x.png is not a weights file"),
         (tmp_path / "nocfg" / "model.safetensors", "is not a self-describing vitkit safetensors file"),
         (tmp_path / "nocfg", "nocfg is neither a run folder"),
     ]:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from vitkit import __version__
 from vitkit.cli import bench, convert, fewshot, finetune, inspect, models, train
 from vitkit.cli.common import UserError
 
@@ -16,11 +17,12 @@ __all__ = ["UserError", "build_parser", "main"]
 # a missing module -> what to install: vitkit's extras where one holds it
 PIP_NAMES = {
     "PIL": "pillow",
-    "matplotlib": "'vitkit[plots]'",
-    "onnx": "'vitkit[export]'",
-    "onnxscript": "'vitkit[export]'",
-    "onnxruntime": "'vitkit[export]'",
-    "huggingface_hub": "'vitkit[hub]'",
+    "matplotlib": "matplotlib (vitkit's [plots] extra)",
+    "onnx": "onnx onnxscript onnxruntime (vitkit's [export] extra)",
+    "onnxscript": "onnx onnxscript onnxruntime (vitkit's [export] extra)",
+    "onnxruntime": "onnx onnxscript onnxruntime (vitkit's [export] extra)",
+    "huggingface_hub": "huggingface_hub (vitkit's [hub] extra)",
+    "tensorboard": "tensorboard (vitkit's [tensorboard] extra)",
 }
 
 
@@ -29,19 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitkit", description="Vision Transformers for image classification."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (models, train, fewshot, inspect, finetune, convert, bench):
         module.add_parser(sub)
+    for p in sub.choices.values():  # -v after the command too (not set there unless given)
+        p.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+        p.set_defaults(command_parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vitkit` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own usage, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    if not args.verbose:  # torch.compile on a CPU-only machine: "No CUDA runtime is found" is not ours to fix
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:  # Ctrl-C; or training stopped by SIGINT/SIGTERM after a checkpoint

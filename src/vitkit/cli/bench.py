@@ -34,7 +34,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "num_classes": cfg.num_classes if args.num_classes is None else args.num_classes,
         }
         if args.model:  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
-            cfg = apply_overrides(run, model_overrides(args.model)).model
+            cfg = apply_overrides(run, model_overrides(args.model, size["img_size"])).model
         cfg = dataclasses.replace(cfg, **size)
         args.batch_size = args.batch_size or run.train.batch_size
         args.compile = args.compile or run.train.compile

@@ -118,6 +118,13 @@ def find_run(path: str) -> tuple[str | None, str]:
             f"{path} is an ONNX file (for ONNX Runtime); eval and predict read a run folder, a checkpoint or a "
             "safetensors file (`vitkit eval RUN --fast` runs the model through ONNX Runtime)"
         )
+    if os.path.isfile(path) and not path.endswith(".safetensors"):  # config.json, metrics.jsonl, state.pt ...
+        folder = os.path.dirname(path)
+        raise UserError(
+            f"{path} is not a weights file: pass its folder ({folder}) or a .safetensors file"
+            if any(os.path.exists(os.path.join(folder, f)) for f in ("config.json", "model.safetensors"))
+            else f"{path} is not a weights file: pass a run folder, a checkpoint folder or a .safetensors file"
+        )
     if os.path.isfile(path):
         for run_dir in (os.path.dirname(path), os.path.dirname(os.path.dirname(os.path.dirname(path)))):
             if os.path.exists(os.path.join(run_dir, "config.json")):  # RUN/x or RUN/checkpoints/step-x/x
@@ -236,9 +243,9 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
             cfg = dataclasses.replace(cfg, model=described.config)
     where = f"{weights}'s metadata" if described is not None else f"{run_dir}/config.json"
     model = build_model(cfg.model, weights_follow=True)
-    state = load_weights(weights)  # a file that is not safetensors at all is named as such first
-    if run_dir is not None:
+    if run_dir is not None:  # a damaged final file (truncated, replaced) points at the verified checkpoints
         _check_final_weights(run_dir, weights)
+    state = load_weights(weights)
     bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         log.warning(

@@ -64,7 +64,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vitkit.convert import check_onnx, export_onnx, save_model_file
     from vitkit.convert.export import OnnxLoadError
 
-    by_name = {".onnx": "onnx", ".safetensors": "safetensors"}.get(os.path.splitext(args.out or "")[1])
+    ext = os.path.splitext(args.out or "")[1]
+    by_name = {".onnx": "onnx", ".safetensors": "safetensors"}.get(ext.lower())
+    if ext and by_name is None and not args.format:  # model.pt, model.pth: not what export writes
+        raise UserError(
+            f"--out {args.out}: export writes ONNX (.onnx) or safetensors (.safetensors), not {ext}; name the file "
+            "so, or give --format"
+        )
     if args.format and by_name and args.format != by_name:
         raise UserError(
             f"--format {args.format} with --out {args.out}: the name says {by_name}; make them agree"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -25,6 +26,8 @@ FLAG_KEYS = {
 RECIPE_MODEL_FIELDS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "head_drop_rate")
 CNN_FINETUNE_FIELDS = ("drop_rate", "drop_path_rate")  # the CNN baselines have no attention dropout
 
+log = logging.getLogger(__name__)
+
 
 def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
     """The recipe with the checkpoint's architecture, the asked resolution, flags and --set overrides."""
@@ -41,6 +44,8 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
     )
     overrides = user_overrides(args)
     cfg = apply_overrides(dataclasses.replace(cfg, model=model), overrides)
+    if not args.dataset and not any(o.strip().startswith("data.dataset=") for o in args.set or []):
+        log.info("fine-tuning on %s, the recipe's dataset (--dataset to choose another)", cfg.data.dataset)
     steps = PAPER_FINETUNE_STEPS.get(cfg.data.dataset) if cfg.recipe == "paper-finetune" else None
     if steps and not {o.split("=", 1)[0].strip() for o in overrides} & {"train.steps", "train.epochs"}:
         cfg = dataclasses.replace(
@@ -173,27 +178,29 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--num-heads", type=positive_int, help="heads, for fused-qkv files whose shape is not the paper's"
     )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--micro-batch-size", type=nonneg_int, help="0: none")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=positive_int, help="default: the recipe's length")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch per optimizer step")
+    p.add_argument(
+        "--micro-batch-size", type=nonneg_int, help="accumulate over micro-batches of this size (0: none)"
+    )
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     p.add_argument(
         "--layer-decay",
         type=float,
         metavar="D",
         help="layer-wise learning-rate decay, e.g. 0.75 (ViTs; default off)",
     )
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="default: 0")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure", "auto"], help=PRECISION_HELP)
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.warmup_steps=50"
     )
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html at the end")
     p.set_defaults(func=cmd_finetune)

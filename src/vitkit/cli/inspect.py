@@ -61,7 +61,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UserError("the figures need matplotlib: pip install 'vitkit[plots]'") from None
+        raise UserError(
+            "the figures need matplotlib: pip install matplotlib (vitkit's [plots] extra)"
+        ) from None
 
 
 def load_subject(source: str, device: torch.device | str = "cpu") -> Subject:

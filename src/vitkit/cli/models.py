@@ -89,7 +89,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the registered model variants with params and FLOPs")
+    p = sub.add_parser(
+        "models",
+        help="list the registered model variants with params and FLOPs",
+        description="The registered variants (ViT-Ti/S/B/L/H, hybrids, the CNN baselines) with their setting, "
+        "parameters and forward GFLOPs; any ViT-<size>/<patch> is accepted beyond those listed.",
+    )
     p.add_argument("--img-size", type=positive_int, default=None, help="show every variant at this size")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)

@@ -64,8 +64,9 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def model_overrides(name: str) -> list[str]:
-    """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch (a hybrid's or BiT's ResNet) as overrides.
+def model_overrides(name: str, img_size=None) -> list[str]:
+    """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch (a hybrid's or BiT's ResNet) as overrides;
+    `img_size` is the size the run will use (the name is checked against it, not against 224).
 
     A CNN's name also sets the ViT-only options back to their defaults (the recipe's pool, posemb, ... are a
     ViT's), and any name the options of the other CNN kinds (a SASA recipe's window on an AA model).
@@ -82,7 +83,7 @@ def model_overrides(name: str) -> list[str]:
             return ",".join(map(str, v)) or "()"
         return str(v)
 
-    m = model_config(name)
+    m = model_config(name) if img_size is None else model_config(name, img_size=img_size)
     keys = list(ARCH_FIELDS)
     if m.arch != "vit":
         keys += [k for k in VIT_ONLY if k not in keys and k not in CNN_READS.get(m.arch, ())]
@@ -95,7 +96,7 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     cfg = base if base is not None else get_recipe(args.recipe or "fashion-mnist")
     overrides = []
     if args.model:
-        overrides += model_overrides(args.model)
+        overrides += model_overrides(args.model, getattr(args, "img_size", None) or cfg.model.img_size)
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -200,6 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if out and os.path.abspath(out) != os.path.abspath(args.resume):
             raise UserError(f"--resume {args.resume} and --out {out} name different folders")
         out = args.resume
+        if not os.path.exists(out):
+            raise UserError(f"--resume {out}: no such folder")
         if not os.path.exists(os.path.join(out, CONFIG)):
             raise UserError(f"--resume {out}: no {CONFIG} there (is it a run folder?)")
         cfg, saved = _on_run(args, out)  # the flags given apply on top of the run's config
@@ -268,6 +271,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitkit.eval.evaluate import evaluate
     from vitkit.train.loop import resolve_device
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     run = load_run(args.run, device)
     data_cfg = run.cfg.data
@@ -325,8 +330,10 @@ def _fast(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit.data.imagefolder import load_image
     from vitkit.data.transforms import normalize, resize
+    from vitkit.train.loop import resolve_device
 
-    run = load_run(args.run)
+    device = resolve_device(args.device)
+    run = load_run(args.run, device)
     in_chans = run.cfg.model.in_chans
     size = tuple(run.data.get("native_size") or run.cfg.model.img_size)
     classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
@@ -338,7 +345,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             images.append(load_image(path, size, in_chans))
         except ValueError as e:
             raise UserError(str(e)) from None
-    batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std)  # (B, C, H, W)
+    batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std).to(device)
     model = _fast(run.model, batch) if args.fast else run.model
     with torch.inference_mode():
         all_probs = model(batch).float().softmax(-1)
@@ -369,17 +376,17 @@ def add_parser(sub) -> None:
         "--data-dir", help="where the dataset is (default: $VITKIT_DATA, Debian's package, download)"
     )
     p.add_argument("--model", help="variant such as ViT-S/4 (keeps the recipe's other model options)")
-    p.add_argument("--img-size", type=positive_int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--img-size", type=positive_int, help="training resolution (default: the recipe's)")
+    p.add_argument("--epochs", type=positive_int, help="default: the recipe's")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int, help="global batch per optimizer step")
     p.add_argument(
         "--micro-batch-size",
         type=nonneg_int,
         help="accumulate gradients over micro-batches of this size (0: none)",
     )
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="default: the recipe's (0)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure", "auto"], help=PRECISION_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -400,11 +407,12 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a trained run or checkpoint")
     p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--dataset")
-    p.add_argument("--data-dir")
-    p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--batch-size", type=positive_int, default=512)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--dataset", help="default: the run's")
+    p.add_argument("--data-dir", help="default: the run's, else $VITKIT_DATA, Debian's package, download")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="default: test")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="default: 512")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object (top1, top5, loss, num_samples, ...)"
     )
@@ -414,7 +422,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with a trained run or checkpoint")
     p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("--fast", action="store_true", help="the fast inference path (CPU: int8 ONNX Runtime)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=cmd_predict)

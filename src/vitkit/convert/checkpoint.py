@@ -43,8 +43,12 @@ class Checkpoint:
 def guess_num_heads(width: int, depth: int, mlp: int, where: str, say: bool = True) -> int | None:
     """Heads of a fused-qkv checkpoint: the paper's table when width/depth/MLP match, else width / 64 (logged
     if `say`), else None."""
-    for w, d, h, m in WIDTHS.values():
+    for name, (w, d, h, m) in WIDTHS.items():
         if (w, d, m) == (width, depth, mlp):
+            if say:
+                log.info(
+                    "%s: num_heads not stored; %d as ViT-%s's (--num-heads if it had others)", where, h, name
+                )
             return h
     if width % 64 == 0:
         if say:

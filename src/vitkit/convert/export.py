@@ -51,7 +51,9 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
-        raise ConversionError("ONNX export needs onnx and onnxscript: pip install 'vitkit[export]'") from None
+        raise ConversionError(
+            "ONNX export needs onnx and onnxscript: pip install onnx onnxscript onnxruntime (vitkit's [export] extra)"
+        ) from None
     if getattr(getattr(model, "cfg", None), "dynamic_img_size", False):
         size = model.cfg.img_size
         log.warning("%s: exported at %dx%d only (the model's dynamic_img_size is not exported)", path, *size)
@@ -112,7 +114,7 @@ def check_onnx(
         import onnxruntime as ort
     except ImportError:
         raise ConversionError(
-            "checking an ONNX export needs onnxruntime: pip install 'vitkit[export]'"
+            "checking an ONNX export needs onnxruntime: pip install onnx onnxscript onnxruntime (vitkit's [export] extra)"
         ) from None
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -32,11 +32,17 @@ def default_pretrained(name: str | None) -> str:
     )
 
 
+# names of weights files: a path ending so that does not exist is a missing file, not a hub id to look up
+FILE_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".onnx", ".json", ".h5", ".msgpack")
+
+
 def is_hub_id(source: str) -> bool:
     """`hf-hub:owner/name`, or `owner/name` that is not a local path (nor under a local folder `owner`)."""
     if source.startswith("hf-hub:"):
         return True
     owner = source.split("/")[0]
+    if source.lower().endswith(FILE_SUFFIXES):  # a mistyped file name, not a repository
+        return False
     return bool(_REPO_ID.match(source)) and not os.path.exists(source) and not os.path.isdir(owner)
 
 
@@ -45,7 +51,7 @@ def _hub():
         import huggingface_hub
     except ImportError:
         raise ConversionError(
-            "hub ids need the huggingface_hub package: pip install 'vitkit[hub]' (or pass a local path)"
+            "hub ids need the huggingface_hub package: pip install huggingface_hub (vitkit's [hub] extra) (or pass a local path)"
         ) from None
     return huggingface_hub
 

@@ -200,14 +200,19 @@ def load_pretrained(
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if reset_head:
         own = {k: v for k, v in own.items() if not k.startswith(("head.", "pre_logits."))}
-    bad = [
-        f"{k}: checkpoint {tuple(v.shape)}, model {own[k]}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != own[k]
+    bad = [  # the embeddings first: they name the width, patch and grid
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {own[k]}"
+        for k in sorted(
+            state, key=lambda k: (not k.startswith(("patch_embed.", "stem.")), k.startswith("blocks."), k)
+        )
+        if k in own and tuple(state[k].shape) != own[k]
     ]
     if bad:
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise ConversionError(
-            f"{ckpt.path} does not fit the model ({cfg.name}): shape mismatch: {'; '.join(bad)}"
+            f"{ckpt.path} holds a {ckpt.config.name}, which does not fit the model ({cfg.name}): shape mismatch "
+            f"in {len(bad)} tensors: {'; '.join(bad[:3])}{more}. create_model(pretrained=...) builds the "
+            "checkpoint's own model"
         )
     report.missing = sorted(set(own) - set(state))
     report.unexpected = sorted(set(state) - set(own))

@@ -275,6 +275,11 @@ def load_dataset(
     cfg: DataConfig, *, img_size: tuple[int, int] | None = None, seed: int = 0, download: bool = True
 ) -> Splits:
     """Load the dataset named by `cfg.dataset` into memory; a split without images is an error naming it."""
+    if cfg.data_dir and os.path.isfile(cfg.data_dir):
+        raise ValueError(
+            f"--data-dir {cfg.data_dir} is a file; pass the folder that holds the dataset's files "
+            f"({os.path.dirname(os.path.abspath(cfg.data_dir))}?)"
+        )
     splits = _load(cfg, img_size, seed, download)
     for split, data in (("training", splits.train), ("test", splits.test)):
         if len(data) == 0:

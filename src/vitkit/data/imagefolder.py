@@ -128,7 +128,12 @@ def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0
     """Train and validation splits of an image folder; class names are the sub-folder names."""
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
-        raise FileNotFoundError(f"{root}: expected {train_dir}/<class>/<image> (and val/ or a val_fraction)")
+        hint = ""
+        if os.path.basename(os.path.normpath(root)) in ("train", "val", "test"):  # the split folder itself
+            hint = f"; did you mean --data-dir {os.path.dirname(os.path.normpath(root)) or '.'}?"
+        raise FileNotFoundError(
+            f"{root}: expected {train_dir}/<class>/<image> (and val/ or a val_fraction){hint}"
+        )
     paths, labels, classes = scan(train_dir)
     val_dir = next(
         (os.path.join(root, d) for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None

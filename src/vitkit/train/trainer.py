@@ -150,7 +150,9 @@ class Trainer:
 
                 self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
             except ImportError:
-                log.warning("--tensorboard: tensorboard is not installed; metrics go to metrics.jsonl only")
+                log.warning(
+                    "--tensorboard: tensorboard is not installed (pip install tensorboard); metrics go to metrics.jsonl only"
+                )
 
     def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
         """torch.compile'd module (or its blocks, in place), tried once on a dummy batch; eager if that fails."""
