@@ -68,7 +68,7 @@ def test_fewshot_draws_per_class_nested_seeded_and_checked():
     assert set(two.tolist()) <= set(five.tolist())  # a seed's 2-shot set is part of its 5-shot set
     assert torch.equal(fewshot_indices(class_orders(labels, 3, seed=1), 5), five)  # deterministic
     assert not torch.equal(fewshot_indices(class_orders(labels, 3, seed=2), 5), five)
-    with pytest.raises(ValueError, match="6 training images of every class; class 1 has 5"):
+    with pytest.raises(ValueError, match=r"6 training image\(s\) of every class; class 1 has 5"):
         fewshot_indices(orders, 6)
     with pytest.raises(ValueError, match="class 3 has 0"):
         fewshot_indices(class_orders(labels, 4, seed=0), 1)  # a class without samples
@@ -133,14 +133,17 @@ def test_fewshot_evaluate_equals_the_computation_by_hand():
     )
     drawn = set()
     all_train = representations(model, train, torch.arange(len(train)), _transform)
-    test_feats = representations(model, test, torch.arange(30), _transform)
+    scored = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:30].sort().values  # test_limit
+    test_feats = representations(model, test, scored, _transform)
     for k in (1, 3):
         accs = []
         for seed in range(2):
             idx = fewshot_indices(class_orders(train.labels, 10, seed), k)
             drawn |= set(idx.tolist())
             w, mean, std = ridge_fit(all_train[idx], train.labels[idx], 10, 4.0)
-            accs.append(float((ridge_predict(test_feats, w, mean, std) == test.labels[:30]).double().mean()))
+            accs.append(
+                float((ridge_predict(test_feats, w, mean, std) == test.labels[scored]).double().mean())
+            )
         r = res["shots"][k]
         assert r["seeds"] == pytest.approx(accs, abs=1e-12)
         assert r["mean"] == pytest.approx(sum(accs) / 2) and r["std"] == pytest.approx(
@@ -157,7 +160,7 @@ def test_fewshot_evaluate_checks_its_arguments():
         fewshot_evaluate(model, ds, ds, _transform, shots=(0, 1), **kw)
     with pytest.raises(ValueError, match="seeds must be at least 1"):
         fewshot_evaluate(model, ds, ds, _transform, seeds=0, **kw)
-    with pytest.raises(ValueError, match="3 training images of every class; class 0 has 2"):
+    with pytest.raises(ValueError, match=r"3 training image\(s\) of every class; class 0 has 2"):
         fewshot_evaluate(model, ds, ds, _transform, shots=(1, 3), **kw)
     with pytest.raises(ValueError, match="channels"):
         representations(_tiny(in_chans=3), ArrayDataset(torch.zeros(2, 2, 16, 16, dtype=torch.uint8), ds.labels[:2]),
@@ -191,3 +194,18 @@ def test_fewshot_cli_on_pretrained_weights(tmp_path, capsys):
     assert main(args) == 0  # a colour model on grey images: repeated to its channels
     res = json.loads(capsys.readouterr().out)
     assert res["dim"] == 192 and res["num_test"] == 512 and 0.0 <= res["shots"]["2"]["mean"] <= 1.0
+
+
+def test_fewshot_of_a_bf16_model_and_a_test_set_in_class_order():
+    model = _tiny().bfloat16()
+    train = make_synthetic(60, seed=0, split="train")
+    order = torch.argsort(train.labels, stable=True)  # a test split in class order, as an image folder's
+    test = ArrayDataset(train.images[order], train.labels[order])
+    seen = []
+    res = fewshot_evaluate(model, train, test, _transform, num_classes=10, shots=(1,), seeds=1, test_limit=20,
+                           progress=seen.append)  # fmt: skip
+    assert res["num_test"] == 20 and 0.0 <= res["shots"][1]["mean"] <= 1.0
+    picked = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:20]
+    assert (
+        len(set(test.labels[picked].tolist())) > 5
+    )  # drawn across the classes, not the first 20 (two classes)

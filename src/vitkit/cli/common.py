@@ -118,7 +118,13 @@ def find_run(path: str) -> tuple[str | None, str]:
             f"{path} is an ONNX file (for ONNX Runtime); eval and predict read a run folder, a checkpoint or a "
             "safetensors file (`vitkit eval RUN --fast` runs the model through ONNX Runtime)"
         )
-    if os.path.isfile(path) and not path.endswith(".safetensors"):  # config.json, metrics.jsonl, state.pt ...
+    weights_file = path.lower().endswith((".npz", ".pth", ".pt", ".bin", ".ckpt", ".h5", ".msgpack"))
+    if os.path.isfile(path) and weights_file and os.path.basename(path) != "state.pt":  # state.pt: below
+        raise UserError(
+            f"{path}: eval and predict read vitkit's safetensors files (a run, a checkpoint, an exported file); for "
+            f"timm, Hugging Face or .npz weights run `vitkit convert {path} --out RUN` first"
+        )
+    if os.path.isfile(path) and not path.lower().endswith(".safetensors"):  # config.json, state.pt ...
         folder = os.path.dirname(path)
         raise UserError(
             f"{path} is not a weights file: pass its folder ({folder}) or a .safetensors file"

@@ -36,11 +36,15 @@ def _data_config(args: argparse.Namespace, subject):
     if run is None or run.cfg.recipe == CONVERTED:
         if not args.dataset:
             raise UserError(f"{args.source} holds pretrained weights, no dataset: pass --dataset")
-        return DataConfig(dataset=args.dataset, data_dir=args.data_dir)
-    data_cfg = run.cfg.data
-    if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
-        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
-    return local_data(data_cfg, args.data_dir, args.source)
+        data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir)
+    else:
+        data_cfg = run.cfg.data
+        if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
+            data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
+        data_cfg = local_data(data_cfg, args.data_dir, args.source)
+    if args.val_fraction is not None:
+        data_cfg = dataclasses.replace(data_cfg, val_fraction=args.val_fraction)
+    return data_cfg
 
 
 def _preprocess(subject, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -65,7 +69,9 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     subject = load_subject(args.source, device)
     cfg = subject.model.cfg
     data_cfg = _data_config(args, subject)
-    splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=0)
+    # a run's own dataset split as it was in training (imagefolder's val_fraction, synthetic data: by its seed)
+    own = subject.run is not None and data_cfg.dataset == subject.run.cfg.data.dataset
+    splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=subject.run.cfg.train.seed if own else 0)
     if splits.in_chans not in (1, cfg.in_chans):
         raise UserError(
             f"dataset {data_cfg.dataset} has {splits.in_chans}-channel images, {subject.name} takes {cfg.in_chans}"
@@ -138,7 +144,13 @@ def add_parser(sub) -> None:
         "--l2-reg", type=positive_float, default=L2_REG, help=f"ridge penalty (default {L2_REG:g})"
     )
     p.add_argument(
-        "--test-limit", type=positive_int, metavar="N", help="score on the first N test images only"
+        "--test-limit", type=positive_int, metavar="N", help="score on N test images drawn at random (seed 0)"
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="imagefolder without val/: hold out this fraction as test",
     )
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

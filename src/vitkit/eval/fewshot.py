@@ -40,7 +40,7 @@ def fewshot_indices(orders: list[torch.Tensor], shots: int) -> torch.Tensor:
     if short:
         c, n = short[0]
         raise ValueError(
-            f"{shots}-shot evaluation needs {shots} training images of every class; class {c} has {n}"
+            f"{shots}-shot evaluation needs {shots} training image(s) of every class; class {c} has {n}"
             + (f" ({len(short)} classes have too few)" if len(short) > 1 else "")
         )
     return torch.cat([o[:shots] for o in orders])  # (K * shots,)
@@ -100,6 +100,7 @@ def representations(
     was_training = model.training
     model.eval()
     in_chans = _in_chans(model)
+    dtype = next(model.parameters()).dtype  # a bf16/fp16 model takes its own dtype
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     out = []
     try:
@@ -111,7 +112,7 @@ def representations(
                     raise ValueError(f"the images have {x.shape[1]} channels, the model takes {in_chans}")
                 x = x.expand(-1, in_chans, -1, -1)
             with autocast:
-                f = model.forward_head(model.forward_features(x), pre_logits=True)  # (B, D)
+                f = model.forward_head(model.forward_features(x.to(dtype)), pre_logits=True)  # (B, D)
             out.append(f.float().cpu())
             if progress is not None:
                 progress(len(chunk))
@@ -142,7 +143,8 @@ def fewshot_evaluate(
     progress=None,
 ) -> dict[str, Any]:
     """Few-shot accuracy of `model`'s frozen representation: for each shot count and seed, a ridge classifier
-    fit on `shots` images per class of `train`, scored on `test` (its first `test_limit` images if given).
+    fit on `shots` images per class of `train`, scored on `test` (`test_limit` of its images drawn at random,
+    seed 0, if given: a split may be in class order).
 
     Only the training images drawn are embedded (the test images once). Returns `{"shots": {k: {"mean", "std",
     "seeds"}}, "num_test", "dim", "l2_reg"}`; accuracies are fractions.
@@ -163,8 +165,12 @@ def fewshot_evaluate(
     kw = dict(device=device, batch_size=batch_size, precision=precision, progress=progress)
     train_feats = representations(model, train, drawn, transform, **kw)  # (n_drawn, D)
     test_idx = torch.arange(n_test)
+    if n_test < len(test):
+        test_idx = (
+            torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n_test].sort().values
+        )
     test_feats = representations(model, test, test_idx, transform, **kw)  # (n_test, D)
-    test_labels = test.labels.cpu()[:n_test]
+    test_labels = test.labels.cpu()[test_idx]
     train_labels = train.labels.cpu()
     results = {}
     for k in shots:

@@ -61,6 +61,8 @@ def filter_pca(weight: torch.Tensor, k: int = 28) -> tuple[torch.Tensor, torch.T
     """
     if weight.ndim != 4:
         raise ValueError(f"expected conv filters (D, C, P, P), got shape {tuple(weight.shape)}")
+    if k < 1:
+        raise ValueError(f"filter_pca: k={k} principal components; ask for at least 1")
     d = weight.shape[0]
     x = weight.detach().double().reshape(d, -1)  # (D, C*P*P)
     x = x - x.mean(dim=0, keepdim=True)

@@ -51,6 +51,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.img_size = tuple(img_size)
         self.dynamic = dynamic  # any image size that is a multiple of the token stride
+        self.resize_hint = (
+            "another size: model.set_img_size(), or dynamic_img_size=True"  # the wrong-size error's
+        )
         self.patch_size = patch_size
         self.in_chans = in_chans
         stride, chans = patch_size, in_chans  # pixels per token along each axis; channels into proj
@@ -90,7 +93,7 @@ class PatchEmbed(nn.Module):
         if not self.dynamic and tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(
                 f"expected images of shape (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), got "
-                f"{tuple(x.shape)} (another size: model.set_img_size(), or dynamic_img_size=True)"
+                f"{tuple(x.shape)} ({self.resize_hint})"
             )
         if hasattr(self, "backbone"):
             x = self.backbone(x)  # (B, C', H/s, W/s)

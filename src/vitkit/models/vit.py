@@ -63,6 +63,10 @@ class VisionTransformer(nn.Module):
             cfg.img_size, cfg.patch_size, cfg.in_chans, d, cfg.backbone, dynamic=cfg.dynamic_img_size
         )
         gh, gw = cfg.grid_size
+        if cfg.posemb == "relative":
+            self.patch_embed.resize_hint = (
+                "posemb='relative' keeps its grid: another size needs a model trained at it"
+            )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "token" else None
         if cfg.posemb == "learn":  # one vector per token, class token included (as timm/official)
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, d))
