@@ -172,10 +172,17 @@ def run_analysis(subject: Subject, inputs: Inputs, args: argparse.Namespace):
     from vitkit.inspect import analyse
 
     x = normalize(inputs.images.float(), subject.mean, subject.std)
+    w = getattr(
+        subject.model.patch_embed, "pixel_conv", subject.model.patch_embed.proj
+    ).weight  # (D, C, P, P)
+    have = min(w.shape[0], w[0].numel())
+    if args.k is not None and args.k > have:  # the default (28, the paper's figure) is capped quietly
+        log.warning("--k %d: the %s patch-embedding filters have %d principal components", args.k,
+                    tuple(w.shape), have)  # fmt: skip
     return analyse(
         subject.model,
         x,
-        k=args.k,
+        k=min(args.k or 28, have),
         head_fusion=args.head_fusion,
         discard_ratio=args.discard_ratio,
         batch_size=args.batch_size,
@@ -259,7 +266,7 @@ def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", nu
     from vitkit.inspect.plots import figure_png
     from vitkit.inspect.report import inspection_figures, write_report
 
-    args = argparse.Namespace(k=28, head_fusion="mean", discard_ratio=0.0, batch_size=16, show=8)
+    args = argparse.Namespace(k=None, head_fusion="mean", discard_ratio=0.0, batch_size=16, show=8)
     subject = load_subject(run_dir, device)
     path = out or os.path.join(subject.run_dir or run_dir, "report.html")
     if subject.model.cfg.arch != "vit":  # a CNN baseline: curves and confusion, no attention to analyse
@@ -324,7 +331,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--images", nargs="+", metavar="FILE", help="image files (default: the run's test images)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/inspect, or ./vitkit-inspect)")
-    p.add_argument("--k", type=positive_int, default=28, help="principal components of the embedding filters")
+    p.add_argument(
+        "--k", type=positive_int, help="principal components of the embedding filters (default 28, at most D)"
+    )
     p.add_argument(
         "--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion"
     )

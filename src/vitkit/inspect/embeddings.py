@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 def patch_posemb(model: nn.Module) -> torch.Tensor:
@@ -67,10 +63,7 @@ def filter_pca(weight: torch.Tensor, k: int = 28) -> tuple[torch.Tensor, torch.T
     x = weight.detach().double().reshape(d, -1)  # (D, C*P*P)
     x = x - x.mean(dim=0, keepdim=True)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)  # s descending; vh (r, C*P*P)
-    if k > vh.shape[0]:  # at most min(D, C*P*P) components exist
-        log.warning("embedding PCA: %d components asked for, the %s filters have %d", k, tuple(weight.shape),
-                    vh.shape[0])  # fmt: skip
-        k = vh.shape[0]
+    k = min(k, vh.shape[0])  # at most min(D, C*P*P) components exist (the caller may say so)
     comps = vh[:k]
     biggest = comps.abs().argmax(dim=1, keepdim=True)
     comps = comps * comps.gather(1, biggest).sign()  # deterministic signs
