@@ -6,25 +6,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 
 import torch
 
-from vitkit.cli.common import UserError, local_data, positive_int
+from vitkit.cli.common import UserError, local_data, positive_float, positive_int
 from vitkit.eval.fewshot import L2_REG, SEEDS, SHOTS
 
 log = logging.getLogger(__name__)
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
 
 
 def _data_config(args: argparse.Namespace, subject):

@@ -138,9 +138,8 @@ class ModelConfig:
     dynamic_img_size: bool = False  # any multiple of the token stride, posemb resampled per forward (timm's)
     head_init: str = "default"  # "zero" for fine-tuning, as the paper
     attn_init: str = "default"  # "mimetic": W_q^T W_k ~ I, W_v^T W_o^T ~ -I (Trockman & Kolter 2023)
-    weight_init: str = (
-        "default"  # "official": the official JAX code's exactly (q, k, v apart; see reset_parameters)
-    )
+    # "official": the official JAX code's initialisation where timm's differs (see VisionTransformer.reset_parameters)
+    weight_init: str = "default"
     backbone: tuple[int, ...] | None = None  # hybrid: ResNet stage depths (R50: 3,4,9); () the root only
     width_factor: int = 1  # arch="bit": channels x this (BiT-R50x3: 3)
     sasa_window: int = 7  # arch="sasa": each pixel attends to this k x k neighbourhood (the paper's k = 7)
@@ -218,7 +217,7 @@ class ModelConfig:
         _check_choice("model.mlp_act", self.mlp_act, MLP_ACTS)
         if self.posemb == "relative" and self.dynamic_img_size:
             raise ValueError(
-                "model.posemb='relative' (1-D relative attention over the patches in raster order) holds one grid: "
+                "model.posemb='relative' (1-D relative attention over the tokens in raster order) holds one grid: "
                 "it cannot take dynamic_img_size=True"
             )
         if self.posemb in ("learn2d", "sincos2d") and self.embed_dim % 4:

@@ -148,6 +148,17 @@ def _check_blocks_agree(state: dict[str, torch.Tensor], where: str, depth: int) 
         raise ConversionError(f"{where}: the blocks' shapes differ: {listed}")
 
 
+def _square_size(n: int, stride: int, what: str, where: str) -> tuple[int, int]:
+    """The image size of a square grid of `n` patches (a file that does not say its size), else an error."""
+    side = math.isqrt(max(n, 0))
+    if side * side != n:
+        raise ConversionError(
+            f"{where}: {what} do not form a square grid, and the file does not say the image size; save it as a "
+            "vitkit file (vitkit.convert.save_model_file) with its config"
+        )
+    return (side * stride, side * stride)
+
+
 def infer_config(
     state: dict[str, torch.Tensor],
     where: str,
@@ -181,24 +192,12 @@ def infer_config(
     if img_size is None:
         if "pos_embed" in state:
             n = int(state["pos_embed"].shape[1]) - prefix
-            side = math.isqrt(max(n, 0))
-            if side * side != n:
-                raise ConversionError(
-                    f"{where}: {n} patch position embeddings do not form a square grid, and the file does not "
-                    "say the image size; save it as a vitkit file (vitkit.convert.save_model_file) with its config"
-                )
-            img_size = (side * stride, side * stride)
+            img_size = _square_size(n, stride, f"{n} patch position embeddings", where)
         elif "pos_embed_row" in state:
             img_size = (state["pos_embed_row"].shape[1] * stride, state["pos_embed_col"].shape[1] * stride)
-        elif posemb == "relative":  # 2 N - 1 offsets of N tokens: a square grid assumed
+        elif posemb == "relative":  # 2 N - 1 offsets of N tokens
             n = (int(state["blocks.0.attn.rel_pos"].shape[0]) + 1) // 2 - prefix
-            side = math.isqrt(max(n, 0))
-            if side * side != n:
-                raise ConversionError(
-                    f"{where}: blocks.0.attn.rel_pos holds the offsets of {n} patches, not a square grid, and the "
-                    "file does not say the image size; save it as a vitkit file (vitkit.convert.save_model_file)"
-                )
-            img_size = (side * stride, side * stride)
+            img_size = _square_size(n, stride, f"blocks.0.attn.rel_pos's offsets of {n} patches", where)
         else:
             img_size = (224, 224)
             log.info("%s: no position embedding to read the grid from; assuming 224x224 images", where)

@@ -51,9 +51,8 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.img_size = tuple(img_size)
         self.dynamic = dynamic  # any image size that is a multiple of the token stride
-        self.resize_hint = (
-            "another size: model.set_img_size(), or dynamic_img_size=True"  # the wrong-size error's
-        )
+        # what the error for images of another size suggests (a model that cannot move says so instead)
+        self.resize_hint = "another size: model.set_img_size(), or dynamic_img_size=True"
         self.patch_size = patch_size
         self.in_chans = in_chans
         stride, chans = patch_size, in_chans  # pixels per token along each axis; channels into proj
