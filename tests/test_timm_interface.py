@@ -314,4 +314,6 @@ def test_prune_intermediate_layers_as_timms(kw):
     with torch.no_grad():
         _assert_same(ours.forward_intermediates(x, take), theirs.forward_intermediates(x, take))
         # a pruned head: vitkit still pools (the class token), timm's reset_classifier(0, "") gives every token
-        _assert_same(ours(x), theirs(x)[:, 0] if kw.get("prune_head", True) else theirs(x))
+        # (the last block computes the class token's query only: 1e-6 apart in float32)
+        want = theirs(x)[:, 0] if kw.get("prune_head", True) else theirs(x)
+        torch.testing.assert_close(ours(x), want, rtol=1e-5, atol=1e-5)
