@@ -182,7 +182,7 @@ def run_analysis(subject: Subject, inputs: Inputs, args: argparse.Namespace):
     return analyse(
         subject.model,
         x,
-        k=min(args.k or 28, have),
+        k=args.k or 28,  # filter_pca caps it at the components there are
         head_fusion=args.head_fusion,
         discard_ratio=args.discard_ratio,
         batch_size=args.batch_size,
