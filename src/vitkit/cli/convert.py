@@ -53,18 +53,51 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _default_out(source: str, fmt: str, img_size: int | None) -> str:
     suffix = f"-{img_size}" if img_size else ""
-    ext = "onnx" if fmt == "onnx" else "safetensors"
+    ext = {"onnx": ".onnx", "safetensors": ".safetensors"}.get(fmt, f"-{fmt}")  # timm, hf: a folder
     if os.path.isdir(source) and os.path.exists(os.path.join(source, "config.json")):
-        return os.path.join(source, f"model-export{suffix}.{ext}")  # beside the run's own model.safetensors
+        return os.path.join(source, f"model-export{suffix}{ext}")  # beside the run's own model.safetensors
     base = os.path.basename(source.rstrip("/")).split(".")[0] or "model"
-    return f"{base}{suffix}.{ext}"
+    return f"{base}{suffix}{ext}"
+
+
+def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:
+    """`--format timm|hf`: a folder the peer library loads, checked by loading it with the peer's own code."""
+    from vitkit.convert.files import ConversionError
+    from vitkit.convert.peers import PeerMissingError, check_peer, save_peer_folder
+
+    if os.path.isfile(os.path.join(out, "config.json")) and not args.overwrite:
+        raise UserError(f"--out {out} already holds a config.json; pass --overwrite to replace it")
+    try:
+        save_peer_folder(out, args.format, model, ckpt.meta)
+    except ConversionError as e:
+        raise UserError(str(e)) from None
+    peer = {"timm": "timm", "hf": "transformers"}[args.format]
+    c = model.cfg
+    line = f"{out}: {peer} {c.name} at {c.img_size[0]}x{c.img_size[1]}, {c.num_classes} classes"
+    if not args.no_check:
+        try:
+            worst = check_peer(out, args.format, model)
+        except PeerMissingError as e:
+            print(f"{line}; not checked: {e}")
+            return 0
+        line += f"; {peer} vs vitkit max |diff| {worst:.1e} (batch 1 and 3)"
+        if worst > 1e-4:
+            raise UserError(f"{line}: exceeds 1e-4")
+    load = (
+        f'timm.create_model("local-dir:{os.path.abspath(out)}", pretrained=True)'
+        if args.format == "timm"
+        else f'ViTForImageClassification.from_pretrained("{out}")'
+    )
+    print(f"{line}\nload it with {load}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vitkit.convert import check_onnx, export_onnx, save_model_file
     from vitkit.convert.export import OnnxLoadError
 
-    ext = os.path.splitext(args.out or "")[1]
+    folder = args.format in ("timm", "hf")
+    ext = "" if folder else os.path.splitext(args.out or "")[1]
     by_name = {".onnx": "onnx", ".safetensors": "safetensors"}.get(ext.lower())
     if ext and by_name is None and not args.format:  # model.pt, model.pth: not what export writes
         raise UserError(
@@ -78,6 +111,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     args.format = args.format or by_name or "onnx"
     model, ckpt = _load(args.source, args.img_size, args.num_heads)
     out = args.out or _default_out(args.source, args.format, args.img_size)
+    if folder:
+        if os.path.isfile(out):
+            raise UserError(f"--out {out} is a file; --format {args.format} writes a folder")
+        return _export_peer(args, model, ckpt, out)
     if os.path.isdir(out):
         raise UserError(
             f"--out {out} is a folder; export writes one file (e.g. {os.path.join(out, 'model.onnx')})"
@@ -120,22 +157,33 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("export", help="export a run or checkpoint to ONNX or safetensors")
+    p = sub.add_parser(
+        "export", help="export a run or checkpoint to ONNX, safetensors, or a timm or transformers folder"
+    )
     p.add_argument("source", metavar="RUN_DIR|SOURCE")
     p.add_argument(
-        "--format", choices=["onnx", "safetensors"], help="default: by --out's extension, else onnx"
+        "--format",
+        choices=["onnx", "safetensors", "timm", "hf"],
+        help="default: by --out's extension, else onnx; timm / hf: a folder that timm.create_model"
+        "('local-dir:FOLDER') / transformers' from_pretrained(FOLDER) loads",
     )
     p.add_argument(
         "--img-size", type=positive_int, help="export at this resolution (position embedding resampled)"
     )
     p.add_argument(
         "--out",
-        metavar="FILE",
-        help="default: RUN_DIR/model-export[-SIZE].onnx (or .safetensors) or ./<name>[-SIZE].onnx",
+        metavar="PATH",
+        help="default: RUN_DIR/model-export[-SIZE].onnx (.safetensors, or the folder -timm / -hf) or "
+        "./<name>[-SIZE].onnx (...)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace a timm / hf folder's files")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument(
         "--num-heads", type=positive_int, help="heads, for fused-qkv files whose shape is not the paper's"
     )
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the comparison of the logits with onnxruntime's (timm's, transformers')",
+    )
     p.set_defaults(func=cmd_export)

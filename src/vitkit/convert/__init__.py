@@ -1,4 +1,5 @@
-"""Pretrained weights in (official/big_vision .npz, timm, Hugging Face, vitkit runs, hub ids) and exports out."""
+"""Pretrained weights in (official/big_vision .npz, timm, Hugging Face, vitkit runs, hub ids) and exports out
+(ONNX, safetensors, timm and transformers folders)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from vitkit.convert.load import (
     load_pretrained,
     model_from_source,
 )
+from vitkit.convert.peers import check_peer, save_peer_folder
 from vitkit.convert.runs import save_model_file, save_run_dir
 from vitkit.convert.sources import FORMATS, read_checkpoint
 
@@ -23,6 +25,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "adapt_input_channels",
     "check_onnx",
+    "check_peer",
     "config_for",
     "export_onnx",
     "infer_config",
@@ -30,5 +33,6 @@ __all__ = [
     "model_from_source",
     "read_checkpoint",
     "save_model_file",
+    "save_peer_folder",
     "save_run_dir",
 ]

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _quiet(*names: str, level: int = logging.WARNING):
+def quiet_loggers(*names: str, level: int = logging.WARNING):
     """Raise the given loggers to `level` for the duration (the ONNX optimizer logs every pass at INFO)."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
@@ -77,7 +77,7 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         os.close(fd)
     try:
         # a failed version conversion logs its traceback: the opset check below reports it in one line
-        with torch.no_grad(), _quiet("onnxscript", "onnx_ir", "torch.onnx", level=logging.CRITICAL):
+        with torch.no_grad(), quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", level=logging.CRITICAL):
             torch.onnx.export(
                 model,
                 (example,),

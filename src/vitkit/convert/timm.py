@@ -8,6 +8,7 @@ ViT does not have (fc_norm, register tokens, LayerScale, ...) is left under its 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -23,6 +24,9 @@ from vitkit.convert.checkpoint import (
 )
 from vitkit.convert.files import ConversionError
 from vitkit.convert.resnet import from_timm_resnet_state, is_timm_resnet_state
+
+# timm's act_layer names of the activations vitkit's MLP computes (the erf GELU and its tanh approximation)
+TIMM_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}
 
 
 def is_timm_state(state: dict[str, torch.Tensor]) -> bool:
@@ -58,9 +62,18 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("interpolation", "crop_mode"):
         if isinstance(pre.get(key), str):
             facts[key] = pre[key]
+    names = pre.get("label_names", config.get("label_names"))
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        facts["classes"] = list(names)
     args = config.get("model_args") or {}
     if "num_heads" in args:
         facts["num_heads"] = int(args["num_heads"])
+    act = args.get("act_layer")
+    if act is not None and act not in TIMM_ACTS:
+        raise ConversionError(
+            f"{where}: timm act_layer={act!r}; vitkit's MLP computes {', '.join(map(repr, TIMM_ACTS))}"
+        )
+    facts["mlp_act"] = TIMM_ACTS.get(act, "gelu")
     pool = args.get("global_pool", config.get("global_pool"))
     if pool not in (None, "token", "avg", ""):
         raise ConversionError(
@@ -99,7 +112,8 @@ def from_timm_state(
     prepend_prefix_posemb(state)
     heads = num_heads or facts.get("num_heads")
     cfg = infer_config(state, where, num_heads=heads, norm_eps=1e-6, img_size=facts.get("img_size"))
-    meta = {k: facts[k] for k in PREPROCESS_KEYS if k in facts}
+    cfg = dataclasses.replace(cfg, mlp_act=facts.get("mlp_act", "gelu"))
+    meta = {k: facts[k] for k in (*PREPROCESS_KEYS, "classes") if k in facts}
     known = (
         bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False) is not None
     )

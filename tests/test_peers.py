@@ -1,0 +1,180 @@
+"""Export to timm and transformers folders: each peer loads the folder with its own code and computes vitkit's
+logits; vitkit reads the folders back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vitkit
+from vitkit.cli import main
+from vitkit.config import ModelConfig
+from vitkit.convert import ConversionError, model_from_source, read_checkpoint
+from vitkit.convert.peers import check_peer, hf_export, load_peer, save_peer_folder, timm_export
+from vitkit.models import build_model
+
+CLASSES = ["t-shirt", "trouser", "bag"]
+
+
+def _model(**kw) -> torch.nn.Module:
+    """A tiny ViT with every parameter drawn at std 0.2 (no zero head or unit norms to hide a wrong mapping)."""
+    base = dict(name="t", img_size=(16, 24), patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=2,
+                num_heads=2, mlp_dim=64)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**{**base, **kw})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+TIMM_CASES = {
+    "token-learn": {},
+    "gap-sincos2d": dict(pool="gap", posemb="sincos2d"),
+    "token-learn2d-rgb-square": dict(posemb="learn2d", in_chans=3, img_size=(16, 16)),
+    "none-tanh-no-qkv-bias": dict(posemb="none", mlp_act="gelu_tanh", qkv_bias=False),
+    "token-sincos2d-odd-mlp": dict(posemb="sincos2d", mlp_dim=50),
+}
+
+
+@pytest.mark.parametrize("case", TIMM_CASES)
+def test_timm_loads_the_export_and_computes_the_same_logits(case, tmp_path):
+    pytest.importorskip("timm")
+    model = _model(**TIMM_CASES[case])
+    save_peer_folder(str(tmp_path), "timm", model, {"classes": CLASSES})
+    assert check_peer(str(tmp_path), "timm", model) < 1e-5
+    peer = load_peer(str(tmp_path), "timm")
+    c = model.cfg
+    assert peer.pretrained_cfg["label_names"] == CLASSES
+    assert tuple(peer.pretrained_cfg["input_size"]) == (c.in_chans, *c.img_size)
+    assert list(peer.pretrained_cfg["mean"]) == list(model.pretrained_cfg["mean"])
+    assert peer.global_pool == ("token" if c.pool == "token" else "avg")
+    assert sum(p.numel() for p in peer.parameters()) >= sum(p.numel() for p in model.parameters())
+
+
+def test_a_dynamic_size_timm_export_resamples_as_vitkit_at_another_size(tmp_path):
+    pytest.importorskip("timm")
+    model = _model(dynamic_img_size=True)
+    save_peer_folder(str(tmp_path), "timm", model)
+    peer = load_peer(str(tmp_path), "timm")
+    x = torch.randn(2, 1, 20, 32)  # another grid (5 x 8): both resample the table bicubically
+    with torch.no_grad():
+        assert torch.allclose(peer(x), model(x), atol=1e-5)
+
+
+HF_CASES = {
+    "learn": {},
+    "learn2d-rgb-square": dict(posemb="learn2d", in_chans=3, img_size=(16, 16)),
+    "sincos2d-tanh": dict(posemb="sincos2d", mlp_act="gelu_tanh"),
+    "none-no-qkv-bias-eps12": dict(posemb="none", qkv_bias=False, norm_eps=1e-12),
+}
+
+
+@pytest.mark.parametrize("case", HF_CASES)
+def test_transformers_loads_the_export_and_computes_the_same_logits(case, tmp_path):
+    pytest.importorskip("transformers")
+    model = _model(**HF_CASES[case])
+    save_peer_folder(str(tmp_path), "hf", model, {"classes": CLASSES})
+    assert check_peer(str(tmp_path), "hf", model) < 1e-5
+    peer = load_peer(str(tmp_path), "hf")
+    assert [peer.config.id2label[i] for i in range(3)] == CLASSES
+    assert peer.config.layer_norm_eps == model.cfg.norm_eps
+
+
+@pytest.mark.parametrize(("fmt", "kw"), [("timm", TIMM_CASES["gap-sincos2d"]), ("hf", HF_CASES["sincos2d-tanh"]),
+                                         ("timm", TIMM_CASES["none-tanh-no-qkv-bias"])])  # fmt: skip
+def test_vitkit_reads_its_exports_back(fmt, kw, tmp_path):
+    model = _model(**kw)
+    save_peer_folder(str(tmp_path), fmt, model, {"classes": CLASSES, "mean": [0.3], "std": [0.4]})
+    ckpt = read_checkpoint(str(tmp_path))
+    assert ckpt.format == fmt and ckpt.meta["classes"] == CLASSES and ckpt.meta["mean"] == [0.3]
+    back = model_from_source(ckpt)
+    assert back.cfg.mlp_act == model.cfg.mlp_act and back.cfg.pool == model.cfg.pool
+    x = torch.randn(3, 1, 16, 24)
+    with torch.no_grad():
+        assert torch.allclose(back(x), model(x), atol=1e-5)
+
+
+def test_what_a_peer_cannot_compute_is_refused_with_the_reason(tmp_path, caplog):
+    cases = [
+        ("timm", _model(posemb="relative"), "1-D relative attention"),
+        ("timm", _model(representation_size=16), "no pre-logits layer"),
+        ("hf", _model(pool="gap"), "class token only (this model: GAP); --format timm keeps GAP"),
+        ("hf", _model(num_classes=0), "no head (num_classes=0)"),
+        ("timm", vitkit.create_model("BiT-R26x1", img_size=32, num_classes=3), "not a ViT"),
+        ("hf", _model(backbone=(1,), img_size=(32, 32), patch_size=2), "hybrid"),
+    ]
+    for fmt, model, why in cases:
+        with pytest.raises(ConversionError, match="cannot export to") as e:
+            save_peer_folder(str(tmp_path / "x"), fmt, model)
+        assert why in str(e.value)
+    assert not (tmp_path / "x").exists()  # nothing written
+    with caplog.at_level("WARNING"):
+        timm_export(_model(norm_eps=1e-5))
+    assert "eps 1e-6, this model with 1e-05" in caplog.text
+
+
+def test_the_configs_say_what_the_peers_need(tmp_path):
+    model = _model(posemb="learn2d", dynamic_img_size=True)
+    config, state = timm_export(model, {"classes": CLASSES})
+    args = config["model_args"]
+    assert args["no_embed_class"] and args["fc_norm"] is False and args["dynamic_img_size"]
+    assert state["pos_embed"].shape == (1, 4 * 6, 32) and "pos_embed_row" not in state
+    assert config["pretrained_cfg"]["fixed_input_size"] is False
+    assert json.loads(json.dumps(config)) == config  # plain JSON
+    config, processor, state = hf_export(_model(img_size=(16, 16), in_chans=3))
+    assert config["image_size"] == 16 and config["id2label"]["2"] == "LABEL_2"
+    assert processor["image_processor_type"] == "BitImageProcessor" and processor["do_convert_rgb"] is True
+    assert state["vit.embeddings.position_embeddings"].shape == (1, 17, 32)
+    _, processor, _ = hf_export(_model())
+    assert processor["image_processor_type"] == "ViTImageProcessor"  # non-square: resized, not cropped
+    assert processor["size"] == {"height": 16, "width": 24}
+
+
+def test_the_transformers_processor_preprocesses_as_vitkit_predict(tmp_path):
+    pytest.importorskip("transformers")
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from vitkit.data.imagefolder import load_image
+    from vitkit.data.transforms import normalize
+
+    model = _model(img_size=(16, 16), in_chans=3)
+    save_peer_folder(str(tmp_path), "hf", model, {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]})
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(path)  # landscape: crop the sides
+    processor = AutoImageProcessor.from_pretrained(str(tmp_path), backend="pil")
+    with Image.open(path) as im:
+        theirs = processor(im.convert("RGB"), return_tensors="pt")["pixel_values"]
+    ours = normalize(load_image(str(path), (16, 16), 3)[None].float(), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
+    assert theirs.shape == ours.shape == (1, 3, 16, 16)
+    assert torch.allclose(theirs, ours, atol=1e-5)
+
+
+def test_cli_exports_a_run_to_both_peers(tmp_path, capsys):
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    from helpers import tiny_run
+    from vitkit.train.loop import train
+
+    run = tmp_path / "run"
+    train(tiny_run(epochs=1), str(run))
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "timm"]) == 0
+    out = capsys.readouterr().out
+    assert "timm vs vitkit max |diff|" in out and "local-dir:" in out
+    folder = run / "model-export-timm"
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["label_names"][0] == "class0"
+    hf = tmp_path / "hf"
+    assert main(["export", str(run), "--format", "hf", "--out", str(hf)]) == 0
+    assert "transformers vs vitkit max |diff|" in capsys.readouterr().out
+    assert main(["export", str(run), "--format", "hf", "--out", str(hf)]) == 2  # it holds an export
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "hf", "--out", str(hf), "--overwrite", "--no-check"]) == 0
+    (tmp_path / "f").write_text("x")
+    assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "f")]) == 2
+    assert "is a file; --format timm writes a folder" in capsys.readouterr().err
