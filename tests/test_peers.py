@@ -164,6 +164,7 @@ def test_cli_exports_a_run_to_both_peers(tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny_run(epochs=1), str(run))
     capsys.readouterr()
+    _bench_scores_the_run_in_both_peers(run)
     assert main(["export", str(run), "--format", "timm"]) == 0
     out = capsys.readouterr().out
     assert "timm vs vitkit max |diff|" in out and "local-dir:" in out
@@ -178,3 +179,21 @@ def test_cli_exports_a_run_to_both_peers(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "f")]) == 2
     assert "is a file; --format timm writes a folder" in capsys.readouterr().err
+
+
+def _bench_scores_the_run_in_both_peers(run) -> None:
+    """bench/peer_export.py: each peer, with its own preprocessing, predicts as vitkit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "peer_export.py"
+    r = subprocess.run([sys.executable, str(script), str(run), "--limit", "40", "--json"], capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = {row["library"]: row for row in json.loads(r.stdout)["rows"]}
+    assert set(rows) == {"vitkit", "timm", "transformers"}
+    for lib in ("timm", "transformers"):
+        assert rows[lib]["agree"] == 1.0 and rows[lib]["top1"] == rows["vitkit"]["top1"], rows
+        assert rows[lib]["max_logit_diff"] < 1e-4
