@@ -294,3 +294,40 @@ def test_cifar_meta_without_a_name_list_loads_with_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         splits = load_cifar("cifar10", str(tmp_path), download=False)
     assert splits.classes[3] == "class3" and "no list of 10 'label_names'" in caplog.text
+
+
+def test_holdout_takes_a_seeded_share_of_every_class():
+    from vitkit.data.datasets import holdout_indices
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 7)[
+        torch.randperm(87, generator=torch.Generator().manual_seed(1))
+    ]
+    kept, held = holdout_indices(labels, 0.1, seed=3)
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(87))  # disjoint, together everything
+    assert [int((labels[held] == c).sum()) for c in range(3)] == [5, 3, 1]  # round(0.1 x 50, 30, 7)
+    assert torch.equal(held, holdout_indices(labels, 0.1, seed=3)[1])
+    assert not torch.equal(held, holdout_indices(labels, 0.1, seed=4)[1])
+
+
+def test_load_dataset_holds_out_a_val_split_of_training_images():
+    from vitkit.data.datasets import hold_out
+
+    cfg = DataConfig(dataset="synthetic", synthetic_size=200)
+    whole = load_dataset(cfg, seed=5)
+    splits = load_dataset(DataConfig(dataset="synthetic", synthetic_size=200, holdout=0.2), seed=5)
+    assert len(splits.train) + len(splits.val) == 200 and 30 <= len(splits.val) <= 50
+    assert torch.equal(splits.test.images, whole.test.images)
+    seen = {bytes(img.numpy()) for img in whole.train.images}
+    assert all(bytes(img.numpy()) in seen for img in splits.val.images)  # held out of training, not made up
+    assert splits.info()["sizes"] == {
+        "train": len(splits.train),
+        "test": len(whole.test),
+        "val": len(splits.val),
+    }
+    assert splits.split("val") is splits.val
+    with pytest.raises(ValueError, match="has no val split here"):
+        whole.split("val")
+    with pytest.raises(ValueError, match="holds out 0 of the 200 training images"):
+        hold_out(whole, 0.001, seed=0)
+    with pytest.raises(ValueError, match=r"data.holdout=0.7 must lie in \[0.0, 0.5\]"):
+        DataConfig(holdout=0.7)

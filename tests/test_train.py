@@ -172,6 +172,37 @@ def test_train_learns_and_writes_run(tmp_path):
     assert (tmp_path / "checkpoints" / "best" / "manifest.json").exists()
 
 
+def test_a_held_out_val_split_chooses_the_best_checkpoint(tmp_path, capsys):
+    cfg = tiny_run(epochs=4, ema_decay=0.5)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.25))
+    summary = train(cfg, str(tmp_path))
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in lines if r.get("split") == "val"]
+    test = {r["step"]: r for r in lines if r.get("split") == "test"}
+    assert len(val) == 4 and set(test) == {r["step"] for r in val}
+    best = max(val, key=lambda r: r["ema_top1"])  # the headline weights (the EMA) are chosen
+    assert summary["best_on"] == "val" and summary["best_val_top1"] == best["ema_top1"]
+    assert summary["best_test_top1"] == test[best["step"]]["ema_top1"]
+    sizes = json.loads((tmp_path / "data.json").read_text())["sizes"]
+    assert sizes["train"] + sizes["val"] == 256 and 60 <= sizes["val"] <= 68  # 25% of each class, rounded
+    assert summary["val_top1"] == val[-1]["ema_top1"] and summary["val_num_samples"] == sizes["val"]
+    _, state = load_checkpoint(str(tmp_path / "checkpoints" / "best"), "cpu")
+    assert state["step"] == best["step"] and state["split"] == "val"
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path), "--split", "val", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    # eval --split val scores the final weights (the EMA) on the very images the run held out
+    assert got["num_samples"] == sizes["val"] and abs(got["top1"] - summary["val_top1"]) < 1e-9
+
+
+def test_without_a_held_out_split_best_is_chosen_on_test_and_eval_has_no_val(tmp_path, capsys):
+    summary = train(tiny_run(epochs=2), str(tmp_path))
+    assert summary["best_on"] == "test" and "val_top1" not in summary
+    assert summary["best_test_top1"] >= summary["test_top1"]
+    assert main(["eval", str(tmp_path), "--split", "val"]) == 2
+    assert "has no val split here: it is held out by data.holdout > 0" in capsys.readouterr().err
+
+
 def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):
     """A new run (--overwrite) keeps none of the old run's checkpoints, metrics or weights."""
     out = str(tmp_path)

@@ -78,9 +78,10 @@ class TqdmProgress:
             "train_top1": "{:.2%}",
             "lr": "{:.2e}",
             "img_s": "{:.0f}",
+            "val_top1": "{:.2%}",
             "test_top1": "{:.2%}",
         }
-        names = {"train_top1": "acc", "img_s": "img/s", "test_top1": "test"}
+        names = {"train_top1": "acc", "img_s": "img/s", "val_top1": "val", "test_top1": "test"}
         for k, f in fmt.items():
             if k in stats:
                 self.postfix[names.get(k, k)] = f.format(stats[k])

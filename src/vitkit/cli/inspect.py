@@ -225,6 +225,8 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
         if summary:
             facts[1:1] = [
                 ("test top-1 / top-5", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"),
+                *([("val top-1 (held out; best chosen on it)", f"{summary['val_top1']:.2%}")]
+                  if "val_top1" in summary else []),
                 ("training", f"{summary['steps']} steps, {summary['epochs']:.1f} epochs, "
                              f"{summary['train_seconds']:.0f} s on {summary.get('device', '?')}"),
             ]  # fmt: skip

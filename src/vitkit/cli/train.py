@@ -241,6 +241,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
         )
+        if "val_top1" in summary:
+            print(
+                f"val top-1 {summary['val_top1']:.2%} ({summary['val_num_samples']} images held out of training); "
+                f"checkpoints/best chosen on val ({summary['best_val_top1']:.2%}): test top-1 "
+                f"{summary['best_test_top1']:.2%}"
+            )
     if out and not getattr(args, "no_report", False):
         write_report(out, cfg)
     return 0
@@ -291,7 +297,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mean = tuple(run.data.get("mean") or splits.mean)
     std = tuple(run.data.get("std") or splits.std)
     transform = BatchTransform(data_cfg, run.cfg.model.img_size, mean, std)
-    ds = splits.test if args.split == "test" else splits.train
+    try:
+        ds = splits.split(args.split)
+    except ValueError as e:
+        raise UserError(f"{args.run}: {e}") from None
     model = run.model
     if args.fast:
         example = transform.eval(ds.get_batch(torch.arange(min(len(ds), args.batch_size)))[0].to(device))
@@ -409,7 +418,12 @@ def add_parser(sub) -> None:
     p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--dataset", help="default: the run's")
     p.add_argument("--data-dir", help="default: the run's, else $VITKIT_DATA, Debian's package, download")
-    p.add_argument("--split", choices=["test", "train"], default="test", help="default: test")
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "train"],
+        default="test",
+        help="default: test; val: the part of the training set the run held out (data.holdout)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=512, help="default: 512")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -62,6 +63,10 @@ class ArrayDataset:
     def to(self, device: torch.device | str) -> ArrayDataset:
         return ArrayDataset(self.images.to(device), self.labels.to(device))
 
+    def subset(self, idx: torch.Tensor) -> ArrayDataset:
+        """The samples at `idx`, in that order."""
+        return ArrayDataset(self.images[idx], self.labels[idx])
+
 
 @dataclass
 class Splits:
@@ -73,6 +78,7 @@ class Splits:
     classes: list[str]
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    val: ArrayDataset | None = None  # held out of the training set (data.holdout)
 
     @property
     def in_chans(self) -> int:
@@ -87,7 +93,10 @@ class Splits:
         return len(self.classes)
 
     def info(self) -> dict:
-        """What predict/eval need to preprocess new images like the training data."""
+        """What predict/eval need to preprocess new images like the training data; the split sizes."""
+        sizes = {"train": len(self.train), "test": len(self.test)}
+        if self.val is not None:
+            sizes["val"] = len(self.val)
         return {
             "dataset": self.name,
             "classes": self.classes,
@@ -95,7 +104,40 @@ class Splits:
             "native_size": list(self.img_size),
             "mean": list(self.mean),
             "std": list(self.std),
+            "sizes": sizes,
         }
+
+    def split(self, name: str) -> ArrayDataset:
+        """The split called `name`: "train", "val" (held out of train: data.holdout) or "test"."""
+        if name == "val" and self.val is None:
+            raise ValueError(
+                f"dataset {self.name!r} has no val split here: it is held out by data.holdout > 0"
+            )
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"split {name!r}: expected train, val or test")
+        return getattr(self, name)
+
+
+def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held) sample indices, each ascending: `fraction` of every class (rounded) held out, drawn by `seed`."""
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 0x401D))
+    shuffled = labels[perm]
+    held = [perm[shuffled == c][: round(fraction * int((shuffled == c).sum()))] for c in labels.unique()]
+    held = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held] = False
+    return keep.nonzero().squeeze(1), held
+
+
+def hold_out(splits: Splits, fraction: float, seed: int) -> Splits:
+    """`splits` with `fraction` of each training class moved into a validation split (`splits.val`)."""
+    kept, held = holdout_indices(splits.train.labels.cpu(), fraction, seed)
+    if len(held) == 0 or len(kept) == 0:
+        raise ValueError(
+            f"data.holdout={fraction}: holds out {len(held)} of the {len(splits.train)} training images "
+            f"(per class, rounded); choose a fraction that leaves both splits images"
+        )
+    return dataclasses.replace(splits, train=splits.train.subset(kept), val=splits.train.subset(held))
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -281,6 +323,8 @@ def load_dataset(
             f"({os.path.dirname(os.path.abspath(cfg.data_dir))}?)"
         )
     splits = _load(cfg, img_size, seed, download)
+    if cfg.holdout > 0:
+        splits = hold_out(splits, cfg.holdout, seed)
     for split, data in (("training", splits.train), ("test", splits.test)):
         if len(data) == 0:
             where = f" in {cfg.data_dir}" if cfg.data_dir else ""

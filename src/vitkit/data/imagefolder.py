@@ -113,6 +113,10 @@ class FileDataset:
     def to(self, device):
         return self
 
+    def subset(self, idx: torch.Tensor) -> FileDataset:
+        """The samples at `idx`, in that order."""
+        return FileDataset([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size, self.in_chans)
+
 
 def _decode_all(paths: list[str], labels: list[int], size: tuple[int, int]) -> ArrayDataset | FileDataset:
     labels_t = torch.tensor(labels, dtype=torch.int64)

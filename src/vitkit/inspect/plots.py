@@ -163,6 +163,7 @@ def plot_training_curves(metrics: Sequence[dict]) -> Figure:
     """Loss, accuracy and learning rate against the step, from metrics.jsonl records."""
     train = [m for m in metrics if "loss" in m and "split" not in m]
     test = [m for m in metrics if m.get("split") == "test"]
+    val = [m for m in metrics if m.get("split") == "val"]  # held out of training (data.holdout)
     fig = Figure(figsize=(12.0, 3.4))
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
 
@@ -173,9 +174,12 @@ def plot_training_curves(metrics: Sequence[dict]) -> Figure:
 
     line(axes[0], train, "loss", "train")
     line(axes[0], test, "loss", "test", marker="o", ms=3)
+    line(axes[0], val, "loss", "val", marker="^", ms=3)
     line(axes[1], train, "train_top1", "train", 100)
     line(axes[1], test, "top1", "test", 100, marker="o", ms=3)
     line(axes[1], test, "ema_top1", "test (EMA)", 100, marker="s", ms=3)
+    line(axes[1], val, "top1", "val", 100, marker="^", ms=3)
+    line(axes[1], val, "ema_top1", "val (EMA)", 100, marker="v", ms=3)
     line(axes[2], train, "lr", "lr")
     for ax, title, ylabel in zip(axes, ("Loss", "Top-1 accuracy", "Learning rate"), ("loss", "%", "lr")):
         ax.set_title(title)

@@ -193,9 +193,11 @@ def _train_steps(
             if evaluate:
                 tr.save()  # first: a kill during the (maybe long) evaluation keeps the steps
         if evaluate:  # its metrics and best/ as without the stop: the checkpoint below follows it
-            _, head, _ = tr.eval_and_log()
+            _, head, _, val = tr.eval_and_log()
             if progress and info.is_main:
-                progress.update(tr.step, {"test_top1": head["top1"]})
+                progress.update(
+                    tr.step, {"test_top1": head["top1"]} | ({"val_top1": val["top1"]} if val else {})
+                )
             if not stopping and stop.signum is not None:  # a signal during the evaluation
                 stopping = True
                 tr.elapsed += paused - window_t
@@ -276,7 +278,7 @@ def train(
         _train_steps(tr, cfg, device, info, progress, stop)
     if progress and info.is_main:
         progress.close()
-    final, headline, raw = tr.eval_and_log()
+    final, headline, raw, val = tr.eval_and_log()
     summary = {
         "recipe": cfg.recipe,
         "model": cfg.model.name,
@@ -289,7 +291,9 @@ def train(
         "num_samples": headline["num_samples"],
         "weights": "ema" if tr.ema is not None else "raw",
         "raw_test_top1": raw["top1"],
-        "best_test_top1": tr.best,
+        # checkpoints/best: chosen on the val split when there is one (data.holdout), else on the test split
+        "best_on": "val" if val else "test",
+        "best_test_top1": tr.best_test,
         "train_seconds": tr.elapsed,
         "train_img_s": tr.images_seen / max(tr.elapsed, 1e-9),
         "per_class": headline["per_class"],
@@ -299,6 +303,8 @@ def train(
         "threads": torch.get_num_threads(),
         "last_eval": final,
     }
+    if val:
+        summary.update(val_top1=val["top1"], val_num_samples=val["num_samples"], best_val_top1=tr.best)
     final_weights = tr.final_weights() if out_dir else None
     raw_weights = P.model_state(tr.model, tr.strategy) if out_dir and tr.ema is not None else None
     if out_dir and info.is_main:

@@ -135,13 +135,15 @@ class Trainer:
         ]
         self.step = 0
         self.elapsed = 0.0
-        self.best = -1.0
+        self.best = -1.0  # the best evaluation's top-1: on the val split when there is one, else on test
+        self.best_test = -1.0  # the test top-1 of that evaluation
         self.images_seen = 0
         self._acc = self._zero_acc()
         self.metrics = MetricsLog(os.path.join(out_dir, METRICS) if out_dir and info.is_main else None)
         on_device = t.data_on_device and isinstance(splits.train, ArrayDataset)
         self.train_ds = splits.train.to(device) if on_device else splits.train
         self.test_ds = splits.test.to(device) if on_device else splits.test
+        self.val_ds = None if splits.val is None else splits.val.to(device) if on_device else splits.val
         self.transform = BatchTransform(cfg.data, cfg.model.img_size, splits.mean, splits.std, t.seed)
         self.tb = None
         if tensorboard and info.is_main and out_dir:
@@ -194,6 +196,7 @@ class Trainer:
             "rng": _rng_state(self.device),
             "elapsed": self.elapsed,
             "best": self.best,
+            "best_test": self.best_test,
             "images_seen": self.images_seen,
             "acc": {k: D.all_reduce_sum(v).detach().cpu() for k, v in self._acc.items()},
             "world_size": self.info.world,
@@ -227,6 +230,7 @@ class Trainer:
         if self.bf16_copy:
             self.bf16_copy.pull(buffers=True)
         self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
+        self.best_test = float(state.get("best_test", self.best))  # older checkpoints: best was on test
         self.images_seen = int(state["images_seen"])
         # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
         self._acc = {
@@ -368,12 +372,13 @@ class Trainer:
             for x, r in zip(self._ema_live(), raw):
                 x.copy_(r)
 
-    def evaluate(self, use_ema: bool = False) -> dict[str, Any]:
+    def evaluate(self, use_ema: bool = False, dataset: Any = None) -> dict[str, Any]:
+        """Metrics on `dataset` (default: the test split), with the EMA weights if `use_ema`."""
         raw = self._swap_ema() if use_ema else None
         with eager_regions(self.regions):
             res = evaluate(
                 self.model,
-                self.test_ds,
+                self.test_ds if dataset is None else dataset,
                 self.transform.eval,
                 num_classes=self.cfg.model.num_classes,
                 device=self.device,
@@ -387,15 +392,12 @@ class Trainer:
             self._restore(raw)
         return res
 
-    def eval_and_log(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Evaluate (raw, and EMA when on), log one record, keep the best; returns (record, headline, raw)."""
-        self._average_norm_stats()
-        raw = self.evaluate()
-        head = self.evaluate(use_ema=True) if self.ema is not None else raw
+    def _log_eval(self, split: str, raw: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
+        """One metrics record (and TensorBoard scalars) of an evaluation on `split`."""
         rec = {
             "step": self.step,
             "epoch": self.step / self.spe,
-            "split": "test",
+            "split": split,
             "top1": raw["top1"],
             "top5": raw["top5"],
             "loss": raw["loss"],
@@ -406,15 +408,32 @@ class Trainer:
             rec.update(ema_top1=head["top1"], ema_top5=head["top5"], ema_loss=head["loss"])
         self.metrics.write(rec)
         if self.tb:
-            self.tb.add_scalar("test/top1", head["top1"], self.step)
-            self.tb.add_scalar("test/loss", head["loss"], self.step)
-        if head["top1"] > self.best:
-            self.best = head["top1"]
+            self.tb.add_scalar(f"{split}/top1", head["top1"], self.step)
+            self.tb.add_scalar(f"{split}/loss", head["loss"], self.step)
+        return rec
+
+    def eval_and_log(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """Evaluate on the test split (raw, and EMA when on) and on the val split when there is one, log a
+        record per split, keep the best (chosen on val when there is one); returns (test record, test headline,
+        test raw, val headline or None)."""
+        self._average_norm_stats()
+        raw = self.evaluate()
+        head = self.evaluate(use_ema=True) if self.ema is not None else raw
+        rec = self._log_eval("test", raw, head)
+        val = None
+        if self.val_ds is not None:
+            val_raw = self.evaluate(dataset=self.val_ds)
+            val = self.evaluate(use_ema=True, dataset=self.val_ds) if self.ema is not None else val_raw
+            self._log_eval("val", val_raw, val)
+        chosen_on = val or head
+        if chosen_on["top1"] > self.best:
+            self.best, self.best_test = chosen_on["top1"], head["top1"]
             weights = {"model": self.final_weights()} if self.out else None
             if weights and self.info.is_main:
-                state = {"step": self.step, "top1": self.best}
+                state = {"step": self.step, "top1": self.best, "test_top1": head["top1"]}
+                state["split"] = "val" if val else "test"
                 save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state, name="best")
-        return rec, head, raw
+        return rec, head, raw, val
 
     def final_weights(self) -> dict[str, torch.Tensor]:
         """Full weights, with the EMA in place of the raw parameters when EMA is on (collective under FSDP)."""
