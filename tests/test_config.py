@@ -155,3 +155,16 @@ def test_python_api_sizes_and_numbers_are_checked_by_name(kw, match):
         model = vitkit.create_model("ViT-Ti/16", img_size=32)
         with pytest.raises(ValueError, match=match):
             model.set_img_size(kw["img_size"])
+
+
+def test_few_shot_settings_are_checked_and_quoted_names_read():
+    from vitkit.config import RunConfig, TrainConfig, apply_overrides
+
+    cfg = apply_overrides(
+        RunConfig(), ['train.fewshot_datasets=["mnist", "cifar10"]', "train.fewshot_shots=1,5"]
+    )
+    assert cfg.train.fewshot_datasets == ("mnist", "cifar10") and cfg.train.fewshot_shots == (1, 5)
+    with pytest.raises(ValueError, match=r"train\.fewshot_shots=.* must be positive integers"):
+        TrainConfig(fewshot_every=1, fewshot_shots=(0, 5))
+    with pytest.raises(ValueError, match=r"fewshot_every and train\.fewshot_test_limit must be >= 0"):
+        TrainConfig(fewshot_every=-1)

@@ -203,6 +203,47 @@ def test_without_a_held_out_split_best_is_chosen_on_test_and_eval_has_no_val(tmp
     assert "has no val split here: it is held out by data.holdout > 0" in capsys.readouterr().err
 
 
+def test_few_shot_evaluation_during_training_on_the_runs_and_another_dataset(tmp_path, monkeypatch):
+    import numpy as np
+
+    from vitkit.data.idx import write_idx
+    from vitkit.eval.fewshot import fewshot_evaluate, model_input
+
+    mnist = tmp_path / "data" / "mnist"  # another dataset: 28x28 grey images resized to the model's 16x16
+    rng = np.random.default_rng(0)
+    mnist.mkdir(parents=True)
+    for prefix, n in (("train", 60), ("t10k", 30)):
+        write_idx(
+            str(mnist / f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        )
+        write_idx(str(mnist / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 10).astype(np.uint8))
+    monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "data"))
+    cfg = tiny_run(epochs=2, fewshot_every=1, fewshot_datasets=("synthetic", "mnist"), fewshot_shots=(1, 3))
+    summary = train(cfg, str(tmp_path / "run"))
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in lines if r.get("split") == "fewshot"]
+    assert [r["step"] for r in recs] == [8, 16] and set(recs[-1]["fewshot"]) == {"synthetic", "mnist"}
+    assert recs[-1]["fewshot"] == summary["fewshot"]
+    from vitkit.inspect.plots import plot_training_curves
+
+    labels = [ln.get_label() for ln in plot_training_curves(lines).axes[1].lines]
+    assert "mnist 3-shot" in labels and "synthetic 3-shot" in labels
+    assert all(0 <= a <= 1 for accs in summary["fewshot"].values() for a in accs.values())
+    # the final record is the evaluation of the final weights, one draw (seed 0) per shot count
+    from vitkit.models import build_model
+
+    model = build_model(cfg.model)
+    model.load_state_dict(load_weights(str(tmp_path / "run" / "model.safetensors")))
+    own = load_dataset(cfg.data, seed=cfg.train.seed)
+    other = load_dataset(dataclasses.replace(cfg.data, dataset="mnist"))
+    for name, splits, tf in (
+        ("synthetic", own, model_input((16, 16), 1, own.mean, own.std)),
+        ("mnist", other, model_input((16, 16), 1, own.mean, own.std)),  # normalised as the run's inputs
+    ):
+        res = fewshot_evaluate(model, splits.train, splits.test, tf, num_classes=10, shots=(1, 3), seeds=1)
+        assert {str(k): r["mean"] for k, r in res["shots"].items()} == summary["fewshot"][name], name
+
+
 def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):
     """A new run (--overwrite) keeps none of the old run's checkpoints, metrics or weights."""
     out = str(tmp_path)

@@ -7,8 +7,6 @@ import dataclasses
 import json
 import logging
 
-import torch
-
 from vitkit.cli.common import UserError, local_data, positive_float, positive_int
 from vitkit.eval.fewshot import L2_REG, SEEDS, SHOTS
 
@@ -47,8 +45,7 @@ def _preprocess(subject, in_chans: int) -> tuple[tuple[float, ...], tuple[float,
 def cmd_fewshot(args: argparse.Namespace) -> int:
     from vitkit.cli.inspect import is_run_path, load_subject
     from vitkit.data.datasets import load_dataset
-    from vitkit.data.transforms import normalize, resize
-    from vitkit.eval.fewshot import fewshot_evaluate
+    from vitkit.eval.fewshot import fewshot_evaluate, model_input
     from vitkit.train.loop import resolve_device
 
     if not args.dataset and not is_run_path(args.source):  # before loading (downloading) the weights
@@ -64,13 +61,7 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
         raise UserError(
             f"dataset {data_cfg.dataset} has {splits.in_chans}-channel images, {subject.name} takes {cfg.in_chans}"
         )
-    mean, std = _preprocess(subject, cfg.in_chans)
-
-    def transform(images: torch.Tensor) -> torch.Tensor:  # uint8 (B, c, h, w) -> (B, C, H, W) model input
-        x = resize(images.float(), cfg.img_size).expand(
-            -1, cfg.in_chans, -1, -1
-        )  # grey -> the model's channels
-        return normalize(x, mean, std)
+    transform = model_input(cfg.img_size, cfg.in_chans, *_preprocess(subject, cfg.in_chans))
 
     bar = None
     if not args.no_progress:

@@ -42,6 +42,8 @@ def _parse_scalar(key: str, text: str, tp: Any) -> Any:
             raise ValueError(f"{key}={text!r}: expected a finite number")
         return value
     if tp is str:
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":  # a quoted item: ["mnist", "cifar10"]
+            return text[1:-1]
         return text
     raise ValueError(f"{key}: cannot parse values of type {tp}")
 

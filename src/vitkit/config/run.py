@@ -127,6 +127,12 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     log_every: int = 50  # optimizer steps
     eval_every: int = 1  # epochs; 0: only at the end
+    # few-shot linear evaluation of the representation during training (big_vision's fewshot evaluator): every
+    # this many epochs and at the end (0: off), on fewshot_datasets (empty: the run's own), one draw per shot count
+    fewshot_every: int = 0
+    fewshot_datasets: tuple[str, ...] = ()
+    fewshot_shots: tuple[int, ...] = (1, 5, 10, 25)
+    fewshot_test_limit: int = 0  # score on this many test images drawn at random (0: all)
     checkpoint_every: int = 0  # optimizer steps; 0: once per epoch
     eval_batch_size: int = 1024
     data_on_device: bool = True  # keep in-memory datasets on the training device
@@ -153,6 +159,14 @@ class TrainConfig:
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("train.log_every must be >= 1; eval_every, checkpoint_every >= 0")
         _check_choice("train.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        object.__setattr__(self, "fewshot_datasets", tuple(self.fewshot_datasets))
+        object.__setattr__(self, "fewshot_shots", tuple(self.fewshot_shots))
+        if self.fewshot_every < 0 or self.fewshot_test_limit < 0:
+            raise ValueError("train.fewshot_every and train.fewshot_test_limit must be >= 0")
+        if self.fewshot_every and (
+            not self.fewshot_shots or not all(isinstance(k, int) and k > 0 for k in self.fewshot_shots)
+        ):
+            raise ValueError(f"train.fewshot_shots={self.fewshot_shots!r} must be positive integers")
         if self.dist_timeout_s <= 0:
             raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be positive")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):

@@ -10,11 +10,13 @@ seeds, l2 = 2^10, a constant bias feature of 100 so that the bias is nearly unre
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from vitkit.data.transforms import normalize, resize
 
 SHOTS = (1, 5, 10, 25)
 SEEDS = 3
@@ -119,6 +121,20 @@ def representations(
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def model_input(
+    img_size: tuple[int, int], in_chans: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images (B, c, h, w) of any size, grey or of the model's channels -> its normalised input
+    (B, in_chans, H, W): resized, grey repeated to the model's channels."""
+    mean, std = tuple(mean), tuple(std)
+
+    def transform(images: torch.Tensor) -> torch.Tensor:
+        x = resize(images.float(), img_size).expand(-1, in_chans, -1, -1)  # (B, C, H, W)
+        return normalize(x, mean, std)
+
+    return transform
 
 
 def _in_chans(model: nn.Module) -> int | None:

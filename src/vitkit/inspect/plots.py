@@ -180,6 +180,15 @@ def plot_training_curves(metrics: Sequence[dict]) -> Figure:
     line(axes[1], test, "ema_top1", "test (EMA)", 100, marker="s", ms=3)
     line(axes[1], val, "top1", "val", 100, marker="^", ms=3)
     line(axes[1], val, "ema_top1", "val (EMA)", 100, marker="v", ms=3)
+    fewshot = [m for m in metrics if m.get("split") == "fewshot" and m.get("fewshot")]
+    for name in sorted({n for m in fewshot for n in m["fewshot"]}):  # the most shots of each dataset
+        shots = max((int(k) for m in fewshot for k in m["fewshot"].get(name, {})), default=None)
+        recs = [
+            {"step": m["step"], "top1": m["fewshot"][name].get(str(shots))}
+            for m in fewshot
+            if name in m["fewshot"]
+        ]
+        line(axes[1], recs, "top1", f"{name} {shots}-shot", 100, marker="x", ms=3, ls="--")
     line(axes[2], train, "lr", "lr")
     for ax, title, ylabel in zip(axes, ("Loss", "Top-1 accuracy", "Learning rate"), ("loss", "%", "lr")):
         ax.set_title(title)

@@ -181,8 +181,11 @@ def _train_steps(
         epoch_done = tr.step // tr.spe
         stopping = stop.signum is not None  # asked to stop: checkpoint this step
         evaluate = end_of_epoch and t.eval_every and epoch_done % t.eval_every == 0 and tr.step < tr.total
+        fewshot = (
+            end_of_epoch and t.fewshot_every and epoch_done % t.fewshot_every == 0 and tr.step < tr.total
+        )
         save = tr.step % ckpt_every == 0 or tr.step == tr.total or stopping
-        if not (evaluate or save):
+        if not (evaluate or fewshot or save):
             continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the steps so far count as training time
@@ -190,7 +193,7 @@ def _train_steps(
         paused = time.perf_counter()
         if stopping:
             tr.elapsed += paused - window_t  # the steps since the last log line, kept in the checkpoint
-            if evaluate:
+            if evaluate or fewshot:
                 tr.save()  # first: a kill during the (maybe long) evaluation keeps the steps
         if evaluate:  # its metrics and best/ as without the stop: the checkpoint below follows it
             _, head, _, val = tr.eval_and_log()
@@ -198,9 +201,11 @@ def _train_steps(
                 progress.update(
                     tr.step, {"test_top1": head["top1"]} | ({"val_top1": val["top1"]} if val else {})
                 )
-            if not stopping and stop.signum is not None:  # a signal during the evaluation
-                stopping = True
-                tr.elapsed += paused - window_t
+        if fewshot:
+            tr.fewshot()
+        if (evaluate or fewshot) and not stopping and stop.signum is not None:  # a signal during them
+            stopping = True
+            tr.elapsed += paused - window_t
         if save or stopping:  # a signal during the save itself stops after the next step's checkpoint
             tr.save()
         window_t += time.perf_counter() - paused
@@ -305,6 +310,8 @@ def train(
     }
     if val:
         summary.update(val_top1=val["top1"], val_num_samples=val["num_samples"], best_val_top1=tr.best)
+    if cfg.train.fewshot_every:
+        summary["fewshot"] = tr.fewshot()
     final_weights = tr.final_weights() if out_dir else None
     raw_weights = P.model_state(tr.model, tr.strategy) if out_dir and tr.ema is not None else None
     if out_dir and info.is_main:

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit import keyed_random
-from vitkit.config import RunConfig
-from vitkit.data.datasets import ArrayDataset, Splits
+from vitkit.config import DataConfig, RunConfig
+from vitkit.data.datasets import ArrayDataset, Splits, load_dataset
 from vitkit.data.loader import epoch_permutation, micro_batches, rank_share, steps_per_epoch
 from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
 from vitkit.eval.evaluate import evaluate
+from vitkit.eval.fewshot import fewshot_evaluate, model_input
 from vitkit.models import build_model
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
@@ -145,6 +146,7 @@ class Trainer:
         self.test_ds = splits.test.to(device) if on_device else splits.test
         self.val_ds = None if splits.val is None else splits.val.to(device) if on_device else splits.val
         self.transform = BatchTransform(cfg.data, cfg.model.img_size, splits.mean, splits.std, t.seed)
+        self.fewshot_sets = self._fewshot_sets() if t.fewshot_every else {}
         self.tb = None
         if tensorboard and info.is_main and out_dir:
             try:
@@ -155,6 +157,68 @@ class Trainer:
                 log.warning(
                     "--tensorboard: tensorboard is not installed (pip install tensorboard); metrics go to metrics.jsonl only"
                 )
+
+    def _fewshot_sets(self) -> dict[str, tuple[Any, Any, Any, int]]:
+        """(train, test, transform, classes) of each few-shot dataset: the run's own splits, or another
+        dataset loaded from the usual places, grey images repeated to the model's channels."""
+        c, t, own = self.cfg.model, self.cfg.train, self.cfg.data.dataset
+        sets = {}
+        for name in t.fewshot_datasets or (own,):
+            if name == own:
+                sets[name] = (
+                    self.splits.train,
+                    self.splits.test,
+                    self.transform.eval,
+                    self.splits.num_classes,
+                )
+                continue
+            if name == "imagefolder":
+                raise ValueError(
+                    "train.fewshot_datasets: an imagefolder other than the run's own has no folder"
+                )
+            other = load_dataset(DataConfig(dataset=name), img_size=c.img_size)
+            if other.in_chans not in (1, c.in_chans):
+                raise ValueError(
+                    f"train.fewshot_datasets: {name} has {other.in_chans}-channel images, the model takes "
+                    f"{c.in_chans}"
+                )
+            transform = model_input(c.img_size, c.in_chans, self.splits.mean, self.splits.std)
+            sets[name] = (other.train, other.test, transform, other.num_classes)
+        return sets
+
+    def fewshot(self) -> dict[str, dict[str, float]]:
+        """Few-shot linear top-1 of the headline weights' representation (the EMA when on) on each few-shot
+        dataset, one draw per shot count, logged as one record; {dataset: {shots: top-1}}."""
+        t = self.cfg.train
+        raw = self._swap_ema() if self.ema is not None else None
+        out = {}
+        try:
+            with eager_regions(self.regions):
+                for name, (train, test, transform, classes) in self.fewshot_sets.items():
+                    res = fewshot_evaluate(
+                        self.model,
+                        train,
+                        test,
+                        transform,
+                        num_classes=classes,
+                        shots=t.fewshot_shots,
+                        seeds=1,
+                        device=self.device,
+                        batch_size=t.eval_batch_size,
+                        precision="bf16" if self.precision.startswith("bf16") else self.precision,
+                        test_limit=t.fewshot_test_limit or None,
+                    )
+                    out[name] = {str(k): r["mean"] for k, r in res["shots"].items()}
+        finally:
+            if raw is not None:
+                self._restore(raw)
+        rec = {"step": self.step, "epoch": self.step / self.spe, "split": "fewshot", "fewshot": out}
+        self.metrics.write(rec | {"time": self.elapsed, "wall": time.perf_counter() - self.t_start})
+        if self.tb:
+            for name, accs in out.items():
+                for k, acc in accs.items():
+                    self.tb.add_scalar(f"fewshot/{name}/{k}shot", acc, self.step)
+        return out
 
     def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
         """torch.compile'd module (or its blocks, in place), tried once on a dummy batch; eager if that fails."""
