@@ -331,3 +331,21 @@ def test_load_dataset_holds_out_a_val_split_of_training_images():
         hold_out(whole, 0.001, seed=0)
     with pytest.raises(ValueError, match=r"data.holdout=0.7 must lie in \[0.0, 0.5\]"):
         DataConfig(holdout=0.7)
+
+
+def test_a_training_subset_keeps_a_seeded_share_of_each_class_after_the_holdout():
+    cfg = DataConfig(dataset="synthetic", synthetic_size=400, holdout=0.1)
+    full = load_dataset(cfg, seed=2)
+    part = load_dataset(dataclasses.replace(cfg, subset=0.25), seed=2)
+    assert torch.equal(part.val.images, full.val.images) and torch.equal(part.test.images, full.test.images)
+    counts = torch.bincount(full.train.labels, minlength=10)
+    assert torch.bincount(part.train.labels, minlength=10).tolist() == [round(0.25 * int(c)) for c in counts]
+    seen = {bytes(img.numpy()) for img in full.train.images}
+    assert all(bytes(img.numpy()) in seen for img in part.train.images)  # from the training part, not val
+    tiny = load_dataset(dataclasses.replace(cfg, subset=0.001), seed=2)
+    assert (
+        torch.bincount(tiny.train.labels, minlength=10).tolist() == [1] * 10
+    )  # one image per class at least
+    assert part.info()["sizes"]["train"] == len(part.train)
+    with pytest.raises(ValueError, match=r"data\.subset=0 must lie in \(0, 1\]"):
+        DataConfig(subset=0)

@@ -21,6 +21,9 @@ class DataConfig:
     # a validation split (minival) held out of the training set, per class, by the run's seed: the best
     # checkpoint is chosen on it, not on the test set (the paper's 2% of CIFAR, big_vision's minival)
     holdout: float = 0.0
+    # train on this fraction of each training class (after the holdout), drawn by the run's seed: the paper's
+    # pre-training on random subsets (its Figures 3-4); 1.0: all
+    subset: float = 1.0
     crop_padding: int = 0  # random crop with this zero padding (native resolution)
     random_resized_crop: bool = False  # RandomResizedCrop instead of padded crop
     rrc_scale_min: float = 0.35
@@ -42,6 +45,8 @@ class DataConfig:
         for key in ("val_fraction", "random_erasing", "label_smoothing", "low_res"):
             _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0)
         _check_range("data.holdout", self.holdout, 0.0, 0.5)
+        if not 0 < self.subset <= 1:
+            raise ValueError(f"data.subset={self.subset!r} must lie in (0, 1]")
         for key in ("crop_padding", "randaugment_n", "num_workers", "mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")

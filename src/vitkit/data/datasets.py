@@ -118,9 +118,12 @@ class Splits:
         return getattr(self, name)
 
 
-def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kept, held) sample indices, each ascending: `fraction` of every class (rounded) held out, drawn by `seed`."""
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 0x401D))
+def holdout_indices(
+    labels: torch.Tensor, fraction: float, seed: int, stream: int = 0x401D
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held) sample indices, each ascending: `fraction` of every class (rounded) held out, drawn by `seed`
+    (and `stream`, so that draws for different purposes differ)."""
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + stream))
     shuffled = labels[perm]
     held = [perm[shuffled == c][: round(fraction * int((shuffled == c).sum()))] for c in labels.unique()]
     held = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
@@ -138,6 +141,18 @@ def hold_out(splits: Splits, fraction: float, seed: int) -> Splits:
             f"(per class, rounded); choose a fraction that leaves both splits images"
         )
     return dataclasses.replace(splits, train=splits.train.subset(kept), val=splits.train.subset(held))
+
+
+def train_subset(splits: Splits, fraction: float, seed: int) -> Splits:
+    """`splits` training on `fraction` of each training class (at least one image per class)."""
+    labels = splits.train.labels.cpu()
+    _, chosen = holdout_indices(labels, fraction, seed, stream=0x5B5E)
+    missing = set(labels.unique().tolist()) - set(labels[chosen].unique().tolist())
+    if missing:  # a class too small to keep any of its images at this fraction keeps one
+        first = torch.stack([(labels == c).nonzero()[0, 0] for c in sorted(missing)])
+        chosen = torch.cat([chosen, first]).sort().values
+    log.info("training on %d of %d training images (data.subset=%g)", len(chosen), len(labels), fraction)
+    return dataclasses.replace(splits, train=splits.train.subset(chosen))
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -325,6 +340,8 @@ def load_dataset(
     splits = _load(cfg, img_size, seed, download)
     if cfg.holdout > 0:
         splits = hold_out(splits, cfg.holdout, seed)
+    if cfg.subset < 1:
+        splits = train_subset(splits, cfg.subset, seed)
     for split, data in (("training", splits.train), ("test", splits.test)):
         if len(data) == 0:
             where = f" in {cfg.data_dir}" if cfg.data_dir else ""
