@@ -325,7 +325,7 @@ def test_load_dataset_holds_out_a_val_split_of_training_images():
         "val": len(splits.val),
     }
     assert splits.split("val") is splits.val
-    with pytest.raises(ValueError, match="has no val split here"):
+    with pytest.raises(ValueError, match="no val split: the run held none out of"):
         whole.split("val")
     with pytest.raises(ValueError, match="holds out 0 of the 200 training images"):
         hold_out(whole, 0.001, seed=0)

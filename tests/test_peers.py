@@ -145,14 +145,61 @@ def test_the_transformers_processor_preprocesses_as_vitkit_predict(tmp_path):
     model = _model(img_size=(16, 16), in_chans=3)
     save_peer_folder(str(tmp_path), "hf", model, {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]})
     rng = np.random.default_rng(0)
-    path = tmp_path / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(path)  # landscape: crop the sides
     processor = AutoImageProcessor.from_pretrained(str(tmp_path), backend="pil")
-    with Image.open(path) as im:
-        theirs = processor(im.convert("RGB"), return_tensors="pt")["pixel_values"]
-    ours = normalize(load_image(str(path), (16, 16), 3)[None].float(), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
-    assert theirs.shape == ours.shape == (1, 3, 16, 16)
-    assert torch.allclose(theirs, ours, atol=1e-5)
+    for shape in ((32, 48, 3), (33, 47, 3), (47, 33, 4)):  # exact and fractional scales, portrait RGBA
+        path = tmp_path / "photo.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+        with Image.open(path) as im:
+            theirs = processor(im, return_tensors="pt")["pixel_values"]
+        ours = normalize(load_image(str(path), (16, 16), 3)[None].float(), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
+        assert theirs.shape == ours.shape == (1, 3, 16, 16)
+        if shape[2] == 3:  # (vitkit lays an RGBA image on white, transformers drops the alpha)
+            assert torch.allclose(theirs, ours, atol=1e-5), shape
+
+
+def test_timm_preprocesses_as_vitkit_predict(tmp_path):
+    pytest.importorskip("timm")
+    import timm.data
+    from PIL import Image
+
+    from vitkit.data.imagefolder import load_image
+    from vitkit.data.transforms import normalize
+
+    model = _model(img_size=(16, 16), in_chans=3)
+    save_peer_folder(str(tmp_path), "timm", model, {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]})
+    peer = load_peer(str(tmp_path), "timm")
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=peer))
+    rng = np.random.default_rng(1)
+    for shape in ((33, 47, 3), (47, 33, 3)):
+        path = tmp_path / "photo.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+        with Image.open(path) as im:
+            theirs = tf(im.convert("RGB"))[None]
+        ours = normalize(load_image(str(path), (16, 16), 3)[None].float(), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
+        assert torch.allclose(theirs, ours, atol=1e-5), shape
+
+
+def test_a_non_square_transformers_export_takes_any_image_mode(tmp_path, caplog):
+    pytest.importorskip("transformers")
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    with caplog.at_level("WARNING"):
+        save_peer_folder(str(tmp_path), "hf", _model(in_chans=3))  # 16x24
+    assert "the aspect ratio is not kept" in caplog.text
+    processor = AutoImageProcessor.from_pretrained(str(tmp_path))
+    for mode in ("RGBA", "L", "RGB"):
+        x = processor(Image.new(mode, (30, 20)), return_tensors="pt")["pixel_values"]
+        assert x.shape == (1, 3, 16, 24), mode
+
+
+def test_crop_pct_of_the_weights_reaches_the_transformers_processor():
+    model = _model(img_size=(16, 16), in_chans=3)
+    model.preprocess = {"crop_pct": 0.875, "interpolation": "bicubic"}
+    _, processor, _ = hf_export(model)
+    timm_config, _ = timm_export(model)
+    assert processor["size"] == {"shortest_edge": 18} and processor["resample"] == 3  # floor(16 / 0.875)
+    assert timm_config["pretrained_cfg"]["crop_pct"] == 0.875
 
 
 def test_cli_exports_a_run_to_both_peers(tmp_path, capsys):
@@ -176,6 +223,8 @@ def test_cli_exports_a_run_to_both_peers(tmp_path, capsys):
     assert main(["export", str(run), "--format", "hf", "--out", str(hf)]) == 2  # it holds an export
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "hf", "--out", str(hf), "--overwrite", "--no-check"]) == 0
+    assert main(["export", str(run), "--format", "timm", "--out", str(run), "--overwrite"]) == 2
+    assert "is a vitkit run folder (or the source)" in capsys.readouterr().err
     (tmp_path / "f").write_text("x")
     assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "f")]) == 2
     assert "is a file; --format timm writes a folder" in capsys.readouterr().err

@@ -200,7 +200,10 @@ def test_without_a_held_out_split_best_is_chosen_on_test_and_eval_has_no_val(tmp
     assert summary["best_on"] == "test" and "val_top1" not in summary
     assert summary["best_test_top1"] >= summary["test_top1"]
     assert main(["eval", str(tmp_path), "--split", "val"]) == 2
-    assert "has no val split here: it is held out by data.holdout > 0" in capsys.readouterr().err
+    assert (
+        "no val split: the run held none out of 'synthetic' (train with --set data.holdout=0.1 to)"
+        in capsys.readouterr().err
+    )
 
 
 def test_few_shot_evaluation_during_training_on_the_runs_and_another_dataset(tmp_path, monkeypatch):
@@ -242,6 +245,32 @@ def test_few_shot_evaluation_during_training_on_the_runs_and_another_dataset(tmp
     ):
         res = fewshot_evaluate(model, splits.train, splits.test, tf, num_classes=10, shots=(1, 3), seeds=1)
         assert {str(k): r["mean"] for k, r in res["shots"].items()} == summary["fewshot"][name], name
+
+
+def test_a_resumed_run_remembers_the_best_evaluation_of_checkpoints_best(tmp_path):
+    # the step checkpoint is written before the evaluation that ends a run: a run resumed to train longer takes
+    # the best so far from checkpoints/best, or a worse model would replace it
+    cfg = tiny_run(epochs=1)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.25))
+    train(cfg, str(tmp_path))
+    root = str(tmp_path / "checkpoints")
+    weights, _ = load_checkpoint(os.path.join(root, "best"))
+    save_checkpoint(
+        root, 8, weights, {"step": 8, "top1": 0.99, "test_top1": 0.42, "split": "val"}, name="best"
+    )
+    splits = load_dataset(cfg.data, seed=cfg.train.seed)
+    tr = Trainer(resolve_for_data(cfg, splits), str(tmp_path), splits, D.DistInfo(), torch.device("cpu"))
+    tr.load_state(latest_valid(root))
+    assert (tr.best, tr.best_test) == (0.99, 0.42)
+
+
+def test_few_shot_counts_beyond_a_class_are_refused_before_training(tmp_path):
+    cfg = tiny_run(epochs=1, fewshot_every=1, fewshot_shots=(1, 500))
+    with pytest.raises(
+        ValueError, match=r"train\.fewshot_shots=\[1, 500\]: synthetic's training split has \d+ image"
+    ):
+        train(cfg, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):

@@ -65,8 +65,15 @@ def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:
     from vitkit.convert.files import ConversionError
     from vitkit.convert.peers import PeerMissingError, check_peer, save_peer_folder
 
-    if os.path.isfile(os.path.join(out, "config.json")) and not args.overwrite:
-        raise UserError(f"--out {out} already holds a config.json; pass --overwrite to replace it")
+    config = os.path.join(out, "config.json")
+    if os.path.isfile(config):
+        from vitkit.convert.files import read_json_file
+        from vitkit.convert.runs import is_run_config
+
+        if is_run_config(read_json_file(config)) or (os.path.exists(args.source) and os.path.samefile(out, args.source)):
+            raise UserError(f"--out {out} is a vitkit run folder (or the source): export into another folder")
+        if not args.overwrite:
+            raise UserError(f"--out {out} already holds a config.json; pass --overwrite to replace it")
     try:
         save_peer_folder(out, args.format, model, ckpt.meta)
     except ConversionError as e:
@@ -78,11 +85,11 @@ def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:
         try:
             worst = check_peer(out, args.format, model)
         except PeerMissingError as e:
-            print(f"{line}; not checked: {e}")
-            return 0
-        line += f"; {peer} vs vitkit max |diff| {worst:.1e} (batch 1 and 3)"
-        if worst > 1e-4:
-            raise UserError(f"{line}: exceeds 1e-4")
+            worst, line = None, f"{line}; not checked: {e}"
+        if worst is not None:
+            line += f"; {peer} vs vitkit max |diff| {worst:.1e} (batch 1 and 3)"
+            if worst > 1e-4:
+                raise UserError(f"{line}: exceeds 1e-4")
     load = (
         f'timm.create_model("local-dir:{os.path.abspath(out)}", pretrained=True)'
         if args.format == "timm"

@@ -11,6 +11,7 @@ row for the class token): the same function, a learned table in the peer.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -111,6 +112,14 @@ def timm_export(model: torch.nn.Module, meta: dict[str, Any] | None = None) -> t
     }
     if cfg.dynamic_img_size:
         args["dynamic_img_size"] = True
+        if table is not None:
+            log.warning(
+                "dynamic_img_size with posemb=%r: at another size timm resamples the exported table bicubically, "
+                "vitkit %s, so the logits differ there (at %dx%d they agree)",
+                cfg.posemb,
+                "recomputes it" if cfg.posemb == "sincos2d" else "resamples each axis",
+                *cfg.img_size,
+            )
     pre = {k: v for k, v in model.pretrained_cfg.items() if k not in ("architecture", "source")}
     pre["fixed_input_size"] = not cfg.dynamic_img_size
     pre.update({k: list(meta[k]) for k in ("mean", "std") if meta.get(k)})
@@ -197,8 +206,9 @@ def hf_export(model: torch.nn.Module, meta: dict[str, Any] | None = None) -> tup
     pre_cfg = model.pretrained_cfg
     mean, std = list(meta.get("mean") or pre_cfg["mean"]), list(meta.get("std") or pre_cfg["std"])
     resample = _PIL_RESAMPLE.get(pre_cfg.get("interpolation", "bilinear"), 2)
-    # vitkit's own preprocessing: the shorter side to the input size, a centre crop (BitImageProcessor's, for
-    # square inputs); a non-square input is resized to it (ViTImageProcessor's: the aspect ratio is not kept)
+    # the timm export's preprocessing (pretrained_cfg: vitkit's own when crop_pct is 1): the shorter side to
+    # size / crop_pct, a centre crop (BitImageProcessor's), for square inputs; a non-square input is resized
+    # to it (ViTImageProcessor's: the aspect ratio is not kept)
     common = {
         "do_resize": True,
         "resample": resample,
@@ -208,17 +218,33 @@ def hf_export(model: torch.nn.Module, meta: dict[str, Any] | None = None) -> tup
         "image_mean": mean,
         "image_std": std,
     }
-    if h == w:
+    crop_pct = float(pre_cfg.get("crop_pct") or 1.0)
+    if h == w and pre_cfg.get("crop_mode", "center") == "center":
         processor = {
             "image_processor_type": "BitImageProcessor",
-            "size": {"shortest_edge": h},
+            "size": {"shortest_edge": math.floor(h / crop_pct)},  # timm's scale size
             "do_center_crop": True,
             "crop_size": {"height": h, "width": w},
             "do_convert_rgb": cfg.in_chans == 3,
             **common,
         }
     else:
-        processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": h, "width": w}, **common}
+        log.warning(
+            "transformers' image processor for a %dx%d input resizes every image to it: the aspect ratio is not "
+            "kept (vitkit predict and timm resize the shorter side and crop)",
+            h,
+            w,
+        )
+        processor = {
+            "image_processor_type": "ViTImageProcessor",
+            "size": {"height": h, "width": w},
+            "do_convert_rgb": cfg.in_chans == 3,
+            **common,
+        }
+    if cfg.dynamic_img_size:
+        log.warning(
+            "dynamic_img_size is not exported to transformers (it takes interpolate_pos_encoding=True)"
+        )
     return config, processor, _hf_state(model)
 
 
@@ -239,6 +265,9 @@ def save_peer_folder(
         config, processor, state = hf_export(model, meta)
         files = {"preprocessor_config.json": processor, "config.json": config}
     os.makedirs(folder, exist_ok=True)
+    stale = os.path.join(folder, "preprocessor_config.json")  # an earlier transformers export's
+    if fmt == "timm" and os.path.isfile(stale):
+        os.remove(stale)
     weights = os.path.join(folder, "model.safetensors")
     save_weights(weights, {k: v.float().cpu().contiguous() for k, v in state.items()}, {"format": "pt"})
     written = [weights]

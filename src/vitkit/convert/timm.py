@@ -74,6 +74,7 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}: timm act_layer={act!r}; vitkit's MLP computes {', '.join(map(repr, TIMM_ACTS))}"
         )
     facts["mlp_act"] = TIMM_ACTS.get(act, "gelu")
+    facts["dynamic_img_size"] = bool(args.get("dynamic_img_size", False))
     pool = args.get("global_pool", config.get("global_pool"))
     if pool not in (None, "token", "avg", ""):
         raise ConversionError(
@@ -112,7 +113,9 @@ def from_timm_state(
     prepend_prefix_posemb(state)
     heads = num_heads or facts.get("num_heads")
     cfg = infer_config(state, where, num_heads=heads, norm_eps=1e-6, img_size=facts.get("img_size"))
-    cfg = dataclasses.replace(cfg, mlp_act=facts.get("mlp_act", "gelu"))
+    cfg = dataclasses.replace(
+        cfg, mlp_act=facts.get("mlp_act", "gelu"), dynamic_img_size=facts.get("dynamic_img_size", False)
+    )
     meta = {k: facts[k] for k in (*PREPROCESS_KEYS, "classes") if k in facts}
     known = (
         bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False) is not None

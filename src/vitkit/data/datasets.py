@@ -111,7 +111,7 @@ class Splits:
         """The split called `name`: "train", "val" (held out of train: data.holdout) or "test"."""
         if name == "val" and self.val is None:
             raise ValueError(
-                f"dataset {self.name!r} has no val split here: it is held out by data.holdout > 0"
+                f"no val split: the run held none out of {self.name!r} (train with --set data.holdout=0.1 to)"
             )
         if name not in ("train", "val", "test"):
             raise ValueError(f"split {name!r}: expected train, val or test")

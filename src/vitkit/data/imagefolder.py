@@ -36,8 +36,12 @@ def load_image(path: str, size: tuple[int, int], in_chans: int = 3) -> torch.Ten
                 im = Image.alpha_composite(background, im)
             im = im.convert("L" if in_chans == 1 else "RGB")
             h, w = size
-            scale = max(h / im.height, w / im.width)
-            new = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+            # the side that binds is resized exactly, the other as torchvision's, timm's and transformers'
+            # Resize(shorter side) compute it: size * long / short, truncated
+            if h * im.width >= w * im.height:
+                new = (max(w, int(h * im.width / im.height)), h)
+            else:
+                new = (w, max(h, int(w * im.height / im.width)))
             if new != im.size:
                 im = im.resize(new, Image.BILINEAR)
             left, top = (im.width - w) // 2, (im.height - h) // 2

@@ -21,7 +21,7 @@ from vitkit.eval.fewshot import fewshot_evaluate, model_input
 from vitkit.models import build_model
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
-from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.train.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from vitkit.train.compiling import block_regions, check_graphs, compile_with_trial, eager_regions
 from vitkit.train.master import Bf16Copy
 from vitkit.train.optim import build_optimizer
@@ -162,6 +162,10 @@ class Trainer:
         """(train, test, transform, classes) of each few-shot dataset: the run's own splits, or another
         dataset loaded from the usual places, grey images repeated to the model's channels."""
         c, t, own = self.cfg.model, self.cfg.train, self.cfg.data.dataset
+        if self.strategy == "fsdp":  # the representation is read past the sharded model's forward
+            raise ValueError(
+                "train.fewshot_every: not under FSDP (train.strategy=fsdp); use DDP or one process"
+            )
         sets = {}
         for name in t.fewshot_datasets or (own,):
             if name == own:
@@ -171,19 +175,25 @@ class Trainer:
                     self.transform.eval,
                     self.splits.num_classes,
                 )
-                continue
-            if name == "imagefolder":
+            elif name == "imagefolder":
                 raise ValueError(
                     "train.fewshot_datasets: an imagefolder other than the run's own has no folder"
                 )
-            other = load_dataset(DataConfig(dataset=name), img_size=c.img_size)
-            if other.in_chans not in (1, c.in_chans):
+            else:
+                other = load_dataset(DataConfig(dataset=name), img_size=c.img_size)
+                if other.in_chans not in (1, c.in_chans):
+                    raise ValueError(
+                        f"train.fewshot_datasets: {name} has {other.in_chans}-channel images, the model takes "
+                        f"{c.in_chans}"
+                    )
+                transform = model_input(c.img_size, c.in_chans, self.splits.mean, self.splits.std)
+                sets[name] = (other.train, other.test, transform, other.num_classes)
+            counts = torch.bincount(sets[name][0].labels.cpu(), minlength=sets[name][3])
+            if int(counts.min()) < max(t.fewshot_shots):  # found now, not at the first evaluation
                 raise ValueError(
-                    f"train.fewshot_datasets: {name} has {other.in_chans}-channel images, the model takes "
-                    f"{c.in_chans}"
+                    f"train.fewshot_shots={list(t.fewshot_shots)}: {name}'s training split has "
+                    f"{int(counts.min())} image(s) of class {int(counts.argmin())}; set shot counts up to that"
                 )
-            transform = model_input(c.img_size, c.in_chans, self.splits.mean, self.splits.std)
-            sets[name] = (other.train, other.test, transform, other.num_classes)
         return sets
 
     def fewshot(self) -> dict[str, dict[str, float]]:
@@ -296,6 +306,7 @@ class Trainer:
         self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         self.best_test = float(state.get("best_test", self.best))  # older checkpoints: best was on test
         self.images_seen = int(state["images_seen"])
+        self._recall_best()
         # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
         self._acc = {
             k: (v if self.info.is_main else torch.zeros_like(v)).to(self.device)
@@ -303,6 +314,22 @@ class Trainer:
         }
         if int(state.get("world_size", 1)) == self.info.world:
             _set_rng_state(state["rng"], self.device)
+
+    def _recall_best(self) -> None:
+        """The best evaluation so far as checkpoints/best records it: a step checkpoint is written before the
+        evaluation that ends a run, so one resumed to train longer would not know that evaluation."""
+        path = os.path.join(self.out, CHECKPOINTS, "best") if self.out else None
+        if not path or not os.path.isdir(path):
+            return
+        try:
+            verify_checkpoint(path)
+            state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged best/ is replaced by the next better evaluation
+            log.warning("%s: not read (%s); the best evaluation so far is the checkpoint's", path, e)
+            return
+        if float(state.get("top1", -1.0)) > self.best:
+            self.best = float(state["top1"])
+            self.best_test = float(state.get("test_top1", self.best))
 
     def _average_norm_stats(self) -> None:
         """Under torchrun, BatchNorm's running statistics (and their EMA) averaged over the ranks before they are
