@@ -349,3 +349,22 @@ def test_a_training_subset_keeps_a_seeded_share_of_each_class_after_the_holdout(
     assert part.info()["sizes"]["train"] == len(part.train)
     with pytest.raises(ValueError, match=r"data\.subset=0 must lie in \(0, 1\]"):
         DataConfig(subset=0)
+
+
+def test_image_files_are_read_as_timms_eval_transform(tmp_path):
+    timm_data = pytest.importorskip("timm.data")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for hw, size, crop, interp in [((33, 47), (16, 16), 1.0, "bilinear"), ((47, 33), (16, 16), 0.875, "bicubic"),
+                                   ((20, 37), (16, 24), 0.9, "bilinear"), ((15, 40), (28, 28), 1.0, "bicubic"),
+                                   ((101, 64), (24, 16), 0.875, "bilinear")]:  # fmt: skip
+        path = str(tmp_path / "x.png")
+        Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(path)
+        tf = timm_data.create_transform(input_size=(3, *size), crop_pct=crop, interpolation=interp,
+                                        mean=(0, 0, 0), std=(1, 1, 1))  # fmt: skip
+        with Image.open(path) as im:
+            theirs = (tf(im.convert("RGB")) * 255).round().to(torch.uint8)
+        assert torch.equal(load_image(path, size, 3, crop, interp), theirs), (hw, size, crop, interp)
+    with pytest.raises(ValueError, match=r"crop_pct=1\.5 must lie in"):
+        load_image(path, (8, 8), 3, crop_pct=1.5)

@@ -246,3 +246,34 @@ def _bench_scores_the_run_in_both_peers(run) -> None:
     for lib in ("timm", "transformers"):
         assert rows[lib]["agree"] == 1.0 and rows[lib]["top1"] == rows["vitkit"]["top1"], rows
         assert rows[lib]["max_logit_diff"] < 1e-4
+
+
+def test_predict_on_converted_timm_weights_preprocesses_and_scores_as_timm(tmp_path, capsys):
+    pytest.importorskip("timm")
+    import timm.data
+    from PIL import Image
+
+    model = _model(img_size=(16, 16), in_chans=3)
+    model.preprocess = {"crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.4, 0.5, 0.6],
+                        "std": [0.2, 0.3, 0.25], "classes": CLASSES}  # fmt: skip
+    save_peer_folder(str(tmp_path / "hub"), "timm", model)  # as a timm hub folder with ImageNet-style crop
+    assert main(["convert", str(tmp_path / "hub"), "--out", str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert (data["crop_pct"], data["interpolation"]) == (0.875, "bicubic")
+    rng = np.random.default_rng(2)
+    paths = []
+    for i, shape in enumerate(((33, 47, 3), (50, 31, 3))):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(paths[-1])
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), *paths, "--topk", "3", "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    peer = load_peer(str(tmp_path / "hub"), "timm")
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=peer))
+    with torch.no_grad():
+        probs = peer(torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])).softmax(-1)
+    for got, p in zip(ours, probs):
+        assert [d["class"] for d in got["predictions"]] == [CLASSES[i] for i in p.argsort(descending=True)]
+        assert [d["prob"] for d in got["predictions"]] == pytest.approx(
+            p.sort(descending=True).values.tolist(), abs=1e-5
+        )

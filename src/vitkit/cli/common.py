@@ -187,6 +187,15 @@ def _described_model(weights: str):
     return read_model_file(weights, {}, meta)
 
 
+def image_loading(model: Any, data: dict[str, Any] | None = None) -> tuple[float, str]:
+    """(crop_pct, interpolation) that image files are read with: the run's data.json (weights converted from
+    timm's hub keep theirs), else the model's pretrained_cfg (1.0 and bilinear for vitkit's own training)."""
+    pre = dict(getattr(model, "pretrained_cfg", None) or {})
+    pre.update({k: v for k, v in (data or {}).items() if k in ("crop_pct", "interpolation")})
+    crop, interp = pre.get("crop_pct") or 1.0, pre.get("interpolation") or "bilinear"
+    return float(crop), interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear"
+
+
 def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
     """A run's data.json as eval/predict/inspect read it: class names one per class, mean/std one per channel."""
     classes = data.get("classes")

@@ -70,7 +70,9 @@ def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:
         from vitkit.convert.files import read_json_file
         from vitkit.convert.runs import is_run_config
 
-        if is_run_config(read_json_file(config)) or (os.path.exists(args.source) and os.path.samefile(out, args.source)):
+        if is_run_config(read_json_file(config)) or (
+            os.path.exists(args.source) and os.path.samefile(out, args.source)
+        ):
             raise UserError(f"--out {out} is a vitkit run folder (or the source): export into another folder")
         if not args.overwrite:
             raise UserError(f"--out {out} already holds a config.json; pass --overwrite to replace it")

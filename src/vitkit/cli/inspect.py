@@ -153,14 +153,16 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
 
 
 def file_inputs(subject: Subject, paths: list[str]) -> Inputs:
-    """Image files decoded at the model's size and channels."""
+    """Image files decoded at the model's size and channels (and its weights' crop and interpolation)."""
+    from vitkit.cli.common import image_loading
     from vitkit.data.imagefolder import load_image
 
     cfg = subject.model.cfg
+    crop_pct, interpolation = image_loading(subject.model, subject.run.data if subject.run else None)
     out = []
     for p in paths:
         try:
-            out.append(load_image(p, cfg.img_size, cfg.in_chans))
+            out.append(load_image(p, cfg.img_size, cfg.in_chans, crop_pct, interpolation))
         except ValueError as e:
             raise UserError(str(e)) from None
     return Inputs(torch.stack(out), f"{len(out)} image file(s)", titles=[os.path.basename(p) for p in paths])

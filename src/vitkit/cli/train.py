@@ -337,6 +337,7 @@ def _fast(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from vitkit.cli.common import image_loading
     from vitkit.data.imagefolder import load_image
     from vitkit.data.transforms import normalize, resize
     from vitkit.train.loop import resolve_device
@@ -348,10 +349,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
     mean = tuple(run.data.get("mean") or [0.5] * in_chans)
     std = tuple(run.data.get("std") or [0.5] * in_chans)
+    crop_pct, interpolation = image_loading(run.model, run.data)
     images = []
     for path in args.images:
         try:
-            images.append(load_image(path, size, in_chans))
+            images.append(load_image(path, size, in_chans, crop_pct, interpolation))
         except ValueError as e:
             raise UserError(str(e)) from None
     batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std).to(device)

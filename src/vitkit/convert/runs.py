@@ -22,6 +22,11 @@ CONFIG = "config.json"
 CONVERTED = "converted"  # the recipe name of a converted run (it has no dataset of its own)
 DATA = "data.json"
 WEIGHTS = "model.safetensors"
+CROP_KEYS = (
+    "crop_pct",
+    "interpolation",
+    "crop_mode",
+)  # timm's eval resize and crop, when the weights give them
 
 
 def is_run_config(config: dict[str, Any]) -> bool:
@@ -34,7 +39,7 @@ def _meta_from_data(run_dir: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
     data = read_json_file(path)
-    return {k: data[k] for k in ("mean", "std", "classes") if data.get(k)}
+    return {k: data[k] for k in ("mean", "std", "classes", *CROP_KEYS) if data.get(k)}
 
 
 def _run_config(run_dir: str) -> RunConfig:
@@ -96,7 +101,9 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
         "mean": meta.get("mean") or [0.5] * cfg.in_chans,
         "std": meta.get("std") or [0.5] * cfg.in_chans,
     }
-    save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in ("mean", "std", "classes")})
+    data |= {k: meta[k] for k in CROP_KEYS if meta.get(k)}  # how the weights' images were cropped (timm hub)
+    keep = ("mean", "std", "classes", *CROP_KEYS)
+    save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in keep if k in data})
     write_json(os.path.join(out_dir, DATA), data)
     run = RunConfig(recipe=CONVERTED, model=cfg, expected=f"converted from {source}")
     save_json(run, os.path.join(out_dir, CONFIG))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,9 +19,26 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IN_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 images kept in memory; beyond this, decode per batch
 
 
-def load_image(path: str, size: tuple[int, int], in_chans: int = 3) -> torch.Tensor:
-    """Decode any PIL-readable image (grayscale, RGBA, palette...), resize shorter side, centre-crop: (C, H, W)."""
+RESAMPLE = ("bilinear", "bicubic", "nearest")
+
+
+def load_image(
+    path: str,
+    size: tuple[int, int],
+    in_chans: int = 3,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """Decode any PIL-readable image (grayscale, RGBA, palette...), resize it to cover size / crop_pct keeping its
+    aspect ratio, centre-crop `size`: (C, H, W) uint8. timm's eval transform for its `crop_pct` and
+    `interpolation` (a pretrained model's pretrained_cfg)."""
     from PIL import Image, UnidentifiedImageError
+
+    if not 0 < crop_pct <= 1 or interpolation not in RESAMPLE:
+        raise ValueError(
+            f"crop_pct={crop_pct!r} must lie in (0, 1] and interpolation={interpolation!r} be one of {RESAMPLE}"
+        )
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
 
     try:
         with Image.open(path) as im:
@@ -36,15 +54,18 @@ def load_image(path: str, size: tuple[int, int], in_chans: int = 3) -> torch.Ten
                 im = Image.alpha_composite(background, im)
             im = im.convert("L" if in_chans == 1 else "RGB")
             h, w = size
-            # the side that binds is resized exactly, the other as torchvision's, timm's and transformers'
-            # Resize(shorter side) compute it: size * long / short, truncated
-            if h * im.width >= w * im.height:
-                new = (max(w, int(h * im.width / im.height)), h)
-            else:
-                new = (w, max(h, int(w * im.height / im.width)))
+            sh, sw = math.floor(h / crop_pct), math.floor(w / crop_pct)  # timm's scale size
+            if sh == sw:  # torchvision's Resize(shorter side), as timm and transformers: the longer truncated
+                short, long = min(im.size), max(im.size)
+                side = int(sh * long / short)
+                new = (sh, side) if im.width == short else (side, sh)
+            else:  # timm's ResizeKeepRatio: both sides over the smaller ratio, rounded
+                ratio = min(im.height / sh, im.width / sw)
+                new = (round(im.width / ratio), round(im.height / ratio))
             if new != im.size:
-                im = im.resize(new, Image.BILINEAR)
-            left, top = (im.width - w) // 2, (im.height - h) // 2
+                im = im.resize(new, resample)
+            # the crop's offset rounded as torchvision's center_crop (half to even), which timm's transforms use
+            left, top = round((im.width - w) / 2), round((im.height - h) / 2)
             im = im.crop((left, top, left + w, top + h))
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as e:
