@@ -1114,3 +1114,36 @@ def test_a_signal_during_evaluation_checkpoints_and_a_second_one_stops_at_once(t
         for run in (ends, tmp_path / "plain")
     ]
     assert evals[0] == evals[1] and 16 in evals[0]  # the due evaluation made once, as without the stop
+
+
+def test_data_scaling_bench_trains_each_fraction_with_a_held_out_split(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "data_scaling.py"
+    spec = importlib.util.spec_from_file_location("data_scaling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(
+        bench, "get_recipe", lambda name: tiny_run(epochs=1)
+    )  # the synthetic dataset, tiny ViT
+    out = tmp_path / "r.json"
+    argv = [
+        "data_scaling.py",
+        "--recipes",
+        "tiny",
+        "--fractions",
+        "0.25",
+        "1.0",
+        "--steps",
+        "6",
+        "--json",
+        str(out),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench.main() == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["fraction"] for r in rows] == [0.25, 1.0] and rows[0]["train_images"] < rows[1]["train_images"]
+    assert all(0 <= r["test_top1_at_best_val"] <= 1 and r["best_val_top1"] >= 0 for r in rows)
+    assert "final / at best val" in capsys.readouterr().out
