@@ -9,7 +9,7 @@ import signal
 import sys
 
 from vitkit import __version__
-from vitkit.cli import bench, convert, fewshot, finetune, inspect, models, train
+from vitkit.cli import bench, compare, convert, fewshot, finetune, inspect, models, train
 from vitkit.cli.common import UserError
 
 __all__ = ["UserError", "build_parser", "main"]
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (models, train, fewshot, inspect, finetune, convert, bench):
+    for module in (models, train, compare, fewshot, inspect, finetune, convert, bench):
         module.add_parser(sub)
     for p in sub.choices.values():  # -v after the command too (not set there unless given)
         p.add_argument(

@@ -236,7 +236,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         where = f"; weights: {os.path.join(out, 'model.safetensors')}" if out else ""
         print(
-            f"{cfg.recipe}: {summary['model']} on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, "
+            f"{cfg.recipe}: {summary['model']} on {summary['dataset']}: test top-1 {summary['test_top1']:.2%} "
+            f"[95% interval {summary['test_top1_ci95'][0]:.2%}, {summary['test_top1_ci95'][1]:.2%}], "
             f"top-5 {summary['test_top5']:.2%} ({summary['num_samples']} images, {summary['weights']} weights) "
             f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
@@ -317,9 +318,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra = {"weights": run.weights_path, "fast": args.fast}
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"} | extra))
     else:
+        lo, hi = res["top1_ci95"]
         print(
-            f"{args.split}: top-1 {res['top1']:.2%}  top-5 {res['top5']:.2%}  loss {res['loss']:.4f}  "
-            f"({res['num_samples']} images, {run.weights_path})"
+            f"{args.split}: top-1 {res['top1']:.2%} [95% interval {lo:.2%}, {hi:.2%}]  top-5 {res['top5']:.2%}  "
+            f"loss {res['loss']:.4f}  ({res['num_samples']} images, {run.weights_path})"
         )
         classes = splits.classes
         for name, acc in zip(classes, res["per_class"]):

@@ -1,4 +1,5 @@
-"""evaluate(model, dataset) -> top-1, top-5, loss, per-class accuracy, confusion matrix."""
+"""evaluate(model, dataset) -> top-1 (with its 95% interval), top-5, loss, per-class accuracy, confusion matrix;
+predict_labels(model, dataset) -> each sample's predicted class."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit.data.loader import eval_batches
-from vitkit.eval.metrics import confusion_matrix, per_class_accuracy, topk_correct
+from vitkit.eval.metrics import confusion_matrix, per_class_accuracy, topk_correct, wilson_interval
 
 
 @torch.no_grad()
@@ -59,9 +60,33 @@ def evaluate(
     conf_cpu = conf.cpu()
     return {
         "top1": float(top1) / max(n, 1),
+        "top1_ci95": list(wilson_interval(int(top1), n)),  # the accuracy's 95% interval at this test-set size
         "top5": float(top5) / max(n, 1),
         "loss": float(loss_sum) / max(n, 1),
         "num_samples": n,
         "per_class": [None if math.isnan(v) else v for v in per_class_accuracy(conf_cpu).tolist()],
         "confusion": conf_cpu.tolist(),
     }
+
+
+@torch.no_grad()
+def predict_labels(
+    model: nn.Module,
+    dataset,
+    transform,
+    *,
+    device: torch.device,
+    batch_size: int = 1024,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """The predicted class (argmax) of every sample of `dataset`, in order: (N,) int64 on the CPU."""
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    out = []
+    for idx in eval_batches(len(dataset), batch_size):
+        images, _ = dataset.get_batch(idx)
+        with autocast:
+            out.append(model(transform(images.to(device))).argmax(-1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -291,6 +291,7 @@ def train(
         "steps": tr.step,
         "epochs": tr.step / tr.spe,
         "test_top1": headline["top1"],
+        "test_top1_ci95": headline["top1_ci95"],  # where the accuracy lies given the test set's size
         "test_top5": headline["top5"],
         "test_loss": headline["loss"],
         "num_samples": headline["num_samples"],

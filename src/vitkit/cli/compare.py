@@ -1,0 +1,143 @@
+"""`vitkit compare`: runs scored on the same images, each accuracy with its 95% interval, each pair with the
+accuracy difference, its interval and McNemar's exact test (is the difference more than the test set's noise?)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+
+import torch
+
+from vitkit.cli.common import UserError, local_data, positive_int
+
+
+def _split_key(cfg, split: str) -> tuple:
+    """What decides which images a run's `split` holds: the dataset; for the test split of a real dataset
+    nothing else, but the seed draws synthetic data and an image folder's carved-out test split too."""
+    d = cfg.data
+    seeded = d.dataset == "synthetic" or d.val_fraction > 0
+    key = (d.dataset, d.synthetic_size if d.dataset == "synthetic" else None, d.val_fraction)
+    key += (cfg.train.seed,) if seeded else ()
+    return key if split == "test" else key + (cfg.train.seed, d.holdout, d.subset)
+
+
+def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: list[str]) -> dict:
+    """Accuracy and 95% interval of each prediction vector, and every pair's paired statistics."""
+    from vitkit.eval.metrics import mcnemar_exact, paired_difference, wilson_interval
+
+    n = len(labels)
+    right = [p == labels for p in preds]
+    runs = [
+        {"run": name, "top1": float(r.double().mean()), "top1_ci95": list(wilson_interval(int(r.sum()), n))}
+        for name, r in zip(names, right)
+    ]
+    pairs = []
+    for i, j in itertools.combinations(range(len(preds)), 2):
+        only_a, only_b = int((right[i] & ~right[j]).sum()), int((right[j] & ~right[i]).sum())
+        diff, lo, hi = paired_difference(only_a, only_b, n)
+        pairs.append({
+            "a": names[i],
+            "b": names[j],
+            "only_a": only_a,
+            "only_b": only_b,
+            "both": int((right[i] & right[j]).sum()),
+            "neither": int((~right[i] & ~right[j]).sum()),
+            "agree": float((preds[i] == preds[j]).double().mean()),
+            "diff": diff,
+            "diff_ci95": [lo, hi],
+            "p_mcnemar": mcnemar_exact(only_a, only_b),
+        })  # fmt: skip
+    return {"num_samples": n, "runs": runs, "pairs": pairs}
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vitkit.cli.common import load_run
+    from vitkit.data.datasets import load_dataset
+    from vitkit.data.transforms import BatchTransform
+    from vitkit.eval.evaluate import predict_labels
+    from vitkit.train.loop import resolve_device
+
+    if len(args.runs) < 2:
+        raise UserError("compare needs two or more runs")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    runs = [load_run(path, device) for path in args.runs]
+    first = runs[0].cfg
+    data_cfg = first.data
+    if args.dataset and args.dataset != data_cfg.dataset:
+        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
+    data_cfg = local_data(data_cfg, args.data_dir, args.runs[0])
+    differ = [
+        p for p, r in zip(args.runs, runs) if _split_key(r.cfg, args.split) != _split_key(first, args.split)
+    ]
+    if differ and not args.dataset:
+        raise UserError(
+            f"--split {args.split}: {', '.join(differ)} would hold other images than {args.runs[0]} (the dataset "
+            "differs, or a seed that draws the split: synthetic data, data.holdout, data.subset, val_fraction)"
+        )
+    if args.dataset and args.split != "test":
+        raise UserError(
+            f"--dataset with --split {args.split}: only another dataset's test split is the same for all"
+        )
+    splits = load_dataset(data_cfg, img_size=first.model.img_size, seed=first.train.seed)
+    try:
+        ds = splits.split(args.split)
+    except ValueError as e:
+        raise UserError(f"{args.runs[0]}: {e}") from None
+    preds = []
+    for path, run in zip(args.runs, runs):
+        if run.cfg.model.num_classes != splits.num_classes:
+            raise UserError(
+                f"{path}: {run.cfg.model.num_classes} classes, dataset {data_cfg.dataset} {splits.num_classes}"
+            )
+        mean = tuple(run.data.get("mean") or splits.mean)
+        std = tuple(run.data.get("std") or splits.std)
+        tf = BatchTransform(data_cfg, run.cfg.model.img_size, mean, std)
+        preds.append(predict_labels(run.model, ds, tf.eval, device=device, batch_size=args.batch_size))
+    res = compare_predictions(ds.labels.cpu(), preds, list(args.runs))
+    res = {"dataset": data_cfg.dataset, "split": args.split} | res
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{data_cfg.dataset} {args.split} split, {res['num_samples']} images (95% intervals)")
+    letter = {r["run"]: chr(ord("A") + i) for i, r in enumerate(res["runs"])}
+    for r in res["runs"]:
+        lo, hi = r["top1_ci95"]
+        print(f"  {letter[r['run']]}  top-1 {r['top1']:.2%}  [{lo:.2%}, {hi:.2%}]  {r['run']}")
+    for p in res["pairs"]:
+        a, b = letter[p["a"]], letter[p["b"]]
+        lo, hi = p["diff_ci95"]
+        verdict = "they differ" if p["p_mcnemar"] < 0.05 else "not distinguishable on these images"
+        print(
+            f"  {b} - {a}: {p['diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]; right where the other is wrong: {a} "
+            f"{p['only_a']}, {b} {p['only_b']} images; McNemar p = {p['p_mcnemar']:.3g} ({verdict} at 5%)"
+        )
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="runs on the same test images: accuracies with 95% intervals, McNemar's test for each pair",
+        description="Score two or more runs (or checkpoints) on the same images: each top-1 with its 95% Wilson "
+        "interval, and for each pair the difference with its interval and the exact McNemar p-value.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--dataset", help="default: the first run's")
+    p.add_argument(
+        "--data-dir", help="default: the first run's, else $VITKIT_DATA, Debian's package, download"
+    )
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "train"],
+        default="test",
+        help="default: test (val and train: runs that split the data alike)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=512, help="default: 512")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,73 @@
+"""Accuracy intervals, McNemar's test and `vitkit compare`: the statistics against scipy, the command on runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from helpers import tiny_run
+from vitkit.cli import main
+from vitkit.cli.compare import compare_predictions
+from vitkit.eval.metrics import mcnemar_exact, paired_difference, wilson_interval
+
+
+@pytest.mark.parametrize(("k", "n"), [(9045, 10000), (0, 50), (50, 50), (7, 9), (1, 1)])
+def test_wilson_interval_is_scipys(k, n):
+    stats = pytest.importorskip("scipy.stats")
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-6)
+
+
+@pytest.mark.parametrize(("a", "b"), [(30, 50), (0, 7), (12, 12), (291, 644), (0, 0)])
+def test_mcnemar_exact_is_the_binomial_test_of_the_discordant_pairs(a, b):
+    stats = pytest.importorskip("scipy.stats")
+    expected = stats.binomtest(a, a + b, 0.5).pvalue if a + b else 1.0
+    assert mcnemar_exact(a, b) == pytest.approx(expected, rel=1e-9)
+    assert mcnemar_exact(a, b) == mcnemar_exact(b, a)
+
+
+def test_paired_difference_and_the_pair_counts():
+    d, lo, hi = paired_difference(30, 50, 1000)
+    assert d == pytest.approx(0.02) and lo < d < hi and hi - d == pytest.approx(d - lo)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    a = torch.tensor([0, 1, 2, 3, 1, 1, 0, 0])  # right on 0-3 and 5
+    b = torch.tensor([0, 2, 2, 3, 0, 1, 2, 1])  # right on 0, 2-6
+    res = compare_predictions(labels, [a, b], ["a", "b"])
+    pair = res["pairs"][0]
+    assert (pair["both"], pair["only_a"], pair["only_b"], pair["neither"]) == (4, 1, 2, 1)
+    assert [r["top1"] for r in res["runs"]] == [5 / 8, 6 / 8] and pair["diff"] == pytest.approx(1 / 8)
+    assert pair["agree"] == 4 / 8 and pair["p_mcnemar"] == 1.0
+
+
+def test_cli_compare_scores_runs_on_the_same_images(tmp_path, capsys):
+    from vitkit.train.loop import train
+
+    runs = []
+    for epochs in (1, 2):
+        cfg = tiny_run(epochs=epochs)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.25))
+        runs.append(str(tmp_path / f"run{epochs}"))
+        train(cfg, runs[-1])
+    other_seed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1, epochs=1))
+    train(other_seed, str(tmp_path / "seed1"))
+    capsys.readouterr()
+    assert main(["compare", *runs, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for path, r in zip(runs, res["runs"]):
+        assert main(["eval", path, "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert r["top1"] == pytest.approx(got["top1"]) and r["top1_ci95"] == pytest.approx(got["top1_ci95"])
+    pair = res["pairs"][0]
+    assert pair["both"] + pair["only_a"] + pair["only_b"] + pair["neither"] == res["num_samples"] == 64
+    assert main(["compare", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "McNemar p = " in out and "B - A: " in out
+    assert main(["compare", *runs, "--split", "val", "--json"]) == 0  # the same seed held out the same images
+    assert 60 <= json.loads(capsys.readouterr().out)["num_samples"] <= 68  # 25% of each class
+    assert (
+        main(["compare", runs[0], str(tmp_path / "seed1")]) == 2
+    )  # synthetic data: the seed draws the test set
+    assert "would hold other images than" in capsys.readouterr().err
