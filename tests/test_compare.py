@@ -21,6 +21,17 @@ def test_wilson_interval_is_scipys(k, n):
     assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-6)
 
 
+@pytest.mark.parametrize(("a", "b"), [(30, 50), (0, 7), (12, 12), (291, 644), (0, 5), (3, 0)])
+def test_the_difference_interval_is_the_exact_conditional_one_and_agrees_with_mcnemar(a, b):
+    stats = pytest.importorskip("scipy.stats")
+    ci = stats.binomtest(b, a + b).proportion_ci(confidence_level=0.95, method="exact")
+    m, n = a + b, 1000
+    d, lo, hi = paired_difference(a, b, n)
+    assert d == (b - a) / n
+    assert (lo, hi) == pytest.approx((m / n * (2 * ci.low - 1), m / n * (2 * ci.high - 1)), abs=1e-9)
+    assert (lo <= 0 <= hi) == (mcnemar_exact(a, b) >= 0.05)  # the interval excludes 0 when the test rejects
+
+
 @pytest.mark.parametrize(("a", "b"), [(30, 50), (0, 7), (12, 12), (291, 644), (0, 0)])
 def test_mcnemar_exact_is_the_binomial_test_of_the_discordant_pairs(a, b):
     stats = pytest.importorskip("scipy.stats")
@@ -31,7 +42,7 @@ def test_mcnemar_exact_is_the_binomial_test_of_the_discordant_pairs(a, b):
 
 def test_paired_difference_and_the_pair_counts():
     d, lo, hi = paired_difference(30, 50, 1000)
-    assert d == pytest.approx(0.02) and lo < d < hi and hi - d == pytest.approx(d - lo)
+    assert d == pytest.approx(0.02) and lo < d < hi
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     a = torch.tensor([0, 1, 2, 3, 1, 1, 0, 0])  # right on 0-3 and 5
     b = torch.tensor([0, 2, 2, 3, 0, 1, 2, 1])  # right on 0, 2-6
@@ -71,3 +82,78 @@ def test_cli_compare_scores_runs_on_the_same_images(tmp_path, capsys):
         main(["compare", runs[0], str(tmp_path / "seed1")]) == 2
     )  # synthetic data: the seed draws the test set
     assert "would hold other images than" in capsys.readouterr().err
+
+
+def test_every_help_text_prints(capsys):
+    from vitkit.cli import build_parser
+
+    for argv in [
+        ["--help"],
+        *[[name, "--help"] for name in build_parser()._subparsers._group_actions[0].choices],
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0, argv
+    assert "compare" in capsys.readouterr().out
+
+
+def test_interval_edges():
+    assert wilson_interval(50, 50)[1] == 1.0 and wilson_interval(0, 50)[0] == 0.0
+    for k, n in [(3, 3), (999, 1000), (1, 1)]:
+        lo, hi = wilson_interval(k, n)
+        assert lo <= k / n <= hi
+    d, lo, hi = paired_difference(
+        0, 5, 1000
+    )  # few discordant pairs: an interval that does not claim too much
+    assert lo <= 0 < d <= hi and mcnemar_exact(0, 5) > 0.05
+    assert paired_difference(9, 0, 10)[1] >= -1.0
+    d, lo, hi = paired_difference(0, 0, 10000)  # no disagreement: the bound on its rate
+    assert d == 0 and lo == -hi and 0 < hi < 4 / 10000
+    with pytest.raises(ValueError, match="at least one image"):
+        paired_difference(0, 0, 0)
+
+
+def test_compare_refuses_weights_without_a_dataset_and_runs_on_other_folders(tmp_path, capsys):
+    from PIL import Image
+
+    from vitkit.train.loop import train
+
+    run = str(tmp_path / "run")
+    train(tiny_run(epochs=1), run)
+    assert main(["export", run, "--format", "safetensors", "--out", str(tmp_path / "w.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["compare", run, str(tmp_path / "w.safetensors")]) == 2
+    assert "converted or exported weights, no dataset: pass --dataset" in capsys.readouterr().err
+    assert main(["compare", run, str(tmp_path / "w.safetensors"), "--dataset", "synthetic", "--json"]) == 0
+    pair = json.loads(capsys.readouterr().out)["pairs"][0]
+    assert pair["agree"] == 1.0 and pair["p_mcnemar"] == 1.0  # the run and its own export
+    runs = []
+    for name in ("a", "b"):  # two image folders: other images
+        for split in ("train", "val"):
+            for c in ("x", "y"):
+                folder = tmp_path / name / split / c
+                folder.mkdir(parents=True)
+                for i in range(16):
+                    Image.new("L", (20, 20), 12 * i + (c == "y") * 20).save(folder / f"{i}.png")
+        cfg = tiny_run(epochs=1)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset="imagefolder",
+                                                                data_dir=str(tmp_path / name)))  # fmt: skip
+        runs.append(str(tmp_path / f"run-{name}"))
+        train(cfg, runs[-1])
+    capsys.readouterr()
+    assert main(["compare", *runs]) == 2
+    assert "would hold other images than" in capsys.readouterr().err
+
+
+def test_compare_on_val_accepts_runs_that_differ_in_subset_only(tmp_path, capsys):
+    from vitkit.train.loop import train
+
+    runs = []
+    for subset in (0.5, 1.0):
+        cfg = tiny_run(epochs=1)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.25, subset=subset))
+        runs.append(str(tmp_path / f"s{subset}"))
+        train(cfg, runs[-1])
+    capsys.readouterr()
+    assert main(["compare", *runs, "--split", "val", "--json"]) == 0  # the val images come before the subset
+    assert main(["compare", *runs, "--split", "train"]) == 2

@@ -366,5 +366,17 @@ def test_image_files_are_read_as_timms_eval_transform(tmp_path):
         with Image.open(path) as im:
             theirs = (tf(im.convert("RGB")) * 255).round().to(torch.uint8)
         assert torch.equal(load_image(path, size, 3, crop, interp), theirs), (hw, size, crop, interp)
-    with pytest.raises(ValueError, match=r"crop_pct=1\.5 must lie in"):
+    for hw, size, crop in [
+        ((33, 47), (16, 16), 0.95),
+        ((47, 33), (16, 24), 1.0),
+    ]:  # timm's "squash" crop mode
+        Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(path)
+        tf = timm_data.create_transform(input_size=(3, *size), crop_pct=crop, interpolation="bicubic",
+                                        crop_mode="squash", mean=(0, 0, 0), std=(1, 1, 1))  # fmt: skip
+        with Image.open(path) as im:
+            theirs = (tf(im.convert("RGB")) * 255).round().to(torch.uint8)
+        assert torch.equal(load_image(path, size, 3, crop, "bicubic", "squash"), theirs), (hw, size, crop)
+    with pytest.raises(ValueError, match=r"crop_pct=1\.5 must be a number in \(0, 1\]"):
         load_image(path, (8, 8), 3, crop_pct=1.5)
+    with pytest.raises(ValueError, match="crop_mode='border' must be one of center, squash"):
+        load_image(path, (8, 8), 3, crop_mode="border")

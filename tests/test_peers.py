@@ -277,3 +277,27 @@ def test_predict_on_converted_timm_weights_preprocesses_and_scores_as_timm(tmp_p
         assert [d["prob"] for d in got["predictions"]] == pytest.approx(
             p.sort(descending=True).values.tolist(), abs=1e-5
         )
+
+
+def test_a_runs_image_settings_are_checked_and_a_hub_configs_crop_too(tmp_path, capsys):
+    from PIL import Image
+
+    model = _model(img_size=(16, 16), in_chans=3)
+    save_peer_folder(str(tmp_path / "hub"), "timm", model)
+    assert main(["convert", str(tmp_path / "hub"), "--out", str(tmp_path / "run")]) == 0
+    Image.new("RGB", (20, 20)).save(tmp_path / "x.png")
+    data_json = tmp_path / "run" / "data.json"
+    for bad, says in (([0.9], "crop_pct=[0.9] must be a number in (0, 1]"), (0, "crop_pct=0 must be a number"),
+                      ("lanczos3", None)):  # fmt: skip
+        data = json.loads(data_json.read_text())
+        data["crop_pct"], data["interpolation"] = (bad, "bilinear") if says else (1.0, bad)
+        data_json.write_text(json.dumps(data))
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "run"), str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert "data.json: " in err and (says or "interpolation='lanczos3' must be one of") in err, err
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    config["pretrained_cfg"]["crop_pct"] = 1.2
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match=r"crop_pct=1\.2 must lie in \(0, 1\]"):
+        read_checkpoint(str(tmp_path / "hub"))

@@ -187,13 +187,22 @@ def _described_model(weights: str):
     return read_model_file(weights, {}, meta)
 
 
-def image_loading(model: Any, data: dict[str, Any] | None = None) -> tuple[float, str]:
-    """(crop_pct, interpolation) that image files are read with: the run's data.json (weights converted from
-    timm's hub keep theirs), else the model's pretrained_cfg (1.0 and bilinear for vitkit's own training)."""
+IMAGE_LOADING = ("crop_pct", "interpolation", "crop_mode")
+
+
+def image_loading(model: Any, data: dict[str, Any] | None = None) -> tuple[float, str, str]:
+    """(crop_pct, interpolation, crop_mode) that image files are read with: the run's data.json (weights
+    converted from timm's hub keep theirs), else the model's pretrained_cfg (1.0, bilinear, center for vitkit's
+    own training); a value load_image cannot follow is an error naming it."""
+    from vitkit.data.imagefolder import check_image_loading
+
     pre = dict(getattr(model, "pretrained_cfg", None) or {})
-    pre.update({k: v for k, v in (data or {}).items() if k in ("crop_pct", "interpolation")})
-    crop, interp = pre.get("crop_pct") or 1.0, pre.get("interpolation") or "bilinear"
-    return float(crop), interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear"
+    pre.update({k: v for k, v in (data or {}).items() if k in IMAGE_LOADING})
+    values = (pre.get("crop_pct", 1.0), pre.get("interpolation", "bilinear"), pre.get("crop_mode", "center"))
+    wrong = check_image_loading(*values)
+    if wrong:
+        raise UserError(f"the model's image preprocessing: {wrong}")
+    return float(values[0]), values[1], values[2]
 
 
 def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
@@ -207,6 +216,12 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
         raise UserError(
             f"{path}: 'classes' must list the model's {cfg.model.num_classes} class names, got {classes!r:.80}"
         )
+    from vitkit.data.imagefolder import check_image_loading
+
+    crop_pct, interpolation = data.get("crop_pct", 1.0), data.get("interpolation", "bilinear")
+    wrong = check_image_loading(crop_pct, interpolation, "center")  # crop_mode matters to predict only
+    if wrong:
+        raise UserError(f"{path}: {wrong}")
     for key in ("mean", "std"):
         v = data.get(key)
         if v is not None and (

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 
 import torch
 
@@ -14,13 +15,18 @@ from vitkit.cli.common import UserError, local_data, positive_int
 
 
 def _split_key(cfg, split: str) -> tuple:
-    """What decides which images a run's `split` holds: the dataset; for the test split of a real dataset
-    nothing else, but the seed draws synthetic data and an image folder's carved-out test split too."""
+    """What decides which images a run's `split` holds: the dataset (an image folder's path); for the test split
+    of a real dataset nothing else, but the seed draws synthetic data and an image folder's carved-out test split
+    too; the val split follows the seed and the holdout, the train split the subset as well."""
     d = cfg.data
+    folder = os.path.abspath(d.data_dir) if d.dataset == "imagefolder" and d.data_dir else None
     seeded = d.dataset == "synthetic" or d.val_fraction > 0
-    key = (d.dataset, d.synthetic_size if d.dataset == "synthetic" else None, d.val_fraction)
+    key = (d.dataset, folder, d.synthetic_size if d.dataset == "synthetic" else None, d.val_fraction)
     key += (cfg.train.seed,) if seeded else ()
-    return key if split == "test" else key + (cfg.train.seed, d.holdout, d.subset)
+    if split == "test":
+        return key
+    key += (cfg.train.seed, d.holdout)
+    return key if split == "val" else key + (d.subset,)
 
 
 def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: list[str]) -> dict:
@@ -28,6 +34,8 @@ def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: 
     from vitkit.eval.metrics import mcnemar_exact, paired_difference, wilson_interval
 
     n = len(labels)
+    if n == 0:
+        raise ValueError("comparing predictions needs at least one image")
     right = [p == labels for p in preds]
     runs = [
         {"run": name, "top1": float(r.double().mean()), "top1_ci95": list(wilson_interval(int(r.sum()), n))}
@@ -40,6 +48,8 @@ def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: 
         pairs.append({
             "a": names[i],
             "b": names[j],
+            "i": i,
+            "j": j,
             "only_a": only_a,
             "only_b": only_b,
             "both": int((right[i] & right[j]).sum()),
@@ -54,6 +64,7 @@ def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from vitkit.cli.common import load_run
+    from vitkit.convert.runs import CONVERTED
     from vitkit.data.datasets import load_dataset
     from vitkit.data.transforms import BatchTransform
     from vitkit.eval.evaluate import predict_labels
@@ -65,55 +76,66 @@ def cmd_compare(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     runs = [load_run(path, device) for path in args.runs]
+    converted = [p for p, r in zip(args.runs, runs) if r.cfg.recipe == CONVERTED]
+    if converted and not args.dataset:
+        raise UserError(f"{', '.join(converted)}: converted or exported weights, no dataset: pass --dataset")
     first = runs[0].cfg
     data_cfg = first.data
-    if args.dataset and args.dataset != data_cfg.dataset:
-        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
+    if args.dataset and (args.dataset != data_cfg.dataset or converted):
+        if args.split != "test":
+            raise UserError(
+                f"--dataset with --split {args.split}: another dataset's val/train split is no run's"
+            )
+        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None, holdout=0.0, subset=1.0)
+    else:
+        key = _split_key(first, args.split)
+        differ = [p for p, r in zip(args.runs, runs) if _split_key(r.cfg, args.split) != key]
+        if differ:
+            raise UserError(
+                f"--split {args.split}: {', '.join(differ)} would hold other images than {args.runs[0]} (another "
+                "dataset or image folder, or a seed that draws the split: synthetic data, data.holdout, "
+                "data.subset, val_fraction)"
+            )
     data_cfg = local_data(data_cfg, args.data_dir, args.runs[0])
-    differ = [
-        p for p, r in zip(args.runs, runs) if _split_key(r.cfg, args.split) != _split_key(first, args.split)
-    ]
-    if differ and not args.dataset:
-        raise UserError(
-            f"--split {args.split}: {', '.join(differ)} would hold other images than {args.runs[0]} (the dataset "
-            "differs, or a seed that draws the split: synthetic data, data.holdout, data.subset, val_fraction)"
-        )
-    if args.dataset and args.split != "test":
-        raise UserError(
-            f"--dataset with --split {args.split}: only another dataset's test split is the same for all"
-        )
-    splits = load_dataset(data_cfg, img_size=first.model.img_size, seed=first.train.seed)
-    try:
-        ds = splits.split(args.split)
-    except ValueError as e:
-        raise UserError(f"{args.runs[0]}: {e}") from None
-    preds = []
+    loaded = {}  # an image folder is decoded at each model's size; in-memory datasets are resized per batch
+    preds, labels = [], None
     for path, run in zip(args.runs, runs):
+        size = run.cfg.model.img_size if data_cfg.dataset == "imagefolder" else first.model.img_size
+        if size not in loaded:
+            loaded[size] = load_dataset(data_cfg, img_size=size, seed=first.train.seed)
+        splits = loaded[size]
+        try:
+            ds = splits.split(args.split)
+        except ValueError as e:
+            raise UserError(f"{args.runs[0]}: {e}") from None
         if run.cfg.model.num_classes != splits.num_classes:
             raise UserError(
                 f"{path}: {run.cfg.model.num_classes} classes, dataset {data_cfg.dataset} {splits.num_classes}"
             )
+        if labels is not None and not torch.equal(labels, ds.labels.cpu()):
+            raise UserError(f"{path}: its {args.split} split holds other images than {args.runs[0]}'s")
+        labels = ds.labels.cpu()
         mean = tuple(run.data.get("mean") or splits.mean)
         std = tuple(run.data.get("std") or splits.std)
         tf = BatchTransform(data_cfg, run.cfg.model.img_size, mean, std)
         preds.append(predict_labels(run.model, ds, tf.eval, device=device, batch_size=args.batch_size))
-    res = compare_predictions(ds.labels.cpu(), preds, list(args.runs))
+    res = compare_predictions(labels, preds, list(args.runs))
     res = {"dataset": data_cfg.dataset, "split": args.split} | res
     if args.json:
         print(json.dumps(res))
         return 0
     print(f"{data_cfg.dataset} {args.split} split, {res['num_samples']} images (95% intervals)")
-    letter = {r["run"]: chr(ord("A") + i) for i, r in enumerate(res["runs"])}
-    for r in res["runs"]:
+    for i, r in enumerate(res["runs"]):
         lo, hi = r["top1_ci95"]
-        print(f"  {letter[r['run']]}  top-1 {r['top1']:.2%}  [{lo:.2%}, {hi:.2%}]  {r['run']}")
+        print(f"  {chr(65 + i)}  top-1 {r['top1']:.2%}  [{lo:.2%}, {hi:.2%}]  {r['run']}")
     for p in res["pairs"]:
-        a, b = letter[p["a"]], letter[p["b"]]
+        a, b = chr(65 + p["i"]), chr(65 + p["j"])
         lo, hi = p["diff_ci95"]
         verdict = "they differ" if p["p_mcnemar"] < 0.05 else "not distinguishable on these images"
+        pval = f"{p['p_mcnemar']:.3g}" if p["p_mcnemar"] > 0 else "< 1e-300"
         print(
             f"  {b} - {a}: {p['diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]; right where the other is wrong: {a} "
-            f"{p['only_a']}, {b} {p['only_b']} images; McNemar p = {p['p_mcnemar']:.3g} ({verdict} at 5%)"
+            f"{p['only_a']}, {b} {p['only_b']} images; McNemar p = {pval} ({verdict} at 5%)"
         )
     return 0
 
@@ -121,7 +143,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="runs on the same test images: accuracies with 95% intervals, McNemar's test for each pair",
+        help="runs on the same test images: accuracies with 95%% intervals, McNemar's test for each pair",
         description="Score two or more runs (or checkpoints) on the same images: each top-1 with its 95% Wilson "
         "interval, and for each pair the difference with its interval and the exact McNemar p-value.",
     )

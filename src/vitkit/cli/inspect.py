@@ -158,11 +158,11 @@ def file_inputs(subject: Subject, paths: list[str]) -> Inputs:
     from vitkit.data.imagefolder import load_image
 
     cfg = subject.model.cfg
-    crop_pct, interpolation = image_loading(subject.model, subject.run.data if subject.run else None)
+    reading = image_loading(subject.model, subject.run.data if subject.run else None)
     out = []
     for p in paths:
         try:
-            out.append(load_image(p, cfg.img_size, cfg.in_chans, crop_pct, interpolation))
+            out.append(load_image(p, cfg.img_size, cfg.in_chans, *reading))
         except ValueError as e:
             raise UserError(str(e)) from None
     return Inputs(torch.stack(out), f"{len(out)} image file(s)", titles=[os.path.basename(p) for p in paths])

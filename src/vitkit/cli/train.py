@@ -351,11 +351,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
     mean = tuple(run.data.get("mean") or [0.5] * in_chans)
     std = tuple(run.data.get("std") or [0.5] * in_chans)
-    crop_pct, interpolation = image_loading(run.model, run.data)
+    reading = image_loading(run.model, run.data)  # crop_pct, interpolation, crop_mode
     images = []
     for path in args.images:
         try:
-            images.append(load_image(path, size, in_chans, crop_pct, interpolation))
+            images.append(load_image(path, size, in_chans, *reading))
         except ValueError as e:
             raise UserError(str(e)) from None
     batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std).to(device)

@@ -24,6 +24,7 @@ from vitkit.convert.checkpoint import (
 )
 from vitkit.convert.files import ConversionError
 from vitkit.convert.resnet import from_timm_resnet_state, is_timm_resnet_state
+from vitkit.data.imagefolder import RESAMPLE
 
 # timm's act_layer names of the activations vitkit's MLP computes (the erf GELU and its tanh approximation)
 TIMM_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}
@@ -58,10 +59,13 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(pre.get(key), (list, tuple)):
             facts[key] = [float(v) for v in pre[key]]
     if isinstance(pre.get("crop_pct"), (int, float)):
+        if not 0 < pre["crop_pct"] <= 1:
+            raise ConversionError(f"{where}: pretrained_cfg crop_pct={pre['crop_pct']!r} must lie in (0, 1]")
         facts["crop_pct"] = float(pre["crop_pct"])
-    for key in ("interpolation", "crop_mode"):
-        if isinstance(pre.get(key), str):
-            facts[key] = pre[key]
+    if pre.get("interpolation") in RESAMPLE:  # what PIL resamples with (not timm's "random")
+        facts["interpolation"] = pre["interpolation"]
+    if isinstance(pre.get("crop_mode"), str):
+        facts["crop_mode"] = pre["crop_mode"]
     names = pre.get("label_names", config.get("label_names"))
     if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
         facts["classes"] = list(names)

@@ -19,7 +19,19 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IN_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 images kept in memory; beyond this, decode per batch
 
 
-RESAMPLE = ("bilinear", "bicubic", "nearest")
+RESAMPLE = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")  # PIL's filters, timm's names
+CROP_MODES = ("center", "squash")  # timm's eval crops vitkit reproduces (not "border")
+
+
+def check_image_loading(crop_pct: object, interpolation: object, crop_mode: object) -> str | None:
+    """What is wrong with a (crop_pct, interpolation, crop_mode) for reading images, or None."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        return f"crop_pct={crop_pct!r} must be a number in (0, 1]"
+    if interpolation not in RESAMPLE:
+        return f"interpolation={interpolation!r} must be one of {', '.join(RESAMPLE)}"
+    if crop_mode not in CROP_MODES:
+        return f"crop_mode={crop_mode!r} must be one of {', '.join(CROP_MODES)}"
+    return None
 
 
 def load_image(
@@ -28,17 +40,17 @@ def load_image(
     in_chans: int = 3,
     crop_pct: float = 1.0,
     interpolation: str = "bilinear",
+    crop_mode: str = "center",
 ) -> torch.Tensor:
     """Decode any PIL-readable image (grayscale, RGBA, palette...), resize it to cover size / crop_pct keeping its
-    aspect ratio, centre-crop `size`: (C, H, W) uint8. timm's eval transform for its `crop_pct` and
-    `interpolation` (a pretrained model's pretrained_cfg)."""
+    aspect ratio (crop_mode "squash": to exactly that size), centre-crop `size`: (C, H, W) uint8. timm's eval
+    transform for its `crop_pct`, `interpolation` and `crop_mode` (a pretrained model's pretrained_cfg)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not 0 < crop_pct <= 1 or interpolation not in RESAMPLE:
-        raise ValueError(
-            f"crop_pct={crop_pct!r} must lie in (0, 1] and interpolation={interpolation!r} be one of {RESAMPLE}"
-        )
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
+    wrong = check_image_loading(crop_pct, interpolation, crop_mode)
+    if wrong:
+        raise ValueError(f"reading {path}: {wrong}")
+    resample = getattr(Image, interpolation.upper())
 
     try:
         with Image.open(path) as im:
@@ -55,7 +67,11 @@ def load_image(
             im = im.convert("L" if in_chans == 1 else "RGB")
             h, w = size
             sh, sw = math.floor(h / crop_pct), math.floor(w / crop_pct)  # timm's scale size
-            if sh == sw:  # torchvision's Resize(shorter side), as timm and transformers: the longer truncated
+            if crop_mode == "squash":  # every side to the scale size, the aspect ratio not kept
+                new = (sw, sh)
+            elif (
+                sh == sw
+            ):  # torchvision's Resize(shorter side), as timm and transformers: the longer truncated
                 short, long = min(im.size), max(im.size)
                 side = int(sh * long / short)
                 new = (sh, side) if im.width == short else (side, sh)

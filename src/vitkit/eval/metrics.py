@@ -37,7 +37,7 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return (max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p)))  # p inside despite rounding
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -55,8 +55,46 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_difference(only_a: int, only_b: int, n: int, z: float = 1.959964) -> tuple[float, float, float]:
-    """Accuracy of B minus A on the same `n` images, with its (normal-approximation) 95% interval: (diff, lo, hi)."""
-    d = (only_b - only_a) / n
-    se = math.sqrt(max(only_a + only_b - n * d * d, 0.0)) / n
-    return d, d - z * se, d + z * se
+def _binom_cdf(k: int, m: int, theta: float) -> float:
+    """P(X <= k) for X ~ Binomial(m, theta)."""
+    if theta <= 0.0:
+        return 1.0
+    if theta >= 1.0:
+        return 1.0 if k >= m else 0.0
+    lt, l1 = math.log(theta), math.log1p(-theta)
+    terms = (
+        math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) + i * lt + (m - i) * l1
+        for i in range(k + 1)
+    )
+    return min(1.0, sum(math.exp(t) for t in terms))
+
+
+def _solve(f, target: float) -> float:
+    """The theta in [0, 1] where the decreasing f(theta) crosses `target` (bisection)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def clopper_pearson(k: int, m: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial proportion k / m: where P(X >= k) and P(X <= k) are alpha/2."""
+    lo = 0.0 if k == 0 else _solve(lambda t: _binom_cdf(k - 1, m, t), 1 - alpha / 2)
+    hi = 1.0 if k == m else _solve(lambda t: _binom_cdf(k, m, t), alpha / 2)
+    return lo, hi
+
+
+def paired_difference(only_a: int, only_b: int, n: int, alpha: float = 0.05) -> tuple[float, float, float]:
+    """Accuracy of B minus A on the same `n` images with its 95% interval: (diff, lo, hi). Given the m = only_a +
+    only_b images where they disagree, diff = m / n (2 theta - 1) for theta the share B wins; theta's exact
+    (Clopper-Pearson) interval gives the difference's, which excludes 0 exactly when McNemar's exact test rejects
+    at `alpha`. With no disagreement, the bound on the disagreement rate itself (m = 0 of n) is given."""
+    if n <= 0:
+        raise ValueError("a paired difference needs at least one image")
+    m = only_a + only_b
+    if m == 0:
+        bound = clopper_pearson(0, n, alpha)[1]
+        return 0.0, -bound, bound
+    t_lo, t_hi = clopper_pearson(only_b, m, alpha)
+    return (only_b - only_a) / n, m / n * (2 * t_lo - 1), m / n * (2 * t_hi - 1)
