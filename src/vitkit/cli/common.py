@@ -190,6 +190,11 @@ def _described_model(weights: str):
 IMAGE_LOADING = ("crop_pct", "interpolation", "crop_mode")
 
 
+def run_normalisation(run: LoadedRun, splits: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a run's model takes its inputs with: its data.json's, else the dataset's statistics."""
+    return tuple(run.data.get("mean") or splits.mean), tuple(run.data.get("std") or splits.std)
+
+
 def image_loading(model: Any, data: dict[str, Any] | None = None) -> tuple[float, str, str]:
     """(crop_pct, interpolation, crop_mode) that image files are read with: the run's data.json (weights
     converted from timm's hub keep theirs), else the model's pretrained_cfg (1.0, bilinear, center for vitkit's

@@ -63,7 +63,7 @@ def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from vitkit.cli.common import load_run
+    from vitkit.cli.common import load_run, run_normalisation
     from vitkit.convert.runs import CONVERTED
     from vitkit.data.datasets import load_dataset
     from vitkit.data.transforms import BatchTransform
@@ -115,9 +115,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if labels is not None and not torch.equal(labels, ds.labels.cpu()):
             raise UserError(f"{path}: its {args.split} split holds other images than {args.runs[0]}'s")
         labels = ds.labels.cpu()
-        mean = tuple(run.data.get("mean") or splits.mean)
-        std = tuple(run.data.get("std") or splits.std)
-        tf = BatchTransform(data_cfg, run.cfg.model.img_size, mean, std)
+        tf = BatchTransform(data_cfg, run.cfg.model.img_size, *run_normalisation(run, splits))
         preds.append(predict_labels(run.model, ds, tf.eval, device=device, batch_size=args.batch_size))
     res = compare_predictions(labels, preds, list(args.runs))
     res = {"dataset": data_cfg.dataset, "split": args.split} | res

@@ -20,6 +20,7 @@ from vitkit.cli.common import (
     local_data,
     nonneg_int,
     positive_int,
+    run_normalisation,
 )
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.recipes import RECIPES, get_recipe
@@ -295,9 +296,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(
             f"dataset {data_cfg.dataset} has {splits.num_classes} classes, the model {run.cfg.model.num_classes}"
         )
-    mean = tuple(run.data.get("mean") or splits.mean)
-    std = tuple(run.data.get("std") or splits.std)
-    transform = BatchTransform(data_cfg, run.cfg.model.img_size, mean, std)
+    transform = BatchTransform(data_cfg, run.cfg.model.img_size, *run_normalisation(run, splits))
     try:
         ds = splits.split(args.split)
     except ValueError as e:

@@ -44,15 +44,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value of two classifiers scored on the same images: `only_a` images that A alone
     gets right, `only_b` that B alone does (a binomial test of the discordant pairs at 1/2)."""
     n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    log_half = n * math.log(0.5)
-    tail = sum(
-        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half)
-        for i in range(k + 1)
-    )
-    return min(1.0, 2 * tail)
+    return 1.0 if n == 0 else min(1.0, 2 * _binom_cdf(min(only_a, only_b), n, 0.5))
 
 
 def _binom_cdf(k: int, m: int, theta: float) -> float:
