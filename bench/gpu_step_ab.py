@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 
 import torch
@@ -82,6 +83,11 @@ def save(res: dict, path: str | None) -> None:
             json.dump(res, f, indent=1)
 
 
+def over_limit(signum: int, frame: object) -> None:
+    """SIGALRM: a variant's compilation ran past --compile-limit."""
+    raise TimeoutError("compilation and warm-up ran past --compile-limit")
+
+
 def graphs_compiled() -> int:
     """Graphs Dynamo has compiled in this process (to show each variant compiled its own)."""
     from torch._dynamo.utils import counters
@@ -123,8 +129,16 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--json")
     ap.add_argument("--profile", help="torch.profiler table of one variant's step (--profile-variant)")
-    ap.add_argument("--profile-variant", default="foreach", choices=VARIANTS)
+    ap.add_argument(
+        "--profile-variant", default="foreach", choices=VARIANTS, help="(foreach if this one failed)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--compile-limit",
+        type=int,
+        default=0,
+        help="seconds for each variant's compilation and warm-up; one over it is dropped, the rest timed (0: none)",
+    )
     a = ap.parse_args()
     a.smoke = a.smoke or a.smoke_compile
     dev = torch.device("cpu" if a.smoke else "cuda")
@@ -164,6 +178,8 @@ def main() -> None:
     save(res, a.json)
     for name, fn in list(runs.items()):  # compile and warm each; a variant that fails is reported, not fatal
         before, t = graphs_compiled(), time.perf_counter()
+        signal.signal(signal.SIGALRM, over_limit)
+        signal.alarm(a.compile_limit)
         try:
             for _ in range(3):
                 fn()
@@ -173,6 +189,8 @@ def main() -> None:
             res["errors"][name] = f"{type(e).__name__}: {str(e)[:500]}"
             del runs[name]
             print(f"{name}: failed: {res['errors'][name]}")
+        finally:
+            signal.alarm(0)
         res["graphs_compiled"][name] = graphs_compiled() - before
         print(
             f"{name}: {res['graphs_compiled'][name]} graphs compiled, {time.perf_counter() - t:.0f} s",
@@ -184,11 +202,13 @@ def main() -> None:
     for name, t in timings.items():
         s = t.summary()
         res[name] = {**s, "mfu": s["median"] * flops / 1e12 / peak if peak else None, "all": t.img_s}
-    if a.profile and a.profile_variant in runs:
+    profiled = a.profile_variant if a.profile_variant in runs else "foreach" if "foreach" in runs else None
+    if a.profile and profiled:
         with open(a.profile, "w") as f:
-            f.write(B.profile_table(runs[a.profile_variant], dev) + "\n")
+            f.write(f"variant {profiled}\n" + B.profile_table(runs[profiled], dev) + "\n")
+        res["profiled"] = profiled
     elif a.profile:
-        print(f"--profile: no profile written (the {a.profile_variant} variant was not run or failed)")
+        print(f"--profile: no profile written (neither {a.profile_variant} nor foreach was run)")
     res["seconds"] = time.perf_counter() - t0
     save(res, a.json)
     base = res.get("timm", {}).get("median")
