@@ -19,4 +19,4 @@ timeout "${AB_SECONDS:-230}" python3 bench/gpu_step_ab.py --variants ${AB_VARIAN
     --compile-limit "${AB_COMPILE_LIMIT:-90}" --profile-variant "${AB_PROFILE:-mapw}" \
     --json "$OUT/step-ab.json" --profile "$OUT/profile-step-ab.txt" 2>&1 | tee "$OUT/step-ab.txt"
 python3 bench/gpu_check.py --budget "$((budget - (SECONDS - start)))" \
-    --candidates ${CANDIDATES:-up56 up56-blocks up56-e60 up56-s2} --b16
+    --candidates ${CANDIDATES:-recipe s2 60-epochs} --b16
