@@ -13,7 +13,13 @@ import torch
 
 from vitkit.config import DataConfig
 from vitkit.data.cifar import load_cifar, safe_unpickle
-from vitkit.data.datasets import DataNotFoundError, load_dataset, load_mnist_like, make_synthetic
+from vitkit.data.datasets import (
+    DataNotFoundError,
+    channel_stats,
+    load_dataset,
+    load_mnist_like,
+    make_synthetic,
+)
 from vitkit.data.idx import read_idx, read_idx_pair, write_idx
 from vitkit.data.imagefolder import load_image, load_imagefolder
 
@@ -325,6 +331,8 @@ def test_load_dataset_holds_out_a_val_split_of_training_images():
         "val": len(splits.val),
     }
     assert splits.split("val") is splits.val
+    # the normalisation is the trained-on images' own: the held-out ones do not enter it
+    assert (splits.mean, splits.std) == channel_stats(splits.train.images) != (whole.mean, whole.std)
     with pytest.raises(ValueError, match="no val split: the run held none out of"):
         whole.split("val")
     with pytest.raises(ValueError, match="holds out 0 of the 200 training images"):
@@ -347,6 +355,7 @@ def test_a_training_subset_keeps_a_seeded_share_of_each_class_after_the_holdout(
         torch.bincount(tiny.train.labels, minlength=10).tolist() == [1] * 10
     )  # one image per class at least
     assert part.info()["sizes"]["train"] == len(part.train)
+    assert (part.mean, part.std) == channel_stats(part.train.images)
     with pytest.raises(ValueError, match=r"data\.subset=0 must lie in \(0, 1\]"):
         DataConfig(subset=0)
 

@@ -342,6 +342,10 @@ def load_dataset(
         splits = hold_out(splits, cfg.holdout, seed)
     if cfg.subset < 1:
         splits = train_subset(splits, cfg.subset, seed)
+    if (cfg.holdout > 0 or cfg.subset < 1) and isinstance(splits.train, ArrayDataset):
+        # the normalisation from the images trained on: the held-out ones (val) are not looked at
+        mean, std = channel_stats(splits.train.images)
+        splits = dataclasses.replace(splits, mean=mean, std=std)
     for split, data in (("training", splits.train), ("test", splits.test)):
         if len(data) == 0:
             where = f" in {cfg.data_dir}" if cfg.data_dir else ""
