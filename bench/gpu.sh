@@ -3,8 +3,8 @@
 # (bench/gpu_step_ab.py, with a profile; ninth session: FlashAttention-2 measured 5.4% slower than torch's cuDNN
 # choice, and Inductor's coordinate-descent tuning compiled for over 200 s, so neither is run by default; "mapw",
 # Inductor's cheaper pointwise tuning, is compiled last and dropped past --compile-limit, so that the others are
-# timed whatever it does), then bench/gpu_check.py's phases (fashion-mnist-gpu candidates, ViT-B/16 inference)
-# in what is left of the budget.
+# timed whatever it does), then bench/gpu_check.py's fashion-mnist-gpu candidates in what is left of the budget
+# (its ViT-B/16 inference phase is off: `--b16` with no names; measured before: see bench/RESULTS.md).
 # Usage there: bash bench/gpu.sh [BUDGET_SECONDS]; Fashion-MNIST IDX files in .gpu-data/ (carried).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -122,8 +122,9 @@ class TrainConfig:
     # step is bound by kernel launches; no effect on the CPU) | "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
     # "model": one graph of the whole model; "blocks": each transformer block compiled on its own (identical
-    # blocks share one graph), the rest eager (no fusion across block boundaries): fashion-mnist-gpu's start-up
-    # 19-22 s instead of 47-53 s on the CPU, its step the same within noise (bench/compile_scope.py)
+    # blocks share one graph), the rest eager (no fusion across block boundaries): the 28 px hybrid's start-up
+    # 19-22 s instead of 47-53 s on the CPU, its step the same within noise (bench/compile_scope.py); slower on
+    # an H200 with CUDA graphs, where the eager rest runs outside them (bench/RESULTS.md)
     compile_scope: str = "model"
     # recompute each transformer block's activations in backward instead of keeping them (ViTs and hybrids):
     # activation memory of the blocks for about one more forward pass per step

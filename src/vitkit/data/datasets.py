@@ -343,7 +343,8 @@ def load_dataset(
     if cfg.subset < 1:
         splits = train_subset(splits, cfg.subset, seed)
     if (cfg.holdout > 0 or cfg.subset < 1) and isinstance(splits.train, ArrayDataset):
-        # the normalisation from the images trained on: the held-out ones (val) are not looked at
+        # the normalisation from the images trained on (their first 20,000, as channel_stats takes): the held-out
+        # ones (val) are not looked at
         mean, std = channel_stats(splits.train.images)
         splits = dataclasses.replace(splits, mean=mean, std=std)
     for split, data in (("training", splits.train), ("test", splits.test)):
