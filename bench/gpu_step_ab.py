@@ -127,6 +127,27 @@ def device_checks(dev: torch.device, smoke: bool) -> dict[str, float]:
     return out
 
 
+def flash_impls() -> dict[str, str]:
+    """The flash-attention implementations this torch can swap in for SDPA's FlashAttention-2 (FA3, FA4: lead for
+    the attention's 15% of the step) and whether each activates here (each needs its own package), then restored."""
+    try:
+        from torch.nn import attention as A
+
+        names = A.list_flash_attention_impls()
+    except (ImportError, AttributeError):
+        return {"flash impls": "none: this torch has no registry of them"}
+    out = {}
+    for n in names:
+        try:
+            A.activate_flash_attention_impl(n)
+            out[f"flash impl {n}"] = "activates"
+        except Exception as e:
+            out[f"flash impl {n}"] = f"{type(e).__name__}: {str(e)[:200]}"
+        finally:
+            A.restore_flash_attention_impl(_raise_warn=False)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="ViT-Ti/16, 32 px, batch 8, CPU, no compile")
@@ -158,6 +179,7 @@ def main() -> None:
         res["checks"] = device_checks(dev, a.smoke)
     except Exception as e:
         res["checks"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+    res["checks"].update(flash_impls())
     for k, v in res["checks"].items():
         print(f"{k}: {v:.2e}" if isinstance(v, float) else f"{k}: {v}")
     torch.manual_seed(0)
