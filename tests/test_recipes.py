@@ -199,3 +199,23 @@ def test_paper_pretrain_pre_logits_follow_the_models_width():
         resolve_config(build_parser().parse_args(["train", "--model", "ViT-S/4"])).model.representation_size
         is None
     )
+
+
+def test_a_gpu_recipe_on_the_cpu_says_what_it_costs(caplog, monkeypatch):
+    """`vitkit train --recipe fashion-mnist-gpu` on a machine without CUDA warns before the hours go by; the CPU
+    recipes and the ranks other than the first do not."""
+    import torch
+
+    from vitkit.cli.train import _warn_gpu_recipe_on_cpu
+    from vitkit.recipes import GPU_RECIPES
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert set(GPU_RECIPES) <= set(RECIPES)
+    with caplog.at_level("WARNING"):
+        _warn_gpu_recipe_on_cpu(get_recipe("fashion-mnist-gpu"), main=True)
+    assert "recipe fashion-mnist-gpu is sized for one GPU" in caplog.text and "13 minutes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_gpu_recipe_on_cpu(get_recipe("fashion-mnist"), main=True)
+        _warn_gpu_recipe_on_cpu(get_recipe("fashion-mnist-best"), main=False)
+    assert caplog.text == ""

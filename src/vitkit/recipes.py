@@ -428,6 +428,13 @@ FINETUNE_IMG_SIZE = {"paper-finetune": 384}
 PAPER_FINETUNE_STEPS = {"cifar10": 10_000, "cifar100": 10_000}
 
 
+# recipes sized for one GPU, and what they cost on the 2-core CPU they were not made for (measured: about 17 min
+# per epoch for fashion-mnist-best, 75 img/s for fashion-mnist-gpu's first 12 steps, eager); `vitkit train` warns
+GPU_RECIPES: dict[str, str] = {
+    "fashion-mnist-best": "one epoch takes about 17 minutes on 2 cores (100 epochs: over a day)",
+    "fashion-mnist-gpu": "one epoch takes about 13 minutes on 2 cores (48 epochs: about 10 hours)",
+}
+
 RECIPES: dict[str, Callable[[], RunConfig]] = {
     "fashion-mnist": fashion_mnist,
     "fashion-mnist-fast": fashion_mnist_fast,

@@ -23,7 +23,7 @@ from vitkit.cli.common import (
     run_normalisation,
 )
 from vitkit.config import RunConfig, apply_overrides, to_dict
-from vitkit.recipes import RECIPES, get_recipe
+from vitkit.recipes import GPU_RECIPES, RECIPES, get_recipe
 
 log = logging.getLogger("vitkit")
 
@@ -169,6 +169,20 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _warn_gpu_recipe_on_cpu(cfg: RunConfig, main: bool) -> None:
+    """A recipe sized for one GPU started on the CPU: say what it will cost before the hours go by."""
+    from vitkit.train.loop import resolve_device
+
+    cost = GPU_RECIPES.get(cfg.recipe)
+    if cost and main and resolve_device(cfg.train.device).type == "cpu":
+        log.warning(
+            "recipe %s is sized for one GPU (--device cuda); on this CPU %s. Shorten it with --epochs/--steps, "
+            "or train the default recipe (fashion-mnist) here",
+            cfg.recipe,
+            cost,
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vitkit.train.distributed import from_env
     from vitkit.train.loop import train
@@ -220,6 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    _warn_gpu_recipe_on_cpu(cfg, info.is_main)
     t0 = time.time()
     summary = train(
         cfg,
