@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from vitkit.config import DataConfig, RunConfig
+from vitkit.config import TTA_MODES, DataConfig, RunConfig
 
 PRECISION_HELP = (
     "bf16: autocast; bf16-pure: the model in bf16, fp32 master weights in the optimizer; auto: bf16 on CUDA"
@@ -54,6 +54,21 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text} must be a positive number")
     return value
+
+
+def add_tta_argument(p: argparse.ArgumentParser) -> None:
+    """--tta: test-time augmentation; default the run's own train.eval_tta (none for a bare checkpoint)."""
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        help="test-time augmentation: hflip averages the logits of each image and its mirror image; default: "
+        "the run's train.eval_tta, so the top-1 is its summary's (none for a checkpoint)",
+    )
+
+
+def run_tta(args: argparse.Namespace, cfg: RunConfig) -> str:
+    """The TTA mode a command uses: --tta if given, else the run's train.eval_tta."""
+    return args.tta or cfg.train.eval_tta
 
 
 class TqdmProgress:

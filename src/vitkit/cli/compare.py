@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from vitkit.cli.common import UserError, local_data, positive_int
+from vitkit.cli.common import UserError, add_tta_argument, local_data, positive_int
 
 
 def _split_key(cfg, split: str) -> tuple:
@@ -63,7 +63,7 @@ def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from vitkit.cli.common import load_run, run_normalisation
+    from vitkit.cli.common import load_run, run_normalisation, run_tta
     from vitkit.convert.runs import CONVERTED
     from vitkit.data.datasets import load_dataset
     from vitkit.data.transforms import BatchTransform
@@ -98,7 +98,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             )
     data_cfg = local_data(data_cfg, args.data_dir, args.runs[0])
     loaded = {}  # an image folder is decoded at each model's size; in-memory datasets are resized per batch
-    preds, labels = [], None
+    preds, labels, ttas = [], None, []
     for path, run in zip(args.runs, runs):
         size = run.cfg.model.img_size if data_cfg.dataset == "imagefolder" else first.model.img_size
         if size not in loaded:
@@ -116,8 +116,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UserError(f"{path}: its {args.split} split holds other images than {args.runs[0]}'s")
         labels = ds.labels.cpu()
         tf = BatchTransform(data_cfg, run.cfg.model.img_size, *run_normalisation(run, splits))
-        preds.append(predict_labels(run.model, ds, tf.eval, device=device, batch_size=args.batch_size))
+        ttas.append(run_tta(args, run.cfg))
+        preds.append(
+            predict_labels(run.model, ds, tf.eval, device=device, batch_size=args.batch_size, tta=ttas[-1])
+        )
     res = compare_predictions(labels, preds, list(args.runs))
+    for r, tta in zip(res["runs"], ttas):
+        r["tta"] = tta
     res = {"dataset": data_cfg.dataset, "split": args.split} | res
     if args.json:
         print(json.dumps(res))
@@ -125,7 +130,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{data_cfg.dataset} {args.split} split, {res['num_samples']} images (95% intervals)")
     for i, r in enumerate(res["runs"]):
         lo, hi = r["top1_ci95"]
-        print(f"  {chr(65 + i)}  top-1 {r['top1']:.2%}  [{lo:.2%}, {hi:.2%}]  {r['run']}")
+        tta = f"  ({r['tta']} TTA)" if r["tta"] != "none" else ""
+        print(f"  {chr(65 + i)}  top-1 {r['top1']:.2%}  [{lo:.2%}, {hi:.2%}]  {r['run']}{tta}")
     for p in res["pairs"]:
         a, b = chr(65 + p["i"]), chr(65 + p["j"])
         lo, hi = p["diff_ci95"]
@@ -160,4 +166,5 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--json", action="store_true")
+    add_tta_argument(p)
     p.set_defaults(func=cmd_compare)

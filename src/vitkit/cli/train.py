@@ -16,11 +16,13 @@ from vitkit.cli.common import (
     PRECISION_HELP,
     TqdmProgress,
     UserError,
+    add_tta_argument,
     load_run,
     local_data,
     nonneg_int,
     positive_int,
     run_normalisation,
+    run_tta,
 )
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.recipes import GPU_RECIPES, RECIPES, get_recipe
@@ -251,10 +253,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion",)}, indent=2))
     else:
         where = f"; weights: {os.path.join(out, 'model.safetensors')}" if out else ""
+        tta = f", {summary['tta']} TTA; {summary['test_top1_no_tta']:.2%} without" if "tta" in summary else ""
         print(
             f"{cfg.recipe}: {summary['model']} on {summary['dataset']}: test top-1 {summary['test_top1']:.2%} "
             f"[95% interval {summary['test_top1_ci95'][0]:.2%}, {summary['test_top1_ci95'][1]:.2%}], "
-            f"top-5 {summary['test_top5']:.2%} ({summary['num_samples']} images, {summary['weights']} weights) "
+            f"top-5 {summary['test_top5']:.2%} ({summary['num_samples']} images, {summary['weights']} weights{tta}) "
             f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
         )
@@ -320,6 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.fast:
         example = transform.eval(ds.get_batch(torch.arange(min(len(ds), args.batch_size)))[0].to(device))
         model = _fast(run.model, example)
+    tta = run_tta(args, run.cfg)
     res = evaluate(
         model,
         ds,
@@ -327,15 +331,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         num_classes=splits.num_classes,
         device=device,
         batch_size=args.batch_size,
+        tta=tta,
     )
     if args.json:
-        extra = {"weights": run.weights_path, "fast": args.fast}
+        extra = {"weights": run.weights_path, "fast": args.fast, "tta": tta}
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"} | extra))
     else:
         lo, hi = res["top1_ci95"]
+        note = f", {tta} TTA; top-1 {res['top1_no_tta']:.2%} without" if tta != "none" else ""
         print(
             f"{args.split}: top-1 {res['top1']:.2%} [95% interval {lo:.2%}, {hi:.2%}]  top-5 {res['top5']:.2%}  "
-            f"loss {res['loss']:.4f}  ({res['num_samples']} images, {run.weights_path})"
+            f"loss {res['loss']:.4f}  ({res['num_samples']} images, {run.weights_path}{note})"
         )
         classes = splits.classes
         for name, acc in zip(classes, res["per_class"]):
@@ -356,6 +362,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitkit.cli.common import image_loading
     from vitkit.data.imagefolder import load_image
     from vitkit.data.transforms import normalize, resize
+    from vitkit.eval.tta import tta_logits
     from vitkit.train.loop import resolve_device
 
     device = resolve_device(args.device)
@@ -375,7 +382,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std).to(device)
     model = _fast(run.model, batch) if args.fast else run.model
     with torch.inference_mode():
-        all_probs = model(batch).float().softmax(-1)
+        all_probs = tta_logits(model, batch, run_tta(args, run.cfg))[1].softmax(-1)
     results = []
     for path, probs in zip(args.images, all_probs):
         k = min(args.topk, len(classes))
@@ -449,6 +456,7 @@ def add_parser(sub) -> None:
         "--json", action="store_true", help="print one JSON object (top1, top5, loss, num_samples, ...)"
     )
     p.add_argument("--fast", action="store_true", help="the fast inference path (CPU: int8 ONNX Runtime)")
+    add_tta_argument(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files with a trained run or checkpoint")
@@ -458,4 +466,5 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("--fast", action="store_true", help="the fast inference path (CPU: int8 ONNX Runtime)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    add_tta_argument(p)
     p.set_defaults(func=cmd_predict)

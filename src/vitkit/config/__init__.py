@@ -31,7 +31,15 @@ from vitkit.config.overrides import (
     save_json,
     to_dict,
 )
-from vitkit.config.run import COMPILE_MODES, COMPILE_SCOPES, DataConfig, OptimConfig, RunConfig, TrainConfig
+from vitkit.config.run import (
+    COMPILE_MODES,
+    COMPILE_SCOPES,
+    TTA_MODES,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 __all__ = [
     "ARCHS",
@@ -49,6 +57,7 @@ __all__ = [
     "RESNET_DEPTHS",
     "RESNET_NAME",
     "SASA_STEMS",
+    "TTA_MODES",
     "VIT_ONLY",
     "DataConfig",
     "ModelConfig",

@@ -9,6 +9,7 @@ from vitkit.config.model import ModelConfig, _check_choice, _check_range
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 COMPILE_SCOPES = ("model", "blocks")
+TTA_MODES = ("none", "hflip")  # test-time augmentation of evaluations (vitkit.eval.tta)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class TrainConfig:
     fewshot_test_limit: int = 0  # score on this many test images drawn at random (0: all)
     checkpoint_every: int = 0  # optimizer steps; 0: once per epoch
     eval_batch_size: int = 1024
+    # test-time augmentation of every evaluation: "hflip" scores the mean of the logits of each image and of its
+    # mirror image (airbench's flip TTA; for models trained with data.hflip), one more forward per batch; the
+    # metrics records and the summary then also give the top-1 without it (top1_no_tta, test_top1_no_tta)
+    eval_tta: str = "none"
     data_on_device: bool = True  # keep in-memory datasets on the training device
     strategy: str = "auto"  # under torchrun: "auto" (= ddp) | "ddp" | "fsdp"
     dist_timeout_s: float = 300.0  # a collective that hangs longer than this fails
@@ -149,6 +154,7 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
         _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         _check_choice("train.compile_scope", self.compile_scope, COMPILE_SCOPES)
+        _check_choice("train.eval_tta", self.eval_tta, TTA_MODES)
         if self.epochs < 0 or self.steps < 0 or (self.epochs < 1 and self.steps < 1):
             raise ValueError(
                 f"train.epochs={self.epochs}, train.steps={self.steps}: one must be positive, neither negative"

@@ -1,5 +1,5 @@
 """evaluate(model, dataset) -> top-1 (with its 95% interval), top-5, loss, per-class accuracy, confusion matrix;
-predict_labels(model, dataset) -> each sample's predicted class."""
+predict_labels(model, dataset) -> each sample's predicted class; both optionally with flip TTA."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from vitkit.data.loader import eval_batches
 from vitkit.eval.metrics import confusion_matrix, per_class_accuracy, topk_correct, wilson_interval
+from vitkit.eval.tta import check_tta, tta_logits
 
 
 @torch.no_grad()
@@ -27,27 +28,33 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     reduce=None,
+    tta: str = "none",
 ) -> dict[str, Any]:
-    """Evaluate on every sample of `dataset` (uint8 in, `transform` to float); `reduce` sums across ranks."""
+    """Evaluate on every sample of `dataset` (uint8 in, `transform` to float); `reduce` sums across ranks.
+    With `tta` ("hflip") the metrics are those of the averaged logits, and `top1_no_tta` is the top-1 of the
+    first forward alone."""
+    check_tta(tta)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top1 = torch.zeros((), dtype=torch.long, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
+    plain1 = torch.zeros((), dtype=torch.long, device=device)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     mine = list(eval_batches(len(dataset), batch_size, rank, world))
     rounds = math.ceil(math.ceil(len(dataset) / batch_size) / world)
     for r in range(rounds):  # every rank runs the same number of forwards (sharded models need all ranks)
         if r >= len(mine):
-            with autocast:
-                model(transform(dataset.get_batch(torch.arange(1))[0].to(device)))
+            with autocast:  # as many forwards as the other ranks' batches (TTA: two)
+                tta_logits(model, transform(dataset.get_batch(torch.arange(1))[0].to(device)), tta)
             continue
         idx = mine[r]
         images, labels = dataset.get_batch(idx)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast:
-            logits = model(transform(images)).float()
+            plain, logits = tta_logits(model, transform(images), tta)
+        plain1 += topk_correct(plain, labels, (1,))[1]
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         hits = topk_correct(logits, labels, (1, 5))
         top1 += hits[1]
@@ -55,9 +62,11 @@ def evaluate(
         conf += confusion_matrix(logits.argmax(-1), labels, num_classes)
     if reduce is not None:
         loss_sum, top1, top5, conf = reduce(loss_sum), reduce(top1), reduce(top5), reduce(conf)
+        plain1 = reduce(plain1)
     model.train(was_training)
     n = int(conf.sum())
     conf_cpu = conf.cpu()
+    extra = {} if tta == "none" else {"tta": tta, "top1_no_tta": float(plain1) / max(n, 1)}
     return {
         "top1": float(top1) / max(n, 1),
         "top1_ci95": list(wilson_interval(int(top1), n)),  # the accuracy's 95% interval at this test-set size
@@ -66,7 +75,7 @@ def evaluate(
         "num_samples": n,
         "per_class": [None if math.isnan(v) else v for v in per_class_accuracy(conf_cpu).tolist()],
         "confusion": conf_cpu.tolist(),
-    }
+    } | extra
 
 
 @torch.no_grad()
@@ -78,8 +87,11 @@ def predict_labels(
     device: torch.device,
     batch_size: int = 1024,
     precision: str = "fp32",
+    tta: str = "none",
 ) -> torch.Tensor:
-    """The predicted class (argmax) of every sample of `dataset`, in order: (N,) int64 on the CPU."""
+    """The predicted class (argmax, of the `tta`-averaged logits) of every sample of `dataset`, in order: (N,)
+    int64 on the CPU."""
+    check_tta(tta)
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -87,6 +99,6 @@ def predict_labels(
     for idx in eval_batches(len(dataset), batch_size):
         images, _ = dataset.get_batch(idx)
         with autocast:
-            out.append(model(transform(images.to(device))).argmax(-1).cpu())
+            out.append(tta_logits(model, transform(images.to(device)), tta)[1].argmax(-1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

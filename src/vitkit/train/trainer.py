@@ -478,6 +478,7 @@ class Trainer:
                 rank=self.info.rank,
                 world=self.info.world,
                 reduce=D.all_reduce_sum,
+                tta=self.cfg.train.eval_tta,
             )
         if raw is not None:
             self._restore(raw)
@@ -495,8 +496,12 @@ class Trainer:
             "time": self.elapsed,
             "wall": time.perf_counter() - self.t_start,
         }
+        if "top1_no_tta" in raw:  # train.eval_tta: the first forward's alone
+            rec["top1_no_tta"] = raw["top1_no_tta"]
         if self.ema is not None:
             rec.update(ema_top1=head["top1"], ema_top5=head["top5"], ema_loss=head["loss"])
+            if "top1_no_tta" in head:
+                rec["ema_top1_no_tta"] = head["top1_no_tta"]
         self.metrics.write(rec)
         if self.tb:
             self.tb.add_scalar(f"{split}/top1", head["top1"], self.step)
