@@ -226,7 +226,9 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
         summary = read_json(summary_path) if os.path.exists(summary_path) else None
         if summary:
             facts[1:1] = [
-                ("test top-1 / top-5", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"),
+                ("test top-1 / top-5", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"
+                 + (f" ({summary['tta']} TTA; top-1 {summary['test_top1_no_tta']:.2%} without)"
+                    if "tta" in summary else "")),
                 *([("val top-1 (held out; best chosen on it)", f"{summary['val_top1']:.2%}")]
                   if "val_top1" in summary else []),
                 ("training", f"{summary['steps']} steps, {summary['epochs']:.1f} epochs, "
