@@ -16,7 +16,15 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
   mapw     foreach compiled with options={"max_autotune_pointwise": True}: Inductor benchmarks a few block sizes
            for each generated pointwise/reduction kernel only (a cheaper tuning than cdt's; fourteenth session:
            compiled in 27 s, the same speed as foreach);
+  tile     foreach with Inductor's 2-D tiled reductions (triton.tile_reductions, prefer_nd_tiling, and
+           tiling_prevents_reduction_fusion off): lets a column reduction (a bias gradient: the sum over the
+           B*N rows) share one kernel with the pointwise work producing its input (the GELU backward: 331 + 94 us
+           per layer in two kernels in the fourteenth session's profile), and tiles the q/k/v gradient's
+           transposing copy (110 us per layer); untried;
+  pdl      foreach with Programmatic Dependent Launch in Inductor's kernels (triton.enable_pdl: Hopper lets a
+           kernel start while the one before it finishes, for the gaps between ~1,000 kernels a step); untried;
   timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
+A variant whose Inductor options this torch lacks is reported and skipped.
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
 the two patch embeddings' fp32 difference on the device. Sixth session: `--variants conv foreach timm`, then
@@ -39,9 +47,36 @@ from vitkit.models.layers import Attention, PatchEmbed
 from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
 
-VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "flash-cdt", "mapw", "timm")
+VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "flash-cdt", "mapw", "tile", "pdl", "timm")
 CDT = {"coordinate_descent_tuning": True}
-INDUCTOR_OPTIONS = {"cdt": CDT, "flash-cdt": CDT, "mapw": {"max_autotune_pointwise": True}}
+TILE = {
+    "triton.tile_reductions": True,
+    "triton.prefer_nd_tiling": True,
+    "triton.tiling_prevents_reduction_fusion": False,
+}
+INDUCTOR_OPTIONS = {
+    "cdt": CDT,
+    "flash-cdt": CDT,
+    "mapw": {"max_autotune_pointwise": True},
+    "tile": TILE,
+    "pdl": {"triton.enable_pdl": True},
+}
+
+
+def unknown_options(options: dict[str, object]) -> list[str]:
+    """The keys of `options` this torch's Inductor config lacks (torch.compile would refuse them)."""
+    import torch._inductor.config as config
+
+    def has(key: str) -> bool:
+        node: object = config
+        for part in key.split("."):
+            try:
+                node = getattr(node, part)
+            except AttributeError:
+                return False
+        return True
+
+    return [k for k in options if not has(k)]
 
 
 class ConvPatchEmbed(PatchEmbed):
@@ -187,7 +222,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, cfg.in_chans, *cfg.img_size, generator=g).to(dev)
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(dev)
-    runs = {}
+    runs, skipped = {}, {}
     for name in a.variants:
         m = B.timm_twin(cfg).to(dev) if name == "timm" else build_model(cfg).to(dev)
         m.load_state_dict(ref.state_dict())
@@ -200,10 +235,15 @@ def main() -> None:
         mode = "reduce-overhead" if name == "graphs" else None
         # options make a backend of their own: compiled afresh, with the tuning applied by construction
         options = INDUCTOR_OPTIONS.get(name)
+        lacking = unknown_options(options or {})
+        if lacking:
+            skipped[name] = f"torch {torch.__version__} has no Inductor option {', '.join(lacking)}"
+            print(f"{name}: skipped: {skipped[name]}")
+            continue
         dtype = "bf16" if name == "timm" else "bf16-pure"
         runs[name] = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode, compile_options=options)
     B.Bf16Copy = Bf16Copy
-    res["errors"], res["graphs_compiled"] = {}, {}
+    res["errors"], res["graphs_compiled"] = dict(skipped), {}
     save(res, a.json)
     for name, fn in list(runs.items()):  # compile and warm each; a variant that fails is reported, not fatal
         before, t = graphs_compiled(), time.perf_counter()
