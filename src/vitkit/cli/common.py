@@ -62,7 +62,7 @@ def add_tta_argument(p: argparse.ArgumentParser) -> None:
         "--tta",
         choices=TTA_MODES,
         help="test-time augmentation: hflip averages the logits of each image and its mirror image; default: "
-        "the run's train.eval_tta, so the top-1 is its summary's (none for a checkpoint)",
+        "the run's train.eval_tta, so the top-1 is its summary's (none for an exported weights file)",
     )
 
 

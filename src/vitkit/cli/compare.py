@@ -132,6 +132,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lo, hi = r["top1_ci95"]
         tta = f"  ({r['tta']} TTA)" if r["tta"] != "none" else ""
         print(f"  {chr(65 + i)}  top-1 {r['top1']:.2%}  [{lo:.2%}, {hi:.2%}]  {r['run']}{tta}")
+    if len(set(ttas)) > 1:
+        print(
+            "  (scored with different TTA: the differences include it; --tta none or hflip scores all alike)"
+        )
     for p in res["pairs"]:
         a, b = chr(65 + p["i"]), chr(65 + p["j"])
         lo, hi = p["diff_ci95"]

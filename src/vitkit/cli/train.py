@@ -253,7 +253,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion",)}, indent=2))
     else:
         where = f"; weights: {os.path.join(out, 'model.safetensors')}" if out else ""
-        tta = f", {summary['tta']} TTA; {summary['test_top1_no_tta']:.2%} without" if "tta" in summary else ""
+        tta = f", {summary['tta']} TTA" if "tta" in summary else ""
         print(
             f"{cfg.recipe}: {summary['model']} on {summary['dataset']}: test top-1 {summary['test_top1']:.2%} "
             f"[95% interval {summary['test_top1_ci95'][0]:.2%}, {summary['test_top1_ci95'][1]:.2%}], "
@@ -261,6 +261,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
         )
+        if summary.get("tta_gain"):
+            from vitkit.eval.tta import describe_gain
+
+            print(describe_gain(summary["tta"], summary["test_top1_no_tta"], summary["tta_gain"]))
         if "val_top1" in summary:
             print(
                 f"val top-1 {summary['val_top1']:.2%} ({summary['val_num_samples']} images held out of training); "
@@ -295,6 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitkit.data.datasets import load_dataset
     from vitkit.data.transforms import BatchTransform
     from vitkit.eval.evaluate import evaluate
+    from vitkit.eval.tta import describe_gain
     from vitkit.train.loop import resolve_device
 
     if args.threads:
@@ -338,11 +343,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"} | extra))
     else:
         lo, hi = res["top1_ci95"]
-        note = f", {tta} TTA; top-1 {res['top1_no_tta']:.2%} without" if tta != "none" else ""
+        note = f", {tta} TTA" if tta != "none" else ""
         print(
             f"{args.split}: top-1 {res['top1']:.2%} [95% interval {lo:.2%}, {hi:.2%}]  top-5 {res['top5']:.2%}  "
             f"loss {res['loss']:.4f}  ({res['num_samples']} images, {run.weights_path}{note})"
         )
+        if res.get("tta_gain"):
+            print(f"  {describe_gain(tta, res['top1_no_tta'], res['tta_gain'])}")
         classes = splits.classes
         for name, acc in zip(classes, res["per_class"]):
             print(f"  {name:<16} {acc:.2%}" if acc is not None else f"  {name:<16} (no samples)")

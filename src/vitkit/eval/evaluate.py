@@ -12,7 +12,7 @@ from torch import nn
 
 from vitkit.data.loader import eval_batches
 from vitkit.eval.metrics import confusion_matrix, per_class_accuracy, topk_correct, wilson_interval
-from vitkit.eval.tta import check_tta, tta_logits
+from vitkit.eval.tta import check_tta, tta_gain, tta_logits
 
 
 @torch.no_grad()
@@ -31,15 +31,16 @@ def evaluate(
     tta: str = "none",
 ) -> dict[str, Any]:
     """Evaluate on every sample of `dataset` (uint8 in, `transform` to float); `reduce` sums across ranks.
-    With `tta` ("hflip") the metrics are those of the averaged logits, and `top1_no_tta` is the top-1 of the
-    first forward alone."""
+    With `tta` ("hflip") the metrics are those of the averaged logits, `top1_no_tta` is the top-1 of the first
+    forward alone and `tta_gain` what the TTA changed (vitkit.eval.tta.tta_gain)."""
     check_tta(tta)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top1 = torch.zeros((), dtype=torch.long, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
-    plain1 = torch.zeros((), dtype=torch.long, device=device)
+    # TTA: images right without it, and those it made right / wrong (argmax, as the confusion matrix)
+    plain1, gained, lost = (torch.zeros((), dtype=torch.long, device=device) for _ in range(3))
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     mine = list(eval_batches(len(dataset), batch_size, rank, world))
@@ -54,7 +55,11 @@ def evaluate(
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast:
             plain, logits = tta_logits(model, transform(images), tta)
-        plain1 += topk_correct(plain, labels, (1,))[1]
+        if tta != "none":
+            right, was_right = logits.argmax(-1) == labels, plain.argmax(-1) == labels  # (B,)
+            plain1 += was_right.sum()
+            gained += (right & ~was_right).sum()
+            lost += (was_right & ~right).sum()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         hits = topk_correct(logits, labels, (1, 5))
         top1 += hits[1]
@@ -62,11 +67,15 @@ def evaluate(
         conf += confusion_matrix(logits.argmax(-1), labels, num_classes)
     if reduce is not None:
         loss_sum, top1, top5, conf = reduce(loss_sum), reduce(top1), reduce(top5), reduce(conf)
-        plain1 = reduce(plain1)
+        if tta != "none":
+            plain1, gained, lost = reduce(plain1), reduce(gained), reduce(lost)
     model.train(was_training)
     n = int(conf.sum())
     conf_cpu = conf.cpu()
-    extra = {} if tta == "none" else {"tta": tta, "top1_no_tta": float(plain1) / max(n, 1)}
+    extra = {}
+    if tta != "none":
+        extra = {"tta": tta, "top1_no_tta": float(plain1) / max(n, 1)}
+        extra["tta_gain"] = tta_gain(int(gained), int(lost), n) if n else None
     return {
         "top1": float(top1) / max(n, 1),
         "top1_ci95": list(wilson_interval(int(top1), n)),  # the accuracy's 95% interval at this test-set size

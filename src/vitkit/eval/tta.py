@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from vitkit.config import TTA_MODES
+from vitkit.eval.metrics import mcnemar_exact, paired_difference
 
 
-def check_tta(tta: str, where: str = "tta") -> str:
-    """`tta` if it names a mode, else a ValueError naming `where` and the modes."""
+def check_tta(tta: str) -> str:
+    """`tta` if it names a mode, else a ValueError naming the value and the modes."""
     if tta not in TTA_MODES:
-        raise ValueError(f"{where}={tta!r}: expected one of {', '.join(TTA_MODES)}")
+        raise ValueError(f"tta={tta!r}: expected one of {', '.join(TTA_MODES)}")
     return tta
+
+
+def tta_gain(gained: int, lost: int, n: int) -> dict[str, Any]:
+    """What TTA changed on the same `n` images: the top-1 gain with its paired 95% interval and McNemar's exact
+    p-value, from the images it made right (`gained`) and wrong (`lost`)."""
+    diff, lo, hi = paired_difference(lost, gained, n)
+    return {
+        "diff": diff,
+        "diff_ci95": [lo, hi],
+        "gained": gained,
+        "lost": lost,
+        "p_mcnemar": mcnemar_exact(lost, gained),
+    }
+
+
+def describe_gain(tta: str, plain_top1: float, gain: dict[str, Any]) -> str:
+    """One line: the TTA's gain over the plain top-1, with its interval and p-value."""
+    lo, hi = gain["diff_ci95"]
+    return (
+        f"{tta} TTA: {gain['diff']:+.2%} [{lo:+.2%}, {hi:+.2%}] over {plain_top1:.2%} without (images made right "
+        f"{gain['gained']}, made wrong {gain['lost']}; McNemar p = {gain['p_mcnemar']:.2g})"
+    )
 
 
 def tta_logits(

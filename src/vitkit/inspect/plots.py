@@ -176,7 +176,9 @@ def plot_training_curves(metrics: Sequence[dict]) -> Figure:
     line(axes[0], test, "loss", "test", marker="o", ms=3)
     line(axes[0], val, "loss", "val", marker="^", ms=3)
     line(axes[1], train, "train_top1", "train", 100)
-    line(axes[1], test, "top1", "test", 100, marker="o", ms=3)
+    tta = any("top1_no_tta" in r for r in test)  # train.eval_tta: the headline is the TTA's
+    line(axes[1], test, "top1", "test (TTA)" if tta else "test", 100, marker="o", ms=3)
+    line(axes[1], test, "top1_no_tta", "test (no TTA)", 100, marker=".", ms=3, ls=":")
     line(axes[1], test, "ema_top1", "test (EMA)", 100, marker="s", ms=3)
     line(axes[1], val, "top1", "val", 100, marker="^", ms=3)
     line(axes[1], val, "ema_top1", "val (EMA)", 100, marker="v", ms=3)

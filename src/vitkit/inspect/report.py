@@ -146,7 +146,13 @@ def run_sections(
             Section(
                 "Test predictions",
                 "Test images with the predicted class and its probability (red: wrong, with the true class), "
-                "and below each its attention-rollout map.",
+                "and below each its attention-rollout map."
+                + (
+                    f" One forward of each image, without the run's {summary['tta']} TTA (which the headline "
+                    "and the confusion matrix use)."
+                    if summary and summary.get("tta")
+                    else ""
+                ),
                 plots.figure_png(fig),
             )
         )

@@ -310,7 +310,9 @@ def train(
         "last_eval": final,
     }
     if cfg.train.eval_tta != "none":  # the headline's metrics are the TTA's; its top-1 without, beside them
-        summary.update(tta=cfg.train.eval_tta, test_top1_no_tta=headline["top1_no_tta"])
+        summary.update(
+            tta=cfg.train.eval_tta, test_top1_no_tta=headline["top1_no_tta"], tta_gain=headline["tta_gain"]
+        )
     if val:
         summary.update(val_top1=val["top1"], val_num_samples=val["num_samples"], best_val_top1=tr.best)
     if cfg.train.fewshot_every:

@@ -86,6 +86,11 @@ class Trainer:
             )
         self.spe = steps_per_epoch(len(splits.train), t.batch_size)
         self.total = t.steps or t.epochs * self.spe
+        if t.eval_tta == "hflip" and not cfg.data.hflip and info.is_main:
+            log.warning(
+                "train.eval_tta=hflip without data.hflip: the model never saw mirrored images in training (the "
+                "evaluations' top1_no_tta shows what the flip does)"
+            )
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model, weights_follow=init_state is not None)
         if init_state is not None:  # fine-tuning: start from given weights (already adapted to cfg.model)
