@@ -3,6 +3,7 @@ a killed worker restarts from the last checkpoint; a hung collective times out."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ FLAGS = [
     "--set", "model.drop_rate=0.1", "--set", "model.drop_path_rate=0.1",
     "--set", "data.crop_padding=1", "--set", "data.hflip=true",
     "--set", "train.dist_timeout_s=60", "--set", "optim.name=sgd", "--lr", "0.05",
+    "--set", "train.eval_tta=hflip",  # rank 1 has no evaluation batch: its stand-in forwards must match rank 0's
 ]
 # fmt: on
 
@@ -96,6 +98,13 @@ def test_two_processes_equal_one(single, tmp_path, strategy):
     strategy = strategy.split("-")[0]
     run(torchrun("train", *FLAGS, *extra, "--strategy", strategy, "--out", str(out)))
     assert_close_weights(single / "model.safetensors", out / "model.safetensors")
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (single, out))
+    n = one["num_samples"]  # the evaluation is summed over ranks (weights equal to 1e-5: an image may flip)
+    assert two["num_samples"] == n and two["tta"] == "hflip"
+    for key in ("test_top1", "test_top1_no_tta"):
+        assert two[key] == pytest.approx(one[key], abs=2 / n), key
+    for key in ("gained", "lost"):
+        assert abs(two["tta_gain"][key] - one["tta_gain"][key]) <= 2, key
     # FSDP's mid-run checkpoint (2 processes) resumes in 1 process to the same end
     if strategy == "fsdp" and not extra:
         resumed = tmp_path / "fsdp-resumed"
