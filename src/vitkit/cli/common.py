@@ -57,7 +57,7 @@ def positive_float(text: str) -> float:
 
 
 def add_tta_argument(p: argparse.ArgumentParser) -> None:
-    """--tta: test-time augmentation; default the run's own train.eval_tta (none for a bare checkpoint)."""
+    """--tta: test-time augmentation; default the run's own train.eval_tta (none for an exported weights file)."""
     p.add_argument(
         "--tta",
         choices=TTA_MODES,

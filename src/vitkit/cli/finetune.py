@@ -140,16 +140,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     g0, g1 = prov["checkpoint_img_size"], prov["img_size"]
     head = "new zero-initialised head" if prov["head_reset"] else "pretrained head"
     where = f"; weights: {os.path.join(args.out, 'model.safetensors')}" if args.out else ""
-    tta = (
-        f"({summary['tta']} TTA; top-1 {summary['test_top1_no_tta']:.2%} without) "
-        if "tta" in summary
-        else ""
-    )
+    tta = f"with {summary['tta']} TTA " if "tta" in summary else ""
     print(
         f"{cfg.recipe}: {cfg.model.name} from {args.source} ({prov['format']}, {g0[0]}x{g0[1]} -> {g1[0]}x{g1[1]}, "
         f"{head}) on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, top-5 {summary['test_top5']:.2%} "
         f"{tta}after {summary['steps']} steps; wall {time.time() - t0:.0f} s{where}"
     )
+    if summary.get("tta_gain"):
+        from vitkit.eval.tta import describe_gain
+
+        print(describe_gain(summary["tta"], summary["test_top1_no_tta"], summary["tta_gain"]))
     return 0
 
 

@@ -144,7 +144,8 @@ class TrainConfig:
     eval_batch_size: int = 1024
     # test-time augmentation of every evaluation: "hflip" scores the mean of the logits of each image and of its
     # mirror image (airbench's flip TTA; for models trained with data.hflip), one more forward per batch; the
-    # metrics records and the summary then also give the top-1 without it (top1_no_tta, test_top1_no_tta)
+    # metrics records and the summary then also give the top-1 without it (top1_no_tta, test_top1_no_tta) and
+    # the summary what it changed on the same images (tta_gain: paired interval, McNemar's p)
     eval_tta: str = "none"
     data_on_device: bool = True  # keep in-memory datasets on the training device
     strategy: str = "auto"  # under torchrun: "auto" (= ddp) | "ddp" | "fsdp"
