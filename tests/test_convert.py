@@ -74,8 +74,8 @@ def timm_vit(*, grid=2, chans=3, classes=5, gap=False, no_embed_class=False, eps
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     return TimmViT(
-        img_size=grid * P, patch_size=P, in_chans=chans, num_classes=classes, embed_dim=D, depth=DEPTH,
-        num_heads=HEADS, mlp_ratio=MLP / D, class_token=not gap, global_pool="avg" if gap else "token",
+        img_size=kw.pop("img_size", grid * P), patch_size=P, in_chans=chans, num_classes=classes, embed_dim=D, depth=DEPTH,
+        num_heads=HEADS, mlp_ratio=MLP / D, class_token=kw.pop("class_token", not gap), global_pool="avg" if gap else "token",
         fc_norm=False if gap else None, no_embed_class=no_embed_class,
         norm_layer=functools.partial(torch.nn.LayerNorm, eps=eps), **kw,
     ).eval()  # fmt: skip
@@ -235,6 +235,37 @@ def test_timm_fc_norm_is_refused(tmp_path):
     save_file(sd, str(tmp_path / "fc.safetensors"))
     with pytest.raises(ConversionError, match="fc_norm"):
         read_checkpoint(tmp_path / "fc.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("kw", "size"),
+    [(dict(img_size=(2 * P, 4 * P)), (2 * P, 4 * P)),  # 2x4 patches + the class row = 9 = 3^2 rows
+     (dict(img_size=(2 * P, 3 * P), no_embed_class=True), (2 * P, 3 * P)),  # 6 rows: no square to guess from
+     (dict(act_layer="gelu_tanh", eps=1e-5), (2 * P, 2 * P)),
+     (dict(dynamic_img_size=True), (2 * P, 2 * P))],
+    ids=["2x4-grid", "no-embed-class-2x3", "gelu-tanh-eps1e-5", "dynamic"],
+)  # fmt: skip
+def test_a_timm_model_in_memory_is_read_with_its_own_settings(kw, size):
+    """Image size, activation, LayerNorm eps, dynamic size and position-embedding layout come from the module,
+    as a hub config.json gives them for a folder."""
+    t = randomize(timm_vit(**kw))
+    ours = vitkit.create_model(pretrained=t)
+    assert tuple(ours.cfg.img_size) == size and ours.cfg.norm_eps == t.norm.eps
+    assert ours.cfg.mlp_act == ("gelu_tanh" if "act_layer" in kw else "gelu")
+    assert ours.cfg.dynamic_img_size == kw.get("dynamic_img_size", False)
+    assert_same_logits(ours, t, torch.randn(2, 3, *size))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [(dict(gap=True, class_token=True), r"class token pooled by average"),
+     (dict(act_layer="relu"), r"act_layer='ReLU'"),
+     (dict(reg_tokens=4), r"register tokens \(timm's reg_tokens=4\)")],
+    ids=["avg-pool-with-class-token", "relu", "register-tokens"],
+)  # fmt: skip
+def test_a_timm_model_vitkit_cannot_compute_is_refused(kw, match):
+    with pytest.raises(ConversionError, match=match):
+        vitkit.create_model(pretrained=timm_vit(**kw))
 
 
 def _hf_model(cls_name: str, **kw):

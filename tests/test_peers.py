@@ -84,8 +84,12 @@ def test_transformers_loads_the_export_and_computes_the_same_logits(case, tmp_pa
     assert peer.config.layer_norm_eps == model.cfg.norm_eps
 
 
+# token-learn: a 4x6 grid and the class token's row are 25 = 5^2 rows, which a count alone would take for a 5x5
+# grid without one; token-sincos2d: 24 rows without a class-token row (timm's no_embed_class)
 @pytest.mark.parametrize(("fmt", "kw"), [("timm", TIMM_CASES["gap-sincos2d"]), ("hf", HF_CASES["sincos2d-tanh"]),
-                                         ("timm", TIMM_CASES["none-tanh-no-qkv-bias"])])  # fmt: skip
+                                         ("timm", TIMM_CASES["none-tanh-no-qkv-bias"]),
+                                         ("timm", TIMM_CASES["token-learn"]),
+                                         ("timm", TIMM_CASES["token-sincos2d-odd-mlp"])])  # fmt: skip
 def test_vitkit_reads_its_exports_back(fmt, kw, tmp_path):
     model = _model(**kw)
     save_peer_folder(str(tmp_path), fmt, model, {"classes": CLASSES, "mean": [0.3], "std": [0.4]})

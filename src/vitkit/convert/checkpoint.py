@@ -148,6 +148,13 @@ def _check_blocks_agree(state: dict[str, torch.Tensor], where: str, depth: int) 
         raise ConversionError(f"{where}: the blocks' shapes differ: {listed}")
 
 
+def token_stride(state: dict[str, torch.Tensor], where: str) -> int:
+    """Pixels per token side: the patch size, times a hybrid's ResNet stride."""
+    patch = int(_require(state, "patch_embed.proj.weight", where).shape[-1])
+    backbone, _ = infer_backbone(state, where)
+    return patch if backbone is None else patch * backbone_stride(backbone)
+
+
 def _square_size(n: int, stride: int, what: str, where: str) -> tuple[int, int]:
     """The image size of a square grid of `n` patches (a file that does not say its size), else an error."""
     side = math.isqrt(max(n, 0))
@@ -176,9 +183,9 @@ def infer_config(
         )
     width, in_chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
     backbone, backbone_in = infer_backbone(state, where)
-    stride = patch
+    stride = token_stride(state, where)
     if backbone is not None:
-        in_chans, stride = backbone_in, patch * backbone_stride(backbone)
+        in_chans = backbone_in
     depth = _depth(state, where)
     _check_blocks_agree(state, where, depth)
     mlp = int(_require(state, "blocks.0.mlp.fc1.weight", where).shape[0])

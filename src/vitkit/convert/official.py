@@ -214,4 +214,9 @@ def read_official(path: str, arrays: dict[str, np.ndarray] | None = None) -> Che
     posemb = None if "pos_embed" in state else "sincos2d"  # big_vision's fixed 2D sin-cos
     cfg = infer_config(state, path, num_heads=facts["num_heads"], norm_eps=1e-6, posemb=posemb)
     meta = {"mean": [0.5] * cfg.in_chans, "std": [0.5] * cfg.in_chans}  # both codes scale pixels to [-1, 1]
+    log.info(
+        "%s: read with the erf GELU (timm's and transformers' reading of these files); mlp_act='gelu_tanh' "
+        "computes the official JAX code's tanh GELU, whose logits differ by ~1e-4",
+        path,
+    )
     return Checkpoint(state, cfg, facts["layout"], path, meta)

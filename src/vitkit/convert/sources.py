@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vitkit.convert.bit import is_bit_npz, read_bit_npz
-from vitkit.convert.checkpoint import PREPROCESS_KEYS, Checkpoint
+from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import (
     TORCH_SUFFIXES,
     ConversionError,
@@ -22,7 +22,13 @@ from vitkit.convert.hf import from_hf_state, is_hf_state, read_hf_folder
 from vitkit.convert.hub import fetch, is_hub_id
 from vitkit.convert.official import read_official
 from vitkit.convert.runs import CONFIG, WEIGHTS, is_run_config, read_model_file, read_run
-from vitkit.convert.timm import from_timm_state, is_timm_state, strip_module, timm_folder_weights
+from vitkit.convert.timm import (
+    from_timm_state,
+    is_timm_state,
+    strip_module,
+    timm_folder_weights,
+    timm_module_config,
+)
 from vitkit.models import CNN, ModelConfig, VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -61,14 +67,8 @@ def _from_module(model: nn.Module, num_heads: int | None) -> Checkpoint:
             config["num_attention_heads"] = num_heads
         return from_hf_state(state, config, name)
     state = strip_module(state)
-    if is_timm_state(state):  # timm's model: its heads and preprocessing (not its default input size)
-        blocks = getattr(model, "blocks", None)
-        attn = getattr(blocks[0], "attn", None) if isinstance(blocks, nn.Sequential) and len(blocks) else None
-        heads = num_heads or getattr(attn, "num_heads", None)
-        pre = {
-            k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if k in PREPROCESS_KEYS
-        }
-        return from_timm_state(state, name, hub_config={"pretrained_cfg": pre}, num_heads=heads)
+    if is_timm_state(state):  # timm's model: what its config.json would say, read from the model
+        return from_timm_state(state, name, hub_config=timm_module_config(model), num_heads=num_heads)
     return _from_state(name, state, num_heads)
 
 

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import torch
+from torch import nn
 
 from vitkit.convert.bit import from_bit_state, is_bit_state
 from vitkit.convert.checkpoint import (
@@ -21,6 +22,7 @@ from vitkit.convert.checkpoint import (
     guess_num_heads,
     infer_config,
     prepend_prefix_posemb,
+    token_stride,
 )
 from vitkit.convert.files import ConversionError
 from vitkit.convert.resnet import from_timm_resnet_state, is_timm_resnet_state
@@ -79,6 +81,10 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
         )
     facts["mlp_act"] = TIMM_ACTS.get(act, "gelu")
     facts["dynamic_img_size"] = bool(args.get("dynamic_img_size", False))
+    if isinstance(args.get("no_embed_class"), bool):  # whether pos_embed has a class-token row
+        facts["no_embed_class"] = args["no_embed_class"]
+    if isinstance(args.get("norm_eps"), float):  # a module's LayerNorm eps (timm_module_config)
+        facts["norm_eps"] = args["norm_eps"]
     pool = args.get("global_pool", config.get("global_pool"))
     if pool not in (None, "token", "avg", ""):
         raise ConversionError(
@@ -109,14 +115,20 @@ def from_timm_state(
             f"{where}: has fc_norm (timm's average pooling with a norm after pooling); vitkit's GAP normalises "
             "before pooling as the paper's code does, so these weights would compute something else"
         )
+    if "reg_token" in state:
+        raise ConversionError(
+            f"{where}: has register tokens (timm's reg_tokens={int(state['reg_token'].shape[1])}); vitkit's ViT "
+            "has the class token only, as the paper's"
+        )
     if facts.get("global_pool") == "avg" and "cls_token" in state:
         raise ConversionError(
             f"{where}: a class token pooled by average (timm global_pool='avg' with class_token=True) is not "
             "supported; vitkit's GAP models have no class token"
         )
-    prepend_prefix_posemb(state)
+    prepend_prefix_posemb(state, _grid_tokens(state, facts, where))
     heads = num_heads or facts.get("num_heads")
-    cfg = infer_config(state, where, num_heads=heads, norm_eps=1e-6, img_size=facts.get("img_size"))
+    eps = facts.get("norm_eps", 1e-6)
+    cfg = infer_config(state, where, num_heads=heads, norm_eps=eps, img_size=facts.get("img_size"))
     cfg = dataclasses.replace(
         cfg, mlp_act=facts.get("mlp_act", "gelu"), dynamic_img_size=facts.get("dynamic_img_size", False)
     )
@@ -125,6 +137,53 @@ def from_timm_state(
         bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False) is not None
     )
     return Checkpoint(state, cfg, "timm", where, meta, heads_known=known)
+
+
+def _grid_tokens(state: dict[str, torch.Tensor], facts: dict[str, Any], where: str) -> int | None:
+    """The patch tokens pos_embed holds beside any class-token row, where the config says (its
+    no_embed_class, else its image size); None: a square count is guessed to have no class-token row."""
+    pe = state.get("pos_embed")
+    if pe is None or "cls_token" not in state:
+        return None
+    if "no_embed_class" in facts:
+        return int(pe.shape[1]) - (0 if facts["no_embed_class"] else 1)
+    if "img_size" in facts:
+        stride = token_stride(state, where)
+        return (facts["img_size"][0] // stride) * (facts["img_size"][1] // stride)
+    return None
+
+
+def timm_module_config(model: nn.Module) -> dict[str, Any]:
+    """A timm VisionTransformer in memory described as timm's hub config.json describes one: its image size,
+    preprocessing, heads, activation, pooling, LayerNorm eps and position-embedding layout."""
+    pre = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if k in PREPROCESS_KEYS}
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if (
+        isinstance(size, (tuple, list)) and len(size) == 2
+    ):  # the model's own, not its pretrained_cfg's default
+        chans = ((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3,))[0]
+        pre["input_size"] = [chans, int(size[0]), int(size[1])]
+    args: dict[str, Any] = {}
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks):
+        heads = getattr(getattr(blocks[0], "attn", None), "num_heads", None)
+        if isinstance(heads, int):
+            args["num_heads"] = heads
+        act = getattr(getattr(blocks[0], "mlp", None), "act", None)
+        if isinstance(act, nn.GELU):
+            args["act_layer"] = "gelu_tanh" if act.approximate == "tanh" else "gelu"
+        elif act is not None:  # timm's own GELU and GELUTanh, else a name _hub_config_facts refuses
+            args["act_layer"] = {"GELU": "gelu", "GELUTanh": "gelu_tanh"}.get(
+                type(act).__name__, type(act).__name__
+            )
+    for key in ("global_pool", "dynamic_img_size", "no_embed_class"):
+        if hasattr(model, key):
+            args[key] = getattr(model, key)
+    norm = getattr(model, "norm", None)
+    if isinstance(norm, nn.LayerNorm):
+        args["norm_eps"] = float(norm.eps)
+    return {"pretrained_cfg": pre, "model_args": args}
 
 
 def timm_folder_weights(folder: str) -> str:
