@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ from vitkit.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_weights,
+    restore_set_aside,
     save_checkpoint,
 )
 from vitkit.train.loop import resolve_for_data, train
@@ -336,6 +338,29 @@ def test_checkpoint_atomic_and_truncated_fallback(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     with pytest.raises(CheckpointError, match="not a valid safetensors"):
         load_weights(str(bad))
+
+
+def test_a_best_checkpoint_set_aside_by_a_save_that_died_is_put_back(tmp_path, monkeypatch):
+    """Was: replacing checkpoints/best moves the old one aside, then the new one in; a process that died between
+    the two left no best/, and the resume's clean-up deleted the one set aside."""
+    root = str(tmp_path)
+    save_checkpoint(root, 4, {"model": {"w": torch.zeros(3)}}, {"step": 4}, name="best")
+    real_replace = os.replace
+
+    def die_before_the_new_one_moves_in(src, dst):
+        if os.path.basename(src).startswith(".tmp-"):
+            raise KeyboardInterrupt  # the process stops here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", die_before_the_new_one_moves_in)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(root, 8, {"model": {"w": torch.ones(3)}}, {"step": 8}, name="best")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not os.path.exists(os.path.join(root, "best")) and glob.glob(os.path.join(root, ".old-*"))
+    restore_set_aside(root)
+    weights, state = load_checkpoint(os.path.join(root, "best"))
+    assert state["step"] == 4 and torch.equal(weights["model"]["w"], torch.zeros(3))
+    assert sorted(os.listdir(root)) == ["best"]
 
 
 def _wait_for(pred, proc, timeout=120):
@@ -1114,6 +1139,74 @@ def test_a_signal_during_evaluation_checkpoints_and_a_second_one_stops_at_once(t
         for run in (ends, tmp_path / "plain")
     ]
     assert evals[0] == evals[1] and 16 in evals[0]  # the due evaluation made once, as without the stop
+
+
+def test_a_process_killed_during_a_stops_evaluation_does_it_when_resumed(tmp_path, monkeypatch):
+    """Was: a stop checkpoints before the evaluation due at its step; a process killed during that evaluation (a
+    scheduler's SIGKILL after SIGTERM's grace) resumed after it, and the evaluation was never made."""
+    import vitkit.train.trainer as trainer_module
+
+    real_eval, real_step = trainer_module.Trainer.eval_and_log, trainer_module.Trainer.train_step
+
+    class Killed(BaseException):
+        pass
+
+    def signal_at_epoch_end(self):
+        out = real_step(self)
+        if self.step == 16:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    def die_in_eval(self, *a, **kw):
+        self.metrics.write({"step": self.step, "split": "test", "top1": -1.0})  # half-logged, then killed
+        raise Killed
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", signal_at_epoch_end)
+    monkeypatch.setattr(trainer_module.Trainer, "eval_and_log", die_in_eval)
+    flags = [*TINY_FLAGS, "--epochs", "3", "--checkpoint-every", "100", "--no-progress", "--no-report"]
+    run, plain = tmp_path / "run", tmp_path / "plain"
+    with pytest.raises(Killed):
+        main(["train", *flags, "--set", "train.eval_every=1", "--out", str(run)])
+    assert (run / "checkpoints" / "step-00000016").is_dir()
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    monkeypatch.setattr(trainer_module.Trainer, "eval_and_log", real_eval)
+    assert main(["train", "--resume", str(run), "--no-progress", "--no-report"]) == 0
+    assert main(["train", *flags, "--set", "train.eval_every=1", "--out", str(plain)]) == 0
+
+    def evals(folder):
+        recs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["split"], r["top1"]) for r in recs if "split" in r]
+
+    assert evals(run) == evals(plain) and (16, "test", -1.0) not in evals(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_test_top1"] == json.loads((plain / "summary.json").read_text())["best_test_top1"]
+
+
+def test_tensorboard_purges_what_a_resumed_run_logged_after_its_checkpoint(tmp_path, monkeypatch):
+    """Was: metrics.jsonl was cut back to the checkpoint on resume but TensorBoard's events were not, so the steps
+    after it were logged twice."""
+    import sys
+    import types
+
+    opened = []
+
+    class Writer:
+        def __init__(self, logdir, purge_step=None):
+            opened.append(purge_step)
+
+        def add_scalar(self, *a):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    run = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--epochs", "1", "--checkpoint-every", "4", "--no-progress", "--no-report"]
+    assert main(["train", *flags, "--tensorboard", "--out", str(run)]) == 0
+    shutil.rmtree(run / "checkpoints" / "step-00000016")  # as if killed after step 15: back to step 12
+    assert main(["train", "--resume", str(run), "--tensorboard", "--no-progress", "--no-report"]) == 0
+    assert opened == [None, 13]
 
 
 def test_data_scaling_bench_trains_each_fraction_with_a_held_out_split(monkeypatch, tmp_path, capsys):

@@ -8,6 +8,7 @@ truncated or corrupt.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -62,6 +63,21 @@ def load_weights(path: str, device: str | torch.device = "cpu") -> dict[str, tor
         raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
 
 
+def restore_set_aside(root: str) -> None:
+    """Put back a checkpoint that save_checkpoint set aside to replace it (checkpoints/best, a step saved twice)
+    when the process died before the new one took its place; then remove what interrupted saves left."""
+    for trash in glob.glob(os.path.join(root, ".old-*")):
+        for name in os.listdir(trash) if os.path.isdir(trash) else []:
+            if name != "x" and not os.path.exists(os.path.join(root, name)):
+                os.replace(os.path.join(trash, name), os.path.join(root, name))
+                log.warning(
+                    "%s: put back; the save that was replacing it did not finish", os.path.join(root, name)
+                )
+        shutil.rmtree(trash, ignore_errors=True)
+    for tmp in glob.glob(os.path.join(root, ".tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_checkpoint(
     root: str,
     step: int,
@@ -92,9 +108,9 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(tmp)
-        if os.path.exists(final):
+        if os.path.exists(final):  # set aside under its name: restore_set_aside puts it back if we die here
             trash = tempfile.mkdtemp(dir=root, prefix=".old-")
-            os.replace(final, os.path.join(trash, "x"))
+            os.replace(final, os.path.join(trash, os.path.basename(final)))
             os.replace(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
         else:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -21,7 +19,13 @@ from vitkit.data.datasets import Splits, load_dataset
 from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
-from vitkit.train.checkpoint import file_sha256, latest_valid, list_checkpoints, save_weights
+from vitkit.train.checkpoint import (
+    file_sha256,
+    latest_valid,
+    list_checkpoints,
+    restore_set_aside,
+    save_weights,
+)
 from vitkit.train.runfiles import (
     CHECKPOINTS,
     CONFIG,
@@ -62,13 +66,6 @@ def resolve_for_data(cfg: RunConfig, splits: Splits) -> RunConfig:
     """Set the model's class count and channels from the dataset."""
     m = dataclasses.replace(cfg.model, num_classes=splits.num_classes, in_chans=splits.in_chans)
     return dataclasses.replace(cfg, model=m)
-
-
-def _clean_stale(out_dir: str) -> None:
-    for path in glob.glob(os.path.join(out_dir, CHECKPOINTS, ".tmp-*")) + glob.glob(
-        os.path.join(out_dir, CHECKPOINTS, ".old-*")
-    ):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -163,6 +160,15 @@ def _train_steps(
     a checkpoint of the current step (TrainingInterrupted)."""
     t = cfg.train
     ckpt_every = t.checkpoint_every or tr.spe
+    if (
+        tr.pending
+    ):  # resumed from a stop's checkpoint written before this step's evaluations, which may not have run
+        log.info("step %d: running the evaluations the stop came before (%s)", tr.step, ", ".join(tr.pending))
+        if "eval" in tr.pending:
+            tr.eval_and_log()
+        if "fewshot" in tr.pending:
+            tr.fewshot()
+        tr.save()
     window_t, window_imgs = time.perf_counter(), 0
     while tr.step < tr.total:
         tr.train_step()
@@ -193,8 +199,8 @@ def _train_steps(
         paused = time.perf_counter()
         if stopping:
             tr.elapsed += paused - window_t  # the steps since the last log line, kept in the checkpoint
-            if evaluate or fewshot:
-                tr.save()  # first: a kill during the (maybe long) evaluation keeps the steps
+            if evaluate or fewshot:  # first: a kill during the (maybe long) evaluation keeps the steps
+                tr.save(pending=("eval",) * bool(evaluate) + ("fewshot",) * bool(fewshot))
         if evaluate:  # its metrics and best/ as without the stop: the checkpoint below follows it
             _, head, _, val = tr.eval_and_log()
             if progress and info.is_main:
@@ -244,6 +250,9 @@ def train(
     cfg = resolve_for_data(cfg, splits)
     ckpt = None
     if resume and out_dir:
+        if info.is_main:  # before any rank looks for the latest checkpoint
+            restore_set_aside(os.path.join(out_dir, CHECKPOINTS))
+        D.barrier()
         ckpt = latest_valid(os.path.join(out_dir, CHECKPOINTS))
         if ckpt is None:
             _refuse_resume_over_weights(out_dir, fine_tuning=init_state is not None)
@@ -255,9 +264,7 @@ def train(
     try:
         if out_dir and info.is_main:
             os.makedirs(out_dir, exist_ok=True)
-            if resume:
-                _clean_stale(out_dir)
-            else:  # an earlier run's checkpoints and metrics would mix with this one's (and --resume pick them)
+            if not resume:  # an earlier run's checkpoints and metrics would mix with this one's
                 clear_run(out_dir)
             if init_from is not None:  # before config.json: a folder with a config is a run
                 write_json(os.path.join(out_dir, PRETRAINED), init_from)
@@ -276,7 +283,9 @@ def train(
             log.info("resumed from %s (step %d of %d)", ckpt, tr.step, tr.total)
         else:
             log.info("no valid checkpoint in %s: starting from scratch", out_dir)
-        tr.metrics.truncate_after(tr.step, final=tr.step >= tr.total)
+        # a finished run's closing evaluation, or a stop's pending ones, are done again: their records go
+        tr.metrics.truncate_after(tr.step, final=tr.step >= tr.total or bool(tr.pending))
+    tr.open_tensorboard()
     if progress and info.is_main:
         progress.start(tr.total, tr.step)
     with _stop_on_signals(bool(out_dir) and info.world == 1) as stop:

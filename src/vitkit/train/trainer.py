@@ -140,6 +140,9 @@ class Trainer:
             if b.is_floating_point()
         ]
         self.step = 0
+        # evaluations due at this step that a stop's checkpoint was written before ("eval", "fewshot"): a resumed
+        # run does them first, in case the process died during them
+        self.pending: tuple[str, ...] = ()
         self.elapsed = 0.0
         self.best = -1.0  # the best evaluation's top-1: on the val split when there is one, else on test
         self.best_test = -1.0  # the test top-1 of that evaluation
@@ -152,16 +155,8 @@ class Trainer:
         self.val_ds = None if splits.val is None else splits.val.to(device) if on_device else splits.val
         self.transform = BatchTransform(cfg.data, cfg.model.img_size, splits.mean, splits.std, t.seed)
         self.fewshot_sets = self._fewshot_sets() if t.fewshot_every else {}
-        self.tb = None
-        if tensorboard and info.is_main and out_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
-            except ImportError:
-                log.warning(
-                    "--tensorboard: tensorboard is not installed (pip install tensorboard); metrics go to metrics.jsonl only"
-                )
+        self.tb = None  # opened by open_tensorboard, once the step to continue from is known
+        self._tb_wanted = bool(tensorboard and info.is_main and out_dir)
 
     def _fewshot_sets(self) -> dict[str, tuple[Any, Any, Any, int]]:
         """(train, test, transform, classes) of each few-shot dataset: the run's own splits, or another
@@ -253,6 +248,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def open_tensorboard(self) -> None:
+        """The TensorBoard writer (--tensorboard), with the events a resumed run logged after its checkpoint's
+        step purged (metrics.jsonl is cut back to the same step)."""
+        if not self._tb_wanted:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning(
+                "--tensorboard: tensorboard is not installed (pip install tensorboard); metrics go to metrics.jsonl only"
+            )
+            return
+        self.tb = SummaryWriter(
+            os.path.join(self.out, "tensorboard"), purge_step=self.step + 1 if self.step else None
+        )
+
     def _param_names(self) -> list[str]:
         return [n for n, _ in self.model.named_parameters()]
 
@@ -279,6 +290,7 @@ class Trainer:
             "images_seen": self.images_seen,
             "acc": {k: D.all_reduce_sum(v).detach().cpu() for k, v in self._acc.items()},
             "world_size": self.info.world,
+            "pending": list(self.pending),
         }
         return weights, state
 
@@ -311,6 +323,7 @@ class Trainer:
         self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         self.best_test = float(state.get("best_test", self.best))  # older checkpoints: best was on test
         self.images_seen = int(state["images_seen"])
+        self.pending = tuple(str(p) for p in state.get("pending", ()))
         self._recall_best()
         # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
         self._acc = {
@@ -348,12 +361,15 @@ class Trainer:
             for b in self._norm_stats + ema:
                 b.copy_(D.all_reduce_sum(b) / self.info.world)
 
-    def save(self) -> None:
+    def save(self, pending: tuple[str, ...] = ()) -> None:
+        """Checkpoint this step; `pending`: the evaluations due at it that run after this save."""
         self._average_norm_stats()
+        self.pending = pending
         if self.out:
             weights, state = self.state()
             if self.info.is_main:
                 save_checkpoint(os.path.join(self.out, CHECKPOINTS), self.step, weights, state)
+        self.pending = ()
         D.barrier()
 
     # ------------------------------------------------------------------ steps
