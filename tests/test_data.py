@@ -190,13 +190,21 @@ def test_imagefolder_train_val(tmp_path):
     splits = load_imagefolder(str(tmp_path), (8, 8))
     assert splits.classes == ["cat", "dog"]
     assert splits.train.images.shape == (6, 3, 8, 8) and len(splits.test) == 4
-    assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert sorted(splits.train.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    # stored shuffled, not class by class (channel_stats samples the first images)
+    assert splits.train.labels.tolist() != sorted(splits.train.labels.tolist())
+    again = load_imagefolder(str(tmp_path), (8, 8))
+    assert torch.equal(again.train.images, splits.train.images)  # one fixed order
 
 
 def test_imagefolder_split_fraction_and_errors(tmp_path):
     write_folder(str(tmp_path), "train", n=5)
-    splits = load_imagefolder(str(tmp_path), (8, 8), val_fraction=0.2, seed=1)
-    assert len(splits.train) == 8 and len(splits.test) == 2
+    write_folder(str(tmp_path), "train", classes=("emu",), n=10)
+    for seed in range(4):  # was: 20% of all files, so a class could get none or twice its share
+        splits = load_imagefolder(str(tmp_path), (8, 8), val_fraction=0.2, seed=seed)
+        assert len(splits.train) == 16 and splits.test.labels.bincount().tolist() == [1, 1, 2]
+    with pytest.raises(ValueError, match=r"val_fraction=0\.01 holds out 0 of its 20 training images"):
+        load_imagefolder(str(tmp_path), (8, 8), val_fraction=0.01)
     with pytest.raises(ValueError, match="val_fraction"):
         load_imagefolder(str(tmp_path), (8, 8))
     bad = tmp_path / "train" / "cat" / "broken.png"

@@ -156,7 +156,8 @@ def train_subset(splits: Splits, fraction: float, seed: int) -> Splits:
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units, from the first 20,000 (a sample of
+    every class where the images are stored shuffled: the datasets' files, vitkit's image folders)."""
     x = images[: min(len(images), 20000)].double().div_(255)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)

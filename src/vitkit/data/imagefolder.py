@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitkit.data.datasets import ArrayDataset, Splits, channel_stats
+from vitkit.data.datasets import ArrayDataset, Splits, channel_stats, holdout_indices
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +188,18 @@ def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0
     else:
         if not 0 < val_fraction < 1:
             raise ValueError(f"{root} has no val/ or test/ folder: set data.val_fraction (e.g. 0.1)")
-        perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
-        n_val = max(1, round(val_fraction * len(paths)))
-        vset = set(perm[:n_val])
-        vpaths = [p for i, p in enumerate(paths) if i in vset]
-        vlabels = [lab for i, lab in enumerate(labels) if i in vset]
-        paths = [p for i, p in enumerate(paths) if i not in vset]
-        labels = [lab for i, lab in enumerate(labels) if i not in vset]
+        kept, held = holdout_indices(torch.tensor(labels), val_fraction, seed)  # that fraction of every class
+        if len(held) == 0 or len(kept) == 0:
+            raise ValueError(
+                f"{root}: data.val_fraction={val_fraction} holds out {len(held)} of its {len(paths)} training "
+                "images (per class, rounded); choose a fraction that leaves both splits images"
+            )
+        vpaths, vlabels = [paths[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
+        paths, labels = [paths[i] for i in kept.tolist()], [labels[i] for i in kept.tolist()]
+    # stored in one fixed shuffled order, as the standard datasets' files are, not class by class: the first
+    # images (channel_stats' sample) are then a sample of every class
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
+    paths, labels = [paths[i] for i in order], [labels[i] for i in order]
     train, test = _decode_all(paths, labels, size), _decode_all(vpaths, vlabels, size)
     if isinstance(train, ArrayDataset):
         mean, std = channel_stats(train.images)
