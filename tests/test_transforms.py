@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from vitkit.config import DataConfig
 from vitkit.data.loader import eval_batches, global_batch, micro_batches, rank_share, steps_per_epoch
 from vitkit.data.transforms import (
+    RRC_DRAWS,
     BatchTransform,
     hash_uniform,
     hash_uniforms,
@@ -18,6 +21,7 @@ from vitkit.data.transforms import (
     random_crop,
     random_erasing,
     random_resized_crop,
+    rrc_boxes,
     stream_key,
 )
 
@@ -61,7 +65,9 @@ def test_training_transform_draws_as_one_hash_per_choice(cfg):
         x = randaugment(x, key, idx, cfg.randaugment_n, cfg.randaugment_m)
     x = x.float()
     if cfg.random_resized_crop:
-        x = random_resized_crop(x, (28, 28), [u(1), u(2), u(3), u(4)], (cfg.rrc_scale_min, cfg.rrc_scale_max))
+        x = random_resized_crop(
+            x, (28, 28), [u(d) for d in RRC_DRAWS], (cfg.rrc_scale_min, cfg.rrc_scale_max)
+        )
     elif cfg.crop_padding:
         x = random_crop(x, cfg.crop_padding, u(1), u(2))
     if cfg.hflip:
@@ -74,6 +80,36 @@ def test_training_transform_draws_as_one_hash_per_choice(cfg):
     out = tf.train(imgs, idx, epoch=3)
     torch.testing.assert_close(out, x, rtol=0, atol=0)
     assert out.stride() == torch.empty(out.shape).stride()  # standard layout: what the compiled model expects
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (32, 64), (64, 40)])
+def test_random_resized_crop_draws_torchvisions_boxes(hw):
+    """Was: a drawn box wider or taller than the image was clamped to it (about 10% of draws at scale (0.08, 1):
+    another area and aspect), and the aspect was taken in fractions of each side, not in pixels."""
+    from torchvision.transforms import RandomResizedCrop
+
+    scale, ratio, n = (0.08, 1.0), (3 / 4, 4 / 3), 4000
+    u = list(hash_uniforms(stream_key(7, 0), torch.arange(n), RRC_DRAWS))
+    w, h, cx, cy = rrc_boxes(u, hw, scale, ratio)
+    H, W = hw
+    assert bool(((w <= 1) & (h <= 1) & (cx.abs() <= 1 - w + 1e-6) & (cy.abs() <= 1 - h + 1e-6)).all())
+    aspect = (w * W) / (h * H)
+    assert bool(((aspect >= ratio[0] - 1e-5) & (aspect <= ratio[1] + 1e-5)).all())
+    drawn = scale[0] + (scale[1] - scale[0]) * u[0]  # the first try's area, kept where it fits
+    first = (
+        torch.sqrt(drawn * torch.exp(math.log(ratio[0]) + math.log(ratio[1] / ratio[0]) * u[1]) * H / W) <= 1
+    )
+    first &= (
+        torch.sqrt(drawn / torch.exp(math.log(ratio[0]) + math.log(ratio[1] / ratio[0]) * u[1]) * W / H) <= 1
+    )
+    torch.testing.assert_close((w * h)[first], drawn[first], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    img = torch.zeros(1, H, W)
+    theirs = torch.tensor([RandomResizedCrop.get_params(img, list(scale), list(ratio))[2:] for _ in range(n)])
+    their_area = (theirs[:, 0] * theirs[:, 1]).float() / (H * W)  # (h, w) in pixels
+    their_aspect = (theirs[:, 1] / theirs[:, 0]).float()
+    assert abs(float((w * h).mean()) - float(their_area.mean())) < 0.015
+    assert abs(float(aspect.log().mean()) - float(their_aspect.log().mean())) < 0.02
 
 
 def test_training_transform_makes_no_host_to_device_copies(monkeypatch):

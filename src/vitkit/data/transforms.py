@@ -45,6 +45,40 @@ def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+RRC_DRAWS = (
+    1,
+    2,
+    3,
+    4,
+    *range(12, 30),
+)  # the crop's draw numbers: a first (area, ratio), its place, 9 more tries
+
+
+def rrc_boxes(
+    u: list[torch.Tensor], hw: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RandomResizedCrop's boxes as torchvision draws them: (w, h, cx, cy), the width and height as fractions of
+    the image's and the centre in [-1, 1] coordinates, each (B,).
+
+    An area fraction and a log-uniform aspect ratio (width / height, in pixels) are drawn until the crop fits in
+    the image, up to 10 tries (`u`: (area, ratio), (x, y), then one (area, ratio) per further try, (B,) uniforms
+    each); a sample none fits gets the centred whole image, its aspect clipped to the range.
+    """
+    H, W = hw
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    w = h = torch.ones_like(u[0])
+    found = torch.zeros_like(u[0], dtype=torch.bool)
+    for ua, ur in [(u[0], u[1]), *zip(u[4::2], u[5::2])]:
+        area = scale[0] + (scale[1] - scale[0]) * ua
+        ar = torch.exp(lo + (hi - lo) * ur)
+        tw, th = torch.sqrt(area * ar * H / W), torch.sqrt(area / ar * W / H)  # (w W)(h H) = area W H
+        fits = (tw <= 1) & (th <= 1) & ~found
+        w, h, found = torch.where(fits, tw, w), torch.where(fits, th, h), found | fits
+    w = torch.where(found, w, min(1.0, H * ratio[1] / W))  # the whole image, clipped to the aspect range
+    h = torch.where(found, h, min(1.0, W / (ratio[0] * H)))
+    return w, h, (2 * u[2] - 1) * (1 - w) * found, (2 * u[3] - 1) * (1 - h) * found
+
+
 def random_resized_crop(
     x: torch.Tensor,
     size: tuple[int, int],
@@ -52,14 +86,8 @@ def random_resized_crop(
     scale: tuple[float, float] = (0.35, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
-    """Inception-style crop of random area and aspect, resized to `size` (bilinear): float (B, C, h, w)."""
-    area = scale[0] + (scale[1] - scale[0]) * u[0]
-    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
-    ar = torch.exp(logr)
-    w = torch.sqrt(area * ar).clamp(max=1.0)  # fraction of the width
-    h = torch.sqrt(area / ar).clamp(max=1.0)
-    cx = (2 * u[2] - 1) * (1 - w)
-    cy = (2 * u[3] - 1) * (1 - h)
+    """Inception-style crop of random area and aspect (rrc_boxes), resized to `size` (bilinear): float (B, C, h, w)."""
+    w, h, cx, cy = rrc_boxes(u, (x.shape[-2], x.shape[-1]), scale, ratio)
     zero = torch.zeros_like(w)
     theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=False)
@@ -197,7 +225,7 @@ class BatchTransform:
         key = stream_key(self.seed, epoch)
         idx = idx.to(images.device)
         uses = [  # (in use, its draw numbers): each draw number always means the same choice
-            (c.random_resized_crop, [1, 2, 3, 4]),
+            (c.random_resized_crop, list(RRC_DRAWS)),
             (not c.random_resized_crop and c.crop_padding > 0, [1, 2]),
             (c.hflip, [5]),
             (c.low_res > 0, [11]),
@@ -213,7 +241,7 @@ class BatchTransform:
         x = images.float()  # pixel values: crops pad with black, as torchvision's RandomCrop
         if c.random_resized_crop:
             x = random_resized_crop(
-                x, self.out_size, [u(1), u(2), u(3), u(4)], (c.rrc_scale_min, c.rrc_scale_max), c.rrc_ratio
+                x, self.out_size, [u(d) for d in RRC_DRAWS], (c.rrc_scale_min, c.rrc_scale_max), c.rrc_ratio
             )
         else:
             if c.crop_padding:
