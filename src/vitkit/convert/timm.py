@@ -159,9 +159,7 @@ def timm_module_config(model: nn.Module) -> dict[str, Any]:
     pre = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if k in PREPROCESS_KEYS}
     embed = getattr(model, "patch_embed", None)
     size = getattr(embed, "img_size", None)
-    if (
-        isinstance(size, (tuple, list)) and len(size) == 2
-    ):  # the model's own, not its pretrained_cfg's default
+    if isinstance(size, (tuple, list)) and len(size) == 2:  # the model's own, not its pretrained_cfg's
         chans = ((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3,))[0]
         pre["input_size"] = [chans, int(size[0]), int(size[1])]
     args: dict[str, Any] = {}

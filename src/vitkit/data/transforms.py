@@ -45,13 +45,8 @@ def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-RRC_DRAWS = (
-    1,
-    2,
-    3,
-    4,
-    *range(12, 30),
-)  # the crop's draw numbers: a first (area, ratio), its place, 9 more tries
+# RandomResizedCrop's draw numbers: the first (area, ratio), the box's place, then 9 more tries' (area, ratio)
+RRC_DRAWS = (1, 2, 3, 4, *range(12, 30))
 
 
 def rrc_boxes(
