@@ -160,9 +160,8 @@ def _train_steps(
     a checkpoint of the current step (TrainingInterrupted)."""
     t = cfg.train
     ckpt_every = t.checkpoint_every or tr.spe
-    if (
-        tr.pending
-    ):  # resumed from a stop's checkpoint written before this step's evaluations, which may not have run
+    # resumed from a stop's checkpoint written before this step's evaluations, which may not have run
+    if tr.pending:
         log.info("step %d: running the evaluations the stop came before (%s)", tr.step, ", ".join(tr.pending))
         if "eval" in tr.pending:
             tr.eval_and_log()
