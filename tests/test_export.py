@@ -119,6 +119,33 @@ def test_cli_export_default_out_leaves_the_runs_weights(run_dir, tmp_path, capsy
     assert read_checkpoint(str(run / "model-export.safetensors")).format == "vitkit"
 
 
+def test_cli_export_never_writes_over_a_runs_files_nor_another_file_without_overwrite(
+    run_dir, tmp_path, capsys
+):
+    """Was: `--out RUN/model.safetensors` replaced the run's weights (its summary's SHA-256 then refused them),
+    `--out RUN/config.json` wrote ONNX over its config, and any other file was replaced silently."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for name, fmt in (
+        ("model.safetensors", "safetensors"),
+        ("config.json", "onnx"),
+        ("summary.json", "onnx"),
+    ):
+        for extra in ([], ["--overwrite"]):
+            assert main(["export", str(run), "--format", fmt, "--out", str(run / name), *extra]) == 2
+            assert "one of a run folder's own files" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
+    other = tmp_path / "notes.safetensors"
+    other.write_bytes(b"mine")
+    assert main(["export", str(run), "--out", str(other)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and other.read_bytes() == b"mine"
+    assert main(["export", str(run), "--out", str(other), "--overwrite"]) == 0
+    assert read_checkpoint(str(other)).format == "vitkit"
+    for _ in range(2):  # the default name is the export's own: replaced
+        assert main(["export", str(run), "--format", "safetensors"]) == 0
+
+
 def test_cli_export_safetensors_is_self_describing(run_dir, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     assert (

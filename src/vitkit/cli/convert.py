@@ -60,6 +60,18 @@ def _default_out(source: str, fmt: str, img_size: int | None) -> str:
     return f"{base}{suffix}{ext}"
 
 
+def _refuse_overwriting(out: str, args: argparse.Namespace) -> None:
+    """Export never writes over a run's own files, nor over another file unless --overwrite (the default
+    name, the export's own, is replaced)."""
+    from vitkit.train.runfiles import CONFIG, DATA, RUN_OUTPUTS
+
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.basename(out) in (CONFIG, DATA, *RUN_OUTPUTS) and os.path.isfile(os.path.join(folder, CONFIG)):
+        raise UserError(f"--out {out} is one of a run folder's own files; export to another name")
+    if os.path.lexists(out) and args.out is not None and not args.overwrite:
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
+
+
 def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:
     """`--format timm|hf`: a folder the peer library loads, checked by loading it with the peer's own code."""
     from vitkit.convert.files import ConversionError
@@ -128,6 +140,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {out} is a folder; export writes one file (e.g. {os.path.join(out, 'model.onnx')})"
         )
+    _refuse_overwriting(out, args)
     if args.format == "safetensors":
         save_model_file(out, model, ckpt.meta)
         print(
@@ -185,7 +198,9 @@ def add_parser(sub) -> None:
         help="default: RUN_DIR/model-export[-SIZE].onnx (.safetensors, or the folder -timm / -hf) or "
         "./<name>[-SIZE].onnx (...)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a timm / hf folder's files")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file (a timm / hf folder's files)"
+    )
     p.add_argument("--opset", type=int, default=18)
     p.add_argument(
         "--num-heads", type=positive_int, help="heads, for fused-qkv files whose shape is not the paper's"
