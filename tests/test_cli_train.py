@@ -139,6 +139,29 @@ def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(
     assert json.loads((copy / "summary.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--set", "train.fewshot_every=1", "--set", "train.fewshot_datasets=nope"], "nope"),
+        (["--set", "optim.eps=-1"], r"optim\.eps=-1\.0 must be positive"),
+        (["--set", "train.eval_batch_size=0"], r"train\.eval_batch_size=0 must be positive"),
+    ],
+    ids=["fewshot-dataset", "eps", "eval-batch-size"],
+)
+def test_overwrite_leaves_the_run_whole_when_a_setting_is_refused(capsys, run_dir, tmp_path, flags, match):
+    """Was: --overwrite cleared the old run before the optimizer and the few-shot data were built (a refused
+    setting left config.json and data.json alone), and eval_batch_size=0 failed after training."""
+    import re
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    assert main(["train", *TINY_FLAGS, "--out", str(run), "--overwrite", "--no-report", *flags]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
 def test_finetune_into_its_own_source_is_refused(capsys, run_dir, tmp_path):
     """Was: --overwrite deleted the run fine-tuned from before reading it (a kill then lost the weights)."""
     for source in (run_dir, run_dir / "model.safetensors", run_dir / "checkpoints" / "best"):

@@ -98,6 +98,8 @@ class OptimConfig:
             raise ValueError(f"optim.decay_factor={self.decay_factor!r} must lie in (0, 1]")
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr!r} must be positive")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps={self.eps!r} must be positive")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
         _check_range("optim.warmup_fraction", self.warmup_fraction, 0.0, 1.0)
@@ -160,8 +162,9 @@ class TrainConfig:
             raise ValueError(
                 f"train.epochs={self.epochs}, train.steps={self.steps}: one must be positive, neither negative"
             )
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size={self.batch_size!r} must be positive")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            bad = "batch_size" if self.batch_size < 1 else "eval_batch_size"
+            raise ValueError(f"train.{bad}={getattr(self, bad)!r} must be positive")
         mb = self.micro_batch_size
         if mb < 0 or (mb and self.batch_size % mb):
             raise ValueError(

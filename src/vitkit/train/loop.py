@@ -261,6 +261,8 @@ def train(
         bool(out_dir) and info.is_main and not resume and not os.path.exists(os.path.join(out_dir, CONFIG))
     )
     try:
+        # first, so that a setting it refuses (optimizer, few-shot data, compile) leaves an --overwrite'd run whole
+        tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
         if out_dir and info.is_main:
             os.makedirs(out_dir, exist_ok=True)
             if not resume:  # an earlier run's checkpoints and metrics would mix with this one's
@@ -269,7 +271,6 @@ def train(
                 write_json(os.path.join(out_dir, PRETRAINED), init_from)
             write_config(out_dir, cfg)
             write_json(os.path.join(out_dir, DATA), splits.info())
-        tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
     except BaseException:  # a setting refused while setting up: leave no half-made run to block the next try
         if fresh:
             for name in (CONFIG, DATA, PRETRAINED):
