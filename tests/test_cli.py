@@ -135,3 +135,29 @@ def test_a_missing_weights_file_is_not_looked_up_on_the_hub():
 
     assert not is_hub_id("ViT-B/16-weights.npz") and not is_hub_id("runs/model.safetensors")
     assert is_hub_id("google/vit-base-patch16-224") and is_hub_id("timm/vit_base_patch16_224.augreg_in21k")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--model", "ViT-Ti/16", "--device", "gpu"],
+        ["eval", "RUN", "--device", "mps"],
+        ["predict", "RUN", "x.png", "--device", "cuda0"],
+        ["report", "RUN", "--device", "GPU"],
+    ],
+)
+def test_a_device_typo_is_one_line_naming_it(args, tmp_path, capsys):
+    """Was: a traceback from torch.device ("Expected one of cpu, cuda, ... at start of device string: gpu") in
+    every command but train and finetune."""
+    from helpers import tiny_run
+    from vitkit.train.loop import train
+
+    run = tmp_path / "run"
+    if "RUN" in args:
+        train(tiny_run(steps=1), str(run))
+    args = [str(run) if a == "RUN" else a for a in args]
+    assert main(args) == 2
+    assert (
+        f"device {args[args.index('--device') + 1]!r} is not auto, cpu, cuda or cuda:N"
+        in capsys.readouterr().err
+    )

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -53,6 +54,8 @@ class Progress(Protocol):
 
 def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
     """ "auto" -> cuda when available (this rank's GPU under torchrun), else cpu."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"device {name!r} is not auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
