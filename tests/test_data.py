@@ -397,3 +397,13 @@ def test_image_files_are_read_as_timms_eval_transform(tmp_path):
         load_image(path, (8, 8), 3, crop_pct=1.5)
     with pytest.raises(ValueError, match="crop_mode='border' must be one of center, squash"):
         load_image(path, (8, 8), 3, crop_mode="border")
+
+
+def test_a_decompression_bomb_is_an_error_naming_the_image(tmp_path, monkeypatch):
+    """Was: PIL's DecompressionBombError (an image over 2x Image.MAX_IMAGE_PIXELS) came out as a traceback."""
+    from PIL import Image
+
+    Image.new("L", (40, 40)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels: over twice the limit
+    with pytest.raises(ValueError, match=r"cannot read image .*big\.png: .*exceeds limit"):
+        load_image(str(tmp_path / "big.png"), (8, 8))

@@ -69,9 +69,8 @@ def load_image(
             sh, sw = math.floor(h / crop_pct), math.floor(w / crop_pct)  # timm's scale size
             if crop_mode == "squash":  # every side to the scale size, the aspect ratio not kept
                 new = (sw, sh)
-            elif (
-                sh == sw
-            ):  # torchvision's Resize(shorter side), as timm and transformers: the longer truncated
+            # torchvision's Resize(shorter side) where the sides agree, as timm and transformers: the longer truncated
+            elif sh == sw:
                 short, long = min(im.size), max(im.size)
                 side = int(sh * long / short)
                 new = (sh, side) if im.width == short else (side, sh)
@@ -84,7 +83,7 @@ def load_image(
             left, top = round((im.width - w) / 2), round((im.height - h) / 2)
             im = im.crop((left, top, left + w, top + h))
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
