@@ -225,6 +225,35 @@ def test_eval_and_predict_read_an_exported_file_outside_its_run(run_dir, tmp_pat
         assert says in err and "Traceback" not in err and "/config.json:" not in err, err
 
 
+def test_every_reader_of_a_run_refuses_replaced_or_corrupt_weights(run_dir, tmp_path, capsys):
+    """Was: finetune --from, convert and export read a replaced final model.safetensors that eval refused, and a
+    checkpoint folder passed by hand was not checked against its manifest."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    state = load_file(str(run / "model.safetensors"))
+    state["head.bias"] += 1
+    save_file(state, str(run / "model.safetensors"))
+    ckpt = next((run / "checkpoints").glob("step-*"))
+    raw = bytearray((ckpt / "model.safetensors").read_bytes())
+    raw[-1] ^= 1  # one bit of the last weight
+    (ckpt / "model.safetensors").write_bytes(bytes(raw))
+    commands = [
+        (["convert", str(run), "--out", str(tmp_path / "c")], "does not match the SHA-256"),
+        (["export", str(run), "--out", str(tmp_path / "e.safetensors")], "does not match the SHA-256"),
+        (["finetune", "--from", str(run), "--out", str(tmp_path / "f"), "--dataset", "synthetic", "--steps", "1"],
+         "does not match the SHA-256"),
+        (["eval", str(ckpt)], "SHA-256 differs from the manifest"),
+        (["export", str(ckpt), "--out", str(tmp_path / "k.safetensors")], "SHA-256 differs from the manifest"),
+    ]  # fmt: skip
+    for args, says in commands:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "e.safetensors").exists() and not (tmp_path / "k.safetensors").exists()
+
+
 def test_eval_refuses_damaged_final_weights_and_warns_of_non_finite_ones(run_dir, tmp_path, capsys, caplog):
     """Was: a damaged final model.safetensors evaluated to 10% and loss nan without a word."""
     from safetensors.torch import load_file, save_file

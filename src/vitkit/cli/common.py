@@ -254,31 +254,10 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
             )
 
 
-def _check_final_weights(run_dir: str, weights: str) -> None:
-    """A run's final model.safetensors against the SHA-256 its summary.json recorded (runs trained since the tenth
-    session): a damaged file is an error pointing at the verified checkpoints."""
-    from vitkit.train.checkpoint import file_sha256
-    from vitkit.train.runfiles import SUMMARY, WEIGHTS, read_json
-
-    summary_path = os.path.join(run_dir, SUMMARY)
-    if os.path.abspath(weights) != os.path.join(os.path.abspath(run_dir), WEIGHTS) or not os.path.exists(
-        summary_path
-    ):
-        return
-    summary = read_json(summary_path)
-    want = summary.get("weights_sha256") if isinstance(summary, dict) else None
-    if want and file_sha256(weights) != want:
-        raise UserError(
-            f"{weights} does not match the SHA-256 that {summary_path} recorded when training wrote it: the file "
-            f"is damaged or was replaced; the checkpoints in {os.path.join(run_dir, 'checkpoints')} are verified "
-            "copies (pass one of them instead)"
-        )
-
-
 def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     """Build the model of a run (or of a self-describing weights file) and load its weights (safetensors only:
     no code runs)."""
-    from vitkit.convert.runs import CONVERTED
+    from vitkit.convert.runs import CONVERTED, check_run_weights
     from vitkit.models import build_model
     from vitkit.train.checkpoint import load_weights
     from vitkit.train.runfiles import DATA, read_config, read_json
@@ -306,8 +285,8 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
             cfg = dataclasses.replace(cfg, model=described.config)
     where = f"{weights}'s metadata" if described is not None else f"{run_dir}/config.json"
     model = build_model(cfg.model, weights_follow=True)
-    if run_dir is not None:  # a damaged final file (truncated, replaced) points at the verified checkpoints
-        _check_final_weights(run_dir, weights)
+    if run_dir is not None:  # a damaged file (truncated, replaced) points at the verified checkpoints
+        check_run_weights(run_dir, weights)
     state = load_weights(weights)
     bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:

@@ -16,7 +16,7 @@ from vitkit.atomic import write_json
 from vitkit.config import ModelConfig, RunConfig, from_dict, load_run_config, save_json, to_dict
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
-from vitkit.train.checkpoint import save_weights
+from vitkit.train.checkpoint import MANIFEST, CheckpointError, file_sha256, save_weights, verify_checkpoint
 
 CONFIG = "config.json"
 CONVERTED = "converted"  # the recipe name of a converted run (it has no dataset of its own)
@@ -49,6 +49,30 @@ def _run_config(run_dir: str) -> RunConfig:
         raise ConversionError(f"{run_dir}/{CONFIG} is not a vitkit run config: {e}") from None
 
 
+def check_run_weights(run_dir: str, weights: str) -> None:
+    """A run's weights file against what recorded it when it was written: a checkpoint folder's files against its
+    manifest, the final model.safetensors against the SHA-256 in summary.json (runs since the tenth session); a
+    damaged or replaced file is a ConversionError pointing at the verified checkpoints."""
+    folder = os.path.dirname(os.path.abspath(weights))
+    if os.path.isfile(os.path.join(folder, MANIFEST)):  # RUN/checkpoints/step-N or best
+        try:
+            verify_checkpoint(folder)
+        except CheckpointError as e:
+            raise ConversionError(f"{e}; pass another of {os.path.dirname(folder)}'s checkpoints") from None
+        return
+    summary_path = os.path.join(run_dir, "summary.json")
+    if folder != os.path.abspath(run_dir) or os.path.basename(weights) != WEIGHTS:
+        return
+    summary = read_json_file(summary_path) if os.path.isfile(summary_path) else None
+    want = summary.get("weights_sha256") if isinstance(summary, dict) else None
+    if want and file_sha256(weights) != want:
+        raise ConversionError(
+            f"{weights} does not match the SHA-256 that {summary_path} recorded when training wrote it: the file "
+            f"is damaged or was replaced; the checkpoints in {os.path.join(run_dir, 'checkpoints')} are verified "
+            "copies (pass one of them instead)"
+        )
+
+
 def read_run(path: str) -> Checkpoint:
     """A run folder, a checkpoint folder inside one (checkpoints/step-N), or a weights file inside either."""
     path = os.path.abspath(path)
@@ -64,6 +88,7 @@ def read_run(path: str) -> Checkpoint:
             f"{folder} has no {WEIGHTS} (a run still training?); pass one of its checkpoints/step-N folders"
         )
     cfg = _run_config(run_dir)
+    check_run_weights(run_dir, weights)
     state, _ = read_safetensors(weights)
     return Checkpoint(state, cfg.model, "vitkit", weights, _meta_from_data(run_dir))
 
