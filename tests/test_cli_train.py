@@ -59,6 +59,21 @@ def test_predict_any_mode_and_bad_file(run_dir, tmp_path):
     assert r.returncode == 2 and "broken.jpg" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_predict_on_a_run_without_its_data_json_says_what_it_falls_back_to(run_dir, tmp_path, capsys, caplog):
+    """Was: without data.json predict used mean/std 0.5 and class numbers without a word."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "data.json").unlink()
+    _png(tmp_path / "x.png", "L")
+    with caplog.at_level("WARNING"):
+        assert main(["predict", str(run), str(tmp_path / "x.png")]) == 0
+    assert (
+        "data.json is missing: the run's normalisation (mean, std) and class names are unknown" in caplog.text
+    )
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -276,6 +276,12 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     else:
         cfg = read_config(run_dir)
         data = read_json(os.path.join(run_dir, DATA)) if os.path.exists(os.path.join(run_dir, DATA)) else {}
+        if not os.path.exists(os.path.join(run_dir, DATA)):  # every run and conversion writes it
+            log.warning(
+                "%s is missing: the run's normalisation (mean, std) and class names are unknown; eval recomputes "
+                "them from the dataset, predict and inspect use mean 0.5, std 0.5 and class numbers",
+                os.path.join(run_dir, DATA),
+            )
         if not isinstance(data, dict):
             raise UserError(
                 f"{os.path.join(run_dir, DATA)}: expected a JSON object, got {type(data).__name__}"
