@@ -1240,3 +1240,42 @@ def test_data_scaling_bench_trains_each_fraction_with_a_held_out_split(monkeypat
     assert [r["fraction"] for r in rows] == [0.25, 1.0] and rows[0]["train_images"] < rows[1]["train_images"]
     assert all(0 <= r["test_top1_at_best_val"] <= 1 and r["best_val_top1"] >= 0 for r in rows)
     assert "final / at best val" in capsys.readouterr().out
+
+
+class _Boom:
+    """Unpickling this would run os.system (a weights-only load refuses it)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        (
+            {"step": _Boom()},
+            r"state\.pt cannot be loaded safely \(.*\); vitkit loads tensors and plain data only$",
+        ),
+        ([1, 2], r"state\.pt: expected a dict, got list$"),
+        ({"step": 3, "optimizer": 7}, r"state\.pt: 'optimizer' must be a dict, got 7$"),
+    ],
+    ids=["pickled-code", "not-a-dict", "wrong-structure"],
+)
+def test_a_bad_state_pt_is_one_line_naming_it_when_resuming(tmp_path, capsys, state, says):
+    """Was: an unsafe pickle's error ran over many lines and advised weights_only=False; a state of the wrong
+    structure (its manifest matching) was a TypeError traceback."""
+    import hashlib
+    import re
+
+    run = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--steps", "4", "--checkpoint-every", "2", "--no-progress", "--no-report"]
+    assert main(["train", *flags, "--out", str(run)]) == 0
+    ckpt = run / "checkpoints" / "step-00000004"
+    torch.save(state, ckpt / "state.pt")
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    data = (ckpt / "state.pt").read_bytes()
+    manifest["files"]["state.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["train", "--resume", str(run), "--no-progress", "--no-report", "--steps", "6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(says, err[0]), err

@@ -162,9 +162,38 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[dict
             weights[fname[: -len(".safetensors")]] = load_weights(os.path.join(path, fname), device)
     try:
         state = torch.load(os.path.join(path, "state.pt"), map_location=device, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}/state.pt cannot be loaded safely: {e}") from None
+    except Exception as e:  # torch's text goes on to suggest weights_only=False: only its reason is kept
+        text = str(e)
+        reason = (
+            text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else type(e).__name__
+        )
+        raise CheckpointError(
+            f"{path}/state.pt cannot be loaded safely ({reason}); vitkit loads tensors and plain data only"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}/state.pt: expected a dict, got {type(state).__name__}")
     return weights, state
+
+
+# what a training checkpoint's state.pt holds (Trainer.state), with its type
+STATE_KEYS = {
+    "step": int,
+    "optimizer": dict,
+    "rng": dict,
+    "elapsed": float,
+    "best": float,
+    "images_seen": int,
+    "acc": dict,
+}
+
+
+def check_training_state(state: dict, where: str) -> None:
+    """A training checkpoint's state (Trainer.state) has its keys, of their types: else the key at fault is named."""
+    for key, kind in STATE_KEYS.items():
+        value = state.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number if kind is float else isinstance(value, kind) and not isinstance(value, bool)):
+            raise CheckpointError(f"{where}: {key!r} must be a {kind.__name__}, got {value!r:.60}")
 
 
 def latest_valid(root: str) -> str | None:

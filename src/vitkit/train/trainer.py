@@ -21,7 +21,7 @@ from vitkit.eval.fewshot import fewshot_evaluate, model_input
 from vitkit.models import build_model
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
-from vitkit.train.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
+from vitkit.train.checkpoint import check_training_state, load_checkpoint, save_checkpoint, verify_checkpoint
 from vitkit.train.compiling import block_regions, check_graphs, compile_with_trial, eager_regions
 from vitkit.train.master import Bf16Copy
 from vitkit.train.optim import build_optimizer
@@ -297,6 +297,7 @@ class Trainer:
     def load_state(self, path: str) -> None:
         """Restore from a checkpoint written with any world size or strategy."""
         weights, state = load_checkpoint(path, "cpu")
+        check_training_state(state, os.path.join(path, "state.pt"))
         try:
             P.load_model_state(self.model, weights["model"], self.strategy)
         except RuntimeError as e:  # missing/unexpected keys, size mismatches
