@@ -81,6 +81,12 @@ def test_bad_config_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_run_config(str(path))
+    path.write_text("{}")  # was: read as the default config (ViT-B/16, 1000 classes): data.json was blamed
+    with pytest.raises(ValueError, match=r"missing the section\(s\) model, data, optim, train"):
+        load_run_config(str(path))
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"expected a JSON object \(a run's config\), got list"):
+        load_run_config(str(path))
     with pytest.raises(FileNotFoundError, match="cannot read run config"):
         load_run_config(str(tmp_path / "missing.json"))
     for section, key, value, kind in [

@@ -303,6 +303,34 @@ def test_report_command_and_noise_fallback(run_dir, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("file", "content", "says"),
+    [
+        ("summary.json", [1, 2], r"summary\.json: expected a JSON object, got list"),
+        ("summary.json", {"test_top1": "x"}, r"summary\.json: 'test_top1' must be a number, got 'x'"),
+        ("config.json", {}, r"config\.json: missing the section\(s\) model, data, optim, train"),
+    ],
+    ids=["summary-list", "summary-string", "config-empty"],
+)
+def test_report_names_a_broken_run_file(run_dir, tmp_path, capsys, file, content, says):
+    """Was: a list in summary.json was a TypeError traceback, a string top-1 "Unknown format code '%'" naming no
+    file, and an empty config.json "not a run folder"."""
+    import re
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    path = run / file
+    data = json.loads(path.read_text())
+    if isinstance(content, dict) and content:
+        data.update(content)
+    else:
+        data = content
+    path.write_text(json.dumps(data))
+    assert main(["report", str(run), "--num-images", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(says, err[0]), err
+
+
 def test_inspect_source_without_converter(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "vitkit.convert", types.ModuleType("vitkit.convert"))
     assert main(["inspect", "ViT-B/16-nonexistent", "--out", str(tmp_path)]) == 2

@@ -220,10 +220,9 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
         ]  # fmt: skip
     sections = []
     if subject.run_dir:
-        from vitkit.train.runfiles import SUMMARY, read_json, read_metrics
+        from vitkit.train.runfiles import read_metrics, read_summary
 
-        summary_path = os.path.join(subject.run_dir, SUMMARY)
-        summary = read_json(summary_path) if os.path.exists(summary_path) else None
+        summary = read_summary(subject.run_dir)
         if summary:
             facts[1:1] = [
                 ("test top-1 / top-5", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"
@@ -314,6 +313,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     if not is_run_path(args.run):
+        if os.path.isfile(os.path.join(args.run, "config.json")):  # say what is wrong with it
+            from vitkit.train.runfiles import read_config
+
+            read_config(args.run)
         raise UserError(f"{args.run} is not a run folder (config.json + model.safetensors)")
     path = report_for_run(args.run, args.out, _device(args.device), args.num_images)
     print(f"wrote {path}")

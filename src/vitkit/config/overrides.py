@@ -179,4 +179,12 @@ def load_run_config(path: str) -> RunConfig:
         raise FileNotFoundError(f"cannot read run config {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
-    return from_dict(RunConfig, data, where=path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a run's config), got {type(data).__name__}")
+    cfg = from_dict(RunConfig, data, where=path)
+    missing = [k for k in ("model", "data", "optim", "train") if k not in data]
+    if missing:  # vitkit writes every section: defaults would stand in for what was lost
+        raise ValueError(
+            f"{path}: missing the section(s) {', '.join(missing)} that every run's config.json has"
+        )
+    return cfg

@@ -59,6 +59,32 @@ def clear_run(out_dir: str) -> None:
             shutil.rmtree(path)
 
 
+# summary.json's numbers that readers format (the report's headline), each checked by read_summary
+SUMMARY_NUMBERS = ("test_top1", "test_top5", "steps", "epochs", "train_seconds")
+SUMMARY_OPTIONAL = ("val_top1", "test_top1_no_tta", "best_test_top1")
+
+
+def read_summary(run_dir: str) -> dict | None:
+    """A run's summary.json (None before training has finished), its numbers checked: an error names the key."""
+    path = os.path.join(run_dir, SUMMARY)
+    if not os.path.exists(path):
+        return None
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+    for key in SUMMARY_NUMBERS + tuple(k for k in SUMMARY_OPTIONAL if k in summary):
+        value = summary.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: {key!r} must be a number, got {value!r:.60}")
+    confusion = summary.get("confusion")
+    if confusion is not None and not (
+        isinstance(confusion, list)
+        and all(isinstance(r, list) and len(r) == len(confusion) for r in confusion)
+    ):
+        raise ValueError(f"{path}: 'confusion' must be a square list of lists")
+    return summary
+
+
 class MetricsLog:
     """Append-only metrics.jsonl, one line per log step and per evaluation, flushed each write."""
 
