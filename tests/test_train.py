@@ -1279,3 +1279,18 @@ def test_a_bad_state_pt_is_one_line_naming_it_when_resuming(tmp_path, capsys, st
     assert main(["train", "--resume", str(run), "--no-progress", "--no-report", "--steps", "6"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(says, err[0]), err
+
+
+def test_a_class_count_the_dataset_replaces_is_warned_of(caplog):
+    """Was: --set model.num_classes=3 (or in_chans) on a 10-class grey dataset was replaced without a word."""
+    cfg = apply_overrides(tiny_run(steps=1), ["model.num_classes=3", "model.in_chans=3"])
+    splits = load_dataset(cfg.data, img_size=cfg.model.img_size)
+    with caplog.at_level("WARNING"):
+        resolved = resolve_for_data(cfg, splits)
+    assert (resolved.model.num_classes, resolved.model.in_chans) == (splits.num_classes, splits.in_chans)
+    assert f"model.num_classes=3 replaced by {splits.num_classes}" in caplog.text
+    assert f"model.in_chans=3 replaced by {splits.in_chans}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        resolve_for_data(resolved, splits)
+    assert "replaced" not in caplog.text

@@ -66,7 +66,16 @@ def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
 
 
 def resolve_for_data(cfg: RunConfig, splits: Splits) -> RunConfig:
-    """Set the model's class count and channels from the dataset."""
+    """Set the model's class count and channels from the dataset (a different setting is replaced, with a warning)."""
+    for key, value in (("num_classes", splits.num_classes), ("in_chans", splits.in_chans)):
+        if getattr(cfg.model, key) != value:
+            log.warning(
+                "model.%s=%s replaced by %s, the dataset %s's: the dataset sets it",
+                key,
+                getattr(cfg.model, key),
+                value,
+                cfg.data.dataset,
+            )
     m = dataclasses.replace(cfg.model, num_classes=splits.num_classes, in_chans=splits.in_chans)
     return dataclasses.replace(cfg, model=m)
 
