@@ -308,6 +308,18 @@ def test_cli_convert_over_a_run_replaces_its_outputs(run_dir, tmp_path, capsys):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp") or ".tmp-" in p.name]
 
 
+def test_cli_convert_into_its_own_source_is_refused(run_dir, tmp_path, capsys):
+    """Was: `convert RUN --out RUN --overwrite` replaced the training run's checkpoints, metrics and summary with
+    a converted copy of it."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    for source in (run, run / "model.safetensors", next((run / "checkpoints").glob("step-*"))):
+        assert main(["convert", str(source), "--out", str(run), "--overwrite"]) == 2
+        assert "holds the checkpoint converted" in capsys.readouterr().err
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     evil.write_bytes(b"\x80\x04\x95garbage")

@@ -254,6 +254,18 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
             )
 
 
+def out_holds_source(out: str, source: str) -> bool:
+    """Whether writing a run into `out` would replace `source` (the folder itself, or one of a run's outputs in
+    it, which a fresh run there clears before the source is read)."""
+    from vitkit.train.runfiles import RUN_OUTPUTS
+
+    if not os.path.exists(os.path.expanduser(source)):
+        return False
+    out, src = os.path.realpath(out), os.path.realpath(os.path.expanduser(source))
+    inside = os.path.relpath(src, out).split(os.sep)[0] if os.path.commonpath([out, src]) == out else None
+    return inside in (".", *RUN_OUTPUTS)
+
+
 def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     """Build the model of a run (or of a self-describing weights file) and load its weights (safetensors only:
     no code runs)."""

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from vitkit.cli.common import UserError, positive_int
+from vitkit.cli.common import UserError, out_holds_source, positive_int
 
 
 def _load(source: str, img_size: int | None, num_heads: int | None):
@@ -25,6 +25,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(
             f"--out {args.out} is a file; convert writes a run folder (config.json, model.safetensors)"
+        )
+    if out_holds_source(args.out, args.source):
+        raise UserError(
+            f"--out {args.out} holds the checkpoint converted (SOURCE {args.source}): choose another --out"
         )
     if os.path.exists(os.path.join(args.out, "config.json")) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a config.json; pass --overwrite to replace it")

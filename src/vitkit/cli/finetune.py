@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import PRECISION_HELP, TqdmProgress, UserError, nonneg_int, positive_int
+from vitkit.cli.common import (
+    PRECISION_HELP,
+    TqdmProgress,
+    UserError,
+    nonneg_int,
+    out_holds_source,
+    positive_int,
+)
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
@@ -70,15 +77,12 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     from vitkit.data.datasets import load_dataset
     from vitkit.models import build_model
     from vitkit.train.loop import resolve_for_data, train
-    from vitkit.train.runfiles import CONFIG, RUN_OUTPUTS
+    from vitkit.train.runfiles import CONFIG
 
-    if args.out and os.path.exists(os.path.expanduser(args.source)):
-        out, src = os.path.realpath(args.out), os.path.realpath(os.path.expanduser(args.source))
-        inside = os.path.relpath(src, out).split(os.sep)[0] if os.path.commonpath([out, src]) == out else None
-        if inside in (".", *RUN_OUTPUTS):  # the run's outputs there are replaced before the source is read
-            raise UserError(
-                f"--out {args.out} holds the checkpoint fine-tuned from (--from {args.source}): choose another --out"
-            )
+    if args.out and out_holds_source(args.out, args.source):
+        raise UserError(
+            f"--out {args.out} holds the checkpoint fine-tuned from (--from {args.source}): choose another --out"
+        )
     if args.out and os.path.exists(os.path.join(args.out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a run; pass --overwrite to start afresh there")
     ckpt = read_checkpoint(args.source, num_heads=args.num_heads)
