@@ -88,7 +88,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     ckpt = read_checkpoint(args.source, num_heads=args.num_heads)
     cfg = finetune_config(args, ckpt)
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
-    cfg = resolve_for_data(cfg, splits)
+    cfg = resolve_for_data(cfg, splits, warn=False)  # the checkpoint's classes and channels: adapted below
     if cfg.recipe == "bit-hyperrule":  # its length, warmup and MixUp follow the training set's size
         given = {o.split("=", 1)[0].strip() for o in user_overrides(args)}
         cfg = apply_overrides(cfg, hyperrule(len(splits.train), cfg.model.img_size, given))

@@ -65,10 +65,11 @@ def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
     return torch.device(name)
 
 
-def resolve_for_data(cfg: RunConfig, splits: Splits) -> RunConfig:
-    """Set the model's class count and channels from the dataset (a different setting is replaced, with a warning)."""
+def resolve_for_data(cfg: RunConfig, splits: Splits, warn: bool = True) -> RunConfig:
+    """Set the model's class count and channels from the dataset (a different setting is replaced, with a warning
+    unless `warn` is off: fine-tuning's new head is reported by the loading itself)."""
     for key, value in (("num_classes", splits.num_classes), ("in_chans", splits.in_chans)):
-        if getattr(cfg.model, key) != value:
+        if warn and getattr(cfg.model, key) != value:
             log.warning(
                 "model.%s=%s replaced by %s, the dataset %s's: the dataset sets it",
                 key,
