@@ -1052,6 +1052,7 @@ def test_sigint_or_sigterm_checkpoints_the_step_and_resumes_exactly(
 
     import vitkit.train.trainer as trainer_module
 
+    sigint_before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a job a shell started in the background
     ref = tmp_path / "ref"
     flags = [*TINY_FLAGS, "--epochs", "2", "--no-progress", "--no-report"]
     assert main(["train", *flags, "--out", str(ref)]) == 0
@@ -1072,7 +1073,7 @@ def test_sigint_or_sigterm_checkpoints_the_step_and_resumes_exactly(
         f"stopped at step 5 of 32, checkpointed: continue with `vitkit train --resume {run}`" in caplog.text
     )
     assert (run / "checkpoints" / "step-00000005").is_dir() and not (run / "model.safetensors").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # handlers put back
     monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
     assert main(["train", "--resume", str(run), "--no-progress", "--no-report"]) == 0
     ours, want = load_file(str(run / "model.safetensors")), load_file(str(ref / "model.safetensors"))

@@ -175,8 +175,8 @@ def timm_module_config(model: nn.Module) -> dict[str, Any]:
             args["act_layer"] = {"GELU": "gelu", "GELUTanh": "gelu_tanh"}.get(
                 type(act).__name__, type(act).__name__
             )
-    for key in ("global_pool", "dynamic_img_size", "no_embed_class"):
-        if hasattr(model, key):
+    for key, kind in (("global_pool", str), ("dynamic_img_size", bool), ("no_embed_class", bool)):
+        if isinstance(getattr(model, key, None), kind):  # a ViT's (a ResNet's global_pool is a module)
             args[key] = getattr(model, key)
     norm = getattr(model, "norm", None)
     if isinstance(norm, nn.LayerNorm):
