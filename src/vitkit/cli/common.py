@@ -287,18 +287,17 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
         data = dict(described.meta)
     else:
         cfg = read_config(run_dir)
-        data = read_json(os.path.join(run_dir, DATA)) if os.path.exists(os.path.join(run_dir, DATA)) else {}
-        if not os.path.exists(os.path.join(run_dir, DATA)):  # every run and conversion writes it
+        data_path = os.path.join(run_dir, DATA)
+        data = read_json(data_path) if os.path.exists(data_path) else {}
+        if not os.path.exists(data_path):  # every run and conversion writes it
             log.warning(
                 "%s is missing: the run's normalisation (mean, std) and class names are unknown; eval recomputes "
                 "them from the dataset, predict and inspect use mean 0.5, std 0.5 and class numbers",
-                os.path.join(run_dir, DATA),
+                data_path,
             )
         if not isinstance(data, dict):
-            raise UserError(
-                f"{os.path.join(run_dir, DATA)}: expected a JSON object, got {type(data).__name__}"
-            )
-        _check_data_info(data, cfg, os.path.join(run_dir, DATA))
+            raise UserError(f"{data_path}: expected a JSON object, got {type(data).__name__}")
+        _check_data_info(data, cfg, data_path)
         if described is not None:
             cfg = dataclasses.replace(cfg, model=described.config)
     where = f"{weights}'s metadata" if described is not None else f"{run_dir}/config.json"

@@ -39,6 +39,7 @@ from vitkit.config.run import (
     OptimConfig,
     RunConfig,
     TrainConfig,
+    is_device,
 )
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "cnn_name",
     "from_dict",
     "head_channels",
+    "is_device",
     "load_run_config",
     "parse_value",
     "save_json",

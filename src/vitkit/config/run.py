@@ -12,6 +12,11 @@ COMPILE_SCOPES = ("model", "blocks")
 TTA_MODES = ("none", "hflip")  # test-time augmentation of evaluations (vitkit.eval.tta)
 
 
+def is_device(name: object) -> bool:
+    """Whether `name` is a device vitkit takes: auto, cpu, cuda or cuda:N."""
+    return isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name) is not None
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Dataset, augmentation and loading."""
@@ -185,7 +190,7 @@ class TrainConfig:
             raise ValueError(f"train.fewshot_shots={self.fewshot_shots!r} must be positive integers")
         if self.dist_timeout_s <= 0:
             raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be positive")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not is_device(self.device):
             raise ValueError(f"train.device={self.device!r} is not auto, cpu, cuda or cuda:N")
 
 

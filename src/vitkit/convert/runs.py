@@ -22,6 +22,7 @@ CONFIG = "config.json"
 CONVERTED = "converted"  # the recipe name of a converted run (it has no dataset of its own)
 DATA = "data.json"
 WEIGHTS = "model.safetensors"
+SUMMARY = "summary.json"
 CROP_KEYS = (
     "crop_pct",
     "interpolation",
@@ -60,7 +61,7 @@ def check_run_weights(run_dir: str, weights: str) -> None:
         except CheckpointError as e:
             raise ConversionError(f"{e}; pass another of {os.path.dirname(folder)}'s checkpoints") from None
         return
-    summary_path = os.path.join(run_dir, "summary.json")
+    summary_path = os.path.join(run_dir, SUMMARY)
     if folder != os.path.abspath(run_dir) or os.path.basename(weights) != WEIGHTS:
         return
     summary = read_json_file(summary_path) if os.path.isfile(summary_path) else None

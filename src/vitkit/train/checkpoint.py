@@ -191,8 +191,7 @@ def check_training_state(state: dict, where: str) -> None:
     """A training checkpoint's state (Trainer.state) has its keys, of their types: else the key at fault is named."""
     for key, kind in STATE_KEYS.items():
         value = state.get(key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (number if kind is float else isinstance(value, kind) and not isinstance(value, bool)):
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
             raise CheckpointError(f"{where}: {key!r} must be a {kind.__name__}, got {value!r:.60}")
 
 

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -15,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from vitkit.config import RunConfig
+from vitkit.config import RunConfig, is_device
 from vitkit.data.datasets import Splits, load_dataset
 from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
@@ -54,7 +53,7 @@ class Progress(Protocol):
 
 def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
     """ "auto" -> cuda when available (this rank's GPU under torchrun), else cpu."""
-    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+    if not is_device(name):
         raise ValueError(f"device {name!r} is not auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
