@@ -40,7 +40,7 @@ def fashion_mnist() -> RunConfig:
         train=TrainConfig(epochs=12, batch_size=64, log_every=100, compile=True),
         expected=(
             "Fashion-MNIST test top-1 90.45% in 704 s wall (638 s training, 1,128 img/s) on 2 CPU cores; "
-            "90% first reached after epoch 10 (597 s). `make train`; bench/RESULTS.md"
+            "90% first reached after epoch 10 (539 s of training). `make train`; bench/RESULTS.md"
         ),
     )
 
@@ -84,7 +84,7 @@ def fashion_mnist_bit() -> RunConfig:
         train=dataclasses.replace(base.train, compile=False),
         expected=(
             "Fashion-MNIST test top-1 91.75% (top-5 99.89%) after 12 epochs, 2,878 s of training (250 img/s) on 2 "
-            "CPU cores, 3,029 s wall (tests shared the cores for one epoch: ~2,720 s otherwise); 90% first after "
+            "CPU cores, 3,029 s wall (tests shared the cores for one epoch: ~2,720 s of training otherwise); 90% first after "
             "epoch 6 (1,518 s). Per epoch ahead of the ViT recipe (85.14% vs "
             "80.38% after epoch 1), at 2.6x its FLOPs per image. `vitkit train --recipe fashion-mnist-bit`; "
             "bench/RESULTS.md"
