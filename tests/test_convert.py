@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import pickle
 
 import numpy as np
@@ -253,6 +254,21 @@ def test_a_timm_model_in_memory_is_read_with_its_own_settings(kw, size):
     assert tuple(ours.cfg.img_size) == size and ours.cfg.norm_eps == t.norm.eps
     assert ours.cfg.mlp_act == ("gelu_tanh" if "act_layer" in kw else "gelu")
     assert ours.cfg.dynamic_img_size == kw.get("dynamic_img_size", False)
+    assert_same_logits(ours, t, torch.randn(2, 3, *size))
+
+
+@pytest.mark.parametrize("kind", ["class-row-2x4", "no-embed-class-3x3"])
+def test_a_bare_state_dict_is_read_at_the_size_asked_for(caplog, kind):
+    """9 = 3^2 position rows with a class token: 2x4 patches and a class-token row, or 3x3 without one (timm's
+    no_embed_class); a bare state dict does not say which. The square reading is taken with a warning, and an
+    img_size that fits one reading chooses it."""
+    size = (2 * P, 4 * P) if kind.startswith("class") else (3 * P, 3 * P)
+    t = randomize(timm_vit(img_size=size, no_embed_class=kind.startswith("no")))
+    with caplog.at_level(logging.WARNING):
+        guessed = vitkit.create_model(pretrained=t.state_dict(), num_heads=HEADS)
+    assert tuple(guessed.cfg.img_size) == (3 * P, 3 * P) and "a 2x4 grid with one fits too" in caplog.text
+    ours = vitkit.create_model(pretrained=t.state_dict(), num_heads=HEADS, img_size=size)
+    assert tuple(ours.cfg.img_size) == size
     assert_same_logits(ours, t, torch.randn(2, 3, *size))
 
 

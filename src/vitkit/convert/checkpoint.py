@@ -160,8 +160,8 @@ def _square_size(n: int, stride: int, what: str, where: str) -> tuple[int, int]:
     side = math.isqrt(max(n, 0))
     if side * side != n:
         raise ConversionError(
-            f"{where}: {what} do not form a square grid, and the file does not say the image size; save it as a "
-            "vitkit file (vitkit.convert.save_model_file) with its config"
+            f"{where}: {what} do not form a square grid, and the file does not say the image size: pass the "
+            "model's img_size, or save it as a vitkit file (vitkit.convert.save_model_file) with its config"
         )
     return (side * stride, side * stride)
 

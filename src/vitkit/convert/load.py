@@ -308,7 +308,7 @@ def model_from_source(
     if isinstance(source, Checkpoint):
         ckpt = source
     else:
-        ckpt = read_checkpoint(source, num_heads=num_heads)
+        ckpt = read_checkpoint(source, num_heads=num_heads, img_size=overrides.get("img_size"))
     if not ckpt.heads_known and name is None and "num_heads" not in overrides:
         raise unknown_heads_error(ckpt)
     classes = overrides.get("num_classes", ckpt.config.num_classes)

@@ -38,10 +38,12 @@ FORMATS = ("official", "big_vision", "timm", "hf", "vitkit")
 Source = str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module
 
 
-def _from_state(path: str, state: dict[str, torch.Tensor], num_heads: int | None) -> Checkpoint:
+def _from_state(
+    path: str, state: dict[str, torch.Tensor], num_heads: int | None, img_size: tuple[int, int] | None = None
+) -> Checkpoint:
     """A bare weights file: timm or transformers names, told apart by their keys."""
     if is_timm_state(state):
-        return from_timm_state(state, path, num_heads=num_heads)
+        return from_timm_state(state, path, num_heads=num_heads, img_size=img_size)
     if is_hf_state(state):
         return from_hf_state(state, {"num_attention_heads": num_heads} if num_heads else {}, path)
     some = sorted(state)[:6]
@@ -94,7 +96,7 @@ def _read_folder(folder: str, num_heads: int | None) -> Checkpoint:
     )
 
 
-def _read_file(path: str, num_heads: int | None) -> Checkpoint:
+def _read_file(path: str, num_heads: int | None, img_size: tuple[int, int] | None = None) -> Checkpoint:
     if path.endswith(".npz"):
         arrays = read_npz(path)
         return read_bit_npz(arrays, path) if is_bit_npz(arrays) else read_official(path, arrays)
@@ -108,18 +110,23 @@ def _read_file(path: str, num_heads: int | None) -> Checkpoint:
         if "config" in meta:
             return read_model_file(path, state, meta)
         return read_run(path)  # weights written by `vitkit train` inside a run folder
-    return _from_state(path, state, num_heads)
+    return _from_state(path, state, num_heads, img_size)
 
 
-def read_checkpoint(source: Source, *, num_heads: int | None = None) -> Checkpoint:
+def read_checkpoint(
+    source: Source, *, num_heads: int | None = None, img_size: int | tuple[int, int] | None = None
+) -> Checkpoint:
     """Read any supported checkpoint into vitkit names with its inferred ModelConfig.
 
     `source`: an official/big_vision `.npz`; timm `.safetensors`/`.pth`/`.bin`; a transformers ViT folder; a vitkit
     run folder, checkpoint folder or exported `.safetensors`; a hub id (`hf-hub:timm/...`, `google/vit-...`); or
     a state dict in memory with timm's or transformers' names (`timm_model.state_dict()`), or a model in memory
     (a vitkit model, a transformers ViT with its config, a timm model).
-    `num_heads` is needed only for fused-qkv files whose shape is not one of the paper's.
+    `num_heads` is needed only for fused-qkv files whose shape is not one of the paper's. `img_size`, the size a
+    model is wanted at, tells a bare timm state dict's image size where its position embedding leaves it open (a
+    square row count with a class token: a square grid without a class-token row, or (g-1) x (g+1) with one).
     """
+    img_size = (img_size, img_size) if isinstance(img_size, int) else img_size
     if isinstance(source, nn.Module):
         return _from_module(source, num_heads)
     if isinstance(source, Mapping):
@@ -133,13 +140,13 @@ def read_checkpoint(source: Source, *, num_heads: int | None = None) -> Checkpoi
                 "model built from it takes transformers' defaults: eps 1e-12, erf GELU, heads by width; a model "
                 "given keeps its own); pass the transformers model itself (or its folder) to use its config"
             )
-        return _from_state("<state dict>", state, num_heads)
+        return _from_state("<state dict>", state, num_heads, img_size)
     source = os.fspath(source)
     path = os.path.expanduser(source)
     if os.path.isdir(path):
         return _read_folder(path, num_heads)
     if os.path.isfile(path):
-        return _read_file(path, num_heads)
+        return _read_file(path, num_heads, img_size)
     if is_hub_id(source):
         return _read_folder(fetch(source), num_heads)
     raise FileNotFoundError(

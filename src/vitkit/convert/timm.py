@@ -9,6 +9,8 @@ ViT does not have (fc_norm, register tokens, LayerScale, ...) is left under its 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 from typing import Any
 
@@ -27,6 +29,8 @@ from vitkit.convert.checkpoint import (
 from vitkit.convert.files import ConversionError
 from vitkit.convert.resnet import from_timm_resnet_state, is_timm_resnet_state
 from vitkit.data.imagefolder import RESAMPLE
+
+log = logging.getLogger(__name__)
 
 # timm's act_layer names of the activations vitkit's MLP computes (the erf GELU and its tanh approximation)
 TIMM_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}
@@ -100,10 +104,17 @@ def from_timm_state(
     *,
     hub_config: dict[str, Any] | None = None,
     num_heads: int | None = None,
+    img_size: tuple[int, int] | None = None,
 ) -> Checkpoint:
-    """A Checkpoint from a timm state dict (and, from the hub, timm's config.json)."""
+    """A Checkpoint from a timm state dict (and, from the hub, timm's config.json); `img_size`: the size the
+    caller wants, taken as the checkpoint's when the config does not say and its grid fits pos_embed."""
     state = strip_module(state)
     facts = _hub_config_facts(hub_config, where) if hub_config else {}
+    if img_size and "img_size" not in facts and _fits_posemb(state, tuple(img_size), where):
+        facts["img_size"] = tuple(img_size)
+        log.info(
+            "%s: pos_embed read for img_size=%s, as asked (the file does not say its size)", where, img_size
+        )
     if is_bit_state(state):  # timm's resnetv2_*_bit: the BiT baseline
         meta = {k: facts[k] for k in PREPROCESS_KEYS if k in facts}
         return from_bit_state(state, where, img_size=facts.get("img_size"), meta=meta)
@@ -150,7 +161,26 @@ def _grid_tokens(state: dict[str, torch.Tensor], facts: dict[str, Any], where: s
     if "img_size" in facts:
         stride = token_stride(state, where)
         return (facts["img_size"][0] // stride) * (facts["img_size"][1] // stride)
+    n = int(pe.shape[1])
+    side = math.isqrt(n)
+    # a square count fits (side-1) x (side+1) patches and a class-token row too: say which reading is taken
+    if side * side == n and n > 1:
+        log.warning(
+            "%s: pos_embed's %d rows are read as a %dx%d grid without a class-token row (timm's no_embed_class, "
+            "big_vision); a %dx%d grid with one fits too: pass img_size to read it so",
+            where, n, side, side, side - 1, side + 1,
+        )  # fmt: skip
     return None
+
+
+def _fits_posemb(state: dict[str, torch.Tensor], img_size: tuple[int, int], where: str) -> bool:
+    """Whether images of `img_size` give as many tokens as pos_embed has rows, with or without a class-token row."""
+    pe = state.get("pos_embed")
+    if pe is None or "patch_embed.proj.weight" not in state:
+        return False
+    stride = token_stride(state, where)
+    tokens = (img_size[0] // stride) * (img_size[1] // stride)
+    return int(pe.shape[1]) in (tokens, tokens + ("cls_token" in state))
 
 
 def timm_module_config(model: nn.Module) -> dict[str, Any]:
