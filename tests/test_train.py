@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import glob
@@ -544,6 +545,20 @@ def test_keyed_dropout_depends_on_sample_not_batch():
     torch.testing.assert_close(part, full[2:], rtol=0, atol=1e-6)
     with keyed_random.keyed(8, idx):
         assert not torch.allclose(model(x), full)
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_dropout_rates_of_one_drop_everything_without_nan(keyed):
+    """Rates of 1 (the config's upper bound): every element and every residual branch dropped, no 0/0 as timm."""
+    from vitkit import keyed_random
+    from vitkit.models.layers import Dropout, drop_path
+
+    x = torch.randn(4, 3, 5)
+    with keyed_random.keyed(7, torch.arange(4)) if keyed else contextlib.nullcontext():
+        assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+        assert torch.equal(drop_path(x, 1.0, training=True, rng_id=3), torch.zeros_like(x))
+        model = create_model("ViT-Ti/4", img_size=8, in_chans=1, num_classes=3, depth=2, drop_path_rate=1.0)
+        assert torch.isfinite(model.train()(torch.randn(4, 1, 8, 8))).all()
 
 
 def test_keyed_dropout_compiles_once_for_every_key():

@@ -26,7 +26,8 @@ class Dropout(nn.Module):
         u = keyed_uniform(tuple(x.shape), self.rng_id, x.device)
         if u is None:
             return F.dropout(x, self.p, True)
-        return x * (u >= self.p).to(x.dtype) / (1.0 - self.p)
+        mask = (u >= self.p).to(x.dtype)
+        return x * mask / (1.0 - self.p) if self.p < 1.0 else x * mask  # p = 1: all dropped, as F.dropout
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -226,7 +227,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool, rng_id: int = 0) -> tor
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
     else:
         mask = (u < keep).to(x.dtype).view((x.shape[0],) + (1,) * (x.ndim - 1))
-    return x * mask / keep
+    return x * mask / keep if keep > 0.0 else x * mask  # p = 1: every branch dropped, no 0/0
 
 
 class DropPath(nn.Module):
