@@ -54,6 +54,30 @@ def test_forward_intermediates_and_get_intermediate_layers_equal_timms(pool):
         ours.forward_intermediates(x, output_fmt="NHWC")
 
 
+@pytest.mark.parametrize("name", ["ViT-Ti/16", "GAP", "R+ViT-Ti/16", "BiT-R26x1"])
+def test_reset_classifier_without_pooling_gives_features_as_timm(name):
+    """timm's `reset_classifier(0, "")`: a ViT's final-normed tokens (B, N, D), a CNN's last map (B, C, h, w)."""
+    kw = (
+        dict(img_size=32, num_classes=5, depth=1)
+        if name != "BiT-R26x1"
+        else dict(img_size=32, num_classes=5, in_chans=3)
+    )
+    if name == "GAP":
+        name, kw = "ViT-Ti/16", dict(kw, pool="gap", posemb="sincos2d")
+    model = vitkit.create_model(name, **kw).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        with pytest.raises(ValueError, match="num_classes must be 0"):
+            model.reset_classifier(3, global_pool="")
+        model.reset_classifier(0, global_pool="")
+        torch.testing.assert_close(model(x), feats, rtol=0, atol=1e-6)
+        model.reset_classifier(0)  # the mode stays, as timm's global_pool
+        assert model(x).shape == feats.shape
+        model.reset_classifier(4)  # a head pools again
+        assert model(x).shape == (2, 4)
+
+
 def test_reset_classifier_gives_a_zero_head_and_drops_pre_logits():
     model = vitkit.create_model("ViT-Ti/16", img_size=32, num_classes=5, depth=1, representation_size=16)
     model.eval().reset_classifier(3)

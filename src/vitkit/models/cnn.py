@@ -44,6 +44,7 @@ class CNNClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.grad_checkpointing = False  # set_grad_checkpointing()
+        self.pooled = True  # False after reset_classifier(0, ""): the last feature map out, as timm's
         self.preprocess: dict[
             str, Any
         ] = {}  # the loaded weights' mean, std, classes, source (pretrained_cfg)
@@ -92,10 +93,18 @@ class CNNClassifier(nn.Module):
     @torch.no_grad()
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new zero-initialised head for `num_classes` (0: none, pooled features out), as BiT's fine-tuning
-        (timm's method; timm's new head is random); the pooling is always the average ("avg")."""
+        (timm's method; timm's new head is random); the pooling is the average ("avg"), or none with
+        `reset_classifier(0, "")`: the final feature map (B, C, h, w) out, as timm's (not saved with the weights)."""
         cfg = dataclasses.replace(self.cfg, num_classes=num_classes, head_init="zero")  # checks num_classes
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"reset_classifier(global_pool={global_pool!r}): the CNNs pool by 'avg' only")
+        if global_pool not in (None, "avg", ""):
+            raise ValueError(
+                f"reset_classifier(global_pool={global_pool!r}): the CNNs pool by 'avg' (or '': none)"
+            )
+        if global_pool == "" and num_classes:
+            raise ValueError(
+                f"reset_classifier({num_classes}, global_pool=''): an unpooled map is features, not logits: "
+                "num_classes must be 0"
+            )
         ref = next(self.parameters())
         rng_id = self.head.drop.rng_id if self.head is not None else 0
         self.head = None
@@ -105,6 +114,7 @@ class CNNClassifier(nn.Module):
             self.head.drop.rng_id = rng_id
             self.head.train(self.training)
         self.num_classes, self.cfg = num_classes, cfg
+        self.pooled = global_pool != "" and (global_pool is not None or self.pooled or bool(num_classes))
         self.preprocess.pop("classes", None)
 
     def forward_intermediates(
@@ -155,7 +165,7 @@ class CNNClassifier(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""
         if self.head is None:
-            return x.mean((2, 3))
+            return x.mean((2, 3)) if self.pooled else x
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

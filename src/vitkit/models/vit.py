@@ -97,6 +97,7 @@ class VisionTransformer(nn.Module):
         )
         # set_grad_checkpointing(): recompute each block's activations in backward
         self.grad_checkpointing = False
+        self.pooled = True  # False after reset_classifier(0, ""): the normed tokens (B, N, D) out, as timm's
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         rep = cfg.representation_size
         self.pre_logits = PreLogits(d, rep) if rep else nn.Identity()
@@ -112,9 +113,10 @@ class VisionTransformer(nn.Module):
     def reset_parameters(self) -> None:
         """The official code's initialisation (xavier Linear, lecun patch embedding, 0.02 posemb); `attn_init`.
 
-        By default (`weight_init="default"`, as timm's) four details differ from the official code: xavier spans
-        the fused qkv (the official code's q, k and v are initialised apart: std 0.036 instead of 0.026 for
-        ViT-B), the position embedding's normal is truncated at 2 std (std 0.018; the official code's is not),
+        By default (`weight_init="default"`, timm's but for the position embedding) four details differ from the
+        official code: xavier spans the fused qkv (the official code's q, k and v are initialised apart: std 0.036
+        instead of 0.026 for ViT-B), the position embedding's normal is truncated at 2 std (std 0.018; timm's
+        trunc_normal_ cuts at +-2 absolute, so its and the official code's are N(0, 0.02)),
         the pre-logits layer is xavier (official: lecun normal) and the head is xavier unless `head_init="zero"`
         (official: zero). `weight_init="official"` follows the official code in all four."""
         for name, m in self.named_modules():
@@ -185,12 +187,19 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new zero-initialised head for `num_classes` (0: none, pooled features out) with pre-logits dropped:
         the paper's fine-tuning head (timm's method; timm's new head is random). `global_pool` ("token", "avg"),
-        if given, must be the model's pooling: changing it changes the architecture (build another model)."""
+        if given, must be the model's pooling: changing it changes the architecture (build another model);
+        `reset_classifier(0, "")` gives the final-normed tokens (B, N, D) unpooled, as timm's (a mode of this
+        module, not saved with its weights: a loaded copy pools)."""
         cfg = dataclasses.replace(  # checks num_classes
             self.cfg, num_classes=num_classes, representation_size=None, head_init="zero"
         )
         pool = {"token": "token", "avg": "gap", "gap": "gap"}.get(global_pool, global_pool)
-        if global_pool is not None and pool != self.cfg.pool:
+        if global_pool == "" and num_classes:
+            raise ValueError(
+                f"reset_classifier({num_classes}, global_pool=''): unpooled tokens are features, not logits: "
+                "num_classes must be 0"
+            )
+        if global_pool not in (None, "") and pool != self.cfg.pool:
             raise ValueError(
                 f"reset_classifier(global_pool={global_pool!r}): this model pools by {self.cfg.pool!r} "
                 f"({'class token' if self.cfg.pool == 'token' else 'avg'}); build a model with pool= instead"
@@ -204,6 +213,7 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.head.bias)
         self.head.train(self.training)
         self.num_classes, self.cfg = num_classes, cfg
+        self.pooled = global_pool != "" and (global_pool is not None or self.pooled or bool(num_classes))
         self.preprocess.pop("classes", None)
 
     # ------------------------------------------------------------------ forward
@@ -343,7 +353,9 @@ class VisionTransformer(nn.Module):
         return take
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, D): the class token, or the mean of the patch tokens (GAP)."""
+        """(B, N, D) -> (B, D): the class token, or the mean of the patch tokens (GAP); unpooled: as it is."""
+        if not self.pooled:
+            return x
         if self.cfg.pool == "token":
             return x[:, 0]
         return x[:, self.num_prefix_tokens :].mean(dim=1)
@@ -364,7 +376,7 @@ class VisionTransformer(nn.Module):
         if return_attention:
             feats, attns = self.forward_features(x, return_attention=True)
             return self.forward_head(feats), attns
-        if self.cfg.pool != "token" or len(self.blocks) == 0:
+        if self.cfg.pool != "token" or not self.pooled or len(self.blocks) == 0:
             return self.forward_head(self.forward_features(x))
         x = self.embed(x)
         last = len(self.blocks) - 1
