@@ -36,6 +36,23 @@ def test_names_give_the_papers_hybrids():
         model_config("R18+ViT-B/16")
     with pytest.raises(ValueError, match="token stride"):
         model_config("R50+ViT-B/16", img_size=200)
+    assert model_config("R50x1+ViT-B/16").backbone == (3, 4, 9)  # the paper's notation
+
+
+@pytest.mark.parametrize(
+    ("backbone", "patch", "name"),
+    [((3, 4, 9), 1, "R50+ViT-B/16"), ((3, 4, 6, 3), 1, "R50+ViT-B/32"), ((3, 4, 9), 2, "R3-4-9+ViT-B/32"),
+     ((2, 2, 2, 2), 1, "R26+ViT-B/32"), ((), 4, "R+ViT-B/16")],
+)  # fmt: skip
+def test_a_hybrids_name_parses_back_to_its_resnet_and_patch(backbone, patch, name):
+    """A name is given only where it parses back: R50's stride-16 stages under 2x2 patches are not R50+ViT-B/32
+    (the standard ResNet-50 under 1x1 patches)."""
+    from vitkit.models.registry import model_name
+
+    assert model_name(768, 12, 12, 3072, patch, backbone) == name
+    if not name.startswith("R3-"):
+        cfg = model_config(name)
+        assert (cfg.backbone, cfg.patch_size) == (backbone, patch)
 
 
 def test_backbone_config_parses_validates_and_round_trips():

@@ -72,7 +72,7 @@ DEFAULT_PRETRAINED = {
 
 
 _NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
-_HYBRID = re.compile(r"^(R\d*)\s*\+\s*(.*)$", re.IGNORECASE)
+_HYBRID = re.compile(r"^(R\d*)(?:x1)?\s*\+\s*(.*)$", re.IGNORECASE)  # the paper writes R50x1+ViT-B/16 too
 
 # The BiT baselines' stage depths (bottleneck blocks per stage), by ResNet depth (config.bit_depth of them).
 BIT_DEPTHS: dict[int, tuple[int, ...]] = {
@@ -95,11 +95,12 @@ def model_name(
     width: int, depth: int, heads: int, mlp: int, patch: int, backbone: tuple[int, ...] | None = None
 ) -> str:
     """ "ViT-B/16" when the shape is one of the paper's, else "ViT-<width>x<depth>/<patch>"; hybrids
-    "R50+ViT-B/16" with the token stride after the slash."""
+    "R50+ViT-B/16" with the token stride after the slash, where that name parses back to the same ResNet and patch
+    (else "R3-4-9+ViT-B/32": R50's stride-16 stages under 2x2 patches, which "R50+ViT-B/32" is not)."""
     prefix = ""
     if backbone is not None:
         patch *= backbone_stride(backbone)
-        names = [k for k, v in [*RESNETS.items(), ("R50", R50_STRIDE32)] if v == tuple(backbone)]
+        names = [k for k, v in RESNETS.items() if _resnet_of(k, patch) == tuple(backbone)]
         prefix = (names[0] if names else "R" + "-".join(map(str, backbone))) + "+"
     for size, shape in WIDTHS.items():
         if shape == (width, depth, heads, mlp):
@@ -137,11 +138,13 @@ def parse_hybrid(name: str) -> tuple[str, tuple[int, ...] | None, str]:
         raise ValueError(
             f"unknown hybrid {name!r}: the ResNet is one of {', '.join(RESNETS)} (e.g. 'R50+ViT-B/16')"
         )
-    layers = RESNETS[resnet]
-    if resnet == "R50":  # the standard ResNet-50 at stride 32 and beyond
-        _, stride = parse_name(m.group(2))
-        layers = R50_STRIDE32 if stride % 32 == 0 else layers
-    return resnet, layers, m.group(2)
+    _, stride = parse_name(m.group(2))
+    return resnet, _resnet_of(resnet, stride), m.group(2)
+
+
+def _resnet_of(resnet: str, stride: int) -> tuple[int, ...]:
+    """A hybrid's ResNet stages by name and token stride: R50 is the standard ResNet-50 at stride 32 and beyond."""
+    return R50_STRIDE32 if resnet == "R50" and stride % 32 == 0 else RESNETS[resnet]
 
 
 def check_model_options(overrides: dict[str, Any]) -> None:
