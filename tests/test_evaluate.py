@@ -1,0 +1,71 @@
+"""evaluate(): every metric it returns against a sample-by-sample reference, over uneven batches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitkit.data.datasets import ArrayDataset
+from vitkit.eval.evaluate import evaluate
+
+K = 8  # more classes than top-5 covers, so top-5 is not always right
+
+
+class Pixels(nn.Module):
+    """A fixed linear classifier over the pixels."""
+
+    def __init__(self, size: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(size * size, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def _reference(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The metrics one sample at a time: rank of the label, loss, and a confusion matrix of Python counts."""
+    top1 = top5 = 0
+    loss = 0.0
+    conf = [[0] * K for _ in range(K)]
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        rank = sum(v > z[y] for v in z)  # classes scored above the label (no ties in random floats)
+        top1 += rank == 0
+        top5 += rank < 5
+        loss += math.log(sum(math.exp(v) for v in z)) - z[y]
+        conf[y][max(range(K), key=lambda c: z[c])] += 1
+    n = len(labels)
+    per_class = [conf[c][c] / sum(conf[c]) if sum(conf[c]) else None for c in range(K)]
+    return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n, "confusion": conf, "per_class": per_class}
+
+
+@pytest.mark.parametrize("batch_size", [7, 50, 64])
+def test_evaluate_matches_a_sample_by_sample_reference(batch_size):
+    """top-1, top-5, loss, the confusion matrix (rows true, columns predicted) and per-class recall, with a
+    class that has no test image (its recall None), over batches that do not divide the set."""
+    torch.manual_seed(0)
+    model = Pixels()
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, K - 1, (50,), generator=g)  # class K-1 never appears
+    data = ArrayDataset(images, labels)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 64 - 2
+
+    res = evaluate(model, data, transform, num_classes=K, device=torch.device("cpu"), batch_size=batch_size)
+    with torch.no_grad():
+        logits = model(transform(images)).double()
+    ref = _reference(logits, labels)
+    assert 0 < ref["top1"] < ref["top5"] < 1  # the reference tells the metrics apart
+    assert res["num_samples"] == 50
+    assert res["top1"] == pytest.approx(ref["top1"], abs=1e-12)
+    assert res["top5"] == pytest.approx(ref["top5"], abs=1e-12)
+    assert res["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    assert res["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert res["confusion"] == ref["confusion"]
+    assert res["per_class"][K - 1] is None
+    assert res["per_class"] == pytest.approx(ref["per_class"], abs=1e-12)
