@@ -132,6 +132,45 @@ def test_layer_decay_scales_each_groups_learning_rate():
         _trainer(bad)
 
 
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_a_step_is_smoothed_cross_entropy_clipped_then_sgd_by_hand(clip):
+    """One step against a hand-written one: the loss (1-e) CE + e mean_k(-log p_k) of label smoothing e, the
+    gradient rescaled to norm `clip` when longer (clip_grad_norm_), then p -= lr g (plain SGD, constant lr)."""
+    eps, lr = 0.2, 0.5
+    c = tiny_run(steps=1, batch_size=16)
+    c = dataclasses.replace(
+        c,
+        data=dataclasses.replace(c.data, label_smoothing=eps),
+        optim=OptimConfig(
+            name="sgd",
+            lr=lr,
+            momentum=0.0,
+            weight_decay=0.0,
+            warmup_steps=0,
+            schedule="constant",
+            grad_clip=clip,
+        ),
+    )
+    tr = _trainer(c)
+    ref = copy.deepcopy(tr.model)
+    idx = tr._epoch_order(0)[:16]
+    images, labels = tr.train_ds.get_batch(idx)
+    x = tr.transform.train(images, idx, 0)
+    logp = torch.log_softmax(ref(x).double(), dim=-1)  # (B, K)
+    loss = ((1 - eps) * -logp.gather(1, labels[:, None]).squeeze(1) + eps * -logp.mean(dim=1)).mean()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g.double() for p, g in zip(params, grads)]
+    norm = torch.sqrt(sum((g * g).sum() for g in grads))
+    scale = min(1.0, clip / (float(norm) + 1e-6)) if clip else 1.0
+    assert (scale < 0.5) == bool(clip)  # the clip bites
+    tr.train_step()
+    after = dict(tr.model.named_parameters())
+    for (name, p), g in zip(((n, p) for n, p in ref.named_parameters() if p.requires_grad), grads):
+        want = p.detach().double() - lr * scale * g
+        torch.testing.assert_close(after[name].detach().double(), want, rtol=0, atol=2e-6, msg=name)
+
+
 def _trainer(cfg):
     splits = load_dataset(cfg.data, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
