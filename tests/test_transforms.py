@@ -241,13 +241,33 @@ def test_randaugment_runs_on_gray_and_rgb():
         assert a.shape == (3, c, 16, 16) and torch.equal(a, b)
 
 
-def test_mixup_cutmix_targets():
-    x = torch.randn(6, 1, 8, 8)
-    y = torch.tensor([0, 1, 2, 0, 1, 2])
-    for mix, cut in ((0.8, 0.0), (0.0, 1.0), (0.8, 1.0)):
-        xm, t = mix_batch(x, y, 3, key=5, mixup_alpha=mix, cutmix_alpha=cut, smoothing=0.1)
-        assert xm.shape == x.shape and t.shape == (6, 3)
-        torch.testing.assert_close(t.sum(-1), torch.ones(6))
+@pytest.mark.parametrize(("mix", "cut"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixup_cutmix_targets_are_the_share_of_each_image_in_the_mix(mix, cut):
+    """Each image mixed with its partner in the reversed batch; its target is the smoothed labels in the
+    proportion the pixels hold them: for Mixup the blend weight, for CutMix the area left after the paste
+    (clipped at the border), read back from constant images."""
+    x = torch.arange(1.0, 7.0)[:, None, None, None].expand(6, 1, 8, 8)  # image i is all i + 1
+    y = torch.tensor([0, 1, 2, 0, 1, 1])
+    smooth = torch.nn.functional.one_hot(y, 3).float() * 0.9 + 0.1 / 3
+    kinds = set()
+    for key in range(12):
+        xm, t = mix_batch(x, y, 3, key=key, mixup_alpha=mix, cutmix_alpha=cut, smoothing=0.1)
+        own, partner = x[:, 0, 0, 0], x.flip(0)[:, 0, 0, 0]  # (B,)
+        pasted = xm == x.flip(0)  # CutMix: the partner's pixels
+        if bool((pasted | (xm == x)).all()) and not bool(torch.equal(xm, x)):  # a paste (whole pixels)
+            kinds.add("cutmix")
+            box = pasted[0, 0]
+            rows, cols = box.any(1).nonzero().squeeze(1), box.any(0).nonzero().squeeze(1)
+            assert box.sum() == len(rows) * len(cols) and torch.equal(
+                pasted[:3], pasted[:1].expand(3, -1, -1, -1)
+            )
+            lam = 1 - float(box.float().mean())
+        else:
+            kinds.add("mixup")
+            lam = float((xm[0, 0, 0, 0] - partner[0]) / (own[0] - partner[0]))
+            torch.testing.assert_close(xm[:, 0, 0, 0], lam * own + (1 - lam) * partner)
+        torch.testing.assert_close(t, lam * smooth + (1 - lam) * smooth.flip(0))
+    assert kinds == {k for k, a in (("mixup", mix), ("cutmix", cut)) if a > 0}
 
 
 def test_batch_order_sharding_and_eval_cover():
