@@ -104,15 +104,18 @@ def test_bench_bf16_pure_beside_timm_amp_with_profile(mode, tmp_path):
 def test_fast_path_cpu(method, tmp_path):
     torch.manual_seed(0)
     model = create_model("ViT-Ti/8", img_size=32, depth=2, num_classes=10).eval()
-    x = torch.randn(3, 3, 32, 32)
-    fn, info = fast_inference(model, example=x, method=method, workdir=str(tmp_path))
+    x = torch.randn(64, 3, 32, 32)
+    fn, info = fast_inference(model, example=x[:3], method=method, workdir=str(tmp_path))
     assert info["method"] == method
     with torch.inference_mode():
         ref = model(x)
-    out = fn(torch.randn(5, 3, 32, 32))  # dynamic batch
-    assert out.shape == (5, 10)
-    tol = 1e-4 if method == "onnx" else 0.5
-    assert (fn(x) - ref).abs().max() < tol
+    for part in (x[:5], x):  # another batch size than the example's: the exported batch axis is dynamic
+        out, want = fn(part), ref[: len(part)]
+        if method == "onnx":  # fp32: the same logits
+            torch.testing.assert_close(out, want, rtol=0, atol=1e-4)
+        else:  # int8 (measured here: 3% relative error, 61 of 64 top-1 agree)
+            assert float((out - want).norm() / want.norm()) < 0.08
+    assert (fn(x).argmax(1) == ref.argmax(1)).float().mean() >= (1.0 if method == "onnx" else 0.85)
 
 
 def test_fast_path_without_workdir_leaves_no_files(tmp_path, monkeypatch):
