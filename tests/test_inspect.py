@@ -121,6 +121,23 @@ def test_rollout_rows_are_distributions(fusion):
         rollout_matrix(attns, "median")
 
 
+def test_rollout_discards_the_weakest_links_but_never_the_diagonal():
+    """discard_ratio=0.34 of 9 weights drops 3: the three weakest off-diagonal ones (0.1, 0.15, 0.2), not the
+    diagonal; then 0.5 A + 0.5 I and rows renormalised, worked out by hand."""
+    a = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.15, 0.35, 0.5]])
+    kept = torch.tensor([[0.75, 0.15, 0.0], [0.0, 0.8, 0.15], [0.0, 0.175, 0.75]])  # 0.5 A' + 0.5 I
+    want = kept / kept.sum(-1, keepdim=True)
+    got = rollout_matrix([a[None, None]], "mean", discard_ratio=0.34)[0]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, rollout_matrix([a[None, None]], "mean")[0])
+    diagonal_low = torch.tensor(
+        [[0.05, 0.5, 0.45], [0.4, 0.1, 0.5], [0.3, 0.6, 0.1]]
+    )  # the diagonal is weakest
+    kept = torch.tensor([[0.525, 0.25, 0.0], [0.0, 0.55, 0.25], [0.0, 0.3, 0.55]])  # 0.3, 0.4, 0.45 dropped
+    got = rollout_matrix([diagonal_low[None, None]], "mean", discard_ratio=0.34)[0]
+    torch.testing.assert_close(got, kept / kept.sum(-1, keepdim=True))
+
+
 def test_rollout_head_fusion_differs():
     a = torch.zeros(1, 2, 3, 3)
     a[0, 0] = torch.eye(3)
