@@ -66,6 +66,21 @@ def test_resample_bad_input():
         resample_posemb(torch.randn(1, 5, 8), 4, mode="nearest")
 
 
+def _big_vision_sincos(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """big_vision's posemb_sincos_2d written out in numpy: integer (y, x) of a row-major grid, D/4
+    frequencies temperature^(-i/(D/4-1)), [sin x, cos x, sin y, cos y]."""
+    y, x = np.mgrid[:h, :w]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+    y, x = np.outer(y.flatten(), omega), np.outer(x.flatten(), omega)
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+
+
+@pytest.mark.parametrize(("grid", "width"), [((7, 7), 32), ((3, 5), 8), ((14, 10), 192)])
+def test_sincos2d_equals_big_visions(grid, width):
+    want = torch.from_numpy(_big_vision_sincos(*grid, width)).float()
+    torch.testing.assert_close(sincos2d(grid, width), want, rtol=0, atol=1e-6)
+
+
 def test_sincos2d_similarity_peaks_at_self_and_falls_with_distance():
     pe = sincos2d((8, 8), 64)
     assert pe.shape == (64, 64)
