@@ -84,6 +84,23 @@ def test_fashion_mnist_from_data_dir(tmp_path, layout):
     splits = load_mnist_like("fashion-mnist", str(tmp_path), download=False)
     assert splits.train.images.shape == (20, 1, 28, 28) and splits.test.images.shape == (10, 1, 28, 28)
     assert splits.classes[0] == "T-shirt/top" and len(splits.mean) == 1
+    rng = np.random.default_rng(0)  # write_mnist's draws, in its order: the pixels and labels as written
+    for split, n in ((splits.train, 20), (splits.test, 10)):
+        np.testing.assert_array_equal(
+            split.images[:, 0].numpy(), rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        )
+        np.testing.assert_array_equal(split.labels.numpy(), rng.integers(0, 10, n, dtype=np.uint8))
+    assert splits.mean[0] == pytest.approx(splits.train.images.double().mean().item() / 255, abs=1e-6)
+
+
+def test_idx_files_written_by_hand_are_read(tmp_path):
+    """The IDX layout without vitkit's writer: magic 0x0000 0803 (uint8, 3 dims), big-endian sizes, pixels."""
+    pixels = bytes(range(2 * 3 * 4))
+    header = b"\x00\x00\x08\x03" + b"".join(n.to_bytes(4, "big") for n in (2, 3, 4))
+    (tmp_path / "images").write_bytes(header + pixels)
+    np.testing.assert_array_equal(
+        read_idx(str(tmp_path / "images")), np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    )
 
 
 def test_vitkit_data_env(tmp_path, monkeypatch):
@@ -143,6 +160,12 @@ def test_cifar10_reader(tmp_path):
     splits = load_cifar("cifar10", str(tmp_path), download=False)
     assert splits.train.images.shape == (40, 3, 32, 32) and len(splits.test) == 8
     assert splits.classes[3] == "c3"
+    rng = np.random.default_rng(0)  # write_cifar's draws: batches 1-5 then the test batch, rows channel-major
+    batches = [(rng.integers(0, 256, (8, 3072), dtype=np.uint8), rng.integers(0, 10, 8)) for _ in range(6)]
+    for split, part in ((splits.train, batches[:5]), (splits.test, batches[5:])):
+        want = np.concatenate([d for d, _ in part]).reshape(-1, 3, 32, 32)
+        np.testing.assert_array_equal(split.images.numpy(), want)
+        np.testing.assert_array_equal(split.labels.numpy(), np.concatenate([y for _, y in part]))
 
 
 class Evil:
