@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -32,8 +33,12 @@ def test_eval_json(run_dir):
 
 
 def test_eval_checkpoint_folder(run_dir):
+    """checkpoints/best scores what the run recorded for it (best on the test split: no val split here)."""
     r = run_vitkit("eval", str(run_dir / "checkpoints" / "best"), "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_on"] == "test"
+    assert json.loads(r.stdout)["top1"] == pytest.approx(summary["best_test_top1"], abs=1e-12)
 
 
 def _png(path, mode, size=(16, 16)):
@@ -61,8 +66,6 @@ def test_predict_any_mode_and_bad_file(run_dir, tmp_path):
 
 def test_predict_on_a_run_without_its_data_json_says_what_it_falls_back_to(run_dir, tmp_path, capsys, caplog):
     """Was: without data.json predict used mean/std 0.5 and class numbers without a word."""
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     (run / "data.json").unlink()
@@ -103,8 +106,6 @@ def test_missing_data_is_one_line(capsys, tmp_path, monkeypatch):
 
 
 def test_unreadable_checkpoint(capsys, tmp_path, run_dir):
-    import shutil
-
     bad = tmp_path / "badrun"
     shutil.copytree(run_dir, bad)
     (bad / "model.safetensors").write_bytes(b"garbage")  # a run's final file damaged: the checkpoints named
@@ -118,7 +119,14 @@ def test_unreadable_checkpoint(capsys, tmp_path, run_dir):
     assert "loose.safetensors is not in a run folder" in err and "not a self-describing" in err
 
 
-def test_out_holding_a_run_is_not_overwritten(capsys, run_dir):
+def _own_copy(run_dir, tmp_path):
+    """A copy of the module's run for a test that writes to it (or would, if a refusal broke)."""
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_out_holding_a_run_is_not_overwritten(capsys, run_dir, tmp_path):
+    run_dir = _own_copy(run_dir, tmp_path)
     assert main(["train", "--dataset", "synthetic", "--out", str(run_dir)]) == 2
     assert "--resume" in capsys.readouterr().err
 
@@ -130,6 +138,7 @@ def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(
     lengthened) the finished run in it."""
     from safetensors.torch import load_file
 
+    run_dir = _own_copy(run_dir, tmp_path)
     weights = (run_dir / "model.safetensors").read_bytes()
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     flags = [*TINY_FLAGS, "--no-progress", "--no-report", "--out", str(run_dir)]
@@ -143,8 +152,6 @@ def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     # keys the dataset sets whatever the command said do not make it another run
     assert main(["train", *flags, "--epochs", "3", "--set", "model.num_classes=1000"]) == 0
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     other = [*TINY_FLAGS, "--no-progress", "--no-report", "--out", str(copy), "--epochs", "1", "--overwrite"]
@@ -167,7 +174,6 @@ def test_overwrite_leaves_the_run_whole_when_a_setting_is_refused(capsys, run_di
     """Was: --overwrite cleared the old run before the optimizer and the few-shot data were built (a refused
     setting left config.json and data.json alone), and eval_batch_size=0 failed after training."""
     import re
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -179,6 +185,7 @@ def test_overwrite_leaves_the_run_whole_when_a_setting_is_refused(capsys, run_di
 
 def test_finetune_into_its_own_source_is_refused(capsys, run_dir, tmp_path):
     """Was: --overwrite deleted the run fine-tuned from before reading it (a kill then lost the weights)."""
+    run_dir = _own_copy(run_dir, tmp_path)
     for source in (run_dir, run_dir / "model.safetensors", run_dir / "checkpoints" / "best"):
         args = [
             "finetune",
@@ -193,8 +200,6 @@ def test_finetune_into_its_own_source_is_refused(capsys, run_dir, tmp_path):
         assert main(args) == 2
         assert "holds the checkpoint fine-tuned from" in capsys.readouterr().err
     assert (run_dir / "model.safetensors").exists() and (run_dir / "checkpoints").is_dir()
-    import shutil
-
     exp = tmp_path / "exp"  # a source in a sub-folder that is not one of the run's outputs is kept: allowed
     shutil.copytree(run_dir, exp / "pre")
     args = [
@@ -218,8 +223,6 @@ def test_finetune_into_its_own_source_is_refused(capsys, run_dir, tmp_path):
 def test_edited_run_files_are_named_not_tracebacks(capsys, run_dir, tmp_path):
     """Was: an edited config.json gave a size-mismatch traceback on resume; a data.json whose classes do not
     fit the model an IndexError or TypeError in predict."""
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     cfg = json.loads((run / "config.json").read_text())
