@@ -57,7 +57,21 @@ def test_predict_any_mode_and_bad_file(run_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert len(res) == 4 and len(res[0]["predictions"]) == 3
-    assert abs(sum(p["prob"] for p in res[0]["predictions"])) <= 1.0 + 1e-6
+    # the grey image is one shade, whatever the resize: the run's model on that shade, normalised by data.json
+    from PIL import Image
+
+    import vitkit
+
+    shade = Image.open(paths[0]).getpixel((0, 0)) / 255
+    data = json.loads((run_dir / "data.json").read_text())
+    model = vitkit.create_model(pretrained=str(run_dir))
+    x = torch.full((1, 1, *model.cfg.img_size), (shade - data["mean"][0]) / data["std"][0])
+    with torch.no_grad():
+        top = model(x).softmax(-1)[0].topk(3)
+    got = res[0]["predictions"]
+    assert [p["index"] for p in got] == top.indices.tolist()
+    assert [p["class"] for p in got] == [data["classes"][i] for i in top.indices.tolist()]
+    assert [p["prob"] for p in got] == pytest.approx(top.values.tolist(), abs=1e-5)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 nope")
     r = run_vitkit("predict", str(run_dir), str(bad))
