@@ -230,14 +230,30 @@ def test_models_give_the_same_logits_and_gradients_on_the_cuda_patch_path(name, 
 
 
 def test_set_img_size_resamples_and_runs():
+    """The patch rows zoomed as the official code's scipy.ndimage.zoom(order=1), the class-token row kept; the 2D
+    kinds laid out on the new grid (each axis of learn2d resampled, sincos2d in the trained grid's units)."""
+    import scipy.ndimage
+
     m = tiny("ViT-Ti/16").eval()
+    before = m.pos_embed.detach().clone()  # (1, 1 + 4, D): a 2x2 grid at 32 px
     m.set_img_size(64)
     assert m.pos_embed.shape == (1, 1 + 16, m.embed_dim)
+    torch.testing.assert_close(m.pos_embed[0, 0], before[0, 0], rtol=0, atol=0)
+    grid = before[0, 1:].reshape(2, 2, -1).double().numpy()
+    want = scipy.ndimage.zoom(grid, (2, 2, 1), order=1).reshape(16, -1)
+    torch.testing.assert_close(m.pos_embed[0, 1:].double(), torch.from_numpy(want), rtol=0, atol=1e-6)
     assert m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
-    for posemb in ("learn2d", "sincos2d"):
-        m = tiny("ViT-Ti/16", posemb=posemb)
-        m.set_img_size((48, 64))
-        assert m(torch.randn(1, 3, 48, 64)).shape == (1, 5)
+    m = tiny("ViT-Ti/16", posemb="learn2d")
+    row, col = m.pos_embed_row.detach().clone(), m.pos_embed_col.detach().clone()  # (1, 2, D/2)
+    m.set_img_size((48, 64))
+    for new, old, n in ((m.pos_embed_row, row, 3), (m.pos_embed_col, col, 4)):
+        want = scipy.ndimage.zoom(old[0].double().numpy(), (n / 2, 1), order=1)
+        torch.testing.assert_close(new[0].double(), torch.from_numpy(want), rtol=0, atol=1e-6)
+    assert m(torch.randn(1, 3, 48, 64)).shape == (1, 5)
+    m = tiny("ViT-Ti/16", posemb="sincos2d")
+    m.set_img_size((48, 64))
+    torch.testing.assert_close(m.pos_embed[0], vitkit.models.sincos2d((3, 4), m.embed_dim, ref_grid=(2, 2)))
+    assert m(torch.randn(1, 3, 48, 64)).shape == (1, 5)
 
 
 def test_learn2d_concatenates_row_and_column():
