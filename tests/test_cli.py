@@ -70,6 +70,15 @@ def test_sizes_and_counts_below_their_minimum_are_refused_by_name(args, capsys):
     assert f"argument {flag}" in err and "must be at least" in err
 
 
+@pytest.mark.parametrize("value", ["1.5", "1", "-0.1", "half"])
+def test_a_discard_ratio_outside_0_1_is_refused_by_name_before_any_work(value, capsys):
+    """Was: refused by rollout after the model and the test set were loaded, naming `discard_ratio`."""
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", "RUN", "--discard-ratio", value])
+    assert e.value.code == 2
+    assert "argument --discard-ratio" in capsys.readouterr().err
+
+
 def test_version_verbose_after_the_command_and_unknown_options_named_by_the_command(capsys):
     from vitkit import __version__
 

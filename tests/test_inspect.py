@@ -298,9 +298,11 @@ def test_inspect_image_files(run_dir, tmp_path):
         Image.new(mode, (20, 24), 90 + 60 * i).save(p)
         paths.append(str(p))
     out = tmp_path / "files"
-    assert main(["inspect", str(run_dir), "--images", *paths, "--out", str(out)]) == 0
+    rollout = ["--head-fusion", "max", "--discard-ratio", "0.5"]
+    assert main(["inspect", str(run_dir), "--images", *paths, "--out", str(out), *rollout]) == 0
     js = json.loads((out / "inspect.json").read_text())
     assert js["num_images"] == 2 and js["images"] == "2 image file(s)"
+    assert (js["head_fusion"], js["discard_ratio"]) == ("max", 0.5)
     assert all((out / name).exists() for name in FILES)
 
 

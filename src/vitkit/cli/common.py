@@ -56,6 +56,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction_below_one(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must lie in [0, 1)")
+    return value
+
+
 def add_tta_argument(p: argparse.ArgumentParser) -> None:
     """--tta: test-time augmentation; default the run's own train.eval_tta (none for an exported weights file)."""
     p.add_argument(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import UserError, find_run, load_run, local_data, positive_int
+from vitkit.cli.common import UserError, find_run, fraction_below_one, load_run, local_data, positive_int
 
 log = logging.getLogger("vitkit")
 
@@ -346,7 +346,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion"
     )
-    p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of weights")
+    p.add_argument(
+        "--discard-ratio",
+        type=fraction_below_one,
+        default=0.0,
+        help="rollout: drop this fraction [0, 1) of each layer's weakest attention weights (never the diagonal)",
+    )
     p.add_argument("--show", type=positive_int, default=8, help="images in the rollout figure")
     p.add_argument("--batch-size", type=positive_int, default=16)
     _analysis_flags(p)
