@@ -295,6 +295,46 @@ def test_cli_convert_npz_to_run_dir(tmp_path, capsys):
     assert "pass --dataset" in capsys.readouterr().err
 
 
+def test_cli_convert_a_fused_qkv_file_with_its_heads_at_another_size(tmp_path, capsys):
+    """A timm file whose width is not the paper's needs --num-heads (named when missing); --img-size resamples as
+    the Python API does; --json says what was converted."""
+    from safetensors.torch import save_file
+
+    import vitkit
+    from test_convert import HEADS, P, randomize, timm_vit
+    from vitkit.cli.common import load_run
+
+    path = str(tmp_path / "timm.safetensors")
+    save_file({k: v.contiguous() for k, v in randomize(timm_vit()).state_dict().items()}, path)
+    out = tmp_path / "run"
+    assert main(["convert", path, "--out", str(out)]) == 2
+    assert "--num-heads" in capsys.readouterr().err and not out.exists()
+    assert (
+        main(
+            [
+                "convert",
+                path,
+                "--out",
+                str(out),
+                "--num-heads",
+                str(HEADS),
+                "--img-size",
+                str(4 * P),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert (info["format"], info["out"], info["source"]) == ("timm", str(out), path)
+    run = load_run(str(out))
+    assert tuple(run.model.cfg.img_size) == (4 * P, 4 * P) and run.model.cfg.num_heads == HEADS
+    want = vitkit.create_model(pretrained=path, num_heads=HEADS, img_size=4 * P)
+    x = torch.randn(2, 3, 4 * P, 4 * P)
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(x), want(x), rtol=0, atol=0)
+
+
 def test_cli_convert_over_a_run_replaces_its_outputs(run_dir, tmp_path, capsys):
     from test_convert import flax_arrays, save_npz
 
