@@ -233,12 +233,26 @@ def test_random_resized_crop_area_stays_in_scale_range():
         DataConfig(random_resized_crop=True, rrc_scale_min=0.5, rrc_scale_max=0.4)
 
 
-def test_randaugment_runs_on_gray_and_rgb():
-    for c in (1, 3):
-        tf = BatchTransform(DataConfig(randaugment_n=2, randaugment_m=9), (16, 16), (0.5,) * c, (0.2,) * c)
-        imgs = torch.randint(0, 255, (3, c, 16, 16), dtype=torch.uint8)
-        a, b = tf.train(imgs, torch.arange(3), 0), tf.train(imgs, torch.arange(3), 0)
-        assert a.shape == (3, c, 16, 16) and torch.equal(a, b)
+@pytest.mark.parametrize("c", [1, 3])
+def test_randaugment_is_torchvisions_per_sample_whatever_the_batch(c):
+    """Each image is torchvision's v2.RandAugment under that sample's own seed (grey images through 3 equal
+    channels); it changes images, draws per sample (a sample's result does not depend on the batch it is in),
+    and runs the same again."""
+    from torchvision.transforms import v2
+
+    imgs = torch.randint(0, 255, (8, c, 16, 16), dtype=torch.uint8)
+    idx, key = torch.arange(40, 48), stream_key(4, 3)
+    out = randaugment(imgs, key, idx, 2, 9)
+    assert torch.equal(out, randaugment(imgs, key, idx, 2, 9))
+    assert torch.equal(out[5:], randaugment(imgs[5:], key, idx[5:], 2, 9))
+    assert sum(not torch.equal(o, i) for o, i in zip(out, imgs)) >= 6  # RandAugment's identity op aside
+    op = v2.RandAugment(num_ops=2, magnitude=9)
+    for i, seed in enumerate((hash_uniform(key, idx, 101) * (1 << 24)).long().tolist()):
+        torch.manual_seed(seed)
+        want = op(imgs[i].expand(3, -1, -1))[:1] if c == 1 else op(imgs[i])
+        assert torch.equal(out[i], want), i
+    tf = BatchTransform(DataConfig(randaugment_n=2, randaugment_m=9), (16, 16), (0.5,) * c, (0.2,) * c)
+    assert torch.equal(tf.train(imgs, idx, 0), tf.train(imgs, idx, 0))
 
 
 @pytest.mark.parametrize(("mix", "cut"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
