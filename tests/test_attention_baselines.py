@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -316,19 +317,22 @@ def test_aa_moves_to_another_size():
 
 
 def test_aa_weights_load_at_another_size(tmp_path):
+    """The relative tables are resampled over their offsets: 7 (4x4 maps of stage 2 at 32 px) to 11 (6x6 at
+    48 px), linearly with the end offsets kept, as numpy's interp gives."""
     from vitkit.convert import load_pretrained
     from vitkit.convert.runs import save_model_file
-    from vitkit.models.augmented_conv import resize_relative_table
 
     src = create_model("AA-ResNet-26", img_size=32, in_chans=3, num_classes=4).eval()
     save_model_file(str(tmp_path / "aa.safetensors"), src)
     model = create_model("AA-ResNet-26", img_size=48, in_chans=3, num_classes=4)
     report = load_pretrained(model, str(tmp_path / "aa.safetensors"))
     assert "stages.1.blocks.0.conv2.rel_h" in report.relative_resampled
-    want = resize_relative_table(
-        src.stages[1].blocks[0].conv2.rel_h.detach(), 6
-    )  # 48 px: 6x6 maps in stage 2
-    torch.testing.assert_close(model.stages[1].blocks[0].conv2.rel_h.detach(), want)
+    old = src.stages[1].blocks[0].conv2.rel_h.detach().double().numpy()  # (7, d)
+    assert old.shape[0] == 7
+    want = np.stack([np.interp(np.linspace(0, 6, 11), np.arange(7), col) for col in old.T], axis=1)
+    torch.testing.assert_close(
+        model.stages[1].blocks[0].conv2.rel_h.detach().double(), torch.from_numpy(want), rtol=0, atol=1e-6
+    )
     torch.testing.assert_close(
         model.stages[1].blocks[0].conv2.qkv.weight, src.stages[1].blocks[0].conv2.qkv.weight
     )
