@@ -71,18 +71,31 @@ def test_bench_twin_has_the_models_gelu():
     assert res["max_logit_diff_vs_timm"] < 1e-5
 
 
-def test_bench_train_peer_plain():
+def test_bench_train_peer_plain(monkeypatch):
+    """--peer plain: timm's step is eager with the default (unfused) AdamW, vitkit's its own (compiled, fused);
+    the steps are asked for so (recorded here; built uncompiled to keep the test short)."""
+    from vitkit.perf import benchmark
+
+    asked, real = [], benchmark.train_step
+
+    def recording(model, *args, compile=False, **kw):
+        asked.append((type(model).__module__.split(".")[0], kw["fused"], compile))
+        return real(model, *args, compile=False, **kw)
+
+    monkeypatch.setattr(benchmark, "train_step", recording)
     res = run_benchmark(
         create_model("ViT-Ti/8", img_size=16, depth=2).cfg,
         batch_size=4,
         mode="train",
         compare="timm",
+        compile=True,
         repeats=1,
         warmup=1,
         min_seconds=0.01,
         peer_plain=True,
     )
-    assert res["peer_plain"] and res["ratio"] > 0 and res["vitkit_img_s"] > 0
+    assert sorted(asked) == [("timm", False, False), ("vitkit", True, True)]
+    assert res["peer_plain"] and res["ratio"] == pytest.approx(res["vitkit_img_s"] / res["timm_img_s"])
 
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
