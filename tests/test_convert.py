@@ -261,15 +261,29 @@ def test_a_timm_model_in_memory_is_read_with_its_own_settings(kw, size):
 def test_a_bare_state_dict_is_read_at_the_size_asked_for(caplog, kind):
     """9 = 3^2 position rows with a class token: 2x4 patches and a class-token row, or 3x3 without one (timm's
     no_embed_class); a bare state dict does not say which. The square reading is taken with a warning, and an
-    img_size that fits one reading chooses it."""
+    img_size that fits one reading chooses it (the class-row reading with a warning of its own)."""
     size = (2 * P, 4 * P) if kind.startswith("class") else (3 * P, 3 * P)
     t = randomize(timm_vit(img_size=size, no_embed_class=kind.startswith("no")))
     with caplog.at_level(logging.WARNING):
         guessed = vitkit.create_model(pretrained=t.state_dict(), num_heads=HEADS)
-    assert tuple(guessed.cfg.img_size) == (3 * P, 3 * P) and "a 2x4 grid with one fits too" in caplog.text
-    ours = vitkit.create_model(pretrained=t.state_dict(), num_heads=HEADS, img_size=size)
+    assert tuple(guessed.cfg.img_size) == (3 * P, 3 * P) and "if it is a 2x4 grid with one" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ours = vitkit.create_model(pretrained=t.state_dict(), num_heads=HEADS, img_size=size)
     assert tuple(ours.cfg.img_size) == size
+    assert ("read as a class-token row and a 2x4 grid" in caplog.text) == kind.startswith("class")
+    assert "without a class-token row" not in caplog.text
     assert_same_logits(ours, t, torch.randn(2, 3, *size))
+
+
+def test_a_state_dict_whose_layout_is_plain_is_resampled_to_any_size_asked_for():
+    """5 rows with a class token can only be a 2x2 grid and a class-token row: a size asked for whose token count
+    would fit the rows (1x4) is a resampling, not a reading."""
+    t = randomize(timm_vit())
+    asked = vitkit.create_model(pretrained=t.state_dict(), num_heads=HEADS, img_size=(P, 4 * P))
+    moved = vitkit.create_model(pretrained=t.state_dict(), num_heads=HEADS)
+    moved.set_img_size((P, 4 * P))
+    torch.testing.assert_close(asked.pos_embed, moved.pos_embed, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ def _load(source: str, img_size: int | None, num_heads: int | None):
     """(model at the asked resolution, checkpoint) for a run folder, file, folder or hub id."""
     from vitkit.convert import model_from_source, read_checkpoint
 
-    ckpt = read_checkpoint(source, num_heads=num_heads)
+    ckpt = read_checkpoint(source, num_heads=num_heads, img_size=img_size)
     overrides = {"img_size": img_size} if img_size else {}
     return model_from_source(ckpt, **overrides), ckpt
 

@@ -85,7 +85,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
         )
     if args.out and os.path.exists(os.path.join(args.out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a run; pass --overwrite to start afresh there")
-    ckpt = read_checkpoint(args.source, num_heads=args.num_heads)
+    ckpt = read_checkpoint(args.source, num_heads=args.num_heads, img_size=args.img_size)
     cfg = finetune_config(args, ckpt)
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits, warn=False)  # the checkpoint's classes and channels: adapted below

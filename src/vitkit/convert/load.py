@@ -171,7 +171,7 @@ def load_pretrained(
     """
     if resample not in RESAMPLE:
         raise ValueError(f"resample={resample!r}: expected one of {', '.join(map(repr, RESAMPLE))}")
-    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, img_size=model.cfg.img_size)
     report = LoadReport(ckpt.path, ckpt.format)
     state = dict(ckpt.state)
     cfg = model.cfg

@@ -107,14 +107,27 @@ def from_timm_state(
     img_size: tuple[int, int] | None = None,
 ) -> Checkpoint:
     """A Checkpoint from a timm state dict (and, from the hub, timm's config.json); `img_size`: the size the
-    caller wants, taken as the checkpoint's when the config does not say and its grid fits pos_embed."""
+    caller wants, which decides the one layout a state dict leaves open (see `_open_layout`)."""
     state = strip_module(state)
     facts = _hub_config_facts(hub_config, where) if hub_config else {}
-    if img_size and "img_size" not in facts and _fits_posemb(state, tuple(img_size), where):
-        facts["img_size"] = tuple(img_size)
-        log.info(
-            "%s: pos_embed read for img_size=%s, as asked (the file does not say its size)", where, img_size
-        )
+    side = _open_layout(state, facts)
+    if side:  # a square row count with a class token: say which reading is taken
+        asked = _tokens(state, tuple(img_size), where) if img_size else None
+        if asked in (side * side, side * side - 1):
+            facts["img_size"] = tuple(img_size)
+        if asked == side * side - 1:
+            log.warning(
+                "%s: pos_embed's %d rows read as a class-token row and a %dx%d grid, as img_size=%s gives; a "
+                "%dx%d grid without one (timm's no_embed_class) would be loaded at its own size, then resampled",
+                where, side * side, side - 1, side + 1, tuple(img_size), side, side,
+            )  # fmt: skip
+        elif asked != side * side:
+            log.warning(
+                "%s: pos_embed's %d rows read as a %dx%d grid without a class-token row (timm's no_embed_class, "
+                "big_vision); if it is a %dx%d grid with one, load it at that size (img_size= in create_model or "
+                "model_from_source, --img-size in convert and finetune)",
+                where, side * side, side, side, side - 1, side + 1,
+            )  # fmt: skip
     if is_bit_state(state):  # timm's resnetv2_*_bit: the BiT baseline
         meta = {k: facts[k] for k in PREPROCESS_KEYS if k in facts}
         return from_bit_state(state, where, img_size=facts.get("img_size"), meta=meta)
@@ -159,28 +172,25 @@ def _grid_tokens(state: dict[str, torch.Tensor], facts: dict[str, Any], where: s
     if "no_embed_class" in facts:
         return int(pe.shape[1]) - (0 if facts["no_embed_class"] else 1)
     if "img_size" in facts:
-        stride = token_stride(state, where)
-        return (facts["img_size"][0] // stride) * (facts["img_size"][1] // stride)
-    n = int(pe.shape[1])
-    side = math.isqrt(n)
-    # a square count fits (side-1) x (side+1) patches and a class-token row too: say which reading is taken
-    if side * side == n and n > 1:
-        log.warning(
-            "%s: pos_embed's %d rows are read as a %dx%d grid without a class-token row (timm's no_embed_class, "
-            "big_vision); a %dx%d grid with one fits too: pass img_size to read it so",
-            where, n, side, side, side - 1, side + 1,
-        )  # fmt: skip
+        return _tokens(state, facts["img_size"], where)
     return None
 
 
-def _fits_posemb(state: dict[str, torch.Tensor], img_size: tuple[int, int], where: str) -> bool:
-    """Whether images of `img_size` give as many tokens as pos_embed has rows, with or without a class-token row."""
+def _open_layout(state: dict[str, torch.Tensor], facts: dict[str, Any]) -> int:
+    """The side g when pos_embed's layout is open: a class token and g^2 rows, which a g x g grid without a
+    class-token row and a (g-1) x (g+1) grid with one both fit, and no config to say which; else 0."""
     pe = state.get("pos_embed")
-    if pe is None or "patch_embed.proj.weight" not in state:
-        return False
+    if pe is None or "cls_token" not in state or "no_embed_class" in facts or "img_size" in facts:
+        return 0
+    n = int(pe.shape[1])
+    side = math.isqrt(n)
+    return side if side * side == n and n > 1 else 0
+
+
+def _tokens(state: dict[str, torch.Tensor], img_size: tuple[int, int], where: str) -> int:
+    """Patch tokens of an image of `img_size` under this checkpoint's token stride."""
     stride = token_stride(state, where)
-    tokens = (img_size[0] // stride) * (img_size[1] // stride)
-    return int(pe.shape[1]) in (tokens, tokens + ("cls_token" in state))
+    return (img_size[0] // stride) * (img_size[1] // stride)
 
 
 def timm_module_config(model: nn.Module) -> dict[str, Any]:
