@@ -11,7 +11,7 @@ from torch import nn
 
 from vitkit.models.checkpointing import run_blocks
 from vitkit.models.data_config import data_config
-from vitkit.models.layers import Dropout, block_indices
+from vitkit.models.layers import Dropout, block_indices, pooled_after_reset
 
 
 class ConvHead(nn.Module):
@@ -100,11 +100,7 @@ class CNNClassifier(nn.Module):
             raise ValueError(
                 f"reset_classifier(global_pool={global_pool!r}): the CNNs pool by 'avg' (or '': none)"
             )
-        if global_pool == "" and num_classes:
-            raise ValueError(
-                f"reset_classifier({num_classes}, global_pool=''): an unpooled map is features, not logits: "
-                "num_classes must be 0"
-            )
+        pooled = pooled_after_reset(global_pool, num_classes, self.pooled)
         ref = next(self.parameters())
         rng_id = self.head.drop.rng_id if self.head is not None else 0
         self.head = None
@@ -114,7 +110,7 @@ class CNNClassifier(nn.Module):
             self.head.drop.rng_id = rng_id
             self.head.train(self.training)
         self.num_classes, self.cfg = num_classes, cfg
-        self.pooled = global_pool != "" and (global_pool is not None or self.pooled or bool(num_classes))
+        self.pooled = pooled
         self.preprocess.pop("classes", None)
 
     def forward_intermediates(
@@ -163,7 +159,8 @@ class CNNClassifier(nn.Module):
         return x, out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless."""
+        """Feature map -> logits (B, classes), or the pooled features (B, C') if pre_logits or headless (the map
+        itself, headless after `reset_classifier(0, "")`)."""
         if self.head is None:
             return x.mean((2, 3)) if self.pooled else x
         return self.head(x, pre_logits=pre_logits)

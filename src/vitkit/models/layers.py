@@ -33,6 +33,17 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def pooled_after_reset(global_pool: str | None, num_classes: int, pooled: bool) -> bool:
+    """Whether a model pools after timm's `reset_classifier(num_classes, global_pool)`: "" turns pooling off (the
+    features out unpooled, so no classes), a pooling's name turns it on, None keeps it unless a head comes."""
+    if global_pool == "" and num_classes:
+        raise ValueError(
+            f"reset_classifier({num_classes}, global_pool=''): unpooled features are not logits: "
+            "num_classes must be 0"
+        )
+    return pooled or bool(num_classes) if global_pool is None else global_pool != ""
+
+
 class PatchEmbed(nn.Module):
     """Split an image into P x P patches and project each to D (a conv with kernel = stride = P).
 

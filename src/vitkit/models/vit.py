@@ -14,7 +14,7 @@ from vitkit.config import ModelConfig
 from vitkit.models.checkpointing import checkpointed
 from vitkit.models.data_config import data_config
 from vitkit.models.init import mimetic_init_
-from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed, block_indices
+from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed, block_indices, pooled_after_reset
 from vitkit.models.posemb import resample_posemb, sincos2d
 from vitkit.models.resnet import init_backbone_
 
@@ -194,11 +194,7 @@ class VisionTransformer(nn.Module):
             self.cfg, num_classes=num_classes, representation_size=None, head_init="zero"
         )
         pool = {"token": "token", "avg": "gap", "gap": "gap"}.get(global_pool, global_pool)
-        if global_pool == "" and num_classes:
-            raise ValueError(
-                f"reset_classifier({num_classes}, global_pool=''): unpooled tokens are features, not logits: "
-                "num_classes must be 0"
-            )
+        pooled = pooled_after_reset(global_pool, num_classes, self.pooled)
         if global_pool not in (None, "") and pool != self.cfg.pool:
             raise ValueError(
                 f"reset_classifier(global_pool={global_pool!r}): this model pools by {self.cfg.pool!r} "
@@ -213,7 +209,7 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.head.bias)
         self.head.train(self.training)
         self.num_classes, self.cfg = num_classes, cfg
-        self.pooled = global_pool != "" and (global_pool is not None or self.pooled or bool(num_classes))
+        self.pooled = pooled
         self.preprocess.pop("classes", None)
 
     # ------------------------------------------------------------------ forward
@@ -341,7 +337,8 @@ class VisionTransformer(nn.Module):
     ) -> list[int]:
         """Drop the blocks after the last of `indices` (timm's method: a feature extractor that calls
         `forward_intermediates(x, indices)` then runs no more), the final norm if `prune_norm` (the features are
-        then the blocks' raw outputs) and the head if `prune_head` (the model then gives pooled features; timm's
+        then the blocks' raw outputs) and the head if `prune_head` (the model then gives pooled features unless
+        `reset_classifier(0, "")` made it give tokens; timm's
         drops its pooling too). Returns the block indices; the config follows the depth."""
         take = block_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max(take) + 1]
@@ -361,7 +358,8 @@ class VisionTransformer(nn.Module):
         return x[:, self.num_prefix_tokens :].mean(dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, N, D) -> logits (B, classes), or the pooled representation if pre_logits."""
+        """Tokens (B, N, D) -> logits (B, classes), or the pooled representation if pre_logits (the tokens
+        themselves after `reset_classifier(0, "")`)."""
         x = self.pre_logits(self.pool(x))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
