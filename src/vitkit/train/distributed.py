@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -35,10 +36,13 @@ def from_env() -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init_process_group(info: DistInfo, device: torch.device, timeout_s: float = 300.0) -> None:
-    """Join the job: NCCL on CUDA, gloo on CPU; a hung collective fails after `timeout_s`."""
+_JOINS = itertools.count()  # this process's joins: each reads and writes its own keys in torchrun's store
+
+
+def init_process_group(info: DistInfo, device: torch.device, timeout_s: float = 300.0) -> bool:
+    """Join the job: NCCL on CUDA, gloo on CPU; a hung collective fails after `timeout_s`; True if joined here."""
     if not info.enabled or dist.is_initialized():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     kw = {"device_id": device} if device.type == "cuda" else {}
@@ -53,10 +57,11 @@ def init_process_group(info: DistInfo, device: torch.device, timeout_s: float = 
             timeout=timeout,
             wait_for_workers=False,
         )
-        kw.update(
-            store=dist.PrefixStore(f"vitkit/attempt_{restart}", store), rank=info.rank, world_size=info.world
-        )
+        # and each join in a process (train() twice) too: a new group would read the ended one's peer addresses
+        prefix = f"vitkit/attempt_{restart}/join_{next(_JOINS)}"
+        kw.update(store=dist.PrefixStore(prefix, store), rank=info.rank, world_size=info.world)
     dist.init_process_group(backend, timeout=timeout, **kw)
+    return True
 
 
 def destroy() -> None:

@@ -255,7 +255,7 @@ def train(
     """
     info = info or D.from_env()
     device = resolve_device(cfg.train.device, info)
-    D.init_process_group(info, device, cfg.train.dist_timeout_s)
+    joined = D.init_process_group(info, device, cfg.train.dist_timeout_s)
     if splits is None:
         splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
@@ -352,4 +352,6 @@ def train(
     if tr.tb:
         tr.tb.close()
     D.barrier()
+    if joined:  # a group left to the interpreter's exit can abort a rank while gloo's threads still run
+        D.destroy()
     return summary
