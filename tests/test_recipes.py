@@ -132,6 +132,27 @@ def test_flags_override_recipe():
     assert resolve_config(_args(epochs=7), base) == apply_overrides(base, ["train.epochs=7", "train.steps=0"])
 
 
+def test_every_train_flag_reaches_its_config_key():
+    """Each flag of `vitkit train` in FLAG_KEYS, parsed by the real parser, sets the key it names."""
+    from vitkit.cli import build_parser
+    from vitkit.cli.train import FLAG_KEYS
+    from vitkit.config import to_dict
+
+    want = {
+        "dataset": "cifar10", "data_dir": "/d", "img_size": 32, "epochs": 3, "steps": 5, "batch_size": 16,
+        "micro_batch_size": 8, "lr": 0.02, "seed": 4, "device": "cpu", "checkpoint_every": 7,
+        "precision": "bf16-pure", "strategy": "fsdp",
+    }  # fmt: skip
+    assert set(want) == set(FLAG_KEYS)
+    argv = ["train"] + [x for k, v in want.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    cfg = to_dict(resolve_config(build_parser().parse_args(argv)))
+    want["img_size"] = [32, 32]
+    for flag, key in FLAG_KEYS.items():
+        section, name = key.split(".")
+        got = cfg[section][name]
+        assert (list(got) if isinstance(got, tuple) else got) == want[flag], flag
+
+
 def test_paper_finetune_uses_its_resolution_and_the_official_length_per_dataset():
     """Was: `vitkit finetune --recipe paper-finetune` fine-tuned at the checkpoint's resolution, not 384 px."""
     from types import SimpleNamespace
