@@ -234,7 +234,7 @@ def test_a_gpu_recipe_on_the_cpu_says_what_it_costs(caplog, monkeypatch):
     assert set(GPU_RECIPES) <= set(RECIPES)
     with caplog.at_level("WARNING"):
         _warn_gpu_recipe_on_cpu(get_recipe("fashion-mnist-gpu"), main=True)
-    assert "recipe fashion-mnist-gpu is sized for one GPU" in caplog.text and "13 minutes" in caplog.text
+    assert "recipe fashion-mnist-gpu is sized for one GPU" in caplog.text and "9 minutes" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         _warn_gpu_recipe_on_cpu(get_recipe("fashion-mnist"), main=True)

@@ -60,9 +60,10 @@ def fashion_mnist_fast() -> RunConfig:
         optim=dataclasses.replace(base.optim, lr=3e-3),
         train=dataclasses.replace(base.train, epochs=6, batch_size=128),
         expected=(
-            "Fashion-MNIST test top-1 90.35% after 6 epochs (287 s training) on 2 CPU cores; 90% first reached "
-            "after epoch 5 (90.17%, 237 s of training, 258 s since start). `python bench/time_to_accuracy.py "
-            "--recipe fashion-mnist-fast`; bench/RESULTS.md"
+            "Fashion-MNIST test top-1 90.35% after 6 epochs (287-337 s of training in three runs) on 2 CPU cores; "
+            "90% first reached after epoch 5 (90.17%, 237-283 s of training; 249 s, 277 s since the trainer "
+            "started, in the seventeenth session's). `python bench/time_to_accuracy.py --recipe "
+            "fashion-mnist-fast`; bench/RESULTS.md"
         ),
     )
 
@@ -174,7 +175,7 @@ def fashion_mnist_best() -> RunConfig:
     4x4 patches (49 tokens), width 256, depth 8, GAP head and fixed 2D sin-cos position embedding (the
     paper's Appendix D variants, as Beyer et al. 2022's plain-ViT baseline), crop/flip/erasing, label
     smoothing, stochastic depth. Sized for one GPU: `vitkit train --recipe fashion-mnist-best --device cuda`;
-    on 2 CPU cores it takes about 17 minutes per epoch (run it in the background with --resume).
+    on 2 CPU cores it takes about 14 minutes per epoch (run it in the background with --resume).
     """
     return RunConfig(
         recipe="fashion-mnist-best",
@@ -430,11 +431,11 @@ FINETUNE_IMG_SIZE = {"paper-finetune": 384}
 PAPER_FINETUNE_STEPS = {"cifar10": 10_000, "cifar100": 10_000}
 
 
-# recipes sized for one GPU, and what they cost on the 2-core CPU they were not made for (measured: about 17 min
-# per epoch for fashion-mnist-best, 75 img/s for fashion-mnist-gpu's first 12 steps, eager); `vitkit train` warns
+# recipes sized for one GPU, and what they cost as they are (compiled) on the 2-core CPU they were not made for:
+# 74 and 110 img/s over 24 steps (bench/RESULTS.md, seventeenth session); `vitkit train` warns
 GPU_RECIPES: dict[str, str] = {
-    "fashion-mnist-best": "one epoch takes about 17 minutes on 2 cores (100 epochs: over a day)",
-    "fashion-mnist-gpu": "one epoch takes about 13 minutes on 2 cores (48 epochs: about 10 hours)",
+    "fashion-mnist-best": "one epoch takes about 14 minutes on 2 cores (100 epochs: about 23 hours)",
+    "fashion-mnist-gpu": "one epoch takes about 9 minutes on 2 cores (48 epochs: about 7 hours)",
 }
 
 RECIPES: dict[str, Callable[[], RunConfig]] = {
