@@ -41,7 +41,7 @@ def pooled_after_reset(global_pool: str | None, num_classes: int, pooled: bool) 
             f"reset_classifier({num_classes}, global_pool=''): unpooled features are not logits: "
             "num_classes must be 0"
         )
-    return pooled or bool(num_classes) if global_pool is None else global_pool != ""
+    return (pooled or bool(num_classes)) if global_pool is None else global_pool != ""
 
 
 class PatchEmbed(nn.Module):
