@@ -48,8 +48,9 @@ def left(deadline: float) -> float:
 # 1x1 patches, 40 epochs: 92.98%); compiling the blocks alone was slower at 56 px (the ResNet eager, outside the
 # graphs); "s2" adds a second CNN stage (stride 2, 512 channels) before 1x1 patches (untried). "tta" scores the
 # evaluations with flip TTA (train.eval_tta=hflip; its records keep the plain top-1 too, so it also measures the
-# recipe; fifteenth session, CPU: +0.28 to +0.76 points on four runs, three of them beyond the test set's noise),
-# "40-epochs-tta" with 8 epochs less. The earlier sessions' candidates are in bench/RESULTS.md.
+# recipe; fifteenth session, CPU: +0.28 to +0.76 points on four runs, three of them beyond the test set's noise;
+# the recipe's own setting since the eighteenth session, so "tta" is the recipe now), "40-epochs-tta" with 8 epochs
+# less. The earlier sessions' candidates are in bench/RESULTS.md.
 CANDIDATES: dict[str, list[str]] = {
     "recipe": [],
     "28px": ["model.img_size=28", "model.patch_size=1", "train.epochs=40"],

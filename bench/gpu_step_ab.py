@@ -47,7 +47,21 @@ from vitkit.models.layers import Attention, PatchEmbed
 from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
 
-VARIANTS = ("conv", "loop", "foreach", "graphs", "flash", "cdt", "flash-cdt", "mapw", "tile", "pdl", "timm")
+VARIANTS = (
+    "conv",
+    "loop",
+    "foreach",
+    "graphs",
+    "flash",
+    "cdt",
+    "flash-cdt",
+    "mapw",
+    "tile",
+    "pdl",
+    "tile-pdl",
+    "mag",
+    "timm",
+)
 CDT = {"coordinate_descent_tuning": True}
 TILE = {
     "triton.tile_reductions": True,
@@ -60,6 +74,12 @@ INDUCTOR_OPTIONS = {
     "mapw": {"max_autotune_pointwise": True},
     "tile": TILE,
     "pdl": {"triton.enable_pdl": True},
+    "tile-pdl": {**TILE, "triton.enable_pdl": True},
+    "mag": {
+        "max_autotune_gemm": True,
+        "max_autotune_gemm_backends": "ATEN,TRITON",
+        "benchmark_epilogue_fusion": True,
+    },
 }
 
 
