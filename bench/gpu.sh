@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 6 in one call on a lent GPU machine: first the ViT-B/16 training step beside timm
-# (bench/gpu_step_ab.py, with a profile; ninth session: FlashAttention-2 measured 5.4% slower than torch's cuDNN
-# choice, and Inductor's coordinate-descent tuning compiled for over 200 s; fourteenth: "mapw", its cheaper
-# pointwise tuning, the same speed as foreach; so none of them is run by default), with Inductor's options untried
-# on a GPU: "tile" (2-D tiled reductions: a bias gradient's sum in the kernel producing its input), "pdl"
-# (Programmatic Dependent Launch), both together (profiled if it compiles) and "mag" (GEMM autotuning with Triton
-# templates, GELU in their epilogue; last, dropped at the compile limit); then bench/gpu_check.py's
-# fashion-mnist-gpu candidates in what is left of the budget ("40-epochs-tta": 8 epochs less, the recipe's flip
-# TTA; its ViT-B/16 inference phase is off: `--b16` with no names; measured before: see bench/RESULTS.md).
-# The recipe itself, seeds one after another, is bench/gpu_recipe.sh's.
-# Usage there: bash bench/gpu.sh [BUDGET_SECONDS]; Fashion-MNIST IDX files in .gpu-data/ (carried).
+# The GPU checks of issue 6 in one call on a lent GPU machine. What earlier sessions ruled out for the ViT-B/16
+# training step (bench/RESULTS.md): FlashAttention-2 (5.4% slower than torch's cuDNN choice), coordinate-descent
+# tuning (over 200 s to compile), pointwise autotuning, tiled reductions and Programmatic Dependent Launch (the same
+# speed), GEMM autotuning (cuBLAS beats every Triton template by 20-26%; over 120 s of tuning). The lead now is the
+# MLP's GELU passes (~14% of the step, at 2.6-2.9 TB/s where a copy reaches ~4.3): are they bound by erf's
+# arithmetic? So, in order:
+#   1. bench/gpu_pointwise.py: each GELU pass alone on the step's tensor beside a plain scaling pass and a
+#      hand-written tanh.approx GELU;
+#   2. bench/gpu_step_ab.py: vitkit and timm as they stand, then both with the tanh GELU (the official JAX code's),
+#      profiled;
+#   3. bench/gpu_check.py's fashion-mnist-gpu candidates (none by default: the recipe was measured in the
+#      eighteenth session, bench/gpu_recipe.sh runs it as a user does), in what is left of the budget.
+# Usage there: bash bench/gpu.sh [BUDGET_SECONDS]; Fashion-MNIST IDX files in .gpu-data/ (carried) for step 3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
-budget="${1:-470}"
+budget="${1:-400}"
 start=$SECONDS
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" 2>&1 | tee -a "$OUT/nvidia-smi.txt"
-timeout "${AB_SECONDS:-360}" python3 bench/gpu_step_ab.py --variants ${AB_VARIANTS:-foreach timm tile pdl tile-pdl mag} \
-    --compile-limit "${AB_COMPILE_LIMIT:-120}" --profile-variant "${AB_PROFILE:-tile-pdl}" \
+timeout "${POINTWISE_SECONDS:-120}" python3 bench/gpu_pointwise.py --json "$OUT/pointwise.json" 2>&1 | tee "$OUT/pointwise.txt"
+timeout "${AB_SECONDS:-260}" python3 bench/gpu_step_ab.py --variants ${AB_VARIANTS:-foreach timm tanh timm-tanh} \
+    --compile-limit "${AB_COMPILE_LIMIT:-90}" --profile-variant "${AB_PROFILE:-tanh}" \
     --json "$OUT/step-ab.json" --profile "$OUT/profile-step-ab.txt" 2>&1 | tee "$OUT/step-ab.txt"
-python3 bench/gpu_check.py --budget "$((budget - (SECONDS - start)))" --fast-timeout "${FAST_TIMEOUT:-125}" \
-    --candidates ${CANDIDATES:-40-epochs-tta} --b16
+if [ -n "${CANDIDATES:-}" ]; then
+    python3 bench/gpu_check.py --budget "$((budget - (SECONDS - start)))" --fast-timeout "${FAST_TIMEOUT:-125}" \
+        --candidates $CANDIDATES --b16
+fi
+echo "gpu.sh: $((SECONDS - start)) s"

@@ -23,7 +23,10 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
            transposing copy (110 us per layer); untried;
   pdl      foreach with Programmatic Dependent Launch in Inductor's kernels (triton.enable_pdl: Hopper lets a
            kernel start while the one before it finishes, for the gaps between ~1,000 kernels a step); untried;
-  timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode).
+  timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode);
+  tanh, timm-tanh  foreach and timm with the tanh GELU (model.mlp_act=gelu_tanh: the official JAX code's, flax's
+           default; timm's act_layer "gelu_tanh"): whether the erf's arithmetic, not memory, holds the GELU kernels
+           back (bench/gpu_pointwise.py times the passes alone); each compared with the other.
 A variant whose Inductor options this torch lacks is reported and skipped.
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
@@ -39,6 +42,7 @@ import argparse
 import json
 import signal
 import time
+from dataclasses import replace
 
 import torch
 
@@ -61,6 +65,8 @@ VARIANTS = (
     "tile-pdl",
     "mag",
     "timm",
+    "tanh",
+    "timm-tanh",
 )
 CDT = {"coordinate_descent_tuning": True}
 TILE = {
@@ -68,6 +74,8 @@ TILE = {
     "triton.prefer_nd_tiling": True,
     "triton.tiling_prevents_reduction_fusion": False,
 }
+TIMM = ("timm", "timm-tanh")
+TANH = ("tanh", "timm-tanh")
 INDUCTOR_OPTIONS = {
     "cdt": CDT,
     "flash-cdt": CDT,
@@ -244,7 +252,8 @@ def main() -> None:
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(dev)
     runs, skipped = {}, {}
     for name in a.variants:
-        m = B.timm_twin(cfg).to(dev) if name == "timm" else build_model(cfg).to(dev)
+        vcfg = replace(cfg, mlp_act="gelu_tanh") if name in TANH else cfg
+        m = B.timm_twin(vcfg).to(dev) if name in TIMM else build_model(vcfg).to(dev)
         m.load_state_dict(ref.state_dict())
         if name == "conv":
             m.patch_embed.__class__ = ConvPatchEmbed
@@ -260,7 +269,7 @@ def main() -> None:
             skipped[name] = f"torch {torch.__version__} has no Inductor option {', '.join(lacking)}"
             print(f"{name}: skipped: {skipped[name]}")
             continue
-        dtype = "bf16" if name == "timm" else "bf16-pure"
+        dtype = "bf16" if name in TIMM else "bf16-pure"
         runs[name] = B.train_step(m, x, y, dtype, compile=compile, compile_mode=mode, compile_options=options)
     B.Bf16Copy = Bf16Copy
     res["errors"], res["graphs_compiled"] = dict(skipped), {}
@@ -302,10 +311,10 @@ def main() -> None:
         print(f"--profile: no profile written (neither {a.profile_variant} nor foreach was run)")
     res["seconds"] = time.perf_counter() - t0
     save(res, a.json)
-    base = res.get("timm", {}).get("median")
-    print(f"{'variant':8} {'img/s':>9} {'min':>9} {'max':>9} {'MFU':>6} {'vs timm':>8}")
+    print(f"{'variant':8} {'img/s':>9} {'min':>9} {'max':>9} {'MFU':>6} {'vs timm':>8}  (tanh: vs timm-tanh)")
     for name in runs:
         r = res[name]
+        base = res.get("timm-tanh" if name in TANH else "timm", {}).get("median")
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
         ratio = f"{r['median'] / base:.3f}" if base else "-"
         print(f"{name:8} {r['median']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {mfu:>6} {ratio:>8}")
