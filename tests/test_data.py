@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import os
 import pickle
 
@@ -91,6 +92,23 @@ def test_fashion_mnist_from_data_dir(tmp_path, layout):
         )
         np.testing.assert_array_equal(split.labels.numpy(), rng.integers(0, 10, n, dtype=np.uint8))
     assert splits.mean[0] == pytest.approx(splits.train.images.double().mean().item() / 255, abs=1e-6)
+
+
+def test_where_a_dataset_was_read_is_logged_once(tmp_path, caplog):
+    """`vitkit train` reads the test set again for its report: "loaded ... from ..." is said once (INFO), then
+    at DEBUG; another folder is said again."""
+    write_mnist(str(tmp_path / "a"))
+    write_mnist(str(tmp_path / "b"))
+    with caplog.at_level(logging.DEBUG, logger="vitkit.data.datasets"):
+        for folder in ("a", "a", "b"):
+            load_mnist_like("fashion-mnist", str(tmp_path / folder), download=False)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("loaded ")]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert said == [
+        (logging.INFO, f"loaded fashion-mnist from {a}"),
+        (logging.DEBUG, f"loaded fashion-mnist from {a}"),
+        (logging.INFO, f"loaded fashion-mnist from {b}"),
+    ]
 
 
 def test_idx_files_written_by_hand_are_read(tmp_path):

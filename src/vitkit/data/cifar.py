@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import torch
 
-from vitkit.data.datasets import ArrayDataset, Splits, _with_stats, locate
+from vitkit.data.datasets import ArrayDataset, Splits, _with_stats, locate, log_loaded
 
 log = logging.getLogger(__name__)
 
@@ -122,5 +122,5 @@ def load_cifar(name: str, data_dir: str | None = None, download: bool = True) ->
             log.warning(
                 "%s: no list of %d %r; classes are named class0...", meta_path, num_classes, names_key
             )
-    log.info("loaded %s from %s", name, folder)
+    log_loaded(name, folder)
     return _with_stats(name, parts["train"], parts["test"], classes)

@@ -227,6 +227,17 @@ def _missing(name: str, looked: list[str], error: str, hint: str) -> DataNotFoun
     )
 
 
+_LOADED: set[tuple[str, str]] = set()
+
+
+def log_loaded(name: str, folder: str) -> None:
+    """Log where dataset `name` was read from: once per process at INFO (the training report reads the test set
+    again: DEBUG then)."""
+    level = logging.DEBUG if (name, folder) in _LOADED else logging.INFO
+    _LOADED.add((name, folder))
+    log.log(level, "loaded %s from %s", name, folder)
+
+
 def locate(
     name: str,
     data_dir: str | None,
@@ -293,7 +304,7 @@ def load_mnist_like(name: str, data_dir: str | None = None, download: bool = Tru
     for split, (img_stem, lab_stem) in _IDX_FILES.items():
         images, labels = read_idx_pair(_find_file(folder, img_stem), _find_file(folder, lab_stem), 10)
         splits[split] = ArrayDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels))
-    log.info("loaded %s from %s", name, folder)
+    log_loaded(name, folder)
     classes = FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
     return _with_stats(name, splits["train"], splits["test"], list(classes))
 
