@@ -2,16 +2,18 @@
 # The GPU checks of issue 6 in one call on a lent GPU machine. What earlier sessions ruled out for the ViT-B/16
 # training step (bench/RESULTS.md): FlashAttention-2 (5.4% slower than torch's cuDNN choice), coordinate-descent
 # tuning (over 200 s to compile), pointwise autotuning, tiled reductions and Programmatic Dependent Launch (the same
-# speed), GEMM autotuning (cuBLAS beats every Triton template by 20-26%; over 120 s of tuning). The lead now is the
-# MLP's GELU passes (~14% of the step, at 2.6-2.9 TB/s where a copy reaches ~4.3): are they bound by erf's
-# arithmetic? So, in order:
+# speed); GEMM autotuning was never timed (still tuning after 120 s; cuBLAS beat the Triton templates on every large
+# shape it reached). The lead now is the MLP's GELU passes (~14% of the step, at 2.6-2.9 TB/s where a copy reaches
+# ~4.3): are they bound by erf's arithmetic? So, in order:
 #   1. bench/gpu_pointwise.py: each GELU pass alone on the step's tensor beside a plain scaling pass and a
 #      hand-written tanh.approx GELU;
 #   2. bench/gpu_step_ab.py: vitkit and timm as they stand, then both with the tanh GELU (the official JAX code's),
 #      profiled;
 #   3. bench/gpu_check.py's fashion-mnist-gpu candidates (none by default: the recipe was measured in the
 #      eighteenth session, bench/gpu_recipe.sh runs it as a user does), in what is left of the budget.
-# Usage there: bash bench/gpu.sh [BUDGET_SECONDS]; Fashion-MNIST IDX files in .gpu-data/ (carried) for step 3.
+# Usage there: [CANDIDATES="..."] bash bench/gpu.sh [BUDGET_SECONDS]: steps 1 and 2 are capped at POINTWISE_SECONDS
+# (120) and AB_SECONDS (260), about 40 s and 150 s expected; BUDGET_SECONDS (400) bounds the whole script through
+# step 3 (which needs Fashion-MNIST's IDX files in .gpu-data/, carried); `timeout_s` of the call: 420.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -20,19 +20,27 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
            tiling_prevents_reduction_fusion off): lets a column reduction (a bias gradient: the sum over the
            B*N rows) share one kernel with the pointwise work producing its input (the GELU backward: 331 + 94 us
            per layer in two kernels in the fourteenth session's profile), and tiles the q/k/v gradient's
-           transposing copy (110 us per layer); untried;
+           transposing copy (110 us per layer); eighteenth session: the same speed as foreach (1.180x timm against
+           1.179x in a second measurement), the two kernels still two;
   pdl      foreach with Programmatic Dependent Launch in Inductor's kernels (triton.enable_pdl: Hopper lets a
-           kernel start while the one before it finishes, for the gaps between ~1,000 kernels a step); untried;
+           kernel start while the one before it finishes, for the gaps between ~1,000 kernels a step); eighteenth
+           session: 1.180x timm against foreach's 1.174x in the same call, within the spread;
+  tile-pdl tile and pdl together (eighteenth session: 1.181x);
+  mag      foreach compiled with Inductor's GEMM autotuning (max_autotune_gemm: cuBLAS beside Triton matrix-product
+           templates, which can take the GELU into their epilogue); eighteenth session: still tuning at a 120 s
+           compile limit (13.9-17.6 s per shape), so never timed; cuBLAS beat the templates on every large shape;
   timm     timm's VisionTransformer with bf16 autocast (AMP), compiled (default mode);
-  tanh, timm-tanh  foreach and timm with the tanh GELU (model.mlp_act=gelu_tanh: the official JAX code's, flax's
-           default; timm's act_layer "gelu_tanh"): whether the erf's arithmetic, not memory, holds the GELU kernels
-           back (bench/gpu_pointwise.py times the passes alone); each compared with the other.
+  tanh, timm-tanh  foreach and timm with the tanh GELU (model.mlp_act=gelu_tanh, the official JAX code's and flax's
+           default; timm gets nn.GELU(approximate="tanh"), the function of its act_layer "gelu_tanh"): whether erf's
+           arithmetic, not memory, holds the GELU kernels back (bench/gpu_pointwise.py times the passes alone);
+           tanh is compared with timm-tanh, and the table's last lines give tanh/foreach and timm-tanh/timm.
 A variant whose Inductor options this torch lacks is reported and skipped.
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
 the two patch embeddings' fp32 difference on the device. Sixth session: `--variants conv foreach timm`, then
 `--variants loop foreach graphs timm`; ninth: `--variants foreach flash timm`; fourteenth: `--variants foreach
-timm mapw --compile-limit 90 --profile-variant mapw` (bench/RESULTS.md).
+timm mapw --compile-limit 90 --profile-variant mapw`; eighteenth: `--variants foreach timm tile pdl tile-pdl mag
+--compile-limit 120 --profile-variant tile-pdl` (bench/RESULTS.md).
 Usage on a CPU: --smoke (tiny, no compile), --smoke-compile (tiny, compiled: each variant's graph count).
 """
 
@@ -311,13 +319,19 @@ def main() -> None:
         print(f"--profile: no profile written (neither {a.profile_variant} nor foreach was run)")
     res["seconds"] = time.perf_counter() - t0
     save(res, a.json)
-    print(f"{'variant':8} {'img/s':>9} {'min':>9} {'max':>9} {'MFU':>6} {'vs timm':>8}  (tanh: vs timm-tanh)")
+    print(f"{'variant':9} {'img/s':>9} {'min':>9} {'max':>9} {'MFU':>6} {'vs timm':>8}  (tanh: vs timm-tanh)")
     for name in runs:
         r = res[name]
         base = res.get("timm-tanh" if name in TANH else "timm", {}).get("median")
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
         ratio = f"{r['median'] / base:.3f}" if base else "-"
-        print(f"{name:8} {r['median']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {mfu:>6} {ratio:>8}")
+        print(f"{name:9} {r['median']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {mfu:>6} {ratio:>8}")
+    res["tanh_gain"] = {}  # what the tanh GELU changes, in each library
+    for tanh, erf in (("tanh", "foreach"), ("timm-tanh", "timm")):
+        if tanh in runs and erf in runs:
+            res["tanh_gain"][tanh] = res[tanh]["median"] / res[erf]["median"]
+            print(f"{tanh} / {erf}: {res['tanh_gain'][tanh]:.3f}")
+    save(res, a.json)
     print(f"({res['seconds']:.0f} s)")
 
 

@@ -248,7 +248,7 @@ def fashion_mnist_gpu() -> RunConfig:
         expected=(
             "Fashion-MNIST test top-1 with flip TTA 94.33% (seed 0) and 94.35% (seed 1), plain 94.19% and 94.22%, "
             "after 48 epochs on one H200: 47 and 43 s of training (60,600 and 66,700 img/s), 94% first at epoch 40 "
-            "and 30; from process start 102 and 91 s with every compile cache cold, 60.5 s with them warm. "
+            "and 30; from process start 102 and 91 s with the compile caches empty, 60.5 s with them warm (seed 1). "
             "bench/RESULTS.md"
         ),
     )
