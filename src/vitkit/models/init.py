@@ -1,8 +1,18 @@
-"""Structured initialisations of the attention weights (pure functions of a generator)."""
+"""Weight initialisations: the official code's LeCun normal, and structured ones of the attention weights."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
+
+
+def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
+    """Truncated normal with variance 1/fan_in (the official code's patch-embedding init)."""
+    fan_in = t[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the truncation's shrinkage
+    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
 
 
 def _factor(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

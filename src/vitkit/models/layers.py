@@ -207,6 +207,18 @@ class Attention(nn.Module):
         return (x, attn) if return_attn else x
 
 
+class PreLogits(nn.Module):
+    """The pre-training representation layer: Linear + tanh (dropped when fine-tuning)."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, size)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
 def gelu(act: str = "gelu") -> nn.GELU:
     """`model.mlp_act` as a module: "gelu" (erf) or "gelu_tanh" (the tanh approximation)."""
     return nn.GELU(approximate="tanh" if act == "gelu_tanh" else "none")

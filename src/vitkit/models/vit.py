@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -13,18 +12,18 @@ from torch import nn
 from vitkit.config import ModelConfig
 from vitkit.models.checkpointing import checkpointed
 from vitkit.models.data_config import data_config
-from vitkit.models.init import mimetic_init_
-from vitkit.models.layers import Block, Dropout, DropPath, PatchEmbed, block_indices, pooled_after_reset
+from vitkit.models.init import lecun_normal_, mimetic_init_
+from vitkit.models.layers import (
+    Block,
+    Dropout,
+    DropPath,
+    PatchEmbed,
+    PreLogits,
+    block_indices,
+    pooled_after_reset,
+)
 from vitkit.models.posemb import resample_posemb, sincos2d
 from vitkit.models.resnet import init_backbone_
-
-
-def lecun_normal_(t: torch.Tensor) -> torch.Tensor:
-    """Truncated normal with variance 1/fan_in (the official code's patch-embedding init)."""
-    fan_in = t[0].numel()
-    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the truncation's shrinkage
-    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
-
 
 # the 1-D relative attention's table is indexed by raster offsets, which mean other pairs on another grid
 RELATIVE_FIXED = (
@@ -32,18 +31,6 @@ RELATIVE_FIXED = (
     "built for: its offsets count tokens in raster order, which pair other patches on another grid; "
     "{size[0]}x{size[1]} px needs a model trained at that size"
 )
-
-
-class PreLogits(nn.Module):
-    """The pre-training representation layer: Linear + tanh (dropped when fine-tuning)."""
-
-    def __init__(self, dim: int, size: int):
-        super().__init__()
-        self.fc = nn.Linear(dim, size)
-        self.act = nn.Tanh()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.fc(x))
 
 
 class VisionTransformer(nn.Module):
