@@ -368,6 +368,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and "evil.pth" in err[0]
 
 
+def test_pretrained_json_names_the_resampling_each_kind_got():
+    """Was: learn2d's tables (moved linearly per axis whatever --resample said) were recorded as --resample's
+    choice, and an AA-ResNet's resampled relative tables as no resampling."""
+    from vitkit.cli.finetune import resample_used
+    from vitkit.config import ModelConfig
+    from vitkit.convert.load import LoadReport
+
+    moved = LoadReport(source="x", format="vitkit", resampled=((2, 2), (4, 4)))
+    for posemb, want in (
+        ("learn", "bicubic"),
+        ("learn2d", "linear, each axis's table"),
+        ("sincos2d", "sincos2d at patch centres"),
+    ):
+        assert resample_used(ModelConfig(posemb=posemb), "bicubic", moved) == want
+    aa = LoadReport(source="x", format="vitkit", relative_resampled=["layer1.0.conv2.rel_h"])
+    assert resample_used(ModelConfig(), "official", aa) == "linear, the relative position tables"
+    assert resample_used(ModelConfig(), "official", LoadReport(source="x", format="vitkit")) is None
+
+
 def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
     def finetune(out, *extra):
         args = [
@@ -394,6 +413,7 @@ def test_cli_finetune_at_higher_resolution(run_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "ft" / "pretrained.json").read_text())["from"] == str(run_dir)
     assert summary["steps"] == 6 and summary["recipe"] == "finetune-small"
     assert summary["pretrained"]["img_size"] == [32, 32] and not summary["pretrained"]["head_reset"]
+    assert summary["pretrained"]["resample"] == "official"  # the learned table moved by the official zoom
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert cfg["model"]["img_size"] == [32, 32] and cfg["optim"]["name"] == "sgd"
     assert vitkit.model_from_source(tmp_path / "ft").pos_embed.shape == (1, 1 + 64, 32)

@@ -256,6 +256,26 @@ def test_set_img_size_resamples_and_runs():
     assert m(torch.randn(1, 3, 48, 64)).shape == (1, 5)
 
 
+@pytest.mark.parametrize("posemb", ["learn", "learn2d", "sincos2d"])
+def test_set_img_size_refuses_a_mode_before_changing_anything(posemb):
+    """Was: the patch embedding moved to the new size before the mode was checked (a half-moved model that
+    refused its own images), and learn2d took any mode without a word."""
+    m = tiny("ViT-Ti/16", posemb=posemb).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    logits = m(x)
+    with pytest.raises(ValueError, match="mode='nearest': expected 'bilinear' or 'bicubic'"):
+        m.set_img_size(64, mode="nearest")
+    assert (
+        m.cfg.img_size == (32, 32)
+        and m.patch_embed.img_size == (32, 32)
+        and m.patch_embed.grid_size == (2, 2)
+    )
+    after = m.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    torch.testing.assert_close(m(x), logits, rtol=0, atol=0)
+
+
 def test_learn2d_concatenates_row_and_column():
     m = tiny("ViT-Ti/16", img_size=48, posemb="learn2d")
     pe = m._patch_posemb()[0].reshape(3, 3, -1)  # (gh, gw, D)

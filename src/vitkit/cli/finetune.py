@@ -71,6 +71,18 @@ def user_overrides(args: argparse.Namespace) -> list[str]:
     return overrides + (args.set or [])
 
 
+def resample_used(model_cfg: Any, asked: str, report: Any) -> str | None:
+    """How the loaded weights were moved to the model's size, for pretrained.json (None: they were not)."""
+    if report.resampled:
+        return {
+            "sincos2d": "sincos2d at patch centres",
+            "learn2d": "linear, each axis's table",
+        }.get(model_cfg.posemb, asked)
+    if report.relative_resampled:  # an attention-augmented ResNet's 1-D tables
+        return "linear, the relative position tables"
+    return None
+
+
 def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, dict[str, Any]]:
     """Read the checkpoint, adapt it to the dataset and resolution, train; (summary, config, provenance)."""
     from vitkit.convert import load_pretrained, read_checkpoint
@@ -107,11 +119,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
         "format": ckpt.format,
         "checkpoint_img_size": list(ckpt.config.img_size),
         "img_size": list(cfg.model.img_size),
-        "resample": (
-            ("sincos2d at patch centres" if cfg.model.posemb == "sincos2d" else args.resample)
-            if report.resampled
-            else None
-        ),
+        "resample": resample_used(cfg.model, args.resample, report),
         "head_reset": report.head_reset,
         "channels_adapted": report.channels_adapted,
     }
@@ -179,7 +187,11 @@ def add_parser(sub) -> None:
         help="fine-tuning resolution (default: 384 px for paper-finetune, else the checkpoint's)",
     )
     p.add_argument(
-        "--resample", choices=["official", "bicubic"], default="official", help="position embedding"
+        "--resample",
+        choices=["official", "bicubic"],
+        default="official",
+        help="a learned position embedding's 2-D resampling to --img-size (learn2d: each axis's table linearly; "
+        "sincos2d: recomputed at the patch centres)",
     )
     p.add_argument(
         "--reset-head", action="store_true", help="new zero-initialised head even if classes match"

@@ -52,6 +52,15 @@ def grid_of(num_patches: int) -> tuple[int, int]:
     return (side, side)
 
 
+RESAMPLE_MODES = ("bilinear", "bicubic")
+
+
+def check_resample_mode(mode: str) -> None:
+    """ValueError unless `mode` is one of RESAMPLE_MODES (a learned 2-D position embedding's resampling)."""
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"mode={mode!r}: expected 'bilinear' or 'bicubic'")
+
+
 def resample_posemb(
     posemb: torch.Tensor,
     new_grid: int | tuple[int, int],
@@ -68,8 +77,7 @@ def resample_posemb(
     """
     if posemb.ndim != 3 or posemb.shape[0] != 1:
         raise ValueError(f"posemb must have shape (1, N, D), got {tuple(posemb.shape)}")
-    if mode not in ("bilinear", "bicubic"):
-        raise ValueError(f"mode={mode!r}: expected 'bilinear' or 'bicubic'")
+    check_resample_mode(mode)
     new = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
     if len(new) != 2 or min(new) < 1:
         raise ValueError(f"new_grid={new_grid!r}: expected a positive grid (gh, gw)")

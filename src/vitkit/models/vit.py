@@ -22,7 +22,7 @@ from vitkit.models.layers import (
     block_indices,
     pooled_after_reset,
 )
-from vitkit.models.posemb import resample_posemb, sincos2d
+from vitkit.models.posemb import check_resample_mode, resample_posemb, sincos2d
 from vitkit.models.resnet import init_backbone_
 
 # the 1-D relative attention's table is indexed by raster offsets, which mean other pairs on another grid
@@ -375,8 +375,11 @@ class VisionTransformer(nn.Module):
     def set_img_size(self, img_size: int | tuple[int, int], mode: str = "bilinear") -> None:
         """Change the input resolution in place, resampling a learned position embedding in 2D (`mode`).
 
-        A sincos2d embedding is laid out on the grid the model was trained on (`posemb_grid`) instead.
+        A learn2d embedding's two 1-D tables are each resampled linearly (`mode`, a 2-D choice, does not apply); a
+        sincos2d embedding is laid out on the grid the model was trained on (`posemb_grid`). Every check comes
+        before any change: a call that fails leaves the model as it was.
         """
+        check_resample_mode(mode)
         new_cfg = dataclasses.replace(self.cfg, img_size=img_size)
         old_grid, new_grid = self.cfg.grid_size, new_cfg.grid_size
         if self.cfg.posemb == "relative" and new_grid != old_grid:
