@@ -119,6 +119,35 @@ def test_cli_export_default_out_leaves_the_runs_weights(run_dir, tmp_path, capsy
     assert read_checkpoint(str(run / "model-export.safetensors")).format == "vitkit"
 
 
+def test_cli_export_never_writes_over_its_source_nor_a_checkpoint(run_dir, tmp_path, capsys, monkeypatch):
+    """Was: `export vit.safetensors --format safetensors` named its output after the source and replaced it, and
+    `--format timm --out RUN/checkpoints/best` replaced the checkpoint's weights (no config.json there to stop it)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(run_dir), "--format", "safetensors", "--out", "vit.safetensors"]) == 0
+    source = (tmp_path / "vit.safetensors").read_bytes()
+    assert (
+        main(["export", "vit.safetensors", "--format", "safetensors"]) == 0
+    )  # the default name: not the source
+    assert (tmp_path / "vit.safetensors").read_bytes() == source
+    assert read_checkpoint(str(tmp_path / "vit-vitkit.safetensors")).format == "vitkit"
+    assert main(["export", str(run_dir), "--format", "timm", "--out", "t", "--no-check"]) == 0
+    for src, fmt in (("vit.safetensors", "safetensors"), ("t", "timm")):
+        assert main(["export", src, "--format", fmt, "--out", src, "--overwrite", "--no-check"]) == 2
+        assert "is the source being exported" in capsys.readouterr().err
+    assert (tmp_path / "vit.safetensors").read_bytes() == source
+    ckpt = tmp_path / "checkpoints" / "best"  # a training checkpoint: its manifest vouches for its files
+    ckpt.mkdir(parents=True)
+    (ckpt / "manifest.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    for fmt, out in (("timm", ckpt), ("hf", ckpt), ("safetensors", ckpt / "model.safetensors")):
+        assert main(["export", str(run_dir), "--format", fmt, "--out", str(out), "--overwrite"]) == 2
+        assert "is a training checkpoint" in capsys.readouterr().err
+    assert (ckpt / "model.safetensors").read_bytes() == b"weights" and sorted(os.listdir(ckpt)) == [
+        "manifest.json",
+        "model.safetensors",
+    ]
+
+
 def test_cli_export_never_writes_over_a_runs_files_nor_another_file_without_overwrite(
     run_dir, tmp_path, capsys
 ):

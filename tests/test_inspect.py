@@ -306,6 +306,40 @@ def test_inspect_image_files(run_dir, tmp_path):
     assert all((out / name).exists() for name in FILES)
 
 
+def test_report_and_inspect_never_write_over_a_runs_files(run_dir, tmp_path, capsys):
+    """Was: `report --out RUN/config.json` wrote HTML over the run's config (and the weights likewise), and
+    `inspect --out OTHER_RUN` replaced that run's report.html; every other file was replaced without asking."""
+    files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    err = lambda: capsys.readouterr().err  # noqa: E731
+    for name in ("config.json", "model.safetensors", "summary.json"):
+        assert main(["report", str(run_dir), "--out", str(run_dir / name), "--overwrite"]) == 2
+        assert "one of a run folder's own files" in err()
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "manifest.json").write_text("{}")
+    assert main(["report", str(run_dir), "--out", str(ckpt / "report.html"), "--overwrite"]) == 2
+    assert "is a training checkpoint" in err()
+    assert main(["report", str(run_dir), "--out", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in err()
+    mine = tmp_path / "mine.html"
+    mine.write_text("mine")
+    assert main(["report", str(run_dir), "--out", str(mine)]) == 2
+    assert "already exists; pass --overwrite" in err() and mine.read_text() == "mine"
+    for target, says in ((run_dir, "is a vitkit run folder"), (ckpt, "is a training checkpoint")):
+        assert main(["inspect", str(run_dir), "--out", str(target), "--overwrite"]) == 2
+        assert says in err()
+    earlier = tmp_path / "insp"
+    earlier.mkdir()
+    (earlier / "inspect.json").write_text("{}")
+    assert main(["inspect", str(run_dir), "--out", str(earlier)]) == 2
+    assert "already holds inspect.json; pass --overwrite" in err()
+    assert main(["inspect", str(run_dir), "--out", str(mine)]) == 2
+    assert "is a file; vitkit inspect writes a folder" in err()
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
+    assert main(["report", str(run_dir), "--out", str(mine), "--overwrite", "--num-images", "4"]) == 0
+    assert mine.stat().st_size > 10_000
+
+
 def test_report_command_and_noise_fallback(run_dir, tmp_path, capsys):
     assert main(["report", str(run_dir), "--num-images", "8"]) == 0
     assert (run_dir / "report.html").stat().st_size > 10_000

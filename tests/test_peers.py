@@ -228,7 +228,7 @@ def test_cli_exports_a_run_to_both_peers(tmp_path, capsys):
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "hf", "--out", str(hf), "--overwrite", "--no-check"]) == 0
     assert main(["export", str(run), "--format", "timm", "--out", str(run), "--overwrite"]) == 2
-    assert "is a vitkit run folder (or the source)" in capsys.readouterr().err
+    assert "is the source being exported" in capsys.readouterr().err
     (tmp_path / "f").write_text("x")
     assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "f")]) == 2
     assert "is a file; --format timm writes a folder" in capsys.readouterr().err

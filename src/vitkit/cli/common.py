@@ -277,6 +277,61 @@ def out_holds_source(out: str, source: str) -> bool:
     return inside in (".", *RUN_OUTPUTS)
 
 
+def owned_by_a_run(path: str) -> str | None:
+    """Why a command other than training must not write `path` (a run folder's own file, or any file of a training
+    checkpoint's folder), or None."""
+    from vitkit.train.checkpoint import MANIFEST
+    from vitkit.train.runfiles import CONFIG, DATA, RUN_OUTPUTS
+
+    folder, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
+    if os.path.isfile(os.path.join(folder, MANIFEST)):
+        return f"{folder} is a training checkpoint"
+    if name in (CONFIG, DATA, *RUN_OUTPUTS) and os.path.isfile(os.path.join(folder, CONFIG)):
+        return f"{name} is one of a run folder's own files ({folder})"
+    return None
+
+
+def is_run_folder(folder: str) -> bool:
+    """Whether `folder` holds a vitkit run's config.json."""
+    from vitkit.convert.files import ConversionError, read_json_file
+    from vitkit.convert.runs import is_run_config
+    from vitkit.train.runfiles import CONFIG
+
+    path = os.path.join(folder, CONFIG)
+    try:
+        return os.path.isfile(path) and is_run_config(read_json_file(path))
+    except ConversionError:  # not valid JSON: not a run's (an existing file all the same)
+        return False
+
+
+def guard_output_folder(folder: str, writes: tuple[str, ...], overwrite: bool, flag: str = "--out") -> None:
+    """Refuse writing the files `writes` into `folder` when it is a run folder or a training checkpoint (never),
+    or when one of them is there already and not `overwrite`."""
+    from vitkit.train.checkpoint import MANIFEST
+
+    if os.path.isfile(os.path.join(folder, MANIFEST)):
+        raise UserError(f"{flag} {folder} is a training checkpoint; write into another folder")
+    if is_run_folder(folder):
+        raise UserError(f"{flag} {folder} is a vitkit run folder; write into another folder")
+    there = [w for w in writes if os.path.lexists(os.path.join(folder, w))]
+    if there and not overwrite:
+        raise UserError(f"{flag} {folder} already holds {', '.join(there)}; pass --overwrite to replace them")
+
+
+def guard_output_file(path: str, overwrite: bool, own: str | None = None, flag: str = "--out") -> None:
+    """Refuse writing the file `path` when a run or a checkpoint owns it (unless it is `own`, the command's own
+    default output), when it is a folder, or when it exists and not `overwrite`."""
+    if own is not None and os.path.abspath(path) == os.path.abspath(own):
+        return
+    why = owned_by_a_run(path)
+    if why:
+        raise UserError(f"{flag} {path}: {why}; write to another name")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise UserError(f"{flag} {path} already exists; pass --overwrite to replace it")
+
+
 def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     """Build the model of a run (or of a self-describing weights file) and load its weights (safetensors only:
     no code runs)."""

@@ -6,7 +6,13 @@ import argparse
 import json
 import os
 
-from vitkit.cli.common import UserError, out_holds_source, positive_int
+from vitkit.cli.common import (
+    UserError,
+    guard_output_file,
+    guard_output_folder,
+    out_holds_source,
+    positive_int,
+)
 
 
 def _load(source: str, img_size: int | None, num_heads: int | None):
@@ -61,19 +67,28 @@ def _default_out(source: str, fmt: str, img_size: int | None) -> str:
     if os.path.isdir(source) and os.path.exists(os.path.join(source, "config.json")):
         return os.path.join(source, f"model-export{suffix}{ext}")  # beside the run's own model.safetensors
     base = os.path.basename(source.rstrip("/")).split(".")[0] or "model"
-    return f"{base}{suffix}{ext}"
+    out = f"{base}{suffix}{ext}"
+    return f"{base}-vitkit{suffix}{ext}" if _same(out, source) else out  # vit.safetensors -> safetensors
+
+
+def _same(out: str, source: str) -> bool:
+    """Whether `out` is the file or folder `source` (which an export must never replace)."""
+    return os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source)
 
 
 def _refuse_overwriting(out: str, args: argparse.Namespace) -> None:
-    """Export never writes over a run's own files, nor over another file unless --overwrite (the default
-    name, the export's own, is replaced)."""
-    from vitkit.train.runfiles import CONFIG, DATA, RUN_OUTPUTS
+    """Export never writes over its source, a run's own files or a training checkpoint's, nor over another file
+    unless --overwrite (the default name, the export's own, is replaced)."""
+    if _same(out, args.source):
+        raise UserError(f"--out {out} is the source being exported; export to another name")
+    guard_output_file(out, overwrite=args.overwrite or args.out is None)
 
-    folder = os.path.dirname(os.path.abspath(out))
-    if os.path.basename(out) in (CONFIG, DATA, *RUN_OUTPUTS) and os.path.isfile(os.path.join(folder, CONFIG)):
-        raise UserError(f"--out {out} is one of a run folder's own files; export to another name")
-    if os.path.lexists(out) and args.out is not None and not args.overwrite:
-        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
+
+PEER_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+)  # what a timm / hf export writes
 
 
 def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:
@@ -81,17 +96,9 @@ def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:
     from vitkit.convert.files import ConversionError
     from vitkit.convert.peers import PeerMissingError, check_peer, save_peer_folder
 
-    config = os.path.join(out, "config.json")
-    if os.path.isfile(config):
-        from vitkit.convert.files import read_json_file
-        from vitkit.convert.runs import is_run_config
-
-        if is_run_config(read_json_file(config)) or (
-            os.path.exists(args.source) and os.path.samefile(out, args.source)
-        ):
-            raise UserError(f"--out {out} is a vitkit run folder (or the source): export into another folder")
-        if not args.overwrite:
-            raise UserError(f"--out {out} already holds a config.json; pass --overwrite to replace it")
+    if _same(out, args.source):
+        raise UserError(f"--out {out} is the source being exported: export into another folder")
+    guard_output_folder(out, PEER_FILES, args.overwrite)
     try:
         save_peer_folder(out, args.format, model, ckpt.meta)
     except ConversionError as e:

@@ -11,7 +11,16 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import UserError, find_run, fraction_below_one, load_run, local_data, positive_int
+from vitkit.cli.common import (
+    UserError,
+    find_run,
+    fraction_below_one,
+    guard_output_file,
+    guard_output_folder,
+    load_run,
+    local_data,
+    positive_int,
+)
 
 log = logging.getLogger("vitkit")
 
@@ -303,6 +312,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "ViT's patch embedding, position embedding and attention. For a run folder, `vitkit report RUN_DIR` "
             "gives its curves and confusion matrix"
         )
+    if args.out:  # its own default folder is rewritten; another one is checked before any work
+        from vitkit.inspect.report import FIGURES
+
+        if os.path.isfile(args.out):
+            raise UserError(f"--out {args.out} is a file; vitkit inspect writes a folder")
+        guard_output_folder(args.out, (*FIGURES, "inspect.json", "report.html"), args.overwrite)
     inputs = file_inputs(subject, args.images) if args.images else sample_inputs(subject, args.num_images)
     out = args.out or (os.path.join(subject.run_dir, "inspect") if subject.run_dir else "vitkit-inspect")
     path = inspect_to(subject, out, inputs, args)
@@ -318,6 +333,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
             read_config(args.run)
         raise UserError(f"{args.run} is not a run folder (config.json + model.safetensors)")
+    if args.out:  # the run's own report.html is rewritten; any other file is checked before any work
+        guard_output_file(args.out, args.overwrite, own=os.path.join(args.run, "report.html"))
     path = report_for_run(args.run, args.out, _device(args.device), args.num_images)
     print(f"wrote {path}")
     return 0
@@ -339,7 +356,13 @@ def add_parser(sub) -> None:
         "source", metavar="RUN_DIR|SOURCE", help="a run folder or checkpoint, or pretrained weights"
     )
     p.add_argument("--images", nargs="+", metavar="FILE", help="image files (default: the run's test images)")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/inspect, or ./vitkit-inspect)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: RUN_DIR/inspect, or ./vitkit-inspect); never a run folder or checkpoint",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an earlier inspection in --out"
+    )
     p.add_argument(
         "--k", type=positive_int, help="principal components of the embedding filters (default 28, at most D)"
     )
@@ -359,6 +382,11 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html: curves, confusion, predictions, inspection")
     p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--out", metavar="FILE", help="default: RUN_DIR/report.html")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="default: RUN_DIR/report.html; never another of a run's or checkpoint's files",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _analysis_flags(p)
     p.set_defaults(func=cmd_report)
