@@ -362,12 +362,32 @@ def test_report_command_and_noise_fallback(run_dir, tmp_path, capsys):
         ("summary.json", [1, 2], r"summary\.json: expected a JSON object, got list"),
         ("summary.json", {"test_top1": "x"}, r"summary\.json: 'test_top1' must be a number, got 'x'"),
         ("config.json", {}, r"config\.json: missing the section\(s\) model, data, optim, train"),
+        ("summary.json", {"tta": "hflip"}, r"summary\.json: 'test_top1_no_tta' must be a number, got None"),
+        (
+            "summary.json",
+            {"confusion": [["a", "b"], ["c", "d"]]},
+            r"summary\.json: 'confusion' must be a square",
+        ),
+        (
+            "summary.json",
+            {"confusion": [[1, 0], [0, 1]]},
+            r"summary\.json: a 2x2 confusion matrix for 10 classes",
+        ),
     ],
-    ids=["summary-list", "summary-string", "config-empty"],
+    ids=[
+        "summary-list",
+        "summary-string",
+        "config-empty",
+        "tta-without-plain",
+        "confusion-strings",
+        "confusion-size",
+    ],
 )
 def test_report_names_a_broken_run_file(run_dir, tmp_path, capsys, file, content, says):
     """Was: a list in summary.json was a TypeError traceback, a string top-1 "Unknown format code '%'" naming no
-    file, and an empty config.json "not a run folder"."""
+    file, and an empty config.json "not a run folder"; a TTA summary without its plain top-1 "error:
+    test_top1_no_tta", a confusion matrix of strings a float() error naming no file, one of another size a
+    silent report."""
     import re
 
     run = tmp_path / "run"
@@ -382,6 +402,49 @@ def test_report_names_a_broken_run_file(run_dir, tmp_path, capsys, file, content
     assert main(["report", str(run), "--num-images", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(says, err[0]), err
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("[1, 2]", r"metrics\.jsonl:2: expected a JSON object, got list"),
+        ('{"step": 3, "loss": "abc"}', r"metrics\.jsonl:2: 'loss' must be a number, got 'abc'"),
+        ('{"loss": 0.5}', r"metrics\.jsonl:2: no 'step'"),
+        ('{"step": 3, "split": 7}', r"metrics\.jsonl:2: 'split' must be a split's name, got 7"),
+    ],
+    ids=["list", "string-loss", "no-step", "split-number"],
+)
+def test_report_names_a_broken_metrics_line(run_dir, tmp_path, capsys, line, says):
+    """Was: a list line an AttributeError traceback, a string loss a TypeError one, a record without a step
+    "error: step" naming nothing."""
+    import re
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    assert main(["report", str(run), "--num-images", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(says, err[0]), err
+
+
+def test_json_that_is_not_utf8_is_named(run_dir, tmp_path, capsys):
+    """Was: "'utf-8' codec can't decode byte 0xff" with no file named, from eval, report, inspect and export."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    for name in ("summary.json", "config.json"):
+        path = run / name
+        good = path.read_bytes()
+        path.write_bytes(b'{"a": "\xff"}')
+        for cmd in (
+            ["report", str(run)],
+            ["eval", str(run)],
+            ["export", str(run), "--out", str(tmp_path / "x.onnx")],
+        ):
+            assert main(cmd) == 2
+            err = capsys.readouterr().err
+            assert name in err and "utf-8" in err, (cmd, err)
+        path.write_bytes(good)
 
 
 def test_inspect_source_without_converter(monkeypatch, tmp_path, capsys):

@@ -32,6 +32,7 @@ from vitkit.train.checkpoint import (
     load_weights,
     restore_set_aside,
     save_checkpoint,
+    verify_checkpoint,
 )
 from vitkit.train.loop import resolve_for_data, train
 from vitkit.train.optim import decay_names
@@ -357,6 +358,32 @@ def test_atomic_writes_leave_no_temp_file_and_follow_the_umask(tmp_path):
 
         atomic_write(str(path), lambda tmp: 1 / 0)
     assert path.read_bytes() == b"x" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b"[]",
+        b"{}",
+        b'{"files": {}}',
+        b'{"files": {"model.safetensors": {"size": "x"}, "state.pt": {"bytes": 1, "sha256": "0"}}}',
+        b'{"files": {"state.pt": {"bytes": 1, "sha256": "0"}}}',
+        b'{"files": {"../model.safetensors": {"bytes": 1, "sha256": "0"}, "state.pt": {"bytes": 1, "sha256": "0"}}}',
+        b'{"files": "\xff"}',
+    ],
+    ids=["list", "empty", "no-files", "bad-entry", "no-weights", "outside", "not-utf8"],
+)
+def test_a_malformed_manifest_is_a_corrupt_checkpoint(tmp_path, manifest):
+    """Was: a manifest `[]` an AttributeError traceback (eval's fall-back to the checkpoints crashed instead of
+    trying the previous one), an entry without 'bytes' "error: bytes", and `{}` vouched for anything."""
+    root = str(tmp_path)
+    save_checkpoint(root, 1, {"model": {"w": torch.ones(2)}}, {"step": 1})
+    newest = save_checkpoint(root, 2, {"model": {"w": torch.zeros(2)}}, {"step": 2})
+    with open(os.path.join(newest, "manifest.json"), "wb") as f:
+        f.write(manifest)
+    with pytest.raises(CheckpointError, match=r"manifest\.json"):
+        verify_checkpoint(newest)
+    assert latest_valid(root).endswith("step-00000001")
 
 
 def test_checkpoint_atomic_and_truncated_fallback(tmp_path):

@@ -41,9 +41,9 @@ class Subject:
 def _is_run_config(path: str) -> bool:
     """A vitkit run's config.json (not, say, a Hugging Face model folder's)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
         return False
     return isinstance(d, dict) and isinstance(d.get("model"), dict) and "train" in d
 
@@ -232,6 +232,12 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
         from vitkit.train.runfiles import read_metrics, read_summary
 
         summary = read_summary(subject.run_dir)
+        cm = (summary or {}).get("confusion")
+        if cm is not None and len(cm) != len(subject.classes):
+            raise ValueError(
+                f"{os.path.join(subject.run_dir, 'summary.json')}: a {len(cm)}x{len(cm)} confusion matrix for "
+                f"{len(subject.classes)} classes"
+            )
         if summary:
             facts[1:1] = [
                 ("test top-1 / top-5", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"

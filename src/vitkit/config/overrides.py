@@ -173,11 +173,11 @@ def save_json(cfg: Any, path: str) -> None:
 def load_run_config(path: str) -> RunConfig:
     """Read a run's config.json."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as e:
         raise FileNotFoundError(f"cannot read run config {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object (a run's config), got {type(data).__name__}")

@@ -99,11 +99,11 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 def read_json_file(path: str) -> dict[str, Any]:
     """A JSON object from a file; errors name the file."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as e:
         raise ConversionError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: expected a JSON object, got {type(data).__name__}")

@@ -137,11 +137,29 @@ def verify_checkpoint(path: str) -> dict:
     """The manifest of a complete, uncorrupted checkpoint; CheckpointError says what is wrong."""
     mpath = os.path.join(path, MANIFEST)
     try:
-        with open(mpath) as f:
+        with open(mpath, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise CheckpointError(f"{path}: missing or unreadable {MANIFEST} ({e})") from None
-    for fname, meta in manifest.get("files", {}).items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(files, dict)
+        or "state.pt" not in files
+        or not any(n.endswith(".safetensors") for n in files)
+    ):
+        raise CheckpointError(
+            f"{mpath}: expected {{'files': {{name: {{'bytes': N, 'sha256': HEX}}}}}} listing state.pt and the "
+            f"weights, got {json.dumps(manifest)[:120]}"
+        )
+    for fname, meta in files.items():
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("bytes"), int)
+            or isinstance(meta.get("bytes"), bool)
+            or not isinstance(meta.get("sha256"), str)
+            or os.path.basename(fname) != fname
+        ):
+            raise CheckpointError(f"{mpath}: the entry of {fname!r} needs a file name, 'bytes' and 'sha256'")
         fpath = os.path.join(path, fname)
         if not os.path.isfile(fpath):
             raise CheckpointError(f"{path}: {fname} is missing")

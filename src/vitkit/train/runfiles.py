@@ -22,11 +22,11 @@ PRETRAINED = "pretrained.json"  # a fine-tuning run's source
 def read_json(path: str) -> Any:
     """Read JSON; errors name the file."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except OSError as e:
         raise FileNotFoundError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
@@ -72,17 +72,28 @@ def read_summary(run_dir: str) -> dict | None:
     summary = read_json(path)
     if not isinstance(summary, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(summary).__name__}")
-    for key in SUMMARY_NUMBERS + tuple(k for k in SUMMARY_OPTIONAL if k in summary):
+    tta = summary.get("tta")
+    needed = SUMMARY_NUMBERS + (("test_top1_no_tta",) if tta not in (None, "none") else ())  # the plain top-1
+    for key in needed + tuple(k for k in SUMMARY_OPTIONAL if k in summary and k not in needed):
         value = summary.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise ValueError(f"{path}: {key!r} must be a number, got {value!r:.60}")
+    if tta is not None and not isinstance(tta, str):
+        raise ValueError(f"{path}: 'tta' must be the name of a test-time augmentation, got {tta!r:.60}")
     confusion = summary.get("confusion")
     if confusion is not None and not (
         isinstance(confusion, list)
-        and all(isinstance(r, list) and len(r) == len(confusion) for r in confusion)
+        and all(
+            isinstance(r, list) and len(r) == len(confusion) and all(map(is_number, r)) for r in confusion
+        )
     ):
-        raise ValueError(f"{path}: 'confusion' must be a square list of lists")
+        raise ValueError(f"{path}: 'confusion' must be a square list of lists of counts")
     return summary
+
+
+def is_number(value: Any) -> bool:
+    """An int or float (not a bool: JSON's true is no count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class MetricsLog:
@@ -103,6 +114,8 @@ class MetricsLog:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill
+                if not isinstance(rec, dict) or not is_number(rec.get("step", 0)):
+                    continue  # not a record vitkit wrote
                 after = rec.get("step", 0) > step or (final and rec.get("step") == step and "split" in rec)
                 if not after:
                     keep.append(json.dumps(rec) + "\n")
@@ -117,14 +130,36 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    """All records of a run's metrics.jsonl (cut lines skipped)."""
+    """All records of a run's metrics.jsonl (cut lines skipped), each checked: an error names the line."""
     path = os.path.join(run_dir, METRICS)
     out = []
     if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
                 try:
-                    out.append(json.loads(line))
+                    rec = json.loads(line)
                 except json.JSONDecodeError:
-                    continue
+                    continue  # a line cut by a kill
+                out.append(check_metrics_record(rec, f"{path}:{n}"))
     return out
+
+
+def check_metrics_record(rec: Any, where: str) -> dict:
+    """`rec` if it is a metrics.jsonl record: a JSON object with a number 'step', numbers (or null) elsewhere but
+    'split' (a name) and 'fewshot' (an object); ValueError naming `where` and the key otherwise."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for key, value in rec.items():
+        ok = {
+            "step": is_number(value),
+            "split": isinstance(value, str),
+            "fewshot": isinstance(value, dict),
+        }.get(key, value is None or is_number(value))
+        if not ok:
+            raise ValueError(f"{where}: {key!r} must be {_KINDS.get(key, 'a number')}, got {value!r:.60}")
+    if "step" not in rec:
+        raise ValueError(f"{where}: no 'step'")
+    return rec
+
+
+_KINDS = {"split": "a split's name", "fewshot": "an object of few-shot accuracies"}
