@@ -275,6 +275,21 @@ def test_edited_run_files_are_named_not_tracebacks(capsys, run_dir, tmp_path):
         (run / "data.json").write_text(json.dumps({**data, "classes": bad}))
         assert main(["predict", str(run), str(tmp_path / "x.png")]) == 2
         assert "'classes' must list the model's 10 class names" in capsys.readouterr().err
+    # was: native_size [0, 5] a ZeroDivisionError, a zero std or a NaN mean a `nan%` prediction, a bad crop_mode
+    # an error that did not name data.json
+    for key, bad, says in (
+        ("native_size", [0, 5], "'native_size' must be [height, width] in pixels"),
+        ("native_size", "ab", "'native_size' must be [height, width] in pixels"),
+        ("std", [0], "'std' must give one positive number per input channel"),
+        ("mean", [float("nan")], "'mean' must give one finite number per input channel"),
+        ("crop_mode", "diagonal", "crop_mode"),
+    ):
+        (run / "data.json").write_text(json.dumps({**data, key: bad}))
+        for cmd in ("predict", "eval"):
+            args = [cmd, str(run), str(tmp_path / "x.png")] if cmd == "predict" else [cmd, str(run)]
+            assert main(args) == 2
+            err = capsys.readouterr().err
+            assert "data.json" in err and says in err, (key, bad, cmd, err)
 
 
 def test_small_mistakes_get_their_own_messages(capsys, run_dir, tmp_path):

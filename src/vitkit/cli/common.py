@@ -249,8 +249,8 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
         )
     from vitkit.data.imagefolder import check_image_loading
 
-    crop_pct, interpolation = data.get("crop_pct", 1.0), data.get("interpolation", "bilinear")
-    wrong = check_image_loading(crop_pct, interpolation, "center")  # crop_mode matters to predict only
+    crop = (data.get("crop_pct", 1.0), data.get("interpolation", "bilinear"), data.get("crop_mode", "center"))
+    wrong = check_image_loading(*crop)
     if wrong:
         raise UserError(f"{path}: {wrong}")
     for key in ("mean", "std"):
@@ -258,11 +258,22 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
         if v is not None and (
             not isinstance(v, list)
             or len(v) != cfg.model.in_chans
-            or not all(isinstance(x, (int, float)) for x in v)
+            or not all(_finite(x) and (key == "mean" or x > 0) for x in v)
         ):
+            kind = "finite number" if key == "mean" else "positive number"
             raise UserError(
-                f"{path}: {key!r} must give one number per input channel ({cfg.model.in_chans}), got {v!r:.80}"
+                f"{path}: {key!r} must give one {kind} per input channel ({cfg.model.in_chans}), got {v!r:.80}"
             )
+    size = data.get("native_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)
+    ):
+        raise UserError(f"{path}: 'native_size' must be [height, width] in pixels, got {size!r:.80}")
+
+
+def _finite(x: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def out_holds_source(out: str, source: str) -> bool:
