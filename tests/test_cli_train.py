@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 
 import pytest
@@ -290,6 +291,30 @@ def test_edited_run_files_are_named_not_tracebacks(capsys, run_dir, tmp_path):
             assert main(args) == 2
             err = capsys.readouterr().err
             assert "data.json" in err and says in err, (key, bad, cmd, err)
+
+
+def test_a_dataset_must_fit_the_run_it_scores(caplog):
+    """Was: eval checked the class count only: an image folder with a class renamed since training was scored
+    against shifted labels without a word, and a 3-channel dataset for a 1-channel model failed on the image
+    shape naming neither."""
+    from types import SimpleNamespace as NS
+
+    from vitkit.cli.common import UserError, check_dataset_fits
+
+    run = NS(cfg=NS(model=NS(num_classes=3, in_chans=1)), data={"classes": ["a", "b", "c"]})
+    splits = lambda classes, chans=1: NS(num_classes=len(classes), in_chans=chans, classes=classes)  # noqa: E731
+    check_dataset_fits(run, splits(["a", "b", "c"]), "imagefolder", "RUN", own=True)
+    with pytest.raises(UserError, match="RUN: the model has 3 classes, dataset imagefolder 2"):
+        check_dataset_fits(run, splits(["a", "b"]), "imagefolder", "RUN", own=True)
+    with pytest.raises(UserError, match="RUN: the model takes 1-channel images, dataset imagefolder has 3"):
+        check_dataset_fits(run, splits(["a", "b", "c"], 3), "imagefolder", "RUN", own=True)
+    with pytest.raises(UserError, match=r"class 1 is 'x', the run's data\.json says 'b'"):
+        check_dataset_fits(run, splits(["a", "x", "c"]), "imagefolder", "RUN", own=True)
+    with caplog.at_level(
+        logging.WARNING, logger="vitkit"
+    ):  # another dataset of the same size: said, not refused
+        check_dataset_fits(run, splits(["a", "x", "c"]), "cifar10", "RUN", own=False)
+    assert "class 1 is 'x', the run's data.json says 'b'" in caplog.text
 
 
 def test_small_mistakes_get_their_own_messages(capsys, run_dir, tmp_path):

@@ -276,6 +276,30 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def check_dataset_fits(run: LoadedRun, splits: Any, dataset: str, where: str, own: bool) -> None:
+    """Refuse scoring `run` on `splits` whose classes or channels are not the model's; `own`: the run's own dataset
+    (class names that differ from its data.json's shift every label: an error; on another dataset a warning)."""
+    m = run.cfg.model
+    if splits.num_classes != m.num_classes:
+        raise UserError(
+            f"{where}: the model has {m.num_classes} classes, dataset {dataset} {splits.num_classes}"
+        )
+    if splits.in_chans != m.in_chans:
+        raise UserError(
+            f"{where}: the model takes {m.in_chans}-channel images, dataset {dataset} has {splits.in_chans}"
+        )
+    mine, theirs = run.data.get("classes"), list(getattr(splits, "classes", None) or [])
+    if mine and theirs and list(mine) != theirs:
+        i = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+        text = (
+            f"{where}: dataset {dataset}'s class {i} is {theirs[i]!r}, the run's data.json says {mine[i]!r}: "
+            "its labels would be scored against other classes"
+        )
+        if own:
+            raise UserError(f"{text} (an image folder renamed or added to since training?)")
+        log.warning("%s", text)
+
+
 def out_holds_source(out: str, source: str) -> bool:
     """Whether writing a run into `out` would replace `source` (the folder itself, or one of a run's outputs in
     it, which a fresh run there clears before the source is read)."""

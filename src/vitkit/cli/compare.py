@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from vitkit.cli.common import UserError, add_tta_argument, local_data, positive_int
+from vitkit.cli.common import UserError, add_tta_argument, check_dataset_fits, local_data, positive_int
 
 
 def _split_key(cfg, split: str) -> tuple:
@@ -108,10 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             ds = splits.split(args.split)
         except ValueError as e:
             raise UserError(f"{args.runs[0]}: {e}") from None
-        if run.cfg.model.num_classes != splits.num_classes:
-            raise UserError(
-                f"{path}: {run.cfg.model.num_classes} classes, dataset {data_cfg.dataset} {splits.num_classes}"
-            )
+        check_dataset_fits(run, splits, data_cfg.dataset, path, own=data_cfg.dataset == run.cfg.data.dataset)
         if labels is not None and not torch.equal(labels, ds.labels.cpu()):
             raise UserError(f"{path}: its {args.split} split holds other images than {args.runs[0]}'s")
         labels = ds.labels.cpu()

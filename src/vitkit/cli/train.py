@@ -17,6 +17,7 @@ from vitkit.cli.common import (
     TqdmProgress,
     UserError,
     add_tta_argument,
+    check_dataset_fits,
     load_run,
     local_data,
     nonneg_int,
@@ -315,10 +316,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
     data_cfg = local_data(data_cfg, args.data_dir, args.run)
     splits = load_dataset(data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed)
-    if splits.num_classes != run.cfg.model.num_classes:
-        raise UserError(
-            f"dataset {data_cfg.dataset} has {splits.num_classes} classes, the model {run.cfg.model.num_classes}"
-        )
+    check_dataset_fits(run, splits, data_cfg.dataset, args.run, own=data_cfg.dataset == run.cfg.data.dataset)
     transform = BatchTransform(data_cfg, run.cfg.model.img_size, *run_normalisation(run, splits))
     try:
         ds = splits.split(args.split)
