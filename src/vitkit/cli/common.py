@@ -277,8 +277,9 @@ def _finite(x: Any) -> bool:
 
 
 def check_dataset_fits(run: LoadedRun, splits: Any, dataset: str, where: str, own: bool) -> None:
-    """Refuse scoring `run` on `splits` whose classes or channels are not the model's; `own`: the run's own dataset
-    (class names that differ from its data.json's shift every label: an error; on another dataset a warning)."""
+    """Refuse scoring `run` on `splits` whose classes or channels are not the model's. Class names that differ
+    from the run's data.json: an error when `own` (the run's own image folder, whose folder names are its labels:
+    one renamed or added shifts them), else a warning (another dataset, or a reader's fallback names)."""
     m = run.cfg.model
     if splits.num_classes != m.num_classes:
         raise UserError(

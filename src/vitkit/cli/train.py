@@ -316,7 +316,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
     data_cfg = local_data(data_cfg, args.data_dir, args.run)
     splits = load_dataset(data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed)
-    check_dataset_fits(run, splits, data_cfg.dataset, args.run, own=data_cfg.dataset == run.cfg.data.dataset)
+    check_dataset_fits(
+        run, splits, data_cfg.dataset, args.run, own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder"
+    )
     transform = BatchTransform(data_cfg, run.cfg.model.img_size, *run_normalisation(run, splits))
     try:
         ds = splits.split(args.split)
