@@ -678,3 +678,77 @@ def test_a_wrongly_shaped_tensor_is_named_itself(tmp_path):
         ConversionError, match=r"c\.safetensors: width 192 is not divisible by the number of heads 5"
     ):
         vitkit.create_model(pretrained=str(tmp_path / "c.safetensors"), num_heads=5)
+
+
+# ----------------------------------------------------------------------------- layouts and files a review found
+
+
+def test_a_non_square_official_npz_keeps_its_class_row(tmp_path):
+    """Was: 1 + 24 = 25 rows (a 4x6 grid and the class row: the official code adds the embedding after the class
+    token) read as a 5x5 grid without one, resampled to 4x6 in silence (logits 0.29 off)."""
+    arrays = flax_arrays(seed=4)
+    pe = np.random.default_rng(1).normal(0, 0.2, (1, 25, D)).astype(np.float32)
+    arrays["Transformer/posembed_input/pos_embedding"] = pe
+    path = save_npz(tmp_path / "4x6.npz", arrays)
+    model = vitkit.create_model(pretrained=path, img_size=(4 * P, 6 * P)).double()
+    torch.testing.assert_close(model.pos_embed.float(), torch.from_numpy(pe), rtol=0, atol=0)
+    x = np.random.default_rng(0).normal(size=(2, 3, 4 * P, 6 * P)).astype(np.float32)
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x).double()).numpy()
+    np.testing.assert_allclose(ours, official_forward(arrays, x, tanh_gelu=False), rtol=0, atol=1e-9)
+    bv = flax_arrays(big_vision=True, seed=5)  # big_vision adds it before: 24 rows and never a class row
+    bv["pos_embedding"] = pe[:, 1:]
+    model = vitkit.create_model(
+        pretrained=save_npz(tmp_path / "bv.npz", bv, "params/"), img_size=(4 * P, 6 * P)
+    )
+    want = torch.cat([torch.zeros(1, 1, D), torch.from_numpy(pe[:, 1:])], 1)
+    torch.testing.assert_close(model.pos_embed, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["class-row-4x8", "no-embed-class-4x6"])
+def test_a_non_square_timm_file_is_read_at_the_size_asked_for(tmp_path, kind):
+    """Was: 33 rows (4x8 and a class row) or 24 rows with a class token (timm's no_embed_class at 4x6) could not
+    be loaded at all: the error asked for the img_size that had been given."""
+    from safetensors.torch import save_file
+
+    size = (4 * P, 8 * P) if kind.startswith("class") else (4 * P, 6 * P)
+    t = randomize(timm_vit(img_size=size, no_embed_class=kind.startswith("no")))
+    save_file({k: v.contiguous() for k, v in t.state_dict().items()}, str(tmp_path / "t.safetensors"))
+    ours = vitkit.create_model(pretrained=str(tmp_path / "t.safetensors"), num_heads=HEADS, img_size=size)
+    assert tuple(ours.cfg.img_size) == size
+    assert_same_logits(ours, t, torch.randn(2, 3, *size))
+    into = vitkit.create_model("ViT-Ti/16", img_size=size, patch_size=P, embed_dim=D, depth=DEPTH,
+                               num_heads=HEADS, mlp_dim=MLP, num_classes=5)  # fmt: skip
+    load_pretrained(into, str(tmp_path / "t.safetensors"))
+    assert_same_logits(into.eval(), t, torch.randn(2, 3, *size))
+
+
+@pytest.mark.parametrize("name", ["resnetaa50", "resnetblur50"])
+def test_an_anti_aliased_timm_resnet_in_memory_is_refused(name):
+    """Was: loaded as a plain ResNet-50 (its blur and average pools have no weights): logits 10-75 off."""
+    import timm
+
+    with pytest.raises(
+        ConversionError, match=r"anti-aliased downsampling \((\w|\.)+: (AvgPool2d|BlurPool2d)\)"
+    ):
+        vitkit.create_model(pretrained=timm.create_model(name, num_classes=5))
+
+
+def test_odd_files_and_keys_are_named(tmp_path):
+    """Was: a .npy file named .npz a TypeError traceback; a transformers folder missing one of q/k/v "layer 1:
+    query/key/value weight incomplete (have [0, 2])" naming neither the folder nor the key."""
+    np.save(tmp_path / "single.npy", np.zeros(3, np.float32))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    with pytest.raises(ConversionError, match=r"single\.npz is a single \.npy array"):
+        read_checkpoint(tmp_path / "single.npz")
+    hf = _hf_model("ViTForImageClassification")
+    hf.save_pretrained(tmp_path / "hf")
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    del sd["vit.encoder.layer.1.attention.attention.key.weight"]
+    save_file(sd, str(tmp_path / "hf" / "model.safetensors"))
+    with pytest.raises(
+        ConversionError, match=r"hf.*: missing encoder\.layer\.1\.attention\.attention\.key\.weight"
+    ):
+        read_checkpoint(tmp_path / "hf")

@@ -239,7 +239,7 @@ def prepend_prefix_posemb(state: dict[str, torch.Tensor], grid_tokens: int | Non
     vitkit adds it after, so a zero row for the class token computes the same thing.
     """
     pe = state.get("pos_embed")
-    if pe is None or "cls_token" not in state:
+    if pe is None or "cls_token" not in state or pe.ndim != 3:  # another shape: the load names it as it is
         return
     n = int(pe.shape[1])
     without_prefix = grid_tokens == n if grid_tokens is not None else math.isqrt(n) ** 2 == n and n > 1

@@ -80,10 +80,10 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         raise ConversionError(
             f"{path} is not a readable .npz archive: neither a zip of arrays nor a .npy file"
         )
+    if magic.startswith(b"\x93NUMPY"):  # np.load gives a bare array, which has no names to convert
+        raise ConversionError(f"{path} is a single .npy array, not an .npz archive of named arrays")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ConversionError(f"{path} is a single .npy array, not an .npz archive of named arrays")
             return {k: archive[k] for k in archive.files}
     except ValueError as e:
         if "allow_pickle" in str(e):

@@ -51,8 +51,11 @@ def is_hf_state(state: dict[str, torch.Tensor]) -> bool:
     return any(k.removeprefix("vit.") == "embeddings.patch_embeddings.projection.weight" for k in state)
 
 
-def convert_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename to vitkit's names, concatenating query/key/value; unknown keys keep their names."""
+def convert_hf_state(
+    state: dict[str, torch.Tensor], where: str = "transformers weights"
+) -> dict[str, torch.Tensor]:
+    """Rename to vitkit's names, concatenating query/key/value; unknown keys keep their names (`where`: the
+    source, for errors)."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     for key, value in state.items():
@@ -72,7 +75,9 @@ def convert_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[key] = value
     for (layer, kind), parts in qkv.items():
         if sorted(parts) != [0, 1, 2]:
-            raise ConversionError(f"layer {layer}: query/key/value {kind} incomplete (have {sorted(parts)})")
+            names = [n for n, i in _QKV_ORDER.items() if len(n) > 1 and i not in parts]
+            missing = ", ".join(f"encoder.layer.{layer}.attention.attention.{n}.{kind}" for n in names)
+            raise ConversionError(f"{where}: missing {missing} (layer {layer}'s query/key/value {kind})")
         out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])  # (3D, ...)
     return out
 
@@ -124,7 +129,7 @@ def _check_hf_config(config: dict[str, Any], where: str) -> None:
 def from_hf_state(state: dict[str, torch.Tensor], config: dict[str, Any], where: str) -> Checkpoint:
     """A Checkpoint from transformers weights and their config.json dict."""
     _check_hf_config(config, where)
-    converted = convert_hf_state(state)
+    converted = convert_hf_state(state, where)
     img = _pair(config["image_size"]) if "image_size" in config else None
     cfg = infer_config(
         converted,

@@ -24,11 +24,12 @@ Hybrids (R50+ViT-B/16 and the like), their BiT ResNet (kernels (kh, kw, in, out)
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
 
-from vitkit.convert.checkpoint import Checkpoint, infer_config, prepend_prefix_posemb
+from vitkit.convert.checkpoint import Checkpoint, infer_config, prepend_prefix_posemb, token_stride
 from vitkit.convert.files import ConversionError, read_npz
 
 log = logging.getLogger(__name__)
@@ -206,13 +207,25 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
     return out, {"num_heads": heads[0] if heads else 0, "layout": "big_vision" if big_vision else "official"}
 
 
-def read_official(path: str, arrays: dict[str, np.ndarray] | None = None) -> Checkpoint:
-    """Read an official or big_vision .npz (no pickles) into a Checkpoint (`arrays`: the file, already read)."""
+def read_official(
+    path: str, arrays: dict[str, np.ndarray] | None = None, img_size: tuple[int, int] | None = None
+) -> Checkpoint:
+    """Read an official or big_vision .npz (no pickles) into a Checkpoint (`arrays`: the file, already read;
+    `img_size`: the size asked for, which reads a grid the file cannot give, one that is not square)."""
     arrays = read_npz(path) if arrays is None else arrays
     state, facts = convert_official(arrays, path)
-    prepend_prefix_posemb(state)
+    # the official code adds the embedding after the class token, so its row is there (1 + N rows that happen to
+    # be a square are no sign of its absence); big_vision adds it before, so it never is
+    if facts["layout"] == "big_vision" and "pos_embed" in state:
+        prepend_prefix_posemb(state, grid_tokens=int(state["pos_embed"].shape[1]))
     posemb = None if "pos_embed" in state else "sincos2d"  # big_vision's fixed 2D sin-cos
-    cfg = infer_config(state, path, num_heads=facts["num_heads"], norm_eps=1e-6, posemb=posemb)
+    size = None
+    if img_size and posemb is None:
+        n = int(state["pos_embed"].shape[1]) - ("cls_token" in state)  # patch rows
+        stride = token_stride(state, path)
+        if math.isqrt(n) ** 2 != n and (img_size[0] // stride) * (img_size[1] // stride) == n:
+            size = tuple(img_size)
+    cfg = infer_config(state, path, num_heads=facts["num_heads"], norm_eps=1e-6, posemb=posemb, img_size=size)
     meta = {"mean": [0.5] * cfg.in_chans, "std": [0.5] * cfg.in_chans}  # both codes scale pixels to [-1, 1]
     log.info(
         "%s: read with the erf GELU (timm's and transformers' reading of these files); mlp_act='gelu_tanh' "

@@ -68,10 +68,28 @@ def _from_module(model: nn.Module, num_heads: int | None) -> Checkpoint:
         if num_heads:
             config["num_attention_heads"] = num_heads
         return from_hf_state(state, config, name)
+    aliased = _anti_aliasing(model)
+    if aliased:
+        raise ConversionError(
+            f"{name}: anti-aliased downsampling ({aliased}) has no weights of its own, so its state dict reads as "
+            "a plain ResNet's; vitkit's baselines have none, and these weights would compute something else"
+        )
     state = strip_module(state)
     if is_timm_state(state):  # timm's model: what its config.json would say, read from the model
         return from_timm_state(state, name, hub_config=timm_module_config(model), num_heads=num_heads)
     return _from_state(name, state, num_heads)
+
+
+def _anti_aliasing(model: nn.Module) -> str | None:
+    """timm's anti-aliased ResNets (resnetaa*, resnetblur*): the first module that blurs or average-pools where a
+    plain ResNet strides, named, or None."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if "BlurPool" in kind or (name.rsplit(".", 1)[-1] == "aa" and kind != "Identity"):
+            return f"{name}: {kind}"
+        if name == "maxpool" and isinstance(module, nn.AvgPool2d):
+            return f"{name}: {kind}"
+    return None
 
 
 def _read_folder(folder: str, num_heads: int | None) -> Checkpoint:
@@ -99,7 +117,7 @@ def _read_folder(folder: str, num_heads: int | None) -> Checkpoint:
 def _read_file(path: str, num_heads: int | None, img_size: tuple[int, int] | None = None) -> Checkpoint:
     if path.endswith(".npz"):
         arrays = read_npz(path)
-        return read_bit_npz(arrays, path) if is_bit_npz(arrays) else read_official(path, arrays)
+        return read_bit_npz(arrays, path) if is_bit_npz(arrays) else read_official(path, arrays, img_size)
     if not path.endswith((".safetensors", *TORCH_SUFFIXES)):
         raise ConversionError(
             f"{path}: unknown file type; expected .npz (official/big_vision), .safetensors, "

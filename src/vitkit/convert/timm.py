@@ -128,6 +128,13 @@ def from_timm_state(
                 "model_from_source, --img-size in convert and finetune)",
                 where, side * side, side, side, side - 1, side + 1,
             )  # fmt: skip
+    elif img_size and "img_size" not in facts and state.get("pos_embed", torch.empty(0)).ndim == 3:
+        # no square grid under either reading: the file cannot give its own size, the size asked can
+        rows = int(state["pos_embed"].shape[1])
+        counts = (rows, rows - 1) if "cls_token" in state else (rows,)
+        square = any(c > 0 and math.isqrt(c) ** 2 == c for c in counts)
+        if not square and _tokens(state, tuple(img_size), where) in counts:
+            facts["img_size"] = tuple(img_size)
     if is_bit_state(state):  # timm's resnetv2_*_bit: the BiT baseline
         meta = {k: facts[k] for k in PREPROCESS_KEYS if k in facts}
         return from_bit_state(state, where, img_size=facts.get("img_size"), meta=meta)
