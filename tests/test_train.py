@@ -1378,3 +1378,82 @@ def test_a_class_count_the_dataset_replaces_is_warned_of(caplog):
     with caplog.at_level("WARNING"):
         resolve_for_data(resolved, splits)
     assert "replaced" not in caplog.text
+
+
+def test_a_resume_that_fails_leaves_the_run_as_it_was(tmp_path, capsys):
+    """Was: `--resume RUN --data-dir OTHER` (another class count) rewrote config.json and data.json before the
+    checkpoint was found not to fit, so neither a plain --resume nor eval worked on the run afterwards."""
+    from test_data import write_folder
+
+    for root, classes in (("if1", ("ant", "bee", "cow")), ("if2", ("ant", "bee", "cow", "doe"))):
+        write_folder(str(tmp_path / root), "train", classes, n=4, modes=("RGB",))
+        write_folder(str(tmp_path / root), "val", classes, n=2, modes=("RGB",))
+    run = tmp_path / "run"
+    flags = [
+        "--dataset",
+        "imagefolder",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--no-report",
+    ]
+    flags += ["--set", "model.img_size=16", "--set", "model.embed_dim=32", "--set", "model.depth=1"]
+    flags += ["--set", "model.num_heads=2", "--set", "model.mlp_dim=64", "--set", "model.patch_size=4"]
+    flags += ["--set", "train.compile=false", "--checkpoint-every", "2"]
+    assert (
+        main(["train", *flags, "--data-dir", str(tmp_path / "if1"), "--steps", "4", "--out", str(run)]) == 0
+    )
+    files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    resume = [
+        "train",
+        "--resume",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-report",
+        "--steps",
+        "6",
+    ]
+    assert main([*resume, "--data-dir", str(tmp_path / "if2")]) == 2
+    assert "the run was trained on ['ant', 'bee', 'cow']" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
+    assert main(resume) == 0
+
+
+def test_train_never_writes_into_a_checkpoint_or_another_run(tmp_path, capsys):
+    """Was: `--out RUN/checkpoints/step-N` replaced that checkpoint's weights (the resume then found none that
+    verified), `--out RUN/sub` mixed a run into another, and `--out FILE` said "[Errno 17] File exists"."""
+    train(tiny_run(epochs=1, checkpoint_every=4), str(tmp_path / "run"))
+    step = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[0]
+    (tmp_path / "file").write_text("x")
+    for out, says in (
+        (step, "is a training checkpoint"),
+        (tmp_path / "run" / "checkpoints", "lies inside the run"),
+        (tmp_path / "run" / "sub" / "deeper", "lies inside the run"),
+        (tmp_path / "file", "is a file; a run is written into a folder"),
+    ):
+        assert main(["train", *TINY_FLAGS, "--steps", "2", "--out", str(out), "--overwrite"]) == 2
+        assert says in capsys.readouterr().err, out
+    assert latest_valid(str(tmp_path / "run" / "checkpoints")) is not None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("data.randaugment_m", "31", r"data\.randaugment_m=31 must lie in \[0, 30\]"),
+        ("data.randaugment_m", "-3", r"data\.randaugment_m=-3 must lie in \[0, 30\]"),
+        ("train.ema_decay", "1", r"train\.ema_decay=1\.0 must lie in \[0, 1\)"),
+        ("train.seed", str(2**64), r"train\.seed=18446744073709551616 must lie in \[0, 2\*\*63\)"),
+        ("data.val_fraction", "0.2", r"data\.val_fraction=0\.2 splits an image folder without val/"),
+    ],
+)
+def test_settings_that_would_break_or_mislead_a_run_are_refused(key, value, says):
+    """Was: randaugment_m=31 an IndexError after config.json was written (-3 silently bin 28); ema_decay=1 kept
+    the random initial weights as "the EMA weights"; a seed over 2**64 "Overflow when unpacking long long"; a
+    val_fraction on a dataset with its own test split silently nothing."""
+    with pytest.raises(ValueError, match=says):
+        apply_overrides(tiny_run(), [f"{key}={value}"])

@@ -340,6 +340,22 @@ def is_run_folder(folder: str) -> bool:
         return False
 
 
+def refuse_training_into(out: str) -> None:
+    """A new run's --out: never a file, a training checkpoint or a folder inside another run (whose own files and
+    checkpoints it would mix with, or overwrite)."""
+    from vitkit.train.checkpoint import MANIFEST
+
+    if os.path.isfile(out):
+        raise UserError(f"--out {out} is a file; a run is written into a folder")
+    if os.path.isfile(os.path.join(out, MANIFEST)):
+        raise UserError(f"--out {out} is a training checkpoint; train into a folder of its own")
+    parent = os.path.dirname(os.path.abspath(out))
+    while parent != os.path.dirname(parent):
+        if is_run_folder(parent):
+            raise UserError(f"--out {out} lies inside the run {parent}; train into a folder of its own")
+        parent = os.path.dirname(parent)
+
+
 def guard_output_folder(folder: str, writes: tuple[str, ...], overwrite: bool, flag: str = "--out") -> None:
     """Refuse writing the files `writes` into `folder` when it is a run folder or a training checkpoint (never),
     or when one of them is there already and not `overwrite`."""

@@ -86,7 +86,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--dataset with --split {args.split}: another dataset's val/train split is no run's"
             )
-        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None, holdout=0.0, subset=1.0)
+        data_cfg = dataclasses.replace(
+            data_cfg, dataset=args.dataset, data_dir=None, holdout=0.0, subset=1.0, val_fraction=0.0
+        )
     else:
         key = _split_key(first, args.split)
         differ = [p for p, r in zip(args.runs, runs) if _split_key(r.cfg, args.split) != key]

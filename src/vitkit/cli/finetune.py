@@ -19,6 +19,7 @@ from vitkit.cli.common import (
     nonneg_int,
     out_holds_source,
     positive_int,
+    refuse_training_into,
 )
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
@@ -97,6 +98,8 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
         )
     if args.out and os.path.exists(os.path.join(args.out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {args.out} already holds a run; pass --overwrite to start afresh there")
+    if args.out:
+        refuse_training_into(args.out)
     ckpt = read_checkpoint(args.source, num_heads=args.num_heads, img_size=args.img_size)
     cfg = finetune_config(args, ckpt)
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)

@@ -22,6 +22,7 @@ from vitkit.cli.common import (
     local_data,
     nonneg_int,
     positive_int,
+    refuse_training_into,
     run_normalisation,
     run_tta,
 )
@@ -234,6 +235,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif out and info.is_main and os.path.exists(os.path.join(out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {out} already holds a run: use --resume {out} to continue it, or --overwrite")
     else:
+        if out:
+            refuse_training_into(out)
         cfg = resolve_config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -313,7 +316,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.run} holds converted weights ({run.cfg.expected}), no dataset: pass --dataset"
         )
     if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
-        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None)
+        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0)
     data_cfg = local_data(data_cfg, args.data_dir, args.run)
     splits = load_dataset(data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed)
     check_dataset_fits(

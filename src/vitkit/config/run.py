@@ -51,11 +51,18 @@ class DataConfig:
         for key in ("val_fraction", "random_erasing", "label_smoothing", "low_res"):
             _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0)
         _check_range("data.holdout", self.holdout, 0.0, 0.5)
+        if self.val_fraction and self.dataset != "imagefolder":  # the others have their own test split
+            raise ValueError(
+                f"data.val_fraction={self.val_fraction!r} splits an image folder without val/; dataset "
+                f"{self.dataset!r} has its own test split (a validation split out of its training set: data.holdout)"
+            )
         if not 0 < self.subset <= 1:
             raise ValueError(f"data.subset={self.subset!r} must lie in (0, 1]")
         for key in ("crop_padding", "randaugment_n", "num_workers", "mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")
+        if not 0 <= self.randaugment_m <= 30:  # RandAugment's magnitude bins, as timm's and the paper's
+            raise ValueError(f"data.randaugment_m={self.randaugment_m!r} must lie in [0, 30]")
         _check_range("data.rrc_scale_min", self.rrc_scale_min, 0.01, 1.0)
         _check_range("data.rrc_scale_max", self.rrc_scale_max, self.rrc_scale_min, 1.0)
         object.__setattr__(self, "rrc_ratio", tuple(float(r) for r in self.rrc_ratio))
@@ -163,6 +170,8 @@ class TrainConfig:
         _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         _check_choice("train.compile_scope", self.compile_scope, COMPILE_SCOPES)
         _check_choice("train.eval_tta", self.eval_tta, TTA_MODES)
+        if not 0 <= self.seed < 2**63:  # what every generator it seeds takes
+            raise ValueError(f"train.seed={self.seed!r} must lie in [0, 2**63)")
         if self.epochs < 0 or self.steps < 0 or (self.epochs < 1 and self.steps < 1):
             raise ValueError(
                 f"train.epochs={self.epochs}, train.steps={self.steps}: one must be positive, neither negative"
@@ -176,7 +185,8 @@ class TrainConfig:
                 f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size={mb} "
                 "(--micro-batch-size N, or 0 for none)"
             )
-        _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
+        if not 0.0 <= self.ema_decay < 1.0:  # 1 would keep the initial weights forever
+            raise ValueError(f"train.ema_decay={self.ema_decay!r} must lie in [0, 1) (0: no EMA)")
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("train.log_every must be >= 1; eval_every, checkpoint_every >= 0")
         _check_choice("train.strategy", self.strategy, ("auto", "ddp", "fsdp"))

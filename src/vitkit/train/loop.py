@@ -145,6 +145,12 @@ def _recorded_normalisation(out_dir: str, splits: Splits) -> Splits:
     if not os.path.exists(path):
         return splits
     data = read_json(path)
+    classes = data.get("classes") if isinstance(data, dict) else None
+    if isinstance(classes, list) and classes and list(splits.classes) != classes:
+        raise ValueError(
+            f"--resume: the data holds the classes {list(splits.classes)!r:.100}, the run was trained on "
+            f"{classes!r:.100} ({path}); resume on the data it was trained on"
+        )
     mean, std = data.get("mean"), data.get("std")
     if mean and std and len(mean) == len(std) == len(splits.mean):
         return dataclasses.replace(splits, mean=tuple(mean), std=tuple(std))
@@ -275,6 +281,10 @@ def train(
     try:
         # first, so that a setting it refuses (optimizer, few-shot data, compile) leaves an --overwrite'd run whole
         tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
+        if (
+            resume and out_dir and ckpt
+        ):  # before any file is written: a checkpoint that does not fit changes nothing
+            tr.load_state(ckpt)
         if out_dir and info.is_main:
             os.makedirs(out_dir, exist_ok=True)
             if not resume:  # an earlier run's checkpoints and metrics would mix with this one's
@@ -291,7 +301,6 @@ def train(
         raise
     if resume and out_dir:
         if ckpt:
-            tr.load_state(ckpt)
             log.info("resumed from %s (step %d of %d)", ckpt, tr.step, tr.total)
         else:
             log.info("no valid checkpoint in %s: starting from scratch", out_dir)
