@@ -69,3 +69,31 @@ def test_evaluate_matches_a_sample_by_sample_reference(batch_size):
     assert res["confusion"] == ref["confusion"]
     assert res["per_class"][K - 1] is None
     assert res["per_class"] == pytest.approx(ref["per_class"], abs=1e-12)
+
+
+class Zeros(nn.Module):
+    """Every logit 0 (a zero-initialised head): every class tied."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 4)
+
+
+def test_tied_logits_give_one_top1_everywhere():
+    """Was: top-1 from topk (the last tied index on the CPU), the confusion matrix and TTA's counts from argmax
+    (the first): a zero head scored 18.9% top-1 with 27.0% on the confusion's diagonal, and TTA "lost" 8 points
+    while its gain read 0.0."""
+    from vitkit.eval.metrics import topk_correct
+
+    logits, labels = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0]]), torch.tensor([1, 2])
+    got = topk_correct(logits, labels, (1, 2))
+    assert (int(got[1]), int(got[2])) == (0, 2)  # argmax: classes 0 and 1; both labels in the top 2
+    g = torch.Generator().manual_seed(0)
+    data = ArrayDataset(torch.randint(0, 256, (37, 1, 4, 4), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 4, (37,), generator=g))  # fmt: skip
+    for tta in ("none", "hflip"):
+        res = evaluate(Zeros(), data, lambda x: x.float(), num_classes=4, device=torch.device("cpu"),
+                       batch_size=8, tta=tta)  # fmt: skip
+        diagonal = sum(res["confusion"][c][c] for c in range(4)) / 37
+        assert res["top1"] == pytest.approx(diagonal, abs=1e-12) == (data.labels == 0).sum().item() / 37
+        if tta == "hflip":
+            assert res["top1"] == res["top1_no_tta"] and res["tta_gain"]["diff"] == 0.0

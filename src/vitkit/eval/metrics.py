@@ -10,11 +10,15 @@ import torch
 def topk_correct(
     logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
 ) -> dict[int, torch.Tensor]:
-    """Number of samples whose label is among the top-k logits, for each k (clipped to the class count)."""
+    """Number of samples whose label is among the top-k logits, for each k (clipped to the class count).
+
+    Top-1 is argmax's prediction (the first of tied logits), as the confusion matrix, TTA's counts and `vitkit
+    compare` take it; a top-1 hit counts for every k (topk may break a tie for another index)."""
     maxk = min(max(ks), logits.shape[-1])
     top = logits.topk(maxk, dim=-1).indices  # (B, maxk)
+    first = logits.argmax(dim=-1) == labels  # (B,)
     hit = top == labels[:, None]
-    return {k: hit[:, : min(k, maxk)].any(dim=-1).sum() for k in ks}
+    return {k: first.sum() if k <= 1 else (hit[:, : min(k, maxk)].any(dim=-1) | first).sum() for k in ks}
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
