@@ -248,6 +248,7 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
             f"{path}: 'classes' must list the model's {cfg.model.num_classes} class names, got {classes!r:.80}"
         )
     from vitkit.data.imagefolder import check_image_loading
+    from vitkit.train.runfiles import is_number
 
     crop = (data.get("crop_pct", 1.0), data.get("interpolation", "bilinear"), data.get("crop_mode", "center"))
     wrong = check_image_loading(*crop)
@@ -258,7 +259,7 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
         if v is not None and (
             not isinstance(v, list)
             or len(v) != cfg.model.in_chans
-            or not all(_finite(x) and (key == "mean" or x > 0) for x in v)
+            or not all(is_number(x) and math.isfinite(x) and (key == "mean" or x > 0) for x in v)
         ):
             kind = "finite number" if key == "mean" else "positive number"
             raise UserError(
@@ -269,11 +270,6 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
         isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)
     ):
         raise UserError(f"{path}: 'native_size' must be [height, width] in pixels, got {size!r:.80}")
-
-
-def _finite(x: Any) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def check_dataset_fits(run: LoadedRun, splits: Any, dataset: str, where: str, own: bool) -> None:

@@ -84,11 +84,8 @@ def _refuse_overwriting(out: str, args: argparse.Namespace) -> None:
     guard_output_file(out, overwrite=args.overwrite or args.out is None)
 
 
-PEER_FILES = (
-    "config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-)  # what a timm / hf export writes
+# what a timm / hf export writes
+PEER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
 def _export_peer(args: argparse.Namespace, model, ckpt, out: str) -> int:

@@ -163,7 +163,8 @@ def load_pretrained(
 
     `source`: any format `read_checkpoint` reads (or a Checkpoint). A learned position embedding is resampled to
     the model's grid (`resample="official"`: bilinear, align_corners=True, as the official code's scipy zoom;
-    `"bicubic"`: timm's); learn2d's two 1-D tables each linearly, whatever `resample`. Input channels are adapted by summing/repeating the patch-embedding filters.
+    `"bicubic"`: timm's); learn2d's two 1-D tables each linearly, whatever `resample`. Input channels are
+    adapted by summing/repeating the patch-embedding filters.
     `reset_head=True` replaces the head by a zero-initialised one for `model.num_classes` and drops pre_logits;
     otherwise a head of another size is an error saying so. A model without a head (num_classes=0) takes the
     encoder only. `strict`: missing or unexpected keys are an error naming them (else logged and returned).

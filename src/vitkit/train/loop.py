@@ -281,9 +281,8 @@ def train(
     try:
         # first, so that a setting it refuses (optimizer, few-shot data, compile) leaves an --overwrite'd run whole
         tr = Trainer(cfg, out_dir, splits, info, device, tensorboard, init_state)
-        if (
-            resume and out_dir and ckpt
-        ):  # before any file is written: a checkpoint that does not fit changes nothing
+        # before any file is written: a checkpoint that does not fit changes nothing
+        if resume and out_dir and ckpt:
             tr.load_state(ckpt)
         if out_dir and info.is_main:
             os.makedirs(out_dir, exist_ok=True)
