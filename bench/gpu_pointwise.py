@@ -6,14 +6,16 @@ its backward (325 us for 3 x 310 MB: 2.9 TB/s) and the bias gradient's column su
 copy reaches ~4.3 TB/s on an H200 (KINDS.md). Erf in fp32 costs ~20-40 instructions per element on the CUDA cores:
 155M elements may take as long as moving them. This times each pass alone, compiled by Inductor as in the step, on
 the step's (B*N, 4D) = (50432, 3072) bf16 tensor, beside a plain scaling pass (the memory floor of a pointwise
-pass) and two hand-written Triton GELU kernels of one tiling: the exact one (erf) and the tanh one through the
+pass), vitkit's fused bias-GELU kernels (train.fused_bias_gelu: the backward with the bias gradient's column sum,
+at four tilings) and two hand-written Triton GELU kernels of one tiling: the exact one (erf) and the tanh one through the
 hardware's tanh.approx.f32 (one instruction). If the erf kernels run well under the scaling pass's bandwidth and the
 approximate one near it, the arithmetic is the cost. TB/s is counted on the fewest bytes a pass must move (each
 input read once, each output written once), so a pass that Inductor splits in two kernels shows less. Each result
 is checked against float64 on the same inputs first (relative error; over 1e-2, the pass is reported, not timed),
 and each time is that of 10 calls queued between two CUDA events (the launches overlap the kernels).
 
-Usage there: python bench/gpu_pointwise.py [--json FILE]; on a CPU, --smoke (small tensor, no Triton kernel).
+Usage there: python bench/gpu_pointwise.py [--json FILE]; on a CPU, --smoke (small tensor, no Triton kernel;
+vitkit's fused ones too under TRITON_INTERPRET=1, which checks them, not their speed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 
 import torch
@@ -88,8 +91,69 @@ def triton_gelu_kernels() -> dict:
     return {"triton_gelu": make(False), "triton_gelu_tanh_approx": make(True)}
 
 
+TILES = (
+    (32, 128, 4),
+    (16, 256, 4),
+    (64, 128, 8),
+    (32, 256, 8),
+)  # (rows, columns, warps); the first is vitkit's
+
+
+def fused_kernels() -> dict:
+    """vitkit's fused bias-GELU kernels (models/fused_mlp.py, zero bias) as the step calls them, erf and tanh, and
+    the erf ones at other tilings (named by rows x columns / warps); empty where they cannot run."""
+    from vitkit.models import fused_mlp
+
+    if not fused_mlp.load_ops():
+        return {}
+    import triton
+
+    from vitkit.models.fused_mlp_kernels import backward_kernel, forward_kernel
+
+    def op(approximate: str, backward: bool):
+        def run(h: torch.Tensor, g: torch.Tensor):
+            b = torch.zeros(h.shape[-1], device=h.device, dtype=h.dtype)
+            if not backward:
+                return torch.ops.vitkit.bias_gelu(h, b, approximate)
+            dh, part = torch.ops.vitkit.bias_gelu_backward(g, h, b, approximate)
+            return dh, part.sum(0)
+
+        return run
+
+    def tiled(bm: int, bn: int, warps: int, backward: bool):
+        def run(h: torch.Tensor, g: torch.Tensor):
+            m, n = h.shape
+            b = torch.zeros(n, device=h.device, dtype=h.dtype)
+            out = torch.empty_like(h)
+            if not backward:
+                grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+                forward_kernel[grid](h, b, out, m, n, BM=bm, BN=bn, TANH=False, num_warps=warps)
+                return out
+            rows = bm * max(1, min(fused_mlp.MAX_TILES_PER_GROUP, -(-m // (64 * bm))))
+            part = torch.empty((triton.cdiv(m, rows), n), device=h.device, dtype=torch.float32)
+            grid = (triton.cdiv(m, rows), triton.cdiv(n, bn))
+            backward_kernel[grid](
+                g, h, b, out, part, m, n, ROWS=rows, BM=bm, BN=bn, TANH=False, num_warps=warps
+            )
+            return out, part.sum(0)
+
+        return run
+
+    out = {
+        "fused_gelu": op("none", False),
+        "fused_gelu_bwd_sum": op("none", True),
+        "fused_gelu_tanh": op("tanh", False),
+        "fused_gelu_tanh_bwd_sum": op("tanh", True),
+    }
+    for bm, bn, warps in TILES[1:]:
+        out[f"fused_gelu {bm}x{bn}/w{warps}"] = tiled(bm, bn, warps, False)
+        out[f"fused_gelu_bwd_sum {bm}x{bn}/w{warps}"] = tiled(bm, bn, warps, True)
+    return out
+
+
 def reference(name: str, h: torch.Tensor, g: torch.Tensor):
     """The pass in float64 (the first output where there are two)."""
+    name = name.split(" ")[0].removeprefix("fused_")  # a fused kernel computes its plain pass's function
     h64, g64 = h.double(), g.double()
     cdf = 0.5 * (1 + torch.erf(h64 / math.sqrt(2)))
     pdf = torch.exp(-0.5 * h64 * h64) / math.sqrt(2 * math.pi)
@@ -101,7 +165,7 @@ def reference(name: str, h: torch.Tensor, g: torch.Tensor):
         return h64 * cdf
     if name in ("gelu_tanh", "triton_gelu_tanh_approx"):
         return 0.5 * h64 * (1 + t)
-    if name in ("gelu_bwd", "gelu_bwd_sum"):
+    if name in ("gelu_bwd", "gelu_bwd_sum"):  # else: the tanh backward
         return g64 * (cdf + h64 * pdf)
     dinner = math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * h64 * h64)
     return g64 * (0.5 * (1 + t) + 0.5 * h64 * (1 - t * t) * dinner)
@@ -150,6 +214,12 @@ def main() -> None:
     fns.update(kernels)
     what["triton_gelu"] = (2, "erf GELU forward, hand-written Triton (the control of the next)")
     what["triton_gelu_tanh_approx"] = (2, "tanh GELU forward, hand-written Triton, tanh.approx.f32")
+    fused = {} if a.smoke and os.environ.get("TRITON_INTERPRET") != "1" else fused_kernels()
+    fns.update(fused)
+    for name in fused:
+        base = name.split(" ")[0]
+        tile = f" at {name.split(' ')[1]}" if " " in name else ""
+        what[name] = (3 if base.endswith("bwd_sum") else 2, f"vitkit's fused bias-GELU, {base[6:]}{tile}")
     res: dict = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "shape": [rows, cols],
@@ -186,14 +256,14 @@ def main() -> None:
     print(
         f"{res['device']}, torch {res['torch']}, ({rows}, {cols}) bf16, {tensor_bytes / 1e6:.0f} MB a tensor"
     )
-    print(f"{'pass':17} {'us':>9} {'TB/s':>6} {'vs scale':>8} {'rel err':>8}  what")
+    print(f"{'pass':30} {'us':>9} {'TB/s':>6} {'vs scale':>8} {'rel err':>8}  what")
     for name in fns:
         r = res[name]
         if "error" in r:
-            print(f"{name:17} failed: {r['error']}")
+            print(f"{name:30} failed: {r['error']}")
             continue
         vs = f"{r['TB_s'] / floor:.2f}" if floor else "-"
-        print(f"{name:17} {r['us']:>9.1f} {r['TB_s']:>6.2f} {vs:>8} {r['rel_err']:>8.1e}  {r['what']}")
+        print(f"{name:30} {r['us']:>9.1f} {r['TB_s']:>6.2f} {vs:>8} {r['rel_err']:>8.1e}  {r['what']}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,11 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
   tanh, timm-tanh  foreach and timm with the tanh GELU (model.mlp_act=gelu_tanh, the official JAX code's and flax's
            default; timm gets nn.GELU(approximate="tanh"), the function of its act_layer "gelu_tanh"): whether erf's
            arithmetic, not memory, holds the GELU kernels back (bench/gpu_pointwise.py times the passes alone);
-           tanh is compared with timm-tanh, and the table's last lines give tanh/foreach and timm-tanh/timm.
+           tanh is compared with timm-tanh, and the table's last lines give tanh/foreach and timm-tanh/timm;
+  fused    foreach with train.fused_bias_gelu (models/fused_mlp.py): fc1's bias and the GELU in one Triton kernel
+           each way, the bias gradient's column sum inside the GELU backward's pass (the 133 us per layer of the
+           third pass over the hidden activations; nineteenth session, not yet run on a GPU);
+  fused-tanh  tanh and fused together (compared with timm-tanh).
 A variant whose Inductor options this torch lacks is reported and skipped.
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
@@ -54,7 +58,7 @@ from dataclasses import replace
 
 import torch
 
-from vitkit.models import build_model, model_config
+from vitkit.models import build_model, fused_mlp, model_config
 from vitkit.models.layers import Attention, PatchEmbed
 from vitkit.perf import benchmark as B
 from vitkit.train.master import Bf16Copy
@@ -75,6 +79,8 @@ VARIANTS = (
     "timm",
     "tanh",
     "timm-tanh",
+    "fused",
+    "fused-tanh",
 )
 CDT = {"coordinate_descent_tuning": True}
 TILE = {
@@ -83,7 +89,8 @@ TILE = {
     "triton.tiling_prevents_reduction_fusion": False,
 }
 TIMM = ("timm", "timm-tanh")
-TANH = ("tanh", "timm-tanh")
+TANH = ("tanh", "timm-tanh", "fused-tanh")
+FUSED = ("fused", "fused-tanh")
 INDUCTOR_OPTIONS = {
     "cdt": CDT,
     "flash-cdt": CDT,
@@ -198,6 +205,37 @@ def device_checks(dev: torch.device, smoke: bool) -> dict[str, float]:
     return out
 
 
+def fused_checks(dev: torch.device) -> dict[str, float | str]:
+    """The fused bias-GELU kernels (eager) on `dev`: ViT-B/16 logits and gradients (largest difference relative to
+    that tensor's largest gradient) of fp32 fused, bf16 plain and bf16 fused, each against fp32 plain; a note
+    where they do not run."""
+    probe = torch.empty(1, device=dev)
+    if not (fused_mlp.load_ops() and fused_mlp.runs_on(probe)):
+        return {"fused bias-GELU": f"does not run on {dev.type} here"}
+    torch.manual_seed(0)
+    m = build_model(model_config("ViT-B/16")).to(dev)
+    x = torch.randn(4, 3, 224, 224, device=dev)
+
+    def run(dtype: torch.dtype, fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        w = m.to(dtype)
+        fused_mlp.set_fused_bias_gelu(w, fused)
+        w.zero_grad()
+        y = w(x.to(dtype))
+        y.float().square().mean().backward()
+        return y.detach().float(), [p.grad.float() for p in w.parameters()]
+
+    ref_y, ref_g = run(torch.float32, False)
+    out: dict[str, float | str] = {}
+    for dtype, fused in ((torch.float32, True), (torch.bfloat16, False), (torch.bfloat16, True)):
+        y, g = run(dtype, fused)
+        name = f"{str(dtype).removeprefix('torch.')} {'fused' if fused else 'plain'} vs fp32 plain"
+        out[f"{name}: logits max diff"] = float((y - ref_y).abs().max())
+        out[f"{name}: max relative grad diff"] = max(
+            float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(g, ref_g)
+        )
+    return out
+
+
 def flash_impls() -> dict[str, str]:
     """The flash-attention implementations this torch can swap in for SDPA's FlashAttention-2 (FA3, FA4: lead for
     the attention's 15% of the step) and whether each activates here (each needs its own package), then restored."""
@@ -250,6 +288,10 @@ def main() -> None:
         res["checks"] = device_checks(dev, a.smoke)
     except Exception as e:
         res["checks"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+    try:
+        res["checks"].update(fused_checks(dev))
+    except Exception as e:
+        res["checks"]["fused bias-GELU"] = f"{type(e).__name__}: {str(e)[:500]}"
     res["checks"].update(flash_impls())
     for k, v in res["checks"].items():
         print(f"{k}: {v:.2e}" if isinstance(v, float) else f"{k}: {v}")
@@ -265,6 +307,8 @@ def main() -> None:
         m.load_state_dict(ref.state_dict())
         if name == "conv":
             m.patch_embed.__class__ = ConvPatchEmbed
+        if name in FUSED:
+            fused_mlp.set_fused_bias_gelu(m)
         if name in ("flash", "flash-cdt"):
             for blk in m.blocks:
                 blk.attn.__class__ = FlashAttention
@@ -326,8 +370,13 @@ def main() -> None:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
         ratio = f"{r['median'] / base:.3f}" if base else "-"
         print(f"{name:9} {r['median']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {mfu:>6} {ratio:>8}")
-    res["tanh_gain"] = {}  # what the tanh GELU changes, in each library
-    for tanh, erf in (("tanh", "foreach"), ("timm-tanh", "timm")):
+    res["tanh_gain"] = {}  # what the tanh GELU (and the fused kernels) change, in each library
+    for tanh, erf in (
+        ("tanh", "foreach"),
+        ("timm-tanh", "timm"),
+        ("fused", "foreach"),
+        ("fused-tanh", "tanh"),
+    ):
         if tanh in runs and erf in runs:
             res["tanh_gain"][tanh] = res[tanh]["median"] / res[erf]["median"]
             print(f"{tanh} / {erf}: {res['tanh_gain'][tanh]:.3f}")

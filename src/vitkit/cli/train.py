@@ -57,6 +57,7 @@ RESUME_MAY_CHANGE = (
     "train.device",
     "train.compile",  # a prefix: train.compile_mode and train.compile_scope too
     "train.grad_checkpointing",  # how the step runs, not what it computes (on to resume after running out of memory)
+    "train.fused_bias_gelu",  # the same function, another kernel
     "train.dist_timeout_s",
     "train.eval_batch_size",
     "train.data_on_device",

@@ -144,6 +144,10 @@ class TrainConfig:
     # recompute each transformer block's activations in backward instead of keeping them (ViTs and hybrids):
     # activation memory of the blocks for about one more forward pass per step
     grad_checkpointing: bool = False
+    # fc1's bias and the GELU of every transformer MLP as one Triton kernel each way, the bias gradient summed in
+    # the GELU backward's pass (models/fused_mlp.py; CUDA only, needs Triton and torch >= 2.6): one pass over
+    # the hidden activations fewer per block and step; the same function up to rounding
+    fused_bias_gelu: bool = False
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     log_every: int = 50  # optimizer steps

@@ -9,6 +9,7 @@ from torch import nn
 from vitkit.config import backbone_stride
 from vitkit.keyed_random import current as keyed_context
 from vitkit.keyed_random import keyed_uniform
+from vitkit.models.fused_mlp import bias_gelu, runs_on
 from vitkit.models.resnet import ResNetBackbone, backbone_channels, build_backbone
 
 
@@ -226,7 +227,9 @@ def gelu(act: str = "gelu") -> nn.GELU:
 
 class Mlp(nn.Module):
     """Linear - GELU - Linear, with dropout after each Linear; `act` "gelu" (erf, timm's and transformers') or
-    "gelu_tanh" (the tanh approximation: flax's default, so the official JAX code's)."""
+    "gelu_tanh" (the tanh approximation: flax's default, so the official JAX code's). With `fused_bias_gelu`
+    set (`fused_mlp.set_fused_bias_gelu`), fc1's bias and the GELU run as one Triton kernel each way where it runs.
+    """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, act: str = "gelu"):
         super().__init__()
@@ -235,9 +238,14 @@ class Mlp(nn.Module):
         self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop2 = Dropout(drop)
+        self.fused_bias_gelu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        if self.fused_bias_gelu and runs_on(x):
+            h = bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias, self.act.approximate)  # (B, N, H)
+        else:
+            h = self.act(self.fc1(x))  # (B, N, H)
+        return self.drop2(self.fc2(self.drop1(h)))
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool, rng_id: int = 0) -> torch.Tensor:

@@ -19,6 +19,7 @@ from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
 from vitkit.eval.evaluate import evaluate
 from vitkit.eval.fewshot import fewshot_evaluate, model_input
 from vitkit.models import build_model
+from vitkit.models.fused_mlp import set_fused_bias_gelu
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
 from vitkit.train.checkpoint import check_training_state, load_checkpoint, save_checkpoint, verify_checkpoint
@@ -102,6 +103,8 @@ class Trainer:
             )
         if t.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if t.fused_bias_gelu:
+            self._fuse_bias_gelu(cfg.model.name, device, info.is_main)
         self.model = self.model.to(device)
         self.strategy = P.resolve_strategy(t.strategy, info)
         self.precision = resolve_precision(t.precision, device)
@@ -229,6 +232,18 @@ class Trainer:
                 for k, acc in accs.items():
                     self.tb.add_scalar(f"fewshot/{name}/{k}shot", acc, self.step)
         return out
+
+    def _fuse_bias_gelu(self, name: str, device: torch.device, is_main: bool) -> None:
+        """train.fused_bias_gelu: the MLPs' fused kernels on CUDA (refused where the model has no transformer
+        MLP); elsewhere torch's ops, with a warning."""
+        if not any(hasattr(m, "fused_bias_gelu") for m in self.model.modules()):
+            raise ValueError(f"train.fused_bias_gelu=true: {name} has no transformer MLP to fuse")
+        if device.type == "cuda":
+            set_fused_bias_gelu(self.model)
+        elif is_main:
+            log.warning(
+                "train.fused_bias_gelu: its kernels run on CUDA; on %s the MLPs run torch's ops", device
+            )
 
     def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
         """torch.compile'd module (or its blocks, in place), tried once on a dummy batch; eager if that fails."""
