@@ -37,7 +37,14 @@ Variants (bf16-pure and compiled unless said; same weights; timed alternately), 
   fused    foreach with train.fused_bias_gelu (models/fused_mlp.py): fc1's bias and the GELU in one Triton kernel
            each way, the bias gradient's column sum inside the GELU backward's pass (the 133 us per layer of the
            third pass over the hidden activations; nineteenth session, not yet run on a GPU);
-  fused-tanh  tanh and fused together (compared with timm-tanh).
+  fused-tanh  tanh and fused together (compared with timm-tanh);
+  split    foreach with q, k and v from three matrix products on row slices of the qkv weight (SplitQkvAttention;
+           the same parameters): each comes out of its product as a contiguous (B, N, D), so SDPA's gradients
+           come back in that layout, and the kernel stacking them into the fused product's (B, N, 3D) gradient
+           (clone_permute_stack: 107 us per layer in the eighteenth session's profile, at copy speed) has nothing
+           to do; the cost: the input's gradient arrives as three products to sum (nineteenth session, not yet
+           run on a GPU);
+  fused-split  fused and split together.
 A variant whose Inductor options this torch lacks is reported and skipped.
 Each variant's compiled-graph count is printed and saved (a variant reusing another's graphs would show 0).
 Before timing: ViT-B/16 and R50+ViT-B/16 float64 logits on CUDA against the CPU (the patch paths differ), and
@@ -57,6 +64,7 @@ import time
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from vitkit.models import build_model, fused_mlp, model_config
 from vitkit.models.layers import Attention, PatchEmbed
@@ -81,6 +89,8 @@ VARIANTS = (
     "timm-tanh",
     "fused",
     "fused-tanh",
+    "split",
+    "fused-split",
 )
 CDT = {"coordinate_descent_tuning": True}
 TILE = {
@@ -90,7 +100,8 @@ TILE = {
 }
 TIMM = ("timm", "timm-tanh")
 TANH = ("tanh", "timm-tanh", "fused-tanh")
-FUSED = ("fused", "fused-tanh")
+FUSED = ("fused", "fused-tanh", "fused-split")
+SPLIT = ("split", "fused-split")
 INDUCTOR_OPTIONS = {
     "cdt": CDT,
     "flash-cdt": CDT,
@@ -154,6 +165,26 @@ class FlashAttention(Attention):
 
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return super().forward(*args, **kwargs)
+
+
+class SplitQkvAttention(Attention):
+    """Attention with q, k and v from three matrix products on row slices of the qkv weight (see `split`); the
+    explicit, partial-query and relative paths are Attention's own."""
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None):
+        keyed_drop = self.training and self.attn_drop.p > 0
+        if return_attn or num_queries is not None or hasattr(self, "rel_pos") or keyed_drop:
+            return super().forward(x, return_attn, num_queries)
+        B, N, C = x.shape
+        w, b = self.qkv.weight, self.qkv.bias
+        q, k, v = (
+            F.linear(x, w[i * C : (i + 1) * C], None if b is None else b[i * C : (i + 1) * C])
+            .view(B, N, self.num_heads, self.head_dim)
+            .transpose(1, 2)
+            for i in range(3)
+        )  # (B, H, N, hd) each: views of contiguous (B, N, D)
+        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C)  # (B, N, D)
+        return self.proj_drop(self.proj(x))
 
 
 def save(res: dict, path: str | None) -> None:
@@ -233,7 +264,58 @@ def fused_checks(dev: torch.device) -> dict[str, float | str]:
         out[f"{name}: max relative grad diff"] = max(
             float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(g, ref_g)
         )
+    # the compiled path (Inductor traces the custom ops), as train.precision=auto runs it: bf16 autocast, fp32
+    # bias; two blocks of ViT-B/16, compiled fused against eager fused (and eager plain, for the scale)
+    small = build_model(replace(model_config("ViT-B/16"), depth=2)).to(dev)
+
+    def autocast_step(f, fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fused_mlp.set_fused_bias_gelu(small, fused)
+        small.zero_grad()
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            y = f(x)
+        y.float().square().mean().backward()
+        return y.detach().float(), [p.grad.float() for p in small.parameters()]
+
+    plain_y, plain_g = autocast_step(small, False)
+    eager_y, eager_g = autocast_step(small, True)
+    try:
+        comp_y, comp_g = autocast_step(torch.compile(small), True)
+    except Exception as e:  # the eager numbers above still count
+        out["bf16 autocast, 2 blocks, compiled fused"] = f"{type(e).__name__}: {str(e)[:500]}"
+        comp_y, comp_g = eager_y, eager_g
+    pairs = (("compiled fused", (comp_y, comp_g)), ("eager plain", (plain_y, plain_g)))
+    for name, (y, g) in pairs if comp_g is not eager_g else pairs[1:]:
+        out[f"bf16 autocast, 2 blocks, {name} vs eager fused: logits max diff"] = float(
+            (y - eager_y).abs().max()
+        )
+        out[f"bf16 autocast, 2 blocks, {name} vs eager fused: max relative grad diff"] = max(
+            float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(g, eager_g)
+        )
     return out
+
+
+def split_checks(dev: torch.device, smoke: bool) -> dict[str, float]:
+    """SplitQkvAttention against Attention on `dev`, fp32, same weights, training mode: logits and the largest
+    gradient difference relative to that tensor's largest gradient."""
+    cfg = model_config("ViT-Ti/16", img_size=32) if smoke else model_config("ViT-B/16")
+    torch.manual_seed(0)
+    m = build_model(cfg).to(dev).train()
+    x = torch.randn(4, cfg.in_chans, *cfg.img_size, device=dev)
+    outs = []
+    for cls in (Attention, SplitQkvAttention):
+        for blk in m.blocks:
+            blk.attn.__class__ = cls
+        m.zero_grad()
+        y = m(x)
+        y.square().mean().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in m.parameters()]))
+    (y0, g0), (y1, g1) = outs
+    return {
+        "split qkv fp32 logits max diff": float((y0 - y1).abs().max()),
+        "split qkv fp32 max relative grad diff": max(
+            float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)) for a, b in zip(g0, g1)
+        ),
+    }
 
 
 def flash_impls() -> dict[str, str]:
@@ -289,6 +371,10 @@ def main() -> None:
     except Exception as e:
         res["checks"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
     try:
+        res["checks"].update(split_checks(dev, a.smoke))
+    except Exception as e:
+        res["checks"]["split qkv"] = f"{type(e).__name__}: {str(e)[:500]}"
+    try:
         res["checks"].update(fused_checks(dev))
     except Exception as e:
         res["checks"]["fused bias-GELU"] = f"{type(e).__name__}: {str(e)[:500]}"
@@ -309,6 +395,9 @@ def main() -> None:
             m.patch_embed.__class__ = ConvPatchEmbed
         if name in FUSED:
             fused_mlp.set_fused_bias_gelu(m)
+        if name in SPLIT:
+            for blk in m.blocks:
+                blk.attn.__class__ = SplitQkvAttention
         if name in ("flash", "flash-cdt"):
             for blk in m.blocks:
                 blk.attn.__class__ = FlashAttention
@@ -363,13 +452,15 @@ def main() -> None:
         print(f"--profile: no profile written (neither {a.profile_variant} nor foreach was run)")
     res["seconds"] = time.perf_counter() - t0
     save(res, a.json)
-    print(f"{'variant':9} {'img/s':>9} {'min':>9} {'max':>9} {'MFU':>6} {'vs timm':>8}  (tanh: vs timm-tanh)")
+    print(
+        f"{'variant':11} {'img/s':>9} {'min':>9} {'max':>9} {'MFU':>6} {'vs timm':>8}  (tanh: vs timm-tanh)"
+    )
     for name in runs:
         r = res[name]
         base = res.get("timm-tanh" if name in TANH else "timm", {}).get("median")
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
         ratio = f"{r['median'] / base:.3f}" if base else "-"
-        print(f"{name:9} {r['median']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {mfu:>6} {ratio:>8}")
+        print(f"{name:11} {r['median']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {mfu:>6} {ratio:>8}")
     res["tanh_gain"] = {}  # what the tanh GELU (and the fused kernels) change, in each library
     for tanh, erf in (
         ("tanh", "foreach"),

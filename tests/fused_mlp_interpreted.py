@@ -52,6 +52,34 @@ def check_op() -> None:
                 assert float((y.float() - plain).abs().max()) <= float(plain.abs().max()) * tol, where
 
 
+def check_cases() -> None:
+    """What a training step gives the kernels besides: autocast's bf16 h with an fp32 bias (fp32 db), a stride-0
+    gradient (y.sum()), and rows past 16 tiles a group (the cap on a backward program's rows)."""
+    gen = torch.Generator().manual_seed(1)
+    h = (3 * torch.randn(70, 96, generator=gen)).bfloat16().requires_grad_()
+    b = torch.randn(96, generator=gen).requires_grad_()
+    y = fused_mlp.bias_gelu(h, b)
+    y.float().sum().backward()  # the gradient reaches the op as ones expanded: stride 0
+    assert y.dtype == torch.bfloat16 and h.grad.dtype == torch.bfloat16 and b.grad.dtype == torch.float32
+    ry, rdh, rdb = reference(h, b, torch.ones(70, 96), "none")
+    for name, got, want, tol in (("y", y, ry, 8e-3), ("dh", h.grad, rdh, 8e-3), ("db", b.grad, rdb, 1e-6)):
+        err = float((got.detach().double() - want).abs().max() / want.abs().max())
+        assert err < tol, f"bf16 h, fp32 bias, stride-0 gradient: {name} relative error {err:.2e}"
+    cap, fused_mlp.MAX_TILES_PER_GROUP = fused_mlp.MAX_TILES_PER_GROUP, 2  # the cap, reached with fewer rows
+    try:
+        m = 64 * fused_mlp.BLOCK_M * 2 + 300  # more rows than 64 capped groups hold
+        assert fused_mlp.rows_per_group(m) == 2 * fused_mlp.BLOCK_M
+        h = torch.randn(m, 20, generator=gen).requires_grad_()
+        b = torch.randn(20, generator=gen).requires_grad_()
+        g = torch.randn(m, 20, generator=gen)
+        fused_mlp.bias_gelu(h, b).backward(g)
+    finally:
+        fused_mlp.MAX_TILES_PER_GROUP = cap
+    _, rdh, rdb = reference(h, b, g, "none")
+    assert float((h.grad.double() - rdh).abs().max()) < 1e-5 * float(rdh.abs().max())
+    assert float((b.grad.double() - rdb).abs().max()) < 1e-5 * float(rdb.abs().max())
+
+
 def check_model() -> None:
     """A small ViT with its MLPs fused: the same logits and gradients as without (fp32), and the kernel runs."""
     torch.manual_seed(0)
@@ -80,5 +108,6 @@ def check_model() -> None:
 
 if __name__ == "__main__":
     check_op()
+    check_cases()
     check_model()
     print("fused bias-GELU under the interpreter: ok")

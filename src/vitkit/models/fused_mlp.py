@@ -12,6 +12,7 @@ interpreter (TRITON_INTERPRET=1, for tests); elsewhere `Mlp` keeps its plain pat
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -55,7 +56,8 @@ def runs_on(x: torch.Tensor) -> bool:
 
 
 def rows_per_group(m: int) -> int:
-    """Rows one backward program covers: a whole number of tiles, enough groups (~64) to fill the GPU."""
+    """Rows one backward program covers: a whole number of tiles, at most 16, and 64 or more groups of them where
+    the rows allow (ViT-B/16 at batch 256: 50,432 rows, 99 groups of 512)."""
     tiles = -(-m // (64 * BLOCK_M))  # ceil
     return BLOCK_M * max(1, min(MAX_TILES_PER_GROUP, tiles))
 
@@ -67,15 +69,24 @@ def _build_ops() -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
 
     from vitkit.models.fused_mlp_kernels import backward_kernel, forward_kernel
 
+    # the interpreter's kernels are not JITFunctions, which wrap_triton refuses before torch ~2.12; they are not
+    # traced, so they need no wrapping
+    launch = (lambda kernel: kernel) if interpreting() else wrap_triton
+
+    def on(t: torch.Tensor):
+        """Launch on `t`'s GPU (Triton launches on the current device; Inductor's code sets it, eager does not)."""
+        return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
     @triton_op("vitkit::bias_gelu", mutates_args={})
     def bias_gelu_op(h: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
         n = h.shape[-1]
         m = h.numel() // n
         y = torch.empty_like(h)
         grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
-        wrap_triton(forward_kernel)[grid](
-            h, bias, y, m, n, BM=BLOCK_M, BN=BLOCK_N, TANH=approximate == "tanh", num_warps=NUM_WARPS
-        )
+        with on(h):
+            launch(forward_kernel)[grid](
+                h, bias, y, m, n, BM=BLOCK_M, BN=BLOCK_N, TANH=approximate == "tanh", num_warps=NUM_WARPS
+            )
         return y
 
     @triton_op("vitkit::bias_gelu_backward", mutates_args={})
@@ -88,10 +99,11 @@ def _build_ops() -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
         dh = torch.empty_like(h)
         part = torch.empty((triton.cdiv(m, rows), n), dtype=torch.float32, device=h.device)
         grid = (triton.cdiv(m, rows), triton.cdiv(n, BLOCK_N))
-        wrap_triton(backward_kernel)[grid](
-            grad, h, bias, dh, part, m, n,
-            ROWS=rows, BM=BLOCK_M, BN=BLOCK_N, TANH=approximate == "tanh", num_warps=NUM_WARPS,
-        )  # fmt: skip
+        with on(h):
+            launch(backward_kernel)[grid](
+                grad, h, bias, dh, part, m, n,
+                ROWS=rows, BM=BLOCK_M, BN=BLOCK_N, TANH=approximate == "tanh", num_warps=NUM_WARPS,
+            )  # fmt: skip
         return dh, part
 
     def setup_context(ctx, inputs, output) -> None:
@@ -117,7 +129,7 @@ def bias_gelu(h: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
         raise ValueError(f"bias {tuple(bias.shape)} must be (H,) for h {tuple(h.shape)} of last dimension H")
     if _OP is None and not torch.compiler.is_compiling():
         load_ops()
-    if _OP is None or not runs_on(h):
+    if _OP is None or not runs_on(h) or h.numel() == 0:
         return torch.nn.functional.gelu(h + bias, approximate=approximate)
     if bias.device != h.device:
         raise ValueError(f"bias on {bias.device}, h on {h.device}: expected one device")

@@ -56,5 +56,5 @@ def backward_kernel(
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         d = g * gelu_grad_math(x, TANH)
         tl.store(dh_ptr + offs, d.to(dh_ptr.dtype.element_ty), mask=mask)
-        acc += tl.where(mask, d, 0.0)
+        acc += d  # 0 outside the mask: g loads as 0 there
     tl.store(part_ptr + tl.program_id(0) * N + cols, tl.sum(acc, axis=0), mask=cols < N)
