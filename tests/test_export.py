@@ -502,3 +502,38 @@ def test_a_name_that_does_not_describe_the_checkpoint_says_how(run_dir):
         ConversionError, match=r"holds .*, not 'ViT-B/16': embed_dim 32 vs 768, depth 2 vs 12"
     ):
         vitkit.create_model("ViT-B/16", pretrained=str(run_dir))
+
+
+def test_an_exported_file_reads_images_at_its_runs_native_size(run_dir, tmp_path, capsys):
+    """Was: the safetensors export kept mean, std and classes but not native_size, so predict on it read an image
+    straight at the model's size where the run reads it at its dataset's size and resizes (fashion-mnist-gpu: 28
+    -> 56 px): other probabilities from the same weights. A bad native_size in a file's metadata is named."""
+    from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    data = json.loads((run / "data.json").read_text())
+    (run / "data.json").write_text(
+        json.dumps({**data, "native_size": [8, 8]})
+    )  # images read at 8 px, then 16
+    out = tmp_path / "alone" / "m.safetensors"
+    out.parent.mkdir()
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(out)]) == 0
+    img = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8), "L").save(img)
+    capsys.readouterr()
+    got = {}
+    for source in (run, out):
+        assert main(["predict", str(source), str(img), "--json", "--topk", "3"]) == 0
+        got[source] = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert got[run] == got[out]
+    with safe_open(str(out), framework="pt") as f:
+        meta = dict(f.metadata())
+    bad = tmp_path / "bad.safetensors"
+    preprocess = {**json.loads(meta["preprocess"]), "native_size": [0, 8]}
+    save_file(load_file(str(out)), str(bad), {**meta, "preprocess": json.dumps(preprocess)})
+    assert main(["predict", str(bad), str(img)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.safetensors's metadata 'preprocess': 'native_size' must be [height, width]" in err, err

@@ -399,6 +399,7 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
             )
         cfg = RunConfig(recipe=CONVERTED, model=described.config, expected=f"the exported file {weights}")
         data = dict(described.meta)
+        _check_data_info(data, cfg, f"{weights}'s metadata 'preprocess'")
     else:
         cfg = read_config(run_dir)
         data_path = os.path.join(run_dir, DATA)

@@ -28,6 +28,10 @@ CROP_KEYS = (
     "interpolation",
     "crop_mode",
 )  # timm's eval resize and crop, when the weights give them
+# what a self-describing weights file keeps of its run's data.json: how to read and normalise an image (native_size:
+# the size a run's images are read at before resizing to the model's, e.g. 28 px for a 56-px fashion-mnist-gpu
+# model), and the class names
+PREPROCESS_KEYS = ("mean", "std", "classes", "native_size", *CROP_KEYS)
 
 
 def is_run_config(config: dict[str, Any]) -> bool:
@@ -40,7 +44,7 @@ def _meta_from_data(run_dir: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
     data = read_json_file(path)
-    return {k: data[k] for k in ("mean", "std", "classes", *CROP_KEYS) if data.get(k)}
+    return {k: data[k] for k in PREPROCESS_KEYS if data.get(k)}
 
 
 def _run_config(run_dir: str) -> RunConfig:
@@ -123,13 +127,12 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
         "dataset": f"pretrained:{source}",
         "classes": meta.get("classes") or [str(i) for i in range(cfg.num_classes)],
         "in_chans": cfg.in_chans,
-        "native_size": list(cfg.img_size),
+        "native_size": meta.get("native_size") or list(cfg.img_size),
         "mean": meta.get("mean") or [0.5] * cfg.in_chans,
         "std": meta.get("std") or [0.5] * cfg.in_chans,
     }
     data |= {k: meta[k] for k in CROP_KEYS if meta.get(k)}  # how the weights' images were cropped (timm hub)
-    keep = ("mean", "std", "classes", *CROP_KEYS)
-    save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in keep if k in data})
+    save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in PREPROCESS_KEYS if k in data})
     write_json(os.path.join(out_dir, DATA), data)
     run = RunConfig(recipe=CONVERTED, model=cfg, expected=f"converted from {source}")
     save_json(run, os.path.join(out_dir, CONFIG))
