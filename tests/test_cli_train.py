@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -362,3 +363,43 @@ def test_fewshot_of_a_run(run_dir):
 def test_fewshot_errors(run_dir, args, message):
     r = run_vitkit("fewshot", str(run_dir), "--no-progress", *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_refuses_a_headless_or_four_channel_model_and_answers_each_image_alone(
+    run_dir, tmp_path, capsys
+):
+    """Was: a model without a head (num_classes=0) printed empty predictions and exit 0, a 4-channel one failed
+    with a traceback, and with --fast (int8: each batch's activations quantised with their own range) an image's
+    probabilities depended on the images beside it."""
+    from PIL import Image
+
+    import vitkit
+    from vitkit.convert.runs import save_model_file
+
+    img = tmp_path / "x.png"
+    _png(img, "RGB")
+    for kw, says in [
+        ({"in_chans": 3, "num_classes": 0}, "the model has no classification head (num_classes=0"),
+        (
+            {"in_chans": 4, "num_classes": 3},
+            "the model takes 4-channel images; predict reads 1 (L) or 3 (RGB)",
+        ),
+    ]:
+        path = tmp_path / f"m{kw['in_chans']}-{kw['num_classes']}.safetensors"
+        save_model_file(str(path), vitkit.create_model("ViT-Ti/4", img_size=16, **kw))
+        assert main(["predict", str(path), str(img)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and path.name in err and "Traceback" not in err, err
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, scale in enumerate(
+        (40, 255)
+    ):  # unlike ranges: one image's range would set the other's quantisation
+        p = tmp_path / f"noise{i}.png"
+        Image.fromarray((rng.random((16, 16)) * scale).astype(np.uint8), "L").save(p)
+        paths.append(str(p))
+    answers = []
+    for group in ([paths[0]], paths):
+        assert main(["predict", str(run_dir), *group, "--json", "--fast", "--topk", "3"]) == 0
+        answers.append(json.loads(capsys.readouterr().out)[0]["predictions"])
+    assert answers[0] == answers[1]

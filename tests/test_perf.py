@@ -247,3 +247,81 @@ def test_bench_set_changes_the_model_and_names_a_wrong_key(capsys):
     assert "bench --set 'train.epochs=3': only the model's keys" in capsys.readouterr().err
     assert main([*args, "--set", "model.sasa_stem=big"]) == 2
     assert "model.sasa_stem='big' is not one of" in capsys.readouterr().err
+
+
+def test_bench_refuses_bad_timing_input_and_a_profile_over_a_runs_file(tmp_path, capsys):
+    """Was: --profile wrote over any file (a run's config.json too) and a folder failed only after the whole
+    benchmark; --min-seconds inf or nan gave a traceback, -5 was taken; --fast-method without --fast was ignored."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": {"embed_dim": 8}}')
+    (run / "model.safetensors").write_bytes(b"")
+    (tmp_path / "old.txt").write_text("kept")
+    args = ["bench", "--model", "ViT-Ti/8", "--img-size", "16", "--num-classes", "4", "--batch-size", "2"]
+    args += ["--repeats", "1", "--warmup", "1", "--min-seconds", "0.01", "--threads", "1"]
+    for target, says in [
+        (run / "config.json", "is one of a run folder's own files"),
+        (tmp_path / "old.txt", "already exists; pass --overwrite"),
+        (tmp_path, "is a folder; give a file name"),
+    ]:
+        assert main([*args, "--profile", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--profile {target}" in err and says in err and "Traceback" not in err, err
+    assert (run / "config.json").read_text() == '{"model": {"embed_dim": 8}}'
+    assert (tmp_path / "old.txt").read_text() == "kept"
+    for bad in ("inf", "nan", "-5"):
+        with pytest.raises(SystemExit):
+            main([*args[:-6], "--min-seconds", bad])
+        assert "--min-seconds" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"min_seconds=inf.*finite min_seconds >= 0"):
+        run_benchmark(model_config("ViT-Ti/8", img_size=16), min_seconds=float("inf"))
+    with pytest.raises(ValueError, match=r"num_classes=0: a training step needs a classification head"):
+        run_benchmark(model_config("ViT-Ti/8", img_size=16, num_classes=0), mode="train")
+    assert main([*args, "--fast-method", "onnx", "--json"]) == 0  # a fast method asks for the fast path
+    res = json.loads(capsys.readouterr().out)
+    assert res["fast"] and res["fast_path"]["method"] == "onnx"
+
+
+def test_bench_fast_logit_difference_is_measured_as_timed(monkeypatch):
+    """Was: with --dtype bf16 the fast path was timed under autocast but its logits were compared in fp32 (0 for
+    torch.compile, whatever bf16 costs)."""
+    import vitkit.perf.fast as fast_module
+
+    def no_compile(model, example, dtype="fp32", method="auto", workdir=None):
+        return model.eval(), {"method": "compile", "dtype": dtype, "handles_dtype": False}
+
+    monkeypatch.setattr(fast_module, "fast_inference", no_compile)
+    cfg = model_config("ViT-Ti/8", img_size=16, num_classes=4)
+    kw = dict(batch_size=2, fast=True, repeats=1, warmup=1, min_seconds=0.01)
+    assert run_benchmark(cfg, dtype="fp32", **kw)["max_logit_diff_fast_vs_eager"] == 0.0
+    assert run_benchmark(cfg, dtype="bf16", **kw)["max_logit_diff_fast_vs_eager"] > 1e-4  # bf16's rounding
+
+
+def test_the_timm_twin_has_the_models_dropout_and_drop_path():
+    """Was: `--compare timm` built timm's ViT without vitkit's dropout and stochastic depth (p = 0 throughout)."""
+    from vitkit.models import build_model
+    from vitkit.perf.benchmark import timm_twin
+
+    def rates(model: torch.nn.Module) -> dict[str, float]:
+        """Each dropout's or drop path's probability by module name (timm's Identity where it is 0)."""
+        out = {}
+        for name, m in model.named_modules():
+            if name.rsplit(".", 1)[-1] in (
+                "pos_drop",
+                "attn_drop",
+                "proj_drop",
+                "drop1",
+                "drop2",
+                "head_drop",
+            ):
+                out[name] = float(getattr(m, "p", 0.0))
+            elif name.rsplit(".", 1)[-1].startswith("drop_path"):
+                out[name] = float(getattr(m, "p", getattr(m, "drop_prob", 0.0)))
+        return out
+
+    cfg = model_config(
+        "ViT-Ti/8", img_size=16, num_classes=4, drop_rate=0.1, attn_drop_rate=0.2, drop_path_rate=0.3
+    )
+    ours, twin = rates(build_model(cfg)), rates(timm_twin(cfg))
+    assert len(ours) == 2 + 12 * 6 and ours.keys() == twin.keys()
+    assert ours == pytest.approx(twin, abs=1e-6) and max(ours.values()) == pytest.approx(0.3)

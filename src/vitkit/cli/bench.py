@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from vitkit.cli.common import nonneg_int, positive_int
+from vitkit.cli.common import guard_output_file, nonneg_int, positive_float, positive_int
 from vitkit.config import COMPILE_MODES, COMPILE_SCOPES
 from vitkit.models import model_config
 
@@ -19,8 +19,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    # a compile mode or scope asks for compilation
+    # a compile mode or scope asks for compilation, a fast method for the fast path
     args.compile = args.compile or args.compile_mode is not None or args.compile_scope is not None
+    args.fast = args.fast or args.fast_method is not None
+    if args.profile:  # before the benchmark: a run's or checkpoint's file, or a folder, is refused at once
+        guard_output_file(args.profile, args.overwrite, flag="--profile")
     if args.recipe:  # the recipe's model, batch and compile setting; timm as a plain loop beside it
         from vitkit.cli.train import model_overrides
         from vitkit.config import apply_overrides
@@ -76,7 +79,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         min_seconds=args.min_seconds,
         peer_plain=bool(args.recipe),
-        fast_method=args.fast_method,
+        fast_method=args.fast_method or "auto",
         profile=args.profile,
     )
     if args.json:
@@ -86,6 +89,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     compile_flag = (
         "compile" if res.get("compile_mode") in (None, "default") else f"compile {res['compile_mode']}"
     ) + (" (blocks)" if res.get("compile_scope") == "blocks" else "")
+    if args.fast and args.compile:  # the fast path replaces vitkit's compilation; only timm is compiled
+        compile_flag = f"timm {compile_flag}"
     on = ((compile_flag, args.compile), ("fast", args.fast), ("grad checkpointing", args.grad_checkpointing))
     flags = ", ".join(f for f, wanted in on if wanted) or "eager"
     if args.recipe:
@@ -103,9 +108,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if res["ratio"]:
         print(f"ratio vitkit/timm: {res['ratio']:.3f}")
-    for key in ("max_logit_diff_vs_timm", "max_logit_diff_fast_vs_eager"):
+    labels = {
+        "max_logit_diff_vs_timm": "max logit diff vs timm (both eager fp32)",
+        "max_logit_diff_fast_vs_eager": f"max logit diff fast ({res['dtype']}) vs eager fp32",
+    }
+    for key, label in labels.items():
         if key in res:
-            print(f"{key.replace('_', ' ')}: {res[key]:.2e}")
+            print(f"{label}: {res[key]:.2e}")
     if "fast_path" in res:
         print(f"fast path: {res['fast_path']}")
     print(
@@ -156,15 +165,16 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--fast-method",
         choices=["auto", "compile", "onnx", "onnx-int8"],
-        default="auto",
-        help="auto: onnx-int8 on CPU (onnx for a CNN), compile on CUDA",
+        help="the fast path's method (implies --fast; default auto: onnx-int8 on CPU, onnx for a CNN, compile on "
+        "CUDA)",
     )
     p.add_argument("--compare", choices=["timm"], help="time timm's model with the same weights alternately")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=positive_int)
     p.add_argument("--warmup", type=nonneg_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--min-seconds", type=float, default=1.0, help="shortest timed measurement")
+    p.add_argument("--min-seconds", type=positive_float, default=1.0, help="shortest timed measurement")
     p.add_argument("--profile", metavar="FILE", help="write torch.profiler's table of vitkit's step to FILE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --profile FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)

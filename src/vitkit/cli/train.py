@@ -379,6 +379,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run = load_run(args.run, device)
     in_chans = run.cfg.model.in_chans
+    if run.cfg.model.num_classes < 1:
+        raise UserError(
+            f"{args.run}: the model has no classification head (num_classes=0: features only); fine-tune or "
+            "convert weights with a head to predict classes"
+        )
+    if in_chans not in (1, 3):
+        raise UserError(
+            f"{args.run}: the model takes {in_chans}-channel images; predict reads 1 (L) or 3 (RGB)"
+        )
     size = tuple(run.data.get("native_size") or run.cfg.model.img_size)
     classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
     mean = tuple(run.data.get("mean") or [0.5] * in_chans)
@@ -390,10 +399,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             images.append(load_image(path, size, in_chans, *reading))
         except ValueError as e:
             raise UserError(str(e)) from None
-    batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std).to(device)
-    model = _fast(run.model, batch) if args.fast else run.model
+    batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std)  # (B, C, H, W)
+    # one image at a time on the fast path (int8 quantises each batch's activations with their own range: an
+    # image's answer would depend on the others), in chunks of 64 otherwise (memory)
+    chunk = 1 if args.fast else 64
+    model = _fast(run.model, batch[:chunk].to(device)) if args.fast else run.model
     with torch.inference_mode():
-        all_probs = tta_logits(model, batch, run_tta(args, run.cfg))[1].softmax(-1)
+        all_probs = torch.cat(
+            [
+                tta_logits(model, part.to(device), run_tta(args, run.cfg))[1].softmax(-1).cpu()
+                for part in batch.split(chunk)
+            ]
+        )
     results = []
     for path, probs in zip(args.images, all_probs):
         k = min(args.topk, len(classes))

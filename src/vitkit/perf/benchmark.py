@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import resource
 import statistics
@@ -96,6 +97,11 @@ def timm_twin(cfg: ModelConfig) -> nn.Module:
         fc_norm=False if gap else None,
         norm_layer=functools.partial(nn.LayerNorm, eps=cfg.norm_eps),
         act_layer=functools.partial(gelu, cfg.mlp_act),
+        drop_rate=cfg.head_drop_rate if cfg.head_drop_rate is not None else cfg.drop_rate,
+        pos_drop_rate=cfg.drop_rate,
+        proj_drop_rate=cfg.drop_rate,
+        attn_drop_rate=cfg.attn_drop_rate,
+        drop_path_rate=cfg.drop_path_rate,
         **extra,
     )
 
@@ -292,12 +298,21 @@ def run_benchmark(
         raise ValueError(
             f"compile_scope='blocks': {cfg.name} (arch {cfg.arch!r}) has no transformer blocks; use 'model'"
         )
+    if not (math.isfinite(min_seconds) and min_seconds >= 0) or warmup < 0 or repeats < 1:
+        raise ValueError(
+            f"min_seconds={min_seconds}, warmup={warmup}, repeats={repeats}: expected a finite min_seconds >= 0, "
+            "warmup >= 0 and repeats >= 1"
+        )
     if grad_checkpointing and mode != "train":
         raise ValueError("grad_checkpointing applies to a training step (--mode train)")
     if fast and mode != "infer":
         raise ValueError("--fast is an inference path; use --mode infer")
     if profile and not os.path.isdir(os.path.dirname(os.path.abspath(profile))):
         raise ValueError(f"--profile {profile}: its folder does not exist")
+    if mode == "train" and cfg.num_classes < 1:
+        raise ValueError(
+            f"num_classes={cfg.num_classes}: a training step needs a classification head (>= 1 class)"
+        )
     if fast and dtype == "bf16-pure":
         raise ValueError("--fast chooses its own precision; use --dtype fp32 or bf16 with it")
     torch.manual_seed(seed)
@@ -351,8 +366,8 @@ def run_benchmark(
 
             fm, fast_info = fast_inference(ours, example=x, dtype=dtype, method=fast_method)
             runners[name] = infer_step(fm, x, "fp32" if fast_info.get("handles_dtype") else dtype)
-            with torch.inference_mode():
-                result["max_logit_diff_fast_vs_eager"] = float((fm(x).float() - ref).abs().max())
+            # the fast path as timed (bf16: under autocast) against the fp32 eager model
+            result["max_logit_diff_fast_vs_eager"] = float((runners[name]().float() - ref).abs().max())
             continue
         plain = peer_plain and name != "vitkit"
         # the peer as its users run it: bf16 means autocast (AMP) for timm, also beside vitkit's bf16-pure

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -101,7 +102,10 @@ def fast_inference(
     # the session holds the model once made (on Windows a mapped external-data file may stay behind)
     with tempfile.TemporaryDirectory(prefix="vitkit-fast-", ignore_cleanup_errors=True) as tmp:
         folder = workdir or tmp
-        path = _export(model.to("cpu"), folder)
+        on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+        path = _export(
+            model if on_cpu else copy.deepcopy(model).cpu(), folder
+        )  # the caller's model stays put
         if method == "onnx-int8":
             path = _quantize(path, folder, ("Conv", "MatMul", "Gemm") if cnn else ("MatMul", "Gemm"))
         runner = OrtModule(path, torch.get_num_threads())
