@@ -325,3 +325,25 @@ def test_the_timm_twin_has_the_models_dropout_and_drop_path():
     ours, twin = rates(build_model(cfg)), rates(timm_twin(cfg))
     assert len(ours) == 2 + 12 * 6 and ours.keys() == twin.keys()
     assert ours == pytest.approx(twin, abs=1e-6) and max(ours.values()) == pytest.approx(0.3)
+
+
+def test_bench_recipe_times_its_micro_batch_at_its_precision(capsys):
+    """Was: `bench --recipe paper-pretrain` timed one 4096-image step in fp32 (its micro-batch is 64, in bf16)."""
+    args = [
+        "bench",
+        "--recipe",
+        "paper-pretrain",
+        "--model",
+        "ViT-Ti/8",
+        "--img-size",
+        "16",
+        "--mode",
+        "train",
+    ]
+    args += ["--repeats", "1", "--warmup", "1", "--min-seconds", "0.01", "--threads", "1", "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["batch_size"] == 64 and res["dtype"] == "bf16"
+    assert main([*args, "--batch-size", "2", "--dtype", "fp32"]) == 0  # given flags win
+    res = json.loads(capsys.readouterr().out)
+    assert res["batch_size"] == 2 and res["dtype"] == "fp32"

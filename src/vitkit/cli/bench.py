@@ -16,6 +16,7 @@ from vitkit.models import model_config
 def cmd_bench(args: argparse.Namespace) -> int:
     from vitkit.perf.benchmark import run_benchmark
     from vitkit.train.loop import resolve_device
+    from vitkit.train.trainer import resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,7 +40,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.model:  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
             cfg = apply_overrides(run, model_overrides(args.model, size["img_size"])).model
         cfg = dataclasses.replace(cfg, **size)
-        args.batch_size = args.batch_size or run.train.batch_size
+        # what one forward/backward of the recipe holds: its micro-batch where it accumulates (paper-pretrain's
+        # 4096 is 64 at a time), at the recipe's precision on this device (auto: bf16 on CUDA, fp32 on the CPU)
+        args.batch_size = args.batch_size or run.train.micro_batch_size or run.train.batch_size
+        args.dtype = args.dtype or resolve_precision(run.train.precision, resolve_device(args.device))
         args.compile = args.compile or run.train.compile
         args.compile_mode = args.compile_mode or run.train.compile_mode
         args.compile_scope = args.compile_scope or run.train.compile_scope
@@ -63,6 +67,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         cfg = apply_overrides(RunConfig(model=cfg), args.set).model
     args.batch_size = args.batch_size or 32
+    args.dtype = args.dtype or "fp32"
     res = run_benchmark(
         cfg,
         batch_size=args.batch_size,
@@ -129,7 +134,12 @@ def add_parser(sub) -> None:
     p.add_argument("--img-size", type=positive_int, help="default 224 (or the recipe's)")
     p.add_argument("--in-chans", type=positive_int, help="default 3 (or the recipe's)")
     p.add_argument("--num-classes", type=nonneg_int, help="default 1000 (or the recipe's)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="default 32 (or the recipe's)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="default 32 (or the recipe's micro-batch, else batch)",
+    )
     p.add_argument("--recipe", help="a recipe's model, batch and training path; timm as a plain eager loop")
     p.add_argument(
         "--set",
@@ -141,8 +151,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "bf16-pure"],
-        default="fp32",
-        help="bf16: autocast; bf16-pure: vitkit in bf16 with fp32 master weights (timm keeps autocast)",
+        help="default fp32 (or the recipe's precision); bf16: autocast; bf16-pure: vitkit in bf16 with fp32 master "
+        "weights (timm keeps autocast)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument(
