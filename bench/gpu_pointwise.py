@@ -97,8 +97,9 @@ TILES = ((32, 128, 4), (16, 256, 4), (64, 128, 8), (32, 256, 8), (32, 128, 8), (
 
 
 def fused_kernels() -> dict:
-    """vitkit's fused bias-GELU kernels (models/fused_mlp.py, zero bias) as the step calls them, erf and tanh, and
-    the erf ones at other tilings (named by rows x columns / warps); empty where they cannot run."""
+    """vitkit's fused bias-GELU kernels (models/fused_mlp.py, zero bias) as the step calls them, exact (the normal
+    CDF by its polynomial) and tanh; the exact ones with libdevice's erf instead ("erf"), and at other tilings
+    (rows x columns / warps); empty where they cannot run."""
     from vitkit.models import fused_mlp
 
     if not fused_mlp.load_ops():
@@ -117,20 +118,20 @@ def fused_kernels() -> dict:
 
         return run
 
-    def tiled(bm: int, bn: int, warps: int, backward: bool):
+    def tiled(bm: int, bn: int, warps: int, backward: bool, poly: bool = True):
         def run(h: torch.Tensor, g: torch.Tensor):
             m, n = h.shape
             b = torch.zeros(n, device=h.device, dtype=h.dtype)
             out = torch.empty_like(h)
             if not backward:
                 grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-                forward_kernel[grid](h, b, out, m, n, BM=bm, BN=bn, TANH=False, num_warps=warps)
+                forward_kernel[grid](h, b, out, m, n, BM=bm, BN=bn, TANH=False, POLY=poly, num_warps=warps)
                 return out
             rows = bm * max(1, min(fused_mlp.MAX_TILES_PER_GROUP, -(-m // (64 * bm))))
             part = torch.empty((triton.cdiv(m, rows), n), device=h.device, dtype=torch.float32)
             grid = (triton.cdiv(m, rows), triton.cdiv(n, bn))
             backward_kernel[grid](
-                g, h, b, out, part, m, n, ROWS=rows, BM=bm, BN=bn, TANH=False, num_warps=warps
+                g, h, b, out, part, m, n, ROWS=rows, BM=bm, BN=bn, TANH=False, POLY=poly, num_warps=warps
             )
             return out, part.sum(0)
 
@@ -141,6 +142,8 @@ def fused_kernels() -> dict:
         "fused_gelu_bwd_sum": op("none", True),
         "fused_gelu_tanh": op("tanh", False),
         "fused_gelu_tanh_bwd_sum": op("tanh", True),
+        "fused_gelu erf": tiled(*TILES[0], False, poly=False),
+        "fused_gelu_bwd_sum erf": tiled(*TILES[0], True, poly=False),
     }
     for bm, bn, warps in TILES[1:]:
         out[f"fused_gelu {bm}x{bn}/w{warps}"] = tiled(bm, bn, warps, False)
@@ -215,8 +218,9 @@ def main() -> None:
     fns.update(fused)
     for name in fused:
         base = name.split(" ")[0]
-        tile = f" at {name.split(' ')[1]}" if " " in name else ""
-        what[name] = (3 if base.endswith("bwd_sum") else 2, f"vitkit's fused bias-GELU, {base[6:]}{tile}")
+        tag = name.split(" ")[1] if " " in name else ""
+        how = " with libdevice's erf" if tag == "erf" else f" at {tag}" if tag else ""
+        what[name] = (3 if base.endswith("bwd_sum") else 2, f"vitkit's fused bias-GELU, {base[6:]}{how}")
     res: dict = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "shape": [rows, cols],

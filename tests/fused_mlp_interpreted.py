@@ -107,7 +107,10 @@ def check_model() -> None:
 
 
 if __name__ == "__main__":
-    check_op()
+    for poly in (True, False):  # the normal CDF by its polynomial (the default), then through erf
+        fused_mlp.POLY_CDF = poly
+        check_op()
+    fused_mlp.POLY_CDF = True
     check_cases()
     check_model()
     print("fused bias-GELU under the interpreter: ok")
