@@ -403,3 +403,28 @@ def test_predict_refuses_a_headless_or_four_channel_model_and_answers_each_image
         assert main(["predict", str(run_dir), *group, "--json", "--fast", "--topk", "3"]) == 0
         answers.append(json.loads(capsys.readouterr().out)[0]["predictions"])
     assert answers[0] == answers[1]
+
+
+def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch, capsys):
+    """Was: `--data-dir data` went into config.json as given, so eval or fewshot run from another folder read
+    whatever `data` was there (another image folder with the same class names: scored on it without a word)."""
+    from test_data import write_folder
+
+    write_folder(str(tmp_path / "data"), "train", n=4)
+    write_folder(str(tmp_path / "data"), "val", n=2)
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train",
+        *TINY_FLAGS,
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        "data",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+    ]
+    assert main([*args, "--out", "run", "--no-progress", "--no-report"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["data_dir"] == str(tmp_path / "data")

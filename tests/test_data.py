@@ -448,3 +448,71 @@ def test_a_decompression_bomb_is_an_error_naming_the_image(tmp_path, monkeypatch
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels: over twice the limit
     with pytest.raises(ValueError, match=r"cannot read image .*big\.png: .*exceeds limit"):
         load_image(str(tmp_path / "big.png"), (8, 8))
+
+
+def test_channel_stats_are_the_sample_statistics_in_chunks(monkeypatch):
+    """Was: the whole 20,000-image sample in float64 at once (~24 GB for 224-px image folders); now 1,000 at a
+    time, the same numbers."""
+    from vitkit.data.datasets import channel_stats
+
+    images = torch.randint(
+        0, 256, (2500, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    x = images.double() / 255
+    want_mean, want_std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+    real, sizes = torch.Tensor.double, []
+    monkeypatch.setattr(torch.Tensor, "double", lambda t: sizes.append(len(t)) or real(t))
+    mean, std = channel_stats(images)
+    assert mean == pytest.approx(want_mean.tolist(), abs=1e-6) and std == pytest.approx(
+        want_std.tolist(), abs=1e-6
+    )
+    assert max(sizes) <= 1000
+
+
+def test_cifar_batches_python3_writes_are_read_and_bad_labels_named(tmp_path):
+    """Was: batches pickled by Python 3 at protocol 2 (bytes through _codecs.encode) or 5 (3.14's default: arrays
+    from their bytes) were refused as damaged; a label that is not a number gave an error naming no file."""
+    for protocol in (2, 5):
+        d = write_cifar(str(tmp_path / f"p{protocol}"))
+        with open(os.path.join(d, "data_batch_1"), "rb") as f:
+            batch = pickle.load(f)
+        with open(os.path.join(d, "data_batch_1"), "wb") as f:
+            pickle.dump(batch, f, protocol=protocol)
+        splits = load_cifar("cifar10", str(tmp_path / f"p{protocol}"), download=False)
+        np.testing.assert_array_equal(splits.train.images[:8].numpy(), batch[b"data"].reshape(-1, 3, 32, 32))
+    d = write_cifar(str(tmp_path / "bad"))
+    with open(os.path.join(d, "data_batch_2"), "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, "cat"]}, f)
+    with pytest.raises(ValueError, match=r"data_batch_2: 'labels' must be integer class indices"):
+        load_cifar("cifar10", str(tmp_path / "bad"), download=False)
+
+
+def test_a_corrupt_gzip_idx_file_is_named(tmp_path):
+    """Was: damaged deflate data (not a truncation) raised zlib.error with a traceback naming no file."""
+    write_mnist(str(tmp_path))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[20:60] = b"\xff" * 40  # inside the deflate stream: zlib.error, not a truncation
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: corrupt gzip stream"):
+        read_idx(str(path))
+
+
+def test_imagefolder_follows_linked_folders_refuses_undecodable_names_and_val_fraction_beside_val(tmp_path):
+    """Was: a linked folder inside a class was skipped without a word (a linked class folder was followed); a class
+    folder named in another encoding broke the report after training; data.val_fraction beside a val/ folder was
+    ignored."""
+    root = tmp_path / "data"
+    write_folder(str(root), "train")
+    write_folder(str(root), "val", n=2)
+    write_folder(str(tmp_path / "more"), "x", classes=("cat",), n=2)
+    os.symlink(tmp_path / "more" / "x" / "cat", root / "train" / "cat" / "linked")
+    os.symlink(root / "train" / "cat", root / "train" / "cat" / "loop")  # a link back up: read once
+    splits = load_imagefolder(str(root), (8, 8))
+    assert splits.train.labels.bincount().tolist() == [5, 3]
+    with pytest.raises(ValueError, match=r"data\.val_fraction=0\.2: .* has its own val/ folder"):
+        load_imagefolder(str(root), (8, 8), val_fraction=0.2)
+    bad = os.path.join(os.fsencode(root / "train"), b"caf\xe9")
+    os.makedirs(bad)
+    with pytest.raises(ValueError, match=r"class folder 'caf\\udce9' is not a UTF-8 name"):
+        load_imagefolder(str(root), (8, 8))

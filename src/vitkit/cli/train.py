@@ -112,6 +112,11 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     if args.compile:
         overrides.append("train.compile=true")
     resolved = _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
+    if (
+        resolved.data.data_dir
+    ):  # recorded absolute: eval, fewshot or a resume from another folder read the same data
+        where = os.path.abspath(os.path.expanduser(resolved.data.data_dir))
+        resolved = dataclasses.replace(resolved, data=dataclasses.replace(resolved.data, data_dir=where))
     return _prelogits_follow_width(cfg, resolved, args.set or [])
 
 

@@ -14,7 +14,9 @@ from vitkit.data.datasets import ArrayDataset, Splits, _with_stats, locate, log_
 
 log = logging.getLogger(__name__)
 
-# The only globals a CIFAR batch needs: numpy array reconstruction. Nothing callable beyond these.
+# The only globals a CIFAR batch needs: numpy array reconstruction (protocols 2-4; protocol 5, Python 3.14's
+# default, rebuilds an array from its bytes) and the bytes themselves as Python 3 writes them at protocol 2
+# (_codecs.encode, which torch's weights-only loader allows too). Nothing callable beyond these.
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -22,6 +24,9 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
 }
 
 
@@ -31,7 +36,9 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (not plain data)")
+        raise pickle.UnpicklingError(
+            f"refusing to load global {module}.{name}: not plain data or a numpy array"
+        )
 
 
 def safe_unpickle(path: str) -> dict:
@@ -44,7 +51,7 @@ def safe_unpickle(path: str) -> dict:
     try:
         obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: not a valid CIFAR pickle ({e}: not a pickle or damaged)") from None
+        raise ValueError(f"{path}: not a CIFAR batch vitkit can read safely ({e})") from None
     except Exception as e:
         raise ValueError(f"{path}: not a valid CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
@@ -57,7 +64,10 @@ def _batch(path: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.
     if "data" not in d or label_key not in d:
         raise ValueError(f"{path}: missing key 'data' or {label_key!r}; keys are {sorted(d)}")
     data = np.asarray(d["data"])
-    labels = np.asarray(d[label_key], dtype=np.int64)
+    try:
+        labels = np.asarray(d[label_key], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {label_key!r} must be integer class indices ({e})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
     if len(labels) != len(data):

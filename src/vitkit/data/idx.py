@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -20,7 +21,7 @@ def _read_bytes(path: str) -> bytes:
             if head == b"\x1f\x8b":
                 try:
                     return gzip.GzipFile(fileobj=f).read()
-                except (OSError, EOFError) as e:
+                except (OSError, EOFError, zlib.error) as e:
                     raise ValueError(f"{path}: corrupt gzip stream ({e})") from None
             return f.read()
     except OSError as e:

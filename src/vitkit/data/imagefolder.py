@@ -97,6 +97,16 @@ def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list
     found = sorted(
         d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")
     )
+    for (
+        d
+    ) in found:  # a name the file system holds in another encoding cannot be written to data.json or a report
+        try:
+            d.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{folder}: class folder {d!r} is not a UTF-8 name; rename it (class names go into data.json "
+                "and the report)"
+            ) from None
     if classes is None:
         classes = found
         if not classes:
@@ -110,11 +120,17 @@ def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list
         cdir = os.path.join(folder, c)
         if not os.path.isdir(cdir):
             continue
-        before = len(paths)
-        for root, dirs, files in os.walk(
-            cdir
-        ):  # in sorted order, hidden folders (.ipynb_checkpoints) skipped
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        before, seen = len(paths), {os.path.realpath(cdir)}
+        # in sorted order, hidden folders (.ipynb_checkpoints) skipped; linked folders followed as torchvision
+        # does, each real folder once (a link back up would loop)
+        for root, dirs, files in os.walk(cdir, followlinks=True):
+            keep = []
+            for d in sorted(d for d in dirs if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(root, d))
+                if real not in seen:
+                    seen.add(real)
+                    keep.append(d)
+            dirs[:] = keep
             for f in sorted(files):  # hidden files (macOS ._name, .DS_Store) are not images
                 if f.lower().endswith(EXTENSIONS) and not f.startswith("."):
                     paths.append(os.path.join(root, f))
@@ -183,6 +199,11 @@ def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0
         (os.path.join(root, d) for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None
     )
     if val_dir:
+        if val_fraction:
+            raise ValueError(
+                f"data.val_fraction={val_fraction}: {root} has its own {os.path.basename(val_dir)}/ folder, which "
+                "is the evaluation split; drop val_fraction (data.holdout=F holds out part of train/ to select on)"
+            )
         vpaths, vlabels, _ = scan(val_dir, classes)
     else:
         if not 0 < val_fraction < 1:
