@@ -147,8 +147,15 @@ def test_a_changed_patch_size_renames_the_vit():
         ({"img_size": True}, r"model\.img_size=True: expected an int"),
         ({"img_size": (-16, 32)}, r"model\.img_size=\(-16, 32\): both sides must be positive"),
         ({"img_size": 0}, r"model\.img_size=0: both sides must be positive"),
-        ({"depth": 1.5}, r"model\.depth=1\.5 must be a positive integer"),
+        ({"depth": 1.5}, r"model\.depth=1\.5 must be an integer"),
+        ({"depth": 0}, r"model\.depth=0 must be a positive integer"),
         ({"drop_path_rate": "0.1"}, r"model\.drop_path_rate='0\.1' must be a number"),
+        # were: a raw torch TypeError, a comparison TypeError, a model silently dynamic or with a bias
+        ({"representation_size": 1.5}, r"model\.representation_size=1\.5 must be an integer"),
+        ({"representation_size": "64"}, r"model\.representation_size='64' must be an integer"),
+        ({"num_classes": True}, r"model\.num_classes=True must be an integer"),
+        ({"dynamic_img_size": "false"}, r"model\.dynamic_img_size='false' must be True or False"),
+        ({"qkv_bias": "false"}, r"model\.qkv_bias='false' must be True or False"),
     ],
 )
 def test_python_api_sizes_and_numbers_are_checked_by_name(kw, match):
@@ -161,6 +168,21 @@ def test_python_api_sizes_and_numbers_are_checked_by_name(kw, match):
         model = vitkit.create_model("ViT-Ti/16", img_size=32)
         with pytest.raises(ValueError, match=match):
             model.set_img_size(kw["img_size"])
+
+
+def test_numpy_integers_are_taken_as_timm_takes_them():
+    """Was: num_classes=np.int64(4) refused as "must be >= 0" (timm builds it); depth and img_size likewise."""
+    import numpy as np
+    import torch
+
+    import vitkit
+
+    m = vitkit.create_model(
+        "ViT-Ti/16", num_classes=np.array([0, 3]).max() + 1, depth=np.int64(1), img_size=np.int64(32)
+    )
+    assert (m.cfg.num_classes, m.cfg.depth, m.cfg.img_size) == (4, 1, (32, 32))
+    assert type(m.cfg.num_classes) is int and type(m.cfg.img_size[0]) is int  # JSON-writable
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 4)
 
 
 def test_few_shot_settings_are_checked_and_quoted_names_read():

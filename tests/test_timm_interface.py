@@ -341,3 +341,78 @@ def test_prune_intermediate_layers_as_timms(kw):
         # (the last block computes the class token's query only: 1e-6 apart in float32)
         want = theirs(x)[:, 0] if kw.get("prune_head", True) else theirs(x)
         torch.testing.assert_close(ours(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_checkpoints_stated_heads_are_kept_and_num_heads_is_used_where_it_was_not():
+    """Was: a name replaced a vitkit model's 6 heads by the table's 3 (logits 0.77 off, no word), num_heads=3 was
+    ignored, and a checkpoint read before refused num_heads=4 asking for num_heads."""
+    torch.manual_seed(0)
+    m6 = vitkit.create_model("ViT-Ti/16", num_heads=6, img_size=16, num_classes=3).eval()
+    with pytest.raises(ConversionError, match=r"num_heads 6 vs 3 \(the checkpoint's vs the name's\)"):
+        vitkit.create_model("ViT-Ti/16", pretrained=m6)
+    with pytest.raises(ConversionError, match=r"num_heads=3, but its model has 6 heads"):
+        vitkit.create_model(pretrained=m6, num_heads=3)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(vitkit.create_model(pretrained=m6, num_heads=6)(x), m6(x))
+    t = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, embed_dim=72, num_heads=4
+    )
+    ck = vitkit.read_checkpoint(t.state_dict())  # width 72: heads not stated, not a multiple of 64
+    with pytest.raises(ConversionError, match="pass num_heads="):
+        vitkit.create_model(pretrained=ck)
+    ours = vitkit.create_model(pretrained=ck, num_heads=4)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), t.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_pruned_model_names_its_depth_and_without_its_norm_is_not_saved(tmp_path):
+    """Was: prune_norm left the config claiming a norm (count_params 2 x width off, a reload missing norm.*), and
+    the name still said ViT-Ti/16 at 2 blocks."""
+    from vitkit.convert.runs import save_model_file
+
+    m = vitkit.create_model("ViT-Ti/16", img_size=32, depth=4)
+    m.prune_intermediate_layers([1])
+    assert m.cfg.depth == 2 and m.cfg.name == "ViT-192x2/16" and not m.norm_pruned
+    assert vitkit.count_params(m) == sum(p.numel() for p in m.parameters())
+    assert vitkit.create_model(pretrained=m).cfg.depth == 2
+    m.prune_intermediate_layers([1], prune_norm=True)
+    assert m.norm_pruned and vitkit.count_params(m) == sum(p.numel() for p in m.parameters())
+    for save in (lambda: vitkit.create_model(pretrained=m), lambda: save_model_file(str(tmp_path / "m"), m)):
+        with pytest.raises(ConversionError, match=r"final norm was pruned .* cannot be saved or read"):
+            save()
+
+
+def test_pretrained_cfg_takes_preprocessing_edits_as_timms_dict():
+    """Was: a read-only property rebuilt on every read: edits were lost, assigning named default_cfg."""
+    m = vitkit.create_model("ViT-Ti/16", img_size=32, depth=1)
+    m.pretrained_cfg["crop_pct"] = 0.875
+    assert timm.data.resolve_model_data_config(m)["crop_pct"] == 0.875 and m.default_cfg["crop_pct"] == 0.875
+    m.pretrained_cfg = {
+        "mean": (0.1, 0.2, 0.3),
+        "std": (0.5, 0.5, 0.5),
+        "url": "ignored",
+        "input_size": (3, 32, 32),
+    }
+    assert timm.data.resolve_model_data_config(m)["mean"] == (0.1, 0.2, 0.3)
+    with pytest.raises(KeyError, match=r"pretrained_cfg\['input_size'\] follows the model's config"):
+        m.pretrained_cfg["input_size"] = (3, 64, 64)
+    cnn = vitkit.create_model("ResNet-26", img_size=32, num_classes=3)
+    cnn.default_cfg = {"interpolation": "bicubic"}
+    assert cnn.pretrained_cfg["interpolation"] == "bicubic"
+
+
+def test_loader_errors_say_what_to_pass():
+    """Was: a headless checkpoint into a classifier named only the missing head keys; pretrained=0 a TypeError of
+    os.fspath; fast_inference took any dtype and ran fp32; timm's positional pretrained was refused."""
+    t = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=0)
+    model = vitkit.create_model("ViT-Ti/16", img_size=32, depth=2, num_classes=10)
+    with pytest.raises(ConversionError, match=r"no classification head: pass reset_head=True"):
+        vitkit.load_pretrained(model, t.state_dict())
+    vitkit.load_pretrained(model, t.state_dict(), reset_head=True)
+    with pytest.raises(TypeError, match=r"pretrained=0: expected a path, a hub id, a state dict or a model"):
+        vitkit.create_model("ViT-Ti/16", pretrained=0)
+    with pytest.raises(ValueError, match=r"fast inference dtype 'fp16': expected fp32 or bf16"):
+        vitkit.fast_inference(model, torch.randn(1, 3, 32, 32), dtype="fp16", method="onnx")
+    assert vitkit.create_model("ViT-Ti/16", False, img_size=32).cfg.img_size == (32, 32)

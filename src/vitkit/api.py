@@ -15,8 +15,8 @@ from vitkit.models import create_model as create_random_model
 
 def create_model(
     name: str | None = None,
-    *,
     pretrained: bool | Source | Checkpoint | None = None,
+    *,
     device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> Model:

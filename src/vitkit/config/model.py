@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +15,15 @@ HEAD_INITS = ("default", "zero")
 ATTN_INITS = ("default", "mimetic")
 WEIGHT_INITS = ("default", "official")
 MLP_ACTS = ("gelu", "gelu_tanh")
+INT_FIELDS = (
+    "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_dim", "representation_size",
+    "width_factor", "sasa_window",
+)  # fmt: skip
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer (numpy's too), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _pair(value: int | tuple[int, int] | list[int], key: str = "model.img_size") -> tuple[int, int]:
@@ -32,7 +38,7 @@ def _pair(value: int | tuple[int, int] | list[int], key: str = "model.img_size")
         raise ValueError(f"{key}={value!r}: expected an int or an (H, W) pair of ints")
     if min(pair) < 1:
         raise ValueError(f"{key}={value!r}: both sides must be positive")
-    return tuple(pair)  # type: ignore[return-value]
+    return tuple(int(v) for v in pair)  # type: ignore[return-value]
 
 
 def backbone_stride(layers: tuple[int, ...]) -> int:
@@ -151,6 +157,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
+        for (
+            key
+        ) in INT_FIELDS:  # numpy's integers as Python's (timm takes them); floats, bools and text refused
+            v = getattr(self, key)
+            if v is None and key == "representation_size":
+                continue
+            if not _is_int(v):
+                raise ValueError(f"model.{key}={v!r} must be an integer")
+            object.__setattr__(self, key, int(v))
+        for key in ("qkv_bias", "dynamic_img_size"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"model.{key}={getattr(self, key)!r} must be True or False")
         _check_choice("model.arch", self.arch, ARCHS)
         if self.backbone is not None:
             try:
@@ -165,7 +183,7 @@ class ModelConfig:
                 )
             object.__setattr__(self, "backbone", layers)
         for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "width_factor"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+            if getattr(self, key) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         for key in (
             "drop_rate",
@@ -177,7 +195,7 @@ class ModelConfig:
         ):
             if not isinstance(getattr(self, key), (int, float)) or isinstance(getattr(self, key), bool):
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a number")
-        if not _is_int(self.num_classes) or self.num_classes < 0:
+        if self.num_classes < 0:
             raise ValueError(f"model.num_classes={self.num_classes!r} must be >= 0 (0: no head)")
         defaults = ModelConfig.__dataclass_fields__
         for key, arch in ARCH_ONLY.items():

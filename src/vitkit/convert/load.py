@@ -221,6 +221,8 @@ def load_pretrained(
         hint = ""
         if "pre_logits.fc.weight" in report.unexpected:
             hint = " (the checkpoint has pre-logits: set representation_size, or pass reset_head=True)"
+        elif report.missing and all(k.startswith("head.") for k in report.missing):
+            hint = " (the checkpoint has no classification head: pass reset_head=True for a new one)"
         msg = (
             f"{ckpt.path} -> {cfg.name}: missing keys [{_names(report.missing)}], "
             f"unexpected keys [{_names(report.unexpected)}]{hint}"
@@ -277,6 +279,10 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
                 "name of a model of the checkpoint's kind, or none (the checkpoint describes its model)"
             )
         shape = ("embed_dim", "depth", "mlp_dim", "patch_size", "backbone", "width_factor")
+        if (
+            ckpt.format == "vitkit"
+        ):  # its config states the heads: a name with others would compute another function
+            shape += ("num_heads",)
         differ = [
             f"{k} {getattr(cfg, k)} vs {getattr(reg, k)}" for k in shape if getattr(cfg, k) != getattr(reg, k)
         ]
@@ -310,6 +316,16 @@ def model_from_source(
         ckpt = source
     else:
         ckpt = read_checkpoint(source, num_heads=num_heads, img_size=overrides.get("img_size"))
+    if num_heads is not None and num_heads != ckpt.config.num_heads:
+        if ckpt.format == "vitkit":  # stated by the file: other heads would compute another function
+            raise ConversionError(
+                f"{ckpt.path}: num_heads={num_heads}, but its model has {ckpt.config.num_heads} heads (stated in its "
+                "config); leave num_heads out"
+            )
+        overrides = {
+            **overrides,
+            "num_heads": num_heads,
+        }  # a checkpoint read before, or heads it did not state
     if not ckpt.heads_known and name is None and "num_heads" not in overrides:
         raise unknown_heads_error(ckpt)
     classes = overrides.get("num_classes", ckpt.config.num_classes)

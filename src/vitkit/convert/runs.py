@@ -110,6 +110,9 @@ def read_model_file(path: str, state: dict[str, torch.Tensor], meta: dict[str, s
 
 def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any] | None = None) -> None:
     """Atomically write the model's weights as safetensors, its ModelConfig (and mean/std) in the metadata."""
+    from vitkit.convert.sources import check_saveable
+
+    check_saveable(model)
     meta = {"format": "vitkit", "config": json.dumps(to_dict(model.cfg))}
     if preprocess:
         meta["preprocess"] = json.dumps(preprocess)

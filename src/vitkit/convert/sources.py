@@ -54,11 +54,21 @@ def _from_state(
     )
 
 
+def check_saveable(model: nn.Module) -> None:
+    """Refuse a vitkit model whose config cannot describe it: its final norm pruned."""
+    if getattr(model, "norm_pruned", False):
+        raise ConversionError(
+            f"<vitkit {model.cfg.name}>: its final norm was pruned (prune_intermediate_layers(prune_norm=True)), "
+            "which its config cannot state, so it cannot be saved or read as a checkpoint; prune after loading"
+        )
+
+
 def _from_module(model: nn.Module, num_heads: int | None) -> Checkpoint:
     """A model in memory: vitkit's own (its config), transformers' (its config), any other by its weights' names."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     cfg = getattr(model, "cfg", None)
     if isinstance(cfg, ModelConfig) and isinstance(model, (VisionTransformer, CNN)):
+        check_saveable(model)
         meta = dict(getattr(model, "preprocess", {}))
         return Checkpoint(state, cfg, "vitkit", f"<vitkit {cfg.name}>", meta)
     hf_config = getattr(getattr(model, "config", None), "to_dict", None)
@@ -159,6 +169,10 @@ def read_checkpoint(
                 "given keeps its own); pass the transformers model itself (or its folder) to use its config"
             )
         return _from_state("<state dict>", state, num_heads, img_size)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"pretrained={source!r:.60}: expected a path, a hub id, a state dict or a model, not {type(source).__name__}"
+        )
     source = os.fspath(source)
     path = os.path.expanduser(source)
     if os.path.isdir(path):

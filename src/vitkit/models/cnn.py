@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vitkit.models.checkpointing import run_blocks
-from vitkit.models.data_config import data_config
+from vitkit.models.data_config import PretrainedCfg, data_config, set_pretrained_cfg
 from vitkit.models.layers import Dropout, block_indices, pooled_after_reset
 
 
@@ -75,9 +75,15 @@ class CNNClassifier(nn.Module):
         first = (
             "stem.conv" if isinstance(getattr(self.stem, "conv", None), nn.Conv2d) else "stem.qk"
         )  # SASA's
-        return data_config(self.cfg, first, self.preprocess)
+        return PretrainedCfg(data_config(self.cfg, first, self.preprocess), self.preprocess)
 
-    default_cfg = pretrained_cfg  # timm's older name
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, value: dict[str, Any]) -> None:
+        set_pretrained_cfg(self.pretrained_cfg, value)
+
+    default_cfg = property(
+        pretrained_cfg.fget, pretrained_cfg.fset, doc="timm's older name of pretrained_cfg"
+    )
 
     def get_classifier(self) -> nn.Module | None:
         """The classifier layer (timm's name; its ResNetV2's): the head's 1x1 conv, None without a head."""

@@ -45,3 +45,38 @@ def data_config(
     if pre.get("classes") and len(pre["classes"]) == cfg.num_classes:
         out["label_names"] = tuple(pre["classes"])
     return out
+
+
+EDITABLE = ("mean", "std", "interpolation", "crop_pct", "crop_mode")  # the rest follows the model's config
+
+
+class PretrainedCfg(dict):
+    """A model's `pretrained_cfg` as timm's plain dict, except that its preprocessing entries (`EDITABLE`) write
+    through to the model (`model.preprocess`), and the entries its config fixes refuse a new value."""
+
+    def __init__(self, data: dict[str, Any], preprocess: dict[str, Any]):
+        super().__init__(data)
+        self._preprocess = preprocess
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in EDITABLE:
+            value = tuple(float(v) for v in value) if key in ("mean", "std") else value
+            self._preprocess[key] = list(value) if key in ("mean", "std") else value
+        elif key in self and self[key] != value:
+            raise KeyError(
+                f"pretrained_cfg[{key!r}] follows the model's config ({self[key]!r}); of its entries "
+                f"{', '.join(EDITABLE)} can be set"
+            )
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kw).items():
+            self[key] = value
+
+
+def set_pretrained_cfg(cfg_now: PretrainedCfg, value: dict[str, Any]) -> None:
+    """`model.pretrained_cfg = value` (timm's models take any dict): its preprocessing entries kept, entries the
+    config fixes checked, others (timm's hub fields: url, license, ...) ignored."""
+    if not isinstance(value, dict):
+        raise TypeError(f"pretrained_cfg must be a dict, got {type(value).__name__}")
+    cfg_now.update({k: v for k, v in value.items() if k in EDITABLE or k in cfg_now})

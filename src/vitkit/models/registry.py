@@ -303,6 +303,8 @@ def forward_macs(cfg: ModelConfig) -> int:
 
 def count_params(cfg: ModelConfig) -> int:
     """Analytic parameter count (matches `sum(p.numel())` of the built model; of a ModelConfig or a model)."""
+    if getattr(cfg, "norm_pruned", False):  # a model whose final norm was pruned: its config cannot say so
+        return count_params(cfg.cfg) - 2 * cfg.cfg.embed_dim
     cfg = _config_of(cfg, "count_params")
     if cfg.arch == "bit":
         return bit_params(cfg)

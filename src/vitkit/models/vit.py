@@ -11,7 +11,7 @@ from torch import nn
 
 from vitkit.config import ModelConfig
 from vitkit.models.checkpointing import checkpointed
-from vitkit.models.data_config import data_config
+from vitkit.models.data_config import PretrainedCfg, data_config, set_pretrained_cfg
 from vitkit.models.init import lecun_normal_, mimetic_init_
 from vitkit.models.layers import (
     Block,
@@ -23,6 +23,7 @@ from vitkit.models.layers import (
     pooled_after_reset,
 )
 from vitkit.models.posemb import check_resample_mode, resample_posemb, sincos2d
+from vitkit.models.registry import model_name
 from vitkit.models.resnet import init_backbone_
 
 # the 1-D relative attention's table is indexed by raster offsets, which mean other pairs on another grid
@@ -154,9 +155,16 @@ class VisionTransformer(nn.Module):
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """timm's data config (input size, mean/std of the loaded weights, resize, crop, classes)."""
-        return data_config(self.cfg, "patch_embed." + self.patch_embed.pixel_conv_name, self.preprocess)
+        data = data_config(self.cfg, "patch_embed." + self.patch_embed.pixel_conv_name, self.preprocess)
+        return PretrainedCfg(data, self.preprocess)
 
-    default_cfg = pretrained_cfg  # timm's older name
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, value: dict[str, Any]) -> None:
+        set_pretrained_cfg(self.pretrained_cfg, value)
+
+    default_cfg = property(
+        pretrained_cfg.fget, pretrained_cfg.fset, doc="timm's older name of pretrained_cfg"
+    )
 
     def get_classifier(self) -> nn.Module:
         """The classification head (timm's name)."""
@@ -329,12 +337,21 @@ class VisionTransformer(nn.Module):
         drops its pooling too). Returns the block indices; the config follows the depth."""
         take = block_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max(take) + 1]
-        self.cfg = dataclasses.replace(self.cfg, depth=len(self.blocks))
-        if prune_norm:
+        c = self.cfg
+        name = model_name(c.embed_dim, len(self.blocks), c.num_heads, c.mlp_dim, c.patch_size, c.backbone)
+        self.cfg = dataclasses.replace(c, depth=len(self.blocks), name=name)
+        if (
+            prune_norm
+        ):  # no config field says so: such a model is not saved or read as a checkpoint (norm_pruned)
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0)
         return take
+
+    @property
+    def norm_pruned(self) -> bool:
+        """The final norm was dropped (`prune_intermediate_layers(prune_norm=True)`): the config cannot say so."""
+        return isinstance(self.norm, nn.Identity)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, D): the class token, or the mean of the patch tokens (GAP); unpooled: as it is."""

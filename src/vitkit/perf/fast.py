@@ -87,6 +87,10 @@ def fast_inference(
     """
     if method not in METHODS:
         raise ValueError(f"fast inference method {method!r} is not one of {', '.join(METHODS)}")
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(
+            f"fast inference dtype {dtype!r}: expected fp32 or bf16 (autocast, for method compile)"
+        )
     model = model.eval()
     dev = example.device
     cnn = getattr(getattr(model, "cfg", None), "arch", "vit") != "vit"
