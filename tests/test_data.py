@@ -516,3 +516,15 @@ def test_imagefolder_follows_linked_folders_refuses_undecodable_names_and_val_fr
     os.makedirs(bad)
     with pytest.raises(ValueError, match=r"class folder 'caf\\udce9' is not a UTF-8 name"):
         load_imagefolder(str(root), (8, 8))
+
+
+def test_netpbm_images_are_read_as_torchvision_reads_them(tmp_path):
+    """Was: .ppm/.pgm files (GTSRB ships as .ppm) were not picked up; beside other images they were dropped."""
+    from PIL import Image
+
+    write_folder(str(tmp_path), "train", n=2)
+    write_folder(str(tmp_path), "val", n=1)
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(tmp_path / "train" / "cat" / "x.ppm")
+    Image.new("L", (12, 10), 77).save(tmp_path / "train" / "dog" / "y.pgm")
+    splits = load_imagefolder(str(tmp_path), (8, 8))
+    assert splits.train.labels.bincount().tolist() == [3, 3]

@@ -42,6 +42,16 @@ def test_onnx_dynamic_batch_matches_pytorch(tmp_path):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 48]
 
 
+def test_onnx_export_leaves_the_callers_model_as_it_was(tmp_path):
+    """Was: export_onnx set the model given to eval mode and moved it to the CPU (a GPU model too)."""
+    pytest.importorskip("onnxruntime")
+    model = vitkit.create_model("ViT-Ti/16", img_size=32, embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    model.train()
+    path = export_onnx(model, str(tmp_path / "t.onnx"))
+    assert model.training
+    assert max(check_onnx(path, model.eval(), (2,)).values()) < 1e-4  # the eval-mode function was exported
+
+
 def test_a_dynamic_img_size_model_exports_at_its_size_with_a_warning(tmp_path, caplog):
     pytest.importorskip("onnxruntime")
     model = vitkit.create_model("ViT-Ti/16", img_size=32, embed_dim=32, depth=1, num_heads=2, mlp_dim=64,

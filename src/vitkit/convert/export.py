@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
@@ -43,7 +44,7 @@ def written_opset(path: str) -> int:
 
 
 def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
-    """Write `model` (eval mode, CPU) as ONNX: input "images" (batch, C, H, W), output "logits" (batch, K).
+    """Write `model` (in eval mode on the CPU; the model given is not changed) as ONNX: input "images" (batch, C, H, W), output "logits" (batch, K).
 
     The exporter writes opset 18 and converts to `opset` from there; an opset it cannot reach is an error (the
     file is not left behind)."""
@@ -62,7 +63,9 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         raise ConversionError(
             f"ONNX opset {opset}: this onnx ({onnx.__version__}) knows opsets 1 to {newest}"
         )
-    model = model.eval().to("cpu")
+    # exported in eval mode on the CPU; the caller's model keeps its mode and device (a copy leaves a GPU)
+    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    model = (model if on_cpu and not model.training else copy.deepcopy(model).cpu()).eval()
     cfg = model.cfg
     example = torch.zeros(2, cfg.in_chans, *cfg.img_size)  # batch 2: a size-1 example would be specialised
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -123,7 +126,9 @@ def check_onnx(
         raise ConversionError(
             f"{path}: onnxruntime {ort.__version__} cannot load it: {first[:300]}"
         ) from None
-    model = model.eval().to("cpu")
+    # exported in eval mode on the CPU; the caller's model keeps its mode and device (a copy leaves a GPU)
+    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    model = (model if on_cpu and not model.training else copy.deepcopy(model).cpu()).eval()
     cfg = model.cfg
     gen = torch.Generator().manual_seed(seed)
     diffs = {}
