@@ -355,7 +355,7 @@ def test_fewshot_of_a_run(run_dir):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--shots", "1000"], "1000 training image(s) of every class; class 0 has"),
+        (["--shots", "1000"], "1000 training image(s) of every class; class 0 ('class0') has"),
         (["--l2-reg", "0"], "must be a positive number"),
         (["--shots", "0"], "0 must be at least 1"),
     ],

@@ -528,3 +528,16 @@ def test_netpbm_images_are_read_as_torchvision_reads_them(tmp_path):
     Image.new("L", (12, 10), 77).save(tmp_path / "train" / "dog" / "y.pgm")
     splits = load_imagefolder(str(tmp_path), (8, 8))
     assert splits.train.labels.bincount().tolist() == [3, 3]
+
+
+def test_a_folder_decoded_per_batch_gets_its_own_channel_statistics(tmp_path, monkeypatch):
+    """Was: a folder over the in-memory limit was normalised with mean and std 0.5 without a word."""
+    import vitkit.data.imagefolder as imagefolder
+
+    write_folder(str(tmp_path), "train", n=4)
+    write_folder(str(tmp_path), "val", n=1)
+    held = load_imagefolder(str(tmp_path), (8, 8))
+    monkeypatch.setattr(imagefolder, "IN_MEMORY_LIMIT", 1)  # every folder decoded per batch
+    lazy = load_imagefolder(str(tmp_path), (8, 8))
+    assert isinstance(lazy.train, imagefolder.FileDataset)
+    assert lazy.mean == held.mean and lazy.std == held.std and held.mean != (0.5, 0.5, 0.5)

@@ -72,6 +72,8 @@ def test_fewshot_draws_per_class_nested_seeded_and_checked():
         fewshot_indices(orders, 6)
     with pytest.raises(ValueError, match="class 3 has 0"):
         fewshot_indices(class_orders(labels, 4, seed=0), 1)  # a class without samples
+    with pytest.raises(ValueError, match=r"class 3 \('fox'\) has 0"):  # was: by number only (an empty folder)
+        fewshot_indices(class_orders(labels, 4, seed=0), 1, ["cat", "dog", "emu", "fox"])
 
 
 def _tiny(**kw):

@@ -82,6 +82,7 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             test_limit=args.test_limit,
             progress=bar.update if bar is not None else None,
+            class_names=list(getattr(splits, "classes", None) or []),
         )
     finally:
         if bar is not None:

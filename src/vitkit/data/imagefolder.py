@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 IN_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 images kept in memory; beyond this, decode per batch
+STATS_SAMPLE = 2000  # images decoded for the channel statistics of a folder decoded per batch
 
 
 RESAMPLE = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")  # PIL's filters, timm's names
@@ -223,6 +224,6 @@ def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0
     train, test = _decode_all(paths, labels, size), _decode_all(vpaths, vlabels, size)
     if isinstance(train, ArrayDataset):
         mean, std = channel_stats(train.images)
-    else:
-        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    else:  # decoded per batch: the statistics of its first images, a sample of every class (they were 0.5, 0.5)
+        mean, std = channel_stats(train.get_batch(torch.arange(min(len(train), STATS_SAMPLE)))[0])
     return Splits("imagefolder", train, test, classes, mean, std)  # type: ignore[arg-type]

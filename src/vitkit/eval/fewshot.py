@@ -36,13 +36,17 @@ def class_orders(labels: torch.Tensor, num_classes: int, seed: int) -> list[torc
     return orders
 
 
-def fewshot_indices(orders: list[torch.Tensor], shots: int) -> torch.Tensor:
-    """The first `shots` indices of each class's order, class by class; too few samples of a class is an error."""
+def fewshot_indices(
+    orders: list[torch.Tensor], shots: int, class_names: Sequence[str] | None = None
+) -> torch.Tensor:
+    """The first `shots` indices of each class's order, class by class; too few samples of a class is an error
+    (naming it by `class_names` where given)."""
     short = [(c, len(o)) for c, o in enumerate(orders) if len(o) < shots]
     if short:
         c, n = short[0]
+        which = f"class {c} ({class_names[c]!r})" if class_names and c < len(class_names) else f"class {c}"
         raise ValueError(
-            f"{shots}-shot evaluation needs {shots} training image(s) of every class; class {c} has {n}"
+            f"{shots}-shot evaluation needs {shots} training image(s) of every class; {which} has {n}"
             + (f" ({len(short)} classes have too few)" if len(short) > 1 else "")
         )
     return torch.cat([o[:shots] for o in orders])  # (K * shots,)
@@ -157,6 +161,7 @@ def fewshot_evaluate(
     precision: str = "fp32",
     test_limit: int | None = None,
     progress=None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Few-shot accuracy of `model`'s frozen representation: for each shot count and seed, a ridge classifier
     fit on `shots` images per class of `train`, scored on `test` (`test_limit` of its images drawn at random,
@@ -176,7 +181,7 @@ def fewshot_evaluate(
     if n_test < 1:
         raise ValueError("few-shot evaluation needs at least one test image")
     orders = [class_orders(train.labels, num_classes, seed) for seed in range(seeds)]
-    chosen = {(s, k): fewshot_indices(orders[s], k) for s in range(seeds) for k in shots}
+    chosen = {(s, k): fewshot_indices(orders[s], k, class_names) for s in range(seeds) for k in shots}
     drawn = torch.unique(torch.cat(list(chosen.values())))  # sorted: each training image embedded once
     kw = dict(device=device, batch_size=batch_size, precision=precision, progress=progress)
     train_feats = representations(model, train, drawn, transform, **kw)  # (n_drawn, D)

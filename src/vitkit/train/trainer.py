@@ -193,9 +193,12 @@ class Trainer:
                 sets[name] = (other.train, other.test, transform, other.num_classes)
             counts = torch.bincount(sets[name][0].labels.cpu(), minlength=sets[name][3])
             if int(counts.min()) < max(t.fewshot_shots):  # found now, not at the first evaluation
+                names = list(getattr(self.splits if name == own else other, "classes", None) or [])
+                k = int(counts.argmin())
+                which = f"class {k} ({names[k]!r})" if k < len(names) else f"class {k}"
                 raise ValueError(
                     f"train.fewshot_shots={list(t.fewshot_shots)}: {name}'s training split has "
-                    f"{int(counts.min())} image(s) of class {int(counts.argmin())}; set shot counts up to that"
+                    f"{int(counts.min())} image(s) of {which}; set shot counts up to that"
                 )
         return sets
 
