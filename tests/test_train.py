@@ -310,7 +310,8 @@ def test_a_resumed_run_remembers_the_best_evaluation_of_checkpoints_best(tmp_pat
 def test_few_shot_counts_beyond_a_class_are_refused_before_training(tmp_path):
     cfg = tiny_run(epochs=1, fewshot_every=1, fewshot_shots=(1, 500))
     with pytest.raises(
-        ValueError, match=r"train\.fewshot_shots=\[1, 500\]: synthetic's training split has \d+ image"
+        ValueError,
+        match=r"train\.fewshot_shots=\[1, 500\]: synthetic's training split has \d+ image\(s\) of class \d \('class\d'\)",
     ):
         train(cfg, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
