@@ -10,7 +10,8 @@
 # into the backward's pass, and gpu_step_ab.py's split variant computes q, k and v by three products so that no
 # stacking is needed; neither has run on a GPU yet. So, in order:
 #   1. bench/gpu_pointwise.py: each pass alone on the step's tensor beside a plain scaling pass, the fused kernels
-#      at six tilings, and two hand-written GELU kernels (erf, tanh.approx): memory or erf's arithmetic?
+#      at six tilings, and two hand-written GELU kernels (erf, tanh.approx): memory or erf's arithmetic? Then
+#      bench/fused_accuracy.py: the fused kernels' GELU and derivative against float64 on the GPU;
 #   2. bench/gpu_step_ab.py: vitkit and timm as they stand, vitkit with the fused kernels, with split q/k/v, and
 #      with both (profiled); before timing, each against the plain model's logits and gradients (the fused
 #      kernels in fp32 and bf16, each against fp32). The tanh-GELU variants (tanh timm-tanh fused-tanh) are left
@@ -35,6 +36,7 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
     | tee -a "$OUT/nvidia-smi.txt"
 timeout "${POINTWISE_SECONDS:-120}" python3 bench/gpu_pointwise.py --json "$OUT/pointwise.json" 2>&1 \
     | tee "$OUT/pointwise.txt"
+timeout 60 python3 bench/fused_accuracy.py 2>&1 | tee "$OUT/fused-accuracy.txt"  # the real kernels' exactness
 timeout "${AB_SECONDS:-300}" python3 bench/gpu_step_ab.py \
     --variants ${AB_VARIANTS:-foreach timm fused split fused-split} \
     --compile-limit "${AB_COMPILE_LIMIT:-90}" --profile-variant "${AB_PROFILE:-fused-split}" \

@@ -127,7 +127,7 @@ def fused_kernels() -> dict:
                 grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
                 forward_kernel[grid](h, b, out, m, n, BM=bm, BN=bn, TANH=False, POLY=poly, num_warps=warps)
                 return out
-            rows = bm * max(1, min(fused_mlp.MAX_TILES_PER_GROUP, -(-m // (64 * bm))))
+            rows = fused_mlp.rows_per_group(m, bm)
             part = torch.empty((triton.cdiv(m, rows), n), device=h.device, dtype=torch.float32)
             grid = (triton.cdiv(m, rows), triton.cdiv(n, bn))
             backward_kernel[grid](

@@ -428,3 +428,12 @@ def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch, capsys)
     assert main([*args, "--out", "run", "--no-progress", "--no-report"]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["data_dir"] == str(tmp_path / "data")
+    ft = ["finetune", "--from", "run", "--dataset", "imagefolder", "--data-dir", "data", "--steps", "1"]
+    ft += ["--batch-size", "4", "--device", "cpu", "--out", "ft", "--no-progress", "--no-report"]
+    assert main(ft) == 0  # fine-tuning writes its config through the same path
+    capsys.readouterr()
+    assert main([*args, "--out", "vf", "--no-progress", "--set", "data.val_fraction=0.2"]) == 2
+    assert "has its own val/ folder" in capsys.readouterr().err  # was ignored; training refuses it
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["data"]["data_dir"] == str(
+        tmp_path / "data"
+    )

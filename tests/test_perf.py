@@ -273,7 +273,7 @@ def test_bench_refuses_bad_timing_input_and_a_profile_over_a_runs_file(tmp_path,
         with pytest.raises(SystemExit):
             main([*args[:-6], "--min-seconds", bad])
         assert "--min-seconds" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"min_seconds=inf.*finite min_seconds >= 0"):
+    with pytest.raises(ValueError, match=r"min_seconds=inf.*finite min_seconds > 0"):
         run_benchmark(model_config("ViT-Ti/8", img_size=16), min_seconds=float("inf"))
     with pytest.raises(ValueError, match=r"num_classes=0: a training step needs a classification head"):
         run_benchmark(model_config("ViT-Ti/8", img_size=16, num_classes=0), mode="train")

@@ -355,6 +355,11 @@ def test_a_checkpoints_stated_heads_are_kept_and_num_heads_is_used_where_it_was_
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(vitkit.create_model(pretrained=m6, num_heads=6)(x), m6(x))
+    t6 = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, num_heads=6)
+    with pytest.raises(ConversionError, match=r"num_heads 6 vs 3"):  # a timm model in memory states its heads
+        vitkit.create_model("ViT-Ti/16", pretrained=t6)
+    with pytest.raises(ConversionError, match=r"num_heads=3, but its model has 6 heads"):
+        vitkit.create_model(pretrained=t6, num_heads=3)
     t = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, embed_dim=72, num_heads=4
     )
@@ -398,6 +403,19 @@ def test_pretrained_cfg_takes_preprocessing_edits_as_timms_dict():
     assert timm.data.resolve_model_data_config(m)["mean"] == (0.1, 0.2, 0.3)
     with pytest.raises(KeyError, match=r"pretrained_cfg\['input_size'\] follows the model's config"):
         m.pretrained_cfg["input_size"] = (3, 64, 64)
+    fresh = vitkit.create_model("ViT-Ti/16", img_size=32, depth=1)
+    fresh.pretrained_cfg["mean"] = (0.2, 0.2, 0.2)  # alone: std keeps its default
+    assert fresh.pretrained_cfg["mean"] == (0.2, 0.2, 0.2) and fresh.pretrained_cfg["std"] == (0.5, 0.5, 0.5)
+    with pytest.raises(
+        ValueError, match=r"pretrained_cfg\['std'\]=\(0\.5, 0\.5\): one positive number per channel"
+    ):
+        fresh.pretrained_cfg["std"] = (0.5, 0.5)
+    cfg = fresh.pretrained_cfg
+    with pytest.raises(KeyError, match="follows the model's config"):
+        cfg |= {"input_size": (3, 99, 99)}
+    for remove in (lambda: cfg.pop("mean"), lambda: cfg.__delitem__("std"), cfg.clear):
+        with pytest.raises(KeyError, match="none can be removed"):
+            remove()
     cnn = vitkit.create_model("ResNet-26", img_size=32, num_classes=3)
     cnn.default_cfg = {"interpolation": "bicubic"}
     assert cnn.pretrained_cfg["interpolation"] == "bicubic"

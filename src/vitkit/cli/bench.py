@@ -115,7 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"ratio vitkit/timm: {res['ratio']:.3f}")
     labels = {
         "max_logit_diff_vs_timm": "max logit diff vs timm (both eager fp32)",
-        "max_logit_diff_fast_vs_eager": f"max logit diff fast ({res['dtype']}) vs eager fp32",
+        "max_logit_diff_fast_vs_eager": f"max logit diff fast ({res.get('fast_path', {}).get('dtype')}) vs eager fp32",
     }
     for key, label in labels.items():
         if key in res:

@@ -112,11 +112,6 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     if args.compile:
         overrides.append("train.compile=true")
     resolved = _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
-    if (
-        resolved.data.data_dir
-    ):  # recorded absolute: eval, fewshot or a resume from another folder read the same data
-        where = os.path.abspath(os.path.expanduser(resolved.data.data_dir))
-        resolved = dataclasses.replace(resolved, data=dataclasses.replace(resolved.data, data_dir=where))
     return _prelogits_follow_width(cfg, resolved, args.set or [])
 
 
@@ -405,9 +400,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std)  # (B, C, H, W)
-    # one image at a time on the fast path (int8 quantises each batch's activations with their own range: an
-    # image's answer would depend on the others), in chunks of 64 otherwise (memory)
-    chunk = 1 if args.fast else 64
+    # one image at a time through int8 (it quantises each batch's activations with their own range: an image's
+    # answer would depend on the others), in chunks of 64 otherwise (memory)
+    from vitkit.perf.fast import resolve_method
+
+    chunk = 1 if args.fast and resolve_method(run.model, device) == "onnx-int8" else 64
     model = _fast(run.model, batch[:chunk].to(device)) if args.fast else run.model
     with torch.inference_mode():
         all_probs = torch.cat(

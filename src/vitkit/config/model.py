@@ -157,9 +157,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
-        for (
-            key
-        ) in INT_FIELDS:  # numpy's integers as Python's (timm takes them); floats, bools and text refused
+        # numpy's integers as Python's (timm takes them); floats, bools and text refused
+        for key in INT_FIELDS:
             v = getattr(self, key)
             if v is None and key == "representation_size":
                 continue

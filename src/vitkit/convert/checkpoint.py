@@ -12,6 +12,7 @@ import torch
 
 from vitkit.config import ModelConfig, backbone_stride
 from vitkit.convert.files import ConversionError
+from vitkit.models.data_config import EDITABLE
 from vitkit.models.registry import WIDTHS, model_name
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 # the weights' preprocessing a source may state, kept in Checkpoint.meta and the model's pretrained_cfg
-PREPROCESS_KEYS = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+PREPROCESS_KEYS = EDITABLE
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     # False for fused-qkv weights of an unusual width: config.num_heads is then a placeholder
     heads_known: bool = True
+    # the source states its heads (a vitkit config, an .npz's per-head shapes, transformers' or timm's config, a
+    # model in memory, num_heads given): a model with others would compute another function; False where they
+    # were guessed from the paper's table (a bare fused-qkv state dict)
+    heads_stated: bool = False
 
 
 def guess_num_heads(width: int, depth: int, mlp: int, where: str, say: bool = True) -> int | None:

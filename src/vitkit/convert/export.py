@@ -43,6 +43,12 @@ def written_opset(path: str) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def eval_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` in eval mode on the CPU, the caller's left as it was: itself when it is so already, else a copy."""
+    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    return model if on_cpu and not model.training else copy.deepcopy(model).cpu().eval()
+
+
 def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
     """Write `model` (in eval mode on the CPU; the model given is not changed) as ONNX: input "images" (batch, C, H, W), output "logits" (batch, K).
 
@@ -63,9 +69,7 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         raise ConversionError(
             f"ONNX opset {opset}: this onnx ({onnx.__version__}) knows opsets 1 to {newest}"
         )
-    # exported in eval mode on the CPU; the caller's model keeps its mode and device (a copy leaves a GPU)
-    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
-    model = (model if on_cpu and not model.training else copy.deepcopy(model).cpu()).eval()
+    model = eval_on_cpu(model)
     cfg = model.cfg
     example = torch.zeros(2, cfg.in_chans, *cfg.img_size)  # batch 2: a size-1 example would be specialised
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -126,9 +130,7 @@ def check_onnx(
         raise ConversionError(
             f"{path}: onnxruntime {ort.__version__} cannot load it: {first[:300]}"
         ) from None
-    # exported in eval mode on the CPU; the caller's model keeps its mode and device (a copy leaves a GPU)
-    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
-    model = (model if on_cpu and not model.training else copy.deepcopy(model).cpu()).eval()
+    model = eval_on_cpu(model)
     cfg = model.cfg
     gen = torch.Generator().manual_seed(seed)
     diffs = {}

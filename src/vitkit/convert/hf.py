@@ -146,7 +146,8 @@ def from_hf_state(state: dict[str, torch.Tensor], config: dict[str, Any], where:
     known = "num_attention_heads" in config or guess_num_heads(
         cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False
     )
-    return Checkpoint(converted, cfg, "hf", where, meta, heads_known=bool(known))
+    stated = "num_attention_heads" in config
+    return Checkpoint(converted, cfg, "hf", where, meta, heads_known=bool(known), heads_stated=stated)
 
 
 def read_hf_folder(folder: str) -> Checkpoint:

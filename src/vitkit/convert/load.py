@@ -279,9 +279,7 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
                 "name of a model of the checkpoint's kind, or none (the checkpoint describes its model)"
             )
         shape = ("embed_dim", "depth", "mlp_dim", "patch_size", "backbone", "width_factor")
-        if (
-            ckpt.format == "vitkit"
-        ):  # its config states the heads: a name with others would compute another function
+        if ckpt.heads_stated:  # a name with other heads would compute another function
             shape += ("num_heads",)
         differ = [
             f"{k} {getattr(cfg, k)} vs {getattr(reg, k)}" for k in shape if getattr(cfg, k) != getattr(reg, k)
@@ -317,10 +315,10 @@ def model_from_source(
     else:
         ckpt = read_checkpoint(source, num_heads=num_heads, img_size=overrides.get("img_size"))
     if num_heads is not None and num_heads != ckpt.config.num_heads:
-        if ckpt.format == "vitkit":  # stated by the file: other heads would compute another function
+        if ckpt.heads_stated:  # other heads would compute another function
             raise ConversionError(
-                f"{ckpt.path}: num_heads={num_heads}, but its model has {ckpt.config.num_heads} heads (stated in its "
-                "config); leave num_heads out"
+                f"{ckpt.path}: num_heads={num_heads}, but its model has {ckpt.config.num_heads} heads (stated by "
+                "the source); leave num_heads out"
             )
         overrides = {
             **overrides,

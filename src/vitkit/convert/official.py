@@ -232,4 +232,4 @@ def read_official(
         "computes the official JAX code's tanh GELU, whose logits differ by ~1e-4",
         path,
     )
-    return Checkpoint(state, cfg, facts["layout"], path, meta)
+    return Checkpoint(state, cfg, facts["layout"], path, meta, heads_stated=cfg.arch == "vit")

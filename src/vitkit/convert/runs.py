@@ -31,7 +31,7 @@ CROP_KEYS = (
 # what a self-describing weights file keeps of its run's data.json: how to read and normalise an image (native_size:
 # the size a run's images are read at before resizing to the model's, e.g. 28 px for a 56-px fashion-mnist-gpu
 # model), and the class names
-PREPROCESS_KEYS = ("mean", "std", "classes", "native_size", *CROP_KEYS)
+RUN_META_KEYS = ("mean", "std", "classes", "native_size", *CROP_KEYS)
 
 
 def is_run_config(config: dict[str, Any]) -> bool:
@@ -44,7 +44,7 @@ def _meta_from_data(run_dir: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
     data = read_json_file(path)
-    return {k: data[k] for k in PREPROCESS_KEYS if data.get(k)}
+    return {k: data[k] for k in RUN_META_KEYS if data.get(k)}
 
 
 def _run_config(run_dir: str) -> RunConfig:
@@ -95,7 +95,7 @@ def read_run(path: str) -> Checkpoint:
     cfg = _run_config(run_dir)
     check_run_weights(run_dir, weights)
     state, _ = read_safetensors(weights)
-    return Checkpoint(state, cfg.model, "vitkit", weights, _meta_from_data(run_dir))
+    return Checkpoint(state, cfg.model, "vitkit", weights, _meta_from_data(run_dir), heads_stated=True)
 
 
 def read_model_file(path: str, state: dict[str, torch.Tensor], meta: dict[str, str]) -> Checkpoint:
@@ -105,7 +105,7 @@ def read_model_file(path: str, state: dict[str, torch.Tensor], meta: dict[str, s
     except (json.JSONDecodeError, TypeError) as e:
         raise ConversionError(f"{path}: metadata 'config' is not a ModelConfig: {e}") from None
     extra = json.loads(meta.get("preprocess", "{}") or "{}")
-    return Checkpoint(state, cfg, "vitkit", path, extra if isinstance(extra, dict) else {})
+    return Checkpoint(state, cfg, "vitkit", path, extra if isinstance(extra, dict) else {}, heads_stated=True)
 
 
 def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any] | None = None) -> None:
@@ -135,7 +135,7 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
         "std": meta.get("std") or [0.5] * cfg.in_chans,
     }
     data |= {k: meta[k] for k in CROP_KEYS if meta.get(k)}  # how the weights' images were cropped (timm hub)
-    save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in PREPROCESS_KEYS if k in data})
+    save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in RUN_META_KEYS if k in data})
     write_json(os.path.join(out_dir, DATA), data)
     run = RunConfig(recipe=CONVERTED, model=cfg, expected=f"converted from {source}")
     save_json(run, os.path.join(out_dir, CONFIG))

@@ -70,12 +70,12 @@ def _from_module(model: nn.Module, num_heads: int | None) -> Checkpoint:
     if isinstance(cfg, ModelConfig) and isinstance(model, (VisionTransformer, CNN)):
         check_saveable(model)
         meta = dict(getattr(model, "preprocess", {}))
-        return Checkpoint(state, cfg, "vitkit", f"<vitkit {cfg.name}>", meta)
+        return Checkpoint(state, cfg, "vitkit", f"<vitkit {cfg.name}>", meta, heads_stated=True)
     hf_config = getattr(getattr(model, "config", None), "to_dict", None)
     name = f"<{type(model).__name__}>"
     if callable(hf_config) and is_hf_state(state):
         config = hf_config()
-        if num_heads:
+        if num_heads and "num_attention_heads" not in config:  # the model's own come first
             config["num_attention_heads"] = num_heads
         return from_hf_state(state, config, name)
     aliased = _anti_aliasing(model)

@@ -157,7 +157,9 @@ def from_timm_state(
             "supported; vitkit's GAP models have no class token"
         )
     prepend_prefix_posemb(state, _grid_tokens(state, facts, where))
-    heads = num_heads or facts.get("num_heads")
+    heads = (
+        facts.get("num_heads") or num_heads
+    )  # stated by the model or its config first: a conflict is named later
     eps = facts.get("norm_eps", 1e-6)
     cfg = infer_config(state, where, num_heads=heads, norm_eps=eps, img_size=facts.get("img_size"))
     cfg = dataclasses.replace(
@@ -167,7 +169,7 @@ def from_timm_state(
     known = (
         bool(heads) or guess_num_heads(cfg.embed_dim, cfg.depth, cfg.mlp_dim, where, say=False) is not None
     )
-    return Checkpoint(state, cfg, "timm", where, meta, heads_known=known)
+    return Checkpoint(state, cfg, "timm", where, meta, heads_known=known, heads_stated=bool(heads))
 
 
 def _grid_tokens(state: dict[str, torch.Tensor], facts: dict[str, Any], where: str) -> int | None:

@@ -51,7 +51,9 @@ def safe_unpickle(path: str) -> dict:
     try:
         obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: not a CIFAR batch vitkit can read safely ({e})") from None
+        if "refusing to load global" in str(e):  # a valid pickle naming code vitkit does not run
+            raise ValueError(f"{path}: not a CIFAR batch vitkit can read safely ({e})") from None
+        raise ValueError(f"{path}: not a valid CIFAR pickle ({e}: not a pickle or damaged)") from None
     except Exception as e:
         raise ValueError(f"{path}: not a valid CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):

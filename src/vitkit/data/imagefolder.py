@@ -98,9 +98,8 @@ def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list
     found = sorted(
         d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")
     )
-    for (
-        d
-    ) in found:  # a name the file system holds in another encoding cannot be written to data.json or a report
+    # a name the file system holds in another encoding cannot be written to data.json or a report
+    for d in found:
         try:
             d.encode("utf-8")
         except UnicodeEncodeError:
@@ -185,6 +184,28 @@ def _decode_all(paths: list[str], labels: list[int], size: tuple[int, int]) -> A
     return ArrayDataset(torch.stack(imgs), labels_t)
 
 
+def own_val_folder(root: str) -> str | None:
+    """The folder's own evaluation split, root/val or root/test, if it has one."""
+    return next(
+        (os.path.join(root, d) for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None
+    )
+
+
+def val_fraction_beside_val(root: str, val_fraction: float, val_dir: str) -> str:
+    """What a val_fraction beside the folder's own evaluation split is told."""
+    return (
+        f"data.val_fraction={val_fraction}: {root} has its own {os.path.basename(val_dir)}/ folder, which is the "
+        "evaluation split (data.holdout=F holds out part of train/ to select on)"
+    )
+
+
+def check_val_fraction(root: str | None, val_fraction: float) -> None:
+    """Refuse training with a val_fraction beside the folder's own val/ (it would do nothing)."""
+    val_dir = own_val_folder(root) if root and val_fraction else None
+    if val_dir:
+        raise ValueError(val_fraction_beside_val(root, val_fraction, val_dir) + "; drop val_fraction")
+
+
 def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0, seed: int = 0) -> Splits:
     """Train and validation splits of an image folder; class names are the sub-folder names."""
     train_dir = os.path.join(root, "train")
@@ -196,15 +217,10 @@ def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0
             f"{root}: expected {train_dir}/<class>/<image> (and val/ or a val_fraction){hint}"
         )
     paths, labels, classes = scan(train_dir)
-    val_dir = next(
-        (os.path.join(root, d) for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None
-    )
+    val_dir = own_val_folder(root)
     if val_dir:
-        if val_fraction:
-            raise ValueError(
-                f"data.val_fraction={val_fraction}: {root} has its own {os.path.basename(val_dir)}/ folder, which "
-                "is the evaluation split; drop val_fraction (data.holdout=F holds out part of train/ to select on)"
-            )
+        if val_fraction:  # training refuses it (check_val_fraction); a saved run's is read with a warning
+            log.warning("%s", val_fraction_beside_val(root, val_fraction, val_dir) + "; it is ignored")
         vpaths, vlabels, _ = scan(val_dir, classes)
     else:
         if not 0 < val_fraction < 1:

@@ -26,8 +26,10 @@ def data_config(
     resize: shorter side to the input size (bilinear), centre crop."""
     pre = preprocess or {}
     mean, std = default_mean_std(cfg)
-    if pre.get("mean") and pre.get("std"):
-        mean, std = tuple(pre["mean"]), tuple(pre["std"])
+    mean = (
+        tuple(pre["mean"]) if pre.get("mean") else mean
+    )  # each on its own: one may be set without the other
+    std = tuple(pre["std"]) if pre.get("std") else std
     out: dict[str, Any] = {
         "architecture": cfg.name,
         "input_size": (cfg.in_chans, *cfg.img_size),
@@ -47,7 +49,8 @@ def data_config(
     return out
 
 
-EDITABLE = ("mean", "std", "interpolation", "crop_pct", "crop_mode")  # the rest follows the model's config
+# the weights' preprocessing: what a checkpoint may state and pretrained_cfg may set; the rest follows the config
+EDITABLE = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
 
 
 class PretrainedCfg(dict):
@@ -59,9 +62,16 @@ class PretrainedCfg(dict):
         self._preprocess = preprocess
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if key in EDITABLE:
-            value = tuple(float(v) for v in value) if key in ("mean", "std") else value
-            self._preprocess[key] = list(value) if key in ("mean", "std") else value
+        if key in ("mean", "std"):
+            chans = self["input_size"][0]
+            value = tuple(float(v) for v in value)
+            if len(value) != chans or (key == "std" and min(value) <= 0):
+                raise ValueError(
+                    f"pretrained_cfg[{key!r}]={value}: one {'positive ' * (key == 'std')}number per channel ({chans})"
+                )
+            self._preprocess[key] = list(value)
+        elif key in EDITABLE:
+            self._preprocess[key] = value
         elif key in self and self[key] != value:
             raise KeyError(
                 f"pretrained_cfg[{key!r}] follows the model's config ({self[key]!r}); of its entries "
@@ -72,6 +82,20 @@ class PretrainedCfg(dict):
     def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
         for key, value in dict(*args, **kw).items():
             self[key] = value
+
+    def __ior__(self, other: Any) -> PretrainedCfg:  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def _fixed(self, *args: Any, **kw: Any) -> Any:
+        raise KeyError("pretrained_cfg's entries follow the model: set one of them, none can be removed")
+
+    __delitem__ = pop = popitem = clear = _fixed  # type: ignore[assignment]
 
 
 def set_pretrained_cfg(cfg_now: PretrainedCfg, value: dict[str, Any]) -> None:

@@ -340,9 +340,8 @@ class VisionTransformer(nn.Module):
         c = self.cfg
         name = model_name(c.embed_dim, len(self.blocks), c.num_heads, c.mlp_dim, c.patch_size, c.backbone)
         self.cfg = dataclasses.replace(c, depth=len(self.blocks), name=name)
-        if (
-            prune_norm
-        ):  # no config field says so: such a model is not saved or read as a checkpoint (norm_pruned)
+        # no config field says so: such a model is not saved or read as a checkpoint (norm_pruned)
+        if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0)

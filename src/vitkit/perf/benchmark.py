@@ -298,9 +298,9 @@ def run_benchmark(
         raise ValueError(
             f"compile_scope='blocks': {cfg.name} (arch {cfg.arch!r}) has no transformer blocks; use 'model'"
         )
-    if not (math.isfinite(min_seconds) and min_seconds >= 0) or warmup < 0 or repeats < 1:
+    if not (math.isfinite(min_seconds) and min_seconds > 0) or warmup < 0 or repeats < 1:
         raise ValueError(
-            f"min_seconds={min_seconds}, warmup={warmup}, repeats={repeats}: expected a finite min_seconds >= 0, "
+            f"min_seconds={min_seconds}, warmup={warmup}, repeats={repeats}: expected a finite min_seconds > 0, "
             "warmup >= 0 and repeats >= 1"
         )
     if grad_checkpointing and mode != "train":

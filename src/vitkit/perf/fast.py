@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import tempfile
@@ -74,6 +73,15 @@ def _quantize(src: str, folder: str, ops: tuple[str, ...] = ("MatMul", "Gemm")) 
     return dst
 
 
+def resolve_method(model: nn.Module, device: torch.device, method: str = "auto") -> str:
+    """The method "auto" stands for here: compile on CUDA; on the CPU int8 ONNX Runtime for the ViT's matrix
+    products, fp32 for a CNN (bench/RESULTS.md)."""
+    if method != "auto":
+        return method
+    cnn = getattr(getattr(model, "cfg", None), "arch", "vit") != "vit"
+    return "compile" if device.type == "cuda" else "onnx" if cnn else "onnx-int8"
+
+
 def fast_inference(
     model: nn.Module,
     example: torch.Tensor,
@@ -94,8 +102,7 @@ def fast_inference(
     model = model.eval()
     dev = example.device
     cnn = getattr(getattr(model, "cfg", None), "arch", "vit") != "vit"
-    if method == "auto":  # int8 on the CPU for the ViT's matrix products; a CNN keeps fp32 (bench/RESULTS.md)
-        method = "compile" if dev.type == "cuda" else "onnx" if cnn else "onnx-int8"
+    method = resolve_method(model, dev, method)
     if method == "compile":
         compiled = torch.compile(model, dynamic=False)
         with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=dtype == "bf16"):
@@ -106,10 +113,7 @@ def fast_inference(
     # the session holds the model once made (on Windows a mapped external-data file may stay behind)
     with tempfile.TemporaryDirectory(prefix="vitkit-fast-", ignore_cleanup_errors=True) as tmp:
         folder = workdir or tmp
-        on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
-        path = _export(
-            model if on_cpu else copy.deepcopy(model).cpu(), folder
-        )  # the caller's model stays put
+        path = _export(model, folder)  # on the CPU; export_onnx copies a model that is elsewhere
         if method == "onnx-int8":
             path = _quantize(path, folder, ("Conv", "MatMul", "Gemm") if cnn else ("MatMul", "Gemm"))
         runner = OrtModule(path, torch.get_num_threads())

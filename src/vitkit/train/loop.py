@@ -16,6 +16,7 @@ import torch
 
 from vitkit.config import RunConfig, is_device
 from vitkit.data.datasets import Splits, load_dataset
+from vitkit.data.imagefolder import check_val_fraction
 from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
@@ -262,9 +263,15 @@ def train(
     info = info or D.from_env()
     device = resolve_device(cfg.train.device, info)
     joined = D.init_process_group(info, device, cfg.train.dist_timeout_s)
+    if cfg.data.dataset == "imagefolder":
+        check_val_fraction(cfg.data.data_dir, cfg.data.val_fraction)
     if splits is None:
         splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
+    # recorded absolute: eval, fewshot or a resume from another folder read the same data
+    if cfg.data.data_dir:
+        where = os.path.abspath(os.path.expanduser(cfg.data.data_dir))
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=where))
     ckpt = None
     if resume and out_dir:
         if info.is_main:  # before any rank looks for the latest checkpoint

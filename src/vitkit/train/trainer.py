@@ -242,7 +242,10 @@ class Trainer:
         if not any(hasattr(m, "fused_bias_gelu") for m in self.model.modules()):
             raise ValueError(f"train.fused_bias_gelu=true: {name} has no transformer MLP to fuse")
         if device.type == "cuda":
-            set_fused_bias_gelu(self.model)
+            try:
+                set_fused_bias_gelu(self.model)
+            except RuntimeError as e:  # no Triton, or a torch without triton_op
+                raise ValueError(f"train.fused_bias_gelu=true: {e}") from None
         elif is_main:
             log.warning(
                 "train.fused_bias_gelu: its kernels run on CUDA; on %s the MLPs run torch's ops", device
