@@ -89,6 +89,12 @@ def test_train_fused_bias_gelu_warns_on_the_cpu_and_is_refused_without_an_mlp(ca
     fused.train_step()
     for (name, a), b in zip(plain.model.named_parameters(), fused.model.parameters()):
         assert torch.equal(a, b), name
+    monkeypatch.setattr(fused_mlp, "_OP", None)  # a CUDA machine without Triton: the key is named
+    monkeypatch.setattr(fused_mlp, "triton_available", lambda: False)
+    with pytest.raises(
+        ValueError, match=r"train\.fused_bias_gelu=true: the fused bias-GELU kernels need Triton"
+    ):
+        fused._fuse_bias_gelu("tiny", torch.device("cuda"), True)
     switched = []
     monkeypatch.setattr("vitkit.train.trainer.set_fused_bias_gelu", lambda m: switched.append(m) or 2)
     fused._fuse_bias_gelu("tiny", torch.device("cuda"), True)

@@ -280,6 +280,8 @@ def test_bench_refuses_bad_timing_input_and_a_profile_over_a_runs_file(tmp_path,
     assert main([*args, "--fast-method", "onnx", "--json"]) == 0  # a fast method asks for the fast path
     res = json.loads(capsys.readouterr().out)
     assert res["fast"] and res["fast_path"]["method"] == "onnx"
+    assert main([*args, "--fast-method", "onnx-int8"]) == 0  # labelled by the fast path's own precision
+    assert "max logit diff fast (int8) vs eager fp32" in capsys.readouterr().out
 
 
 def test_bench_fast_logit_difference_is_measured_as_timed(monkeypatch):

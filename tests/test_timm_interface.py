@@ -360,6 +360,15 @@ def test_a_checkpoints_stated_heads_are_kept_and_num_heads_is_used_where_it_was_
         vitkit.create_model("ViT-Ti/16", pretrained=t6)
     with pytest.raises(ConversionError, match=r"num_heads=3, but its model has 6 heads"):
         vitkit.create_model(pretrained=t6, num_heads=3)
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.ViTForImageClassification(
+        transformers.ViTConfig(
+            hidden_size=192, num_hidden_layers=12, num_attention_heads=6, intermediate_size=768, image_size=16,
+            patch_size=16, num_labels=3,
+        )
+    )  # fmt: skip
+    with pytest.raises(ConversionError, match=r"num_heads 6 vs 3"):  # transformers' config states them too
+        vitkit.create_model("ViT-Ti/16", pretrained=hf)
     t = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, embed_dim=72, num_heads=4
     )
