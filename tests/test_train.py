@@ -54,6 +54,18 @@ def test_schedules():
     assert f(19) == pytest.approx(1.0) and f(0) == pytest.approx(0.05)
     vals = [f(s) for s in range(20, 200)]
     assert all(a >= b for a, b in itertools.pairwise(vals))
+    # a warmup longer than the run keeps its slope (was: squeezed into the run, which ended at the peak)
+    long = schedule_fn(OptimConfig(lr=0.03, warmup_steps=500, schedule="cosine"), 300)
+    assert long(299) == pytest.approx(0.03 * 300 / 500) and long(0) == pytest.approx(0.03 / 500)
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about(caplog):
+    cfg = tiny_run(steps=4)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=10))
+    with caplog.at_level("WARNING", logger="vitkit.train.trainer"):
+        _trainer(cfg)
+    assert "optim.warmup_steps=10 is not shorter than the run's 4 steps" in caplog.text
+    assert "to 0.0012 at the last step (of 0.003)" in caplog.text
 
 
 def test_step_schedule_is_bits_fine_tuning_rule():

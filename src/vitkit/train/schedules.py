@@ -8,9 +8,11 @@ from vitkit.config import OptimConfig
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
-    """Warmup length in steps: explicit, or a fraction of the run."""
+    """Warmup length in steps: explicit, or a fraction of the run. One as long as the run or longer keeps its slope
+    (big_vision, optax, timm): the run then only ramps up (the trainer warns); it was squeezed into the run, which
+    then ended at the peak learning rate."""
     if cfg.warmup_steps:
-        return min(cfg.warmup_steps, total_steps)
+        return cfg.warmup_steps
     return int(cfg.warmup_fraction * total_steps)
 
 

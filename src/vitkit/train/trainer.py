@@ -31,7 +31,7 @@ from vitkit.train.runfiles import (
     METRICS,
     MetricsLog,
 )
-from vitkit.train.schedules import schedule_fn
+from vitkit.train.schedules import schedule_fn, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,17 @@ class Trainer:
             self.fwd = self._compiled(self.fwd)
         self.opt = build_optimizer(self.model, cfg.optim, device, fused=self.strategy != "fsdp")
         self.lr = schedule_fn(cfg.optim, self.total)
+        warm = warmup_steps(cfg.optim, self.total)
+        if warm >= self.total and info.is_main:
+            log.warning(
+                "optim.warmup_steps=%d is not shorter than the run's %d steps: the learning rate only ramps up, to "
+                "%.3g at the last step (of %.3g), and never decays; shorten the warmup (optim.warmup_steps or "
+                "optim.warmup_fraction) or lengthen the run",
+                warm,
+                self.total,
+                self.lr(self.total - 1),
+                cfg.optim.lr,
+            )
         # the EMA averages the parameters and the floating-point buffers that checkpoints hold (BatchNorm's
         # running statistics, as timm's ModelEmaV2)
         held = self.model.state_dict().keys()
