@@ -191,6 +191,15 @@ def test_a_torchrun_restart_does_not_resume_a_run_another_command_made(
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     # keys the dataset sets whatever the command said do not make it another run
     assert main(["train", *flags, "--epochs", "3", "--set", "model.num_classes=1000"]) == 0
+    # was: a key the command does not name matched any run (the command was applied on top of the run's config)
+    other_run = tmp_path / "hflip-off"
+    shutil.copytree(run_dir, other_run)
+    config = json.loads((other_run / "config.json").read_text())
+    config["data"]["hflip"] = not config["data"]["hflip"]
+    (other_run / "config.json").write_text(json.dumps(config))
+    there = [*TINY_FLAGS, "--no-progress", "--no-report", "--out", str(other_run), "--epochs", "3"]
+    assert main(["train", *there]) == 2
+    assert "torchrun restarted the job, but" in capsys.readouterr().err
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     other = [*TINY_FLAGS, "--no-progress", "--no-report", "--out", str(copy), "--epochs", "1", "--overwrite"]
@@ -329,7 +338,7 @@ def test_small_mistakes_get_their_own_messages(capsys, run_dir, tmp_path):
         ),
         (["export", str(run_dir), "--out", str(tmp_path)], "is a folder; export writes one file"),
         (["train", "--micro-batch-size", "-4"], "argument --micro-batch-size: -4 must be at least 0"),
-        (["train", "--checkpoint-every", "-1"], "argument --checkpoint-every: -1 must be at least 1"),
+        (["train", "--checkpoint-every", "-1"], "argument --checkpoint-every: -1 must be at least 0"),
         (["train", "--resume", str(run_dir), "--overwrite"], "give one of them"),
     ]
     for args, message in cases:
@@ -437,3 +446,44 @@ def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch, capsys)
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["data"]["data_dir"] == str(
         tmp_path / "data"
     )
+
+
+def test_model_names_epochs_and_checkpoint_cadence_from_set_and_flags(tmp_path, capsys):
+    """Was: --model was checked against the recipe's image size, not --set model.img_size's; --set train.epochs did
+    nothing under a recipe that sets steps; --checkpoint-every 0 (once per epoch) was refused."""
+    import argparse
+
+    from vitkit.cli.train import resolve_config
+
+    def args(*flags):
+        ns = argparse.Namespace(
+            model=None, recipe=None, set=[], epochs=None, steps=None, compile=False, img_size=None
+        )
+        for k, v in flags:
+            setattr(ns, k, v)
+        return ns
+
+    cfg = resolve_config(args(("model", "ViT-B/16"), ("set", ["model.img_size=224x160"])))
+    assert cfg.model.img_size == (224, 160) and cfg.model.name == "ViT-B/16"
+    cfg = resolve_config(args(("recipe", "finetune-small"), ("set", ["train.epochs=1"])))
+    assert (cfg.train.epochs, cfg.train.steps) == (1, 0)
+    cfg = resolve_config(args(("recipe", "finetune-small"), ("set", ["train.epochs=1", "train.steps=7"])))
+    assert cfg.train.steps == 7
+    run = tmp_path / "r"
+    assert (
+        main(
+            [
+                "train",
+                *TINY_FLAGS,
+                "--steps",
+                "1",
+                "--checkpoint-every",
+                "0",
+                "--out",
+                str(run),
+                "--no-report",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((run / "config.json").read_text())["train"]["checkpoint_every"] == 0

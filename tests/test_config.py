@@ -196,3 +196,22 @@ def test_few_shot_settings_are_checked_and_quoted_names_read():
         TrainConfig(fewshot_every=1, fewshot_shots=(0, 5))
     with pytest.raises(ValueError, match=r"fewshot_every and train\.fewshot_test_limit must be >= 0"):
         TrainConfig(fewshot_every=-1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: c.TrainConfig(dist_timeout_s=float("inf")),
+        lambda c: c.OptimConfig(lr=float("nan")),
+        lambda c: c.OptimConfig(grad_clip=float("inf")),
+        lambda c: c.DataConfig(mixup_alpha=float("inf")),
+        lambda c: c.ModelConfig(norm_eps=float("inf")),
+    ],
+    ids=["dist_timeout_s", "lr", "grad_clip", "mixup_alpha", "norm_eps"],
+)
+def test_non_finite_numbers_are_refused_by_name(make):
+    """Was: inf and NaN were taken, written to config.json as null, and the run could not be read back."""
+    import vitkit.config as c
+
+    with pytest.raises(ValueError, match=r"=(inf|nan) must be finite"):
+        make(c)

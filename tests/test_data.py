@@ -552,3 +552,24 @@ def test_a_folder_decoded_per_batch_gets_its_own_channel_statistics(tmp_path, mo
     lazy = load_imagefolder(str(tmp_path), (8, 8))
     assert isinstance(lazy.train, imagefolder.FileDataset)
     assert lazy.mean == held.mean and lazy.std == held.std and held.mean != (0.5, 0.5, 0.5)
+
+
+def test_data_num_workers_sets_the_decoding_threads(tmp_path, monkeypatch):
+    """Was: data.num_workers was checked, saved and allowed to change on resume, and read by nothing."""
+    import vitkit.data.imagefolder as imagefolder
+    from vitkit.data.datasets import load_dataset
+
+    write_folder(str(tmp_path), "train", n=2)
+    write_folder(str(tmp_path), "val", n=1)
+    pools = []
+    real = imagefolder.ThreadPoolExecutor
+    monkeypatch.setattr(
+        imagefolder, "ThreadPoolExecutor", lambda max_workers: pools.append(max_workers) or real(max_workers)
+    )
+    load_dataset(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), num_workers=3), img_size=(8, 8))
+    assert pools == [3, 3]
+    monkeypatch.setattr(imagefolder, "IN_MEMORY_LIMIT", 1)  # decoded per batch: the dataset keeps the setting
+    splits = load_dataset(
+        DataConfig(dataset="imagefolder", data_dir=str(tmp_path), num_workers=2), img_size=(8, 8)
+    )
+    assert splits.train.workers == 2 and pools[-1] == 2  # the channel statistics' sample

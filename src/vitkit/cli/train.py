@@ -97,18 +97,33 @@ def model_overrides(name: str, img_size=None) -> list[str]:
     return [f"model.{k}={text(getattr(m, k))}" for k in keys]
 
 
+def _set_img_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The last `--set model.img_size=...`, parsed (224, 224x160, (224, 160)), or None."""
+    from vitkit.config.overrides import parse_value
+
+    given = [o.split("=", 1)[1] for o in args.set or [] if o.split("=", 1)[0].strip() == "model.img_size"]
+    return parse_value("model.img_size", given[-1], tuple[int, int]) if given else None
+
+
 def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
     """The run's config: `base` (else --recipe's, else the default recipe) with the flags and --set applied."""
     cfg = base if base is not None else get_recipe(args.recipe or "fashion-mnist")
     overrides = []
     if args.model:
-        overrides += model_overrides(args.model, getattr(args, "img_size", None) or cfg.model.img_size)
+        # the name is checked against the size the run will use: --img-size, else --set's, else the recipe's
+        size = getattr(args, "img_size", None) or _set_img_size(args) or cfg.model.img_size
+        overrides += model_overrides(args.model, size)
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    if args.epochs is not None and args.steps is None:
-        overrides.append("train.steps=0")
+    sets = {o.split("=", 1)[0].strip() for o in args.set or []}
+    if (
+        (args.epochs is not None or "train.epochs" in sets)
+        and args.steps is None
+        and "train.steps" not in sets
+    ):
+        overrides.append("train.steps=0")  # a length in epochs replaces the recipe's in steps
     if args.compile:
         overrides.append("train.compile=true")
     resolved = _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
@@ -154,12 +169,14 @@ def _on_run(args: argparse.Namespace, out: str) -> tuple[RunConfig | None, RunCo
 
 
 def _restart_differences(args: argparse.Namespace, out: str) -> list[str]:
-    """How the run in `out` differs from what this command makes (its flags on the run's config), but for the
-    keys the dataset sets whatever the command said."""
-    cfg, saved = _on_run(args, out)
-    if cfg is None:
-        return [f"recipe: {saved.recipe!r} in the run, {args.recipe!r} now"]
-    diff = _differences(to_dict(cfg), to_dict(saved))
+    """How the run in `out` differs from the run this command starts afresh (its flags on its recipe, as the first
+    attempt wrote it), but for the keys the dataset sets whatever the command said. (Its flags on the run's own
+    config would match any run on every key the command does not name.)"""
+    from vitkit.train.loop import absolute_data_dir
+    from vitkit.train.runfiles import read_config
+
+    saved = read_config(out)
+    diff = _differences(to_dict(absolute_data_dir(resolve_config(args))), to_dict(saved))
     return [d for d in diff if not d.startswith(("model.num_classes", "model.in_chans"))]
 
 
@@ -458,7 +475,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    p.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="default: once per epoch")
+    p.add_argument(
+        "--checkpoint-every", type=nonneg_int, metavar="STEPS", help="default: the recipe's (0: once per epoch)"
+    )
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. model.drop_path_rate=0.1"
     )

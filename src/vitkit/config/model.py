@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from dataclasses import dataclass
@@ -100,6 +101,16 @@ def _check_choice(key: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+def _check_finite(section: str, cfg: Any) -> None:
+    """Refuse inf and NaN in a config's numbers (JSON has neither: config.json would hold null and not load back),
+    naming the key."""
+    for key in cfg.__dataclass_fields__:
+        value = getattr(cfg, key)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"{section}.{key}={value!r} must be finite")
+
+
 def _check_range(key: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ValueError(f"{key}={value!r} must lie in [{lo}, {hi}]")
@@ -156,6 +167,7 @@ class ModelConfig:
     aa_value_ratio: float = 0.1  # arch="aa": upsilon = dv / Fout, the attention's share of the channels
 
     def __post_init__(self) -> None:
+        _check_finite("model", self)
         object.__setattr__(self, "img_size", _pair(self.img_size))
         # numpy's integers as Python's (timm takes them); floats, bools and text refused
         for key in INT_FIELDS:

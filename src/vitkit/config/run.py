@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vitkit.config.model import ModelConfig, _check_choice, _check_range
+from vitkit.config.model import ModelConfig, _check_choice, _check_finite, _check_range
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 COMPILE_SCOPES = ("model", "blocks")
@@ -44,10 +44,11 @@ class DataConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.0
-    num_workers: int = 0
+    num_workers: int = 0  # threads decoding an image folder's files (0: up to 8, one per core)
     synthetic_size: int = 2048  # images per split of the synthetic dataset
 
     def __post_init__(self) -> None:
+        _check_finite("data", self)
         for key in ("val_fraction", "random_erasing", "label_smoothing", "low_res"):
             _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0)
         _check_range("data.holdout", self.holdout, 0.0, 0.5)
@@ -98,6 +99,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _check_finite("optim", self)
         _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
         _check_choice("optim.schedule", self.schedule, ("cosine", "linear", "constant", "step"))
         object.__setattr__(self, "decay_at", tuple(float(f) for f in self.decay_at))
@@ -170,6 +172,7 @@ class TrainConfig:
     dist_timeout_s: float = 300.0  # a collective that hangs longer than this fails
 
     def __post_init__(self) -> None:
+        _check_finite("train", self)
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
         _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         _check_choice("train.compile_scope", self.compile_scope, COMPILE_SCOPES)

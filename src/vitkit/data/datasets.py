@@ -388,7 +388,7 @@ def _load(cfg: DataConfig, img_size: tuple[int, int] | None, seed: int, download
 
         if not cfg.data_dir:
             raise ValueError("dataset 'imagefolder' needs --data-dir ROOT (ROOT/train/<class>/*.png ...)")
-        return load_imagefolder(cfg.data_dir, img_size or (224, 224), cfg.val_fraction, seed)
+        return load_imagefolder(cfg.data_dir, img_size or (224, 224), cfg.val_fraction, seed, cfg.num_workers)
     if name == "synthetic":
         return load_synthetic(cfg, seed)
     raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")

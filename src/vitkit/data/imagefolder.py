@@ -152,6 +152,7 @@ class FileDataset:
     labels: torch.Tensor
     size: tuple[int, int]
     in_chans: int = 3
+    workers: int = 0  # decoding threads (0: up to 8, one per core)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -162,7 +163,7 @@ class FileDataset:
 
     def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids = idx.tolist()
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=decoding_threads(self.workers)) as pool:
             imgs = list(pool.map(lambda i: load_image(self.paths[i], self.size, self.in_chans), ids))
         return torch.stack(imgs), self.labels[idx.cpu()]
 
@@ -171,15 +172,23 @@ class FileDataset:
 
     def subset(self, idx: torch.Tensor) -> FileDataset:
         """The samples at `idx`, in that order."""
-        return FileDataset([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size, self.in_chans)
+        paths = [self.paths[i] for i in idx.tolist()]
+        return FileDataset(paths, self.labels[idx], self.size, self.in_chans, self.workers)
 
 
-def _decode_all(paths: list[str], labels: list[int], size: tuple[int, int]) -> ArrayDataset | FileDataset:
+def decoding_threads(workers: int = 0) -> int:
+    """Threads decoding image files: `data.num_workers`, else up to 8, one per core."""
+    return workers or min(8, os.cpu_count() or 1)
+
+
+def _decode_all(
+    paths: list[str], labels: list[int], size: tuple[int, int], workers: int = 0
+) -> ArrayDataset | FileDataset:
     labels_t = torch.tensor(labels, dtype=torch.int64)
     if len(paths) * 3 * size[0] * size[1] > IN_MEMORY_LIMIT:
         log.info("%d images at %s: decoding per batch", len(paths), size)
-        return FileDataset(paths, labels_t, size)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return FileDataset(paths, labels_t, size, workers=workers)
+    with ThreadPoolExecutor(max_workers=decoding_threads(workers)) as pool:
         imgs = list(pool.map(lambda p: load_image(p, size), paths))
     return ArrayDataset(torch.stack(imgs), labels_t)
 
@@ -206,8 +215,11 @@ def check_val_fraction(root: str | None, val_fraction: float) -> None:
         raise ValueError(val_fraction_beside_val(root, val_fraction, val_dir) + "; drop val_fraction")
 
 
-def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0, seed: int = 0) -> Splits:
-    """Train and validation splits of an image folder; class names are the sub-folder names."""
+def load_imagefolder(
+    root: str, size: tuple[int, int], val_fraction: float = 0.0, seed: int = 0, workers: int = 0
+) -> Splits:
+    """Train and validation splits of an image folder; class names are the sub-folder names; `workers` threads
+    decode its files (0: up to 8, one per core)."""
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         hint = ""
@@ -237,7 +249,7 @@ def load_imagefolder(root: str, size: tuple[int, int], val_fraction: float = 0.0
     # images (channel_stats' sample) are then a sample of every class
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
     paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    train, test = _decode_all(paths, labels, size), _decode_all(vpaths, vlabels, size)
+    train, test = _decode_all(paths, labels, size, workers), _decode_all(vpaths, vlabels, size, workers)
     if isinstance(train, ArrayDataset):
         mean, std = channel_stats(train.images)
     else:  # decoded per batch: the statistics of its first images, a sample of every class (they were 0.5, 0.5)

@@ -243,6 +243,15 @@ def _train_steps(
             raise TrainingInterrupted(stop.signum, tr.step)
 
 
+def absolute_data_dir(cfg: RunConfig) -> RunConfig:
+    """The config with its data folder absolute, as a run records it: eval, fewshot or a resume from another
+    folder read the same data."""
+    if not cfg.data.data_dir:
+        return cfg
+    where = os.path.abspath(os.path.expanduser(cfg.data.data_dir))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=where))
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | None = None,
@@ -268,10 +277,7 @@ def train(
     if splits is None:
         splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits)
-    # recorded absolute: eval, fewshot or a resume from another folder read the same data
-    if cfg.data.data_dir:
-        where = os.path.abspath(os.path.expanduser(cfg.data.data_dir))
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=where))
+    cfg = absolute_data_dir(cfg)
     ckpt = None
     if resume and out_dir:
         if info.is_main:  # before any rank looks for the latest checkpoint
