@@ -476,7 +476,10 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     p.add_argument(
-        "--checkpoint-every", type=nonneg_int, metavar="STEPS", help="default: the recipe's (0: once per epoch)"
+        "--checkpoint-every",
+        type=nonneg_int,
+        metavar="STEPS",
+        help="default: the recipe's (0: once per epoch)",
     )
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. model.drop_path_rate=0.1"
