@@ -113,9 +113,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if res["ratio"]:
         print(f"ratio vitkit/timm: {res['ratio']:.3f}")
+    fast_dtype = res.get("fast_path", {}).get("dtype")
     labels = {
         "max_logit_diff_vs_timm": "max logit diff vs timm (both eager fp32)",
-        "max_logit_diff_fast_vs_eager": f"max logit diff fast ({res.get('fast_path', {}).get('dtype')}) vs eager fp32",
+        "max_logit_diff_fast_vs_eager": f"max logit diff fast ({fast_dtype}) vs eager fp32",
     }
     for key, label in labels.items():
         if key in res:

@@ -50,7 +50,8 @@ def eval_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
-    """Write `model` (in eval mode on the CPU; the model given is not changed) as ONNX: input "images" (batch, C, H, W), output "logits" (batch, K).
+    """Write `model` (in eval mode on the CPU; the model given is not changed) as ONNX: input "images"
+    (batch, C, H, W), output "logits" (batch, K).
 
     The exporter writes opset 18 and converts to `opset` from there; an opset it cannot reach is an error (the
     file is not left behind)."""

@@ -320,10 +320,8 @@ def model_from_source(
                 f"{ckpt.path}: num_heads={num_heads}, but its model has {ckpt.config.num_heads} heads (stated by "
                 "the source); leave num_heads out"
             )
-        overrides = {
-            **overrides,
-            "num_heads": num_heads,
-        }  # a checkpoint read before, or heads it did not state
+        # a checkpoint read before, or heads it did not state
+        overrides = {**overrides, "num_heads": num_heads}
     if not ckpt.heads_known and name is None and "num_heads" not in overrides:
         raise unknown_heads_error(ckpt)
     classes = overrides.get("num_classes", ckpt.config.num_classes)

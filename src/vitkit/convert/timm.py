@@ -157,9 +157,8 @@ def from_timm_state(
             "supported; vitkit's GAP models have no class token"
         )
     prepend_prefix_posemb(state, _grid_tokens(state, facts, where))
-    heads = (
-        facts.get("num_heads") or num_heads
-    )  # stated by the model or its config first: a conflict is named later
+    # stated by the model or its config first: a conflict is named later
+    heads = facts.get("num_heads") or num_heads
     eps = facts.get("norm_eps", 1e-6)
     cfg = infer_config(state, where, num_heads=heads, norm_eps=eps, img_size=facts.get("img_size"))
     cfg = dataclasses.replace(

@@ -26,9 +26,8 @@ def data_config(
     resize: shorter side to the input size (bilinear), centre crop."""
     pre = preprocess or {}
     mean, std = default_mean_std(cfg)
-    mean = (
-        tuple(pre["mean"]) if pre.get("mean") else mean
-    )  # each on its own: one may be set without the other
+    # each on its own: one may be set without the other
+    mean = tuple(pre["mean"]) if pre.get("mean") else mean
     std = tuple(pre["std"]) if pre.get("std") else std
     out: dict[str, Any] = {
         "architecture": cfg.name,

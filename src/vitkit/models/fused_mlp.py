@@ -9,8 +9,9 @@ one small sum), so the third pass is gone. Megatron-LM fuses the same pair (its 
 TorchScript). The erf GELU's normal CDF comes from a polynomial times the density the backward needs anyway
 (`POLY_CDF`; compiled for sm_90, 43 instead of 56 instructions an element in the backward, 33 instead of 39 in the
 forward): on fp32 inputs in [-12, 12] GELU within 4.1e-7 of float64 and its derivative within 2.7e-7 (through erf:
-4.5e-7 and 1.4e-7; torch's own fp32 GELU 1.1e-6 and 2.6e-7; bench/fused_accuracy.py under Triton's interpreter). The parameters are fc1's own: state dicts are unchanged. Runs on CUDA, and on the CPU under Triton's
-interpreter (TRITON_INTERPRET=1, for tests); elsewhere `Mlp` keeps its plain path. First-order gradients only.
+4.5e-7 and 1.4e-7; torch's own fp32 GELU 1.1e-6 and 2.6e-7; bench/fused_accuracy.py under Triton's interpreter).
+The parameters are fc1's own: state dicts are unchanged. Runs on CUDA, and on the CPU under Triton's interpreter
+(TRITON_INTERPRET=1, for tests); elsewhere `Mlp` keeps its plain path. First-order gradients only.
 """
 
 from __future__ import annotations
