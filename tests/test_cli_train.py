@@ -57,6 +57,19 @@ def test_eval_and_predict_fast_score_as_the_model(run_dir, tmp_path, capsys, cap
     )
 
 
+def test_eval_of_a_one_channel_model_on_an_image_folder(run_dir, tmp_path, capsys):
+    """Was: 'the model takes 1-channel images, dataset imagefolder has 3': folders were always decoded as RGB."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(10):
+            (tmp_path / "ds" / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (20, 20), (25 * c, 100, 0)).save(tmp_path / "ds" / split / f"c{c}" / "0.png")
+    args = ["eval", str(run_dir), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "ds"), "--json"]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 10
+
+
 def test_eval_checkpoint_folder(run_dir):
     """checkpoints/best scores what the run recorded for it (best on the test split: no val split here)."""
     r = run_vitkit("eval", str(run_dir / "checkpoints" / "best"), "--json", "--device", "cpu")

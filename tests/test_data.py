@@ -327,9 +327,31 @@ def test_imagefolder_16_bit_hidden_files_and_empty_classes(tmp_path, caplog):
     (tmp_path / "ds" / "train" / "cat" / ".ipynb_checkpoints").mkdir()  # inside a class too
     (tmp_path / "ds" / "train" / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(b"junk")
     (tmp_path / "ds" / "train" / "empty").mkdir()
+    # macOS's zip metadata: AppleDouble files in a mirror tree, not a class (it was one, with no images)
+    (tmp_path / "ds" / "train" / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "ds" / "train" / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
     with caplog.at_level("WARNING"):
         splits = load_imagefolder(str(tmp_path / "ds"), (8, 8), val_fraction=0.2)
     assert splits.classes == ["cat", "dog", "empty"] and "class 'empty' has no images" in caplog.text
+
+
+def test_imagefolder_decoded_to_greyscale_for_a_one_channel_model(tmp_path):
+    """Was: always RGB, so a model trained on Fashion-MNIST could not be scored on a folder of images."""
+    from vitkit.config import DataConfig
+    from vitkit.data.datasets import load_dataset
+
+    write_folder(str(tmp_path), "train")
+    write_folder(str(tmp_path), "val", n=2)
+    cfg = DataConfig(dataset="imagefolder", data_dir=str(tmp_path))
+    grey = load_dataset(cfg, img_size=(8, 8), in_chans=1)
+    rgb = load_dataset(cfg, img_size=(8, 8))
+    assert grey.in_chans == 1 and rgb.in_chans == 3 and len(grey.mean) == 1
+    assert grey.train.images.shape == (6, 1, 8, 8) and grey.test.images.shape == (4, 1, 8, 8)
+    # PIL's L of the RGB image (ITU-R 601-2 luma), to within rounding
+    luma = (rgb.train.images.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
+    assert (luma - grey.train.images[:, 0].float()).abs().max() <= 1
+    with pytest.raises(ValueError, match=r"decoded to 1 \(L\) or 3 \(RGB\) channels, not 4"):
+        load_imagefolder(str(tmp_path), (8, 8), in_chans=4)
 
 
 def test_an_empty_test_split_is_an_error(tmp_path):

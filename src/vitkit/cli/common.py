@@ -272,6 +272,12 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
         raise UserError(f"{path}: 'native_size' must be [height, width] in pixels, got {size!r:.80}")
 
 
+def folder_chans(run: LoadedRun) -> int | None:
+    """The channels to decode an image folder to for `run`'s model: greyscale for a 1-channel model (trained on
+    Fashion-MNIST, say), else RGB."""
+    return 1 if run.cfg.model.in_chans == 1 else None
+
+
 def check_dataset_fits(run: LoadedRun, splits: Any, dataset: str, where: str, own: bool) -> None:
     """Refuse scoring `run` on `splits` whose classes or channels are not the model's. Class names that differ
     from the run's data.json: an error when `own` (the run's own image folder, whose folder names are its labels:

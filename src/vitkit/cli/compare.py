@@ -11,7 +11,14 @@ import os
 
 import torch
 
-from vitkit.cli.common import UserError, add_tta_argument, check_dataset_fits, local_data, positive_int
+from vitkit.cli.common import (
+    UserError,
+    add_tta_argument,
+    check_dataset_fits,
+    folder_chans,
+    local_data,
+    positive_int,
+)
 
 
 def _split_key(cfg, split: str) -> tuple:
@@ -102,10 +109,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     loaded = {}  # an image folder is decoded at each model's size; in-memory datasets are resized per batch
     preds, labels, ttas = [], None, []
     for path, run in zip(args.runs, runs):
-        size = run.cfg.model.img_size if data_cfg.dataset == "imagefolder" else first.model.img_size
-        if size not in loaded:
-            loaded[size] = load_dataset(data_cfg, img_size=size, seed=first.train.seed)
-        splits = loaded[size]
+        folder = data_cfg.dataset == "imagefolder"
+        size = run.cfg.model.img_size if folder else first.model.img_size
+        key = (size, folder_chans(run) if folder else None)
+        if key not in loaded:
+            loaded[key] = load_dataset(data_cfg, img_size=size, seed=first.train.seed, in_chans=key[1])
+        splits = loaded[key]
         try:
             ds = splits.split(args.split)
         except ValueError as e:

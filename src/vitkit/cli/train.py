@@ -18,6 +18,7 @@ from vitkit.cli.common import (
     UserError,
     add_tta_argument,
     check_dataset_fits,
+    folder_chans,
     load_run,
     local_data,
     nonneg_int,
@@ -336,7 +337,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
         data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0)
     data_cfg = local_data(data_cfg, args.data_dir, args.run)
-    splits = load_dataset(data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed)
+    splits = load_dataset(
+        data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed, in_chans=folder_chans(run)
+    )
     check_dataset_fits(
         run, splits, data_cfg.dataset, args.run, own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder"
     )

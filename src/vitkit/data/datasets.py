@@ -350,15 +350,21 @@ def load_synthetic(cfg: DataConfig, seed: int = 0) -> Splits:
 
 
 def load_dataset(
-    cfg: DataConfig, *, img_size: tuple[int, int] | None = None, seed: int = 0, download: bool = True
+    cfg: DataConfig,
+    *,
+    img_size: tuple[int, int] | None = None,
+    seed: int = 0,
+    download: bool = True,
+    in_chans: int | None = None,
 ) -> Splits:
-    """Load the dataset named by `cfg.dataset` into memory; a split without images is an error naming it."""
+    """Load the dataset named by `cfg.dataset` into memory; a split without images is an error naming it.
+    `in_chans` (1 or 3): the channels an image folder is decoded to (default RGB); other datasets keep theirs."""
     if cfg.data_dir and os.path.isfile(cfg.data_dir):
         raise ValueError(
             f"--data-dir {cfg.data_dir} is a file; pass the folder that holds the dataset's files "
             f"({os.path.dirname(os.path.abspath(cfg.data_dir))}?)"
         )
-    splits = _load(cfg, img_size, seed, download)
+    splits = _load(cfg, img_size, seed, download, in_chans)
     if cfg.holdout > 0:
         splits = hold_out(splits, cfg.holdout, seed)
     if cfg.subset < 1:
@@ -375,7 +381,9 @@ def load_dataset(
     return splits
 
 
-def _load(cfg: DataConfig, img_size: tuple[int, int] | None, seed: int, download: bool) -> Splits:
+def _load(
+    cfg: DataConfig, img_size: tuple[int, int] | None, seed: int, download: bool, in_chans: int | None
+) -> Splits:
     name = cfg.dataset
     if name in ("fashion-mnist", "mnist"):
         return load_mnist_like(name, cfg.data_dir, download)
@@ -388,7 +396,9 @@ def _load(cfg: DataConfig, img_size: tuple[int, int] | None, seed: int, download
 
         if not cfg.data_dir:
             raise ValueError("dataset 'imagefolder' needs --data-dir ROOT (ROOT/train/<class>/*.png ...)")
-        return load_imagefolder(cfg.data_dir, img_size or (224, 224), cfg.val_fraction, seed, cfg.num_workers)
+        return load_imagefolder(
+            cfg.data_dir, img_size or (224, 224), cfg.val_fraction, seed, cfg.num_workers, in_chans or 3
+        )
     if name == "synthetic":
         return load_synthetic(cfg, seed)
     raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")

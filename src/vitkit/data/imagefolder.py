@@ -91,13 +91,16 @@ def load_image(
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (C, H, W)
 
 
+def _hidden(name: str) -> bool:
+    """A folder that holds no classes or images: hidden (.ipynb_checkpoints) or macOS's zip metadata."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
     """Files and labels under folder/<class>/; the class list is sorted folder names unless given."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    found = sorted(
-        d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")
-    )
+    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not _hidden(d))
     # a name the file system holds in another encoding cannot be written to data.json or a report
     for d in found:
         try:
@@ -125,7 +128,7 @@ def scan(folder: str, classes: list[str] | None = None) -> tuple[list[str], list
         # does, each real folder once (a link back up would loop)
         for root, dirs, files in os.walk(cdir, followlinks=True):
             keep = []
-            for d in sorted(d for d in dirs if not d.startswith(".")):
+            for d in sorted(d for d in dirs if not _hidden(d)):
                 real = os.path.realpath(os.path.join(root, d))
                 if real not in seen:
                     seen.add(real)
@@ -182,14 +185,14 @@ def decoding_threads(workers: int = 0) -> int:
 
 
 def _decode_all(
-    paths: list[str], labels: list[int], size: tuple[int, int], workers: int = 0
+    paths: list[str], labels: list[int], size: tuple[int, int], workers: int = 0, in_chans: int = 3
 ) -> ArrayDataset | FileDataset:
     labels_t = torch.tensor(labels, dtype=torch.int64)
-    if len(paths) * 3 * size[0] * size[1] > IN_MEMORY_LIMIT:
+    if len(paths) * in_chans * size[0] * size[1] > IN_MEMORY_LIMIT:
         log.info("%d images at %s: decoding per batch", len(paths), size)
-        return FileDataset(paths, labels_t, size, workers=workers)
+        return FileDataset(paths, labels_t, size, in_chans, workers)
     with ThreadPoolExecutor(max_workers=decoding_threads(workers)) as pool:
-        imgs = list(pool.map(lambda p: load_image(p, size), paths))
+        imgs = list(pool.map(lambda p: load_image(p, size, in_chans), paths))
     return ArrayDataset(torch.stack(imgs), labels_t)
 
 
@@ -216,10 +219,17 @@ def check_val_fraction(root: str | None, val_fraction: float) -> None:
 
 
 def load_imagefolder(
-    root: str, size: tuple[int, int], val_fraction: float = 0.0, seed: int = 0, workers: int = 0
+    root: str,
+    size: tuple[int, int],
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    workers: int = 0,
+    in_chans: int = 3,
 ) -> Splits:
     """Train and validation splits of an image folder; class names are the sub-folder names; `workers` threads
-    decode its files (0: up to 8, one per core)."""
+    decode its files (0: up to 8, one per core); images are decoded to RGB (`in_chans` 3) or greyscale (1)."""
+    if in_chans not in (1, 3):
+        raise ValueError(f"{root}: images are decoded to 1 (L) or 3 (RGB) channels, not {in_chans}")
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         hint = ""
@@ -249,7 +259,8 @@ def load_imagefolder(
     # images (channel_stats' sample) are then a sample of every class
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
     paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    train, test = _decode_all(paths, labels, size, workers), _decode_all(vpaths, vlabels, size, workers)
+    train = _decode_all(paths, labels, size, workers, in_chans)
+    test = _decode_all(vpaths, vlabels, size, workers, in_chans)
     if isinstance(train, ArrayDataset):
         mean, std = channel_stats(train.images)
     else:  # decoded per batch: the statistics of its first images, a sample of every class (they were 0.5, 0.5)
