@@ -381,12 +381,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _fast(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """The fast inference path (int8 ONNX Runtime on CPU, torch.compile on CUDA), logged."""
-    from vitkit.perf.fast import fast_inference
+    """The fast inference path (int8 ONNX Runtime on CPU, torch.compile on CUDA), logged; int8 is fed one image
+    at a time, so that an image's answer (and a score) does not depend on the images batched with it."""
+    from vitkit.perf.fast import OneImageAtATime, fast_inference
 
     fast, info = fast_inference(model, example=example)
     log.info("fast inference path: %s (%s)", info["method"], info["dtype"])
-    return fast
+    return OneImageAtATime(fast) if info["dtype"] == "int8" else fast
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -420,17 +421,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std)  # (B, C, H, W)
-    # one image at a time through int8 (it quantises each batch's activations with their own range: an image's
-    # answer would depend on the others), in chunks of 64 otherwise (memory)
-    from vitkit.perf.fast import resolve_method
-
-    chunk = 1 if args.fast and resolve_method(run.model, device) == "onnx-int8" else 64
-    model = _fast(run.model, batch[:chunk].to(device)) if args.fast else run.model
-    with torch.inference_mode():
+    model = _fast(run.model, batch[:64].to(device)) if args.fast else run.model
+    with torch.inference_mode():  # in chunks of 64 (memory)
         all_probs = torch.cat(
             [
                 tta_logits(model, part.to(device), run_tta(args, run.cfg))[1].softmax(-1).cpu()
-                for part in batch.split(chunk)
+                for part in batch.split(64)
             ]
         )
     results = []

@@ -45,6 +45,18 @@ class OrtModule(nn.Module):
         return torch.from_numpy(out).to(x.device)
 
 
+class OneImageAtATime(nn.Module):
+    """A runner fed one image per call: int8's activations are quantised with each call's own range, so each
+    image's logits would otherwise depend on the images batched with it (and a score on the batch size)."""
+
+    def __init__(self, runner: nn.Module):
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.runner(x[i : i + 1]) for i in range(x.shape[0])])  # (B, K)
+
+
 def _export(model: nn.Module, folder: str) -> str:
     from vitkit.convert.export import export_onnx
 
