@@ -45,6 +45,13 @@ def test_missing_optional_package_is_one_line(capsys, monkeypatch):
     assert err == ["vitkit models: error: this needs timm_not_installed: pip install timm_not_installed"]
 
 
+@pytest.mark.parametrize("command", [["train"], ["bench"], ["bench", "--recipe", "fashion-mnist"]])
+def test_an_empty_model_name_is_refused(command, capsys):
+    """Was: --model "" was taken as no --model (the recipe's model, or ViT-S/16) and ran."""
+    assert main([*command, "--model", ""]) == 2
+    assert "unknown model ''" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -37,7 +37,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "in_chans": args.in_chans or cfg.in_chans,
             "num_classes": cfg.num_classes if args.num_classes is None else args.num_classes,
         }
-        if args.model:  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
+        if args.model is not None:  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
             cfg = apply_overrides(run, model_overrides(args.model, size["img_size"])).model
         cfg = dataclasses.replace(cfg, **size)
         # what one forward/backward of the recipe holds: its micro-batch where it accumulates (paper-pretrain's
@@ -51,7 +51,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.grad_checkpointing = args.grad_checkpointing or run.train.grad_checkpointing
     else:
         cfg = model_config(
-            args.model or "ViT-S/16",
+            "ViT-S/16" if args.model is None else args.model,
             img_size=args.img_size or 224,
             num_classes=1000 if args.num_classes is None else args.num_classes,
             in_chans=args.in_chans or 3,

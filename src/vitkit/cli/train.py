@@ -110,7 +110,7 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     """The run's config: `base` (else --recipe's, else the default recipe) with the flags and --set applied."""
     cfg = base if base is not None else get_recipe(args.recipe or "fashion-mnist")
     overrides = []
-    if args.model:
+    if args.model is not None:  # "" is refused as a name, not ignored
         # the name is checked against the size the run will use: --img-size, else --set's, else the recipe's
         size = getattr(args, "img_size", None) or _set_img_size(args) or cfg.model.img_size
         overrides += model_overrides(args.model, size)
