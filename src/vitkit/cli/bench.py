@@ -37,7 +37,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "in_chans": args.in_chans or cfg.in_chans,
             "num_classes": cfg.num_classes if args.num_classes is None else args.num_classes,
         }
-        if args.model is not None:  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
+        if (
+            args.model is not None
+        ):  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
             cfg = apply_overrides(run, model_overrides(args.model, size["img_size"])).model
         cfg = dataclasses.replace(cfg, **size)
         # what one forward/backward of the recipe holds: its micro-batch where it accumulates (paper-pretrain's
