@@ -227,6 +227,32 @@ def test_train_learns_and_writes_run(tmp_path):
     assert (tmp_path / "checkpoints" / "best" / "manifest.json").exists()
 
 
+def test_every_weights_file_of_a_run_reads_as_the_run_s_model(tmp_path):
+    """Was: model_raw.safetensors and a checkpoint's model/ema files had no metadata and read as bare timm
+    files: a sincos2d run became a 224-px model without its position embedding, or 'heads not stated'."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import vitkit
+    from vitkit.convert.sources import read_checkpoint
+
+    cfg = tiny_run(steps=2, ema_decay=0.9, checkpoint_every=1)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, posemb="sincos2d"))
+    train(cfg, str(tmp_path))
+    step = tmp_path / "checkpoints" / "step-00000002"
+    files = [tmp_path / "model_raw.safetensors", step / "model.safetensors", step / "ema.safetensors"]
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata() == {"format": "vitkit"}
+        ckpt = read_checkpoint(str(path))
+        assert ckpt.format == "vitkit" and ckpt.config == cfg.model and ckpt.heads_stated
+    # a run of earlier sessions: the same files without metadata are read by their place in the run
+    plain = load_weights(str(files[0]))
+    save_file(plain, str(files[0]))
+    model = vitkit.create_model(pretrained=str(files[0]))
+    assert model.cfg == cfg.model and torch.equal(model.state_dict()["head.weight"], plain["head.weight"])
+
+
 def test_a_held_out_val_split_chooses_the_best_checkpoint(tmp_path, capsys):
     cfg = tiny_run(epochs=4, ema_decay=0.5)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.25))

@@ -134,11 +134,26 @@ def _read_file(path: str, num_heads: int | None, img_size: tuple[int, int] | Non
             f"{', '.join(TORCH_SUFFIXES)}, a folder or a hub id"
         )
     state, meta = read_weights_file(path)
-    if meta.get("format") == "vitkit":
-        if "config" in meta:
-            return read_model_file(path, state, meta)
-        return read_run(path)  # weights written by `vitkit train` inside a run folder
+    if meta.get("format") == "vitkit" and "config" in meta:
+        return read_model_file(path, state, meta)
+    # weights written by `vitkit train` inside a run folder: model.safetensors, model_raw.safetensors, a
+    # checkpoint's model/ema.safetensors (runs before the twentieth session wrote some without metadata)
+    if meta.get("format") == "vitkit" or in_run(path):
+        return read_run(path)
     return _from_state(path, state, num_heads, img_size)
+
+
+def in_run(path: str) -> bool:
+    """Whether a weights file lies in a vitkit run folder or in a checkpoint folder of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for run_dir in (folder, os.path.dirname(os.path.dirname(folder))):
+        config = os.path.join(run_dir, CONFIG)
+        if os.path.isfile(config):
+            try:
+                return is_run_config(read_json_file(config))
+            except ConversionError:
+                return False
+    return False
 
 
 def read_checkpoint(

@@ -94,7 +94,7 @@ def save_checkpoint(
         files = {}
         for key, sd in weights.items():
             path = os.path.join(tmp, f"{key}.safetensors")
-            save_file(_plain(sd), path)
+            save_file(_plain(sd), path, metadata={"format": "vitkit"})  # read as the run's model
             files[f"{key}.safetensors"] = path
         torch.save(state, os.path.join(tmp, "state.pt"))
         files["state.pt"] = os.path.join(tmp, "state.pt")
