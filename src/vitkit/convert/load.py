@@ -176,6 +176,7 @@ def load_pretrained(
     report = LoadReport(ckpt.path, ckpt.format)
     state = dict(ckpt.state)
     cfg = model.cfg
+    _check_heads(cfg, ckpt)
     _resample_posemb(state, ckpt.config, cfg, resample, report)
     _resample_relative(state, model, report)
     for pixel_key, dim in _pixel_weights(model):
@@ -244,6 +245,18 @@ def load_pretrained(
     keep = PREPROCESS_KEYS + (() if reset_head else ("classes",))  # a new head has no class names
     model.preprocess = {k: ckpt.meta[k] for k in keep if ckpt.meta.get(k)} | {"source": ckpt.path}
     return report
+
+
+def _check_heads(cfg: ModelConfig, ckpt: Checkpoint) -> None:
+    """Refuse heads other than those the checkpoint states: the weights' shapes cannot show them, and the same
+    weights split into other heads compute another function."""
+    src = ckpt.config
+    if cfg.arch == src.arch == "vit" and ckpt.heads_stated and src.num_heads != cfg.num_heads:
+        raise ConversionError(
+            f"{ckpt.path} was trained with {src.num_heads} attention heads, the model has {cfg.num_heads}: the same "
+            f"weights would compute another function; build the model with num_heads={src.num_heads} "
+            "(create_model(pretrained=...) builds the checkpoint's own model)"
+        )
 
 
 def _layout_sincos(model: VisionTransformer, ckpt: Checkpoint, report: LoadReport) -> None:
