@@ -404,6 +404,22 @@ def test_grey_model_from_rgb_checkpoint(b16_224):
         torch.testing.assert_close(grey(x), m.eval()(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-4)
 
 
+def test_adapted_channels_get_a_mean_and_std_each(tmp_path):
+    """Was: a 1-channel model from an RGB checkpoint kept 3 means and stds, which timm's transforms and the
+    exported peer folders then applied to 1-channel images (a shape error) and pretrained_cfg refused itself."""
+    from vitkit.convert.runs import save_model_file
+
+    m = vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, num_classes=3)
+    save_model_file(str(tmp_path / "m.safetensors"), m, {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.6, 0.7]})
+    grey = vitkit.create_model(pretrained=str(tmp_path / "m.safetensors"), in_chans=1)
+    cfg = grey.pretrained_cfg
+    assert cfg["input_size"] == (1, 32, 32)
+    assert cfg["mean"] == pytest.approx((0.2,)) and cfg["std"] == pytest.approx((0.6,))
+    cfg["mean"] = cfg["mean"]  # consistent with itself again
+    four = vitkit.create_model(pretrained=str(tmp_path / "m.safetensors"), in_chans=4)
+    assert four.pretrained_cfg["mean"] == (0.1, 0.2, 0.3, 0.1)  # the filters' cycle (timm's adapt_input_conv)
+
+
 def test_wrong_shapes_and_keys_are_named(tmp_path, b16_224):
     path, m = b16_224
     small = vitkit.models.create_model(

@@ -59,15 +59,23 @@ def adapt_input_channels(w: torch.Tensor, in_chans: int, dim: int = 1) -> torch.
     c = w.shape[dim]
     if c == in_chans:
         return w
-    if (
-        in_chans == 1
-    ):  # a grey image seen as R = G = B: exact for a linear map (a patch conv, the attention stem)
-        return w.sum(
-            dim=dim, keepdim=True
-        )  # BiT's weight-standardised stem re-standardises it: approximately
+    # a grey image seen as R = G = B: exact for a linear map (a patch conv, the attention stem); BiT's
+    # weight-standardised stem re-standardises it: approximately
+    if in_chans == 1:
+        return w.sum(dim=dim, keepdim=True)
     reps = [1] * w.ndim
     reps[dim] = -(-in_chans // c)
     return w.repeat(*reps).narrow(dim, 0, in_chans) * (c / in_chans)
+
+
+def adapt_channel_stats(values: list[float], in_chans: int) -> list[float]:
+    """A per-channel mean or std for the channels `adapt_input_channels` made: their average for one (grey),
+    else the same cycle of the checkpoint's channels."""
+    if len(values) == in_chans:
+        return list(values)
+    if in_chans == 1:
+        return [sum(values) / len(values)]
+    return [values[i % len(values)] for i in range(in_chans)]
 
 
 def _pixel_weights(model: nn.Module) -> list[tuple[str, int]]:
@@ -244,6 +252,9 @@ def load_pretrained(
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     keep = PREPROCESS_KEYS + (() if reset_head else ("classes",))  # a new head has no class names
     model.preprocess = {k: ckpt.meta[k] for k in keep if ckpt.meta.get(k)} | {"source": ckpt.path}
+    for key in ("mean", "std"):  # one per input channel, as the filters were adapted
+        if isinstance(model.preprocess.get(key), (list, tuple)):
+            model.preprocess[key] = adapt_channel_stats(list(model.preprocess[key]), cfg.in_chans)
     return report
 
 
