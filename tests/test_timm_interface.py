@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import pickle
+
 import pytest
 import torch
 
@@ -435,6 +438,16 @@ def test_pretrained_cfg_takes_preprocessing_edits_as_timms_dict():
     cnn = vitkit.create_model("ResNet-26", img_size=32, num_classes=3)
     cnn.default_cfg = {"interpolation": "bicubic"}
     assert cnn.pretrained_cfg["interpolation"] == "bicubic"
+    # a refused assignment changes nothing (it wrote the mean, then refused the size); pickled as a plain dict
+    # (it was written but could not be read back)
+    with pytest.raises(KeyError, match="follows the model's config"):
+        fresh.pretrained_cfg = {"mean": (0.9, 0.9, 0.9), "input_size": (3, 64, 64)}
+    assert fresh.pretrained_cfg["mean"] == (0.2, 0.2, 0.2) and fresh.preprocess["mean"] == [0.2, 0.2, 0.2]
+    back = pickle.loads(pickle.dumps(fresh.pretrained_cfg))
+    assert type(back) is dict and back == dict(fresh.pretrained_cfg)
+    buf = io.BytesIO()
+    torch.save({"cfg": fresh.pretrained_cfg}, buf)
+    assert torch.load(io.BytesIO(buf.getvalue()), weights_only=False)["cfg"] == back  # pickle's, not weights
 
 
 def test_loader_errors_say_what_to_pass():

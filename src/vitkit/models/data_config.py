@@ -60,7 +60,8 @@ class PretrainedCfg(dict):
         super().__init__(data)
         self._preprocess = preprocess
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def _checked(self, key: str, value: Any) -> Any:
+        """`value` as it would be stored at `key`, or the error naming what is wrong."""
         if key in ("mean", "std"):
             chans = self["input_size"][0]
             value = tuple(float(v) for v in value)
@@ -68,19 +69,30 @@ class PretrainedCfg(dict):
                 raise ValueError(
                     f"pretrained_cfg[{key!r}]={value}: one {'positive ' * (key == 'std')}number per channel ({chans})"
                 )
-            self._preprocess[key] = list(value)
-        elif key in EDITABLE:
-            self._preprocess[key] = value
-        elif key in self and self[key] != value:
+        elif key not in EDITABLE and key in self and self[key] != value:
             raise KeyError(
                 f"pretrained_cfg[{key!r}] follows the model's config ({self[key]!r}); of its entries "
                 f"{', '.join(EDITABLE)} can be set"
             )
+        return value
+
+    def _write(self, key: str, value: Any) -> None:
+        if key in EDITABLE:
+            self._preprocess[key] = list(value) if key in ("mean", "std") else value
         super().__setitem__(key, value)
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._write(key, self._checked(key, value))
+
     def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
-        for key, value in dict(*args, **kw).items():
-            self[key] = value
+        """All entries checked before any is written: a refused update changes nothing."""
+        checked = {key: self._checked(key, value) for key, value in dict(*args, **kw).items()}
+        for key, value in checked.items():
+            self._write(key, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (and torch.save'd) as the plain dict it shows; it was written but could not be read back."""
+        return dict, (dict(self),)
 
     def __ior__(self, other: Any) -> PretrainedCfg:  # type: ignore[override]
         self.update(other)
