@@ -304,6 +304,8 @@ def test_inspect_image_files(run_dir, tmp_path):
     assert js["num_images"] == 2 and js["images"] == "2 image file(s)"
     assert (js["head_fusion"], js["discard_ratio"]) == ("max", 0.5)
     assert all((out / name).exists() for name in FILES)
+    html = (out / "report.html").read_text()  # the user's images are not called test images
+    assert "Predictions on the given images" in html and "Test predictions" not in html
 
 
 def test_report_and_inspect_never_write_over_a_runs_files(run_dir, tmp_path, capsys):
@@ -536,3 +538,73 @@ def test_run_paths_are_told_from_model_folders(run_dir, tmp_path):
     (hf / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 32}))
     (hf / "model.safetensors").write_bytes(b"")
     assert not is_run_path(str(hf)) and not is_run_path(str(tmp_path / "nothing"))
+
+
+def test_a_model_folder_is_analysed_with_its_own_mean_and_std(tmp_path, capsys):
+    """Was: a timm folder (or hub id, or exported file) was normalised with 0.5/0.5, whatever its weights took
+    (DeiT: ImageNet's mean and std); `vitkit report` on one complained of unknown config keys."""
+    timm = pytest.importorskip("timm")
+    from vitkit.cli.inspect import load_subject
+
+    t = timm.create_model(
+        "deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=1,
+        num_heads=2, num_classes=5,
+    )  # fmt: skip
+    timm.models.save_for_hf(t, str(tmp_path / "deit"), safe_serialization=True)
+    subject = load_subject(str(tmp_path / "deit"))
+    assert subject.mean == pytest.approx(t.pretrained_cfg["mean"]) and subject.mean != (0.5, 0.5, 0.5)
+    assert subject.std == pytest.approx(t.pretrained_cfg["std"]) and subject.run is None
+    assert main(["report", str(tmp_path / "deit")]) == 2
+    assert "holds a model (timm or transformers weights), not a vitkit run" in capsys.readouterr().err
+
+
+def test_a_checkpoints_report_and_inspection_keep_the_final_weights_ones(run_dir, tmp_path, capsys):
+    """Was: `report RUN/checkpoints/best` replaced RUN/report.html (the final weights') without a word, and
+    neither output said which weights it analysed."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["report", str(run), "--num-images", "4"]) == 0
+    final = (run / "report.html").read_bytes()
+    assert main(["report", str(run / "checkpoints" / "best"), "--num-images", "4"]) == 0
+    assert (run / "report.html").read_bytes() == final
+    html = (run / "report-best.html").read_text()
+    assert "weights analysed" in html and os.path.join("checkpoints", "best", "model.safetensors") in html
+    assert "(of the run&#x27;s final weights)" in html or "(of the run's final weights)" in html
+    assert main(["inspect", str(run / "checkpoints" / "best"), "--num-images", "4"]) == 0
+    js = json.loads((run / "inspect-best" / "inspect.json").read_text())
+    assert (
+        js["weights"].endswith(os.path.join("best", "model.safetensors")) and not (run / "inspect").exists()
+    )
+
+
+def test_image_files_are_read_as_predict_reads_them(run_dir, tmp_path):
+    """Was: --images were read at the model's size, not at the run's native size then resized as predict and
+    training do; a 4-channel model failed with a traceback; a folder's first (single-class) images were analysed."""
+    from PIL import Image
+
+    from vitkit.cli.common import UserError
+    from vitkit.cli.inspect import Subject, file_inputs, load_subject, sample_inputs
+    from vitkit.data.imagefolder import load_image
+    from vitkit.data.transforms import resize
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    data = json.loads((run / "data.json").read_text())
+    (run / "data.json").write_text(json.dumps(data | {"native_size": [8, 8]}))
+    img = tmp_path / "x.png"
+    Image.fromarray((torch.arange(24 * 20) % 251).to(torch.uint8).reshape(24, 20).numpy()).save(img)
+    got = file_inputs(load_subject(str(run)), [str(img)]).images
+    want = resize(load_image(str(img), (8, 8), 1)[None].float(), (16, 16)).round().clamp(0, 255)
+    assert torch.equal(got.float(), want)
+    four = Subject(_tiny(in_chans=4), "four", (0.5,) * 4, (0.5,) * 4, [])
+    with pytest.raises(UserError, match=r"takes 4-channel images; --images reads 1 \(L\) or 3 \(RGB\)"):
+        file_inputs(four, [str(img)])
+    inputs = sample_inputs(load_subject(str(run_dir)), 12)
+    assert len(set(inputs.labels.tolist())) > 1 and "drawn at random" in inputs.description
+
+
+def test_pca_stops_at_the_rank_of_the_centred_filters():
+    """Was: min(D, C*P*P) components, the last of D a zero-variance direction drawn as a component."""
+    model = _tiny(embed_dim=8, num_heads=2)  # 8 filters of 1x4x4: centred, they span 7 dimensions
+    comps, ratio = embedding_pca(model, k=28, return_variance=True)
+    assert comps.shape[0] == 7 and float(ratio.min()) > 0

@@ -36,6 +36,8 @@ class Subject:
     classes: list[str]
     run: Any = None  # LoadedRun for a run folder
     run_dir: str | None = None
+    weights: str | None = None  # the weights file analysed
+    checkpoint: str | None = None  # a checkpoint of the run (not its final weights): its folder's name
 
 
 def _is_run_config(path: str) -> bool:
@@ -46,6 +48,16 @@ def _is_run_config(path: str) -> bool:
     except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
         return False
     return isinstance(d, dict) and isinstance(d.get("model"), dict) and "train" in d
+
+
+def _is_model_config(path: str) -> bool:
+    """A timm or transformers model folder's config.json (not a run's)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and bool({"architecture", "pretrained_cfg", "model_type"} & set(d))
 
 
 def is_run_path(path: str) -> bool:
@@ -78,17 +90,26 @@ def require_matplotlib() -> None:
 def load_subject(source: str, device: torch.device | str = "cpu") -> Subject:
     """A run (folder, checkpoint, weights file) or, through vitkit.convert, pretrained weights."""
     if is_run_path(source):
+        from vitkit.convert.runs import CONVERTED
+
         run = load_run(source, device)
         c = run.cfg.model.in_chans
         classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
+        run_dir, checkpoint = _checkpoint_of(source)
+        if run.cfg.recipe == CONVERTED:  # its data config is the default; data.json names the source
+            how = f"converted from {run.data.get('dataset') or run.cfg.expected}"
+        else:
+            how = f"{run.cfg.recipe} on {run.cfg.data.dataset}"
         return Subject(
             run.model,
-            f"{run.cfg.model.name} ({run.cfg.recipe} on {run.cfg.data.dataset})",
+            f"{run.cfg.model.name} ({how})",
             tuple(run.data.get("mean") or [0.5] * c),
             tuple(run.data.get("std") or [0.5] * c),
             list(classes),
             run,
-            find_run(source)[0],
+            run_dir,
+            run.weights_path,
+            checkpoint,
         )
     try:
         from vitkit.convert import model_from_source
@@ -99,9 +120,11 @@ def load_subject(source: str, device: torch.device | str = "cpu") -> Subject:
         ) from None
     model = model_from_source(source)
     model = model.to(device).eval()
-    c = model.cfg.in_chans
-    # the official and timm ViT weights expect inputs scaled to [-1, 1]
-    return Subject(model, f"{model.cfg.name} ({source})", (0.5,) * c, (0.5,) * c, [], None, None)
+    # the weights' own normalisation, as timm's resolve_model_data_config gives it (the official ViT weights:
+    # [-1, 1]; timm's DeiT: ImageNet's mean and std), and their class names where they have them
+    pre = model.pretrained_cfg
+    classes = list(pre.get("label_names") or [])
+    return Subject(model, f"{model.cfg.name} ({source})", tuple(pre["mean"]), tuple(pre["std"]), classes)
 
 
 @dataclasses.dataclass
@@ -137,7 +160,10 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
     rc = subject.run.cfg
     if rc.recipe == CONVERTED:  # converted weights: no dataset of their own
         log.warning(
-            "%s holds converted weights, no dataset: using noise images (pass --images)", subject.run_dir
+            "%s holds converted weights, no dataset: using noise images (`vitkit inspect %s --images FILE...` "
+            "analyses real ones)",
+            subject.run_dir,
+            subject.run_dir,
         )
         return noise_inputs(subject, n, "converted weights, no --images given")
     try:
@@ -149,7 +175,10 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
         return noise_inputs(subject, n, f"the test images of {rc.data.dataset} could not be loaded")
     ds = splits.test if len(splits.test) else splits.train
     m = min(n, len(ds))
-    images, labels = ds.get_batch(torch.arange(m))
+    # a random draw (seed 0), as the paper averages over random images: the first ones of a split stored class by
+    # class (an image folder's) are all of one class
+    pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:m].sort().values
+    images, labels = ds.get_batch(pick)
     images = resize(images.cpu().float(), cfg.img_size).round().clamp(0, 255).to(torch.uint8)
     if m == 0 or images.shape[1] != cfg.in_chans:
         log.warning(
@@ -158,23 +187,34 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
         return noise_inputs(subject, n, f"{rc.data.dataset} has no usable test images")
     labels = labels.cpu()
     titles = [f"true: {subject.classes[int(y)]}" for y in labels] if subject.classes else None
-    return Inputs(images, f"the first {m} test images of {rc.data.dataset}", labels, titles)
+    return Inputs(images, f"{m} test images of {rc.data.dataset} (drawn at random, seed 0)", labels, titles)
 
 
 def file_inputs(subject: Subject, paths: list[str]) -> Inputs:
-    """Image files decoded at the model's size and channels (and its weights' crop and interpolation)."""
+    """Image files read as `vitkit predict` reads them: at the run's native size (its data's), with its weights'
+    crop and interpolation, in the model's channels, then resized to the model's size."""
     from vitkit.cli.common import image_loading
     from vitkit.data.imagefolder import load_image
+    from vitkit.data.transforms import resize
 
     cfg = subject.model.cfg
-    reading = image_loading(subject.model, subject.run.data if subject.run else None)
+    if cfg.in_chans not in (1, 3):
+        raise UserError(
+            f"{subject.name}: the model takes {cfg.in_chans}-channel images; --images reads 1 (L) or 3 (RGB)"
+        )
+    data = subject.run.data if subject.run else {}
+    reading = image_loading(subject.model, data)
+    size = tuple(data.get("native_size") or cfg.img_size)
     out = []
     for p in paths:
         try:
-            out.append(load_image(p, cfg.img_size, cfg.in_chans, *reading))
+            out.append(load_image(p, size, cfg.in_chans, *reading))
         except ValueError as e:
             raise UserError(str(e)) from None
-    return Inputs(torch.stack(out), f"{len(out)} image file(s)", titles=[os.path.basename(p) for p in paths])
+    images = torch.stack(out)  # (B, C, h, w) uint8
+    if images.shape[-2:] != cfg.img_size:
+        images = resize(images.float(), cfg.img_size).round().clamp(0, 255).to(torch.uint8)
+    return Inputs(images, f"{len(out)} image file(s)", titles=[os.path.basename(p) for p in paths])
 
 
 def run_analysis(subject: Subject, inputs: Inputs, args: argparse.Namespace):
@@ -186,7 +226,7 @@ def run_analysis(subject: Subject, inputs: Inputs, args: argparse.Namespace):
     w = getattr(
         subject.model.patch_embed, "pixel_conv", subject.model.patch_embed.proj
     ).weight  # (D, C, P, P)
-    have = min(w.shape[0], w[0].numel())
+    have = max(1, min(w.shape[0] - 1, w[0].numel()))  # centred filters: rank at most D - 1
     if args.k is not None and args.k > have:  # the default (28, the paper's figure) is capped quietly
         log.warning("--k %d: the %s patch-embedding filters have %d principal components", args.k,
                     tuple(w.shape), have)  # fmt: skip
@@ -239,8 +279,9 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
                 f"{len(subject.classes)} classes"
             )
         if summary:
+            final = "" if not subject.checkpoint else " (of the run's final weights)"
             facts[1:1] = [
-                ("test top-1 / top-5", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"
+                (f"test top-1 / top-5{final}", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"
                  + (f" ({summary['tta']} TTA; top-1 {summary['test_top1_no_tta']:.2%} without)"
                     if "tta" in summary else "")),
                 *([("val top-1 (held out; best chosen on it)", f"{summary['val_top1']:.2%}")]
@@ -249,6 +290,8 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
                              f"{summary['train_seconds']:.0f} s on {summary.get('device', '?')}"),
             ]  # fmt: skip
         facts.insert(0, ("run", subject.run_dir))
+    if subject.weights:
+        facts.insert(1, ("weights analysed", subject.weights))
         shown = None if inputs.noise else inputs.images
         sections += run_sections(
             read_metrics(subject.run_dir), summary, subject.classes, analysis, shown, inputs.labels
@@ -272,6 +315,8 @@ def inspect_to(subject: Subject, out_dir: str, inputs: Inputs, args: argparse.Na
     }
     if subject.run_dir:
         info["run"] = subject.run_dir
+    if subject.weights:
+        info["weights"] = subject.weights
     show = min(args.show, len(inputs.images))
     titles = inputs.titles[:show] if inputs.titles else None
     pngs = write_inspection(out_dir, analysis, inputs.images[:show], titles, info)
@@ -288,7 +333,7 @@ def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", nu
 
     args = argparse.Namespace(k=None, head_fusion="mean", discard_ratio=0.0, batch_size=16, show=8)
     subject = load_subject(run_dir, device)
-    path = out or os.path.join(subject.run_dir or run_dir, "report.html")
+    path = out or default_output(subject.run_dir or run_dir, subject.checkpoint, "report", ".html")
     if subject.model.cfg.arch != "vit":  # a CNN baseline: curves and confusion, no attention to analyse
         empty = Inputs(torch.zeros(0, dtype=torch.uint8), "none (a CNN: no attention to analyse)", noise=True)
         write_report(path, build_report(subject, None, empty, {}))
@@ -301,6 +346,21 @@ def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", nu
     pngs = {name: figure_png(fig) for name, fig in figs.items()}
     write_report(path, build_report(subject, analysis, inputs, pngs))
     return path
+
+
+def default_output(run_dir: str, checkpoint: str | None, stem: str, suffix: str = "") -> str:
+    """Where a run's report (or inspection) goes: RUN/report.html for its final weights, RUN/report-best.html
+    for its checkpoints/best (so that a checkpoint's does not replace the final weights')."""
+    return os.path.join(run_dir, f"{stem}-{checkpoint}{suffix}" if checkpoint else f"{stem}{suffix}")
+
+
+def _checkpoint_of(path: str) -> tuple[str | None, str | None]:
+    """(run_dir, checkpoint folder name or None for the final weights) of a run path."""
+    run_dir, weights = find_run(path)
+    final = run_dir and os.path.abspath(weights) == os.path.abspath(
+        os.path.join(run_dir, "model.safetensors")
+    )
+    return run_dir, None if final else os.path.basename(os.path.dirname(weights))
 
 
 def _device(name: str) -> torch.device:
@@ -325,7 +385,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out} is a file; vitkit inspect writes a folder")
         guard_output_folder(args.out, (*FIGURES, "inspect.json", "report.html"), args.overwrite)
     inputs = file_inputs(subject, args.images) if args.images else sample_inputs(subject, args.num_images)
-    out = args.out or (os.path.join(subject.run_dir, "inspect") if subject.run_dir else "vitkit-inspect")
+    out = args.out or (
+        default_output(subject.run_dir, subject.checkpoint, "inspect")
+        if subject.run_dir
+        else "vitkit-inspect"
+    )
     path = inspect_to(subject, out, inputs, args)
     print(f"wrote {os.path.join(out, '')}: embedding_pca.png posemb_similarity.png attention_distance.png attention_rollout.png "
           f"inspect.json report.html ({path})")  # fmt: skip
@@ -334,13 +398,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     if not is_run_path(args.run):
-        if os.path.isfile(os.path.join(args.run, "config.json")):  # say what is wrong with it
+        config = os.path.join(args.run, "config.json")
+        if os.path.isfile(config):  # say what is wrong with it
             from vitkit.train.runfiles import read_config
 
+            if _is_model_config(config):
+                raise UserError(
+                    f"{args.run} holds a model (timm or transformers weights), not a vitkit run: `vitkit inspect "
+                    f"{args.run}` analyses it, `vitkit convert {args.run} --out RUN` makes a run of it"
+                )
             read_config(args.run)
         raise UserError(f"{args.run} is not a run folder (config.json + model.safetensors)")
-    if args.out:  # the run's own report.html is rewritten; any other file is checked before any work
-        guard_output_file(args.out, args.overwrite, own=os.path.join(args.run, "report.html"))
+    if args.out:  # the run's own report is rewritten; any other file is checked before any work
+        run_dir, checkpoint = _checkpoint_of(args.run)
+        own = default_output(run_dir or args.run, checkpoint, "report", ".html")
+        guard_output_file(args.out, args.overwrite, own=own)
     path = report_for_run(args.run, args.out, _device(args.device), args.num_images)
     print(f"wrote {path}")
     return 0

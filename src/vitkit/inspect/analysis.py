@@ -25,6 +25,7 @@ class Analysis:
     grid_size: tuple[int, int]
     patch_size: int
     img_size: tuple[int, int]
+    relative: bool = False  # relative position attention (posemb "relative"): no per-patch embedding
 
     def uniform_distance(self) -> float:
         """The mean attention distance of uniform attention: the mean distance between two patches, in pixels."""
@@ -126,4 +127,5 @@ def analyse(
         grid_size=tuple(cfg.grid_size),
         patch_size=int(cfg.token_stride),  # pixels between token centres
         img_size=tuple(cfg.img_size),
+        relative=cfg.posemb == "relative",
     )

@@ -63,7 +63,8 @@ def filter_pca(weight: torch.Tensor, k: int = 28) -> tuple[torch.Tensor, torch.T
     x = weight.detach().double().reshape(d, -1)  # (D, C*P*P)
     x = x - x.mean(dim=0, keepdim=True)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)  # s descending; vh (r, C*P*P)
-    k = min(k, vh.shape[0])  # at most min(D, C*P*P) components exist (the caller may say so)
+    # the centred filters span at most min(D - 1, C*P*P) dimensions: components past those are noise
+    k = min(k, vh.shape[0], max(1, d - 1))
     comps = vh[:k]
     biggest = comps.abs().argmax(dim=1, keepdim=True)
     comps = comps * comps.gather(1, biggest).sign()  # deterministic signs

@@ -72,7 +72,12 @@ def inspection_figures(analysis: Analysis, images: torch.Tensor, titles: Sequenc
     if analysis.posemb_sim is not None:
         posemb = plots.plot_posemb_similarity(analysis.posemb_sim)
     else:
-        posemb = plots.plot_message("This model has no position embedding.", "Position embedding similarity")
+        none = (
+            "Relative position attention: no per-patch embedding to compare."
+            if analysis.relative
+            else "This model has no position embedding."
+        )
+        posemb = plots.plot_message(none, "Position embedding similarity")
     n = min(len(images), len(analysis.rollout))
     return {
         "embedding_pca.png": plots.plot_embedding_pca(analysis.pca, analysis.pca_variance),
@@ -144,9 +149,13 @@ def run_sections(
         fig = plots.plot_predictions(images[:n], analysis.rollout[:n], analysis.probs[:n], classes, lab)
         out.append(
             Section(
-                "Test predictions",
-                "Test images with the predicted class and its probability (red: wrong, with the true class), "
-                "and below each its attention-rollout map."
+                "Test predictions" if labels is not None else "Predictions on the given images",
+                (
+                    "Test images with the predicted class and its probability (red: wrong, with the true class), "
+                    if labels is not None
+                    else "The images given (--images) with the predicted class and its probability, "
+                )
+                + "and below each its attention-rollout map."
                 + (
                     f" One forward of each image, without the run's {summary['tta']} TTA (which the headline "
                     "and the confusion matrix use)."
