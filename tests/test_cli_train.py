@@ -505,3 +505,36 @@ def test_model_names_epochs_and_checkpoint_cadence_from_set_and_flags(tmp_path, 
         == 0
     )
     assert json.loads((run / "config.json").read_text())["train"]["checkpoint_every"] == 0
+
+
+def test_finetune_replaces_a_head_for_other_classes_and_keeps_the_checkpoints_statistics(
+    run_dir, tmp_path, capsys, caplog
+):
+    """Was: a head for as many classes as the dataset's was kept whatever they were (the paper's new zero head
+    only when the counts differed); an RGB dataset from a 1-channel checkpoint was normalised with its own
+    statistics, not the checkpoint's (finetune and fewshot disagreed); --set train.epochs was ignored; fewshot
+    refused a 1-channel model on an image folder."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(10):
+            (tmp_path / "ds" / split / f"kind{c}").mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (25 * c, 9 * i, 0)).save(
+                    tmp_path / "ds" / split / f"kind{c}" / f"{i}.png"
+                )
+    src = json.loads((run_dir / "data.json").read_text())
+    ft = ["finetune", "--from", str(run_dir), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "ds")]
+    ft += ["--batch-size", "4", "--device", "cpu", "--no-progress", "--no-report", "--set", "train.epochs=1"]
+    with caplog.at_level("INFO"):
+        assert main([*ft, "--out", str(tmp_path / "ft")]) == 0
+    assert "new zero-initialised head: the checkpoint's 10 classes are not the dataset's" in caplog.text
+    assert json.loads((tmp_path / "ft" / "pretrained.json").read_text())["head_reset"] is True
+    data = json.loads((tmp_path / "ft" / "data.json").read_text())
+    assert data["mean"] == pytest.approx(src["mean"] * 3) and data["std"] == pytest.approx(src["std"] * 3)
+    assert json.loads((tmp_path / "ft" / "summary.json").read_text())["steps"] == 5  # 1 epoch of 20 images
+    capsys.readouterr()
+    shots = ["fewshot", str(run_dir), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "ds")]
+    assert main([*shots, "--shots", "1", "--json", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["dataset"] == "imagefolder" and res["num_test"] == 20

@@ -143,6 +143,9 @@ def test_compare_refuses_weights_without_a_dataset_and_runs_on_other_folders(tmp
     capsys.readouterr()
     assert main(["compare", *runs]) == 2
     assert "would hold other images than" in capsys.readouterr().err
+    # --data-dir names the folder every run is read from (runs moved, or trained elsewhere): it was refused
+    assert main(["compare", *runs, "--data-dir", str(tmp_path / "a"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 32
 
 
 def test_compare_on_val_accepts_runs_that_differ_in_subset_only(tmp_path, capsys):

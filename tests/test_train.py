@@ -246,6 +246,11 @@ def test_every_weights_file_of_a_run_reads_as_the_run_s_model(tmp_path):
             assert f.metadata() == {"format": "vitkit"}
         ckpt = read_checkpoint(str(path))
         assert ckpt.format == "vitkit" and ckpt.config == cfg.model and ckpt.heads_stated
+    # a checkpoint folder stands for its EMA, the run's weights of record (eval, finetune... took the raw ones)
+    from vitkit.cli.common import find_run
+
+    assert find_run(str(step)) == (str(tmp_path), str(step / "ema.safetensors"))
+    assert read_checkpoint(str(step)).path == str(step / "ema.safetensors")
     # a run of earlier sessions: the same files without metadata are read by their place in the run
     plain = load_weights(str(files[0]))
     save_file(plain, str(files[0]))

@@ -148,7 +148,10 @@ class LoadedRun:
 
 def find_run(path: str) -> tuple[str | None, str]:
     """(run_dir, weights file) for a run folder, a checkpoint folder in it, or a weights file in it; run_dir None
-    for a weights file outside a run (a `vitkit export --format safetensors` file describes its own model)."""
+    for a weights file outside a run (a `vitkit export --format safetensors` file describes its own model). A
+    checkpoint folder's weights are its EMA where the run keeps one (ema.safetensors), as the final weights are."""
+    from vitkit.convert.runs import folder_weights
+
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise UserError(f"{path} does not exist")
@@ -183,9 +186,9 @@ def find_run(path: str) -> tuple[str | None, str]:
             ckpt = latest_valid(os.path.join(path, "checkpoints"))
             if ckpt is None:
                 raise UserError(f"{path} has no model.safetensors and no valid checkpoint")
-            weights = os.path.join(ckpt, "model.safetensors")
+            weights = folder_weights(ckpt)
         return path, weights
-    weights = os.path.join(path, "model.safetensors")
+    weights = folder_weights(path)  # a checkpoint's EMA where the run keeps one, as its final weights
     run_dir = os.path.dirname(os.path.dirname(path))  # a checkpoint folder: RUN/checkpoints/step-x
     if os.path.exists(weights) and os.path.exists(os.path.join(run_dir, "config.json")):
         return run_dir, weights

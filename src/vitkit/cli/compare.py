@@ -21,12 +21,14 @@ from vitkit.cli.common import (
 )
 
 
-def _split_key(cfg, split: str) -> tuple:
-    """What decides which images a run's `split` holds: the dataset (an image folder's path); for the test split
-    of a real dataset nothing else, but the seed draws synthetic data and an image folder's carved-out test split
-    too; the val split follows the seed and the holdout, the train split the subset as well."""
+def _split_key(cfg, split: str, folder_given: bool = False) -> tuple:
+    """What decides which images a run's `split` holds: the dataset (an image folder's path, unless --data-dir
+    names the one all are read from: runs moved, or trained elsewhere); for the test split of a real dataset
+    nothing else, but the seed draws synthetic data and an image folder's carved-out test split too; the val split
+    follows the seed and the holdout, the train split the subset as well."""
     d = cfg.data
-    folder = os.path.abspath(d.data_dir) if d.dataset == "imagefolder" and d.data_dir else None
+    recorded = d.dataset == "imagefolder" and d.data_dir and not folder_given
+    folder = os.path.abspath(d.data_dir) if recorded else None
     seeded = d.dataset == "synthetic" or d.val_fraction > 0
     key = (d.dataset, folder, d.synthetic_size if d.dataset == "synthetic" else None, d.val_fraction)
     key += (cfg.train.seed,) if seeded else ()
@@ -97,8 +99,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             data_cfg, dataset=args.dataset, data_dir=None, holdout=0.0, subset=1.0, val_fraction=0.0
         )
     else:
-        key = _split_key(first, args.split)
-        differ = [p for p, r in zip(args.runs, runs) if _split_key(r.cfg, args.split) != key]
+        given = args.data_dir is not None
+        key = _split_key(first, args.split, given)
+        differ = [p for p, r in zip(args.runs, runs) if _split_key(r.cfg, args.split, given) != key]
         if differ:
             raise UserError(
                 f"--split {args.split}: {', '.join(differ)} would hold other images than {args.runs[0]} (another "

@@ -67,9 +67,37 @@ def user_overrides(args: argparse.Namespace) -> list[str]:
     overrides = [
         f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
     ]
-    if args.epochs is not None and args.steps is None:
+    sets = {o.split("=", 1)[0].strip() for o in args.set or []}
+    # a length in epochs (--epochs or --set train.epochs) replaces the recipe's in steps, as in `vitkit train`
+    if (
+        (args.epochs is not None or "train.epochs" in sets)
+        and args.steps is None
+        and "train.steps" not in sets
+    ):
         overrides.append("train.steps=0")
     return overrides + (args.set or [])
+
+
+def _other_classes(ckpt: Checkpoint, splits: Any) -> bool:
+    """Whether the checkpoint's head is for other classes than the dataset's, by their names (the paper replaces
+    the head whatever they are; a head for the dataset's own classes is kept, as for a move to a higher
+    resolution); said either way."""
+    theirs, ours = ckpt.meta.get("classes"), list(getattr(splits, "classes", None) or [])
+    k = ckpt.config.num_classes
+    if theirs and ours and list(theirs) != ours:
+        log.info("new zero-initialised head: the checkpoint's %d classes are not the dataset's", k)
+        return True
+    if theirs and ours:
+        log.info(
+            "the checkpoint's head is kept: its %d classes are the dataset's (--reset-head for a new one)", k
+        )
+    elif k:
+        log.warning(
+            "the checkpoint's head is kept: it has as many classes (%d) as the dataset and does not name them, so "
+            "they are taken to be the dataset's; pass --reset-head for the paper's new zero-initialised head",
+            k,
+        )
+    return False
 
 
 def resample_used(model_cfg: Any, asked: str, report: Any) -> str | None:
@@ -107,15 +135,18 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     if cfg.recipe == "bit-hyperrule":  # its length, warmup and MixUp follow the training set's size
         given = {o.split("=", 1)[0].strip() for o in user_overrides(args)}
         cfg = apply_overrides(cfg, hyperrule(len(splits.train), cfg.model.img_size, given))
-    reset = args.reset_head or cfg.model.num_classes != ckpt.config.num_classes
+    reset = (
+        args.reset_head or cfg.model.num_classes != ckpt.config.num_classes or _other_classes(ckpt, splits)
+    )
     if reset:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, representation_size=None))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, weights_follow=True)
     report = load_pretrained(model, ckpt, resample=args.resample, reset_head=reset or None)
     cfg = dataclasses.replace(cfg, model=model.cfg)
-    mean, std = ckpt.meta.get("mean"), ckpt.meta.get("std")
-    if mean and std and len(mean) == len(std) == splits.in_chans:  # preprocess as in pre-training
+    # preprocess as in pre-training (the checkpoint's statistics, one per channel once the filters were adapted)
+    mean, std = model.preprocess.get("mean"), model.preprocess.get("std")
+    if mean and std and len(mean) == len(std) == splits.in_chans:
         splits = dataclasses.replace(splits, mean=tuple(mean), std=tuple(std))
     provenance = {
         "from": args.source,

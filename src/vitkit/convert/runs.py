@@ -22,6 +22,7 @@ CONFIG = "config.json"
 CONVERTED = "converted"  # the recipe name of a converted run (it has no dataset of its own)
 DATA = "data.json"
 WEIGHTS = "model.safetensors"
+EMA_WEIGHTS = "ema.safetensors"  # a checkpoint's EMA of the weights (the trainer's weights key "ema")
 SUMMARY = "summary.json"
 CROP_KEYS = (
     "crop_pct",
@@ -78,11 +79,19 @@ def check_run_weights(run_dir: str, weights: str) -> None:
         )
 
 
+def folder_weights(folder: str) -> str:
+    """The weights of record in a run or checkpoint folder: a checkpoint's EMA (ema.safetensors) where the run
+    keeps one, as its final model.safetensors is (model.safetensors there holds the raw weights)."""
+    ema = os.path.join(folder, EMA_WEIGHTS)
+    return ema if os.path.isfile(ema) else os.path.join(folder, WEIGHTS)
+
+
 def read_run(path: str) -> Checkpoint:
-    """A run folder, a checkpoint folder inside one (checkpoints/step-N), or a weights file inside either."""
+    """A run folder, a checkpoint folder inside one (checkpoints/step-N: its EMA weights where it has them), or a
+    weights file inside either."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path) if os.path.isfile(path) else path
-    weights = path if os.path.isfile(path) else os.path.join(folder, WEIGHTS)
+    weights = path if os.path.isfile(path) else folder_weights(folder)
     run_dir = folder
     if not os.path.isfile(os.path.join(run_dir, CONFIG)):
         run_dir = os.path.dirname(os.path.dirname(folder))  # RUN/checkpoints/step-N/model.safetensors
