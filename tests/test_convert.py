@@ -768,3 +768,35 @@ def test_odd_files_and_keys_are_named(tmp_path):
         ConversionError, match=r"hf.*: missing encoder\.layer\.1\.attention\.attention\.key\.weight"
     ):
         read_checkpoint(tmp_path / "hf")
+
+
+def test_files_that_leave_their_model_open_are_read_as_they_are_or_refused(tmp_path, caplog):
+    """Was: an official npz without its position embedding loaded as big_vision's sin-cos; a transformers state
+    dict of a 4x6 grid could not be read at the img_size given; timm's global_pool='' read pooled without a word."""
+    arrays = flax_arrays(seed=6)
+    del arrays["Transformer/posembed_input/pos_embedding"]
+    with pytest.raises(ConversionError, match=r"missing array 'Transformer/posembed_input/pos_embedding'"):
+        vitkit.create_model(pretrained=save_npz(tmp_path / "nopos.npz", arrays))
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.ViTForImageClassification(
+        transformers.ViTConfig(
+            image_size=[32, 48], patch_size=8, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+            intermediate_size=96, num_labels=3,
+        )
+    ).eval()  # fmt: skip
+    ours = vitkit.create_model(pretrained=hf.state_dict(), img_size=(32, 48), num_heads=4)
+    assert ours.cfg.img_size == (32, 48)
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(x).logits, rtol=1e-5, atol=1e-5)
+    timm = pytest.importorskip("timm")
+    t = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2,
+        num_classes=0, global_pool="",
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        m = vitkit.create_model(pretrained=t)
+    assert "global_pool='' (unpooled tokens)" in caplog.text
+    m.reset_classifier(0, "")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x[..., :32]), t.eval()(x[..., :32]), rtol=1e-5, atol=1e-5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any
@@ -126,11 +127,17 @@ def _check_hf_config(config: dict[str, Any], where: str) -> None:
         raise ConversionError(f"{where}: pooler_act={config['pooler_act']!r}; vitkit's pre-logits use tanh")
 
 
-def from_hf_state(state: dict[str, torch.Tensor], config: dict[str, Any], where: str) -> Checkpoint:
-    """A Checkpoint from transformers weights and their config.json dict."""
+def from_hf_state(
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    where: str,
+    img_size: tuple[int, int] | None = None,
+) -> Checkpoint:
+    """A Checkpoint from transformers weights and their config.json dict; `img_size`, the size asked for, reads
+    a grid that weights without a config cannot give (one that is not square)."""
     _check_hf_config(config, where)
     converted = convert_hf_state(state, where)
-    img = _pair(config["image_size"]) if "image_size" in config else None
+    img = _pair(config["image_size"]) if "image_size" in config else _asked_grid(converted, img_size)
     cfg = infer_config(
         converted,
         where,
@@ -148,6 +155,17 @@ def from_hf_state(state: dict[str, torch.Tensor], config: dict[str, Any], where:
     )
     stated = "num_attention_heads" in config
     return Checkpoint(converted, cfg, "hf", where, meta, heads_known=bool(known), heads_stated=stated)
+
+
+def _asked_grid(state: dict[str, torch.Tensor], img_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`img_size` where its grid has as many patches as the position embedding's rows past the class token and
+    those are no square (a square is read as a square grid, as transformers does), else None."""
+    pos, proj = state.get("pos_embed"), state.get("patch_embed.proj.weight")
+    if img_size is None or pos is None or proj is None:
+        return None
+    n, p = int(pos.shape[1]) - 1, int(proj.shape[-1])
+    fits = (img_size[0] // p) * (img_size[1] // p) == n
+    return tuple(img_size) if fits and math.isqrt(n) ** 2 != n else None
 
 
 def read_hf_folder(folder: str) -> Checkpoint:

@@ -218,6 +218,11 @@ def read_official(
     # be a square are no sign of its absence); big_vision adds it before, so it never is
     if facts["layout"] == "big_vision" and "pos_embed" in state:
         prepend_prefix_posemb(state, grid_tokens=int(state["pos_embed"].shape[1]))
+    if "pos_embed" not in state and facts["layout"] != "big_vision":  # only big_vision's is fixed (sin-cos)
+        raise ConversionError(
+            f"{path}: missing array 'Transformer/posembed_input/pos_embedding': the official code always learns a "
+            "position embedding (a damaged or incomplete file?)"
+        )
     posemb = None if "pos_embed" in state else "sincos2d"  # big_vision's fixed 2D sin-cos
     size = None
     if img_size and posemb is None:

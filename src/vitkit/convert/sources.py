@@ -45,7 +45,7 @@ def _from_state(
     if is_timm_state(state):
         return from_timm_state(state, path, num_heads=num_heads, img_size=img_size)
     if is_hf_state(state):
-        return from_hf_state(state, {"num_attention_heads": num_heads} if num_heads else {}, path)
+        return from_hf_state(state, {"num_attention_heads": num_heads} if num_heads else {}, path, img_size)
     some = sorted(state)[:6]
     raise ConversionError(
         f"{path}: not a checkpoint vitkit knows: expected timm names (patch_embed.proj.weight; a BiT ResNet's "

@@ -90,7 +90,14 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
     if isinstance(args.get("norm_eps"), float):  # a module's LayerNorm eps (timm_module_config)
         facts["norm_eps"] = args["norm_eps"]
     pool = args.get("global_pool", config.get("global_pool"))
-    if pool not in (None, "token", "avg", ""):
+    if pool == "":  # timm's unpooled tokens: the weights are a token-pooled model's
+        log.warning(
+            "%s: timm global_pool='' (unpooled tokens): read as the class-token pooled model its weights are; "
+            "call reset_classifier(0, '') on it for the tokens (B, N, D), as timm gives them",
+            where,
+        )
+        pool = None
+    if pool not in (None, "token", "avg"):
         raise ConversionError(
             f"{where}: timm global_pool={pool!r} is not supported (vitkit pools by token or avg)"
         )
