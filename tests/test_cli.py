@@ -45,6 +45,18 @@ def test_missing_optional_package_is_one_line(capsys, monkeypatch):
     assert err == ["vitkit models: error: this needs timm_not_installed: pip install timm_not_installed"]
 
 
+@pytest.mark.parametrize("text", ["0x16", "16x", "16x16x3", "big"])
+def test_an_image_size_is_n_or_hxw(text, capsys):
+    from vitkit.cli.common import image_size
+
+    assert (
+        image_size("224") == 224 and image_size("224x160") == (224, 160) and image_size("32X48") == (32, 48)
+    )
+    with pytest.raises(SystemExit):
+        main(["convert", "SRC", "--out", "OUT", "--img-size", text])
+    assert "argument --img-size" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["train"], ["bench"], ["bench", "--recipe", "fashion-mnist"]])
 def test_an_empty_model_name_is_refused(command, capsys):
     """Was: --model "" was taken as no --model (the recipe's model, or ViT-S/16) and ran."""

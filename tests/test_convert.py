@@ -737,6 +737,13 @@ def test_a_non_square_timm_file_is_read_at_the_size_asked_for(tmp_path, kind):
                                num_heads=HEADS, mlp_dim=MLP, num_classes=5)  # fmt: skip
     load_pretrained(into, str(tmp_path / "t.safetensors"))
     assert_same_logits(into.eval(), t, torch.randn(2, 3, *size))
+    # the command line takes the size too (--img-size took one integer: no command could read this file)
+    from vitkit.cli import main
+
+    out = tmp_path / "run"
+    flags = ["--num-heads", str(HEADS), "--img-size", f"{size[0]}x{size[1]}"]
+    assert main(["convert", str(tmp_path / "t.safetensors"), "--out", str(out), *flags]) == 0
+    assert_same_logits(vitkit.create_model(pretrained=str(out)).eval(), t, torch.randn(2, 3, *size))
 
 
 @pytest.mark.parametrize("name", ["resnetaa50", "resnetblur50"])

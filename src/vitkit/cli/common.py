@@ -45,6 +45,20 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def image_size(text: str) -> int | tuple[int, int]:
+    """An argparse type: a side in pixels (224) or height x width (224x160)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: expected N or HxW (e.g. 224 or 224x160)")
+    sides = tuple(positive_int(p.strip()) for p in parts)
+    return sides[0] if len(sides) == 1 else sides  # type: ignore[return-value]
+
+
+def size_label(size: int | tuple[int, int]) -> str:
+    """224 -> '224', (224, 160) -> '224x160'."""
+    return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     try:

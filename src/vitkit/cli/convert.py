@@ -10,12 +10,14 @@ from vitkit.cli.common import (
     UserError,
     guard_output_file,
     guard_output_folder,
+    image_size,
     out_holds_source,
     positive_int,
+    size_label,
 )
 
 
-def _load(source: str, img_size: int | None, num_heads: int | None):
+def _load(source: str, img_size: int | tuple[int, int] | None, num_heads: int | None):
     """(model at the asked resolution, checkpoint) for a run folder, file, folder or hub id."""
     from vitkit.convert import model_from_source, read_checkpoint
 
@@ -61,8 +63,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_out(source: str, fmt: str, img_size: int | None) -> str:
-    suffix = f"-{img_size}" if img_size else ""
+def _default_out(source: str, fmt: str, img_size: int | tuple[int, int] | None) -> str:
+    suffix = f"-{size_label(img_size)}" if img_size else ""
     ext = {"onnx": ".onnx", "safetensors": ".safetensors"}.get(fmt, f"-{fmt}")  # timm, hf: a folder
     if os.path.isdir(source) and os.path.exists(os.path.join(source, "config.json")):
         return os.path.join(source, f"model-export{suffix}{ext}")  # beside the run's own model.safetensors
@@ -179,7 +181,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="folder for config.json, data.json, model.safetensors"
     )
-    p.add_argument("--img-size", type=positive_int, help="resample the position embedding to this resolution")
+    p.add_argument(
+        "--img-size", type=image_size, help="resample the position embedding to this resolution (N or HxW)"
+    )
     p.add_argument(
         "--num-heads", type=positive_int, help="heads, for fused-qkv files whose shape is not the paper's"
     )
@@ -198,7 +202,9 @@ def add_parser(sub) -> None:
         "('local-dir:FOLDER') / transformers' from_pretrained(FOLDER) loads",
     )
     p.add_argument(
-        "--img-size", type=positive_int, help="export at this resolution (position embedding resampled)"
+        "--img-size",
+        type=image_size,
+        help="export at this resolution, N or HxW (position embedding resampled)",
     )
     p.add_argument(
         "--out",

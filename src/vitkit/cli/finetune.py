@@ -16,6 +16,7 @@ from vitkit.cli.common import (
     PRECISION_HELP,
     TqdmProgress,
     UserError,
+    image_size,
     nonneg_int,
     out_holds_source,
     positive_int,
@@ -217,8 +218,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir")
     p.add_argument(
         "--img-size",
-        type=positive_int,
-        help="fine-tuning resolution (default: 384 px for paper-finetune, else the checkpoint's)",
+        type=image_size,
+        help="fine-tuning resolution, N or HxW (default: 384 px for paper-finetune, else the checkpoint's)",
     )
     p.add_argument(
         "--resample",
