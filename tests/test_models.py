@@ -163,6 +163,53 @@ def test_timm_parity(name, kw):
         torch.testing.assert_close(model.forward_features(x), t.forward_features(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("posemb", ["learn", "relative"])
+def test_forward_macs_count_the_vits_every_product(posemb):
+    """Was: relative attention's logits (each query against every offset's key) were left out (13% here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitkit.models import forward_macs
+
+    kw = dict(img_size=32, num_classes=5, pool="gap", posemb=posemb, depth=1, embed_dim=64, num_heads=2)
+    model = create_model("ViT-Ti/8", mlp_dim=128, **kw).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randn(1, 3, 32, 32), return_attention=True)  # the explicit path: every product counted
+    assert fc.get_total_flops() == 2 * forward_macs(model)
+
+
+def test_the_names_vitkit_gives_parse_back_and_other_spellings_find_the_defaults():
+    """Was: 'ViT-192x2/16' (a depth-2 ViT-Ti's name) and 'R3-4-9+ViT-B/32' could not be parsed; a backbone given to
+    a plain name kept it ('ViT-B/1' for an R50 hybrid); pretrained=True took only the table's spelling."""
+    from vitkit.models import model_config
+    from vitkit.models.registry import DEFAULT_PRETRAINED, lookup
+
+    for name, kw in (
+        ("ViT-Ti/16", {"depth": 2}),
+        ("R50+ViT-B/16", {"depth": 2}),
+        ("ViT-S/4", {"mlp_dim": 96}),
+    ):
+        cfg = model_config(name, **kw)
+        assert "x" in cfg.name and model_config(cfg.name, mlp_dim=cfg.mlp_dim) == cfg, cfg.name
+    hybrid = model_config("ViT-B/2", backbone=(3, 4, 9))
+    assert hybrid.name == "R3-4-9+ViT-B/32" and model_config(hybrid.name) == hybrid
+    assert model_config("ViT-B/1", backbone=(3, 4, 9)).name == "R50+ViT-B/16"
+    with pytest.raises(ValueError, match=r"'ViT-100x2/16'.*needs num_heads="):
+        model_config("ViT-100x2/16")
+    assert model_config("ViT-100x2/16", num_heads=4).mlp_dim == 400
+    for spelling in ("R50x1+ViT-B/16", "r50 + vit-b/16"):
+        assert lookup(DEFAULT_PRETRAINED, spelling) == DEFAULT_PRETRAINED["R50+ViT-B/16"]
+    assert lookup(DEFAULT_PRETRAINED, "ViT-B/016") == DEFAULT_PRETRAINED["ViT-B/16"]
+
+
+def test_head_hidden_size_is_the_heads_input_width():
+    """timm's head_hidden_size (the pooled features' width) was missing; with pre-logits it is theirs."""
+    rep = create_model("ViT-Ti/8", img_size=16, num_classes=0, representation_size=24, depth=1)
+    assert rep.num_features == 192 and rep.head_hidden_size == 24 == rep(torch.randn(1, 3, 16, 16)).shape[-1]
+    rep.reset_classifier(3)
+    assert rep.head_hidden_size == 192
+    assert create_model("ResNet-26", img_size=32, num_classes=3).head_hidden_size == 2048
+
+
 @pytest.mark.parametrize("bad", ["ViT-X/16", "ViT-B", "B/16", "ViT-B/0", "", "resnet50", "ViT-B/16x"])
 def test_bad_names(bad):
     with pytest.raises(ValueError, match=r"model|patch"):

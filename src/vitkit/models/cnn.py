@@ -45,9 +45,13 @@ class CNNClassifier(nn.Module):
         super().__init__()
         self.grad_checkpointing = False  # set_grad_checkpointing()
         self.pooled = True  # False after reset_classifier(0, ""): the last feature map out, as timm's
-        self.preprocess: dict[
-            str, Any
-        ] = {}  # the loaded weights' mean, std, classes, source (pretrained_cfg)
+        # the loaded weights' mean, std, classes, source (pretrained_cfg)
+        self.preprocess: dict[str, Any] = {}
+
+    @property
+    def head_hidden_size(self) -> int:
+        """The width of what the head takes (timm's): the pooled features'."""
+        return self.num_features
 
     @property
     def blocks(self) -> list[nn.Module]:

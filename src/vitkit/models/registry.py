@@ -71,8 +71,10 @@ DEFAULT_PRETRAINED = {
 }
 
 
-_NAME = re.compile(r"^ViT-(Ti|S|B|L|H)/(\d+)$", re.IGNORECASE)
-_HYBRID = re.compile(r"^(R\d*)(?:x1)?\s*\+\s*(.*)$", re.IGNORECASE)  # the paper writes R50x1+ViT-B/16 too
+# a paper size, or the <width>x<depth> that model_name gives another shape
+_NAME = re.compile(r"^ViT-(Ti|S|B|L|H|\d+x\d+)/(\d+)$", re.IGNORECASE)
+# the paper writes R50x1+ViT-B/16 too; R3-4-9+ names the stages themselves (model_name's)
+_HYBRID = re.compile(r"^(R\d*|R\d+(?:-\d+)+)(?:x1)?\s*\+\s*(.*)$", re.IGNORECASE)
 
 # The BiT baselines' stage depths (bottleneck blocks per stage), by ResNet depth (config.bit_depth of them).
 BIT_DEPTHS: dict[int, tuple[int, ...]] = {
@@ -109,19 +111,20 @@ def model_name(
 
 
 def parse_name(name: str) -> tuple[str, int]:
-    """Split `ViT-B/16` into ("B", 16); raise ValueError naming what is wrong."""
+    """Split `ViT-B/16` into ("B", 16) (`ViT-192x2/16` into ("192x2", 16)); raise ValueError naming what is
+    wrong."""
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string like 'ViT-B/16', got {name!r}")
     m = _NAME.match(name.strip())
     if not m:
         raise ValueError(
             f"unknown model {name!r}: expected 'ViT-<size>/<patch>' with size one of "
-            f"{', '.join(WIDTHS)} and an integer patch size, e.g. 'ViT-B/16', or a hybrid "
+            f"{', '.join(WIDTHS)} (or <width>x<depth>) and an integer patch size, e.g. 'ViT-B/16', or a hybrid "
             f"'<ResNet>+ViT-<size>/<stride>' with ResNet one of {', '.join(RESNETS)}, e.g. 'R50+ViT-B/16', "
             f"or a CNN baseline: 'BiT-R<depth>x<width>' (e.g. 'BiT-R50x1'), 'ResNet-<depth>', "
             f"'SASA-ResNet-<depth>' or 'AA-ResNet-<depth>' (depth one of {', '.join(map(str, RESNET_DEPTHS))})"
         )
-    size = {k.lower(): k for k in WIDTHS}[m.group(1).lower()]
+    size = {k.lower(): k for k in WIDTHS}.get(m.group(1).lower(), m.group(1).lower())
     patch = int(m.group(2))
     if patch < 1:
         raise ValueError(f"model {name!r}: patch size must be >= 1")
@@ -134,12 +137,36 @@ def parse_hybrid(name: str) -> tuple[str, tuple[int, ...] | None, str]:
     if not m:
         return "", None, name
     resnet = {k.lower(): k for k in RESNETS}.get(m.group(1).lower())
+    if resnet is None and "-" in m.group(1):  # R3-4-9: the stages themselves
+        layers = tuple(int(v) for v in m.group(1)[1:].split("-"))
+        if min(layers) < 1 or len(layers) > 4:
+            raise ValueError(f"hybrid {name!r}: one to four ResNet stages of at least one block each")
+        parse_name(m.group(2))
+        return m.group(1).upper(), layers, m.group(2)
     if resnet is None:
         raise ValueError(
-            f"unknown hybrid {name!r}: the ResNet is one of {', '.join(RESNETS)} (e.g. 'R50+ViT-B/16')"
+            f"unknown hybrid {name!r}: the ResNet is one of {', '.join(RESNETS)} (e.g. 'R50+ViT-B/16') or its "
+            "stages (R3-4-9+ViT-B/32)"
         )
     _, stride = parse_name(m.group(2))
     return resnet, _resnet_of(resnet, stride), m.group(2)
+
+
+def _shape_of(size: str, name: str, overrides: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(width, depth, heads, MLP) a name's size stands for: the paper's table, or <width>x<depth> with that width's
+    heads and MLP in the table (else width / 64 heads and 4 x width), the overrides' where they give them."""
+    if size in WIDTHS:
+        return WIDTHS[size]
+    width, depth = (int(v) for v in size.split("x"))
+    table = {w: (h, m) for w, _, h, m in WIDTHS.values()}
+    heads, mlp = table.get(width, (width // 64 if width % 64 == 0 else 0, 4 * width))
+    heads = overrides.get("num_heads", heads)
+    if width < 1 or depth < 1 or not heads:
+        raise ValueError(
+            f"model {name!r}: width {width} and depth {depth} must be positive, and a width the paper's table "
+            "does not list (nor a multiple of 64) needs num_heads="
+        )
+    return width, depth, heads, overrides.get("mlp_dim", mlp)
 
 
 def _resnet_of(resnet: str, stride: int) -> tuple[int, ...]:
@@ -201,7 +228,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
         return resnet_config(name, **overrides)
     resnet, layers, plain = parse_hybrid(name)
     size, stride = parse_name(plain)  # a hybrid's name gives the token stride, a plain one the patch size
-    width, depth, heads, mlp = WIDTHS[size]
+    width, depth, heads, mlp = _shape_of(size, name, overrides)
     patch = stride
     if layers is not None:  # patches of the ResNet's feature map
         patch = stride // backbone_stride(layers)
@@ -226,7 +253,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     check_model_options(overrides)
     base.update(overrides)
     shape = (base["embed_dim"], base["depth"], base["num_heads"], base["mlp_dim"])
-    if shape != WIDTHS[size] or base["patch_size"] != patch:
+    if shape != WIDTHS.get(size) or base["patch_size"] != patch or base.get("backbone") != layers:
         base["name"] = model_name(*shape, base["patch_size"], base.get("backbone"))  # the name says the shape
     return ModelConfig(**base)
 
@@ -259,7 +286,13 @@ def lookup(table: dict[str, Any], name: Any, default: Any = None) -> Any:
     """`table[name]` with the model name matched case-insensitively (ViT-B/16, vit-b/16), else `default`."""
     if not isinstance(name, str):
         return default
-    return {k.lower(): v for k, v in table.items()}.get(name.strip().lower(), default)
+    lowered = {k.lower(): v for k, v in table.items()}
+    if name.strip().lower() in lowered:
+        return lowered[name.strip().lower()]
+    try:  # another spelling of a listed model: R50x1+ViT-B/16, ViT-B/016
+        return lowered.get(model_config(name).name.lower(), default)
+    except ValueError:
+        return default
 
 
 def registered_setting(name: str) -> dict[str, Any]:
@@ -296,6 +329,8 @@ def forward_macs(cfg: ModelConfig) -> int:
     if cfg.backbone is not None:
         embed += backbone_macs(cfg.backbone, cfg.in_chans, cfg.img_size)
     blocks = L * (n * (4 * d * d + 2 * d * m) + 2 * n * n * d)
+    if cfg.posemb == "relative":  # each query against every offset's key: (n, 2n - 1) logits of width d
+        blocks += L * n * (2 * n - 1) * d
     rep = d * cfg.representation_size if cfg.representation_size else 0
     head_in = cfg.representation_size or d
     return embed + blocks + rep + head_in * cfg.num_classes

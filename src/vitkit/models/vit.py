@@ -153,6 +153,11 @@ class VisionTransformer(nn.Module):
     # ------------------------------------------------------------------ timm's interface
 
     @property
+    def head_hidden_size(self) -> int:
+        """The width of what the head takes (timm's): the pre-logits' where the model has them, else num_features."""
+        return self.pre_logits.fc.out_features if isinstance(self.pre_logits, PreLogits) else self.embed_dim
+
+    @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """timm's data config (input size, mean/std of the loaded weights, resize, crop, classes)."""
         data = data_config(self.cfg, "patch_embed." + self.patch_embed.pixel_conv_name, self.preprocess)
