@@ -221,6 +221,10 @@ def test_attention_maps_and_analyse_on_a_model():
     assert (a.distances >= 0).all() and (a.distances <= max_px).all()
     whole = torch.stack([mean_attention_distance(t, 4, 4) for t in attns])
     torch.testing.assert_close(a.distances, whole, rtol=1e-4, atol=1e-4)  # batching does not change it
+    # a layer at a time (each layer's attention freed before the next) gives what all the layers' maps give
+    torch.testing.assert_close(a.rollout, attention_rollout(attns, grid_size=4), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.probs, model.eval()(x).softmax(-1), rtol=1e-5, atol=1e-6)
+    model.train()
     js = a.to_json()
     json.dumps(js)
     assert len(js["mean_attention_distance"]["per_layer_per_head"]) == 3

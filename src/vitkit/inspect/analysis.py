@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.inspect.attention import attention_rollout, mean_attention_distance, patch_distances
+from vitkit.inspect.attention import mean_attention_distance, patch_distances, rollout_map, rollout_step
 from vitkit.inspect.embeddings import embedding_pca, posemb_similarity, similarity_by_distance
 
 
@@ -92,25 +92,22 @@ def analyse(
     dist_sum, maps, probs = None, [], []
     try:
         for i in range(0, len(images), batch_size):
+            # model(x, return_attention=True) a layer at a time: each layer's attention (B, H, N, N) is used and
+            # freed before the next (all of them at once took ~8 GB for ViT-L/16 at 384 px, batch 16)
             x = images[i : i + batch_size].to(device)
-            logits, attns = model(x, return_attention=True)
-            d = torch.stack(
-                [
-                    mean_attention_distance(a.float(), cfg.grid_size, cfg.token_stride, cfg.num_prefix_tokens)
-                    for a in attns
-                ]
-            )  # (L, H), averaged over this batch
-            d = d.double().cpu() * len(x)
+            tokens, rollout, per_layer = model.embed(x), None, []
+            for blk in model.blocks:
+                tokens, a = blk(tokens, return_attn=True)
+                a = a.float()
+                per_layer.append(
+                    mean_attention_distance(a, cfg.grid_size, cfg.token_stride, cfg.num_prefix_tokens)
+                )
+                rollout = rollout_step(rollout, a, head_fusion, discard_ratio)
+                del a
+            logits = model.forward_head(model.norm(tokens))
+            d = torch.stack(per_layer).double().cpu() * len(x)  # (L, H), averaged over this batch
             dist_sum = d if dist_sum is None else dist_sum + d
-            maps.append(
-                attention_rollout(
-                    [a.float() for a in attns],
-                    head_fusion,
-                    discard_ratio,
-                    cfg.num_prefix_tokens,
-                    cfg.grid_size,
-                ).cpu()
-            )
+            maps.append(rollout_map(rollout.float(), cfg.num_prefix_tokens, cfg.grid_size).cpu())
             has_head = getattr(model, "num_classes", 0) > 0
             probs.append(logits.float().softmax(-1).cpu() if has_head else torch.zeros(len(x), 0))
     finally:

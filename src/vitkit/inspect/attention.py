@@ -59,7 +59,7 @@ def mean_attention_distance(
     a = attn[:, :, p:, p:].double()  # (B, H, Np, Np)
     mass = a.sum(dim=-1)  # (B, H, Np)
     dist = patch_distances((gh, gw), patch_size).to(a.device)  # (Np, Np)
-    per_query = (a * dist).sum(dim=-1) / mass.clamp_min(1e-12)  # (B, H, Np)
+    per_query = torch.einsum("bhqk,qk->bhq", a, dist) / mass.clamp_min(1e-12)  # (B, H, Np)
     valid = (mass > 1e-9).double()
     out = (per_query * valid).sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp_min(1)  # (H,)
     return out.float()
@@ -88,23 +88,31 @@ def rollout_matrix(
     """
     if not attns:
         raise ValueError("attention_rollout needs the attention of at least one layer")
+    result = None
+    for attn in attns:
+        result = rollout_step(result, attn, head_fusion, discard_ratio)
+    return result.float()
+
+
+def rollout_step(
+    result: torch.Tensor | None, attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> torch.Tensor:
+    """One layer of `rollout_matrix`: the rollout so far (B, N, N) float64 (None before the first layer) and the
+    layer's attention (B, H, N, N) -> the rollout through it; so a layer's attention can be freed at once."""
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio={discard_ratio!r} must lie in [0, 1)")
-    B, _, N, _ = attns[0].shape
-    eye = torch.eye(N, dtype=torch.float64, device=attns[0].device)
-    result = eye.expand(B, N, N).clone()
-    for attn in attns:
-        a = fuse_heads(attn.double(), head_fusion)  # (B, N, N)
-        if discard_ratio > 0:
-            flat = a.masked_fill(eye.bool(), float("inf")).reshape(B, -1)  # the diagonal is never dropped
-            n_drop = min(int(flat.shape[1] * discard_ratio), N * N - N)
-            if n_drop:
-                idx = flat.topk(n_drop, dim=-1, largest=False).indices
-                a = a.reshape(B, -1).scatter(1, idx, 0.0).reshape(B, N, N)
-        a = 0.5 * a + 0.5 * eye
-        a = a / a.sum(dim=-1, keepdim=True)
-        result = a @ result
-    return result.float()
+    B, _, N, _ = attn.shape
+    eye = torch.eye(N, dtype=torch.float64, device=attn.device)
+    a = fuse_heads(attn, head_fusion).double()  # (B, N, N): heads fused before the copy to float64
+    if discard_ratio > 0:
+        flat = a.masked_fill(eye.bool(), float("inf")).reshape(B, -1)  # the diagonal is never dropped
+        n_drop = min(int(flat.shape[1] * discard_ratio), N * N - N)
+        if n_drop:
+            idx = flat.topk(n_drop, dim=-1, largest=False).indices
+            a = a.reshape(B, -1).scatter(1, idx, 0.0).reshape(B, N, N)
+    a = 0.5 * a + 0.5 * eye
+    a = a / a.sum(dim=-1, keepdim=True)
+    return a if result is None else a @ result
 
 
 def attention_rollout(
@@ -120,7 +128,13 @@ def attention_rollout(
     GAP models (num_prefix_tokens=0): the mean over the patch rows, as GAP pools them. The grid is square
     unless `grid_size` is given. Values are not rescaled: they are the contributions of each patch.
     """
-    r = rollout_matrix(attns, head_fusion, discard_ratio)  # (B, N, N)
+    return rollout_map(rollout_matrix(attns, head_fusion, discard_ratio), num_prefix_tokens, grid_size)
+
+
+def rollout_map(
+    r: torch.Tensor, num_prefix_tokens: int = 1, grid_size: int | tuple[int, int] | None = None
+) -> torch.Tensor:
+    """A rollout matrix (B, N, N) as a map over the patch grid (B, gh, gw): see `attention_rollout`."""
     p = num_prefix_tokens
     n_patches = r.shape[-1] - p
     if grid_size is None:
