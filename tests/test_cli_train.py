@@ -419,9 +419,8 @@ def test_predict_refuses_a_headless_or_four_channel_model_and_answers_each_image
         assert says in err and path.name in err and "Traceback" not in err, err
     rng = np.random.default_rng(0)
     paths = []
-    for i, scale in enumerate(
-        (40, 255)
-    ):  # unlike ranges: one image's range would set the other's quantisation
+    # unlike ranges: one image's range would set the other's quantisation
+    for i, scale in enumerate((40, 255)):
         p = tmp_path / f"noise{i}.png"
         Image.fromarray((rng.random((16, 16)) * scale).astype(np.uint8), "L").save(p)
         paths.append(str(p))

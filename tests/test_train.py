@@ -365,7 +365,10 @@ def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):
     out = str(tmp_path)
     train(tiny_run(epochs=2, ema_decay=0.9), out)
     (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "report-best.html").write_text("of the old run's checkpoints/best")
+    (tmp_path / "inspect-step-00000002").mkdir()
     train(tiny_run(steps=3), out)
+    assert not (tmp_path / "report-best.html").exists() and not (tmp_path / "inspect-step-00000002").exists()
     steps = [json.loads(s)["step"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 3 and steps == sorted(steps)
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "checkpoints"))] == ["step-00000003"]

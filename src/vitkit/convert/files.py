@@ -47,9 +47,8 @@ def read_torch(path: str) -> Any:
         with open(path, "rb") as f:
             head = f.read(2)
         pickled = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # a pickle's PROTO opcode
-        if pickled or any(
-            "global" in line.lower() for line in lines
-        ):  # it may import and call: could run code
+        # a global means it may import and call: it could run code
+        if pickled or any("global" in line.lower() for line in lines):
             reason = next((line for line in lines if "global" in line.lower()), lines[0])
             raise UnsafeCheckpointError(
                 f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers "

@@ -41,9 +41,8 @@ class LoadReport:
     resampled: tuple[tuple[int, int], tuple[int, int]] | None = None  # (checkpoint grid, model grid)
     head_reset: bool = False
     channels_adapted: tuple[int, int] | None = None  # (checkpoint, model) input channels
-    relative_resampled: list[str] = field(
-        default_factory=list
-    )  # AA relative tables moved to the model's maps
+    # AA relative tables moved to the model's maps
+    relative_resampled: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 

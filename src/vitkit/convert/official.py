@@ -157,9 +157,8 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
     prefix = _detect_prefix(arrays, path)
     r = _Reader(arrays, prefix, path)
     out: dict[str, torch.Tensor] = {}
-    out["patch_embed.proj.weight"] = _t(
-        r.pop("embedding/kernel", ndim=4).transpose(3, 2, 0, 1)
-    )  # (D, C, P, P)
+    kernel = r.pop("embedding/kernel", ndim=4)  # (P, P, C, D)
+    out["patch_embed.proj.weight"] = _t(kernel.transpose(3, 2, 0, 1))  # (D, C, P, P)
     out["patch_embed.proj.bias"] = _t(r.pop("embedding/bias"))
     _backbone(r, out)
     if r.has("cls"):

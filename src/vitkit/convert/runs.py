@@ -24,11 +24,8 @@ DATA = "data.json"
 WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"  # a checkpoint's EMA of the weights (the trainer's weights key "ema")
 SUMMARY = "summary.json"
-CROP_KEYS = (
-    "crop_pct",
-    "interpolation",
-    "crop_mode",
-)  # timm's eval resize and crop, when the weights give them
+# timm's eval resize and crop, when the weights give them
+CROP_KEYS = ("crop_pct", "interpolation", "crop_mode")
 # what a self-describing weights file keeps of its run's data.json: how to read and normalise an image (native_size:
 # the size a run's images are read at before resizing to the model's, e.g. 28 px for a 56-px fashion-mnist-gpu
 # model), and the class names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from typing import Any
 
@@ -51,7 +52,13 @@ def clear_run(out_dir: str) -> None:
     """
     if not os.path.exists(os.path.join(out_dir, CONFIG)):
         return
-    for name in RUN_OUTPUTS:
+    # a checkpoint's report and inspection (`vitkit report RUN/checkpoints/best`: report-best.html, inspect-best/)
+    of_checkpoints = [
+        n
+        for n in os.listdir(out_dir)
+        if re.fullmatch(r"report-(best|step-\d+)\.html|inspect-(best|step-\d+)", n)
+    ]
+    for name in (*RUN_OUTPUTS, *of_checkpoints):
         path = os.path.join(out_dir, name)
         if os.path.islink(path) or os.path.isfile(path):
             os.remove(path)  # a link goes, not what it points to
