@@ -595,3 +595,35 @@ def test_data_num_workers_sets_the_decoding_threads(tmp_path, monkeypatch):
         DataConfig(dataset="imagefolder", data_dir=str(tmp_path), num_workers=2), img_size=(8, 8)
     )
     assert splits.train.workers == 2 and pools[-1] == 2  # the channel statistics' sample
+
+
+def test_a_folder_decoded_per_batch_is_normalised_by_the_images_trained_on(tmp_path, monkeypatch):
+    """Was: with data.holdout, a folder decoded per batch kept the statistics of its whole training folder, the
+    held-out images included (an in-memory one had its own: the same data, other inputs by its size)."""
+    from PIL import Image
+
+    import vitkit.data.imagefolder as imagefolder
+    from vitkit.config import DataConfig
+    from vitkit.data.datasets import channel_stats, load_dataset
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / split / c)
+            for k, v in enumerate((0, 250)):
+                Image.fromarray(np.full((8, 8, 3), v, np.uint8)).save(tmp_path / split / c / f"{k}.png")
+    cfg = DataConfig(dataset="imagefolder", data_dir=str(tmp_path), holdout=0.5)
+    means = []
+    for limit in (1 << 40, 1):  # in memory, then per batch
+        monkeypatch.setattr(imagefolder, "IN_MEMORY_LIMIT", limit)
+        splits = load_dataset(cfg, img_size=(8, 8))
+        trained_on = splits.train.get_batch(torch.arange(len(splits.train)))[0]
+        assert splits.mean == pytest.approx(channel_stats(trained_on)[0])
+        means.append(splits.mean)
+    assert means[0] == means[1]
+
+
+def test_write_idx_keeps_signed_bytes(tmp_path):
+    """Was: int8 written with the unsigned code 0x08: -1 read back as 255."""
+    write_idx(str(tmp_path / "a.idx"), np.array([-1, -128, 5], np.int8))
+    back = read_idx(str(tmp_path / "a.idx"))
+    assert back.dtype == np.int8 and back.tolist() == [-1, -128, 5]

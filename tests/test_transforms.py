@@ -10,6 +10,7 @@ import torch
 from vitkit.config import DataConfig
 from vitkit.data.loader import eval_batches, global_batch, micro_batches, rank_share, steps_per_epoch
 from vitkit.data.transforms import (
+    ERASE_DRAWS,
     RRC_DRAWS,
     BatchTransform,
     hash_uniform,
@@ -76,7 +77,7 @@ def test_training_transform_draws_as_one_hash_per_choice(cfg):
         x = low_resolution(x, cfg.low_res_factor, u(11) < cfg.low_res)
     x = (x - 0.5 * 255) / (0.25 * 255)
     if cfg.random_erasing:
-        x = random_erasing(x, cfg.random_erasing, [u(6), u(7), u(8), u(9), u(10)])
+        x = random_erasing(x, cfg.random_erasing, [u(d) for d in ERASE_DRAWS])
     out = tf.train(imgs, idx, epoch=3)
     torch.testing.assert_close(out, x, rtol=0, atol=0)
     assert out.stride() == torch.empty(out.shape).stride()  # standard layout: what the compiled model expects
@@ -166,15 +167,32 @@ def test_flip_and_erasing():
     x = torch.randn(3, 2, 5, 6)
     y = hflip(x, torch.tensor([True, False, True]))
     assert torch.equal(y[0], x[0].flip(-1)) and torch.equal(y[1], x[1])
-    u = [
-        torch.tensor([0.0, 0.9, 0.0]),
-        torch.full((3,), 0.5),
-        torch.full((3,), 0.5),
-        torch.zeros(3),
-        torch.zeros(3),
-    ]
-    e = random_erasing(x, 0.5, u)
+    u = [torch.tensor([0.0, 0.9, 0.0]), *[torch.full((3,), 0.5)] * 2, *[torch.zeros(3)] * 2]
+    e = random_erasing(x, 0.5, u + [torch.full((3,), 0.5)] * 18)
     assert (e[0] == 0).any() and torch.equal(e[1], x[1])  # sample 1 is not erased (u0 > p)
+
+
+@pytest.mark.parametrize("hw", [(16, 48), (48, 16), (8, 8)])
+def test_random_erasing_draws_torchvisions_boxes(hw):
+    """Was: the aspect was taken in fractions of each side (a 16x48 image's boxes 0.41 high per wide, not ~1),
+    and a box too large was clamped to the image (full-height erasures) instead of drawn again."""
+    from torchvision.transforms import v2
+
+    H, W = hw
+    n = 4000
+    u = list(hash_uniforms(7, torch.arange(n), list(ERASE_DRAWS)))
+    ours = random_erasing(torch.ones(n, 1, H, W), 1.0, u) == 0  # (n, 1, H, W) erased
+    torch.manual_seed(0)
+    op = v2.RandomErasing(p=1.0, value=0)
+    theirs = torch.stack([op(torch.ones(1, H, W)) for _ in range(n)]) == 0
+
+    def stats(m):
+        rows, cols = m[:, 0].any(2).sum(1).double(), m[:, 0].any(1).sum(1).double()
+        erased = rows > 0
+        return m.double().mean(), (rows[erased] / cols[erased]).log().mean(), (rows == H).double().mean()
+
+    (fa, ra, full_a), (fb, rb, full_b) = stats(ours), stats(theirs)
+    assert abs(fa - fb) < 0.01 and abs(ra - rb) < 0.08 and full_a == full_b == 0, (fa, fb, ra, rb)
 
 
 def test_sample_augmentation_is_independent_of_batching():
@@ -315,3 +333,17 @@ def test_random_resized_crop_with_a_fixed_ratio_crops_squares():
     assert float((free[:, 0] - free[:, 1]).abs().max()) > 0.05
     with pytest.raises(ValueError, match=r"data\.rrc_ratio"):
         DataConfig(rrc_ratio=(2.0, 1.0))
+
+
+def test_randaugment_is_torchvisions_on_grey_images():
+    """Was: a grey image went through as three equal channels, where Color and Contrast differ from torchvision's
+    one-channel ops by a grey level that Solarize or Posterize can turn into ~100 (39 of 200 images differed)."""
+    from torchvision.transforms import v2
+
+    imgs = (torch.rand(200, 1, 28, 28) * 255).to(torch.uint8)
+    idx = torch.arange(200)
+    out = randaugment(imgs, 5, idx, 2, 9)
+    op = v2.RandAugment(2, 9)
+    for i, s in enumerate((hash_uniform(5, idx, 101) * (1 << 24)).long().tolist()):
+        torch.manual_seed(s)
+        assert torch.equal(op(imgs[i]), out[i]), i

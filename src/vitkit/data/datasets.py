@@ -31,6 +31,7 @@ FASHION_CLASSES = [
 ]
 MNIST_CLASSES = [str(i) for i in range(10)]
 DEBIAN_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+STATS_SAMPLE = 2000  # images decoded for the channel statistics of a split decoded per batch
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -369,10 +370,14 @@ def load_dataset(
         splits = hold_out(splits, cfg.holdout, seed)
     if cfg.subset < 1:
         splits = train_subset(splits, cfg.subset, seed)
-    if (cfg.holdout > 0 or cfg.subset < 1) and isinstance(splits.train, ArrayDataset):
-        # the normalisation from the images trained on (their first 20,000, as channel_stats takes): the held-out
-        # ones (val) are not looked at
-        mean, std = channel_stats(splits.train.images)
+    if cfg.holdout > 0 or cfg.subset < 1:
+        # the normalisation from the images trained on (their first 20,000, as channel_stats takes; a folder
+        # decoded per batch: its first 2,000): the held-out ones (val) are not looked at
+        train = splits.train
+        if isinstance(train, ArrayDataset):
+            mean, std = channel_stats(train.images)
+        else:
+            mean, std = channel_stats(train.get_batch(torch.arange(min(len(train), STATS_SAMPLE)))[0])
         splits = dataclasses.replace(splits, mean=mean, std=std)
     for split, data in (("training", splits.train), ("test", splits.test)):
         if len(data) == 0:

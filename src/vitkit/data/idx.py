@@ -73,12 +73,12 @@ def read_idx_pair(images_path: str, labels_path: str, num_classes: int = 10) -> 
 def write_idx(path: str, arr: np.ndarray) -> None:
     """Write `arr` as an IDX file (gzip when the path ends in .gz); used by tests and tools."""
     codes = {v: k for k, v in _DTYPES.items()}
-    be = arr.dtype.newbyteorder(">").str if arr.dtype.itemsize > 1 else "|u1"
-    code = codes.get(be.replace("|", ">"))
+    be = arr.dtype.newbyteorder(">").str.replace("|", ">")  # one-byte types: |u1 / |i1
+    code = codes.get(be)
     if code is None:
         raise ValueError(f"cannot write dtype {arr.dtype} as IDX")
     header = struct.pack(">HBB", 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    payload = header + arr.astype(be.replace("|", ">")).tobytes()
+    payload = header + arr.astype(be).tobytes()
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(payload)

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitkit.data.datasets import ArrayDataset, Splits, channel_stats, holdout_indices
+from vitkit.data.datasets import STATS_SAMPLE, ArrayDataset, Splits, channel_stats, holdout_indices
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 IN_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 images kept in memory; beyond this, decode per batch
-STATS_SAMPLE = 2000  # images decoded for the channel statistics of a folder decoded per batch
 
 
 RESAMPLE = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")  # PIL's filters, timm's names

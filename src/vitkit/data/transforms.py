@@ -47,6 +47,8 @@ def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 # RandomResizedCrop's draw numbers: the first (area, ratio), the box's place, then 9 more tries' (area, ratio)
 RRC_DRAWS = (1, 2, 3, 4, *range(12, 30))
+# random erasing: apply, (area, ratio), (top, left), then an (area, ratio) per further try (up to 10, as torchvision)
+ERASE_DRAWS = (6, 7, 8, 9, 10, *range(30, 48))
 
 
 def rrc_boxes(
@@ -108,19 +110,27 @@ def random_erasing(
     area: tuple[float, float] = (0.02, 1 / 3),
     ratio: tuple[float, float] = (0.3, 3.3),
 ) -> torch.Tensor:
-    """Erase one random rectangle per sample with probability `prob` (fills 0 = the mean after normalising)."""
+    """Erase one random rectangle per sample with probability `prob` (fills 0 = the mean after normalising), as
+    torchvision's RandomErasing: an area (a fraction of the image's) and a log-uniform aspect (height / width, in
+    pixels) drawn until the box fits inside the image, up to 10 tries (`u`: apply, (area, ratio), (top, left),
+    then one (area, ratio) per further try, (B,) uniforms each); a sample none fits is left as it is."""
     _, _, H, W = x.shape
-    a = area[0] + (area[1] - area[0]) * u[1]
-    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[2]
-    eh = (torch.sqrt(a * torch.exp(logr)) * H).round().clamp(1, H)
-    ew = (torch.sqrt(a / torch.exp(logr)) * W).round().clamp(1, W)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    eh = ew = torch.zeros_like(u[0])
+    found = torch.zeros_like(u[0], dtype=torch.bool)
+    for ua, ur in [(u[1], u[2]), *zip(u[5::2], u[6::2])]:
+        pixels = (area[0] + (area[1] - area[0]) * ua) * H * W
+        r = torch.exp(lo + (hi - lo) * ur)
+        th, tw = torch.sqrt(pixels * r).round(), torch.sqrt(pixels / r).round()
+        fits = (th < H) & (tw < W) & ~found  # torchvision's test: strictly inside
+        eh, ew, found = torch.where(fits, th, eh), torch.where(fits, tw, ew), found | fits
     top = ((H - eh + 1) * u[3]).floor()
     left = ((W - ew + 1) * u[4]).floor()
     r = torch.arange(H, device=x.device)[None, :]
     c = torch.arange(W, device=x.device)[None, :]
     in_r = (r >= top[:, None]) & (r < (top + eh)[:, None])  # (B, H)
     in_c = (c >= left[:, None]) & (c < (left + ew)[:, None])  # (B, W)
-    mask = in_r[:, :, None] & in_c[:, None, :] & (u[0] < prob)[:, None, None]  # (B, H, W)
+    mask = in_r[:, :, None] & in_c[:, None, :] & ((u[0] < prob) & found)[:, None, None]  # (B, H, W)
     return x.masked_fill(mask[:, None], 0.0)
 
 
@@ -159,7 +169,7 @@ def randaugment(
         for i, s in enumerate(seeds):
             torch.manual_seed(s)
             img = images[i]
-            out[i] = op(img.expand(3, -1, -1))[:1] if img.shape[0] == 1 else op(img)
+            out[i] = op(img)  # a grey image as it is: torchvision's ops take one channel (Color is a no-op)
     return out
 
 
@@ -224,7 +234,7 @@ class BatchTransform:
             (not c.random_resized_crop and c.crop_padding > 0, [1, 2]),
             (c.hflip, [5]),
             (c.low_res > 0, [11]),
-            (c.random_erasing > 0, [6, 7, 8, 9, 10]),
+            (c.random_erasing > 0, list(ERASE_DRAWS)),
         ]
         draws = [d for used, ds in uses if used for d in ds]
         rows = dict(zip(draws, hash_uniforms(key, idx, draws))) if draws else {}
@@ -248,5 +258,5 @@ class BatchTransform:
             x = low_resolution(x, c.low_res_factor, u(11) < c.low_res)
         x = normalize(x, self.mean, self.std)
         if c.random_erasing > 0:
-            x = random_erasing(x, c.random_erasing, [u(6), u(7), u(8), u(9), u(10)])
+            x = random_erasing(x, c.random_erasing, [u(d) for d in ERASE_DRAWS])
         return x
