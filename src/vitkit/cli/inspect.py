@@ -290,8 +290,8 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
                              f"{summary['train_seconds']:.0f} s on {summary.get('device', '?')}"),
             ]  # fmt: skip
         facts.insert(0, ("run", subject.run_dir))
-    if subject.weights:
-        facts.insert(1, ("weights analysed", subject.weights))
+        if subject.weights:
+            facts.insert(1, ("weights analysed", subject.weights))
         shown = None if inputs.noise else inputs.images
         sections += run_sections(
             read_metrics(subject.run_dir), summary, subject.classes, analysis, shown, inputs.labels
@@ -355,12 +355,20 @@ def default_output(run_dir: str, checkpoint: str | None, stem: str, suffix: str 
 
 
 def _checkpoint_of(path: str) -> tuple[str | None, str | None]:
-    """(run_dir, checkpoint folder name or None for the final weights) of a run path."""
+    """(run_dir, a label for weights other than the run's final ones, else None) of a run path: a checkpoint
+    folder's name for its weights of record (best), with the file's stem for another of its files
+    (step-00000002-model: the raw weights beside the EMA), the stem for another file in the run (model_raw)."""
+    from vitkit.convert.runs import folder_weights
+
     run_dir, weights = find_run(path)
-    final = run_dir and os.path.abspath(weights) == os.path.abspath(
-        os.path.join(run_dir, "model.safetensors")
-    )
-    return run_dir, None if final else os.path.basename(os.path.dirname(weights))
+    weights = os.path.abspath(weights)
+    folder, stem = os.path.dirname(weights), os.path.splitext(os.path.basename(weights))[0]
+    if run_dir is None or weights == os.path.abspath(os.path.join(run_dir, "model.safetensors")):
+        return run_dir, None
+    if folder == os.path.abspath(run_dir):
+        return run_dir, stem
+    name = os.path.basename(folder)
+    return run_dir, name if weights == os.path.abspath(folder_weights(folder)) else f"{name}-{stem}"
 
 
 def _device(name: str) -> torch.device:

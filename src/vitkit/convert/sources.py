@@ -21,7 +21,7 @@ from vitkit.convert.files import (
 from vitkit.convert.hf import from_hf_state, is_hf_state, read_hf_folder
 from vitkit.convert.hub import fetch, is_hub_id
 from vitkit.convert.official import read_official
-from vitkit.convert.runs import CONFIG, WEIGHTS, is_run_config, read_model_file, read_run
+from vitkit.convert.runs import CONFIG, EMA_WEIGHTS, WEIGHTS, is_run_config, read_model_file, read_run
 from vitkit.convert.timm import (
     from_timm_state,
     is_timm_state,
@@ -144,16 +144,22 @@ def _read_file(path: str, num_heads: int | None, img_size: tuple[int, int] | Non
 
 
 def in_run(path: str) -> bool:
-    """Whether a weights file lies in a vitkit run folder or in a checkpoint folder of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    for run_dir in (folder, os.path.dirname(os.path.dirname(folder))):
-        config = os.path.join(run_dir, CONFIG)
-        if os.path.isfile(config):
-            try:
-                return is_run_config(read_json_file(config))
-            except ConversionError:
-                return False
-    return False
+    """Whether a weights file is one that training writes into a vitkit run: RUN/model.safetensors or
+    model_raw.safetensors, RUN/checkpoints/<name>/model.safetensors or ema.safetensors (another file there, such
+    as a timm file copied in, is read as what it is)."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    if name in (WEIGHTS, EMA_WEIGHTS) and os.path.basename(os.path.dirname(folder)) == "checkpoints":
+        run_dir = os.path.dirname(os.path.dirname(folder))
+    elif name in (WEIGHTS, "model_raw.safetensors"):
+        run_dir = folder
+    else:
+        return False
+    config = os.path.join(run_dir, CONFIG)
+    try:
+        return os.path.isfile(config) and is_run_config(read_json_file(config))
+    except ConversionError:
+        return False
 
 
 def read_checkpoint(

@@ -52,13 +52,10 @@ def clear_run(out_dir: str) -> None:
     """
     if not os.path.exists(os.path.join(out_dir, CONFIG)):
         return
-    # a checkpoint's report and inspection (`vitkit report RUN/checkpoints/best`: report-best.html, inspect-best/)
-    of_checkpoints = [
-        n
-        for n in os.listdir(out_dir)
-        if re.fullmatch(r"report-(best|step-\d+)\.html|inspect-(best|step-\d+)", n)
-    ]
-    for name in (*RUN_OUTPUTS, *of_checkpoints):
+    # the reports and inspections of its other weights (`vitkit report RUN/checkpoints/best`: report-best.html,
+    # inspect-best/; RUN/model_raw.safetensors: report-model_raw.html)
+    others = [n for n in os.listdir(out_dir) if re.fullmatch(r"report-[\w.-]+\.html|inspect-[\w.-]+", n)]
+    for name in (*RUN_OUTPUTS, *others):
         path = os.path.join(out_dir, name)
         if os.path.islink(path) or os.path.isfile(path):
             os.remove(path)  # a link goes, not what it points to
