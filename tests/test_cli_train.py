@@ -537,3 +537,12 @@ def test_finetune_replaces_a_head_for_other_classes_and_keeps_the_checkpoints_st
     assert main([*shots, "--shots", "1", "--json", "--no-progress"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["dataset"] == "imagefolder" and res["num_test"] == 20
+
+
+def test_placeholder_class_names_name_nothing():
+    """Was: a converted .npz run's classes "0", "1", ... (or transformers' LABEL_0, ...) counted as names, so
+    fine-tuning from the run reset a head that fine-tuning from the file kept."""
+    from vitkit.cli.finetune import _named
+
+    assert _named(["0", "1", "2"]) is None and _named(["LABEL_0", "LABEL_1"]) is None and _named(None) is None
+    assert _named(["cat", "dog"]) == ["cat", "dog"] and _named(["1", "0"]) == ["1", "0"]

@@ -362,9 +362,12 @@ def test_a_checkpoints_stated_heads_are_kept_and_num_heads_is_used_where_it_was_
     m2 = vitkit.create_model("ViT-Ti/16", num_heads=2, img_size=16, num_classes=3)
     with pytest.raises(ConversionError, match=r"trained with 6 attention heads, the model has 2"):
         vitkit.load_pretrained(m2, m6)
-    vitkit.load_pretrained(
-        m2, vitkit.read_checkpoint(m6.state_dict()), strict=True
-    )  # heads not stated: taken
+    unstated = vitkit.read_checkpoint(m6.state_dict())  # a bare state dict: heads not stated, so taken
+    vitkit.load_pretrained(m2, unstated, strict=True)
+    sasa8 = vitkit.create_model("SASA-ResNet-26", img_size=16, num_classes=3)  # the attention baselines too
+    sasa4 = vitkit.create_model("SASA-ResNet-26", img_size=16, num_classes=3, num_heads=4)
+    with pytest.raises(ConversionError, match=r"trained with 8 attention heads, the model has 4"):
+        vitkit.load_pretrained(sasa4, sasa8)
     t6 = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, num_heads=6)
     with pytest.raises(ConversionError, match=r"num_heads 6 vs 3"):  # a timm model in memory states its heads
         vitkit.create_model("ViT-Ti/16", pretrained=t6)

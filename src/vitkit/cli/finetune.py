@@ -79,11 +79,19 @@ def user_overrides(args: argparse.Namespace) -> list[str]:
     return overrides + (args.set or [])
 
 
+def _named(classes: list[str] | None) -> list[str] | None:
+    """Class names that name something: None for placeholders (0, 1, ...; transformers' LABEL_0, ...)."""
+    if not classes:
+        return None
+    placeholder = [str(i) for i in range(len(classes))], [f"LABEL_{i}" for i in range(len(classes))]
+    return None if list(classes) in placeholder else list(classes)
+
+
 def _other_classes(ckpt: Checkpoint, splits: Any) -> bool:
     """Whether the checkpoint's head is for other classes than the dataset's, by their names (the paper replaces
     the head whatever they are; a head for the dataset's own classes is kept, as for a move to a higher
     resolution); said either way."""
-    theirs, ours = ckpt.meta.get("classes"), list(getattr(splits, "classes", None) or [])
+    theirs, ours = _named(ckpt.meta.get("classes")), list(getattr(splits, "classes", None) or [])
     k = ckpt.config.num_classes
     if theirs and ours and list(theirs) != ours:
         log.info("new zero-initialised head: the checkpoint's %d classes are not the dataset's", k)

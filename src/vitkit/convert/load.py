@@ -261,7 +261,8 @@ def _check_heads(cfg: ModelConfig, ckpt: Checkpoint) -> None:
     """Refuse heads other than those the checkpoint states: the weights' shapes cannot show them, and the same
     weights split into other heads compute another function."""
     src = ckpt.config
-    if cfg.arch == src.arch == "vit" and ckpt.heads_stated and src.num_heads != cfg.num_heads:
+    heads = cfg.arch == src.arch and cfg.arch in ("vit", "sasa", "aa")  # the models with attention heads
+    if heads and ckpt.heads_stated and src.num_heads != cfg.num_heads:
         raise ConversionError(
             f"{ckpt.path} was trained with {src.num_heads} attention heads, the model has {cfg.num_heads}: the same "
             f"weights would compute another function; build the model with num_heads={src.num_heads} "

@@ -92,8 +92,9 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
     pool = args.get("global_pool", config.get("global_pool"))
     if pool == "":  # timm's unpooled tokens: the weights are a token-pooled model's
         log.warning(
-            "%s: timm global_pool='' (unpooled tokens): read as the class-token pooled model its weights are; "
-            "call reset_classifier(0, '') on it for the tokens (B, N, D), as timm gives them",
+            "%s: timm global_pool='' (unpooled tokens): read as the pooled model its weights are (by the class "
+            "token where it has one, else by the mean); call reset_classifier(0, '') on it for the tokens (B, N, D), "
+            "as timm gives them",
             where,
         )
         pool = None

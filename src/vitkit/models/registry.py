@@ -253,7 +253,9 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     check_model_options(overrides)
     base.update(overrides)
     shape = (base["embed_dim"], base["depth"], base["num_heads"], base["mlp_dim"])
-    if shape != WIDTHS.get(size) or base["patch_size"] != patch or base.get("backbone") != layers:
+    # the name says the shape; a hybrid's always its canonical one (R3-4-9+ViT-B/16 is R50+ViT-B/16)
+    hybrid = base.get("backbone") is not None
+    if hybrid or shape != WIDTHS.get(size) or base["patch_size"] != patch or base.get("backbone") != layers:
         base["name"] = model_name(*shape, base["patch_size"], base.get("backbone"))  # the name says the shape
     return ModelConfig(**base)
 
