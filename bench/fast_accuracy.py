@@ -41,9 +41,8 @@ def main() -> int:
     for method in a.methods:
         fn, info = fast_inference(run.model, example=x, method=method)
         ways = [(method, fn)]
-        if (
-            info["dtype"] == "int8"
-        ):  # its activations quantised per call: per image, as eval and predict run it
+        # int8's activations are quantised per call: also one image per call, as eval and predict run it
+        if info["dtype"] == "int8":
             ways.append((f"{method} (1 image per call)", OneImageAtATime(fn)))
         for name, f in ways:
             res = evaluate(f, splits.test, tf.eval, num_classes=k, device=dev, batch_size=a.batch_size)

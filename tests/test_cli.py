@@ -52,9 +52,10 @@ def test_an_image_size_is_n_or_hxw(text, capsys):
     assert (
         image_size("224") == 224 and image_size("224x160") == (224, 160) and image_size("32X48") == (32, 48)
     )
-    with pytest.raises(SystemExit):
-        main(["convert", "SRC", "--out", "OUT", "--img-size", text])
-    assert "argument --img-size" in capsys.readouterr().err
+    for command in (["convert", "SRC", "--out", "OUT"], ["train"], ["bench"], ["finetune", "--from", "SRC"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--img-size", text])
+        assert "argument --img-size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["train"], ["bench"], ["bench", "--recipe", "fashion-mnist"]])
@@ -62,6 +63,9 @@ def test_an_empty_model_name_is_refused(command, capsys):
     """Was: --model "" was taken as no --model (the recipe's model, or ViT-S/16) and ran."""
     assert main([*command, "--model", ""]) == 2
     assert "unknown model ''" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nor is --recipe "" (it benchmarked ViT-S/16)
+        main(["bench", "--recipe", ""])
+    assert "argument --recipe: invalid choice: ''" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

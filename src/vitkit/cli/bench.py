@@ -8,9 +8,10 @@ import json
 
 import torch
 
-from vitkit.cli.common import guard_output_file, nonneg_int, positive_float, positive_int
+from vitkit.cli.common import guard_output_file, image_size, nonneg_int, positive_float, positive_int
 from vitkit.config import COMPILE_MODES, COMPILE_SCOPES
 from vitkit.models import model_config
+from vitkit.recipes import RECIPES
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -37,9 +38,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "in_chans": args.in_chans or cfg.in_chans,
             "num_classes": cfg.num_classes if args.num_classes is None else args.num_classes,
         }
-        if (
-            args.model is not None
-        ):  # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
+        # as `vitkit train --recipe R --model M`: the recipe's options on M's architecture
+        if args.model is not None:
             cfg = apply_overrides(run, model_overrides(args.model, size["img_size"])).model
         cfg = dataclasses.replace(cfg, **size)
         # what one forward/backward of the recipe holds: its micro-batch where it accumulates (paper-pretrain's
@@ -134,7 +134,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="throughput of vitkit (and timm with --compare timm)")
     p.add_argument("--model", help="default ViT-S/16 (or the recipe's)")
-    p.add_argument("--img-size", type=positive_int, help="default 224 (or the recipe's)")
+    p.add_argument("--img-size", type=image_size, help="N or HxW; default 224 (or the recipe's)")
     p.add_argument("--in-chans", type=positive_int, help="default 3 (or the recipe's)")
     p.add_argument("--num-classes", type=nonneg_int, help="default 1000 (or the recipe's)")
     p.add_argument(
@@ -143,7 +143,11 @@ def add_parser(sub) -> None:
         default=None,
         help="default 32 (or the recipe's micro-batch, else batch)",
     )
-    p.add_argument("--recipe", help="a recipe's model, batch and training path; timm as a plain eager loop")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="a recipe's model, batch and training path; timm as a plain eager loop",
+    )
     p.add_argument(
         "--set",
         action="append",

@@ -147,7 +147,8 @@ def noise_inputs(subject: Subject, n: int, why: str) -> Inputs:
 
 
 def sample_inputs(subject: Subject, n: int) -> Inputs:
-    """The first n test images of a run's dataset; uniform noise (with a warning) when there are none."""
+    """n test images of a run's dataset drawn at random (seed 0); uniform noise (with a warning) when there are
+    none."""
     from vitkit.data.transforms import resize
 
     cfg = subject.model.cfg

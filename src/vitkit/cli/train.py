@@ -19,6 +19,7 @@ from vitkit.cli.common import (
     add_tta_argument,
     check_dataset_fits,
     folder_chans,
+    image_size,
     load_run,
     local_data,
     nonneg_int,
@@ -456,7 +457,9 @@ def add_parser(sub) -> None:
         "--data-dir", help="where the dataset is (default: $VITKIT_DATA, Debian's package, download)"
     )
     p.add_argument("--model", help="variant such as ViT-S/4 (keeps the recipe's other model options)")
-    p.add_argument("--img-size", type=positive_int, help="training resolution (default: the recipe's)")
+    p.add_argument(
+        "--img-size", type=image_size, help="training resolution, N or HxW (default: the recipe's)"
+    )
     p.add_argument("--epochs", type=positive_int, help="default: the recipe's")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int, help="global batch per optimizer step")

@@ -76,9 +76,8 @@ class CNNClassifier(nn.Module):
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """timm's data config (input size, mean/std of the loaded weights, resize, crop, classes)."""
-        first = (
-            "stem.conv" if isinstance(getattr(self.stem, "conv", None), nn.Conv2d) else "stem.qk"
-        )  # SASA's
+        # the first layer that reads pixels: the stem's conv, or SASA's attention stem
+        first = "stem.conv" if isinstance(getattr(self.stem, "conv", None), nn.Conv2d) else "stem.qk"
         return PretrainedCfg(data_config(self.cfg, first, self.preprocess), self.preprocess)
 
     @pretrained_cfg.setter

@@ -220,9 +220,8 @@ class AttentionStem(nn.Module):
         if h % s or w % s:
             raise ValueError(f"the attention stem needs image sides divisible by {s}, got {h}x{w}")
         gh, gw = h // s, w // s
-        x = (
-            x.reshape(b, c, gh, s, gw, s).permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, s * s, c)
-        )  # (B, n, s*s, C)
+        x = x.reshape(b, c, gh, s, gw, s).permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, s, s, C)
+        x = x.reshape(b, gh * gw, s * s, c)  # (B, n, s*s, C)
         q, k = self.qk(x).chunk(2, dim=-1)  # (B, n, s*s, D) each
         v = torch.einsum("bnpc,pdc->bnpd", x, self.mixed_values())  # spatially-aware values
 

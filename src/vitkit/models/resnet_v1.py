@@ -40,10 +40,8 @@ def block_plan(cfg: ModelConfig) -> list[dict]:
     """Every bottleneck in order: stage, channels in/mid/out, stride, its input map (h, w), its output map (ho, wo),
     its spatial layer ("conv" | "sasa" | "aa") and an AA layer's dk, dv. The one description that building, MACs
     and parameters read."""
-    h, w = (
-        _half(_half(cfg.img_size[0])),
-        _half(_half(cfg.img_size[1])),
-    )  # either stem: H/4 (attention: H % 4 == 0)
+    # either stem: H/4 (attention: H % 4 == 0)
+    h, w = _half(_half(cfg.img_size[0])), _half(_half(cfg.img_size[1]))
     plan, c = [], ROOT_WIDTH
     for i, depth in enumerate(cfg.backbone):
         out = STAGE_WIDTHS[i]
