@@ -289,10 +289,23 @@ def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
         raise UserError(f"{path}: 'native_size' must be [height, width] in pixels, got {size!r:.80}")
 
 
-def folder_chans(run: LoadedRun) -> int | None:
-    """The channels to decode an image folder to for `run`'s model: greyscale for a 1-channel model (trained on
-    Fashion-MNIST, say), else RGB."""
-    return 1 if run.cfg.model.in_chans == 1 else None
+def set_keys(overrides: list[str] | None) -> set[str]:
+    """The config keys `--set KEY=VALUE` overrides name."""
+    return {o.split("=", 1)[0].strip() for o in overrides or []}
+
+
+def epochs_replace_steps(args: argparse.Namespace) -> bool:
+    """Whether a length in epochs (--epochs or --set train.epochs), with no length in steps given, replaces the
+    recipe's length in steps (train and finetune alike)."""
+    sets = set_keys(args.set)
+    epochs = args.epochs is not None or "train.epochs" in sets
+    return epochs and args.steps is None and "train.steps" not in sets
+
+
+def folder_chans(in_chans: int) -> int | None:
+    """The channels to decode an image folder to for a model of `in_chans`: greyscale for a 1-channel model
+    (trained on Fashion-MNIST, say), else the default RGB (None)."""
+    return 1 if in_chans == 1 else None
 
 
 def check_dataset_fits(run: LoadedRun, splits: Any, dataset: str, where: str, own: bool) -> None:

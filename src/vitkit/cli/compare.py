@@ -114,7 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for path, run in zip(args.runs, runs):
         folder = data_cfg.dataset == "imagefolder"
         size = run.cfg.model.img_size if folder else first.model.img_size
-        key = (size, folder_chans(run) if folder else None)
+        key = (size, folder_chans(run.cfg.model.in_chans) if folder else None)
         if key not in loaded:
             loaded[key] = load_dataset(data_cfg, img_size=size, seed=first.train.seed, in_chans=key[1])
         splits = loaded[key]

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 
-from vitkit.cli.common import UserError, local_data, positive_float, positive_int
+from vitkit.cli.common import UserError, folder_chans, local_data, positive_float, positive_int
 from vitkit.eval.fewshot import L2_REG, SEEDS, SHOTS
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,8 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     data_cfg = _data_config(args, subject)
     # a run's own dataset split as it was in training (imagefolder's val_fraction, synthetic data: by its seed)
     own = subject.run is not None and data_cfg.dataset == subject.run.cfg.data.dataset
-    # an image folder decoded as greyscale for a 1-channel model, as eval and compare do
-    grey = 1 if cfg.in_chans == 1 else None
     seed = subject.run.cfg.train.seed if own else 0
-    splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=seed, in_chans=grey)
+    splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=seed, in_chans=folder_chans(cfg.in_chans))
     if splits.in_chans not in (1, cfg.in_chans):
         raise UserError(
             f"dataset {data_cfg.dataset} has {splits.in_chans}-channel images, {subject.name} takes {cfg.in_chans}"

@@ -16,11 +16,13 @@ from vitkit.cli.common import (
     PRECISION_HELP,
     TqdmProgress,
     UserError,
+    epochs_replace_steps,
     image_size,
     nonneg_int,
     out_holds_source,
     positive_int,
     refuse_training_into,
+    set_keys,
 )
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
@@ -56,7 +58,7 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
     if not args.dataset and not any(o.strip().startswith("data.dataset=") for o in args.set or []):
         log.info("fine-tuning on %s, the recipe's dataset (--dataset to choose another)", cfg.data.dataset)
     steps = PAPER_FINETUNE_STEPS.get(cfg.data.dataset) if cfg.recipe == "paper-finetune" else None
-    if steps and not {o.split("=", 1)[0].strip() for o in overrides} & {"train.steps", "train.epochs"}:
+    if steps and not set_keys(overrides) & {"train.steps", "train.epochs"}:
         cfg = dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, steps=steps)
         )  # the official preset
@@ -68,13 +70,7 @@ def user_overrides(args: argparse.Namespace) -> list[str]:
     overrides = [
         f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
     ]
-    sets = {o.split("=", 1)[0].strip() for o in args.set or []}
-    # a length in epochs (--epochs or --set train.epochs) replaces the recipe's in steps, as in `vitkit train`
-    if (
-        (args.epochs is not None or "train.epochs" in sets)
-        and args.steps is None
-        and "train.steps" not in sets
-    ):
+    if epochs_replace_steps(args):
         overrides.append("train.steps=0")
     return overrides + (args.set or [])
 
@@ -142,7 +138,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits, warn=False)  # the checkpoint's classes and channels: adapted below
     if cfg.recipe == "bit-hyperrule":  # its length, warmup and MixUp follow the training set's size
-        given = {o.split("=", 1)[0].strip() for o in user_overrides(args)}
+        given = set_keys(user_overrides(args))
         cfg = apply_overrides(cfg, hyperrule(len(splits.train), cfg.model.img_size, given))
     reset = (
         args.reset_head or cfg.model.num_classes != ckpt.config.num_classes or _other_classes(ckpt, splits)

@@ -18,6 +18,7 @@ from vitkit.cli.common import (
     UserError,
     add_tta_argument,
     check_dataset_fits,
+    epochs_replace_steps,
     folder_chans,
     image_size,
     load_run,
@@ -27,6 +28,7 @@ from vitkit.cli.common import (
     refuse_training_into,
     run_normalisation,
     run_tta,
+    set_keys,
 )
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.recipes import GPU_RECIPES, RECIPES, get_recipe
@@ -119,13 +121,8 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    sets = {o.split("=", 1)[0].strip() for o in args.set or []}
-    if (
-        (args.epochs is not None or "train.epochs" in sets)
-        and args.steps is None
-        and "train.steps" not in sets
-    ):
-        overrides.append("train.steps=0")  # a length in epochs replaces the recipe's in steps
+    if epochs_replace_steps(args):
+        overrides.append("train.steps=0")
     if args.compile:
         overrides.append("train.compile=true")
     resolved = _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
@@ -136,7 +133,7 @@ def _prelogits_follow_width(recipe: RunConfig, cfg: RunConfig, sets: list[str]) 
     """A recipe's pre-logits of the model's width (paper-pretrain's, as the official code) stay of the model's
     width when --model or --set changes it, unless --set gives model.representation_size."""
     before, m = recipe.model, cfg.model
-    keys = {o.split("=", 1)[0].strip() for o in sets}
+    keys = set_keys(sets)
     if before.representation_size != before.embed_dim or m.embed_dim == before.embed_dim or m.arch != "vit":
         return cfg
     if "model.representation_size" in keys or m.representation_size != before.representation_size:
@@ -148,7 +145,7 @@ def _renamed(cfg: RunConfig, sets: list[str]) -> RunConfig:
     """A ViT's name ends in its token stride (ViT-fmnist/4): --set of the patch size or backbone that changed
     the stride renames it, unless --set names the model too."""
     m = cfg.model
-    keys = {o.split("=", 1)[0].strip() for o in sets}
+    keys = set_keys(sets)
     suffix = re.search(r"/(\d+)$", m.name)
     if "model.name" in keys or not keys & {"model.patch_size", "model.backbone"} or m.arch != "vit":
         return cfg
@@ -339,7 +336,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0)
     data_cfg = local_data(data_cfg, args.data_dir, args.run)
     splits = load_dataset(
-        data_cfg, img_size=run.cfg.model.img_size, seed=run.cfg.train.seed, in_chans=folder_chans(run)
+        data_cfg,
+        img_size=run.cfg.model.img_size,
+        seed=run.cfg.train.seed,
+        in_chans=folder_chans(run.cfg.model.in_chans),
     )
     check_dataset_fits(
         run, splits, data_cfg.dataset, args.run, own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder"

@@ -72,6 +72,21 @@ class Analysis:
         return out
 
 
+class _LayerStats:
+    """Each layer's mean attention distance and the rollout so far, from its attention (B, H, N, N) as the model
+    computes it (`forward_features(on_attention=...)`), so that no layer's attention is kept."""
+
+    def __init__(self, cfg: Any, head_fusion: str, discard_ratio: float):
+        self.cfg, self.head_fusion, self.discard_ratio = cfg, head_fusion, discard_ratio
+        self.distances: list[torch.Tensor] = []  # (H,) per layer
+        self.rollout: torch.Tensor | None = None  # (B, N, N) float64
+
+    def __call__(self, layer: int, attn: torch.Tensor) -> None:
+        c, a = self.cfg, attn.float()
+        self.distances.append(mean_attention_distance(a, c.grid_size, c.token_stride, c.num_prefix_tokens))
+        self.rollout = rollout_step(self.rollout, a, self.head_fusion, self.discard_ratio)
+
+
 @torch.no_grad()
 def analyse(
     model: nn.Module,
@@ -92,22 +107,14 @@ def analyse(
     dist_sum, maps, probs = None, [], []
     try:
         for i in range(0, len(images), batch_size):
-            # model(x, return_attention=True) a layer at a time: each layer's attention (B, H, N, N) is used and
-            # freed before the next (all of them at once took ~8 GB for ViT-L/16 at 384 px, batch 16)
+            # each layer's attention (B, H, N, N) used as the model computes it, and dropped before the next (all
+            # of them at once took ~8 GB for ViT-L/16 at 384 px, batch 16)
             x = images[i : i + batch_size].to(device)
-            tokens, rollout, per_layer = model.embed(x), None, []
-            for blk in model.blocks:
-                tokens, a = blk(tokens, return_attn=True)
-                a = a.float()
-                per_layer.append(
-                    mean_attention_distance(a, cfg.grid_size, cfg.token_stride, cfg.num_prefix_tokens)
-                )
-                rollout = rollout_step(rollout, a, head_fusion, discard_ratio)
-                del a
-            logits = model.forward_head(model.norm(tokens))
-            d = torch.stack(per_layer).double().cpu() * len(x)  # (L, H), averaged over this batch
+            layers = _LayerStats(cfg, head_fusion, discard_ratio)
+            logits = model.forward_head(model.forward_features(x, on_attention=layers))
+            d = torch.stack(layers.distances).double().cpu() * len(x)  # (L, H), averaged over this batch
             dist_sum = d if dist_sum is None else dist_sum + d
-            maps.append(rollout_map(rollout.float(), cfg.num_prefix_tokens, cfg.grid_size).cpu())
+            maps.append(rollout_map(layers.rollout.float(), cfg.num_prefix_tokens, cfg.grid_size).cpu())
             has_head = getattr(model, "num_classes", 0) > 0
             probs.append(logits.float().softmax(-1).cpu() if has_head else torch.zeros(len(x), 0))
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -268,18 +269,28 @@ class VisionTransformer(nn.Module):
             return checkpointed(block, x, **kw)
         return block(x, **kw)
 
-    def forward_features(self, x: torch.Tensor, return_attention: bool = False):
-        """Encoder output after the final LayerNorm, (B, N, D); with the attention maps if asked."""
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        return_attention: bool = False,
+        on_attention: Callable[[int, torch.Tensor], None] | None = None,
+    ):
+        """Encoder output after the final LayerNorm, (B, N, D); with the attention maps if asked. `on_attention`
+        is called with each layer's index and attention (B, heads, N, N) as it is computed, so that an analysis
+        may use and drop it (all layers' at once take L x B x heads x N^2 floats)."""
         x = self.embed(x)
-        if not return_attention:
+        if not return_attention and on_attention is None:
             for blk in self.blocks:
                 x = self._block(blk, x)
             return self.norm(x)
         attns = []
-        for blk in self.blocks:
-            x, a = blk(x, return_attn=True)
-            attns.append(a)  # (B, heads, N, N)
-        return self.norm(x), attns
+        for i, blk in enumerate(self.blocks):
+            x, a = blk(x, return_attn=True)  # a: (B, heads, N, N)
+            if on_attention is not None:
+                on_attention(i, a)
+            if return_attention:
+                attns.append(a)
+        return (self.norm(x), attns) if return_attention else self.norm(x)
 
     def forward_intermediates(
         self,
