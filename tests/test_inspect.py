@@ -533,7 +533,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 
 
 def test_run_paths_are_told_from_model_folders(run_dir, tmp_path):
-    from vitkit.cli.inspect import is_run_path
+    from vitkit.cli.subjects import is_run_path
 
     assert is_run_path(str(run_dir)) and is_run_path(str(run_dir / "model.safetensors"))
     assert is_run_path(str(run_dir / "checkpoints" / "best"))
@@ -548,7 +548,7 @@ def test_a_model_folder_is_analysed_with_its_own_mean_and_std(tmp_path, capsys):
     """Was: a timm folder (or hub id, or exported file) was normalised with 0.5/0.5, whatever its weights took
     (DeiT: ImageNet's mean and std); `vitkit report` on one complained of unknown config keys."""
     timm = pytest.importorskip("timm")
-    from vitkit.cli.inspect import load_subject
+    from vitkit.cli.subjects import load_subject
 
     t = timm.create_model(
         "deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=1,
@@ -587,7 +587,7 @@ def test_image_files_are_read_as_predict_reads_them(run_dir, tmp_path):
     from PIL import Image
 
     from vitkit.cli.common import UserError
-    from vitkit.cli.inspect import Subject, file_inputs, load_subject, sample_inputs
+    from vitkit.cli.subjects import Subject, file_inputs, load_subject, sample_inputs
     from vitkit.data.imagefolder import load_image
     from vitkit.data.transforms import resize
 

@@ -261,11 +261,11 @@ def test_every_weights_file_of_a_run_reads_as_the_run_s_model(tmp_path):
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(step / "theirs.safetensors"))
     assert read_checkpoint(str(step / "theirs.safetensors")).config.img_size == (32, 32)
     # the report and inspection of another weights file are named after it, not after its folder
-    from vitkit.cli.inspect import _checkpoint_of
+    from vitkit.cli.subjects import checkpoint_of
 
-    assert _checkpoint_of(str(step)) == (str(tmp_path), "step-00000002")
-    assert _checkpoint_of(str(step / "model.safetensors"))[1] == "step-00000002-model"
-    assert _checkpoint_of(str(files[0]))[1] == "model_raw" and _checkpoint_of(str(tmp_path))[1] is None
+    assert checkpoint_of(str(step)) == (str(tmp_path), "step-00000002")
+    assert checkpoint_of(str(step / "model.safetensors"))[1] == "step-00000002-model"
+    assert checkpoint_of(str(files[0]))[1] == "model_raw" and checkpoint_of(str(tmp_path))[1] is None
 
 
 def test_a_held_out_val_split_chooses_the_best_checkpoint(tmp_path, capsys):

@@ -43,7 +43,7 @@ def _preprocess(subject, in_chans: int) -> tuple[tuple[float, ...], tuple[float,
 
 
 def cmd_fewshot(args: argparse.Namespace) -> int:
-    from vitkit.cli.inspect import is_run_path, load_subject
+    from vitkit.cli.subjects import is_run_path, load_subject
     from vitkit.data.datasets import load_dataset
     from vitkit.eval.fewshot import fewshot_evaluate, model_input
     from vitkit.train.loop import resolve_device

@@ -137,7 +137,7 @@ def _read_file(path: str, num_heads: int | None, img_size: tuple[int, int] | Non
     if meta.get("format") == "vitkit" and "config" in meta:
         return read_model_file(path, state, meta)
     # weights written by `vitkit train` inside a run folder: model.safetensors, model_raw.safetensors, a
-    # checkpoint's model/ema.safetensors (runs before the twentieth session wrote some without metadata)
+    # checkpoint's model/ema.safetensors (older vitkit versions wrote some without metadata)
     if meta.get("format") == "vitkit" or in_run(path):
         return read_run(path)
     return _from_state(path, state, num_heads, img_size)

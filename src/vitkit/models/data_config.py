@@ -91,7 +91,8 @@ class PretrainedCfg(dict):
             self._write(key, value)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled (and torch.save'd) as the plain dict it shows; it was written but could not be read back."""
+        """Pickled (and torch.save'd) as the plain dict it shows: a dict subclass is rebuilt item by item before its
+        attributes, which __setitem__ needs."""
         return dict, (dict(self),)
 
     def __ior__(self, other: Any) -> PretrainedCfg:  # type: ignore[override]
