@@ -409,7 +409,7 @@ def test_predict_refuses_a_headless_or_four_channel_model_and_answers_each_image
         ({"in_chans": 3, "num_classes": 0}, "the model has no classification head (num_classes=0"),
         (
             {"in_chans": 4, "num_classes": 3},
-            "the model takes 4-channel images; predict reads 1 (L) or 3 (RGB)",
+            "the model takes 4-channel images; image files give 1 (L) or 3 (RGB)",
         ),
     ]:
         path = tmp_path / f"m{kw['in_chans']}-{kw['num_classes']}.safetensors"

@@ -601,7 +601,7 @@ def test_image_files_are_read_as_predict_reads_them(run_dir, tmp_path):
     want = resize(load_image(str(img), (8, 8), 1)[None].float(), (16, 16)).round().clamp(0, 255)
     assert torch.equal(got.float(), want)
     four = Subject(_tiny(in_chans=4), "four", (0.5,) * 4, (0.5,) * 4, [])
-    with pytest.raises(UserError, match=r"takes 4-channel images; --images reads 1 \(L\) or 3 \(RGB\)"):
+    with pytest.raises(UserError, match=r"takes 4-channel images; image files give 1 \(L\) or 3 \(RGB\)"):
         file_inputs(four, [str(img)])
     inputs = sample_inputs(load_subject(str(run_dir)), 12)
     assert len(set(inputs.labels.tolist())) > 1 and "drawn at random" in inputs.description

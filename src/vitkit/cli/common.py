@@ -253,6 +253,27 @@ def image_loading(model: Any, data: dict[str, Any] | None = None) -> tuple[float
     return float(values[0]), values[1], values[2]
 
 
+def read_image_files(paths: list[str], model: Any, data: dict[str, Any] | None, where: str) -> torch.Tensor:
+    """Image files as `predict` and `inspect --images` read them: at the run's native size (its data.json's,
+    else the model's), with the weights' crop and interpolation, in the model's channels: uint8 (B, C, h, w)."""
+    from vitkit.data.imagefolder import load_image
+
+    cfg = model.cfg
+    if cfg.in_chans not in (1, 3):
+        raise UserError(
+            f"{where}: the model takes {cfg.in_chans}-channel images; image files give 1 (L) or 3 (RGB)"
+        )
+    reading = image_loading(model, data)  # crop_pct, interpolation, crop_mode
+    size = tuple((data or {}).get("native_size") or cfg.img_size)
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path, size, cfg.in_chans, *reading))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    return torch.stack(images)
+
+
 def _check_data_info(data: dict[str, Any], cfg: RunConfig, path: str) -> None:
     """A run's data.json as eval/predict/inspect read it: class names one per class, mean/std one per channel."""
     classes = data.get("classes")

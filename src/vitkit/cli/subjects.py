@@ -175,28 +175,14 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
 def file_inputs(subject: Subject, paths: list[str]) -> Inputs:
     """Image files read as `vitkit predict` reads them: at the run's native size (its data's), with its weights'
     crop and interpolation, in the model's channels, then resized to the model's size."""
-    from vitkit.cli.common import image_loading
-    from vitkit.data.imagefolder import load_image
+    from vitkit.cli.common import read_image_files
     from vitkit.data.transforms import resize
 
     cfg = subject.model.cfg
-    if cfg.in_chans not in (1, 3):
-        raise UserError(
-            f"{subject.name}: the model takes {cfg.in_chans}-channel images; --images reads 1 (L) or 3 (RGB)"
-        )
-    data = subject.run.data if subject.run else {}
-    reading = image_loading(subject.model, data)
-    size = tuple(data.get("native_size") or cfg.img_size)
-    out = []
-    for p in paths:
-        try:
-            out.append(load_image(p, size, cfg.in_chans, *reading))
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    images = torch.stack(out)  # (B, C, h, w) uint8
-    if images.shape[-2:] != cfg.img_size:
+    images = read_image_files(paths, subject.model, subject.run.data if subject.run else {}, subject.name)
+    if images.shape[-2:] != cfg.img_size:  # uint8 again, as the figures show them
         images = resize(images.float(), cfg.img_size).round().clamp(0, 255).to(torch.uint8)
-    return Inputs(images, f"{len(out)} image file(s)", titles=[os.path.basename(p) for p in paths])
+    return Inputs(images, f"{len(images)} image file(s)", titles=[os.path.basename(p) for p in paths])
 
 
 def default_output(run_dir: str, checkpoint: str | None, stem: str, suffix: str = "") -> str:

@@ -392,8 +392,7 @@ def _fast(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vitkit.cli.common import image_loading
-    from vitkit.data.imagefolder import load_image
+    from vitkit.cli.common import read_image_files
     from vitkit.data.transforms import normalize, resize
     from vitkit.eval.tta import tta_logits
     from vitkit.train.loop import resolve_device
@@ -406,22 +405,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{args.run}: the model has no classification head (num_classes=0: features only); fine-tune or "
             "convert weights with a head to predict classes"
         )
-    if in_chans not in (1, 3):
-        raise UserError(
-            f"{args.run}: the model takes {in_chans}-channel images; predict reads 1 (L) or 3 (RGB)"
-        )
-    size = tuple(run.data.get("native_size") or run.cfg.model.img_size)
     classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
     mean = tuple(run.data.get("mean") or [0.5] * in_chans)
     std = tuple(run.data.get("std") or [0.5] * in_chans)
-    reading = image_loading(run.model, run.data)  # crop_pct, interpolation, crop_mode
-    images = []
-    for path in args.images:
-        try:
-            images.append(load_image(path, size, in_chans, *reading))
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    batch = normalize(resize(torch.stack(images).float(), run.cfg.model.img_size), mean, std)  # (B, C, H, W)
+    images = read_image_files(args.images, run.model, run.data, args.run)  # (B, C, h, w) uint8
+    batch = normalize(resize(images.float(), run.cfg.model.img_size), mean, std)  # (B, C, H, W)
     model = _fast(run.model, batch[:64].to(device)) if args.fast else run.model
     with torch.inference_mode():  # in chunks of 64 (memory)
         all_probs = torch.cat(
