@@ -253,3 +253,13 @@ def test_train_leaves_the_group_it_joined(tmp_path):
     cmd = torchrun_script(script, os.path.dirname(__file__), port=27500)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env())
     assert r.returncode == 0 and r.stdout.count("LEFT") == 2, r.stdout + r.stderr[-3000:]
+
+
+def test_fsdp_with_an_ema_equals_one_process(tmp_path):
+    """Was: the first evaluation under FSDP with an EMA failed ('aten.copy_.default got mixed torch.Tensor and
+    DTensor'): the evaluation's forward left the root's parameters gathered, and the EMA was copied into them."""
+    flags = [*FLAGS, "--set", "train.ema_decay=0.9", "--set", "train.eval_every=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_vitkit("train", *flags, "--out", str(one)).returncode == 0
+    run(torchrun("train", *flags, "--strategy", "fsdp", "--out", str(two)))
+    assert_close_weights(one / "model.safetensors", two / "model.safetensors")

@@ -303,7 +303,11 @@ class Trainer:
         return self._param_names() + self._ema_buffers
 
     def _ema_live(self) -> list[torch.Tensor]:
-        """The model's tensors the EMA follows, in `_ema_names` order."""
+        """The model's tensors the EMA follows, in `_ema_names` order (under FSDP its shards: a forward without a
+        backward, as an evaluation's, leaves the root's own parameters gathered, plain tensors beside the EMA's
+        shards, until resharded)."""
+        if self.strategy == "fsdp":
+            self.model.reshard()
         buffers = dict(self.model.named_buffers())
         return [p.detach() for p in self.model.parameters()] + [buffers[n] for n in self._ema_buffers]
 
