@@ -408,13 +408,41 @@ def test_atomic_writes_leave_no_temp_file_and_follow_the_umask(tmp_path):
         save_weights(str(tmp_path / "w.safetensors"), {"a": torch.zeros(2)})  # safetensors recreates it 0600
         assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o640
         (tmp_path / "w.safetensors").unlink()
+        # a checkpoint's folder and files too (they were 0700 and 0600: unreadable to a group sharing the run)
+        from vitkit.train.checkpoint import save_checkpoint
+
+        ckpt = save_checkpoint(str(tmp_path / "ckpts"), 3, {"model": {"a": torch.zeros(2)}}, {"step": 3})
+        assert os.stat(ckpt).st_mode & 0o777 == 0o750
+        assert {n: os.stat(os.path.join(ckpt, n)).st_mode & 0o777 for n in os.listdir(ckpt)} == dict.fromkeys(
+            ("model.safetensors", "state.pt", "manifest.json"), 0o640
+        )
     finally:
         os.umask(old)
+    shutil.rmtree(tmp_path / "ckpts")
     with pytest.raises(ZeroDivisionError):  # a failed write keeps the old file and removes its temporary
         from vitkit.atomic import atomic_write
 
         atomic_write(str(path), lambda tmp: 1 / 0)
     assert path.read_bytes() == b"x" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_write_that_fails_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """Was: a full disk while checkpointing gave torch.save's RuntimeError or safetensors' SafetensorError, a
+    traceback (the CLI reports an OSError in one line); the run's earlier checkpoints are untouched."""
+    import vitkit.train.checkpoint as checkpoint
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 13504 vs 13396")
+
+    root = tmp_path / "ckpts"
+    first = checkpoint.save_checkpoint(str(root), 1, {"model": {"a": torch.zeros(2)}}, {"step": 1})
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write .*step-00000002/state\.pt \([\d.]+ MiB free there\): "):
+        checkpoint.save_checkpoint(str(root), 2, {"model": {"a": torch.zeros(2)}}, {"step": 2})
+    assert [p.name for p in root.iterdir()] == [os.path.basename(first)]  # no temp folder left behind
+    monkeypatch.setattr(checkpoint, "save_file", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError, match="other"):  # not a writer's failure: as it was
+        checkpoint.save_weights(str(tmp_path / "w.safetensors"), {"a": torch.zeros(2)})
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -36,6 +38,33 @@ def plain_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def plain_dir_mode() -> int:
+    """The mode a plainly created folder gets (0777 less the umask): mkdtemp makes them 0700."""
+    return 0o777 & ~_umask()
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Writers' own failures (torch.save's RuntimeError, safetensors' SafetensorError: a full disk, a lost
+    mount) as an OSError naming `path` and the free space, as the CLI reports file errors."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        if type(e).__name__ not in ("RuntimeError", "SafetensorError"):
+            raise
+        where = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(where) and os.path.dirname(where) != where:  # a folder not yet in place
+            where = os.path.dirname(where)
+        try:
+            free = shutil.disk_usage(where).free
+            space = f" ({free / 2**20:.1f} MiB free there)"
+        except OSError:
+            space = ""
+        raise OSError(f"cannot write {path}{space}: {e}") from e
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Have `write(tmp)` fill a temp file beside `path`, fsync it, rename it over `path`: old or new, never half."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -43,7 +72,8 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
-        write(tmp)
+        with writing(path):
+            write(tmp)
         # mkstemp makes it 0600 and some writers (safetensors) recreate it so: a plainly written file would
         # follow the umask
         os.chmod(tmp, plain_file_mode())

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vitkit.atomic import atomic_write, fsync_dir
+from vitkit.atomic import atomic_write, fsync_dir, plain_dir_mode, plain_file_mode, writing
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,17 @@ def save_checkpoint(
         files = {}
         for key, sd in weights.items():
             path = os.path.join(tmp, f"{key}.safetensors")
-            save_file(_plain(sd), path, metadata={"format": "vitkit"})  # read as the run's model
+            with writing(os.path.join(final, f"{key}.safetensors")):
+                save_file(_plain(sd), path, metadata={"format": "vitkit"})  # read as the run's model
             files[f"{key}.safetensors"] = path
-        torch.save(state, os.path.join(tmp, "state.pt"))
+        with writing(os.path.join(final, "state.pt")):
+            torch.save(state, os.path.join(tmp, "state.pt"))
         files["state.pt"] = os.path.join(tmp, "state.pt")
         manifest = {"step": step, "files": {}}
+        # readable as a plainly written folder and files are (mkdtemp makes 0700, safetensors 0600)
+        os.chmod(tmp, plain_dir_mode())
         for fname, path in files.items():
+            os.chmod(path, plain_file_mode())
             with open(path, "rb+") as f:
                 os.fsync(f.fileno())
             manifest["files"][fname] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
