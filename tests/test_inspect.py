@@ -293,7 +293,7 @@ def test_inspect_run_writes_all_files(run_dir, tmp_path, capsys):
     assert "http://" not in html and "https://" not in html
 
 
-def test_inspect_image_files(run_dir, tmp_path):
+def test_inspect_image_files(run_dir, tmp_path, caplog):
     from PIL import Image
 
     paths = []
@@ -303,7 +303,11 @@ def test_inspect_image_files(run_dir, tmp_path):
         paths.append(str(p))
     out = tmp_path / "files"
     rollout = ["--head-fusion", "max", "--discard-ratio", "0.5"]
-    assert main(["inspect", str(run_dir), "--images", *paths, "--out", str(out), *rollout]) == 0
+    with caplog.at_level("WARNING"):
+        assert (
+            main(["inspect", str(run_dir), "--images", *paths, "--out", str(out), *rollout, "--k", "99"]) == 0
+        )
+    assert "--k 99: the patch-embedding filters have 16 principal components" in caplog.text  # 1x4x4 filters
     js = json.loads((out / "inspect.json").read_text())
     assert js["num_images"] == 2 and js["images"] == "2 image file(s)"
     assert (js["head_fusion"], js["discard_ratio"]) == ("max", 0.5)

@@ -47,14 +47,7 @@ def run_analysis(subject: Subject, inputs: Inputs, args: argparse.Namespace):
     from vitkit.inspect import analyse
 
     x = normalize(inputs.images.float(), subject.mean, subject.std)
-    w = getattr(
-        subject.model.patch_embed, "pixel_conv", subject.model.patch_embed.proj
-    ).weight  # (D, C, P, P)
-    have = max(1, min(w.shape[0] - 1, w[0].numel()))  # centred filters: rank at most D - 1
-    if args.k is not None and args.k > have:  # the default (28, the paper's figure) is capped quietly
-        log.warning("--k %d: the %s patch-embedding filters have %d principal components", args.k,
-                    tuple(w.shape), have)  # fmt: skip
-    return analyse(
+    analysis = analyse(
         subject.model,
         x,
         k=args.k or 28,  # filter_pca caps it at the components there are
@@ -62,6 +55,12 @@ def run_analysis(subject: Subject, inputs: Inputs, args: argparse.Namespace):
         discard_ratio=args.discard_ratio,
         batch_size=args.batch_size,
     )
+    have = len(analysis.pca)
+    if args.k is not None and args.k > have:  # the default (28, the paper's figure) is capped quietly
+        log.warning(
+            "--k %d: the patch-embedding filters have %d principal components (their rank)", args.k, have
+        )
+    return analysis
 
 
 def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
