@@ -47,11 +47,15 @@ def test_missing_optional_package_is_one_line(capsys, monkeypatch):
 
 @pytest.mark.parametrize("text", ["0x16", "16x", "16x16x3", "big"])
 def test_an_image_size_is_n_or_hxw(text, capsys):
+    from vitkit.cli import build_parser
     from vitkit.cli.common import image_size
+    from vitkit.cli.train import resolve_config
 
-    assert (
-        image_size("224") == 224 and image_size("224x160") == (224, 160) and image_size("32X48") == (32, 48)
-    )
+    assert image_size("224") == 224 and image_size("224x160") == (224, 160)
+    assert image_size("32X48") == (32, 48)
+    # a non-square size reaches the config (train's --img-size took one integer)
+    args = build_parser().parse_args(["train", "--img-size", "16x24", "--model", "ViT-Ti/4"])
+    assert resolve_config(args).model.img_size == (16, 24)
     for command in (["convert", "SRC", "--out", "OUT"], ["train"], ["bench"], ["finetune", "--from", "SRC"]):
         with pytest.raises(SystemExit):
             main([*command, "--img-size", text])

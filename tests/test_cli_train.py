@@ -539,10 +539,36 @@ def test_finetune_replaces_a_head_for_other_classes_and_keeps_the_checkpoints_st
     assert res["dataset"] == "imagefolder" and res["num_test"] == 20
 
 
-def test_placeholder_class_names_name_nothing():
-    """Was: a converted .npz run's classes "0", "1", ... (or transformers' LABEL_0, ...) counted as names, so
-    fine-tuning from the run reset a head that fine-tuning from the file kept."""
-    from vitkit.cli.finetune import _named
+def test_a_converted_head_without_class_names_is_kept_and_digits_are_names(tmp_path, caplog):
+    """Was: a converted run wrote "0", "1", ... as its class names, so fine-tuning from the run reset a head that
+    fine-tuning from its file kept; reading numbers as placeholders instead would have kept MNIST's digit head on
+    another dataset. Now a conversion writes only its source's names, and only LABEL_0, ... are placeholders."""
+    from safetensors.torch import save_file
 
-    assert _named(["0", "1", "2"]) is None and _named(["LABEL_0", "LABEL_1"]) is None and _named(None) is None
-    assert _named(["cat", "dog"]) == ["cat", "dog"] and _named(["1", "0"]) == ["1", "0"]
+    from vitkit.cli.finetune import _named
+    from vitkit.models import create_model
+
+    assert _named(["LABEL_0", "LABEL_1"]) is None and _named(None) is None
+    assert _named(["0", "1", "2"]) == ["0", "1", "2"] and _named(["cat", "dog"]) == ["cat", "dog"]
+    m = create_model("ViT-Ti/4", img_size=16, in_chans=1, num_classes=10, embed_dim=32, depth=1, num_heads=2)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "bare.safetensors"))
+    flags = ["--num-heads", "2"]
+    assert main(["convert", str(tmp_path / "bare.safetensors"), "--out", str(tmp_path / "conv"), *flags]) == 0
+    assert "classes" not in json.loads((tmp_path / "conv" / "data.json").read_text())
+    ft = [
+        "finetune",
+        "--from",
+        str(tmp_path / "conv"),
+        "--dataset",
+        "synthetic",
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+    ]
+    with caplog.at_level("WARNING"):
+        assert (
+            main([*ft, "--device", "cpu", "--out", str(tmp_path / "ft"), "--no-progress", "--no-report"]) == 0
+        )
+    assert "the checkpoint's head is kept" in caplog.text
+    assert json.loads((tmp_path / "ft" / "pretrained.json").read_text())["head_reset"] is False

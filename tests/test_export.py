@@ -219,7 +219,10 @@ def test_eval_reads_an_exported_files_own_config(run_dir, tmp_path, capsys):
     save_file(plain, str(run / "bare.safetensors"))  # 24-px weights without metadata: the run's 16-px config
     assert main(["eval", str(run / "bare.safetensors"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "bare.safetensors does not match" in err and "config.json" in err and "Traceback" not in err
+    # not one of the run's own weights nor an export: refused before reading it under the run's config
+    assert (
+        "bare.safetensors is in the run" in err and "not one of its weights" in err and "Traceback" not in err
+    )
 
 
 def test_eval_and_predict_read_an_exported_file_outside_its_run(run_dir, tmp_path, capsys):

@@ -337,3 +337,20 @@ def test_no_weight_decay_names_exist():
     names = dict(m.named_parameters())
     assert "pos_embed" in names and "cls_token" in names
     assert {"pos_embed", "cls_token"} <= m.no_weight_decay()
+
+
+def test_on_attention_sees_each_layers_maps_and_changes_nothing():
+    """forward_features(on_attention=...) hands each layer's attention over as it is computed: the maps
+    return_attention gives, and the features a plain forward gives."""
+    model = create_model(
+        "ViT-Ti/4", img_size=16, in_chans=3, num_classes=3, depth=3, embed_dim=32, num_heads=2
+    )
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    seen = []
+    with torch.no_grad():
+        feats = model.forward_features(x, on_attention=lambda i, a: seen.append((i, a)))
+        plain, attns = model.forward_features(x, return_attention=True)
+    assert [i for i, _ in seen] == [0, 1, 2] and all(torch.equal(a, b) for (_, a), b in zip(seen, attns))
+    torch.testing.assert_close(feats, plain, rtol=0, atol=0)
+    torch.testing.assert_close(feats, model.forward_features(x), rtol=1e-6, atol=1e-6)

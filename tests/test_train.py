@@ -260,12 +260,21 @@ def test_every_weights_file_of_a_run_reads_as_the_run_s_model(tmp_path):
     other = create_model("ViT-Ti/16", img_size=32, depth=1, num_classes=3)
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(step / "theirs.safetensors"))
     assert read_checkpoint(str(step / "theirs.safetensors")).config.img_size == (32, 32)
-    # the report and inspection of another weights file are named after it, not after its folder
-    from vitkit.cli.subjects import checkpoint_of
+    # ... by every command: eval refuses it as the run's model, inspect reads it as a model of its own
+    from vitkit.cli.common import UserError, find_run
+    from vitkit.cli.subjects import is_run_path
 
-    assert checkpoint_of(str(step)) == (str(tmp_path), "step-00000002")
-    assert checkpoint_of(str(step / "model.safetensors"))[1] == "step-00000002-model"
-    assert checkpoint_of(str(files[0]))[1] == "model_raw" and checkpoint_of(str(tmp_path))[1] is None
+    with pytest.raises(
+        UserError, match=r"theirs\.safetensors is in the run .* but is not one of its weights"
+    ):
+        find_run(str(step / "theirs.safetensors"))
+    assert not is_run_path(str(step / "theirs.safetensors")) and is_run_path(str(step / "ema.safetensors"))
+    # the report and inspection of another weights file are named after it, not after its folder
+    from vitkit.cli.subjects import weights_label
+
+    assert weights_label(str(step)) == (str(tmp_path), "step-00000002")
+    assert weights_label(str(step / "model.safetensors"))[1] == "step-00000002-model"
+    assert weights_label(str(files[0]))[1] == "model_raw" and weights_label(str(tmp_path))[1] is None
 
 
 def test_a_held_out_val_split_chooses_the_best_checkpoint(tmp_path, capsys):
@@ -377,8 +386,12 @@ def test_fresh_run_replaces_an_earlier_run_in_its_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "report-best.html").write_text("of the old run's checkpoints/best")
     (tmp_path / "inspect-step-00000002").mkdir()
+    (tmp_path / "inspect-step-00000002" / "inspect.json").write_text("{}")
+    (tmp_path / "report-draft.html").write_text("mine")  # a user's files of like names are not run outputs
+    (tmp_path / "inspect-my-notes").mkdir()
     train(tiny_run(steps=3), out)
     assert not (tmp_path / "report-best.html").exists() and not (tmp_path / "inspect-step-00000002").exists()
+    assert (tmp_path / "report-draft.html").exists() and (tmp_path / "inspect-my-notes").is_dir()
     steps = [json.loads(s)["step"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 3 and steps == sorted(steps)
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "checkpoints"))] == ["step-00000003"]

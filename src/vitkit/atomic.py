@@ -44,9 +44,9 @@ def plain_dir_mode() -> int:
 
 
 @contextlib.contextmanager
-def writing(path: str) -> Iterator[None]:
-    """Writers' own failures (torch.save's RuntimeError, safetensors' SafetensorError: a full disk, a lost
-    mount) as an OSError naming `path` and the free space, as the CLI reports file errors."""
+def write_errors_as_oserror(path: str) -> Iterator[None]:
+    """Turn a writer's own failure (torch.save's RuntimeError, safetensors' SafetensorError) into an OSError that
+    names `path` and the space left there, which the CLI reports in one line (a full disk, a lost mount)."""
     try:
         yield
     except OSError:
@@ -72,7 +72,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
-        with writing(path):
+        with write_errors_as_oserror(path):
             write(tmp)
         # mkstemp makes it 0600 and some writers (safetensors) recreate it so: a plainly written file would
         # follow the umask

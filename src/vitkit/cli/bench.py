@@ -92,7 +92,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    what = f"{res['model']} {res['img_size'][0]}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
+    h, w = res["img_size"]
+    what = f"{res['model']} {h if h == w else f'{h}x{w}'}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
     compile_flag = (
         "compile" if res.get("compile_mode") in (None, "default") else f"compile {res['compile_mode']}"
     ) + (" (blocks)" if res.get("compile_scope") == "blocks" else "")

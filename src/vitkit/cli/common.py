@@ -188,10 +188,7 @@ def find_run(path: str) -> tuple[str | None, str]:
             else f"{path} is not a weights file: pass a run folder, a checkpoint folder or a .safetensors file"
         )
     if os.path.isfile(path):
-        for run_dir in (os.path.dirname(path), os.path.dirname(os.path.dirname(os.path.dirname(path)))):
-            if os.path.exists(os.path.join(run_dir, "config.json")):  # RUN/x or RUN/checkpoints/step-x/x
-                return run_dir, path
-        return None, path
+        return run_of_file(path), path
     if os.path.exists(os.path.join(path, "config.json")):
         weights = os.path.join(path, "model.safetensors")
         if not os.path.exists(weights):
@@ -211,7 +208,34 @@ def find_run(path: str) -> tuple[str | None, str]:
     )
 
 
-def _described_model(weights: str):
+def run_of_file(path: str) -> str | None:
+    """The run a weights file belongs to: one training wrote (RUN/model.safetensors, RUN/checkpoints/X/ema...), or
+    a self-describing export beside a run (RUN/model-export-56.safetensors: the run's data, the file's model);
+    None for a file outside a run. Another file in a run folder (a timm file copied in) is refused: it is not
+    the run's model, and scoring it under the run's config would be wrong."""
+    from vitkit.train.runfiles import run_dir_of
+
+    run_dir = run_dir_of(path)
+    if run_dir is not None:
+        return run_dir
+    folder = os.path.dirname(path)
+    near = [
+        d
+        for d in (folder, os.path.dirname(os.path.dirname(folder)))
+        if os.path.isfile(os.path.join(d, "config.json"))
+    ]
+    if not near:
+        return None
+    if described_model(path) is None:
+        raise UserError(
+            f"{path} is in the run {near[0]} but is not one of its weights (model.safetensors, model_raw.safetensors, "
+            "checkpoints/*/model|ema.safetensors) nor a self-describing vitkit export; for timm or Hugging Face "
+            f"weights run `vitkit convert {path} --out RUN` first"
+        )
+    return near[0]
+
+
+def described_model(weights: str):
     """The Checkpoint (ModelConfig, preprocessing) of a self-describing safetensors file (`vitkit export`), else
     None."""
     from safetensors import SafetensorError, safe_open
@@ -446,7 +470,7 @@ def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:
     from vitkit.train.runfiles import DATA, read_config, read_json
 
     run_dir, weights = find_run(path)
-    described = _described_model(weights)  # a `vitkit export --format safetensors` file, e.g. at another size
+    described = described_model(weights)  # a `vitkit export --format safetensors` file, e.g. at another size
     if run_dir is None:
         if described is None:
             raise UserError(

@@ -76,11 +76,11 @@ def user_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _named(classes: list[str] | None) -> list[str] | None:
-    """Class names that name something: None for placeholders (0, 1, ...; transformers' LABEL_0, ...)."""
-    if not classes:
+    """Class names that name something: None for transformers' placeholders (LABEL_0, LABEL_1, ...). Digits
+    are names (MNIST's classes); converted runs write no classes where their source has none."""
+    if not classes or list(classes) == [f"LABEL_{i}" for i in range(len(classes))]:
         return None
-    placeholder = [str(i) for i in range(len(classes))], [f"LABEL_{i}" for i in range(len(classes))]
-    return None if list(classes) in placeholder else list(classes)
+    return list(classes)
 
 
 def _other_classes(ckpt: Checkpoint, splits: Any) -> bool:

@@ -19,13 +19,13 @@ from vitkit.cli.common import (
 from vitkit.cli.subjects import (
     Inputs,
     Subject,
-    checkpoint_of,
     default_output,
     file_inputs,
     is_model_config,
     is_run_path,
     load_subject,
     sample_inputs,
+    weights_label,
 )
 
 log = logging.getLogger("vitkit")
@@ -102,7 +102,7 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
                 f"{len(subject.classes)} classes"
             )
         if summary:
-            final = "" if not subject.checkpoint else " (of the run's final weights)"
+            final = "" if not subject.label else " (of the run's final weights)"
             facts[1:1] = [
                 (f"test top-1 / top-5{final}", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"
                  + (f" ({summary['tta']} TTA; top-1 {summary['test_top1_no_tta']:.2%} without)"
@@ -156,7 +156,7 @@ def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", nu
 
     args = argparse.Namespace(k=None, head_fusion="mean", discard_ratio=0.0, batch_size=16, show=8)
     subject = load_subject(run_dir, device)
-    path = out or default_output(subject.run_dir or run_dir, subject.checkpoint, "report", ".html")
+    path = out or default_output(subject.run_dir or run_dir, subject.label, "report", ".html")
     if subject.model.cfg.arch != "vit":  # a CNN baseline: curves and confusion, no attention to analyse
         empty = Inputs(torch.zeros(0, dtype=torch.uint8), "none (a CNN: no attention to analyse)", noise=True)
         write_report(path, build_report(subject, None, empty, {}))
@@ -194,9 +194,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         guard_output_folder(args.out, (*FIGURES, "inspect.json", "report.html"), args.overwrite)
     inputs = file_inputs(subject, args.images) if args.images else sample_inputs(subject, args.num_images)
     out = args.out or (
-        default_output(subject.run_dir, subject.checkpoint, "inspect")
-        if subject.run_dir
-        else "vitkit-inspect"
+        default_output(subject.run_dir, subject.label, "inspect") if subject.run_dir else "vitkit-inspect"
     )
     path = inspect_to(subject, out, inputs, args)
     print(f"wrote {os.path.join(out, '')}: embedding_pca.png posemb_similarity.png attention_distance.png attention_rollout.png "
@@ -218,8 +216,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             read_config(args.run)
         raise UserError(f"{args.run} is not a run folder (config.json + model.safetensors)")
     if args.out:  # the run's own report is rewritten; any other file is checked before any work
-        run_dir, checkpoint = checkpoint_of(args.run)
-        own = default_output(run_dir or args.run, checkpoint, "report", ".html")
+        run_dir, label = weights_label(args.run)
+        own = default_output(run_dir or args.run, label, "report", ".html")
         guard_output_file(args.out, args.overwrite, own=own)
     path = report_for_run(args.run, args.out, _device(args.device), args.num_images)
     print(f"wrote {path}")

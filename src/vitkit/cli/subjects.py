@@ -28,7 +28,8 @@ class Subject:
     run: Any = None  # LoadedRun for a run folder
     run_dir: str | None = None
     weights: str | None = None  # the weights file analysed
-    checkpoint: str | None = None  # a checkpoint of the run (not its final weights): its folder's name
+    # weights of the run other than its final ones: what their report is named after (best, model_raw, ...)
+    label: str | None = None
 
 
 def _is_run_config(path: str) -> bool:
@@ -60,11 +61,21 @@ def is_run_path(path: str) -> bool:
         ckpt = os.path.exists(os.path.join(p, "model.safetensors"))
         return ckpt and _is_run_config(os.path.join(os.path.dirname(os.path.dirname(p)), "config.json"))
     if os.path.isfile(p) and p.endswith(".safetensors"):
-        folder = os.path.dirname(p)
-        return any(
-            _is_run_config(os.path.join(d, "config.json"))
-            for d in (folder, os.path.dirname(os.path.dirname(folder)))
-        )
+        from vitkit.cli.common import described_model
+        from vitkit.train.runfiles import run_dir_of
+
+        run_dir = run_dir_of(p)  # a file training wrote, or a vitkit export beside a run
+        if run_dir is None and described_model(p) is not None:
+            folder = os.path.dirname(p)
+            run_dir = next(
+                (
+                    d
+                    for d in (folder, os.path.dirname(os.path.dirname(folder)))
+                    if _is_run_config(os.path.join(d, "config.json"))
+                ),
+                None,
+            )
+        return run_dir is not None and _is_run_config(os.path.join(run_dir, "config.json"))
     return False
 
 
@@ -76,7 +87,7 @@ def load_subject(source: str, device: torch.device | str = "cpu") -> Subject:
         run = load_run(source, device)
         c = run.cfg.model.in_chans
         classes = run.data.get("classes") or [str(i) for i in range(run.cfg.model.num_classes)]
-        run_dir, checkpoint = checkpoint_of(source)
+        run_dir, label = weights_label(source)
         if run.cfg.recipe == CONVERTED:  # its data config is the default; data.json names the source
             how = f"converted from {run.data.get('dataset') or run.cfg.expected}"
         else:
@@ -90,7 +101,7 @@ def load_subject(source: str, device: torch.device | str = "cpu") -> Subject:
             run,
             run_dir,
             run.weights_path,
-            checkpoint,
+            label,
         )
     try:
         from vitkit.convert import model_from_source
@@ -185,13 +196,13 @@ def file_inputs(subject: Subject, paths: list[str]) -> Inputs:
     return Inputs(images, f"{len(images)} image file(s)", titles=[os.path.basename(p) for p in paths])
 
 
-def default_output(run_dir: str, checkpoint: str | None, stem: str, suffix: str = "") -> str:
+def default_output(run_dir: str, label: str | None, stem: str, suffix: str = "") -> str:
     """Where a run's report (or inspection) goes: RUN/report.html for its final weights, RUN/report-best.html
     for its checkpoints/best (so that a checkpoint's does not replace the final weights')."""
-    return os.path.join(run_dir, f"{stem}-{checkpoint}{suffix}" if checkpoint else f"{stem}{suffix}")
+    return os.path.join(run_dir, f"{stem}-{label}{suffix}" if label else f"{stem}{suffix}")
 
 
-def checkpoint_of(path: str) -> tuple[str | None, str | None]:
+def weights_label(path: str) -> tuple[str | None, str | None]:
     """(run_dir, a label for weights other than the run's final ones, else None) of a run path: a checkpoint
     folder's name for its weights of record (best), with the file's stem for another of its files
     (step-00000002-model: the raw weights beside the EMA), the stem for another file in the run (model_raw)."""

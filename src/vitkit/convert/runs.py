@@ -17,12 +17,12 @@ from vitkit.config import ModelConfig, RunConfig, from_dict, load_run_config, sa
 from vitkit.convert.checkpoint import Checkpoint
 from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
 from vitkit.train.checkpoint import MANIFEST, CheckpointError, file_sha256, save_weights, verify_checkpoint
+from vitkit.train.runfiles import EMA_WEIGHTS
 
 CONFIG = "config.json"
 CONVERTED = "converted"  # the recipe name of a converted run (it has no dataset of its own)
 DATA = "data.json"
 WEIGHTS = "model.safetensors"
-EMA_WEIGHTS = "ema.safetensors"  # a checkpoint's EMA of the weights (the trainer's weights key "ema")
 SUMMARY = "summary.json"
 # timm's eval resize and crop, when the weights give them
 CROP_KEYS = ("crop_pct", "interpolation", "crop_mode")
@@ -134,7 +134,8 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
     cfg = model.cfg
     data = {
         "dataset": f"pretrained:{source}",
-        "classes": meta.get("classes") or [str(i) for i in range(cfg.num_classes)],
+        # only the source's own names: numbers in their place would read as names (MNIST's are digits)
+        **({"classes": meta["classes"]} if meta.get("classes") else {}),
         "in_chans": cfg.in_chans,
         "native_size": meta.get("native_size") or list(cfg.img_size),
         "mean": meta.get("mean") or [0.5] * cfg.in_chans,

@@ -21,7 +21,7 @@ from vitkit.convert.files import (
 from vitkit.convert.hf import from_hf_state, is_hf_state, read_hf_folder
 from vitkit.convert.hub import fetch, is_hub_id
 from vitkit.convert.official import read_official
-from vitkit.convert.runs import CONFIG, EMA_WEIGHTS, WEIGHTS, is_run_config, read_model_file, read_run
+from vitkit.convert.runs import CONFIG, WEIGHTS, is_run_config, read_model_file, read_run
 from vitkit.convert.timm import (
     from_timm_state,
     is_timm_state,
@@ -30,6 +30,7 @@ from vitkit.convert.timm import (
     timm_module_config,
 )
 from vitkit.models import CNN, ModelConfig, VisionTransformer
+from vitkit.train.runfiles import run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -144,20 +145,11 @@ def _read_file(path: str, num_heads: int | None, img_size: tuple[int, int] | Non
 
 
 def in_run(path: str) -> bool:
-    """Whether a weights file is one that training writes into a vitkit run: RUN/model.safetensors or
-    model_raw.safetensors, RUN/checkpoints/<name>/model.safetensors or ema.safetensors (another file there, such
-    as a timm file copied in, is read as what it is)."""
-    path = os.path.abspath(path)
-    folder, name = os.path.split(path)
-    if name in (WEIGHTS, EMA_WEIGHTS) and os.path.basename(os.path.dirname(folder)) == "checkpoints":
-        run_dir = os.path.dirname(os.path.dirname(folder))
-    elif name in (WEIGHTS, "model_raw.safetensors"):
-        run_dir = folder
-    else:
-        return False
-    config = os.path.join(run_dir, CONFIG)
+    """Whether a weights file is one that training wrote into a vitkit run (`run_dir_of`; another file there,
+    such as a timm file copied in, is read as what it is)."""
+    run_dir = run_dir_of(path)
     try:
-        return os.path.isfile(config) and is_run_config(read_json_file(config))
+        return run_dir is not None and is_run_config(read_json_file(os.path.join(run_dir, CONFIG)))
     except ConversionError:
         return False
 

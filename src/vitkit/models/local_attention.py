@@ -93,7 +93,7 @@ class LocalSelfAttention2d(nn.Module):
         idx_row, idx_col, valid = tile_offsets(h, w, t, q.device)
         full = (b, nh, n, t * t, span * span)
         logits = logits + row.gather(-1, idx_row.expand(full)) + col.gather(-1, idx_col.expand(full))
-        attn = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
+        attn = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)  # (B, nh, tiles, k*k, span*span)
         out = attn @ regions(v)  # (B, nh, tiles, k*k, dh)
         out = (
             out.reshape(b, nh, nty, ntx, t, t, dh)

@@ -274,7 +274,7 @@ class VisionTransformer(nn.Module):
         x: torch.Tensor,
         return_attention: bool = False,
         on_attention: Callable[[int, torch.Tensor], None] | None = None,
-    ):
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder output after the final LayerNorm, (B, N, D); with the attention maps if asked. `on_attention`
         is called with each layer's index and attention (B, heads, N, N) as it is computed, so that an analysis
         may use and drop it (all layers' at once take L x B x heads x N^2 floats)."""
@@ -290,6 +290,7 @@ class VisionTransformer(nn.Module):
                 on_attention(i, a)
             if return_attention:
                 attns.append(a)
+            del a  # not held while the next block runs (on_attention's callers drop it)
         return (self.norm(x), attns) if return_attention else self.norm(x)
 
     def forward_intermediates(

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vitkit.atomic import atomic_write, fsync_dir, plain_dir_mode, plain_file_mode, writing
+from vitkit.atomic import atomic_write, fsync_dir, plain_dir_mode, plain_file_mode, write_errors_as_oserror
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,11 @@ def save_checkpoint(
         files = {}
         for key, sd in weights.items():
             path = os.path.join(tmp, f"{key}.safetensors")
-            with writing(os.path.join(final, f"{key}.safetensors")):
-                save_file(_plain(sd), path, metadata={"format": "vitkit"})  # read as the run's model
+            plain = _plain(sd)
+            with write_errors_as_oserror(os.path.join(final, f"{key}.safetensors")):
+                save_file(plain, path, metadata={"format": "vitkit"})  # read as the run's model
             files[f"{key}.safetensors"] = path
-        with writing(os.path.join(final, "state.pt")):
+        with write_errors_as_oserror(os.path.join(final, "state.pt")):
             torch.save(state, os.path.join(tmp, "state.pt"))
         files["state.pt"] = os.path.join(tmp, "state.pt")
         manifest = {"step": step, "files": {}}

@@ -32,6 +32,7 @@ from vitkit.train.runfiles import (
     CONFIG,
     DATA,
     PRETRAINED,
+    RAW_WEIGHTS,
     SUMMARY,
     WEIGHTS,
     clear_run,
@@ -366,7 +367,7 @@ def train(
             os.path.join(out_dir, WEIGHTS), final_weights, {"format": "vitkit", "recipe": cfg.recipe}
         )
         if raw_weights is not None:
-            save_weights(os.path.join(out_dir, "model_raw.safetensors"), raw_weights, {"format": "vitkit"})
+            save_weights(os.path.join(out_dir, RAW_WEIGHTS), raw_weights, {"format": "vitkit"})
         # what eval/predict check the final weights against (checkpoints carry their own manifest)
         summary["weights_sha256"] = file_sha256(os.path.join(out_dir, WEIGHTS))
         write_json(os.path.join(out_dir, SUMMARY), summary)

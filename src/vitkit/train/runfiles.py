@@ -16,8 +16,23 @@ DATA = "data.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WEIGHTS = "model.safetensors"
+RAW_WEIGHTS = "model_raw.safetensors"  # the raw weights beside an EMA's final ones
+EMA_WEIGHTS = "ema.safetensors"  # a checkpoint's EMA of the weights (beside its raw model.safetensors)
 CHECKPOINTS = "checkpoints"
 PRETRAINED = "pretrained.json"  # a fine-tuning run's source
+
+
+def run_dir_of(path: str) -> str | None:
+    """The run folder a weights file was written into by training, or None: RUN/model.safetensors or
+    model_raw.safetensors, RUN/checkpoints/<name>/model.safetensors or ema.safetensors (its config.json there)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    if name in (WEIGHTS, EMA_WEIGHTS) and os.path.basename(os.path.dirname(folder)) == CHECKPOINTS:
+        run_dir = os.path.dirname(os.path.dirname(folder))
+    elif name in (WEIGHTS, RAW_WEIGHTS):
+        run_dir = folder
+    else:
+        return None
+    return run_dir if os.path.isfile(os.path.join(run_dir, CONFIG)) else None
 
 
 def read_json(path: str) -> Any:
@@ -40,7 +55,7 @@ def read_config(run_dir: str) -> RunConfig:
 
 
 RUN_OUTPUTS = (
-    CHECKPOINTS, METRICS, SUMMARY, WEIGHTS, "model_raw.safetensors", PRETRAINED, "tensorboard",
+    CHECKPOINTS, METRICS, SUMMARY, WEIGHTS, RAW_WEIGHTS, PRETRAINED, "tensorboard",
     "report.html", "inspect",
 )  # fmt: skip
 
@@ -52,9 +67,16 @@ def clear_run(out_dir: str) -> None:
     """
     if not os.path.exists(os.path.join(out_dir, CONFIG)):
         return
-    # the reports and inspections of its other weights (`vitkit report RUN/checkpoints/best`: report-best.html,
-    # inspect-best/; RUN/model_raw.safetensors: report-model_raw.html)
-    others = [n for n in os.listdir(out_dir) if re.fullmatch(r"report-[\w.-]+\.html|inspect-[\w.-]+", n)]
+    # the reports and inspections of its other weights, by the labels `vitkit report` gives them (checkpoints/best:
+    # report-best.html, inspect-best/; model_raw.safetensors: report-model_raw.html); an inspection only where it
+    # holds inspect.json: a user's folder of another name is not touched
+    label = r"((best|step-\d{8})(-[\w.-]+)?|model_raw|model-export[\w.-]*)"
+    others = [
+        n
+        for n in os.listdir(out_dir)
+        if re.fullmatch(f"report-{label}\\.html", n)
+        or (re.fullmatch(f"inspect-{label}", n) and os.path.isfile(os.path.join(out_dir, n, "inspect.json")))
+    ]
     for name in (*RUN_OUTPUTS, *others):
         path = os.path.join(out_dir, name)
         if os.path.islink(path) or os.path.isfile(path):
