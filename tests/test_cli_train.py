@@ -572,3 +572,12 @@ def test_a_converted_head_without_class_names_is_kept_and_digits_are_names(tmp_p
         )
     assert "the checkpoint's head is kept" in caplog.text
     assert json.loads((tmp_path / "ft" / "pretrained.json").read_text())["head_reset"] is False
+
+
+def test_training_without_out_says_nothing_is_saved(caplog, tmp_path, monkeypatch):
+    """Was: `vitkit train` without --out trained (12 minutes for the default recipe) and kept nothing, silently."""
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert main(["train", *TINY_FLAGS, "--steps", "1", "--no-progress"]) == 0
+    assert "no --out: the trained weights, checkpoints and report are not saved" in caplog.text
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import types
 
 import pytest
 import torch
@@ -1476,6 +1477,16 @@ def test_a_class_count_the_dataset_replaces_is_warned_of(caplog):
     with caplog.at_level("WARNING"):
         resolve_for_data(resolved, splits)
     assert "replaced" not in caplog.text
+    # a named recipe's own 10 grey classes on a 3-class RGB folder: the user chose neither, so no warning
+    from vitkit.recipes import get_recipe
+
+    recipe = get_recipe("fashion-mnist")
+    other = types.SimpleNamespace(num_classes=3, in_chans=3)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        resolve_for_data(recipe, other)
+    assert "model.num_classes=10 replaced by 3" in caplog.text
+    assert all(r.levelname == "INFO" for r in caplog.records if "replaced" in r.message)
 
 
 def test_a_resume_that_fails_leaves_the_run_as_it_was(tmp_path, capsys):

@@ -248,7 +248,9 @@ def add_parser(sub) -> None:
         "--overwrite", action="store_true", help="replace the files of an earlier inspection in --out"
     )
     p.add_argument(
-        "--k", type=positive_int, help="principal components of the embedding filters (default 28, at most D)"
+        "--k",
+        type=positive_int,
+        help="principal components of the embedding filters (default 28; at most their rank, min(D-1, C*P*P))",
     )
     p.add_argument(
         "--head-fusion", choices=["mean", "max", "min"], default="mean", help="rollout head fusion"

@@ -214,6 +214,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     info = from_env()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    if out is None and not args.resume:  # a long run's weights would be lost without a word
+        log.warning(
+            "no --out: the trained weights, checkpoints and report are not saved (--out RUN_DIR keeps them)"
+        )
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite starts afresh over it: give one of them")
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")

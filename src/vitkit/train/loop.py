@@ -68,10 +68,16 @@ def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
 
 def resolve_for_data(cfg: RunConfig, splits: Splits, warn: bool = True) -> RunConfig:
     """Set the model's class count and channels from the dataset (a different setting is replaced, with a warning
-    unless `warn` is off: fine-tuning's new head is reported by the loading itself)."""
+    unless `warn` is off, as for fine-tuning, whose new head the loading reports; a named recipe's own value, which
+    the user did not choose, is replaced with an info line)."""
+    from vitkit.recipes import RECIPES
+
+    recipe = RECIPES[cfg.recipe]().model if cfg.recipe in RECIPES else None
     for key, value in (("num_classes", splits.num_classes), ("in_chans", splits.in_chans)):
         if warn and getattr(cfg.model, key) != value:
-            log.warning(
+            chosen = recipe is None or getattr(recipe, key) != getattr(cfg.model, key)
+            log.log(
+                logging.WARNING if chosen else logging.INFO,
                 "model.%s=%s replaced by %s, the dataset %s's: the dataset sets it",
                 key,
                 getattr(cfg.model, key),
