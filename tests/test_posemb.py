@@ -254,3 +254,20 @@ def test_relative_attention_holds_one_grid_and_round_trips_through_a_state_dict(
     torch.testing.assert_close(loaded(images), model(images))
     with pytest.raises(ValueError, match="tied to the 4x4 patch grid"):
         vitkit.create_model(pretrained=path, num_heads=4, img_size=32)
+
+
+def test_a_dynamic_size_sincos_table_is_made_once_per_size():
+    """Was: a dynamic_img_size sin-cos model rebuilt its table on every forward at a size other than its own (on
+    CUDA a host-to-device copy each time); now once per (grid, width, reference grid, device), the same values,
+    and usable by autograd though first made under inference mode."""
+    from vitkit.models import create_model
+    from vitkit.models.posemb import sincos2d
+
+    m = create_model("ViT-Ti/4", img_size=16, in_chans=1, num_classes=3, depth=1, embed_dim=32, num_heads=2,
+                     posemb="sincos2d", dynamic_img_size=True)  # fmt: skip
+    with torch.inference_mode():
+        first = m._patch_posemb((6, 5))
+    assert m._patch_posemb((6, 5)) is first
+    torch.testing.assert_close(first[0], sincos2d((6, 5), 32, ref_grid=(4, 4)), rtol=0, atol=0)
+    m(torch.randn(2, 1, 24, 20)).sum().backward()
+    assert m.patch_embed.proj.weight.grad is not None

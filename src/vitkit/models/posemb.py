@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -39,6 +40,17 @@ def sincos2d(
     x = x.reshape(-1, 1).double() * omega
     pe = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (N, D)
     return pe.float()
+
+
+@functools.lru_cache(maxsize=32)
+def sincos2d_on(
+    grid: tuple[int, int], dim: int, ref_grid: tuple[int, int] | None, device: torch.device
+) -> torch.Tensor:
+    """`sincos2d(grid, dim, ref_grid=ref_grid)[None]` on `device`, made once per (grid, dim, ref, device): a
+    dynamic-size model meets each size again and again, and a table made per forward is a host-to-device copy.
+    Never mutated; made outside inference mode, so that autograd may use it later."""
+    with torch.inference_mode(False):
+        return sincos2d(grid, dim, ref_grid=ref_grid)[None].to(device)  # (1, gh*gw, dim)
 
 
 def grid_of(num_patches: int) -> tuple[int, int]:

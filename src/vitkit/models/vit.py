@@ -23,7 +23,7 @@ from vitkit.models.layers import (
     block_indices,
     pooled_after_reset,
 )
-from vitkit.models.posemb import check_resample_mode, resample_posemb, sincos2d
+from vitkit.models.posemb import check_resample_mode, resample_posemb, sincos2d, sincos2d_on
 from vitkit.models.registry import model_name
 from vitkit.models.resnet import init_backbone_
 
@@ -234,7 +234,9 @@ class VisionTransformer(nn.Module):
         if self.cfg.posemb == "sincos2d":
             if grid != self.cfg.grid_size:  # laid out in the units of the grid it was trained on
                 ref = self.cfg.posemb_grid or self.cfg.grid_size
-                return sincos2d(grid, self.embed_dim, ref_grid=ref)[None].to(self.pos_embed.device)
+                if torch.compiler.is_compiling():  # traced once per size: a constant of the graph
+                    return sincos2d(grid, self.embed_dim, ref_grid=ref)[None].to(self.pos_embed.device)
+                return sincos2d_on(tuple(grid), self.embed_dim, tuple(ref), self.pos_embed.device)
             return self.pos_embed
         return None
 
