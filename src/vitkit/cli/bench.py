@@ -8,7 +8,14 @@ import json
 
 import torch
 
-from vitkit.cli.common import guard_output_file, image_size, nonneg_int, positive_float, positive_int
+from vitkit.cli.common import (
+    guard_output_file,
+    image_size,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    size_label,
+)
 from vitkit.config import COMPILE_MODES, COMPILE_SCOPES
 from vitkit.models import model_config
 from vitkit.recipes import RECIPES
@@ -92,8 +99,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    h, w = res["img_size"]
-    what = f"{res['model']} {h if h == w else f'{h}x{w}'}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
+    what = f"{res['model']} {size_label(tuple(res['img_size']))}px batch {res['batch_size']} {res['mode']} {res['dtype']}"
     compile_flag = (
         "compile" if res.get("compile_mode") in (None, "default") else f"compile {res['compile_mode']}"
     ) + (" (blocks)" if res.get("compile_scope") == "blocks" else "")

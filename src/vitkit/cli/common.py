@@ -55,8 +55,9 @@ def image_size(text: str) -> int | tuple[int, int]:
 
 
 def size_label(size: int | tuple[int, int]) -> str:
-    """224 -> '224', (224, 160) -> '224x160'."""
-    return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
+    """224 or (224, 224) -> '224', (224, 160) -> '224x160'."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return str(h) if h == w else f"{h}x{w}"
 
 
 def positive_float(text: str) -> float:

@@ -61,20 +61,12 @@ def is_run_path(path: str) -> bool:
         ckpt = os.path.exists(os.path.join(p, "model.safetensors"))
         return ckpt and _is_run_config(os.path.join(os.path.dirname(os.path.dirname(p)), "config.json"))
     if os.path.isfile(p) and p.endswith(".safetensors"):
-        from vitkit.cli.common import described_model
-        from vitkit.train.runfiles import run_dir_of
+        from vitkit.cli.common import run_of_file
 
-        run_dir = run_dir_of(p)  # a file training wrote, or a vitkit export beside a run
-        if run_dir is None and described_model(p) is not None:
-            folder = os.path.dirname(p)
-            run_dir = next(
-                (
-                    d
-                    for d in (folder, os.path.dirname(os.path.dirname(folder)))
-                    if _is_run_config(os.path.join(d, "config.json"))
-                ),
-                None,
-            )
+        try:
+            run_dir = run_of_file(p)  # a file training wrote, or a vitkit export beside a run
+        except UserError:  # another file in a run folder: a model of its own
+            return False
         return run_dir is not None and _is_run_config(os.path.join(run_dir, "config.json"))
     return False
 

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -172,6 +173,14 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     var = (squares - n * mean.square()).clamp_min(0) / max(n - 1, 1)  # unbiased, as torch.std
     std = var.sqrt().clamp_min(1e-3)
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+def split_stats(ds: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`channel_stats` of a split: its images in memory, or the first STATS_SAMPLE of a split decoded per batch
+    (stored shuffled: a sample of every class)."""
+    if isinstance(ds, ArrayDataset):
+        return channel_stats(ds.images)
+    return channel_stats(ds.get_batch(torch.arange(min(len(ds), STATS_SAMPLE)))[0])
 
 
 def _with_stats(name: str, train: ArrayDataset, test: ArrayDataset, classes: list[str]) -> Splits:
@@ -373,11 +382,7 @@ def load_dataset(
     if cfg.holdout > 0 or cfg.subset < 1:
         # the normalisation from the images trained on (their first 20,000, as channel_stats takes; a folder
         # decoded per batch: its first 2,000): the held-out ones (val) are not looked at
-        train = splits.train
-        if isinstance(train, ArrayDataset):
-            mean, std = channel_stats(train.images)
-        else:
-            mean, std = channel_stats(train.get_batch(torch.arange(min(len(train), STATS_SAMPLE)))[0])
+        mean, std = split_stats(splits.train)
         splits = dataclasses.replace(splits, mean=mean, std=std)
     for split, data in (("training", splits.train), ("test", splits.test)):
         if len(data) == 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitkit.data.datasets import STATS_SAMPLE, ArrayDataset, Splits, channel_stats, holdout_indices
+from vitkit.data.datasets import ArrayDataset, Splits, holdout_indices, split_stats
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,5 @@ def load_imagefolder(
     paths, labels = [paths[i] for i in order], [labels[i] for i in order]
     train = _decode_all(paths, labels, size, workers, in_chans)
     test = _decode_all(vpaths, vlabels, size, workers, in_chans)
-    if isinstance(train, ArrayDataset):
-        mean, std = channel_stats(train.images)
-    else:  # decoded per batch: the statistics of its first images, a sample of every class (they were 0.5, 0.5)
-        mean, std = channel_stats(train.get_batch(torch.arange(min(len(train), STATS_SAMPLE)))[0])
+    mean, std = split_stats(train)  # decoded per batch: of its first images (they were 0.5, 0.5)
     return Splits("imagefolder", train, test, classes, mean, std)  # type: ignore[arg-type]

@@ -254,8 +254,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     base.update(overrides)
     shape = (base["embed_dim"], base["depth"], base["num_heads"], base["mlp_dim"])
     # the name says the shape; a hybrid's always its canonical one (R3-4-9+ViT-B/16 is R50+ViT-B/16)
-    hybrid = base.get("backbone") is not None
-    if hybrid or shape != WIDTHS.get(size) or base["patch_size"] != patch or base.get("backbone") != layers:
+    if base.get("backbone") is not None or shape != WIDTHS.get(size) or base["patch_size"] != patch:
         base["name"] = model_name(*shape, base["patch_size"], base.get("backbone"))  # the name says the shape
     return ModelConfig(**base)
 

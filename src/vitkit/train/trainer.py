@@ -303,11 +303,7 @@ class Trainer:
         return self._param_names() + self._ema_buffers
 
     def _ema_live(self) -> list[torch.Tensor]:
-        """The model's tensors the EMA follows, in `_ema_names` order (under FSDP its shards: a forward without a
-        backward, as an evaluation's, leaves the root's own parameters gathered, plain tensors beside the EMA's
-        shards, until resharded)."""
-        if self.strategy == "fsdp":
-            self.model.reshard()
+        """The model's tensors the EMA follows, in `_ema_names` order."""
         buffers = dict(self.model.named_buffers())
         return [p.detach() for p in self.model.parameters()] + [buffers[n] for n in self._ema_buffers]
 
@@ -507,9 +503,17 @@ class Trainer:
                 self.tb.add_scalar(f"train/{k}", stats[k], self.step)
         return stats
 
+    def _ema_live_sharded(self) -> list[torch.Tensor]:
+        """`_ema_live`, under FSDP as shards: a forward without a backward (an evaluation's) leaves the root's own
+        parameters gathered, plain tensors beside the EMA's shards, until resharded (a training step's backward
+        reshards them, so its EMA update needs no call)."""
+        if self.strategy == "fsdp":
+            self.model.reshard()
+        return self._ema_live()
+
     def _swap_ema(self) -> list[torch.Tensor]:
         """Put the EMA weights (and statistics) into the model; returns the raw ones to put back."""
-        live = self._ema_live()
+        live = self._ema_live_sharded()
         raw = [x.clone() for x in live]
         with torch.no_grad():
             for x, e in zip(live, self.ema):
@@ -518,7 +522,7 @@ class Trainer:
 
     def _restore(self, raw: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for x, r in zip(self._ema_live(), raw):
+            for x, r in zip(self._ema_live_sharded(), raw):
                 x.copy_(r)
 
     def evaluate(self, use_ema: bool = False, dataset: Any = None) -> dict[str, Any]:
