@@ -405,23 +405,11 @@ def owned_by_a_run(path: str) -> str | None:
     return None
 
 
-def is_run_folder(folder: str) -> bool:
-    """Whether `folder` holds a vitkit run's config.json."""
-    from vitkit.convert.files import ConversionError, read_json_file
-    from vitkit.convert.runs import is_run_config
-    from vitkit.train.runfiles import CONFIG
-
-    path = os.path.join(folder, CONFIG)
-    try:
-        return os.path.isfile(path) and is_run_config(read_json_file(path))
-    except ConversionError:  # not valid JSON: not a run's (an existing file all the same)
-        return False
-
-
 def refuse_training_into(out: str) -> None:
     """A new run's --out: never a file, a training checkpoint or a folder inside another run (whose own files and
     checkpoints it would mix with, or overwrite)."""
     from vitkit.train.checkpoint import MANIFEST
+    from vitkit.train.runfiles import holds_run
 
     if os.path.isfile(out):
         raise UserError(f"--out {out} is a file; a run is written into a folder")
@@ -429,7 +417,7 @@ def refuse_training_into(out: str) -> None:
         raise UserError(f"--out {out} is a training checkpoint; train into a folder of its own")
     parent = os.path.dirname(os.path.abspath(out))
     while parent != os.path.dirname(parent):
-        if is_run_folder(parent):
+        if holds_run(parent):
             raise UserError(f"--out {out} lies inside the run {parent}; train into a folder of its own")
         parent = os.path.dirname(parent)
 
@@ -438,10 +426,11 @@ def guard_output_folder(folder: str, writes: tuple[str, ...], overwrite: bool, f
     """Refuse writing the files `writes` into `folder` when it is a run folder or a training checkpoint (never),
     or when one of them is there already and not `overwrite`."""
     from vitkit.train.checkpoint import MANIFEST
+    from vitkit.train.runfiles import holds_run
 
     if os.path.isfile(os.path.join(folder, MANIFEST)):
         raise UserError(f"{flag} {folder} is a training checkpoint; write into another folder")
-    if is_run_folder(folder):
+    if holds_run(folder):
         raise UserError(f"{flag} {folder} is a vitkit run folder; write into another folder")
     there = [w for w in writes if os.path.lexists(os.path.join(folder, w))]
     if there and not overwrite:

@@ -32,16 +32,6 @@ class Subject:
     label: str | None = None
 
 
-def _is_run_config(path: str) -> bool:
-    """A vitkit run's config.json (not, say, a Hugging Face model folder's)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
-        return False
-    return isinstance(d, dict) and isinstance(d.get("model"), dict) and "train" in d
-
-
 def is_model_config(path: str) -> bool:
     """A timm or transformers model folder's config.json (not a run's)."""
     try:
@@ -54,12 +44,14 @@ def is_model_config(path: str) -> bool:
 
 def is_run_path(path: str) -> bool:
     """A run folder, a checkpoint folder in one, or a weights file in one."""
+    from vitkit.train.runfiles import holds_run
+
     p = os.path.abspath(path)
     if os.path.isdir(p):
-        if _is_run_config(os.path.join(p, "config.json")):
+        if holds_run(p):
             return True
-        ckpt = os.path.exists(os.path.join(p, "model.safetensors"))
-        return ckpt and _is_run_config(os.path.join(os.path.dirname(os.path.dirname(p)), "config.json"))
+        run_dir = os.path.dirname(os.path.dirname(p))  # a checkpoint folder: RUN/checkpoints/<name>
+        return os.path.exists(os.path.join(p, "model.safetensors")) and holds_run(run_dir)
     if os.path.isfile(p) and p.endswith(".safetensors"):
         from vitkit.cli.common import run_of_file
 
@@ -67,7 +59,7 @@ def is_run_path(path: str) -> bool:
             run_dir = run_of_file(p)  # a file training wrote, or a vitkit export beside a run
         except UserError:  # another file in a run folder: a model of its own
             return False
-        return run_dir is not None and _is_run_config(os.path.join(run_dir, "config.json"))
+        return run_dir is not None and holds_run(run_dir)
     return False
 
 

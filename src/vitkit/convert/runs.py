@@ -32,11 +32,6 @@ CROP_KEYS = ("crop_pct", "interpolation", "crop_mode")
 RUN_META_KEYS = ("mean", "std", "classes", "native_size", *CROP_KEYS)
 
 
-def is_run_config(config: dict[str, Any]) -> bool:
-    """Whether a config.json is a vitkit RunConfig."""
-    return isinstance(config.get("model"), dict) and "embed_dim" in config["model"]
-
-
 def _meta_from_data(run_dir: str) -> dict[str, Any]:
     path = os.path.join(run_dir, DATA)
     if not os.path.isfile(path):

@@ -21,7 +21,7 @@ from vitkit.convert.files import (
 from vitkit.convert.hf import from_hf_state, is_hf_state, read_hf_folder
 from vitkit.convert.hub import fetch, is_hub_id
 from vitkit.convert.official import read_official
-from vitkit.convert.runs import CONFIG, WEIGHTS, is_run_config, read_model_file, read_run
+from vitkit.convert.runs import CONFIG, WEIGHTS, read_model_file, read_run
 from vitkit.convert.timm import (
     from_timm_state,
     is_timm_state,
@@ -30,7 +30,7 @@ from vitkit.convert.timm import (
     timm_module_config,
 )
 from vitkit.models import CNN, ModelConfig, VisionTransformer
-from vitkit.train.runfiles import run_dir_of
+from vitkit.train.runfiles import holds_run, is_run_config, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ def in_run(path: str) -> bool:
     """Whether a weights file is one that training wrote into a vitkit run (`run_dir_of`; another file there,
     such as a timm file copied in, is read as what it is)."""
     run_dir = run_dir_of(path)
-    try:
-        return run_dir is not None and is_run_config(read_json_file(os.path.join(run_dir, CONFIG)))
-    except ConversionError:
-        return False
+    return run_dir is not None and holds_run(run_dir)
 
 
 def read_checkpoint(

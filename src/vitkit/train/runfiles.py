@@ -35,6 +35,22 @@ def run_dir_of(path: str) -> str | None:
     return run_dir if os.path.isfile(os.path.join(run_dir, CONFIG)) else None
 
 
+def is_run_config(config: Any) -> bool:
+    """Whether a parsed config.json is a vitkit RunConfig (not a timm or transformers model config)."""
+    return (
+        isinstance(config, dict) and isinstance(config.get("model"), dict) and "embed_dim" in config["model"]
+    )
+
+
+def holds_run(folder: str) -> bool:
+    """Whether `folder` holds a vitkit run's config.json (an unreadable or non-JSON file is not one)."""
+    try:
+        with open(os.path.join(folder, CONFIG), encoding="utf-8") as f:
+            return is_run_config(json.load(f))
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
+        return False
+
+
 def read_json(path: str) -> Any:
     """Read JSON; errors name the file."""
     try:
