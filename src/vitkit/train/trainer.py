@@ -12,12 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit import keyed_random
-from vitkit.config import DataConfig, RunConfig
-from vitkit.data.datasets import ArrayDataset, Splits, load_dataset
+from vitkit.config import RunConfig
+from vitkit.data.datasets import ArrayDataset, Splits
 from vitkit.data.loader import epoch_permutation, micro_batches, rank_share, steps_per_epoch
 from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
 from vitkit.eval.evaluate import evaluate
-from vitkit.eval.fewshot import fewshot_evaluate, model_input
 from vitkit.models import build_model
 from vitkit.models.fused_mlp import set_fused_bias_gelu
 from vitkit.train import distributed as D
@@ -26,6 +25,7 @@ from vitkit.train.checkpoint import check_training_state, load_checkpoint, save_
 from vitkit.train.compiling import block_regions, check_graphs, compile_with_trial, eager_regions
 from vitkit.train.master import Bf16Copy
 from vitkit.train.optim import build_optimizer
+from vitkit.train.probes import fewshot_probe, fewshot_sets
 from vitkit.train.runfiles import (
     CHECKPOINTS,
     METRICS,
@@ -168,74 +168,23 @@ class Trainer:
         self.test_ds = splits.test.to(device) if on_device else splits.test
         self.val_ds = None if splits.val is None else splits.val.to(device) if on_device else splits.val
         self.transform = BatchTransform(cfg.data, cfg.model.img_size, splits.mean, splits.std, t.seed)
-        self.fewshot_sets = self._fewshot_sets() if t.fewshot_every else {}
-        self.tb = None  # opened by open_tensorboard, once the step to continue from is known
-        self._tb_wanted = bool(tensorboard and info.is_main and out_dir)
-
-    def _fewshot_sets(self) -> dict[str, tuple[Any, Any, Any, int]]:
-        """(train, test, transform, classes) of each few-shot dataset: the run's own splits, or another
-        dataset loaded from the usual places, grey images repeated to the model's channels."""
-        c, t, own = self.cfg.model, self.cfg.train, self.cfg.data.dataset
-        if self.strategy == "fsdp":  # the representation is read past the sharded model's forward
+        if t.fewshot_every and self.strategy == "fsdp":  # the representation is read past the sharded forward
             raise ValueError(
                 "train.fewshot_every: not under FSDP (train.strategy=fsdp); use DDP or one process"
             )
-        sets = {}
-        for name in t.fewshot_datasets or (own,):
-            if name == own:
-                sets[name] = (
-                    self.splits.train,
-                    self.splits.test,
-                    self.transform.eval,
-                    self.splits.num_classes,
-                )
-            elif name == "imagefolder":
-                raise ValueError(
-                    "train.fewshot_datasets: an imagefolder other than the run's own has no folder"
-                )
-            else:
-                other = load_dataset(DataConfig(dataset=name), img_size=c.img_size)
-                if other.in_chans not in (1, c.in_chans):
-                    raise ValueError(
-                        f"train.fewshot_datasets: {name} has {other.in_chans}-channel images, the model takes "
-                        f"{c.in_chans}"
-                    )
-                transform = model_input(c.img_size, c.in_chans, self.splits.mean, self.splits.std)
-                sets[name] = (other.train, other.test, transform, other.num_classes)
-            counts = torch.bincount(sets[name][0].labels.cpu(), minlength=sets[name][3])
-            if int(counts.min()) < max(t.fewshot_shots):  # found now, not at the first evaluation
-                names = list(getattr(self.splits if name == own else other, "classes", None) or [])
-                k = int(counts.argmin())
-                which = f"class {k} ({names[k]!r})" if k < len(names) else f"class {k}"
-                raise ValueError(
-                    f"train.fewshot_shots={list(t.fewshot_shots)}: {name}'s training split has "
-                    f"{int(counts.min())} image(s) of {which}; set shot counts up to that"
-                )
-        return sets
+        self.fewshot_sets = fewshot_sets(cfg, splits, self.transform.eval) if t.fewshot_every else {}
+        self.tb = None  # opened by open_tensorboard, once the step to continue from is known
+        self._tb_wanted = bool(tensorboard and info.is_main and out_dir)
 
     def fewshot(self) -> dict[str, dict[str, float]]:
         """Few-shot linear top-1 of the headline weights' representation (the EMA when on) on each few-shot
         dataset, one draw per shot count, logged as one record; {dataset: {shots: top-1}}."""
-        t = self.cfg.train
         raw = self._swap_ema() if self.ema is not None else None
-        out = {}
         try:
             with eager_regions(self.regions):
-                for name, (train, test, transform, classes) in self.fewshot_sets.items():
-                    res = fewshot_evaluate(
-                        self.model,
-                        train,
-                        test,
-                        transform,
-                        num_classes=classes,
-                        shots=t.fewshot_shots,
-                        seeds=1,
-                        device=self.device,
-                        batch_size=t.eval_batch_size,
-                        precision="bf16" if self.precision.startswith("bf16") else self.precision,
-                        test_limit=t.fewshot_test_limit or None,
-                    )
-                    out[name] = {str(k): r["mean"] for k, r in res["shots"].items()}
+                out = fewshot_probe(
+                    self.model, self.fewshot_sets, self.cfg.train, self.device, self.precision
+                )
         finally:
             if raw is not None:
                 self._restore(raw)
