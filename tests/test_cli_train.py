@@ -581,3 +581,25 @@ def test_training_without_out_says_nothing_is_saved(caplog, tmp_path, monkeypatc
         assert main(["train", *TINY_FLAGS, "--steps", "1", "--no-progress"]) == 0
     assert "no --out: the trained weights, checkpoints and report are not saved" in caplog.text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_and_fewshot_on_another_dataset_leave_the_runs_holdout_and_subset(tmp_path, capsys):
+    """Was: `eval RUN --dataset imagefolder` and `fewshot` kept the run's data.holdout and data.subset: "data.holdout
+    =0.1: holds out 0 of the 10 training images", or shots drawn from half of the other dataset."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(10):
+            (tmp_path / "ds" / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (16, 16), (25 * c, 100, 0)).save(tmp_path / "ds" / split / f"c{c}" / "0.png")
+    out = str(tmp_path / "run")
+    held = ["--set", "data.holdout=0.1", "--set", "data.subset=0.5"]
+    assert (
+        main(["train", *TINY_FLAGS, *held, "--steps", "1", "--out", out, "--no-progress", "--no-report"]) == 0
+    )
+    capsys.readouterr()
+    other = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "ds"), "--json"]
+    assert main(["eval", out, *other, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 10
+    assert main(["fewshot", out, *other, "--shots", "1", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_test"] == 10

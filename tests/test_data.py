@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import logging
 import os
 import pickle
@@ -275,8 +276,9 @@ def test_unknown_dataset():
 
 def test_a_runs_saved_data_folder_that_is_not_here_falls_back_with_a_warning(tmp_path, caplog):
     """A run trained elsewhere (its data.data_dir absent here) evaluates from the usual places, saying so; a
-    --data-dir given wins; an imagefolder run keeps its folder (it has no other place)."""
-    from vitkit.cli.common import local_data
+    --data-dir given wins; an imagefolder run's folder has no other place: its absence is an error asking for
+    --data-dir (was: "expected ROOT/train/<class>/<image>", as if the folder were wrong)."""
+    from vitkit.cli.common import UserError, local_data
 
     away = DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "elsewhere"))
     assert local_data(away, None, "RUN").data_dir is None
@@ -284,7 +286,10 @@ def test_a_runs_saved_data_folder_that_is_not_here_falls_back_with_a_warning(tmp
     assert local_data(away, "/given").data_dir == "/given"
     assert local_data(dataclasses.replace(away, data_dir=str(tmp_path))).data_dir == str(tmp_path)
     folder = DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "elsewhere"))
-    assert local_data(folder).data_dir == folder.data_dir
+    with pytest.raises(UserError, match=r"RUN's image folder .*elsewhere is not here .*pass --data-dir ROOT"):
+        local_data(folder, None, "RUN")
+    assert local_data(folder, "/given").data_dir == "/given"
+    assert local_data(dataclasses.replace(folder, data_dir=str(tmp_path))).data_dir == str(tmp_path)
 
 
 def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
@@ -627,3 +632,155 @@ def test_write_idx_keeps_signed_bytes(tmp_path):
     write_idx(str(tmp_path / "a.idx"), np.array([-1, -128, 5], np.int8))
     back = read_idx(str(tmp_path / "a.idx"))
     assert back.dtype == np.int8 and back.tolist() == [-1, -128, 5]
+
+
+def test_a_folder_with_val_and_test_scores_test_and_selects_on_val(tmp_path):
+    """Was: ROOT/test/ was ignored without a word where ROOT/val/ was there too (val/ was scored as the test
+    split). Now test/ is the test split and val/ the validation split; data.holdout beside it is refused."""
+    from vitkit.data.datasets import hold_out
+
+    root = str(tmp_path)
+    write_folder(root, "train")
+    write_folder(root, "val", n=2)
+    write_folder(root, "test", n=4)
+    splits = load_imagefolder(root, (8, 8))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 4, 8)
+    assert splits.sources == {"train": "train", "test": "test", "val": "val"}
+    assert splits.info()["sizes"] == {"train": 6, "test": 8, "val": 4}
+    with pytest.raises(ValueError, match="has its own val/ split"):
+        hold_out(splits, 0.5, 0)
+
+
+def test_an_image_folder_changed_since_training_is_noticed(tmp_path, caplog):
+    """Was: one image added to train/ re-drew a data.val_fraction split, and `eval RUN` scored the run on 15 of
+    20 images it had trained on, without a word. A run's data.json records each sub-folder's listing: a split
+    drawn from a changed train/ is refused, a changed test/ scored with a warning, a resume refused."""
+    from vitkit.cli.common import UserError, check_folder_unchanged
+    from vitkit.data.imagefolder import listing_changes
+    from vitkit.train.loop import _recorded_normalisation
+
+    root = str(tmp_path / "drawn")
+    write_folder(root, "train", n=10)
+    before = load_imagefolder(root, (8, 8), val_fraction=0.2)
+    data = json_roundtrip(before.info())  # as data.json holds it
+    check_folder_unchanged(data, load_imagefolder(root, (8, 8), val_fraction=0.2), "test", "RUN")  # the same
+    write_folder(root, "train", classes=("cat",), n=11)  # cat/10.png added
+    after = load_imagefolder(root, (8, 8), val_fraction=0.2)
+    assert listing_changes(data["files"], after.files) == {"train": "20 images then, 21 now"}
+    with pytest.raises(
+        UserError, match=r"RUN: the image folder's train/ is not as the run was trained on it "
+    ):
+        check_folder_unchanged(data, after, "test", "RUN")
+    check_folder_unchanged(data, after, "train", "RUN")  # the training split itself: scored as it is, warned
+    assert "train/ is not as the run was trained on it (20 images then, 21 now)" in caplog.text
+    # runs from before the listing was recorded: their split sizes
+    old = {k: v for k, v in data.items() if k != "files"}
+    old["sizes"] = dict(old["sizes"], test=3)
+    with pytest.raises(UserError, match="its test split had 3 images, now 4"):
+        check_folder_unchanged(old, after, "test", "RUN")
+    # a folder's own test/: scored as it is now, with a warning
+    own = str(tmp_path / "own")
+    write_folder(own, "train")
+    write_folder(own, "test", n=2)
+    data = json_roundtrip(load_imagefolder(own, (8, 8)).info())
+    write_folder(own, "test", classes=("dog",), n=3)
+    caplog.clear()
+    check_folder_unchanged(data, load_imagefolder(own, (8, 8)), "test", "RUN")
+    assert "test/ is not as the run was trained on it (4 images then, 5 now)" in caplog.text
+    # a resume on a changed folder
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"--resume: the image folder changed since the run began .*test/ 4"):
+        _recorded_normalisation(str(run), load_imagefolder(own, (8, 8)))
+
+
+def json_roundtrip(d):
+    return json.loads(json.dumps(d))
+
+
+def test_data_folders_with_a_tilde_and_the_download_cache(tmp_path, monkeypatch):
+    """Was: --data-dir ~/fm and VITKIT_DATA=~/fm were looked for literally (a shell expands neither in
+    --data-dir=~/fm or a quoted value), and ~/.cache/vitkit, where downloads go, was never searched: a download
+    then VITKIT_OFFLINE=1 failed. A download that found nothing said 'not attempted (VITKIT_OFFLINE is set)'."""
+    import vitkit.data.datasets as ds
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("VITKIT_DATA", raising=False)
+    write_mnist(str(tmp_path / "fm"))
+    assert len(load_mnist_like("mnist", "~/fm", download=False).train) == 20
+    monkeypatch.setenv("VITKIT_DATA", "~/fm")
+    assert len(load_mnist_like("mnist", download=False).train) == 20
+    monkeypatch.delenv("VITKIT_DATA")
+    write_mnist(str(tmp_path / ".cache" / "vitkit" / "MNIST" / "raw"), n_train=30)  # torchvision's download
+    assert len(load_mnist_like("mnist", download=False).train) == 30
+    monkeypatch.setattr(ds, "downloads_allowed", lambda download: True)
+    monkeypatch.setattr(ds, "_fetch_mnist_like", lambda name, target: None)  # "downloads" nothing
+    with pytest.raises(DataNotFoundError, match=r"Download failed: none, but the files were not found in "):
+        load_mnist_like("mnist", str(tmp_path / "empty"))
+
+
+def test_malformed_labels_and_sizes_are_refused_by_name(tmp_path, caplog):
+    """Was: CIFAR labels of shape (N, 1) loaded as (N, 1), float labels were truncated to other classes, a label
+    of 2**70 or an int dict key gave a traceback, a corrupt batches.meta stopped the load (its names are only for
+    display); IDX float labels were truncated, zero-pixel images and test images of another size loaded."""
+    from vitkit.data.datasets import ArrayDataset
+
+    d = write_cifar(str(tmp_path / "c"))
+    batch = os.path.join(d, "data_batch_1")
+    for labels, match in (
+        ([[0]] * 8, r"'labels' must be a list of whole class indices, got int64 of shape \(8, 1\)"),
+        ([0.9] * 8, "'labels' must be a list of whole class indices, got float64"),
+        ([2**70] * 8, "'labels' must be integer class indices"),
+    ):
+        with open(batch, "wb") as f:
+            pickle.dump({b"data": np.zeros((8, 3072), np.uint8), b"labels": labels}, f)
+        with pytest.raises(ValueError, match=f"data_batch_1: {match}"):
+            load_cifar("cifar10", str(tmp_path / "c"), download=False)
+    with open(batch, "wb") as f:
+        pickle.dump({1: 2, b"x": 3}, f)
+    with pytest.raises(
+        ValueError, match=r"data_batch_1: missing key 'data' or 'labels'; keys are \[\"'x'\", '1'\]"
+    ):
+        load_cifar("cifar10", str(tmp_path / "c"), download=False)
+    write_cifar(str(tmp_path / "c"))
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        f.write(b"not a pickle")
+    assert load_cifar("cifar10", str(tmp_path / "c"), download=False).classes[0] == "class0"
+    assert "batches.meta: not a valid CIFAR pickle" in caplog.text
+    with pytest.raises(ValueError, match="labels must be whole class indices"):
+        ArrayDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2))
+    m = str(tmp_path / "m")
+    write_mnist(m)
+    write_idx(os.path.join(m, "train-labels-idx1-ubyte.gz"), np.full(20, 1.5, np.float32))
+    with pytest.raises(
+        ValueError, match=r"train-labels-idx1-ubyte\.gz: labels must be integers, the file holds float32"
+    ):
+        load_mnist_like("mnist", m, download=False)
+    write_mnist(m)
+    write_idx(os.path.join(m, "t10k-images-idx3-ubyte.gz"), np.zeros((10, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="training images of 28x28 pixels, test images of 32x32"):
+        load_mnist_like("mnist", m, download=False)
+    write_idx(os.path.join(m, "t10k-images-idx3-ubyte.gz"), np.zeros((10, 0, 28), np.uint8))
+    with pytest.raises(ValueError, match="images of 0x28 pixels"):
+        load_mnist_like("mnist", m, download=False)
+
+
+def test_integer_pixel_images_and_a_class_held_out_whole(tmp_path, caplog):
+    """Was: a 32-bit integer TIFF of 8-bit values decoded all black (its top 8 of 16 bits), and data.val_fraction
+    held out every image of a small class without a word."""
+    from PIL import Image
+
+    values = np.arange(256, dtype=np.int32).reshape(16, 16)
+    Image.fromarray(values).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    assert torch.equal(load_image(str(tmp_path / "i32.tif"), (16, 16), 1)[0], torch.from_numpy(values).byte())
+    Image.fromarray((values * 256).astype(np.uint16)).save(tmp_path / "i16.png")  # 16-bit: its top 8 bits
+    assert torch.equal(load_image(str(tmp_path / "i16.png"), (16, 16), 1)[0], torch.from_numpy(values).byte())
+    Image.fromarray(values * 70000).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"32-bit integer pixels in 0\.\.17850000: their range is unknown"):
+        load_image(str(tmp_path / "wide.tif"), (16, 16), 1)
+    write_folder(str(tmp_path / "f"), "train", n=4)
+    write_folder(str(tmp_path / "f"), "train", classes=("rare",), n=1)
+    load_imagefolder(str(tmp_path / "f"), (8, 8), val_fraction=0.6)
+    assert "holds out every image of class(es) 'rare'" in caplog.text

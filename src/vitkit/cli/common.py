@@ -140,6 +140,10 @@ def local_data(data: DataConfig, given: str | None = None, where: str = "the run
     warning, so the usual places ($VITKIT_DATA, Debian's package) are searched."""
     if given:
         return dataclasses.replace(data, data_dir=given)
+    if data.dataset == "imagefolder" and data.data_dir and not os.path.exists(data.data_dir):
+        raise UserError(
+            f"{where}'s image folder {data.data_dir} is not here (moved, or trained elsewhere?): pass --data-dir ROOT"
+        )
     if data.data_dir and not os.path.exists(data.data_dir) and data.dataset != "imagefolder":
         log.warning(
             "%s's data folder %s is not here: looking for %s in the usual places (pass --data-dir to choose)",
@@ -354,10 +358,13 @@ def folder_chans(in_chans: int) -> int | None:
     return 1 if in_chans == 1 else None
 
 
-def check_dataset_fits(run: LoadedRun, splits: Any, dataset: str, where: str, own: bool) -> None:
+def check_dataset_fits(
+    run: LoadedRun, splits: Any, dataset: str, where: str, own: bool, split: str = "test"
+) -> None:
     """Refuse scoring `run` on `splits` whose classes or channels are not the model's. Class names that differ
     from the run's data.json: an error when `own` (the run's own image folder, whose folder names are its labels:
-    one renamed or added shifts them), else a warning (another dataset, or a reader's fallback names)."""
+    one renamed or added shifts them), else a warning (another dataset, or a reader's fallback names). The run's
+    own image folder changed since training: see `check_folder_unchanged`."""
     m = run.cfg.model
     if splits.num_classes != m.num_classes:
         raise UserError(
@@ -377,6 +384,38 @@ def check_dataset_fits(run: LoadedRun, splits: Any, dataset: str, where: str, ow
         if own:
             raise UserError(f"{text} (an image folder renamed or added to since training?)")
         log.warning("%s", text)
+    if own:
+        check_folder_unchanged(run.data, splits, split, where)
+
+
+def check_folder_unchanged(data: dict[str, Any], splits: Any, split: str, where: str) -> None:
+    """A run's own image folder against its data.json's record of it. A split drawn by the seed from train/
+    (data.val_fraction's test, data.holdout's val) is drawn afresh from a changed train/ and would hold images the
+    model trained on: refused. A split of its own folder that changed is scored as it is now, with a warning."""
+    from vitkit.data.imagefolder import listing_changes
+
+    source = getattr(splits, "sources", {}).get(split)
+    if source is None:
+        return
+    changed = listing_changes(data.get("files"), splits.files)
+    if "files" not in data:  # runs before the listing was recorded: their split sizes
+        sizes, now = data.get("sizes") or {}, len(splits.split(split))
+        if isinstance(sizes, dict) and sizes.get(split) not in (None, now):
+            changed = {source: f"its {split} split had {sizes[split]} images, now {now}"}
+    if source not in changed:
+        return
+    if source == "train" and split != "train":
+        raise UserError(
+            f"{where}: the image folder's train/ is not as the run was trained on it ({changed[source]}); its {split} "
+            f"split is drawn from train/ by the run's seed and would now hold images the model trained on. Score "
+            "it on the folder as it was, or on a folder of its own (--data-dir with a test/ folder)"
+        )
+    log.warning(
+        "%s: the image folder's %s/ is not as the run was trained on it (%s): scoring the files there now",
+        where,
+        source,
+        changed[source],
+    )
 
 
 def out_holds_source(out: str, source: str) -> bool:

@@ -123,7 +123,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(f"{args.runs[0]}: {e}") from None
         check_dataset_fits(
-            run, splits, data_cfg.dataset, path, own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder"
+            run,
+            splits,
+            data_cfg.dataset,
+            path,
+            own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder",
+            split=args.split,
         )
         if labels is not None and not torch.equal(labels, ds.labels.cpu()):
             raise UserError(f"{path}: its {args.split} split holds other images than {args.runs[0]}'s")

@@ -7,7 +7,14 @@ import dataclasses
 import json
 import logging
 
-from vitkit.cli.common import UserError, folder_chans, local_data, positive_float, positive_int
+from vitkit.cli.common import (
+    UserError,
+    check_folder_unchanged,
+    folder_chans,
+    local_data,
+    positive_float,
+    positive_int,
+)
 from vitkit.eval.fewshot import L2_REG, SEEDS, SHOTS
 
 log = logging.getLogger(__name__)
@@ -26,7 +33,9 @@ def _data_config(args: argparse.Namespace, subject):
     else:
         data_cfg = run.cfg.data
         if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
-            data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0)
+            data_cfg = dataclasses.replace(  # nor its hold-out or subset
+                data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0, holdout=0.0, subset=1.0
+            )
         data_cfg = local_data(data_cfg, args.data_dir, args.source)
     if args.val_fraction is not None:
         data_cfg = dataclasses.replace(data_cfg, val_fraction=args.val_fraction)
@@ -58,6 +67,8 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     own = subject.run is not None and data_cfg.dataset == subject.run.cfg.data.dataset
     seed = subject.run.cfg.train.seed if own else 0
     splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=seed, in_chans=folder_chans(cfg.in_chans))
+    if own and data_cfg.dataset == "imagefolder":  # shots from train/, scored on test: as in training
+        check_folder_unchanged(subject.run.data, splits, "test", args.source)
     if splits.in_chans not in (1, cfg.in_chans):
         raise UserError(
             f"dataset {data_cfg.dataset} has {splits.in_chans}-channel images, {subject.name} takes {cfg.in_chans}"

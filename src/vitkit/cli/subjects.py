@@ -147,7 +147,7 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
         splits = load_dataset(
             local_data(rc.data, None, subject.run_dir), img_size=rc.model.img_size, seed=rc.train.seed
         )
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, UserError) as e:
         log.warning("could not load the test images of %s (%s): using noise images", rc.data.dataset, e)
         return noise_inputs(subject, n, f"the test images of {rc.data.dataset} could not be loaded")
     ds = splits.test if len(splits.test) else splits.train

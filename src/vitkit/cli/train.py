@@ -163,7 +163,7 @@ def _on_run(args: argparse.Namespace, out: str) -> tuple[RunConfig | None, RunCo
     saved = read_config(out)
     if args.recipe and args.recipe != saved.recipe:
         return None, saved
-    saved_here = dataclasses.replace(saved, data=local_data(saved.data, None, out))
+    saved_here = dataclasses.replace(saved, data=local_data(saved.data, getattr(args, "data_dir", None), out))
     return resolve_config(args, saved_here), saved
 
 
@@ -337,7 +337,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.run} holds converted weights ({run.cfg.expected}), no dataset: pass --dataset"
         )
     if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
-        data_cfg = dataclasses.replace(data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0)
+        data_cfg = dataclasses.replace(  # nor its hold-out or subset
+            data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0, holdout=0.0, subset=1.0
+        )
     data_cfg = local_data(data_cfg, args.data_dir, args.run)
     splits = load_dataset(
         data_cfg,
@@ -346,7 +348,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         in_chans=folder_chans(run.cfg.model.in_chans),
     )
     check_dataset_fits(
-        run, splits, data_cfg.dataset, args.run, own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder"
+        run,
+        splits,
+        data_cfg.dataset,
+        args.run,
+        own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder",
+        split=args.split,
     )
     transform = BatchTransform(data_cfg, run.cfg.model.img_size, *run_normalisation(run, splits))
     try:

@@ -58,18 +58,23 @@ def safe_unpickle(path: str) -> dict:
         raise ValueError(f"{path}: not a valid CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return {k.decode("utf-8", "replace") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _batch(path: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     d = safe_unpickle(path)
     if "data" not in d or label_key not in d:
-        raise ValueError(f"{path}: missing key 'data' or {label_key!r}; keys are {sorted(d)}")
+        raise ValueError(f"{path}: missing key 'data' or {label_key!r}; keys are {sorted(map(repr, d))}")
     data = np.asarray(d["data"])
     try:
-        labels = np.asarray(d[label_key], dtype=np.int64)
-    except (TypeError, ValueError) as e:
+        raw = np.asarray(d[label_key])
+        labels = raw.astype(np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{path}: {label_key!r} must be integer class indices ({e})") from None
+    if raw.ndim != 1 or not (np.issubdtype(raw.dtype, np.integer) or np.array_equal(labels, raw)):
+        raise ValueError(
+            f"{path}: {label_key!r} must be a list of whole class indices, got {raw.dtype} of shape {raw.shape}"
+        )
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
     if len(labels) != len(data):
@@ -125,12 +130,16 @@ def load_cifar(name: str, data_dir: str | None = None, download: bool = True) ->
         parts[split] = ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels))
     classes = [f"class{i}" for i in range(num_classes)]
     meta_path = os.path.join(folder, meta)
-    if os.path.isfile(meta_path):
-        meta_dict = safe_unpickle(meta_path)
-        names = meta_dict.get(names_key) if isinstance(meta_dict, dict) else None
+    if os.path.isfile(meta_path):  # the class names are only for display: the data stands without them
+        try:
+            names = safe_unpickle(meta_path).get(names_key)
+        except (OSError, ValueError) as e:
+            names = e
         if isinstance(names, (list, tuple)) and len(names) == num_classes:
-            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        else:  # the class names are only for display: the data stands without them
+            classes = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+        elif isinstance(names, Exception):
+            log.warning("%s; classes are named class0...", names)
+        else:
             log.warning(
                 "%s: no list of %d %r; classes are named class0...", meta_path, num_classes, names_key
             )

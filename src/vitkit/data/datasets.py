@@ -51,6 +51,10 @@ class ArrayDataset:
             raise ValueError(
                 f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
             )
+        if self.labels.ndim != 1 or self.labels.is_floating_point() or self.labels.is_complex():
+            raise ValueError(
+                f"labels must be whole class indices (N,), got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -80,7 +84,11 @@ class Splits:
     classes: list[str]
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
-    val: ArrayDataset | None = None  # held out of the training set (data.holdout)
+    val: ArrayDataset | None = None  # held out of the training set (data.holdout), or a folder's own val/
+    # an image folder's: each sub-folder's listing ({"train": {"images": n, "sha256": ...}}: fold_listing), and
+    # the sub-folder each split is drawn from ({"train": "train", "test": "train"} with data.val_fraction)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def in_chans(self) -> int:
@@ -107,7 +115,7 @@ class Splits:
             "mean": list(self.mean),
             "std": list(self.std),
             "sizes": sizes,
-        }
+        } | ({"files": self.files} if self.files else {})
 
     def split(self, name: str) -> ArrayDataset:
         """The split called `name`: "train", "val" (held out of train: data.holdout) or "test"."""
@@ -134,15 +142,36 @@ def holdout_indices(
     return keep.nonzero().squeeze(1), held
 
 
+def classes_left_out(labels: torch.Tensor, kept: torch.Tensor) -> list[int]:
+    """The classes of `labels` none of whose samples are in `kept` (all held out: too small for the fraction)."""
+    return sorted(set(labels.unique().tolist()) - set(labels[kept].unique().tolist()))
+
+
 def hold_out(splits: Splits, fraction: float, seed: int) -> Splits:
     """`splits` with `fraction` of each training class moved into a validation split (`splits.val`)."""
+    if splits.val is not None:
+        raise ValueError(
+            f"data.holdout={fraction}: the image folder has its own val/ split (beside test/), which is the "
+            "validation split; drop data.holdout"
+        )
     kept, held = holdout_indices(splits.train.labels.cpu(), fraction, seed)
     if len(held) == 0 or len(kept) == 0:
         raise ValueError(
             f"data.holdout={fraction}: holds out {len(held)} of the {len(splits.train)} training images "
             f"(per class, rounded); choose a fraction that leaves both splits images"
         )
-    return dataclasses.replace(splits, train=splits.train.subset(kept), val=splits.train.subset(held))
+    gone = classes_left_out(splits.train.labels.cpu(), kept)
+    if gone:
+        log.warning(
+            "data.holdout=%g holds out every training image of class(es) %s (too few to split): the model never "
+            "trains on them",
+            fraction,
+            ", ".join(repr(splits.classes[c]) if c < len(splits.classes) else str(c) for c in gone),
+        )
+    sources = splits.sources | ({"val": splits.sources["train"]} if "train" in splits.sources else {})
+    return dataclasses.replace(
+        splits, train=splits.train.subset(kept), val=splits.train.subset(held), sources=sources
+    )
 
 
 def train_subset(splits: Splits, fraction: float, seed: int) -> Splits:
@@ -213,23 +242,25 @@ def _idx_folder(root: str, name: str) -> str | None:
     return None
 
 
+def _env_data() -> str | None:
+    """$VITKIT_DATA, `~` expanded (as a shell does not in VITKIT_DATA=~/data)."""
+    return os.path.expanduser(os.environ["VITKIT_DATA"]) if os.environ.get("VITKIT_DATA") else None
+
+
+CACHE = os.path.join("~", ".cache", "vitkit")  # where downloads go without a data folder or $VITKIT_DATA
+
+
 def _candidate_roots(name: str, data_dir: str | None) -> list[str]:
-    """Where to look: a data folder given is the only place (as torchvision's root); else $VITKIT_DATA and
-    Debian's package folder."""
+    """Where to look: a data folder given is the only place (as torchvision's root); else $VITKIT_DATA, Debian's
+    package folder and the download cache (~/.cache/vitkit, where an earlier download went)."""
     if data_dir:
-        return [data_dir]
-    roots = []
-    if os.environ.get("VITKIT_DATA"):
-        roots.append(os.environ["VITKIT_DATA"])
-    if name in DEBIAN_DIRS:
-        roots.append(DEBIAN_DIRS[name])
-    return roots
+        return [os.path.expanduser(data_dir)]
+    roots = [r for r in (_env_data(), DEBIAN_DIRS.get(name)) if r]
+    return roots + [os.path.expanduser(CACHE)]
 
 
 def _download_root(data_dir: str | None) -> str:
-    return (
-        data_dir or os.environ.get("VITKIT_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "vitkit")
-    )
+    return os.path.expanduser(data_dir) if data_dir else _env_data() or os.path.expanduser(CACHE)
 
 
 def downloads_allowed(download: bool) -> bool:
@@ -278,10 +309,11 @@ def locate(
         try:
             fetch(target)
             folder = find(target)
-            roots.append(target)
+            roots = [r for r in roots if r != target] + [target]
+            error = f"none, but the files were not found in {target} afterwards"
         except Exception as e:  # network errors come in many types
             error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            roots.append(f"{target} (download target)")
+            roots = [r for r in roots if r != target] + [f"{target} (download target)"]
             _remove_new_empty_dirs(target, before)  # the folders the failed download made
     if folder is None:
         raise _missing(name, roots, error, hint)
@@ -323,6 +355,12 @@ def load_mnist_like(name: str, data_dir: str | None = None, download: bool = Tru
     for split, (img_stem, lab_stem) in _IDX_FILES.items():
         images, labels = read_idx_pair(_find_file(folder, img_stem), _find_file(folder, lab_stem), 10)
         splits[split] = ArrayDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels))
+    train_hw, test_hw = tuple(splits["train"].images.shape[2:]), tuple(splits["test"].images.shape[2:])
+    if train_hw != test_hw:
+        raise ValueError(
+            f"{folder}: training images of {train_hw[0]}x{train_hw[1]} pixels, test images of "
+            f"{test_hw[0]}x{test_hw[1]}: not one dataset's files"
+        )
     log_loaded(name, folder)
     classes = FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
     return _with_stats(name, splits["train"], splits["test"], list(classes))
@@ -369,6 +407,8 @@ def load_dataset(
 ) -> Splits:
     """Load the dataset named by `cfg.dataset` into memory; a split without images is an error naming it.
     `in_chans` (1 or 3): the channels an image folder is decoded to (default RGB); other datasets keep theirs."""
+    if cfg.data_dir and cfg.data_dir.startswith("~"):  # as a shell leaves --data-dir=~/data
+        cfg = dataclasses.replace(cfg, data_dir=os.path.expanduser(cfg.data_dir))
     if cfg.data_dir and os.path.isfile(cfg.data_dir):
         raise ValueError(
             f"--data-dir {cfg.data_dir} is a file; pass the folder that holds the dataset's files "

@@ -62,6 +62,10 @@ def read_idx_pair(images_path: str, labels_path: str, num_classes: int = 10) -> 
         raise ValueError(f"{images_path}: expected unsigned byte pixels, got {images.dtype}")
     if len(images) != len(labels):
         raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+    if not np.issubdtype(labels.dtype, np.integer):  # floats would be truncated to other classes
+        raise ValueError(f"{labels_path}: labels must be integers, the file holds {labels.dtype}")
+    if 0 in images.shape[1:]:
+        raise ValueError(f"{images_path}: images of {images.shape[1]}x{images.shape[2]} pixels")
     labels = labels.astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitkit.data.datasets import ArrayDataset, Splits, holdout_indices, split_stats
+from vitkit.data.datasets import ArrayDataset, Splits, classes_left_out, holdout_indices, split_stats
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,10 @@ def load_image(
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode.startswith("I"):  # 16-bit greyscale (I;16, or I from newer Pillow): its top 8 bits
-                wide = np.asarray(im).astype(np.int64)
-                im = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), mode="L")
+            if im.mode.startswith("I"):
+                im = Image.fromarray(
+                    _integer_pixels(np.asarray(im).astype(np.int64), im.mode, im.format), mode="L"
+                )
             elif im.mode == "F":
                 raise ValueError("32-bit float pixels: their range is unknown; save as 8- or 16-bit")
             if im.mode in ("P", "LA", "RGBA", "PA") or "transparency" in im.info:
@@ -88,6 +90,20 @@ def load_image(
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (C, H, W)
+
+
+def _integer_pixels(wide: np.ndarray, mode: str, fmt: str | None) -> np.ndarray:
+    """Integer greyscale as 8 bits: 16-bit images (I;16*, a 16-bit PGM) by their top 8 bits; a 32-bit integer
+    image (mode I, a TIFF's) by its values where they lie in 0..255 (torchvision's reading), as 16-bit where they
+    lie in 0..65535; beyond that its range is unknown."""
+    top = int(wide.max(initial=0))
+    if mode.startswith("I;16") or fmt == "PPM" or top > 255:
+        if top > 65535 or int(wide.min(initial=0)) < 0:
+            raise ValueError(
+                f"32-bit integer pixels in {wide.min()}..{top}: their range is unknown; save as 8- or 16-bit"
+            )
+        return (wide >> 8).astype(np.uint8)
+    return np.clip(wide, 0, 255).astype(np.uint8)
 
 
 def _hidden(name: str) -> bool:
@@ -184,22 +200,57 @@ def decoding_threads(workers: int = 0) -> int:
 
 
 def _decode_all(
-    paths: list[str], labels: list[int], size: tuple[int, int], workers: int = 0, in_chans: int = 3
+    paths: list[str],
+    labels: list[int],
+    size: tuple[int, int],
+    workers: int = 0,
+    in_chans: int = 3,
+    budget: int = 0,
 ) -> ArrayDataset | FileDataset:
+    """A split in memory when its decoded images fit in `budget` bytes (else decoded per batch), written in place
+    into one tensor (no second copy while stacking)."""
     labels_t = torch.tensor(labels, dtype=torch.int64)
-    if len(paths) * in_chans * size[0] * size[1] > IN_MEMORY_LIMIT:
+    if len(paths) * in_chans * size[0] * size[1] > budget:
         log.info("%d images at %s: decoding per batch", len(paths), size)
         return FileDataset(paths, labels_t, size, in_chans, workers)
+    images = torch.empty((len(paths), in_chans, *size), dtype=torch.uint8)  # (N, C, H, W)
+
+    def decode(i: int) -> None:
+        images[i] = load_image(paths[i], size, in_chans)
+
     with ThreadPoolExecutor(max_workers=decoding_threads(workers)) as pool:
-        imgs = list(pool.map(lambda p: load_image(p, size, in_chans), paths))
-    return ArrayDataset(torch.stack(imgs), labels_t)
+        list(pool.map(decode, range(len(paths))))
+    return ArrayDataset(images, labels_t)
 
 
 def own_val_folder(root: str) -> str | None:
-    """The folder's own evaluation split, root/val or root/test, if it has one."""
+    """The folder's own evaluation split, root/test or else root/val, if it has one (with both, val/ is the
+    validation split)."""
     return next(
-        (os.path.join(root, d) for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None
+        (os.path.join(root, d) for d in ("test", "val") if os.path.isdir(os.path.join(root, d))), None
     )
+
+
+def fold_listing(folder: str, paths: list[str], labels: list[int]) -> dict[str, object]:
+    """What a sub-folder held when it was read: its image count and a SHA-256 of its files' relative paths and
+    labels (recorded in a run's data.json, so that a folder changed since training is noticed)."""
+    h = hashlib.sha256()
+    for path, label in zip(paths, labels):
+        h.update(f"{os.path.relpath(path, folder)}\0{label}\n".encode("utf-8", "surrogateescape"))
+    return {"images": len(paths), "sha256": h.hexdigest()}
+
+
+def listing_changes(recorded: object, current: dict[str, dict[str, object]]) -> dict[str, str]:
+    """The sub-folders whose files differ from a run's record of them: {name: how} ("82 images then, 84 now")."""
+    if not isinstance(recorded, dict):
+        return {}
+    changed = {}
+    for name, now in current.items():
+        then = recorded.get(name)
+        if isinstance(then, dict) and then.get("sha256") != now["sha256"]:
+            n0, n1 = then.get("images"), now["images"]
+            changed[name] = f"{n0} images then, {n1} now" if n0 != n1 else f"{n1} images, not the same files"
+    return changed
 
 
 def val_fraction_beside_val(root: str, val_fraction: float, val_dir: str) -> str:
@@ -238,11 +289,24 @@ def load_imagefolder(
             f"{root}: expected {train_dir}/<class>/<image> (and val/ or a val_fraction){hint}"
         )
     paths, labels, classes = scan(train_dir)
-    val_dir = own_val_folder(root)
-    if val_dir:
+    files, sources = {"train": fold_listing(train_dir, paths, labels)}, {"train": "train", "test": "train"}
+    test_dir = own_val_folder(root)
+    val_files = None
+    if test_dir:
         if val_fraction:  # training refuses it (check_val_fraction); a saved run's is read with a warning
-            log.warning("%s", val_fraction_beside_val(root, val_fraction, val_dir) + "; it is ignored")
-        vpaths, vlabels, _ = scan(val_dir, classes)
+            log.warning("%s", val_fraction_beside_val(root, val_fraction, test_dir) + "; it is ignored")
+        vpaths, vlabels, _ = scan(test_dir, classes)
+        sources["test"] = os.path.basename(test_dir)
+        files[sources["test"]] = fold_listing(test_dir, vpaths, vlabels)
+        val_dir = os.path.join(root, "val")
+        if sources["test"] == "test" and os.path.isdir(val_dir):  # both: test/ scores, val/ selects
+            val_paths, val_labels, _ = scan(val_dir, classes)
+            files["val"], sources["val"] = fold_listing(val_dir, val_paths, val_labels), "val"
+            log.info(
+                "%s: test/ is the test split, val/ the validation split (checkpoints/best is chosen on it)",
+                root,
+            )
+            val_files = (val_paths, val_labels)
     else:
         if not 0 < val_fraction < 1:
             raise ValueError(f"{root} has no val/ or test/ folder: set data.val_fraction (e.g. 0.1)")
@@ -252,13 +316,37 @@ def load_imagefolder(
                 f"{root}: data.val_fraction={val_fraction} holds out {len(held)} of its {len(paths)} training "
                 "images (per class, rounded); choose a fraction that leaves both splits images"
             )
+        gone = classes_left_out(torch.tensor(labels), kept)
+        if gone:
+            log.warning(
+                "%s: data.val_fraction=%g holds out every image of class(es) %s (too few to split): the model "
+                "never trains on them",
+                root,
+                val_fraction,
+                ", ".join(repr(classes[c]) for c in gone),
+            )
         vpaths, vlabels = [paths[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
         paths, labels = [paths[i] for i in kept.tolist()], [labels[i] for i in kept.tolist()]
     # stored in one fixed shuffled order, as the standard datasets' files are, not class by class: the first
     # images (channel_stats' sample) are then a sample of every class
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
     paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    train = _decode_all(paths, labels, size, workers, in_chans)
-    test = _decode_all(vpaths, vlabels, size, workers, in_chans)
+    # IN_MEMORY_LIMIT over all splits, train first: a split beyond what is left is decoded per batch
+    budget = IN_MEMORY_LIMIT
+    decoded = []
+    for split in ((paths, labels), val_files, (vpaths, vlabels)):
+        decoded.append(split and _decode_all(*split, size, workers, in_chans, budget))
+        budget -= len(split[0]) * in_chans * size[0] * size[1] if isinstance(decoded[-1], ArrayDataset) else 0
+    train, val, test = decoded
     mean, std = split_stats(train)  # decoded per batch: of its first images (they were 0.5, 0.5)
-    return Splits("imagefolder", train, test, classes, mean, std)  # type: ignore[arg-type]
+    return Splits(
+        "imagefolder",
+        train,
+        test,
+        classes,
+        mean,
+        std,
+        val=val,
+        files=files,
+        sources=sources,  # type: ignore[arg-type]
+    )

@@ -16,7 +16,7 @@ import torch
 
 from vitkit.config import RunConfig, is_device
 from vitkit.data.datasets import Splits, load_dataset
-from vitkit.data.imagefolder import check_val_fraction
+from vitkit.data.imagefolder import check_val_fraction, listing_changes
 from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
@@ -158,6 +158,20 @@ def _recorded_normalisation(out_dir: str, splits: Splits) -> Splits:
         raise ValueError(
             f"--resume: the data holds the classes {list(splits.classes)!r:.100}, the run was trained on "
             f"{classes!r:.100} ({path}); resume on the data it was trained on"
+        )
+    changed = listing_changes(data.get("files"), splits.files)
+    if changed:
+        raise ValueError(
+            f"--resume: the image folder changed since the run began ({path}): "
+            f"{'; '.join(f'{k}/ {v}' for k, v in changed.items())}; resume on the data it was trained on"
+        )
+    sizes, now = data.get("sizes"), splits.info()["sizes"]
+    differ = [k for k in now if isinstance(sizes, dict) and sizes.get(k) not in (None, now[k])]
+    if differ:
+        raise ValueError(
+            f"--resume: the {', '.join(differ)} split holds {', '.join(str(now[k]) for k in differ)} images, the "
+            f"run was trained with {', '.join(str(sizes[k]) for k in differ)} ({path}); resume on the data it was "
+            "trained on"
         )
     mean, std = data.get("mean"), data.get("std")
     if mean and std and len(mean) == len(std) == len(splits.mean):
