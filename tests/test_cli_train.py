@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -603,3 +604,26 @@ def test_eval_and_fewshot_on_another_dataset_leave_the_runs_holdout_and_subset(t
     assert json.loads(capsys.readouterr().out)["num_samples"] == 10
     assert main(["fewshot", out, *other, "--shots", "1", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["num_test"] == 10
+
+
+def test_empty_paths_flag_texts_and_recipe_keys(tmp_path, capsys):
+    """Was: `--out ""` (an unset $RUN) trained and kept nothing without a word, `--resume ""` started afresh;
+    `--data-dir none` searched the usual places (flag values went through --set's parser); `--set recipe=X`
+    relabelled a run; `--set optim.warmup_fraction=F` did nothing on a recipe with warmup steps."""
+    from vitkit.cli.train import resolve_config
+
+    for flag in ("--out", "--resume", "--data-dir"):
+        with pytest.raises(SystemExit) as e:
+            main(["train", *TINY_FLAGS, "--steps", "1", flag, ""])
+        assert e.value.code == 2
+        assert f"argument {flag}: an empty path (an unset shell variable?)" in capsys.readouterr().err
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", "none", "--steps", "1"]) == 2
+    assert "dataset 'fashion-mnist' not found. Looked in: the data folder none" in capsys.readouterr().err
+    assert main(["train", *TINY_FLAGS, "--set", "recipe=fashion-mnist-gpu", "--steps", "1"]) == 2
+    assert "--set recipe: not a setting (--recipe NAME chooses a recipe)" in capsys.readouterr().err
+    args = argparse.Namespace(**dict.fromkeys(("model", "img_size", "epochs", "steps", "compile")))
+    args.recipe, args.set = "paper-finetune", ["optim.warmup_fraction=0.2"]
+    optim = resolve_config(args).optim
+    assert (optim.warmup_steps, optim.warmup_fraction) == (0, 0.2)
+    args.set.append("optim.warmup_steps=7")  # both given: as given
+    assert resolve_config(args).optim.warmup_steps == 7

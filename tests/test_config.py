@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from vitkit.config import (
+    DataConfig,
     ModelConfig,
+    OptimConfig,
     RunConfig,
+    TrainConfig,
     apply_overrides,
     from_dict,
     load_run_config,
@@ -172,7 +176,6 @@ def test_python_api_sizes_and_numbers_are_checked_by_name(kw, match):
 
 def test_numpy_integers_are_taken_as_timm_takes_them():
     """Was: num_classes=np.int64(4) refused as "must be >= 0" (timm builds it); depth and img_size likewise."""
-    import numpy as np
     import torch
 
     import vitkit
@@ -194,7 +197,7 @@ def test_few_shot_settings_are_checked_and_quoted_names_read():
     assert cfg.train.fewshot_datasets == ("mnist", "cifar10") and cfg.train.fewshot_shots == (1, 5)
     with pytest.raises(ValueError, match=r"train\.fewshot_shots=.* must be positive integers"):
         TrainConfig(fewshot_every=1, fewshot_shots=(0, 5))
-    with pytest.raises(ValueError, match=r"fewshot_every and train\.fewshot_test_limit must be >= 0"):
+    with pytest.raises(ValueError, match=r"train\.fewshot_every=-1 must be >= 0"):
         TrainConfig(fewshot_every=-1)
 
 
@@ -215,3 +218,40 @@ def test_non_finite_numbers_are_refused_by_name(make):
 
     with pytest.raises(ValueError, match=r"=(inf|nan) must be finite"):
         make(c)
+
+
+def test_python_built_run_configs_check_their_types_and_ranges():
+    """Was: a config built in Python skipped the type checks of --set and config.json: compile="false" and
+    hflip="False" ran as true and wrote a config.json that could not be read back; epochs=1.5, a string for a tuple
+    of dataset names (read as its letters) were accepted; lr="0.1" gave a bare TypeError. Degenerate values
+    (momentum, dropout or label smoothing of 1, val_fraction 1, a distributed timeout past torch's) were taken,
+    and several checks named three keys for one."""
+    for make, match in (
+        (lambda: TrainConfig(compile="false"), r"train\.compile='false' is not of type bool"),
+        (lambda: DataConfig(hflip="False"), r"data\.hflip='False' is not of type bool"),
+        (lambda: TrainConfig(epochs=1.5), r"train\.epochs=1\.5 is not of type int"),
+        (
+            lambda: TrainConfig(fewshot_datasets="cifar10"),
+            r"train\.fewshot_datasets='cifar10' is not of type",
+        ),
+        (lambda: OptimConfig(lr="0.1"), r"optim\.lr='0\.1' is not of type float"),
+        (lambda: OptimConfig(momentum=True), r"optim\.momentum=True is not of type float"),
+        (lambda: ModelConfig(name=None), r"model\.name=None must be a string"),
+        (lambda: OptimConfig(momentum=1.0), r"optim\.momentum=1\.0 must lie in \[0\.0, 1\.0\)"),
+        (lambda: DataConfig(label_smoothing=1.0), r"data\.label_smoothing=1\.0 must lie in \[0\.0, 1\.0\)"),
+        (lambda: DataConfig(dataset="imagefolder", val_fraction=1.0), r"data\.val_fraction=1\.0 must lie in"),
+        (lambda: ModelConfig(drop_rate=1.0), r"model\.drop_rate=1\.0 must lie in \[0\.0, 1\.0\)"),
+        (
+            lambda: TrainConfig(dist_timeout_s=1e10),
+            r"train\.dist_timeout_s=10000000000\.0 must lie in \(0, 1e7\]",
+        ),
+        (lambda: OptimConfig(grad_clip=-1), r"^optim\.grad_clip=-1 must be >= 0$"),
+        (lambda: TrainConfig(checkpoint_every=-1), r"^train\.checkpoint_every=-1 must be >= 0$"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            make()
+    t = TrainConfig(steps=2.0, seed=np.int64(3), fewshot_shots=[1, 5])  # whole numbers, numpy's, lists: taken
+    assert (
+        (t.steps, t.seed, t.fewshot_shots) == (2, 3, (1, 5)) and type(t.steps) is int and type(t.seed) is int
+    )
+    assert DataConfig(random_erasing=1.0).random_erasing == 1.0  # a probability of 1 is a setting here

@@ -195,7 +195,7 @@ def test_paper_pretrain_has_the_official_pre_training_head():
         build_model(dataclasses.replace(small, representation_size=64, head_drop_rate=None)).head_drop.p
         == 0.1
     )
-    with pytest.raises(ValueError, match=r"model\.head_drop_rate=1\.5 must lie in \[0\.0, 1\.0\]"):
+    with pytest.raises(ValueError, match=r"model\.head_drop_rate=1\.5 must lie in \[0\.0, 1\.0\)"):
         dataclasses.replace(small, head_drop_rate=1.5)
     cnn = ModelConfig(name="ResNet-26", arch="resnet", backbone=(1, 2, 4, 1))
     with pytest.raises(ValueError, match=r"model\.head_drop_rate=0\.0 is a ViT option"):

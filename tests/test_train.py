@@ -9,6 +9,7 @@ import glob
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1566,3 +1567,32 @@ def test_settings_that_would_break_or_mislead_a_run_are_refused(key, value, says
     val_fraction on a dataset with its own test split silently nothing."""
     with pytest.raises(ValueError, match=says):
         apply_overrides(tiny_run(), [f"{key}={value}"])
+
+
+def test_a_resume_says_what_it_changes(tmp_path, capsys, caplog):
+    """Was: a run lengthened on resume had its learning-rate schedule recomputed without a word (a 13x jump back
+    up mid-cosine), a micro-batch size (the usual way on after running out of memory) or an evaluation setting was
+    refused, and other allowed changes (compile, device) said nothing though the result is then not bitwise."""
+    run = tmp_path / "run"
+    train(tiny_run(steps=8, checkpoint_every=4), str(run))
+    flags = ["--device", "cpu", "--no-progress", "--no-report", "--resume", str(run)]
+    with caplog.at_level("INFO"):
+        assert (
+            main(
+                ["train", "--steps", "16", "--micro-batch-size", "8", "--set", "train.eval_tta=hflip", *flags]
+            )
+            == 0
+        )
+    assert (
+        "--resume: the run now lasts 16 steps (it began as 8): the learning-rate schedule is recomputed"
+        in (caplog.text)
+    )
+    assert re.search(
+        r"over them, 0\.00183 at step 9 where the first schedule gave 0\.000201 at step 8 \(warmup 2",
+        caplog.text,
+    )
+    assert "train.eval_tta: 'none' in the run, 'hflip' now; train.micro_batch_size: 0 in the run, 8 now" in (
+        caplog.text
+    )
+    assert "not bitwise an uninterrupted run's" in caplog.text
+    assert read_config(str(run)).train.micro_batch_size == 8

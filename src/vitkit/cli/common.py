@@ -45,6 +45,13 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def path_arg(text: str) -> str:
+    """An argparse type: a file or folder path, not empty (`--out "$RUN"` with RUN unset would save nothing)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return text
+
+
 def image_size(text: str) -> int | tuple[int, int]:
     """An argparse type: a side in pixels (224) or height x width (224x160)."""
     parts = text.lower().split("x")
@@ -350,6 +357,27 @@ def epochs_replace_steps(args: argparse.Namespace) -> bool:
     sets = set_keys(args.set)
     epochs = args.epochs is not None or "train.epochs" in sets
     return epochs and args.steps is None and "train.steps" not in sets
+
+
+def command_overrides(args: argparse.Namespace, flag_keys: dict[str, str]) -> list[str]:
+    """A train or finetune command's flags and --set as config overrides, in the order they apply: the flags
+    (text as given: `--data-dir none` is a folder named none), the rules they imply, then --set. A length in
+    epochs replaces the recipe's steps; a warmup fraction the recipe's warmup steps (read only when those are
+    0). --set recipe/expected are refused: they describe a recipe, they do not set one."""
+    sets = list(args.set or [])
+    named = set_keys(sets) & {"recipe", "expected"}
+    if named:
+        raise UserError(f"--set {sorted(named)[0]}: not a setting (--recipe NAME chooses a recipe)")
+    out = []
+    for flag, key in flag_keys.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
+    if epochs_replace_steps(args):
+        out.append("train.steps=0")
+    if "optim.warmup_fraction" in set_keys(sets) and "optim.warmup_steps" not in set_keys(sets):
+        out.append("optim.warmup_steps=0")
+    return out + sets
 
 
 def folder_chans(in_chans: int) -> int | None:

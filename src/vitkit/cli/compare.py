@@ -17,6 +17,7 @@ from vitkit.cli.common import (
     check_dataset_fits,
     folder_chans,
     local_data,
+    path_arg,
     positive_int,
 )
 
@@ -176,7 +177,9 @@ def add_parser(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--dataset", help="default: the first run's")
     p.add_argument(
-        "--data-dir", help="default: the first run's, else $VITKIT_DATA, Debian's package, download"
+        "--data-dir",
+        type=path_arg,
+        help="default: the first run's, else $VITKIT_DATA, Debian's package, download",
     )
     p.add_argument(
         "--split",

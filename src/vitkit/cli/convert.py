@@ -12,6 +12,7 @@ from vitkit.cli.common import (
     guard_output_folder,
     image_size,
     out_holds_source,
+    path_arg,
     positive_int,
     size_label,
 )
@@ -179,7 +180,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert any supported checkpoint into a vitkit run folder")
     p.add_argument("source", metavar="SOURCE", help=".npz, .safetensors, .pth/.bin, a folder, or a hub id")
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="folder for config.json, data.json, model.safetensors"
+        "--out",
+        type=path_arg,
+        required=True,
+        metavar="DIR",
+        help="folder for config.json, data.json, model.safetensors",
     )
     p.add_argument(
         "--img-size", type=image_size, help="resample the position embedding to this resolution (N or HxW)"
@@ -208,6 +213,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--out",
+        type=path_arg,
         metavar="PATH",
         help="default: RUN_DIR/model-export[-SIZE].onnx (.safetensors, or the folder -timm / -hf) or "
         "./<name>[-SIZE].onnx (...)",

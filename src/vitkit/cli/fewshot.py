@@ -12,6 +12,7 @@ from vitkit.cli.common import (
     check_folder_unchanged,
     folder_chans,
     local_data,
+    path_arg,
     positive_float,
     positive_int,
 )
@@ -125,7 +126,7 @@ def add_parser(sub) -> None:
         "source", metavar="RUN_DIR|SOURCE", help="a run folder or checkpoint, or pretrained weights"
     )
     p.add_argument("--dataset", help="default: the run's (required for pretrained weights)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", type=path_arg)
     p.add_argument(
         "--shots", type=positive_int, nargs="+", default=list(SHOTS), metavar="K", help="default: 1 5 10 25"
     )

@@ -16,10 +16,11 @@ from vitkit.cli.common import (
     PRECISION_HELP,
     TqdmProgress,
     UserError,
-    epochs_replace_steps,
+    command_overrides,
     image_size,
     nonneg_int,
     out_holds_source,
+    path_arg,
     positive_int,
     refuse_training_into,
     set_keys,
@@ -67,12 +68,7 @@ def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
 
 def user_overrides(args: argparse.Namespace) -> list[str]:
     """The command's flags and --set as config overrides (they win over the recipe and its rules)."""
-    overrides = [
-        f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None
-    ]
-    if epochs_replace_steps(args):
-        overrides.append("train.steps=0")
-    return overrides + (args.set or [])
+    return command_overrides(args, FLAG_KEYS)
 
 
 def _named(classes: list[str] | None) -> list[str] | None:
@@ -219,7 +215,7 @@ def add_parser(sub) -> None:
         "(BiT's: its length by the dataset's size)",
     )
     p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", type=path_arg)
     p.add_argument(
         "--img-size",
         type=image_size,
@@ -257,7 +253,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.warmup_steps=50"
     )
-    p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
+    p.add_argument("--out", type=path_arg, help="run folder for config, metrics, checkpoints and weights")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -14,6 +14,7 @@ from vitkit.cli.common import (
     fraction_below_one,
     guard_output_file,
     guard_output_folder,
+    path_arg,
     positive_int,
 )
 from vitkit.cli.subjects import (
@@ -242,6 +243,7 @@ def add_parser(sub) -> None:
     p.add_argument("--images", nargs="+", metavar="FILE", help="image files (default: the run's test images)")
     p.add_argument(
         "--out",
+        type=path_arg,
         help="output folder (default: RUN_DIR/inspect, or ./vitkit-inspect); never a run folder or checkpoint",
     )
     p.add_argument(

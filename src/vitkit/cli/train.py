@@ -18,12 +18,13 @@ from vitkit.cli.common import (
     UserError,
     add_tta_argument,
     check_dataset_fits,
-    epochs_replace_steps,
+    command_overrides,
     folder_chans,
     image_size,
     load_run,
     local_data,
     nonneg_int,
+    path_arg,
     positive_int,
     refuse_training_into,
     run_normalisation,
@@ -53,6 +54,12 @@ FLAG_KEYS = {
 }
 
 
+# keys a resumed run may change without a word: where the data is, and what the dataset sets
+RESUME_QUIET = (
+    "data.data_dir", "data.num_workers", "model.num_classes", "model.in_chans", "train.log_every",
+    "train.checkpoint_every", "train.dist_timeout_s", "train.eval_every", "train.fewshot_every",
+    "train.epochs", "train.steps",  # the trainer says what a new length does to the schedule
+)  # fmt: skip
 # keys a resumed run may change: its length, and how (not what) it computes; and what the dataset fixes
 RESUME_MAY_CHANGE = (
     "train.epochs",
@@ -63,7 +70,11 @@ RESUME_MAY_CHANGE = (
     "train.grad_checkpointing",  # how the step runs, not what it computes (on to resume after running out of memory)
     "train.fused_bias_gelu",  # the same function, another kernel
     "train.dist_timeout_s",
-    "train.eval_batch_size",
+    "train.eval_",  # a prefix: when and how evaluations run (eval_every, eval_tta, eval_batch_size)
+    "train.fewshot",  # the few-shot probes (fewshot_every, _datasets, _shots, _test_limit)
+    # accumulation: the same update up to rounding (ViTs, GroupNorm CNNs), the usual way on after running out of
+    # memory; with BatchNorm or Mixup/CutMix (drawn per micro-batch) another, as valid, batch split
+    "train.micro_batch_size",
     "train.data_on_device",
     "train.log_every",
     "train.checkpoint_every",
@@ -117,15 +128,9 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
         # the name is checked against the size the run will use: --img-size, else --set's, else the recipe's
         size = getattr(args, "img_size", None) or _set_img_size(args) or cfg.model.img_size
         overrides += model_overrides(args.model, size)
-    for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if epochs_replace_steps(args):
-        overrides.append("train.steps=0")
     if args.compile:
         overrides.append("train.compile=true")
-    resolved = _renamed(apply_overrides(cfg, overrides + (args.set or [])), args.set or [])
+    resolved = _renamed(apply_overrides(cfg, overrides + command_overrides(args, FLAG_KEYS)), args.set or [])
     return _prelogits_follow_width(cfg, resolved, args.set or [])
 
 
@@ -249,9 +254,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         if cfg is None:
             raise UserError(f"--resume {out}: the run's recipe is {saved.recipe}, not {args.recipe}")
         diff = _differences(to_dict(cfg), to_dict(saved))
-        diff = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
-        if diff:
-            raise UserError(f"--resume {out}: the command differs from the run's config: {'; '.join(diff)}")
+        refused = [d for d in diff if not d.startswith(RESUME_MAY_CHANGE)]
+        if refused:
+            raise UserError(
+                f"--resume {out}: the command differs from the run's config: {'; '.join(refused)}"
+            )
+        changed = [d for d in diff if not d.startswith(RESUME_QUIET)]
+        if changed and info.is_main:
+            log.info(
+                "--resume %s with %s: the continuation is not bitwise an uninterrupted run's where this changes "
+                "the arithmetic",
+                out,
+                "; ".join(changed),
+            )
         resume = True
     elif out and info.is_main and os.path.exists(os.path.join(out, CONFIG)) and not args.overwrite:
         raise UserError(f"--out {out} already holds a run: use --resume {out} to continue it, or --overwrite")
@@ -453,7 +468,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
     p.add_argument(
-        "--data-dir", help="where the dataset is (default: $VITKIT_DATA, Debian's package, download)"
+        "--data-dir",
+        type=path_arg,
+        help="where the dataset is (default: $VITKIT_DATA, Debian's package, download)",
     )
     p.add_argument("--model", help="variant such as ViT-S/4 (keeps the recipe's other model options)")
     p.add_argument(
@@ -473,8 +490,10 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "bf16-pure", "auto"], help=PRECISION_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun (default: auto = ddp)")
-    p.add_argument("--out", help="run folder for config, metrics, checkpoints and weights")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
+    p.add_argument("--out", type=path_arg, help="run folder for config, metrics, checkpoints and weights")
+    p.add_argument(
+        "--resume", type=path_arg, metavar="RUN_DIR", help="continue a run from its last valid checkpoint"
+    )
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     p.add_argument(
         "--checkpoint-every",
@@ -495,7 +514,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run or checkpoint")
     p.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--dataset", help="default: the run's")
-    p.add_argument("--data-dir", help="default: the run's, else $VITKIT_DATA, Debian's package, download")
+    p.add_argument(
+        "--data-dir", type=path_arg, help="default: the run's, else $VITKIT_DATA, Debian's package, download"
+    )
     p.add_argument(
         "--split",
         choices=["test", "val", "train"],

@@ -111,9 +111,10 @@ def _check_finite(section: str, cfg: Any) -> None:
             raise ValueError(f"{section}.{key}={value!r} must be finite")
 
 
-def _check_range(key: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ValueError(f"{key}={value!r} must lie in [{lo}, {hi}]")
+def _check_range(key: str, value: float, lo: float, hi: float, below: bool = False) -> None:
+    """lo <= value <= hi (value < hi when `below`: a probability of 1 that would leave nothing to learn)."""
+    if not lo <= value <= hi or (below and value == hi):
+        raise ValueError(f"{key}={value!r} must lie in [{lo}, {hi}{')' if below else ']'}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_finite("model", self)
         object.__setattr__(self, "img_size", _pair(self.img_size))
+        for key in ("name", "arch", "pool", "posemb", "mlp_act", "head_init", "attn_init", "weight_init"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"model.{key}={getattr(self, key)!r} must be a string")
         # numpy's integers as Python's (timm takes them); floats, bools and text refused
         for key in INT_FIELDS:
             v = getattr(self, key)
@@ -253,12 +257,15 @@ class ModelConfig:
             raise ValueError(f"posemb={self.posemb!r} needs a width divisible by 4, got {self.embed_dim}")
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(f"model.representation_size={self.representation_size!r} must be positive")
-        for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+        # a drop_rate of 1 zeroes the embeddings and the head's input: nothing to learn (attention dropout or a
+        # drop-path rate of 1, the last block's, leave the rest of the model its work)
+        _check_range("model.drop_rate", self.drop_rate, 0.0, 1.0, below=True)
+        for key in ("attn_drop_rate", "drop_path_rate"):
             _check_range(f"model.{key}", getattr(self, key), 0.0, 1.0)
         if self.head_drop_rate is not None:
             if not isinstance(self.head_drop_rate, (int, float)) or isinstance(self.head_drop_rate, bool):
                 raise ValueError(f"model.head_drop_rate={self.head_drop_rate!r} must be a number or None")
-            _check_range("model.head_drop_rate", self.head_drop_rate, 0.0, 1.0)
+            _check_range("model.head_drop_rate", self.head_drop_rate, 0.0, 1.0, below=True)
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps={self.norm_eps!r} must be positive")
 
@@ -293,8 +300,8 @@ class ModelConfig:
         if min(self.img_size) < 1:
             raise ValueError(f"model.img_size={self.img_size!r} must be positive")
         _check_choice("model.head_init", self.head_init, HEAD_INITS)
-        for key in ("drop_rate", "drop_path_rate"):
-            _check_range(f"model.{key}", getattr(self, key), 0.0, 1.0)
+        _check_range("model.drop_rate", self.drop_rate, 0.0, 1.0, below=True)
+        _check_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0)
         if self.arch == "sasa":
             if self.sasa_window < 1 or self.sasa_window % 2 == 0:
                 raise ValueError(f"model.sasa_window={self.sasa_window!r}: an odd neighbourhood size, e.g. 7")

@@ -10,6 +10,7 @@ import typing
 from typing import Any
 
 from vitkit.atomic import write_json
+from vitkit.config.fields import has_type, type_name
 from vitkit.config.run import RunConfig
 
 
@@ -130,39 +131,13 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
             value = from_dict(tp, value, f"{where}.{key}")
         else:
             value = tuple(value) if isinstance(value, list) else value
-            if not _has_type(value, tp):
-                raise ValueError(f"{where}: {key}={value!r} is not of type {_type_name(tp)}")
+            if not has_type(value, tp):
+                raise ValueError(f"{where}: {key}={value!r} is not of type {type_name(tp)}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except ValueError as e:  # a value the config refuses: say which file or object holds it
         raise ValueError(f"{where}: {e}") from None
-
-
-def _has_type(value: Any, tp: Any) -> bool:
-    """Whether a JSON value fits a field's annotation (int for float allowed; bool is not an int)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, a) for a in args)
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_has_type(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp) if isinstance(tp, type) else True
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
 
 
 def save_json(cfg: Any, path: str) -> None:

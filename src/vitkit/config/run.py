@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from vitkit.config.fields import check_fields
 from vitkit.config.model import ModelConfig, _check_choice, _check_finite, _check_range
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -48,9 +49,12 @@ class DataConfig:
     synthetic_size: int = 2048  # images per split of the synthetic dataset
 
     def __post_init__(self) -> None:
+        check_fields("data", self)
         _check_finite("data", self)
-        for key in ("val_fraction", "random_erasing", "label_smoothing", "low_res"):
+        for key in ("random_erasing", "low_res"):
             _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0)
+        for key in ("val_fraction", "label_smoothing"):  # 1: no training images; uniform targets
+            _check_range(f"data.{key}", getattr(self, key), 0.0, 1.0, below=True)
         _check_range("data.holdout", self.holdout, 0.0, 0.5)
         if self.val_fraction and self.dataset != "imagefolder":  # the others have their own test split
             raise ValueError(
@@ -98,6 +102,7 @@ class OptimConfig:
     layer_decay: float = 1.0
 
     def __post_init__(self) -> None:
+        check_fields("optim", self)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         _check_finite("optim", self)
         _check_choice("optim.name", self.name, ("adam", "adamw", "sgd"))
@@ -114,11 +119,12 @@ class OptimConfig:
             raise ValueError(f"optim.lr={self.lr!r} must be positive")
         if not self.eps > 0:
             raise ValueError(f"optim.eps={self.eps!r} must be positive")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ValueError("optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"optim.{key}={getattr(self, key)!r} must be >= 0")
         _check_range("optim.warmup_fraction", self.warmup_fraction, 0.0, 1.0)
         _check_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check_range("optim.momentum", self.momentum, 0.0, 1.0)
+        _check_range("optim.momentum", self.momentum, 0.0, 1.0, below=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
 
@@ -172,6 +178,7 @@ class TrainConfig:
     dist_timeout_s: float = 300.0  # a collective that hangs longer than this fails
 
     def __post_init__(self) -> None:
+        check_fields("train", self)
         _check_finite("train", self)
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "bf16-pure", "auto"))
         _check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
@@ -194,19 +201,20 @@ class TrainConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:  # 1 would keep the initial weights forever
             raise ValueError(f"train.ema_decay={self.ema_decay!r} must lie in [0, 1) (0: no EMA)")
-        if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
-            raise ValueError("train.log_every must be >= 1; eval_every, checkpoint_every >= 0")
+        if self.log_every < 1:
+            raise ValueError(f"train.log_every={self.log_every!r} must be >= 1")
+        for key in ("eval_every", "checkpoint_every", "fewshot_every", "fewshot_test_limit"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key}={getattr(self, key)!r} must be >= 0")
         _check_choice("train.strategy", self.strategy, ("auto", "ddp", "fsdp"))
         object.__setattr__(self, "fewshot_datasets", tuple(self.fewshot_datasets))
         object.__setattr__(self, "fewshot_shots", tuple(self.fewshot_shots))
-        if self.fewshot_every < 0 or self.fewshot_test_limit < 0:
-            raise ValueError("train.fewshot_every and train.fewshot_test_limit must be >= 0")
         if self.fewshot_every and (
             not self.fewshot_shots or not all(isinstance(k, int) and k > 0 for k in self.fewshot_shots)
         ):
             raise ValueError(f"train.fewshot_shots={self.fewshot_shots!r} must be positive integers")
-        if self.dist_timeout_s <= 0:
-            raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be positive")
+        if not 0 < self.dist_timeout_s <= 1e7:  # torch's timeout in nanoseconds overflows near 9.2e9 s
+            raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s!r} must lie in (0, 1e7] seconds")
         if not is_device(self.device):
             raise ValueError(f"train.device={self.device!r} is not auto, cpu, cuda or cuda:N")
 

@@ -26,14 +26,16 @@ def lr_at(
     decay_at: tuple[float, ...] = (),
     decay_factor: float = 0.1,
 ) -> float:
-    """LR for optimizer step `step` (0-based): linear warmup from 0, then cosine/linear decay to min_ratio*base,
-    constant, or "step": x decay_factor from each step at or past a fraction `decay_at` of the run (BiT)."""
+    """LR for optimizer step `step` (0-based): a linear warmup that starts at base / warmup and reaches base at
+    step warmup - 1 (big_vision's and optax's start at 0 and reach base at step `warmup`: one step later, the
+    same slope), then cosine/linear decay to min_ratio*base, constant, or "step": x decay_factor from each step
+    at or past a fraction `decay_at` of the run, rounded half up (BiT)."""
     if step < warmup:
         return base_lr * (step + 1) / warmup
     if kind == "constant":
         return base_lr
     if kind == "step":
-        return base_lr * decay_factor ** sum(step >= round(f * total_steps) for f in decay_at)
+        return base_lr * decay_factor ** sum(step >= math.floor(f * total_steps + 0.5) for f in decay_at)
     span = max(total_steps - warmup, 1)
     progress = min(max((step - warmup) / span, 0.0), 1.0)
     if kind == "cosine":

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit import keyed_random
-from vitkit.config import RunConfig
+from vitkit.config import RunConfig, load_run_config
 from vitkit.data.datasets import ArrayDataset, Splits
 from vitkit.data.loader import epoch_permutation, micro_batches, rank_share, steps_per_epoch
 from vitkit.data.transforms import BatchTransform, mix_batch, stream_key
@@ -26,11 +26,7 @@ from vitkit.train.compiling import block_regions, check_graphs, compile_with_tri
 from vitkit.train.master import Bf16Copy
 from vitkit.train.optim import build_optimizer
 from vitkit.train.probes import fewshot_probe, fewshot_sets
-from vitkit.train.runfiles import (
-    CHECKPOINTS,
-    METRICS,
-    MetricsLog,
-)
+from vitkit.train.runfiles import CHECKPOINTS, CONFIG, METRICS, MetricsLog
 from vitkit.train.schedules import schedule_fn, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -272,6 +268,8 @@ class Trainer:
             "acc": {k: D.all_reduce_sum(v).detach().cpu() for k, v in self._acc.items()},
             "world_size": self.info.world,
             "pending": list(self.pending),
+            "total": self.total,  # the run's length, whose schedule the steps so far followed
+            "precision": self.precision,  # as resolved ("auto": bf16 on CUDA, fp32 on the CPU)
         }
         return weights, state
 
@@ -307,6 +305,7 @@ class Trainer:
         self.images_seen = int(state["images_seen"])
         self.pending = tuple(str(p) for p in state.get("pending", ()))
         self._recall_best()
+        self._say_what_changed(state)
         # running sums since the last log line, kept on rank 0 so that their reduction is unchanged
         self._acc = {
             k: (v if self.info.is_main else torch.zeros_like(v)).to(self.device)
@@ -314,6 +313,50 @@ class Trainer:
         }
         if int(state.get("world_size", 1)) == self.info.world:
             _set_rng_state(state["rng"], self.device)
+
+    def _say_what_changed(self, state: dict[str, Any]) -> None:
+        """Warn where a resumed run continues otherwise than it began: over a new length (the learning-rate
+        schedule is recomputed over it: a jump, and a warmup fraction's warmup moved), or in another precision
+        (train.precision=auto on another device)."""
+        if not self.info.is_main:
+            return
+        total = int(state.get("total", 0)) or self._recorded_total()
+        if total and total != self.total and self.step:
+            before = schedule_fn(self.cfg.optim, total)
+            log.warning(
+                "--resume: the run now lasts %d steps (it began as %d): the learning-rate schedule is recomputed "
+                "over them, %.3g at step %d where the first schedule gave %.3g at step %d (warmup %d steps, was %d)",
+                self.total,
+                total,
+                self.lr(self.step),
+                self.step + 1,
+                before(self.step - 1),
+                self.step,
+                warmup_steps(self.cfg.optim, self.total),
+                warmup_steps(self.cfg.optim, total),
+            )
+        was = state.get("precision")
+        if was and was != self.precision:
+            log.warning(
+                "--resume: steps 1-%d ran in %s, the rest runs in %s (train.precision=%s on %s)",
+                self.step,
+                was,
+                self.precision,
+                self.cfg.train.precision,
+                self.device,
+            )
+
+    def _recorded_total(self) -> int:
+        """The length in steps of the run's config.json as it stands before this resume rewrites it (checkpoints
+        before the length was kept in them); 0 if unknown."""
+        path = os.path.join(self.out, CONFIG) if self.out else None
+        if not path or not os.path.isfile(path):
+            return 0
+        try:
+            t = load_run_config(path).train
+        except (OSError, ValueError):
+            return 0
+        return t.steps or t.epochs * steps_per_epoch(len(self.splits.train), t.batch_size)
 
     def _recall_best(self) -> None:
         """The best evaluation so far as checkpoints/best records it: a step checkpoint is written before the
