@@ -354,3 +354,18 @@ def test_on_attention_sees_each_layers_maps_and_changes_nothing():
     assert [i for i, _ in seen] == [0, 1, 2] and all(torch.equal(a, b) for (_, a), b in zip(seen, attns))
     torch.testing.assert_close(feats, plain, rtol=0, atol=0)
     torch.testing.assert_close(feats, model.forward_features(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("posemb", ["learn", "learn2d", "sincos2d"])
+def test_the_residual_stream_is_fp32_under_bf16_autocast_with_any_pooling(posemb):
+    """Was: a model without a class token (GAP) cast its fp32 position embedding down to the bf16 patch embedding,
+    so every block's residual sum ran in bf16 under autocast (3x the gradient error; timm's promotes to fp32, as a
+    class token's concatenation did); a bf16 model stays bf16."""
+    x = torch.randn(2, 3, 16, 16)
+    for pool in ("gap", "token"):
+        m = create_model(
+            "ViT-Ti/4", img_size=16, in_chans=3, depth=1, num_classes=3, pool=pool, posemb=posemb
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m.embed(x).dtype == torch.float32, pool
+        assert m.to(torch.bfloat16).embed(x.bfloat16()).dtype == torch.bfloat16

@@ -466,3 +466,36 @@ def test_loader_errors_say_what_to_pass():
     with pytest.raises(ValueError, match=r"fast inference dtype 'fp16': expected fp32 or bf16"):
         vitkit.fast_inference(model, torch.randn(1, 3, 32, 32), dtype="fp16", method="onnx")
     assert vitkit.create_model("ViT-Ti/16", False, img_size=32).cfg.img_size == (32, 32)
+
+
+def test_timm_descriptive_attributes_and_a_json_pretrained_cfg():
+    """Was: global_pool, has_class_token, no_embed_class, dynamic_img_size and patch_embed.num_patches raised
+    AttributeError (code written for timm's ViT reads them); `model.pretrained_cfg = cfg` refused a hub
+    config.json's [3, 224, 224] (a list, not the tuple) and timm's own cfg for the same shape (its name)."""
+    import json
+
+    import timm
+
+    m = vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, num_classes=4)
+    t = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=4)
+    for name in ("global_pool", "has_class_token", "no_embed_class", "dynamic_img_size"):
+        assert getattr(m, name) == getattr(t, name), name
+    assert m.patch_embed.num_patches == t.patch_embed.num_patches == 4
+    gap = vitkit.create_model(
+        "ViT-Ti/16", img_size=32, depth=1, pool="gap", posemb="sincos2d", dynamic_img_size=True
+    )
+    assert (gap.global_pool, gap.has_class_token, gap.no_embed_class, gap.dynamic_img_size) == (
+        "avg",
+        False,
+        True,
+        True,
+    )
+    m.reset_classifier(0, "")
+    assert m.global_pool == ""
+    m.pretrained_cfg = json.loads('{"input_size": [3, 32, 32], "mean": [0.1, 0.2, 0.3]}')
+    at224 = vitkit.create_model("ViT-Ti/16", depth=1)  # timm's pretrained_cfg keeps its weights' 224 px
+    at224.pretrained_cfg = dict(t.pretrained_cfg)  # timm's name for the shape is not the model's: ignored
+    assert at224.pretrained_cfg["mean"] == t.pretrained_cfg["mean"]
+    assert at224.pretrained_cfg["architecture"] == "ViT-192x1/16"  # its own name
+    with pytest.raises(KeyError, match=r"pretrained_cfg\['input_size'\] follows the model's config"):
+        m.pretrained_cfg = {"input_size": [3, 64, 64]}

@@ -69,7 +69,7 @@ class PretrainedCfg(dict):
                 raise ValueError(
                     f"pretrained_cfg[{key!r}]={value}: one {'positive ' * (key == 'std')}number per channel ({chans})"
                 )
-        elif key not in EDITABLE and key in self and self[key] != value:
+        elif key not in EDITABLE and key in self and _plain(self[key]) != _plain(value):
             raise KeyError(
                 f"pretrained_cfg[{key!r}] follows the model's config ({self[key]!r}); of its entries "
                 f"{', '.join(EDITABLE)} can be set"
@@ -110,9 +110,22 @@ class PretrainedCfg(dict):
     __delitem__ = pop = popitem = clear = _fixed  # type: ignore[assignment]
 
 
+# entries that describe where weights came from, not what the model is: another model's name for the same shape
+# (timm's vit_tiny_patch16_224 for ViT-Ti/16), its hub id, its tag
+DESCRIPTIVE = ("architecture", "tag", "hf_hub_id", "source", "label_names")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON list as the tuple it stands for ([3, 224, 224] is the input size (3, 224, 224))."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def set_pretrained_cfg(cfg_now: PretrainedCfg, value: dict[str, Any]) -> None:
     """`model.pretrained_cfg = value` (timm's models take any dict): its preprocessing entries kept, entries the
-    config fixes checked, others (timm's hub fields: url, license, ...) ignored."""
+    config fixes checked (lists read as tuples, as a config.json gives them), descriptive ones (`DESCRIPTIVE`)
+    and others (timm's hub fields: url, license, ...) ignored."""
     if not isinstance(value, dict):
         raise TypeError(f"pretrained_cfg must be a dict, got {type(value).__name__}")
-    cfg_now.update({k: v for k, v in value.items() if k in EDITABLE or k in cfg_now})
+    cfg_now.update(
+        {k: v for k, v in value.items() if k in EDITABLE or (k in cfg_now and k not in DESCRIPTIVE)}
+    )

@@ -78,6 +78,11 @@ class PatchEmbed(nn.Module):
         self.grid_size = (img_size[0] // stride, img_size[1] // stride)
         self.proj = nn.Conv2d(chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
+    @property
+    def num_patches(self) -> int:
+        """Tokens of the model's grid (timm's name)."""
+        return self.grid_size[0] * self.grid_size[1]
+
     def grid_of(self, x: torch.Tensor) -> tuple[int, int]:
         """The token grid of images `x` (B, C, H, W): the model's, or with `dynamic` the images' own."""
         if not self.dynamic:

@@ -96,6 +96,25 @@ class VisionTransformer(nn.Module):
             m.rng_id = i + 1  # keyed dropout: each layer draws its own masks
         self.reset_parameters()
 
+    # timm's descriptive attributes, read by code written for timm's VisionTransformer (MAE, DINO, its filters)
+    @property
+    def global_pool(self) -> str:
+        """ "token", "avg", or "" after reset_classifier(0, "") (the tokens unpooled)."""
+        return {"token": "token", "gap": "avg"}[self.cfg.pool] if self.pooled else ""
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.cls_token is not None
+
+    @property
+    def no_embed_class(self) -> bool:
+        """Whether the position embedding leaves the class token out (learn2d, sincos2d: added to the patches)."""
+        return self.cfg.posemb in ("learn2d", "sincos2d")
+
+    @property
+    def dynamic_img_size(self) -> bool:
+        return self.cfg.dynamic_img_size
+
     # ------------------------------------------------------------------ init
 
     @torch.no_grad()
@@ -246,15 +265,18 @@ class VisionTransformer(nn.Module):
         grid = self.patch_embed.grid_of(x)
         x = self.patch_embed(x)  # (B, Np, D)
         patch_pe = self._patch_posemb(grid)
+        # the sums promote as timm's: under autocast a bf16 patch embedding plus an fp32 table is an fp32 stream
+        # (a class token's concatenation promotes too; without one, casting the table down kept GAP models' residual
+        # stream in bf16, 3x the gradient error)
         if patch_pe is not None:
-            x = x + patch_pe.to(x.dtype)
+            x = x + patch_pe
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D)
         if self.cfg.posemb == "learn":
             pe = self.pos_embed
             if grid != self.cfg.grid_size:  # bicubic with antialiasing, as timm's dynamic_img_size
                 pe = resample_posemb(pe, grid, self.num_prefix_tokens, "bicubic", old_grid=self.cfg.grid_size)
-            x = x + pe.to(x.dtype)
+            x = x + pe
         return self.pos_drop(x)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
