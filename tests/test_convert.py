@@ -807,3 +807,33 @@ def test_files_that_leave_their_model_open_are_read_as_they_are_or_refused(tmp_p
     m.reset_classifier(0, "")
     with torch.no_grad():
         torch.testing.assert_close(m(x[..., :32]), t.eval()(x[..., :32]), rtol=1e-5, atol=1e-5)
+
+
+def test_default_weights_are_hub_ids_beside_a_timm_folder_and_model_folders_ask_for_convert(
+    tmp_path, monkeypatch, capsys
+):
+    """Was: create_model(V, pretrained=True) failed in a folder holding timm/ or google/ (a timm checkout): the
+    default id read as a path under it. `vitkit eval/predict` of a timm or transformers model folder (vitkit's
+    own export --format timm|hf) said "config.json: unknown keys ['architecture', ...]". A name vitkit gives a
+    model (ViT-32x2/8) could not be passed back with its weights (no heads for width 32)."""
+    import vitkit
+    from vitkit.cli import main
+    from vitkit.convert.hub import default_pretrained, is_hub_id
+
+    (tmp_path / "timm").mkdir()
+    monkeypatch.chdir(tmp_path)
+    source = default_pretrained("ViT-Ti/16")
+    assert source.startswith("hf-hub:timm/") and is_hub_id(source)
+    folder = tmp_path / "peer"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architecture": "vit_tiny_patch16_224", "num_classes": 3}')
+    (folder / "model.safetensors").write_bytes(b"")
+    assert main(["eval", str(folder), "--dataset", "synthetic"]) == 2
+    assert (
+        "its config.json is not a vitkit run's (a timm or Hugging Face model folder?)"
+        in capsys.readouterr().err
+    )
+    m = vitkit.create_model("ViT-32x2/8", img_size=16, num_heads=2, num_classes=3)
+    assert vitkit.create_model("ViT-32x2/8", pretrained=m).cfg.num_heads == 2
+    with pytest.raises(ValueError, match="width 32 is neither in the paper's table nor a multiple of 64"):
+        vitkit.create_model("ViT-32x2/8")

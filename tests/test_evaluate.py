@@ -97,3 +97,14 @@ def test_tied_logits_give_one_top1_everywhere():
         assert res["top1"] == pytest.approx(diagonal, abs=1e-12) == (data.labels == 0).sum().item() / 37
         if tta == "hflip":
             assert res["top1"] == res["top1_no_tta"] and res["tta_gain"]["diff"] == 0.0
+
+
+def test_top5_of_five_classes_or_fewer_and_an_empty_dataset(tmp_path):
+    """Was: `vitkit eval` printed "top-5 100.00%" for a 3-class run (every label is in the top 5), and evaluate()
+    on an empty dataset returned top-1 0.0 as if it were a result."""
+    from vitkit.eval.metrics import top5_text
+
+    assert top5_text(1.0, 3) == "n/a (3 classes)" and top5_text(0.875, 10) == "87.50%"
+    empty = ArrayDataset(torch.zeros(0, 1, 4, 4, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="evaluate: the dataset holds no images"):
+        evaluate(torch.nn.Flatten(), empty, lambda x: x.float(), num_classes=3, device=torch.device("cpu"))

@@ -550,3 +550,78 @@ def test_an_exported_file_reads_images_at_its_runs_native_size(run_dir, tmp_path
     assert main(["predict", str(bad), str(img)]) == 2
     err = capsys.readouterr().err
     assert "bad.safetensors's metadata 'preprocess': 'native_size' must be [height, width]" in err, err
+
+
+def test_a_converted_model_exported_at_another_size_reads_images_at_that_size(tmp_path, capsys):
+    """Was: a converted run recorded its model's size as the data's native_size, and an export at another size
+    kept it: predict read a photo at 32 px, then upsampled it to 48 (a 64x96 model: cropped 2:3, then squashed),
+    where the same weights converted at 48 px read it at 48. Converted weights have no dataset: no native_size."""
+    from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    timm = pytest.importorskip("timm")
+    t = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32, depth=2, patch_size=8)
+    save_file({k: v.contiguous() for k, v in t.state_dict().items()}, str(tmp_path / "t.safetensors"))
+    assert main(["convert", str(tmp_path / "t.safetensors"), "--out", str(tmp_path / "vt")]) == 0
+    data = json.loads((tmp_path / "vt" / "data.json").read_text())
+    (tmp_path / "vt" / "data.json").write_text(json.dumps(data | {"native_size": [32, 32]}))  # as older ones
+    export = tmp_path / "vt48.safetensors"
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "vt"),
+                "--format",
+                "safetensors",
+                "--img-size",
+                "48",
+                "--out",
+                str(export),
+            ]
+        )
+        == 0
+    )
+    with safe_open(str(export), framework="pt") as f:
+        assert "native_size" not in json.loads(f.metadata()["preprocess"])
+    assert (
+        main(
+            ["convert", str(tmp_path / "t.safetensors"), "--img-size", "48", "--out", str(tmp_path / "vt48")]
+        )
+        == 0
+    )
+    assert "native_size" not in json.loads((tmp_path / "vt48" / "data.json").read_text())
+    img = tmp_path / "big.png"
+    Image.fromarray((np.random.default_rng(0).random((90, 70, 3)) * 255).astype(np.uint8)).save(img)
+    capsys.readouterr()
+    got = []
+    for source in (export, tmp_path / "vt48"):
+        assert main(["predict", str(source), str(img), "--json", "--topk", "4"]) == 0
+        got.append(json.loads(capsys.readouterr().out)[0]["predictions"])
+    assert got[0] == got[1]
+
+
+def test_export_and_fast_paths_of_bf16_dynamic_and_unloadable_models(tmp_path):
+    """Was: a bf16 model could not be exported (an fp32 example: a long TorchExportError); the fast path of a
+    dynamic_img_size model exported it at its own size whatever the example's (onnxruntime: "Got: 24 Expected:
+    16"); a file onnxruntime cannot load raised the plain ConversionError, so `vitkit export` left it behind;
+    fast_inference(dtype="bf16") on the compile path ran in fp32 unless the caller added autocast."""
+    pytest.importorskip("onnxruntime")
+    from vitkit.convert.export import OnnxLoadError
+    from vitkit.perf.fast import InferenceAutocast, fast_inference
+
+    small = dict(img_size=16, in_chans=1, embed_dim=32, depth=1, num_heads=2, mlp_dim=64, num_classes=3)
+    model = vitkit.create_model("ViT-Ti/4", **small).eval()
+    bf16 = vitkit.create_model("ViT-Ti/4", **small).eval().to(torch.bfloat16)
+    path = export_onnx(bf16, str(tmp_path / "b.onnx"))
+    assert bf16.patch_embed.proj.weight.dtype == torch.bfloat16  # the caller's model as it was
+    assert max(check_onnx(path, bf16.float(), (2,)).values()) < 1e-4
+    dynamic = vitkit.create_model("ViT-Ti/4", **small, dynamic_img_size=True).eval()
+    x = torch.randn(3, 1, 24, 24)
+    runner, _ = fast_inference(dynamic, x, method="onnx")
+    torch.testing.assert_close(torch.as_tensor(runner(x)), dynamic(x), atol=1e-4, rtol=0)
+    (tmp_path / "junk.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(OnnxLoadError, match=r"junk\.onnx: onnxruntime .* cannot load it"):
+        check_onnx(str(tmp_path / "junk.onnx"), model)
+    wrapped = InferenceAutocast(model, "cpu", bf16=True)
+    assert wrapped(torch.randn(2, 1, 16, 16)).dtype == torch.bfloat16

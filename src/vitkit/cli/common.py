@@ -202,6 +202,15 @@ def find_run(path: str) -> tuple[str | None, str]:
     if os.path.isfile(path):
         return run_of_file(path), path
     if os.path.exists(os.path.join(path, "config.json")):
+        from vitkit.cli.subjects import is_model_config
+
+        # a timm or transformers folder (vitkit export --format timm|hf writes them); a damaged run's config.json
+        # is named by the run's reader
+        if is_model_config(os.path.join(path, "config.json")):
+            raise UserError(
+                f"{path}: its config.json is not a vitkit run's (a timm or Hugging Face model folder?); eval and "
+                f"predict read runs: `vitkit convert {path} --out RUN` first"
+            )
         weights = os.path.join(path, "model.safetensors")
         if not os.path.exists(weights):
             from vitkit.train.checkpoint import latest_valid

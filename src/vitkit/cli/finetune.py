@@ -28,6 +28,7 @@ from vitkit.cli.common import (
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint
+from vitkit.eval.metrics import top5_text
 from vitkit.recipes import FINETUNE_IMG_SIZE, PAPER_FINETUNE_STEPS, RECIPES, get_recipe, hyperrule
 
 # the train command's flags that fine-tuning takes too (the image size: --img-size, the recipe or the checkpoint)
@@ -190,7 +191,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     tta = f"with {summary['tta']} TTA " if "tta" in summary else ""
     print(
         f"{cfg.recipe}: {cfg.model.name} from {args.source} ({prov['format']}, {g0[0]}x{g0[1]} -> {g1[0]}x{g1[1]}, "
-        f"{head}) on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, top-5 {summary['test_top5']:.2%} "
+        f"{head}) on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, top-5 {top5_text(summary['test_top5'], cfg.model.num_classes)} "
         f"{tta}after {summary['steps']} steps; wall {time.time() - t0:.0f} s{where}"
     )
     if summary.get("tta_gain"):

@@ -28,6 +28,7 @@ from vitkit.cli.subjects import (
     sample_inputs,
     weights_label,
 )
+from vitkit.eval.metrics import top5_text
 
 log = logging.getLogger("vitkit")
 
@@ -105,7 +106,7 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
         if summary:
             final = "" if not subject.label else " (of the run's final weights)"
             facts[1:1] = [
-                (f"test top-1 / top-5{final}", f"{summary['test_top1']:.2%} / {summary['test_top5']:.2%}"
+                (f"test top-1 / top-5{final}", f"{summary['test_top1']:.2%} / {top5_text(summary['test_top5'], len(subject.classes))}"
                  + (f" ({summary['tta']} TTA; top-1 {summary['test_top1_no_tta']:.2%} without)"
                     if "tta" in summary else "")),
                 *([("val top-1 (held out; best chosen on it)", f"{summary['val_top1']:.2%}")]

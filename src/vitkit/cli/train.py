@@ -32,6 +32,7 @@ from vitkit.cli.common import (
     set_keys,
 )
 from vitkit.config import RunConfig, apply_overrides, to_dict
+from vitkit.eval.metrics import top5_text
 from vitkit.recipes import GPU_RECIPES, RECIPES, get_recipe
 
 log = logging.getLogger("vitkit")
@@ -297,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"{cfg.recipe}: {summary['model']} on {summary['dataset']}: test top-1 {summary['test_top1']:.2%} "
             f"[95% interval {summary['test_top1_ci95'][0]:.2%}, {summary['test_top1_ci95'][1]:.2%}], "
-            f"top-5 {summary['test_top5']:.2%} ({summary['num_samples']} images, {summary['weights']} weights{tta}) "
+            f"top-5 {top5_text(summary['test_top5'], cfg.model.num_classes)} ({summary['num_samples']} images, {summary['weights']} weights{tta}) "
             f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
         )
@@ -396,7 +397,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lo, hi = res["top1_ci95"]
         note = f", {tta} TTA" if tta != "none" else ""
         print(
-            f"{args.split}: top-1 {res['top1']:.2%} [95% interval {lo:.2%}, {hi:.2%}]  top-5 {res['top5']:.2%}  "
+            f"{args.split}: top-1 {res['top1']:.2%} [95% interval {lo:.2%}, {hi:.2%}]  top-5 {top5_text(res['top5'], splits.num_classes)}  "
             f"loss {res['loss']:.4f}  ({res['num_samples']} images, {run.weights_path}{note})"
         )
         if res.get("tta_gain"):

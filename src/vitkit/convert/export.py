@@ -44,14 +44,20 @@ def written_opset(path: str) -> int:
 
 
 def eval_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
-    """`model` in eval mode on the CPU, the caller's left as it was: itself when it is so already, else a copy."""
-    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
-    return model if on_cpu and not model.training else copy.deepcopy(model).cpu().eval()
+    """`model` in eval mode on the CPU in fp32 (ONNX's input is fp32 images), the caller's left as it was: itself
+    when it is so already, else a copy."""
+    tensors = (*model.parameters(), *model.buffers())
+    on_cpu = all(t.device.type == "cpu" for t in tensors)
+    fp32 = all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
+    return model if on_cpu and fp32 and not model.training else copy.deepcopy(model).cpu().float().eval()
 
 
-def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
-    """Write `model` (in eval mode on the CPU; the model given is not changed) as ONNX: input "images"
-    (batch, C, H, W), output "logits" (batch, K).
+def export_onnx(
+    model: torch.nn.Module, path: str, *, opset: int = 18, img_size: tuple[int, int] | None = None
+) -> str:
+    """Write `model` (in eval mode on the CPU in fp32; the model given is not changed) as ONNX: input "images"
+    (batch, C, H, W), output "logits" (batch, K); at the model's size, or `img_size` for a `dynamic_img_size`
+    model (one size per file).
 
     The exporter writes opset 18 and converts to `opset` from there; an opset it cannot reach is an error (the
     file is not left behind)."""
@@ -62,8 +68,14 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         raise ConversionError(
             "ONNX export needs onnx and onnxscript: pip install onnx onnxscript onnxruntime (vitkit's [export] extra)"
         ) from None
-    if getattr(getattr(model, "cfg", None), "dynamic_img_size", False):
-        size = model.cfg.img_size
+    dynamic = getattr(getattr(model, "cfg", None), "dynamic_img_size", False)
+    size = tuple(img_size) if img_size and dynamic else tuple(model.cfg.img_size)
+    if img_size and tuple(img_size) != tuple(model.cfg.img_size) and not dynamic:
+        raise ConversionError(
+            f"{path}: the model takes {model.cfg.img_size[0]}x{model.cfg.img_size[1]} images, not "
+            f"{img_size[0]}x{img_size[1]} (set_img_size() first, or a dynamic_img_size model)"
+        )
+    if dynamic:
         log.warning("%s: exported at %dx%d only (the model's dynamic_img_size is not exported)", path, *size)
     newest = onnx.defs.onnx_opset_version()
     if not 1 <= opset <= newest:
@@ -72,7 +84,7 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         )
     model = eval_on_cpu(model)
     cfg = model.cfg
-    example = torch.zeros(2, cfg.in_chans, *cfg.img_size)  # batch 2: a size-1 example would be specialised
+    example = torch.zeros(2, cfg.in_chans, *size)  # batch 2: a size-1 example would be specialised
     batch = torch.export.Dim("batch", min=1, max=4096)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -108,8 +120,9 @@ def export_onnx(model: torch.nn.Module, path: str, *, opset: int = 18) -> str:
         if tmp != path:
             os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for f in (tmp, tmp + ".data") if external else (tmp,):  # a big model's weights lie beside it
+            if os.path.exists(f):
+                os.unlink(f)
         raise
     return path
 
@@ -128,9 +141,7 @@ def check_onnx(
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own error types (InvalidGraph, NotImplemented, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(
-            f"{path}: onnxruntime {ort.__version__} cannot load it: {first[:300]}"
-        ) from None
+        raise OnnxLoadError(f"{path}: onnxruntime {ort.__version__} cannot load it: {first[:300]}") from None
     model = eval_on_cpu(model)
     cfg = model.cfg
     gen = torch.Generator().manual_seed(seed)

@@ -24,8 +24,8 @@ def default_pretrained(name: str | None) -> str:
             "pretrained=True needs the model's name, e.g. create_model('ViT-B/16', pretrained=True)"
         )
     source = lookup(DEFAULT_PRETRAINED, name)
-    if source is not None:
-        return source
+    if source is not None:  # marked as a hub id: a local folder timm/ or google/ (a timm checkout) is not it
+        return source if source.startswith("hf-hub:") else f"hf-hub:{source}"
     raise ValueError(
         f"pretrained=True: no default weights for {name!r}; the defaults are for {', '.join(DEFAULT_PRETRAINED)}. "
         "Pass pretrained=<path, run folder or hub id> instead (e.g. 'google/vit-base-patch16-224')"

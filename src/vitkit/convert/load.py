@@ -296,7 +296,10 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
     """The checkpoint's config; `name` (e.g. "ViT-B/16") fixes the architecture, overrides set any field."""
     cfg = ckpt.config
     if name is not None:
-        reg = model_config(name)
+        try:
+            reg = model_config(name)
+        except ValueError:  # a width the name does not give heads for (ViT-32x2/8): the checkpoint's
+            reg = model_config(name, num_heads=cfg.num_heads)
         if reg.arch != cfg.arch:
             raise ConversionError(
                 f"{ckpt.path} holds a {cfg.arch.upper()} ({cfg.name}); {name!r} is a {reg.arch.upper()}: give the "

@@ -37,7 +37,12 @@ def _meta_from_data(run_dir: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
     data = read_json_file(path)
-    return {k: data[k] for k in RUN_META_KEYS if data.get(k)}
+    meta = {k: data[k] for k in RUN_META_KEYS if data.get(k)}
+    if str(data.get("dataset", "")).startswith(
+        "pretrained:"
+    ):  # converted weights: no dataset to read images of
+        meta.pop("native_size", None)  # (older conversions wrote the model's size, stale at another size)
+    return meta
 
 
 def _run_config(run_dir: str) -> RunConfig:
@@ -132,7 +137,8 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
         # only the source's own names: numbers in their place would read as names (MNIST's are digits)
         **({"classes": meta["classes"]} if meta.get("classes") else {}),
         "in_chans": cfg.in_chans,
-        "native_size": meta.get("native_size") or list(cfg.img_size),
+        # the size a dataset's images are read at: converted weights have none (images are read at the model's)
+        **({"native_size": meta["native_size"]} if meta.get("native_size") else {}),
         "mean": meta.get("mean") or [0.5] * cfg.in_chans,
         "std": meta.get("std") or [0.5] * cfg.in_chans,
     }

@@ -34,6 +34,8 @@ def evaluate(
     With `tta` ("hflip") the metrics are those of the averaged logits, `top1_no_tta` is the top-1 of the first
     forward alone and `tta_gain` what the TTA changed (vitkit.eval.tta.tta_gain)."""
     check_tta(tta)
+    if len(dataset) == 0:  # no accuracy to report (0.0 would read as a result)
+        raise ValueError("evaluate: the dataset holds no images")
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

@@ -21,6 +21,11 @@ def topk_correct(
     return {k: first.sum() if k <= 1 else (hit[:, : min(k, maxk)].any(dim=-1) | first).sum() for k in ks}
 
 
+def top5_text(top5: float, num_classes: int) -> str:
+    """Top-5 accuracy as printed: "n/a" with 5 classes or fewer, where every label is in the top 5."""
+    return f"{top5:.2%}" if num_classes > 5 else f"n/a ({num_classes} classes)"
+
+
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) counts: rows are true classes, columns predicted."""
     flat = labels.long() * num_classes + preds.long()

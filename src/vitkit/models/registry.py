@@ -161,10 +161,12 @@ def _shape_of(size: str, name: str, overrides: dict[str, Any]) -> tuple[int, int
     table = {w: (h, m) for w, _, h, m in WIDTHS.values()}
     heads, mlp = table.get(width, (width // 64 if width % 64 == 0 else 0, 4 * width))
     heads = overrides.get("num_heads", heads)
-    if width < 1 or depth < 1 or not heads:
+    if width < 1 or depth < 1:
+        raise ValueError(f"model {name!r}: width {width} and depth {depth} must be positive")
+    if not heads:
         raise ValueError(
-            f"model {name!r}: width {width} and depth {depth} must be positive, and a width the paper's table "
-            "does not list (nor a multiple of 64) needs num_heads="
+            f"model {name!r}: width {width} is neither in the paper's table nor a multiple of 64: its heads are "
+            "not known from the name; pass num_heads= (or pretrained weights, which give them)"
         )
     return width, depth, heads, overrides.get("mlp_dim", mlp)
 

@@ -57,10 +57,22 @@ class OneImageAtATime(nn.Module):
         return torch.cat([self.runner(x[i : i + 1]) for i in range(x.shape[0])])  # (B, K)
 
 
-def _export(model: nn.Module, folder: str) -> str:
+def _export(model: nn.Module, folder: str, img_size: tuple[int, int]) -> str:
     from vitkit.convert.export import export_onnx
 
-    return export_onnx(model, os.path.join(folder, "model.onnx"))
+    return export_onnx(model, os.path.join(folder, "model.onnx"), img_size=img_size)
+
+
+class InferenceAutocast(nn.Module):
+    """A compiled model called as it was compiled: in inference mode, under bf16 autocast when asked."""
+
+    def __init__(self, module: Any, device_type: str, bf16: bool):
+        super().__init__()
+        self.module, self.device_type, self.bf16 = module, device_type, bf16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(self.device_type, torch.bfloat16, enabled=self.bf16):
+            return self.module(x)
 
 
 def _quantize(src: str, folder: str, ops: tuple[str, ...] = ("MatMul", "Gemm")) -> str:
@@ -101,7 +113,9 @@ def fast_inference(
     method: str = "auto",
     workdir: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """A callable for inference (eval mode) and `info` (method, settings). `example`: a batch of inputs.
+    """A callable for inference and `info` (method, settings). `example`: a batch of inputs (their size is the
+    one an ONNX file is made for, a dynamic_img_size model's too). `model` is put in eval mode (the compiled path
+    runs it); the callable runs in inference mode, in bf16 autocast for dtype "bf16" (method compile).
 
     The ONNX files of the CPU methods go to `workdir` (kept) or a temporary folder (removed once loaded).
     """
@@ -116,16 +130,15 @@ def fast_inference(
     cnn = getattr(getattr(model, "cfg", None), "arch", "vit") != "vit"
     method = resolve_method(model, dev, method)
     if method == "compile":
-        compiled = torch.compile(model, dynamic=False)
-        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=dtype == "bf16"):
-            compiled(example)  # compile now, not in the first timed call
-        return compiled, {"method": "compile", "dtype": dtype, "handles_dtype": False}
+        runner = InferenceAutocast(torch.compile(model, dynamic=False), dev.type, dtype == "bf16")
+        runner(example)  # compile now, not in the first timed call
+        return runner, {"method": "compile", "dtype": dtype, "handles_dtype": True}
     if dev.type != "cpu":
         raise ValueError(f"method {method!r} runs on the CPU; the example is on {dev}")
     # the session holds the model once made (on Windows a mapped external-data file may stay behind)
     with tempfile.TemporaryDirectory(prefix="vitkit-fast-", ignore_cleanup_errors=True) as tmp:
         folder = workdir or tmp
-        path = _export(model, folder)  # on the CPU; export_onnx copies a model that is elsewhere
+        path = _export(model, folder, tuple(example.shape[-2:]))  # export_onnx copies a model elsewhere
         if method == "onnx-int8":
             path = _quantize(path, folder, ("Conv", "MatMul", "Gemm") if cnn else ("MatMul", "Gemm"))
         runner = OrtModule(path, torch.get_num_threads())
