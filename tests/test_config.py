@@ -255,3 +255,33 @@ def test_python_built_run_configs_check_their_types_and_ranges():
         (t.steps, t.seed, t.fewshot_shots) == (2, 3, (1, 5)) and type(t.steps) is int and type(t.seed) is int
     )
     assert DataConfig(random_erasing=1.0).random_erasing == 1.0  # a probability of 1 is a setting here
+
+
+def test_settings_the_config_does_not_read_are_named():
+    """Was: --set optim.momentum with adamw, data.rrc_* without RandomResizedCrop, train.compile_mode without
+    compile (and others) changed nothing without a word."""
+    from vitkit.config import unread_settings
+
+    cfg = RunConfig()  # adamw, cosine, no RandomResizedCrop, no compile
+    keys = {"optim.momentum", "optim.betas", "data.rrc_scale_min", "train.compile_mode", "optim.decay_at"}
+    assert unread_settings(cfg, keys) == [
+        "optim.momentum (read with optim.name=sgd)",
+        "optim.decay_at (read with optim.schedule=step)",
+        "data.rrc_scale_min (read with data.random_resized_crop=true)",
+        "train.compile_mode (read with train.compile=true)",
+    ]
+    sgd = apply_overrides(cfg, ["optim.name=sgd", "train.compile=true"])
+    assert unread_settings(sgd, keys) == [
+        "optim.betas (read with optim.name=adam or adamw)",
+        "optim.decay_at (read with optim.schedule=step)",
+        "data.rrc_scale_min (read with data.random_resized_crop=true)",
+    ]
+
+
+def test_the_cli_warns_of_settings_it_does_not_read(caplog):
+    from vitkit.cli.common import warn_unread
+
+    warn_unread(RunConfig(), ["optim.momentum=0.5", "optim.lr=0.1"])
+    assert "--set of a setting this run does not read, which changes nothing: optim.momentum (read with " in (
+        caplog.text
+    )

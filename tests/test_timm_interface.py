@@ -499,3 +499,16 @@ def test_timm_descriptive_attributes_and_a_json_pretrained_cfg():
     assert at224.pretrained_cfg["architecture"] == "ViT-192x1/16"  # its own name
     with pytest.raises(KeyError, match=r"pretrained_cfg\['input_size'\] follows the model's config"):
         m.pretrained_cfg = {"input_size": [3, 64, 64]}
+
+
+def test_timms_global_pool_keyword_chooses_the_pooling():
+    """Was: create_model(..., global_pool="avg") was an unknown option (timm's keyword for the pooling)."""
+    assert vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, global_pool="avg").cfg.pool == "gap"
+    assert vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, global_pool="token").cfg.pool == "token"
+    assert (
+        vitkit.create_model("BiT-R50x1", img_size=32, global_pool="avg").cfg.arch == "bit"
+    )  # what a CNN does
+    with pytest.raises(ValueError, match=r"global_pool='max': a ViT pools by its class token"):
+        vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, global_pool="max")
+    with pytest.raises(ValueError, match=r"not both that and pool='token'"):
+        vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, global_pool="avg", pool="token")

@@ -389,6 +389,15 @@ def command_overrides(args: argparse.Namespace, flag_keys: dict[str, str]) -> li
     return out + sets
 
 
+def warn_unread(cfg: RunConfig, sets: list[str] | None, is_main: bool = True) -> None:
+    """Warn of --set keys the run's config does not read (optim.momentum with adamw, ...): they change nothing."""
+    from vitkit.config import unread_settings
+
+    unread = unread_settings(cfg, set_keys(sets))
+    if unread and is_main:
+        log.warning("--set of a setting this run does not read, which changes nothing: %s", "; ".join(unread))
+
+
 def folder_chans(in_chans: int) -> int | None:
     """The channels to decode an image folder to for a model of `in_chans`: greyscale for a 1-channel model
     (trained on Fashion-MNIST, say), else the default RGB (None)."""

@@ -24,6 +24,7 @@ from vitkit.cli.common import (
     positive_int,
     refuse_training_into,
     set_keys,
+    warn_unread,
 )
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
@@ -146,6 +147,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     model = build_model(cfg.model, weights_follow=True)
     report = load_pretrained(model, ckpt, resample=args.resample, reset_head=reset or None)
     cfg = dataclasses.replace(cfg, model=model.cfg)
+    warn_unread(cfg, args.set)
     # preprocess as in pre-training (the checkpoint's statistics, one per channel once the filters were adapted)
     mean, std = model.preprocess.get("mean"), model.preprocess.get("std")
     if mean and std and len(mean) == len(std) == splits.in_chans:

@@ -30,6 +30,7 @@ from vitkit.cli.common import (
     run_normalisation,
     run_tta,
     set_keys,
+    warn_unread,
 )
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.eval.metrics import top5_text
@@ -278,6 +279,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     _warn_gpu_recipe_on_cpu(cfg, info.is_main)
+    warn_unread(cfg, args.set, info.is_main)
     t0 = time.time()
     summary = train(
         cfg,

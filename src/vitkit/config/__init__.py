@@ -40,6 +40,7 @@ from vitkit.config.run import (
     RunConfig,
     TrainConfig,
     is_device,
+    unread_settings,
 )
 
 __all__ = [
@@ -76,4 +77,5 @@ __all__ = [
     "parse_value",
     "save_json",
     "to_dict",
+    "unread_settings",
 ]

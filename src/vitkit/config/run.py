@@ -229,3 +229,35 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     expected: str = ""  # the result this recipe is expected to reach, and how it was measured
+
+
+# settings read only under another setting: (key, whether the config reads it, the setting it waits on)
+_READ_WHEN = (
+    ("optim.momentum", lambda c: c.optim.name == "sgd", "optim.name=sgd"),
+    ("optim.betas", lambda c: c.optim.name in ("adam", "adamw"), "optim.name=adam or adamw"),
+    ("optim.decay_at", lambda c: c.optim.schedule == "step", "optim.schedule=step"),
+    ("optim.decay_factor", lambda c: c.optim.schedule == "step", "optim.schedule=step"),
+    (
+        "optim.min_lr_ratio",
+        lambda c: c.optim.schedule in ("cosine", "linear"),
+        "optim.schedule=cosine or linear",
+    ),
+    ("optim.warmup_fraction", lambda c: c.optim.warmup_steps == 0, "optim.warmup_steps=0"),
+    ("data.rrc_scale_min", lambda c: c.data.random_resized_crop, "data.random_resized_crop=true"),
+    ("data.rrc_scale_max", lambda c: c.data.random_resized_crop, "data.random_resized_crop=true"),
+    ("data.rrc_ratio", lambda c: c.data.random_resized_crop, "data.random_resized_crop=true"),
+    ("data.crop_padding", lambda c: not c.data.random_resized_crop, "data.random_resized_crop=false"),
+    ("data.randaugment_m", lambda c: c.data.randaugment_n > 0, "data.randaugment_n > 0"),
+    ("data.low_res_factor", lambda c: c.data.low_res > 0, "data.low_res > 0"),
+    ("train.compile_mode", lambda c: c.train.compile, "train.compile=true"),
+    ("train.compile_scope", lambda c: c.train.compile, "train.compile=true"),
+    ("train.fewshot_datasets", lambda c: c.train.fewshot_every > 0, "train.fewshot_every > 0"),
+    ("train.fewshot_shots", lambda c: c.train.fewshot_every > 0, "train.fewshot_every > 0"),
+    ("train.fewshot_test_limit", lambda c: c.train.fewshot_every > 0, "train.fewshot_every > 0"),
+)
+
+
+def unread_settings(cfg: RunConfig, keys: set[str]) -> list[str]:
+    """Of the keys a user set, those `cfg` does not read, each with the setting it waits on ("optim.momentum (read
+    with optim.name=sgd)"): a setting that silently changes nothing."""
+    return [f"{key} (read with {when})" for key, reads, when in _READ_WHEN if key in keys and not reads(cfg)]

@@ -317,8 +317,7 @@ def config_for(ckpt: Checkpoint, name: str | None = None, **overrides: Any) -> M
                 "give no name (the checkpoint describes its model) or one that matches it"
             )
         cfg = dataclasses.replace(cfg, **{k: getattr(reg, k) for k in ARCH_FIELDS})
-    check_model_options(overrides)
-    return dataclasses.replace(cfg, **overrides)
+    return dataclasses.replace(cfg, **check_model_options(overrides, cnn=cfg.arch != "vit"))
 
 
 def model_from_source(

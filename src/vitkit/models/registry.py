@@ -176,12 +176,27 @@ def _resnet_of(resnet: str, stride: int) -> tuple[int, ...]:
     return R50_STRIDE32 if resnet == "R50" and stride % 32 == 0 else RESNETS[resnet]
 
 
-def check_model_options(overrides: dict[str, Any]) -> None:
-    """Keyword overrides must be ModelConfig fields: an unknown one is an error listing the valid ones."""
+def check_model_options(overrides: dict[str, Any], cnn: bool = False) -> dict[str, Any]:
+    """Keyword overrides as ModelConfig fields: timm's `global_pool` ("token", "avg") read as a ViT's `pool` (a
+    CNN's is "avg"); an unknown one is an error listing the valid ones."""
+    if cnn and overrides.get("global_pool", "avg") == "avg":
+        overrides = {k: v for k, v in overrides.items() if k != "global_pool"}  # what it does
+    if "global_pool" in overrides:
+        overrides = dict(overrides)
+        given = overrides.pop("global_pool")
+        pool = {"token": "token", "avg": "gap"}.get(given)
+        also = "" if pool is None else f", not both that and pool={overrides.get('pool')!r}"
+        if pool is None or overrides.get("pool", pool) != pool:
+            raise ValueError(
+                f"global_pool={given!r}: a ViT pools by its class token ('token') or the mean of its patch tokens "
+                f"('avg', pool='gap'){also}"
+            )
+        overrides["pool"] = pool
     valid = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(overrides) - valid
     if unknown:
         raise ValueError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    return overrides
 
 
 def bit_config(name: str, **overrides: Any) -> ModelConfig:
@@ -196,7 +211,7 @@ def bit_config(name: str, **overrides: Any) -> ModelConfig:
     for key in ("arch", "backbone", "width_factor"):
         if key in overrides:
             raise ValueError(f"model {name!r} fixes {key}; give another BiT name instead")
-    check_model_options(overrides)
+    overrides = check_model_options(overrides, cnn=True)
     base = dict(name=f"BiT-R{depth}x{width}", arch="bit", backbone=BIT_DEPTHS[depth], width_factor=width)
     return ModelConfig(**{**base, **overrides})
 
@@ -214,7 +229,7 @@ def resnet_config(name: str, **overrides: Any) -> ModelConfig:
     for key in ("arch", "backbone"):
         if key in overrides:
             raise ValueError(f"model {name!r} fixes {key}; give another model name instead")
-    check_model_options(overrides)
+    overrides = check_model_options(overrides, cnn=True)
     base: dict[str, Any] = dict(arch=arch, backbone=RESNET_DEPTHS[depth])
     base["name"] = cnn_name(arch, base["backbone"])
     if arch != "resnet":
@@ -228,6 +243,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
         return bit_config(name, **overrides)
     if isinstance(name, str) and RESNET_NAME.match(name.strip()):
         return resnet_config(name, **overrides)
+    overrides = check_model_options(overrides)
     resnet, layers, plain = parse_hybrid(name)
     size, stride = parse_name(plain)  # a hybrid's name gives the token stride, a plain one the patch size
     width, depth, heads, mlp = _shape_of(size, name, overrides)
@@ -252,7 +268,6 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
         num_heads=heads,
         mlp_dim=mlp,
     )
-    check_model_options(overrides)
     base.update(overrides)
     shape = (base["embed_dim"], base["depth"], base["num_heads"], base["mlp_dim"])
     # the name says the shape; a hybrid's always its canonical one (R3-4-9+ViT-B/16 is R50+ViT-B/16)
