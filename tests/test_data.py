@@ -784,3 +784,18 @@ def test_integer_pixel_images_and_a_class_held_out_whole(tmp_path, caplog):
     write_folder(str(tmp_path / "f"), "train", classes=("rare",), n=1)
     load_imagefolder(str(tmp_path / "f"), (8, 8), val_fraction=0.6)
     assert "holds out every image of class(es) 'rare'" in caplog.text
+
+
+def test_a_folder_decoded_per_batch_refuses_unreadable_files_at_load(tmp_path, monkeypatch):
+    """Was: a folder over the in-memory limit found a corrupt image only at the training step that reached it
+    (hours in), and again at that step after --resume; removing the file then changes the folder the run recorded."""
+    import vitkit.data.imagefolder as imagefolder
+
+    write_folder(str(tmp_path), "train", n=4)
+    write_folder(str(tmp_path), "val", n=1)
+    (tmp_path / "train" / "cat" / "zzz.png").write_bytes(b"not a png")
+    monkeypatch.setattr(imagefolder, "IN_MEMORY_LIMIT", 1)  # every folder decoded per batch
+    with pytest.raises(
+        ValueError, match=r"1 of 9 image files cannot be read: .*zzz\.png: cannot identify image"
+    ):
+        load_imagefolder(str(tmp_path), (8, 8))

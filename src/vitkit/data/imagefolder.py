@@ -199,6 +199,31 @@ def decoding_threads(workers: int = 0) -> int:
     return workers or min(8, os.cpu_count() or 1)
 
 
+def _unreadable(path: str) -> str | None:
+    """Why PIL cannot identify an image file from its header, or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018  (the header is read on open)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        return f"{path}: {e}"
+    return None
+
+
+def check_headers(paths: list[str], workers: int = 0) -> None:
+    """Refuse a folder decoded per batch that holds files PIL cannot identify, now rather than at the training
+    step that reaches one (a resume would stop there again, and removing the file changes the folder the run
+    recorded). Headers only: a file truncated past its header is found when decoded."""
+    with ThreadPoolExecutor(max_workers=decoding_threads(workers)) as pool:
+        bad = [why for why in pool.map(_unreadable, paths) if why]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} of {len(paths)} image files cannot be read: {'; '.join(bad[:3])}"
+            f"{'; ...' if len(bad) > 3 else ''} (remove or replace them before training)"
+        )
+
+
 def _decode_all(
     paths: list[str],
     labels: list[int],
@@ -211,7 +236,8 @@ def _decode_all(
     into one tensor (no second copy while stacking)."""
     labels_t = torch.tensor(labels, dtype=torch.int64)
     if len(paths) * in_chans * size[0] * size[1] > budget:
-        log.info("%d images at %s: decoding per batch", len(paths), size)
+        log.info("%d images at %s: decoding per batch (their headers checked now)", len(paths), size)
+        check_headers(paths, workers)
         return FileDataset(paths, labels_t, size, in_chans, workers)
     images = torch.empty((len(paths), in_chans, *size), dtype=torch.uint8)  # (N, C, H, W)
 
