@@ -194,7 +194,7 @@ def test_the_names_vitkit_gives_parse_back_and_other_spellings_find_the_defaults
     assert hybrid.name == "R3-4-9+ViT-B/32" and model_config(hybrid.name) == hybrid
     assert model_config("ViT-B/1", backbone=(3, 4, 9)).name == "R50+ViT-B/16"
     assert model_config("R3-4-9+ViT-B/16") == model_config("R50+ViT-B/16")  # one model, one name
-    with pytest.raises(ValueError, match=r"'ViT-100x2/16'.*needs num_heads="):
+    with pytest.raises(ValueError, match=r"'ViT-100x2/16'.*pass num_heads="):
         model_config("ViT-100x2/16")
     assert model_config("ViT-100x2/16", num_heads=4).mlp_dim == 400
     for spelling in ("R50x1+ViT-B/16", "r50 + vit-b/16"):
