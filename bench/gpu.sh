@@ -30,6 +30,10 @@ export OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
 budget="${1:-480}"
 start=$SECONDS
+if [ ! -f .gpu-data/train-images-idx3-ubyte.gz ]; then  # said at once, not when step 3 fails
+    echo "note: .gpu-data/ lacks Fashion-MNIST's IDX files (carry it: run(..., carry=[\".gpu-data\"])):" \
+         "step 3 will fail" | tee "$OUT/no-gpu-data.txt"
+fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>&1 \
     | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" 2>&1 \

@@ -255,6 +255,11 @@ def test_python_built_run_configs_check_their_types_and_ranges():
         (t.steps, t.seed, t.fewshot_shots) == (2, 3, (1, 5)) and type(t.steps) is int and type(t.seed) is int
     )
     assert DataConfig(random_erasing=1.0).random_erasing == 1.0  # a probability of 1 is a setting here
+    import pathlib  # a path and numpy's arrays as the text and tuples they stand for
+
+    assert DataConfig(data_dir=pathlib.Path("/data")).data_dir == "/data"
+    assert OptimConfig(betas=np.array([0.9, 0.99])).betas == (0.9, 0.99)
+    assert TrainConfig(fewshot_datasets=np.array(["mnist"])).fewshot_datasets == ("mnist",)
 
 
 def test_settings_the_config_does_not_read_are_named():

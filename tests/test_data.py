@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -668,7 +669,8 @@ def test_an_image_folder_changed_since_training_is_noticed(tmp_path, caplog):
     after = load_imagefolder(root, (8, 8), val_fraction=0.2)
     assert listing_changes(data["files"], after.files) == {"train": "20 images then, 21 now"}
     with pytest.raises(
-        UserError, match=r"RUN: the image folder's train/ is not as the run was trained on it "
+        UserError,
+        match=r"RUN: the run drew its test split from the image folder's train/ .*\(20 images then, 21 now\)",
     ):
         check_folder_unchanged(data, after, "test", "RUN")
     check_folder_unchanged(data, after, "train", "RUN")  # the training split itself: scored as it is, warned
@@ -687,12 +689,42 @@ def test_an_image_folder_changed_since_training_is_noticed(tmp_path, caplog):
     caplog.clear()
     check_folder_unchanged(data, load_imagefolder(own, (8, 8)), "test", "RUN")
     assert "test/ is not as the run was trained on it (4 images then, 5 now)" in caplog.text
+    # a test/ made of training images of a val_fraction run (its test split drawn from train/): refused
+    moved = str(tmp_path / "moved")
+    write_folder(moved, "train", n=10)
+    drawn = json_roundtrip(load_imagefolder(moved, (8, 8), val_fraction=0.2).info())
+    for c in ("cat", "dog"):
+        os.makedirs(os.path.join(moved, "test", c))
+        for i in range(2):
+            os.replace(
+                os.path.join(moved, "train", c, f"{i}.png"), os.path.join(moved, "test", c, f"{i}.png")
+            )
+    with pytest.raises(
+        UserError, match=r"RUN: the run drew its test split from the image folder's train/ by its"
+    ):
+        check_folder_unchanged(drawn, load_imagefolder(moved, (8, 8)), "test", "RUN")
+    # test/ added beside a run's val/ (its test split then): scored, with a warning
+    both = str(tmp_path / "both")
+    write_folder(both, "train")
+    write_folder(both, "val", n=2)
+    val_then = json_roundtrip(load_imagefolder(both, (8, 8)).info())
+    write_folder(both, "test", n=1)
+    caplog.clear()
+    check_folder_unchanged(val_then, load_imagefolder(both, (8, 8)), "test", "RUN")
+    assert "the run's test split was the image folder's val/, now test/" in caplog.text
     # a resume on a changed folder
     run = tmp_path / "run"
     run.mkdir()
     (run / "data.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"--resume: the image folder changed since the run began .*test/ 4"):
+    with pytest.raises(
+        ValueError, match=r"--resume: the data is not as the run began on it .*test/: 4 images"
+    ):
         _recorded_normalisation(str(run), load_imagefolder(own, (8, 8)))
+    both_data = json_roundtrip(load_imagefolder(both, (8, 8)).info())  # train/, val/ and test/
+    shutil.rmtree(os.path.join(both, "val"))  # was: a resume went on without its validation split
+    (run / "data.json").write_text(json.dumps(both_data))
+    with pytest.raises(ValueError, match=r"val/: read when the run was trained \(4 images\), not now"):
+        _recorded_normalisation(str(run), load_imagefolder(both, (8, 8)))
 
 
 def json_roundtrip(d):
@@ -711,6 +743,10 @@ def test_data_folders_with_a_tilde_and_the_download_cache(tmp_path, monkeypatch)
     assert len(load_mnist_like("mnist", "~/fm", download=False).train) == 20
     monkeypatch.setenv("VITKIT_DATA", "~/fm")
     assert len(load_mnist_like("mnist", download=False).train) == 20
+    write_folder(str(tmp_path / "imgs"), "train")
+    write_folder(str(tmp_path / "imgs"), "val", n=1)
+    folder = load_dataset(DataConfig(dataset="imagefolder", data_dir="~/imgs"), img_size=(8, 8))
+    assert len(folder.train) == 6
     monkeypatch.delenv("VITKIT_DATA")
     write_mnist(str(tmp_path / ".cache" / "vitkit" / "MNIST" / "raw"), n_train=30)  # torchvision's download
     assert len(load_mnist_like("mnist", download=False).train) == 30

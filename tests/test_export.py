@@ -601,7 +601,7 @@ def test_a_converted_model_exported_at_another_size_reads_images_at_that_size(tm
     assert got[0] == got[1]
 
 
-def test_export_and_fast_paths_of_bf16_dynamic_and_unloadable_models(tmp_path):
+def test_export_and_fast_paths_of_bf16_dynamic_and_unloadable_models(tmp_path, monkeypatch):
     """Was: a bf16 model could not be exported (an fp32 example: a long TorchExportError); the fast path of a
     dynamic_img_size model exported it at its own size whatever the example's (onnxruntime: "Got: 24 Expected:
     16"); a file onnxruntime cannot load raised the plain ConversionError, so `vitkit export` left it behind;
@@ -623,5 +623,7 @@ def test_export_and_fast_paths_of_bf16_dynamic_and_unloadable_models(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not an onnx file")
     with pytest.raises(OnnxLoadError, match=r"junk\.onnx: onnxruntime .* cannot load it"):
         check_onnx(str(tmp_path / "junk.onnx"), model)
-    wrapped = InferenceAutocast(model, "cpu", bf16=True)
-    assert wrapped(torch.randn(2, 1, 16, 16)).dtype == torch.bfloat16
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)  # the compile path's runner, without compiling
+    runner, info = fast_inference(model, torch.randn(2, 1, 16, 16), dtype="bf16", method="compile")
+    assert isinstance(runner, InferenceAutocast) and info["handles_dtype"] and not runner.training
+    assert runner(torch.randn(2, 1, 16, 16)).dtype == torch.bfloat16

@@ -369,3 +369,8 @@ def test_the_residual_stream_is_fp32_under_bf16_autocast_with_any_pooling(posemb
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert m.embed(x).dtype == torch.float32, pool
         assert m.to(torch.bfloat16).embed(x.bfloat16()).dtype == torch.bfloat16
+    # a bf16 model at another size: its sincos table (made in fp32 for the new grid) follows the model's dtype
+    dyn = create_model(
+        "ViT-Ti/4", img_size=16, in_chans=3, depth=1, pool="gap", posemb=posemb, dynamic_img_size=True
+    )
+    assert dyn.to(torch.bfloat16)(torch.randn(1, 3, 24, 24).bfloat16()).dtype == torch.bfloat16

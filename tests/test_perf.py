@@ -349,3 +349,32 @@ def test_bench_recipe_times_its_micro_batch_at_its_precision(capsys):
     assert main([*args, "--batch-size", "2", "--dtype", "fp32"]) == 0  # given flags win
     res = json.loads(capsys.readouterr().out)
     assert res["batch_size"] == 2 and res["dtype"] == "fp32"
+
+
+def test_bench_says_what_its_numbers_count():
+    """Was: GFLOP/s and MFU counted the formula's forward for a class-token ViT whose last block runs the class
+    token alone (19% less for the 4-block default recipe), without a word; the peak memory was the process's
+    (imports and timm's model included) under no name; a recipe's training step was timed with AdamW and
+    clipping whatever its optimizer; `--warmup 0 --compile` timed the compilation; H100 PCIe/NVL cards got the
+    SXM's peak."""
+    from vitkit.models import executed_macs
+    from vitkit.perf.benchmark import PEAK_BF16_TFLOPS
+    from vitkit.recipes import get_recipe
+
+    recipe = get_recipe("fashion-mnist")
+    assert executed_macs(recipe.model) / forward_macs(recipe.model) == pytest.approx(0.810, abs=1e-3)
+    assert executed_macs(model_config("ViT-B/16")) / forward_macs(model_config("ViT-B/16")) == pytest.approx(
+        0.9308, abs=1e-3
+    )
+    gap = model_config("ViT-Ti/16", img_size=32, pool="gap")
+    assert executed_macs(gap) == forward_macs(gap)
+    cfg = model_config("ViT-Ti/16", img_size=32, depth=1, num_classes=4)
+    res = run_benchmark(
+        cfg, batch_size=2, mode="train", repeats=1, warmup=1, min_seconds=0.01, optim=recipe.optim
+    )
+    assert res["vitkit_executed_gflops_per_image"] < res["gflops_per_image"]
+    assert res["peak_memory"].startswith("process peak RSS") and res["timm_dtype"] is None
+    with pytest.raises(ValueError, match="warmup=0 with compile"):
+        run_benchmark(cfg, batch_size=2, compile=True, warmup=0)
+    name = "NVIDIA H100 PCIe"
+    assert next(v for k, v in PEAK_BF16_TFLOPS.items() if k in name) == 756.0

@@ -192,7 +192,7 @@ def test_create_model_takes_pretrained_bools_listed_settings_and_state_dicts(mon
     asked = []
     monkeypatch.setattr(vitkit.api, "model_from_source", lambda src, name, **kw: asked.append(src))
     vitkit.create_model("vit-b/16", pretrained=True)
-    assert asked == ["google/vit-base-patch16-224"]
+    assert asked == ["hf-hub:google/vit-base-patch16-224"]  # a hub id, whatever folders are here
     with pytest.raises(ValueError, match="pretrained=True: no default weights for 'ViT-Ti/4'"):
         vitkit.create_model("ViT-Ti/4", pretrained=True)
     monkeypatch.undo()
@@ -512,3 +512,7 @@ def test_timms_global_pool_keyword_chooses_the_pooling():
         vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, global_pool="max")
     with pytest.raises(ValueError, match=r"not both that and pool='token'"):
         vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, global_pool="avg", pool="token")
+    with pytest.raises(ValueError, match=r"reset_classifier\(0, ''\) gives its tokens unpooled"):
+        vitkit.create_model("ViT-Ti/16", img_size=32, depth=1, global_pool="")
+    with pytest.raises(ValueError, match=r"global_pool='token': the CNNs pool by the mean"):
+        vitkit.create_model("ResNet-50", img_size=32, global_pool="token")

@@ -1596,3 +1596,17 @@ def test_a_resume_says_what_it_changes(tmp_path, capsys, caplog):
     )
     assert "not bitwise an uninterrupted run's" in caplog.text
     assert read_config(str(run)).train.micro_batch_size == 8
+    # checkpoints from before the length was kept in them: the run's config.json says it
+    old, state = tmp_path / "old", Trainer.state
+
+    def without_total(self):
+        weights, st = state(self)
+        return weights, {k: v for k, v in st.items() if k not in ("total", "precision")}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "state", without_total)
+        train(tiny_run(steps=8, checkpoint_every=4), str(old))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["train", "--steps", "12", *flags[:-1], str(old)]) == 0
+    assert "--resume: the run now lasts 12 steps (it began as 8)" in caplog.text

@@ -95,6 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         peer_plain=bool(args.recipe),
         fast_method=args.fast_method or "auto",
         profile=args.profile,
+        optim=run.optim if args.recipe else None,  # the recipe's optimizer, decay groups and clipping
     )
     if args.json:
         print(json.dumps(res))
@@ -103,12 +104,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     compile_flag = (
         "compile" if res.get("compile_mode") in (None, "default") else f"compile {res['compile_mode']}"
     ) + (" (blocks)" if res.get("compile_scope") == "blocks" else "")
+    fast_dtype = res.get("fast_path", {}).get("dtype")
     if args.fast and args.compile:  # the fast path replaces vitkit's compilation; only timm is compiled
-        compile_flag = f"timm {compile_flag}"
-    on = ((compile_flag, args.compile), ("fast", args.fast), ("grad checkpointing", args.grad_checkpointing))
-    flags = ", ".join(f for f, wanted in on if wanted) or "eager"
+        compile_flag = "" if args.recipe else f"timm {compile_flag}"
+    fast_flag = f"fast: {res['fast_path']['method']}, {fast_dtype}" if args.fast else ""
+    on = (
+        (compile_flag, args.compile),
+        (fast_flag, args.fast),
+        ("grad checkpointing", args.grad_checkpointing),
+    )
+    flags = ", ".join(f for f, wanted in on if wanted and f) or "eager"
+    if res.get("timm_dtype") and res["timm_dtype"] != res["dtype"]:
+        flags += f"; timm in {res['timm_dtype']} autocast (AMP)"
     if args.recipe:
-        flags += f"; recipe {args.recipe}: timm as a plain eager loop"
+        flags += f"; recipe {args.recipe}"
+        if args.mode == "train":
+            step = "one micro-batch and an optimizer step" if run_micro(args.recipe) else "an optimizer step"
+            flags += f": its optimizer, {step}"
+        flags += "; timm as a plain eager loop" if res["timm_img_s"] is not None else ""
     print(f"{what} ({flags}) on {res['device_name']}, {res['threads']} threads, torch {res['torch']}")
     print(f"{'':8} {'img/s median':>13} {'min':>9} {'max':>9} {'GFLOP/s':>9} {'MFU':>6}")
     for name in ("vitkit", "timm"):
@@ -122,7 +135,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if res["ratio"]:
         print(f"ratio vitkit/timm: {res['ratio']:.3f}")
-    fast_dtype = res.get("fast_path", {}).get("dtype")
     labels = {
         "max_logit_diff_vs_timm": "max logit diff vs timm (both eager fp32)",
         "max_logit_diff_fast_vs_eager": f"max logit diff fast ({fast_dtype}) vs eager fp32",
@@ -132,10 +144,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{label}: {res[key]:.2e}")
     if "fast_path" in res:
         print(f"fast path: {res['fast_path']}")
-    print(
-        f"{res['gflops_per_image']:.2f} GFLOP per image ({res['mode']}); peak memory {res['peak_memory_mb']:.0f} MiB"
+        if fast_dtype == "int8":
+            print(
+                "int8's accuracy cost on a trained model: python bench/fast_accuracy.py RUN (random weights here)"
+            )
+    ran = res["vitkit_executed_gflops_per_image"]
+    executed = (
+        ""
+        if ran == res["gflops_per_image"]
+        else (
+            f" (the formula's, which GFLOP/s and MFU count; vitkit runs {ran / res['gflops_per_image']:.0%} of it: its "
+            "last block for the class token only)"
+        )
     )
+    print(f"{res['gflops_per_image']:.2f} GFLOP per image ({res['mode']}){executed}")
+    memory = f"peak memory {res['peak_memory_mb']:.0f} MiB: {res['peak_memory']}"
+    if res.get("timm_peak_memory_mb") is not None:
+        memory += f"; timm's step {res['timm_peak_memory_mb']:.0f} MiB"
+    print(memory)
     return 0
+
+
+def run_micro(recipe: str) -> bool:
+    """Whether a recipe accumulates micro-batches (bench times one of them and a step)."""
+    from vitkit.recipes import get_recipe
+
+    t = get_recipe(recipe).train
+    return bool(t.micro_batch_size) and t.micro_batch_size < t.batch_size
 
 
 def add_parser(sub) -> None:

@@ -141,10 +141,17 @@ class TqdmProgress:
             self.bar.close()
 
 
+def another_dataset(data: DataConfig, name: str) -> DataConfig:
+    """A run's data config for scoring it on another dataset: not in the run's data folder, nor split by its
+    val_fraction, hold-out or subset (its augmentation settings are not read by evaluation)."""
+    return dataclasses.replace(data, dataset=name, data_dir=None, val_fraction=0.0, holdout=0.0, subset=1.0)
+
+
 def local_data(data: DataConfig, given: str | None = None, where: str = "the run") -> DataConfig:
     """A run's data config on this machine: `--data-dir` if given (then the only place looked in); a data folder
     the run saved that is not here (trained elsewhere, or a relative path from another folder) is dropped with a
-    warning, so the usual places ($VITKIT_DATA, Debian's package) are searched."""
+    warning, so the usual places ($VITKIT_DATA, Debian's package) are searched; an image folder, which has no
+    other place, is an error asking for --data-dir."""
     if given:
         return dataclasses.replace(data, data_dir=given)
     if data.dataset == "imagefolder" and data.data_dir and not os.path.exists(data.data_dir):
@@ -202,7 +209,7 @@ def find_run(path: str) -> tuple[str | None, str]:
     if os.path.isfile(path):
         return run_of_file(path), path
     if os.path.exists(os.path.join(path, "config.json")):
-        from vitkit.cli.subjects import is_model_config
+        from vitkit.train.runfiles import is_model_config
 
         # a timm or transformers folder (vitkit export --format timm|hf writes them); a damaged run's config.json
         # is named by the run's reader
@@ -435,10 +442,12 @@ def check_dataset_fits(
 
 
 def check_folder_unchanged(data: dict[str, Any], splits: Any, split: str, where: str) -> None:
-    """A run's own image folder against its data.json's record of it. A split drawn by the seed from train/
-    (data.val_fraction's test, data.holdout's val) is drawn afresh from a changed train/ and would hold images the
-    model trained on: refused. A split of its own folder that changed is scored as it is now, with a warning."""
-    from vitkit.data.imagefolder import listing_changes
+    """A run's own image folder against its data.json's record of it. A split the run drew by its seed from
+    train/ (data.val_fraction's test, data.holdout's val) is refused when train/ changed or the split now comes
+    from another sub-folder (a test/ made of training images): it would hold images the model trained on. A
+    split of its own sub-folder that changed, or now another one (test/ added beside val/), is scored as it is
+    now, with a warning."""
+    from vitkit.data.imagefolder import listing_changes, source_changes
 
     source = getattr(splits, "sources", {}).get(split)
     if source is None:
@@ -448,20 +457,29 @@ def check_folder_unchanged(data: dict[str, Any], splits: Any, split: str, where:
         sizes, now = data.get("sizes") or {}, len(splits.split(split))
         if isinstance(sizes, dict) and sizes.get(split) not in (None, now):
             changed = {source: f"its {split} split had {sizes[split]} images, now {now}"}
-    if source not in changed:
-        return
-    if source == "train" and split != "train":
+    was = source_changes(data.get("sources"), splits.sources).get(split, (source, source))[0]
+    if was == "train" and split != "train" and (was != source or "train" in changed):
+        how = changed.get("train") or f"the split now comes from {source}/"
         raise UserError(
-            f"{where}: the image folder's train/ is not as the run was trained on it ({changed[source]}); its {split} "
-            f"split is drawn from train/ by the run's seed and would now hold images the model trained on. Score "
-            "it on the folder as it was, or on a folder of its own (--data-dir with a test/ folder)"
+            f"{where}: the run drew its {split} split from the image folder's train/ by its seed, and the folder is "
+            f"not as it was then ({how}): the split would now hold images the model trained on. Score the folder "
+            "as it was, or another folder (--data-dir)"
         )
-    log.warning(
-        "%s: the image folder's %s/ is not as the run was trained on it (%s): scoring the files there now",
-        where,
-        source,
-        changed[source],
-    )
+    if was != source:
+        log.warning(
+            "%s: the run's %s split was the image folder's %s/, now %s/: scoring that",
+            where,
+            split,
+            was,
+            source,
+        )
+    elif source in changed:
+        log.warning(
+            "%s: the image folder's %s/ is not as the run was trained on it (%s): scoring the files there now",
+            where,
+            source,
+            changed[source],
+        )
 
 
 def out_holds_source(out: str, source: str) -> bool:

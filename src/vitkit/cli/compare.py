@@ -4,7 +4,6 @@ accuracy difference, its interval and McNemar's exact test (is the difference mo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -14,6 +13,7 @@ import torch
 from vitkit.cli.common import (
     UserError,
     add_tta_argument,
+    another_dataset,
     check_dataset_fits,
     folder_chans,
     local_data,
@@ -96,9 +96,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--dataset with --split {args.split}: another dataset's val/train split is no run's"
             )
-        data_cfg = dataclasses.replace(
-            data_cfg, dataset=args.dataset, data_dir=None, holdout=0.0, subset=1.0, val_fraction=0.0
-        )
+        data_cfg = another_dataset(data_cfg, args.dataset)
     else:
         given = args.data_dir is not None
         key = _split_key(first, args.split, given)

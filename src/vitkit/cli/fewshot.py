@@ -9,6 +9,7 @@ import logging
 
 from vitkit.cli.common import (
     UserError,
+    another_dataset,
     check_folder_unchanged,
     folder_chans,
     local_data,
@@ -34,9 +35,7 @@ def _data_config(args: argparse.Namespace, subject):
     else:
         data_cfg = run.cfg.data
         if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
-            data_cfg = dataclasses.replace(  # nor its hold-out or subset
-                data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0, holdout=0.0, subset=1.0
-            )
+            data_cfg = another_dataset(data_cfg, args.dataset)
         data_cfg = local_data(data_cfg, args.data_dir, args.source)
     if args.val_fraction is not None:
         data_cfg = dataclasses.replace(data_cfg, val_fraction=args.val_fraction)

@@ -22,13 +22,13 @@ from vitkit.cli.subjects import (
     Subject,
     default_output,
     file_inputs,
-    is_model_config,
     is_run_path,
     load_subject,
     sample_inputs,
     weights_label,
 )
 from vitkit.eval.metrics import top5_text
+from vitkit.train.runfiles import is_model_config
 
 log = logging.getLogger("vitkit")
 
@@ -109,7 +109,7 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
                 (f"test top-1 / top-5{final}", f"{summary['test_top1']:.2%} / {top5_text(summary['test_top5'], len(subject.classes))}"
                  + (f" ({summary['tta']} TTA; top-1 {summary['test_top1_no_tta']:.2%} without)"
                     if "tta" in summary else "")),
-                *([("val top-1 (held out; best chosen on it)", f"{summary['val_top1']:.2%}")]
+                *([("val top-1 (validation split; best chosen on it)", f"{summary['val_top1']:.2%}")]
                   if "val_top1" in summary else []),
                 ("training", f"{summary['steps']} steps, {summary['epochs']:.1f} epochs, "
                              f"{summary['train_seconds']:.0f} s on {summary.get('device', '?')}"),

@@ -4,7 +4,6 @@ weights as a Subject, and the images they look at (a run's test images, files, o
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -30,16 +29,6 @@ class Subject:
     weights: str | None = None  # the weights file analysed
     # weights of the run other than its final ones: what their report is named after (best, model_raw, ...)
     label: str | None = None
-
-
-def is_model_config(path: str) -> bool:
-    """A timm or transformers model folder's config.json (not a run's)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(d, dict) and bool({"architecture", "pretrained_cfg", "model_type"} & set(d))
 
 
 def is_run_path(path: str) -> bool:

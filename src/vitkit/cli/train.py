@@ -17,6 +17,7 @@ from vitkit.cli.common import (
     TqdmProgress,
     UserError,
     add_tta_argument,
+    another_dataset,
     check_dataset_fits,
     command_overrides,
     folder_chans,
@@ -310,7 +311,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(describe_gain(summary["tta"], summary["test_top1_no_tta"], summary["tta_gain"]))
         if "val_top1" in summary:
             print(
-                f"val top-1 {summary['val_top1']:.2%} ({summary['val_num_samples']} images held out of training); "
+                f"val top-1 {summary['val_top1']:.2%} ({summary['val_num_samples']} images of the validation split); "
                 f"checkpoints/best chosen on val ({summary['best_val_top1']:.2%}): test top-1 "
                 f"{summary['best_test_top1']:.2%}"
             )
@@ -355,9 +356,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.run} holds converted weights ({run.cfg.expected}), no dataset: pass --dataset"
         )
     if args.dataset and args.dataset != data_cfg.dataset:  # another dataset: not in the run's data folder
-        data_cfg = dataclasses.replace(  # nor its hold-out or subset
-            data_cfg, dataset=args.dataset, data_dir=None, val_fraction=0.0, holdout=0.0, subset=1.0
-        )
+        data_cfg = another_dataset(data_cfg, args.dataset)
     data_cfg = local_data(data_cfg, args.data_dir, args.run)
     splits = load_dataset(
         data_cfg,

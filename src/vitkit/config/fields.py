@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 import types
 import typing
 from typing import Any
@@ -36,7 +37,12 @@ def type_name(tp: Any) -> str:
 
 
 def _plain(value: Any, tp: Any) -> Any:
-    """numpy's numbers as Python's, whole floats where an int is due (2.0 steps), lists as tuples."""
+    """numpy's numbers and arrays as Python's, whole floats where an int is due (2.0 steps), lists as tuples,
+    paths (pathlib) as text."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if not isinstance(value, (str, bytes)) and callable(getattr(value, "tolist", None)):  # numpy's arrays
+        value = value.tolist()
     if isinstance(value, list):
         value = tuple(value)
     if typing.get_origin(tp) is tuple and isinstance(value, tuple):

@@ -115,10 +115,11 @@ class Splits:
             "mean": list(self.mean),
             "std": list(self.std),
             "sizes": sizes,
-        } | ({"files": self.files} if self.files else {})
+        } | ({"files": self.files, "sources": self.sources} if self.files else {})
 
     def split(self, name: str) -> ArrayDataset:
-        """The split called `name`: "train", "val" (held out of train: data.holdout) or "test"."""
+        """The split called `name`: "train", "val" (held out of train by data.holdout, or an image folder's own
+        val/ beside test/) or "test"."""
         if name == "val" and self.val is None:
             raise ValueError(
                 f"no val split: the run held none out of {self.name!r} (train with --set data.holdout=0.1 to)"

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -258,25 +259,39 @@ def own_val_folder(root: str) -> str | None:
 
 
 def fold_listing(folder: str, paths: list[str], labels: list[int]) -> dict[str, object]:
-    """What a sub-folder held when it was read: its image count and a SHA-256 of its files' relative paths and
-    labels (recorded in a run's data.json, so that a folder changed since training is noticed)."""
+    """What a sub-folder held when it was read: its image count and a SHA-256 of its files' relative paths
+    ("/"-separated, NFC: the same on any system) and labels (recorded in a run's data.json, so that a folder
+    changed since training is noticed)."""
     h = hashlib.sha256()
     for path, label in zip(paths, labels):
-        h.update(f"{os.path.relpath(path, folder)}\0{label}\n".encode("utf-8", "surrogateescape"))
+        rel = unicodedata.normalize("NFC", os.path.relpath(path, folder).replace(os.sep, "/"))
+        h.update(f"{rel}\0{label}\n".encode("utf-8", "surrogateescape"))
     return {"images": len(paths), "sha256": h.hexdigest()}
 
 
 def listing_changes(recorded: object, current: dict[str, dict[str, object]]) -> dict[str, str]:
-    """The sub-folders whose files differ from a run's record of them: {name: how} ("82 images then, 84 now")."""
+    """The sub-folders whose files differ from a run's record of them, or that one of the two lacks: {name: how}
+    ("82 images then, 84 now", "gone", "new"); {} for a run that recorded none."""
     if not isinstance(recorded, dict):
         return {}
     changed = {}
-    for name, now in current.items():
-        then = recorded.get(name)
-        if isinstance(then, dict) and then.get("sha256") != now["sha256"]:
+    for name in sorted(set(recorded) | set(current)):
+        then, now = recorded.get(name), current.get(name)
+        if not isinstance(then, dict):
+            changed[name] = f"not read when the run was trained ({now['images']} images now)"
+        elif now is None:
+            changed[name] = f"read when the run was trained ({then.get('images')} images), not now"
+        elif then.get("sha256") != now["sha256"]:
             n0, n1 = then.get("images"), now["images"]
             changed[name] = f"{n0} images then, {n1} now" if n0 != n1 else f"{n1} images, not the same files"
     return changed
+
+
+def source_changes(recorded: object, current: dict[str, str]) -> dict[str, tuple[str, str | None]]:
+    """The splits drawn from another sub-folder than a run recorded: {split: (then, now)}."""
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: (v, current.get(k)) for k, v in recorded.items() if current.get(k) != v}
 
 
 def val_fraction_beside_val(root: str, val_fraction: float, val_dir: str) -> str:
@@ -289,7 +304,7 @@ def val_fraction_beside_val(root: str, val_fraction: float, val_dir: str) -> str
 
 def check_val_fraction(root: str | None, val_fraction: float) -> None:
     """Refuse training with a val_fraction beside the folder's own val/ (it would do nothing)."""
-    val_dir = own_val_folder(root) if root and val_fraction else None
+    val_dir = own_val_folder(os.path.expanduser(root)) if root and val_fraction else None
     if val_dir:
         raise ValueError(val_fraction_beside_val(root, val_fraction, val_dir) + "; drop val_fraction")
 
@@ -302,7 +317,8 @@ def load_imagefolder(
     workers: int = 0,
     in_chans: int = 3,
 ) -> Splits:
-    """Train and validation splits of an image folder; class names are the sub-folder names; `workers` threads
+    """The splits of an image folder: train/, and test/ or val/ as the test split (with both, val/ the validation
+    split), or a data.val_fraction of train/ drawn by `seed`; class names are the sub-folder names; `workers` threads
     decode its files (0: up to 8, one per core); images are decoded to RGB (`in_chans` 3) or greyscale (1)."""
     if in_chans not in (1, 3):
         raise ValueError(f"{root}: images are decoded to 1 (L) or 3 (RGB) channels, not {in_chans}")
@@ -312,7 +328,7 @@ def load_imagefolder(
         if os.path.basename(os.path.normpath(root)) in ("train", "val", "test"):  # the split folder itself
             hint = f"; did you mean --data-dir {os.path.dirname(os.path.normpath(root)) or '.'}?"
         raise FileNotFoundError(
-            f"{root}: expected {train_dir}/<class>/<image> (and val/ or a val_fraction){hint}"
+            f"{root}: expected {train_dir}/<class>/<image> (and test/ or val/, or a val_fraction){hint}"
         )
     paths, labels, classes = scan(train_dir)
     files, sources = {"train": fold_listing(train_dir, paths, labels)}, {"train": "train", "test": "train"}

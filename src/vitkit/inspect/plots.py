@@ -163,7 +163,9 @@ def plot_training_curves(metrics: Sequence[dict]) -> Figure:
     """Loss, accuracy and learning rate against the step, from metrics.jsonl records."""
     train = [m for m in metrics if "loss" in m and "split" not in m]
     test = [m for m in metrics if m.get("split") == "test"]
-    val = [m for m in metrics if m.get("split") == "val"]  # held out of training (data.holdout)
+    val = [
+        m for m in metrics if m.get("split") == "val"
+    ]  # the validation split (data.holdout, or a folder's val/)
     fig = Figure(figsize=(12.0, 3.4))
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
 

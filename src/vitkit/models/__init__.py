@@ -14,6 +14,7 @@ from vitkit.models.layers import Attention, Block, DropPath, Mlp, PatchEmbed
 from vitkit.models.posemb import resample_posemb, sincos2d
 from vitkit.models.registry import (
     count_params,
+    executed_macs,
     forward_macs,
     list_models,
     model_config,
@@ -70,6 +71,7 @@ __all__ = [
     "build_model",
     "count_params",
     "create_model",
+    "executed_macs",
     "forward_macs",
     "list_models",
     "model_config",

@@ -179,8 +179,14 @@ def _resnet_of(resnet: str, stride: int) -> tuple[int, ...]:
 def check_model_options(overrides: dict[str, Any], cnn: bool = False) -> dict[str, Any]:
     """Keyword overrides as ModelConfig fields: timm's `global_pool` ("token", "avg") read as a ViT's `pool` (a
     CNN's is "avg"); an unknown one is an error listing the valid ones."""
-    if cnn and overrides.get("global_pool", "avg") == "avg":
+    if cnn and "global_pool" in overrides:
+        if overrides["global_pool"] != "avg":
+            raise ValueError(f"global_pool={overrides['global_pool']!r}: the CNNs pool by the mean ('avg')")
         overrides = {k: v for k, v in overrides.items() if k != "global_pool"}  # what it does
+    if overrides.get("global_pool") == "":
+        raise ValueError(
+            "global_pool='': build the model, then model.reset_classifier(0, '') gives its tokens unpooled"
+        )
     if "global_pool" in overrides:
         overrides = dict(overrides)
         given = overrides.pop("global_pool")
@@ -352,6 +358,24 @@ def forward_macs(cfg: ModelConfig) -> int:
     rep = d * cfg.representation_size if cfg.representation_size else 0
     head_in = cfg.representation_size or d
     return embed + blocks + rep + head_in * cfg.num_classes
+
+
+def executed_macs(cfg: ModelConfig) -> int:
+    """The multiply-accumulates `model(x)` performs for one image: `forward_macs` but for a class-token ViT, whose
+    last block computes the class token's query, attention, projection and MLP only (keys and values of all n
+    tokens): about n (2d^2 + 2dm) + 2 n^2 d fewer (ViT-B/16: 7% fewer, the 4-block fashion-mnist ViT 19%)."""
+    cfg = _config_of(cfg, "executed_macs")
+    full = forward_macs(cfg)
+    if cfg.arch != "vit" or cfg.pool != "token" or cfg.depth < 1:
+        return full
+    d, m, n = cfg.embed_dim, cfg.mlp_dim, cfg.num_tokens
+    last = n * (4 * d * d + 2 * d * m) + 2 * n * n * d
+    ran = (
+        n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m
+    )  # keys and values; the class token's q, attn, proj, MLP
+    if cfg.posemb == "relative":
+        last, ran = last + n * (2 * n - 1) * d, ran + (2 * n - 1) * d
+    return full - last + ran
 
 
 def count_params(cfg: ModelConfig) -> int:

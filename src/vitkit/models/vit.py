@@ -268,8 +268,8 @@ class VisionTransformer(nn.Module):
         # the sums promote as timm's: under autocast a bf16 patch embedding plus an fp32 table is an fp32 stream
         # (a class token's concatenation promotes too; without one, casting the table down kept GAP models' residual
         # stream in bf16, 3x the gradient error)
-        if patch_pe is not None:
-            x = x + patch_pe
+        if patch_pe is not None:  # a sincos table made for another grid is fp32: in the model's dtype
+            x = x + patch_pe.to(self.patch_embed.proj.weight.dtype)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D)
         if self.cfg.posemb == "learn":

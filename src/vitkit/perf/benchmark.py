@@ -7,6 +7,7 @@ import math
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit.config import COMPILE_MODES, COMPILE_SCOPES, ModelConfig
-from vitkit.models import build_model, forward_macs
+from vitkit.models import build_model, executed_macs, forward_macs
 from vitkit.models.layers import gelu
 from vitkit.train.master import Bf16Copy
 
-# dense bf16 tensor-core peaks (TFLOP/s) by device-name substring, for MFU; datasheet values
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
+# dense bf16 tensor-core peaks (TFLOP/s) by device-name substring, for MFU; datasheet values; the first name found
+# in the device's counts, so the PCIe and NVL cards (lower clocks and power) come before the SXM ones
+PEAK_BF16_TFLOPS = {
+    "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H200": 989.0, "H100": 989.0,
+    "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0,
+}  # fmt: skip
 
 
 def timm_twin(cfg: ModelConfig) -> nn.Module:
@@ -84,6 +89,7 @@ def timm_twin(cfg: ModelConfig) -> nn.Module:
         extra["embed_layer"] = functools.partial(HybridEmbed, backbone=backbone)
     return VisionTransformer(
         img_size=cfg.img_size,
+        dynamic_img_size=cfg.dynamic_img_size,  # the same work per forward (its position embedding resampled)
         patch_size=cfg.patch_size,
         in_chans=cfg.in_chans,
         num_classes=cfg.num_classes,
@@ -169,17 +175,25 @@ def train_step(
     compile_mode: str | None = None,
     compile_options: dict[str, Any] | None = None,
     compile_scope: str = "model",
+    optim: Any = None,
 ) -> Callable[[], torch.Tensor]:
     """A callable running one full optimizer step: forward, loss, backward, clip, AdamW, zero_grad.
 
     bf16-pure: forward and backward on a bf16 copy, the step on the fp32 `model` (as the trainer does).
     `compile_mode`: torch.compile's mode (e.g. "reduce-overhead": CUDA graphs), or `compile_options` (Inductor
     settings, e.g. {"coordinate_descent_tuning": True}), when `compile`; `compile_scope` "blocks" compiles the
-    transformer blocks alone.
+    transformer blocks alone. `optim`: an OptimConfig (a recipe's: its optimizer, decay groups and clipping)
+    instead of AdamW with weight decay 0.05 and clipping at 1.
     """
     dev = x.device
-    kw = {"fused": True} if fused and dev.type in ("cuda", "cpu") else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, **kw)
+    clip = 1.0 if optim is None else optim.grad_clip
+    if optim is None:
+        kw = {"fused": True} if fused and dev.type in ("cuda", "cpu") else {}
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, **kw)
+    else:
+        from vitkit.train.optim import build_optimizer
+
+        opt = build_optimizer(model, optim, dev, fused=fused)
     ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     copy = Bf16Copy(model) if dtype == "bf16-pure" else None
     work = copy.work if copy else model
@@ -195,7 +209,8 @@ def train_step(
         loss.backward()
         if copy:
             copy.accumulate_grads()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if copy:
@@ -218,7 +233,7 @@ def time_alternately(
         t = time.perf_counter()
         fn()
         _sync(device)
-        iters[name] = max(1, int(min_seconds / max(time.perf_counter() - t, 1e-6)))
+        iters[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - t, 1e-6)))
     out = {name: Timing() for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
@@ -250,10 +265,24 @@ def profile_table(fn: Callable, device: torch.device, steps: int = 3, rows: int 
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB."""
+    """Peak CUDA memory allocated since the last reset, or the process's peak RSS on CPU (since it started:
+    imports and every model included), in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def step_peaks_mb(runs: dict[str, Callable], device: torch.device) -> dict[str, float]:
+    """Each runner's peak CUDA memory over one call of its own (the peak reset before it; every model resident)."""
+    peaks = {}
+    for name, fn in runs.items():
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peaks
 
 
 def run_benchmark(
@@ -276,6 +305,7 @@ def run_benchmark(
     peer_plain: bool = False,
     fast_method: str = "auto",
     profile: str | None = None,
+    optim: Any = None,
 ) -> dict[str, Any]:
     """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict.
 
@@ -284,6 +314,7 @@ def run_benchmark(
     step. `compile_scope` "blocks" compiles the transformer blocks alone (each model's, timm's too unless plain);
     `grad_checkpointing` recomputes each block's activations in backward (both models).
     `profile`: a file for torch.profiler's table of three of vitkit's steps, taken after the timing.
+    `optim`: the OptimConfig of both training steps (a recipe's), else AdamW with clipping at 1.
     """
     device = torch.device(device)
     if mode not in ("infer", "train"):
@@ -315,6 +346,8 @@ def run_benchmark(
         )
     if fast and dtype == "bf16-pure":
         raise ValueError("--fast chooses its own precision; use --dtype fp32 or bf16 with it")
+    if compile and warmup < 1:
+        raise ValueError("warmup=0 with compile: the first timed call would include the compilation")
     torch.manual_seed(seed)
     ours = build_model(cfg).to(device)
     g = torch.Generator().manual_seed(seed + 1)
@@ -347,6 +380,8 @@ def run_benchmark(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "peer_plain": peer_plain,
+        # timm's precision: autocast beside vitkit's bf16-pure (AMP, as its users train)
+        "timm_dtype": ("bf16" if dtype == "bf16-pure" else dtype) if compare else None,
         "torch": torch.__version__,
     }
     for m in models.values():
@@ -383,6 +418,7 @@ def run_benchmark(
                 compile=compile and not plain,
                 compile_mode=mode_,
                 compile_scope=compile_scope,
+                optim=optim,
             )
             continue
         m = m.to(torch.bfloat16) if dt == "bf16-pure" else m
@@ -391,8 +427,6 @@ def run_benchmark(
         )
     if fast_info:
         result["fast_path"] = {k: v for k, v in fast_info.items() if k != "handles_dtype"}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     timings = time_alternately(runners, device, batch_size, warmup, repeats, min_seconds)
     result["seconds"] = time.perf_counter() - t0
@@ -402,7 +436,11 @@ def run_benchmark(
         result["profile"] = profile
     flops = train_flops_per_image(cfg) if mode == "train" else 2 * forward_macs(cfg)
     result["gflops_per_image"] = flops / 1e9
+    # what vitkit's model(x) runs (a class-token ViT's last block for the class token only); GFLOP/s and MFU
+    # count the formula's `flops`, as the timm row does
+    result["vitkit_executed_gflops_per_image"] = (3 if mode == "train" else 1) * 2 * executed_macs(cfg) / 1e9
     peak = peak_tflops(device)
+    result["peak_tflops"] = peak
     for name, t in timings.items():
         s = t.summary()
         result[f"{name}_img_s"] = s["median"]
@@ -412,7 +450,14 @@ def run_benchmark(
         if peak and dtype.startswith("bf16"):
             result[f"{name}_mfu"] = s["median"] * flops / 1e12 / peak
     result["achieved_gflop_s"] = result["vitkit_achieved_gflop_s"]
-    result["peak_memory_mb"] = peak_memory_mb(device)
+    if device.type == "cuda":  # each model's step on its own (both models' weights resident)
+        for name, mb in step_peaks_mb(runners, device).items():
+            result[f"{name}_peak_memory_mb"] = mb
+        result["peak_memory_mb"] = result["vitkit_peak_memory_mb"]
+        result["peak_memory"] = "CUDA max allocated over one vitkit step (every model benched resident)"
+    else:
+        result["peak_memory_mb"] = peak_memory_mb(device)
+        result["peak_memory"] = "process peak RSS (imports and every model benched included)"
     if "timm" in timings:
         result["ratio"] = result["vitkit_img_s"] / result["timm_img_s"]
     else:

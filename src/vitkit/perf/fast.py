@@ -69,6 +69,7 @@ class InferenceAutocast(nn.Module):
     def __init__(self, module: Any, device_type: str, bf16: bool):
         super().__init__()
         self.module, self.device_type, self.bf16 = module, device_type, bf16
+        self.train(False)  # as the model it runs (evaluate() puts back the mode it finds)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(self.device_type, torch.bfloat16, enabled=self.bf16):

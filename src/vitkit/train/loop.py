@@ -16,7 +16,7 @@ import torch
 
 from vitkit.config import RunConfig, is_device
 from vitkit.data.datasets import Splits, load_dataset
-from vitkit.data.imagefolder import check_val_fraction, listing_changes
+from vitkit.data.imagefolder import check_val_fraction, listing_changes, source_changes
 from vitkit.data.loader import steps_per_epoch
 from vitkit.train import distributed as D
 from vitkit.train import parallel as P
@@ -159,19 +159,20 @@ def _recorded_normalisation(out_dir: str, splits: Splits) -> Splits:
             f"--resume: the data holds the classes {list(splits.classes)!r:.100}, the run was trained on "
             f"{classes!r:.100} ({path}); resume on the data it was trained on"
         )
-    changed = listing_changes(data.get("files"), splits.files)
+    changed = [f"{k}/: {v}" for k, v in listing_changes(data.get("files"), splits.files).items()]
+    changed += [f"its {k} split from {a}/, now {b or 'none'}" for k, (a, b) in source_changes(
+        data.get("sources"), splits.sources).items()]  # fmt: skip
+    sizes, now = data.get("sizes"), splits.info()["sizes"]
+    if isinstance(sizes, dict):
+        changed += [
+            f"its {k} split of {sizes.get(k, 0)} images, now {now.get(k, 0)}"
+            for k in sorted(set(sizes) | set(now))
+            if sizes.get(k) != now.get(k)
+        ]
     if changed:
         raise ValueError(
-            f"--resume: the image folder changed since the run began ({path}): "
-            f"{'; '.join(f'{k}/ {v}' for k, v in changed.items())}; resume on the data it was trained on"
-        )
-    sizes, now = data.get("sizes"), splits.info()["sizes"]
-    differ = [k for k in now if isinstance(sizes, dict) and sizes.get(k) not in (None, now[k])]
-    if differ:
-        raise ValueError(
-            f"--resume: the {', '.join(differ)} split holds {', '.join(str(now[k]) for k in differ)} images, the "
-            f"run was trained with {', '.join(str(sizes[k]) for k in differ)} ({path}); resume on the data it was "
-            "trained on"
+            f"--resume: the data is not as the run began on it ({path}): {'; '.join(dict.fromkeys(changed))}; "
+            "resume on the data it was trained on"
         )
     mean, std = data.get("mean"), data.get("std")
     if mean and std and len(mean) == len(std) == len(splits.mean):

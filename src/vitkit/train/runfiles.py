@@ -32,7 +32,8 @@ def run_dir_of(path: str) -> str | None:
         run_dir = folder
     else:
         return None
-    return run_dir if os.path.isfile(os.path.join(run_dir, CONFIG)) else None
+    config = os.path.join(run_dir, CONFIG)
+    return run_dir if os.path.isfile(config) and not is_model_config(config) else None
 
 
 def is_run_config(config: Any) -> bool:
@@ -40,6 +41,17 @@ def is_run_config(config: Any) -> bool:
     return (
         isinstance(config, dict) and isinstance(config.get("model"), dict) and "embed_dim" in config["model"]
     )
+
+
+def is_model_config(path: str) -> bool:
+    """A timm or transformers model folder's config.json (not a run's; vitkit export --format timm|hf writes
+    them)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and bool({"architecture", "pretrained_cfg", "model_type"} & set(d))
 
 
 def holds_run(folder: str) -> bool:
