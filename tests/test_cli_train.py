@@ -328,7 +328,8 @@ def test_a_dataset_must_fit_the_run_it_scores(caplog):
     shape naming neither."""
     from types import SimpleNamespace as NS
 
-    from vitkit.cli.common import UserError, check_dataset_fits
+    from vitkit.cli.common import UserError
+    from vitkit.cli.rundata import check_dataset_fits
 
     run = NS(cfg=NS(model=NS(num_classes=3, in_chans=1)), data={"classes": ["a", "b", "c"]})
     splits = lambda classes, chans=1: NS(num_classes=len(classes), in_chans=chans, classes=classes)  # noqa: E731

@@ -279,7 +279,8 @@ def test_a_runs_saved_data_folder_that_is_not_here_falls_back_with_a_warning(tmp
     """A run trained elsewhere (its data.data_dir absent here) evaluates from the usual places, saying so; a
     --data-dir given wins; an imagefolder run's folder has no other place: its absence is an error asking for
     --data-dir (was: "expected ROOT/train/<class>/<image>", as if the folder were wrong)."""
-    from vitkit.cli.common import UserError, local_data
+    from vitkit.cli.common import UserError
+    from vitkit.cli.rundata import local_data
 
     away = DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "elsewhere"))
     assert local_data(away, None, "RUN").data_dir is None
@@ -656,7 +657,8 @@ def test_an_image_folder_changed_since_training_is_noticed(tmp_path, caplog):
     """Was: one image added to train/ re-drew a data.val_fraction split, and `eval RUN` scored the run on 15 of
     20 images it had trained on, without a word. A run's data.json records each sub-folder's listing: a split
     drawn from a changed train/ is refused, a changed test/ scored with a warning, a resume refused."""
-    from vitkit.cli.common import UserError, check_folder_unchanged
+    from vitkit.cli.common import UserError
+    from vitkit.cli.rundata import check_folder_unchanged
     from vitkit.data.imagefolder import listing_changes
     from vitkit.train.loop import _recorded_normalisation
 

@@ -8,14 +8,8 @@ import json
 
 import torch
 
-from vitkit.cli.common import (
-    guard_output_file,
-    image_size,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    size_label,
-)
+from vitkit.cli.common import image_size, nonneg_int, positive_float, positive_int, size_label
+from vitkit.cli.outputs import guard_output_file
 from vitkit.config import COMPILE_MODES, COMPILE_SCOPES
 from vitkit.models import model_config
 from vitkit.recipes import RECIPES

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from vitkit.config import TTA_MODES, DataConfig, RunConfig
+from vitkit.config import TTA_MODES, RunConfig
 
 PRECISION_HELP = (
     "bf16: autocast; bf16-pure: the model in bf16, fp32 master weights in the optimizer; auto: bf16 on CUDA"
@@ -139,34 +139,6 @@ class TqdmProgress:
     def close(self) -> None:
         if self.bar:
             self.bar.close()
-
-
-def another_dataset(data: DataConfig, name: str) -> DataConfig:
-    """A run's data config for scoring it on another dataset: not in the run's data folder, nor split by its
-    val_fraction, hold-out or subset (its augmentation settings are not read by evaluation)."""
-    return dataclasses.replace(data, dataset=name, data_dir=None, val_fraction=0.0, holdout=0.0, subset=1.0)
-
-
-def local_data(data: DataConfig, given: str | None = None, where: str = "the run") -> DataConfig:
-    """A run's data config on this machine: `--data-dir` if given (then the only place looked in); a data folder
-    the run saved that is not here (trained elsewhere, or a relative path from another folder) is dropped with a
-    warning, so the usual places ($VITKIT_DATA, Debian's package) are searched; an image folder, which has no
-    other place, is an error asking for --data-dir."""
-    if given:
-        return dataclasses.replace(data, data_dir=given)
-    if data.dataset == "imagefolder" and data.data_dir and not os.path.exists(data.data_dir):
-        raise UserError(
-            f"{where}'s image folder {data.data_dir} is not here (moved, or trained elsewhere?): pass --data-dir ROOT"
-        )
-    if data.data_dir and not os.path.exists(data.data_dir) and data.dataset != "imagefolder":
-        log.warning(
-            "%s's data folder %s is not here: looking for %s in the usual places (pass --data-dir to choose)",
-            where,
-            data.data_dir,
-            data.dataset,
-        )
-        return dataclasses.replace(data, data_dir=None)
-    return data
 
 
 @dataclass
@@ -403,155 +375,6 @@ def warn_unread(cfg: RunConfig, sets: list[str] | None, is_main: bool = True) ->
     unread = unread_settings(cfg, set_keys(sets))
     if unread and is_main:
         log.warning("--set of a setting this run does not read, which changes nothing: %s", "; ".join(unread))
-
-
-def folder_chans(in_chans: int) -> int | None:
-    """The channels to decode an image folder to for a model of `in_chans`: greyscale for a 1-channel model
-    (trained on Fashion-MNIST, say), else the default RGB (None)."""
-    return 1 if in_chans == 1 else None
-
-
-def check_dataset_fits(
-    run: LoadedRun, splits: Any, dataset: str, where: str, own: bool, split: str = "test"
-) -> None:
-    """Refuse scoring `run` on `splits` whose classes or channels are not the model's. Class names that differ
-    from the run's data.json: an error when `own` (the run's own image folder, whose folder names are its labels:
-    one renamed or added shifts them), else a warning (another dataset, or a reader's fallback names). The run's
-    own image folder changed since training: see `check_folder_unchanged`."""
-    m = run.cfg.model
-    if splits.num_classes != m.num_classes:
-        raise UserError(
-            f"{where}: the model has {m.num_classes} classes, dataset {dataset} {splits.num_classes}"
-        )
-    if splits.in_chans != m.in_chans:
-        raise UserError(
-            f"{where}: the model takes {m.in_chans}-channel images, dataset {dataset} has {splits.in_chans}"
-        )
-    mine, theirs = run.data.get("classes"), list(getattr(splits, "classes", None) or [])
-    if mine and theirs and list(mine) != theirs:
-        i = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
-        text = (
-            f"{where}: dataset {dataset}'s class {i} is {theirs[i]!r}, the run's data.json says {mine[i]!r}: "
-            "its labels would be scored against other classes"
-        )
-        if own:
-            raise UserError(f"{text} (an image folder renamed or added to since training?)")
-        log.warning("%s", text)
-    if own:
-        check_folder_unchanged(run.data, splits, split, where)
-
-
-def check_folder_unchanged(data: dict[str, Any], splits: Any, split: str, where: str) -> None:
-    """A run's own image folder against its data.json's record of it. A split the run drew by its seed from
-    train/ (data.val_fraction's test, data.holdout's val) is refused when train/ changed or the split now comes
-    from another sub-folder (a test/ made of training images): it would hold images the model trained on. A
-    split of its own sub-folder that changed, or now another one (test/ added beside val/), is scored as it is
-    now, with a warning."""
-    from vitkit.data.imagefolder import listing_changes, source_changes
-
-    source = getattr(splits, "sources", {}).get(split)
-    if source is None:
-        return
-    changed = listing_changes(data.get("files"), splits.files)
-    if "files" not in data:  # runs before the listing was recorded: their split sizes
-        sizes, now = data.get("sizes") or {}, len(splits.split(split))
-        if isinstance(sizes, dict) and sizes.get(split) not in (None, now):
-            changed = {source: f"its {split} split had {sizes[split]} images, now {now}"}
-    was = source_changes(data.get("sources"), splits.sources).get(split, (source, source))[0]
-    if was == "train" and split != "train" and (was != source or "train" in changed):
-        how = changed.get("train") or f"the split now comes from {source}/"
-        raise UserError(
-            f"{where}: the run drew its {split} split from the image folder's train/ by its seed, and the folder is "
-            f"not as it was then ({how}): the split would now hold images the model trained on. Score the folder "
-            "as it was, or another folder (--data-dir)"
-        )
-    if was != source:
-        log.warning(
-            "%s: the run's %s split was the image folder's %s/, now %s/: scoring that",
-            where,
-            split,
-            was,
-            source,
-        )
-    elif source in changed:
-        log.warning(
-            "%s: the image folder's %s/ is not as the run was trained on it (%s): scoring the files there now",
-            where,
-            source,
-            changed[source],
-        )
-
-
-def out_holds_source(out: str, source: str) -> bool:
-    """Whether writing a run into `out` would replace `source` (the folder itself, or one of a run's outputs in
-    it, which a fresh run there clears before the source is read)."""
-    from vitkit.train.runfiles import RUN_OUTPUTS
-
-    if not os.path.exists(os.path.expanduser(source)):
-        return False
-    out, src = os.path.realpath(out), os.path.realpath(os.path.expanduser(source))
-    inside = os.path.relpath(src, out).split(os.sep)[0] if os.path.commonpath([out, src]) == out else None
-    return inside in (".", *RUN_OUTPUTS)
-
-
-def owned_by_a_run(path: str) -> str | None:
-    """Why a command other than training must not write `path` (a run folder's own file, or any file of a training
-    checkpoint's folder), or None."""
-    from vitkit.train.checkpoint import MANIFEST
-    from vitkit.train.runfiles import CONFIG, DATA, RUN_OUTPUTS
-
-    folder, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
-    if os.path.isfile(os.path.join(folder, MANIFEST)):
-        return f"{folder} is a training checkpoint"
-    if name in (CONFIG, DATA, *RUN_OUTPUTS) and os.path.isfile(os.path.join(folder, CONFIG)):
-        return f"{name} is one of a run folder's own files ({folder})"
-    return None
-
-
-def refuse_training_into(out: str) -> None:
-    """A new run's --out: never a file, a training checkpoint or a folder inside another run (whose own files and
-    checkpoints it would mix with, or overwrite)."""
-    from vitkit.train.checkpoint import MANIFEST
-    from vitkit.train.runfiles import holds_run
-
-    if os.path.isfile(out):
-        raise UserError(f"--out {out} is a file; a run is written into a folder")
-    if os.path.isfile(os.path.join(out, MANIFEST)):
-        raise UserError(f"--out {out} is a training checkpoint; train into a folder of its own")
-    parent = os.path.dirname(os.path.abspath(out))
-    while parent != os.path.dirname(parent):
-        if holds_run(parent):
-            raise UserError(f"--out {out} lies inside the run {parent}; train into a folder of its own")
-        parent = os.path.dirname(parent)
-
-
-def guard_output_folder(folder: str, writes: tuple[str, ...], overwrite: bool, flag: str = "--out") -> None:
-    """Refuse writing the files `writes` into `folder` when it is a run folder or a training checkpoint (never),
-    or when one of them is there already and not `overwrite`."""
-    from vitkit.train.checkpoint import MANIFEST
-    from vitkit.train.runfiles import holds_run
-
-    if os.path.isfile(os.path.join(folder, MANIFEST)):
-        raise UserError(f"{flag} {folder} is a training checkpoint; write into another folder")
-    if holds_run(folder):
-        raise UserError(f"{flag} {folder} is a vitkit run folder; write into another folder")
-    there = [w for w in writes if os.path.lexists(os.path.join(folder, w))]
-    if there and not overwrite:
-        raise UserError(f"{flag} {folder} already holds {', '.join(there)}; pass --overwrite to replace them")
-
-
-def guard_output_file(path: str, overwrite: bool, own: str | None = None, flag: str = "--out") -> None:
-    """Refuse writing the file `path` when a run or a checkpoint owns it (unless it is `own`, the command's own
-    default output), when it is a folder, or when it exists and not `overwrite`."""
-    if own is not None and os.path.abspath(path) == os.path.abspath(own):
-        return
-    why = owned_by_a_run(path)
-    if why:
-        raise UserError(f"{flag} {path}: {why}; write to another name")
-    if os.path.isdir(path):
-        raise UserError(f"{flag} {path} is a folder; give a file name")
-    if os.path.lexists(path) and not overwrite:
-        raise UserError(f"{flag} {path} already exists; pass --overwrite to replace it")
 
 
 def load_run(path: str, device: torch.device | str = "cpu") -> LoadedRun:

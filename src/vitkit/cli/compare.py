@@ -10,16 +10,8 @@ import os
 
 import torch
 
-from vitkit.cli.common import (
-    UserError,
-    add_tta_argument,
-    another_dataset,
-    check_dataset_fits,
-    folder_chans,
-    local_data,
-    path_arg,
-    positive_int,
-)
+from vitkit.cli.common import UserError, add_tta_argument, path_arg, positive_int
+from vitkit.cli.rundata import another_dataset, check_dataset_fits, folder_chans, local_data
 
 
 def _split_key(cfg, split: str, folder_given: bool = False) -> tuple:

@@ -6,16 +6,8 @@ import argparse
 import json
 import os
 
-from vitkit.cli.common import (
-    UserError,
-    guard_output_file,
-    guard_output_folder,
-    image_size,
-    out_holds_source,
-    path_arg,
-    positive_int,
-    size_label,
-)
+from vitkit.cli.common import UserError, image_size, path_arg, positive_int, size_label
+from vitkit.cli.outputs import guard_output_file, guard_output_folder, out_holds_source
 
 
 def _load(source: str, img_size: int | tuple[int, int] | None, num_heads: int | None):

@@ -7,16 +7,8 @@ import dataclasses
 import json
 import logging
 
-from vitkit.cli.common import (
-    UserError,
-    another_dataset,
-    check_folder_unchanged,
-    folder_chans,
-    local_data,
-    path_arg,
-    positive_float,
-    positive_int,
-)
+from vitkit.cli.common import UserError, path_arg, positive_float, positive_int
+from vitkit.cli.rundata import another_dataset, check_folder_unchanged, folder_chans, local_data
 from vitkit.eval.fewshot import L2_REG, SEEDS, SHOTS
 
 log = logging.getLogger(__name__)

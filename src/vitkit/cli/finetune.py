@@ -19,13 +19,12 @@ from vitkit.cli.common import (
     command_overrides,
     image_size,
     nonneg_int,
-    out_holds_source,
     path_arg,
     positive_int,
-    refuse_training_into,
     set_keys,
     warn_unread,
 )
+from vitkit.cli.outputs import out_holds_source, refuse_training_into
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
 from vitkit.convert import Checkpoint

@@ -9,14 +9,8 @@ import os
 
 import torch
 
-from vitkit.cli.common import (
-    UserError,
-    fraction_below_one,
-    guard_output_file,
-    guard_output_folder,
-    path_arg,
-    positive_int,
-)
+from vitkit.cli.common import UserError, fraction_below_one, path_arg, positive_int
+from vitkit.cli.outputs import guard_output_file, guard_output_folder
 from vitkit.cli.subjects import (
     Inputs,
     Subject,

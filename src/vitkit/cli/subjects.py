@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from vitkit.cli.common import UserError, find_run, load_run, local_data
+from vitkit.cli.common import UserError, find_run, load_run
+from vitkit.cli.rundata import local_data
 
 log = logging.getLogger("vitkit")
 

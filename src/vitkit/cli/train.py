@@ -17,22 +17,19 @@ from vitkit.cli.common import (
     TqdmProgress,
     UserError,
     add_tta_argument,
-    another_dataset,
-    check_dataset_fits,
     command_overrides,
-    folder_chans,
     image_size,
     load_run,
-    local_data,
     nonneg_int,
     path_arg,
     positive_int,
-    refuse_training_into,
     run_normalisation,
     run_tta,
     set_keys,
     warn_unread,
 )
+from vitkit.cli.outputs import refuse_training_into
+from vitkit.cli.rundata import another_dataset, check_dataset_fits, folder_chans, local_data
 from vitkit.config import RunConfig, apply_overrides, to_dict
 from vitkit.eval.metrics import top5_text
 from vitkit.recipes import GPU_RECIPES, RECIPES, get_recipe
