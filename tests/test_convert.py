@@ -833,6 +833,10 @@ def test_default_weights_are_hub_ids_beside_a_timm_folder_and_model_folders_ask_
         "its config.json is not a vitkit run's (a timm or Hugging Face model folder?)"
         in capsys.readouterr().err
     )
+    assert (
+        main(["eval", str(folder / "model.safetensors"), "--dataset", "synthetic"]) == 2
+    )  # its weights file
+    assert "its folder's config.json is not a vitkit run's (a timm or Hugging Face" in capsys.readouterr().err
     m = vitkit.create_model("ViT-32x2/8", img_size=16, num_heads=2, num_classes=3)
     assert vitkit.create_model("ViT-32x2/8", pretrained=m).cfg.num_heads == 2
     with pytest.raises(ValueError, match="width 32 is neither in the paper's table nor a multiple of 64"):

@@ -411,7 +411,7 @@ def test_load_dataset_holds_out_a_val_split_of_training_images():
     assert splits.split("val") is splits.val
     # the normalisation is the trained-on images' own: the held-out ones do not enter it
     assert (splits.mean, splits.std) == channel_stats(splits.train.images) != (whole.mean, whole.std)
-    with pytest.raises(ValueError, match="no val split: the run held none out of"):
+    with pytest.raises(ValueError, match="no val split in 'synthetic': none held out of its training split"):
         whole.split("val")
     with pytest.raises(ValueError, match="holds out 0 of the 200 training images"):
         hold_out(whole, 0.001, seed=0)
@@ -705,6 +705,26 @@ def test_an_image_folder_changed_since_training_is_noticed(tmp_path, caplog):
         UserError, match=r"RUN: the run drew its test split from the image folder's train/ by its"
     ):
         check_folder_unchanged(drawn, load_imagefolder(moved, (8, 8)), "test", "RUN")
+    # a test/ added beside an unchanged train/: scored, with a warning; another folder: not checked against the run
+    added = str(tmp_path / "added")
+    write_folder(added, "train", n=10)
+    drawn_then = json_roundtrip(load_imagefolder(added, (8, 8), val_fraction=0.2).info())
+    write_folder(added, "test", n=2)
+    caplog.clear()
+    check_folder_unchanged(drawn_then, load_imagefolder(added, (8, 8)), "test", "RUN", added, added)
+    assert (
+        "the run's test split was the image folder's train/, now test/: scoring that, which must not"
+        in caplog.text
+    )
+    with caplog.at_level("INFO"):
+        check_folder_unchanged(drawn_then, load_imagefolder(moved, (8, 8)), "test", "RUN", moved, added)
+    assert (
+        f"scoring the image folder {moved}, not the run's {added} (not checked against its record)"
+        in caplog.text
+    )
+    assert listing_changes({"val": None, "train": drawn_then["files"]["train"]}, {}) == {
+        "train": "read when the run was trained (20 images), not now"
+    }
     # test/ added beside a run's val/ (its test split then): scored, with a warning
     both = str(tmp_path / "both")
     write_folder(both, "train")

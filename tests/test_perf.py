@@ -376,5 +376,32 @@ def test_bench_says_what_its_numbers_count():
     assert res["peak_memory"].startswith("process peak RSS") and res["timm_dtype"] is None
     with pytest.raises(ValueError, match="warmup=0 with compile"):
         run_benchmark(cfg, batch_size=2, compile=True, warmup=0)
-    name = "NVIDIA H100 PCIe"
-    assert next(v for k, v in PEAK_BF16_TFLOPS.items() if k in name) == 756.0
+    from vitkit.perf import benchmark
+
+    for name, peak in (
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H200 NVL", 835.0),
+    ):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+            assert benchmark.peak_tflops(torch.device("cuda")) == peak, name
+    assert PEAK_BF16_TFLOPS["H200"] == 989.0
+    # a recipe's optimizer for both models (finetune-small: SGD with its clipping)
+    from vitkit.train import optim as vitkit_optim
+
+    built, real = [], vitkit_optim.build_optimizer
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            vitkit_optim,
+            "build_optimizer",
+            lambda m, o, *a, **kw: built.append(o.name) or real(m, o, *a, **kw),
+        )
+        sgd = get_recipe("finetune-small").optim
+        run_benchmark(
+            cfg, batch_size=2, mode="train", compare="timm", repeats=1, warmup=1, min_seconds=0.01, optim=sgd
+        )
+    assert built == ["sgd", "sgd"]
+    unpooled = create_model("ViT-Ti/16", img_size=32, depth=2)
+    unpooled.reset_classifier(0, "")  # model(x) then runs every token through the last block
+    assert executed_macs(unpooled) == forward_macs(unpooled)

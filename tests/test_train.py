@@ -308,7 +308,7 @@ def test_without_a_held_out_split_best_is_chosen_on_test_and_eval_has_no_val(tmp
     assert summary["best_test_top1"] >= summary["test_top1"]
     assert main(["eval", str(tmp_path), "--split", "val"]) == 2
     assert (
-        "no val split: the run held none out of 'synthetic' (train with --set data.holdout=0.1 to)"
+        "no val split in 'synthetic': none held out of its training split (--set data.holdout=0.1 does)"
         in capsys.readouterr().err
     )
 

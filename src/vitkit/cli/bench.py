@@ -100,7 +100,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ) + (" (blocks)" if res.get("compile_scope") == "blocks" else "")
     fast_dtype = res.get("fast_path", {}).get("dtype")
     if args.fast and args.compile:  # the fast path replaces vitkit's compilation; only timm is compiled
-        compile_flag = "" if args.recipe else f"timm {compile_flag}"
+        compile_flag = f"timm {compile_flag}" if args.compare and not args.recipe else ""
     fast_flag = f"fast: {res['fast_path']['method']}, {fast_dtype}" if args.fast else ""
     on = (
         (compile_flag, args.compile),
@@ -113,8 +113,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.recipe:
         flags += f"; recipe {args.recipe}"
         if args.mode == "train":
-            step = "one micro-batch and an optimizer step" if run_micro(args.recipe) else "an optimizer step"
-            flags += f": its optimizer, {step}"
+            every = run.train.batch_size
+            note = "" if every == res["batch_size"] else f" (the recipe steps once per {every} images)"
+            flags += f": its optimizer, a step per batch{note}"
         flags += "; timm as a plain eager loop" if res["timm_img_s"] is not None else ""
     print(f"{what} ({flags}) on {res['device_name']}, {res['threads']} threads, torch {res['torch']}")
     print(f"{'':8} {'img/s median':>13} {'min':>9} {'max':>9} {'GFLOP/s':>9} {'MFU':>6}")
@@ -157,14 +158,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         memory += f"; timm's step {res['timm_peak_memory_mb']:.0f} MiB"
     print(memory)
     return 0
-
-
-def run_micro(recipe: str) -> bool:
-    """Whether a recipe accumulates micro-batches (bench times one of them and a step)."""
-    from vitkit.recipes import get_recipe
-
-    t = get_recipe(recipe).train
-    return bool(t.micro_batch_size) and t.micro_batch_size < t.batch_size
 
 
 def add_parser(sub) -> None:

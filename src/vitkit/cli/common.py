@@ -213,12 +213,17 @@ def run_of_file(path: str) -> str | None:
     a self-describing export beside a run (RUN/model-export-56.safetensors: the run's data, the file's model);
     None for a file outside a run. Another file in a run folder (a timm file copied in) is refused: it is not
     the run's model, and scoring it under the run's config would be wrong."""
-    from vitkit.train.runfiles import run_dir_of
+    from vitkit.train.runfiles import is_model_config, run_dir_of
 
     run_dir = run_dir_of(path)
     if run_dir is not None:
         return run_dir
     folder = os.path.dirname(path)
+    if is_model_config(os.path.join(folder, "config.json")):  # a timm or transformers folder's weights
+        raise UserError(
+            f"{path}: its folder's config.json is not a vitkit run's (a timm or Hugging Face model folder?); eval "
+            f"and predict read runs: `vitkit convert {folder} --out RUN` first"
+        )
     near = [
         d
         for d in (folder, os.path.dirname(os.path.dirname(folder)))

@@ -120,6 +120,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             path,
             own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder",
             split=args.split,
+            folder=data_cfg.data_dir,
         )
         if labels is not None and not torch.equal(labels, ds.labels.cpu()):
             raise UserError(f"{path}: its {args.split} split holds other images than {args.runs[0]}'s")

@@ -49,7 +49,13 @@ def folder_chans(in_chans: int) -> int | None:
 
 
 def check_dataset_fits(
-    run: LoadedRun, splits: Any, dataset: str, where: str, own: bool, split: str = "test"
+    run: LoadedRun,
+    splits: Any,
+    dataset: str,
+    where: str,
+    own: bool,
+    split: str = "test",
+    folder: str | None = None,
 ) -> None:
     """Refuse scoring `run` on `splits` whose classes or channels are not the model's. Class names that differ
     from the run's data.json: an error when `own` (the run's own image folder, whose folder names are its labels:
@@ -75,19 +81,35 @@ def check_dataset_fits(
             raise UserError(f"{text} (an image folder renamed or added to since training?)")
         log.warning("%s", text)
     if own:
-        check_folder_unchanged(run.data, splits, split, where)
+        check_folder_unchanged(run.data, splits, split, where, folder, run.cfg.data.data_dir)
 
 
-def check_folder_unchanged(data: dict[str, Any], splits: Any, split: str, where: str) -> None:
-    """A run's own image folder against its data.json's record of it. A split the run drew by its seed from
-    train/ (data.val_fraction's test, data.holdout's val) is refused when train/ changed or the split now comes
-    from another sub-folder (a test/ made of training images): it would hold images the model trained on. A
-    split of its own sub-folder that changed, or now another one (test/ added beside val/), is scored as it is
-    now, with a warning."""
+def check_folder_unchanged(
+    data: dict[str, Any],
+    splits: Any,
+    split: str,
+    where: str,
+    folder: str | None = None,
+    run_folder: str | None = None,
+) -> None:
+    """A run's own image folder (`folder`, read now, as the run's `run_folder`) against its data.json's record of
+    it. A split the run drew by its seed from train/ (data.val_fraction's test, data.holdout's val) is refused when
+    train/ changed: drawn afresh, or replaced by a new test/ beside the changed train/, it would hold images the
+    model trained on. A split that now comes from another sub-folder (a test/ added beside an unchanged train/), or
+    whose own sub-folder changed, is scored as it is now, with a warning. Another folder than the run's is not
+    checked against the run's record (said so)."""
     from vitkit.data.imagefolder import listing_changes, source_changes
 
     source = getattr(splits, "sources", {}).get(split)
     if source is None:
+        return
+    if folder and run_folder and os.path.realpath(folder) != os.path.realpath(run_folder):
+        log.info(
+            "%s: scoring the image folder %s, not the run's %s (not checked against its record)",
+            where,
+            folder,
+            run_folder,
+        )
         return
     changed = listing_changes(data.get("files"), splits.files)
     if "files" not in data:  # runs before the listing was recorded: their split sizes
@@ -95,8 +117,8 @@ def check_folder_unchanged(data: dict[str, Any], splits: Any, split: str, where:
         if isinstance(sizes, dict) and sizes.get(split) not in (None, now):
             changed = {source: f"its {split} split had {sizes[split]} images, now {now}"}
     was = source_changes(data.get("sources"), splits.sources).get(split, (source, source))[0]
-    if was == "train" and split != "train" and (was != source or "train" in changed):
-        how = changed.get("train") or f"the split now comes from {source}/"
+    if was == "train" and split != "train" and "train" in changed:
+        how = changed["train"] + ("" if was == source else f"; the split now comes from {source}/")
         raise UserError(
             f"{where}: the run drew its {split} split from the image folder's train/ by its seed, and the folder is "
             f"not as it was then ({how}): the split would now hold images the model trained on. Score the folder "
@@ -104,11 +126,12 @@ def check_folder_unchanged(data: dict[str, Any], splits: Any, split: str, where:
         )
     if was != source:
         log.warning(
-            "%s: the run's %s split was the image folder's %s/, now %s/: scoring that",
+            "%s: the run's %s split was the image folder's %s/, now %s/: scoring that%s",
             where,
             split,
             was,
             source,
+            ", which must not hold images the run trained on" if was == "train" else "",
         )
     elif source in changed:
         log.warning(

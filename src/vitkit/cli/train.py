@@ -368,6 +368,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.run,
         own=data_cfg.dataset == run.cfg.data.dataset == "imagefolder",
         split=args.split,
+        folder=data_cfg.data_dir,
     )
     transform = BatchTransform(data_cfg, run.cfg.model.img_size, *run_normalisation(run, splits))
     try:

@@ -122,7 +122,8 @@ class Splits:
         val/ beside test/) or "test"."""
         if name == "val" and self.val is None:
             raise ValueError(
-                f"no val split: the run held none out of {self.name!r} (train with --set data.holdout=0.1 to)"
+                f"no val split in {self.name!r}: none held out of its training split (--set data.holdout=0.1 does) "
+                "and no val/ folder beside test/"
             )
         if name not in ("train", "val", "test"):
             raise ValueError(f"split {name!r}: expected train, val or test")

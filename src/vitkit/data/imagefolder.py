@@ -260,7 +260,7 @@ def own_val_folder(root: str) -> str | None:
 
 def fold_listing(folder: str, paths: list[str], labels: list[int]) -> dict[str, object]:
     """What a sub-folder held when it was read: its image count and a SHA-256 of its files' relative paths
-    ("/"-separated, NFC: the same on any system) and labels (recorded in a run's data.json, so that a folder
+    ("/"-separated, NFC-normalised names, in `scan`'s order) and labels (recorded in a run's data.json, so that a folder
     changed since training is noticed)."""
     h = hashlib.sha256()
     for path, label in zip(paths, labels):
@@ -271,16 +271,17 @@ def fold_listing(folder: str, paths: list[str], labels: list[int]) -> dict[str, 
 
 def listing_changes(recorded: object, current: dict[str, dict[str, object]]) -> dict[str, str]:
     """The sub-folders whose files differ from a run's record of them, or that one of the two lacks: {name: how}
-    ("82 images then, 84 now", "gone", "new"); {} for a run that recorded none."""
+    ("82 images then, 84 now", read then and not now, or the reverse); {} for a run that recorded none."""
     if not isinstance(recorded, dict):
         return {}
     changed = {}
     for name in sorted(set(recorded) | set(current)):
         then, now = recorded.get(name), current.get(name)
-        if not isinstance(then, dict):
+        if now is None:
+            if isinstance(then, dict):
+                changed[name] = f"read when the run was trained ({then.get('images')} images), not now"
+        elif not isinstance(then, dict):
             changed[name] = f"not read when the run was trained ({now['images']} images now)"
-        elif now is None:
-            changed[name] = f"read when the run was trained ({then.get('images')} images), not now"
         elif then.get("sha256") != now["sha256"]:
             n0, n1 = then.get("images"), now["images"]
             changed[name] = f"{n0} images then, {n1} now" if n0 != n1 else f"{n1} images, not the same files"

@@ -177,7 +177,8 @@ def train_step(
     compile_scope: str = "model",
     optim: Any = None,
 ) -> Callable[[], torch.Tensor]:
-    """A callable running one full optimizer step: forward, loss, backward, clip, AdamW, zero_grad.
+    """A callable running one full optimizer step: forward, loss, backward, clip, the optimizer's step,
+    zero_grad (AdamW unless `optim` gives another).
 
     bf16-pure: forward and backward on a bf16 copy, the step on the fp32 `model` (as the trainer does).
     `compile_mode`: torch.compile's mode (e.g. "reduce-overhead": CUDA graphs), or `compile_options` (Inductor
@@ -309,7 +310,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Benchmark vitkit (and timm with the same weights); returns a JSON-ready dict.
 
-    `peer_plain`: time timm as a plain loop (eager, default AdamW) while vitkit uses its own training path
+    `peer_plain`: time timm as a plain loop (eager, its optimizer not fused) while vitkit uses its own training path
     (`compile`, `compile_mode` and `compile_scope` as given, fused AdamW) -- the comparison of a recipe's training
     step. `compile_scope` "blocks" compiles the transformer blocks alone (each model's, timm's too unless plain);
     `grad_checkpointing` recomputes each block's activations in backward (both models).

@@ -49,7 +49,7 @@ def is_model_config(path: str) -> bool:
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # not JSON, not UTF-8, nested past the parser's depth
         return False
     return isinstance(d, dict) and bool({"architecture", "pretrained_cfg", "model_type"} & set(d))
 
@@ -59,7 +59,7 @@ def holds_run(folder: str) -> bool:
     try:
         with open(os.path.join(folder, CONFIG), encoding="utf-8") as f:
             return is_run_config(json.load(f))
-    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
+    except (OSError, ValueError, RecursionError):  # not JSON, not UTF-8, nested past the parser's depth
         return False
 
 
