@@ -331,7 +331,9 @@ def test_a_dataset_must_fit_the_run_it_scores(caplog):
     from vitkit.cli.common import UserError
     from vitkit.cli.rundata import check_dataset_fits
 
-    run = NS(cfg=NS(model=NS(num_classes=3, in_chans=1)), data={"classes": ["a", "b", "c"]})
+    run = NS(
+        cfg=NS(model=NS(num_classes=3, in_chans=1), data=NS(data_dir=None)), data={"classes": ["a", "b", "c"]}
+    )
     splits = lambda classes, chans=1: NS(num_classes=len(classes), in_chans=chans, classes=classes)  # noqa: E731
     check_dataset_fits(run, splits(["a", "b", "c"]), "imagefolder", "RUN", own=True)
     with pytest.raises(UserError, match="RUN: the model has 3 classes, dataset imagefolder 2"):
@@ -628,3 +630,35 @@ def test_empty_paths_flag_texts_and_recipe_keys(tmp_path, capsys):
     assert (optim.warmup_steps, optim.warmup_fraction) == (0, 0.2)
     args.set.append("optim.warmup_steps=7")  # both given: as given
     assert resolve_config(args).optim.warmup_steps == 7
+
+
+def test_readme_walkthrough_fixes(tmp_path, capsys):
+    """Was: `--model ViT-96x1/7 --set model.num_heads=3` failed (the name was parsed before --set gave its heads);
+    train's summary line printed top-5 with the recipe's class count, not the dataset's ("n/a (5 classes)" for a
+    10-class model); a train-only folder beside validation/ said "set data.val_fraction" without naming what it
+    had not read; `eval google/vit-...` said "does not exist"."""
+    from PIL import Image
+
+    from vitkit.cli.train import resolve_config
+
+    args = argparse.Namespace(**dict.fromkeys(("img_size", "epochs", "steps", "compile")))
+    args.recipe, args.model, args.set = None, "ViT-96x1/7", ["model.num_heads=3", "model.img_size=28"]
+    m = resolve_config(args).model
+    assert (m.embed_dim, m.depth, m.num_heads, m.patch_size) == (96, 1, 3, 7)
+    assert main(["train", *TINY_FLAGS, "--set", "model.num_classes=5", "--steps", "1", "--no-report"]) == 0
+    line = capsys.readouterr().out
+    assert "top-5 " in line and "n/a" not in line  # the dataset's 10 classes
+    for split in ("train", "validation"):
+        (tmp_path / "ds" / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "ds" / split / "a" / "0.png")
+    assert (
+        main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "ds"), "--steps", "1"]) == 2
+    )
+    assert "has no test/ or val/ folder (validation/ not read: name the evaluation folder test/ or val/)" in (
+        capsys.readouterr().err
+    )
+    assert main(["eval", "google/vit-base-patch16-224"]) == 2
+    assert (
+        "is a hub id: eval and predict read runs; `vitkit convert google/vit-base-patch16-224 --out RUN`"
+        in (capsys.readouterr().err)
+    )

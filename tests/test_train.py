@@ -1591,7 +1591,11 @@ def test_a_resume_says_what_it_changes(tmp_path, capsys, caplog):
         r"over them, 0\.00183 at step 9 where the first schedule gave 0\.000201 at step 8 \(warmup 2",
         caplog.text,
     )
-    assert "train.eval_tta: 'none' in the run, 'hflip' now; train.micro_batch_size: 0 in the run, 8 now" in (
+    assert (
+        "with other evaluations (training unchanged): train.eval_tta: 'none' in the run, 'hflip' now"
+        in caplog.text
+    )
+    assert "with train.micro_batch_size: 0 in the run, 8 now: the continuation is not bitwise" in (
         caplog.text
     )
     assert "not bitwise an uninterrupted run's" in caplog.text

@@ -101,7 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fast_dtype = res.get("fast_path", {}).get("dtype")
     if args.fast and args.compile:  # the fast path replaces vitkit's compilation; only timm is compiled
         compile_flag = f"timm {compile_flag}" if args.compare and not args.recipe else ""
-    fast_flag = f"fast: {res['fast_path']['method']}, {fast_dtype}" if args.fast else ""
+    fast_flag = f"fast path in {fast_dtype}" if args.fast else ""
     on = (
         (compile_flag, args.compile),
         (fast_flag, args.fast),
@@ -138,7 +138,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if key in res:
             print(f"{label}: {res[key]:.2e}")
     if "fast_path" in res:
-        print(f"fast path: {res['fast_path']}")
+        fp = res["fast_path"]
+        print(
+            f"fast path: {fp['method']} in {fp['dtype']}"
+            + (f", {fp['threads']} threads" if "threads" in fp else "")
+        )
         if fast_dtype == "int8":
             print(
                 "int8's accuracy cost on a trained model: python bench/fast_accuracy.py RUN (random weights here)"

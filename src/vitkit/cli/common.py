@@ -157,6 +157,13 @@ def find_run(path: str) -> tuple[str | None, str]:
     checkpoint folder's weights are its EMA where the run keeps one (ema.safetensors), as the final weights are."""
     from vitkit.convert.runs import folder_weights
 
+    if not os.path.exists(path):
+        from vitkit.convert.hub import is_hub_id
+
+        if is_hub_id(path):  # eval and predict read runs; convert reads the hub
+            raise UserError(
+                f"{path} is a hub id: eval and predict read runs; `vitkit convert {path} --out RUN` first"
+            )
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise UserError(f"{path} does not exist")

@@ -60,9 +60,10 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     seed = subject.run.cfg.train.seed if own else 0
     splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=seed, in_chans=folder_chans(cfg.in_chans))
     if own and data_cfg.dataset == "imagefolder":  # shots from train/, scored on test: as in training
-        check_folder_unchanged(
-            subject.run.data, splits, "test", args.source, data_cfg.data_dir, subject.run.cfg.data.data_dir
-        )
+        for split in ("test", "train"):  # the images scored, and those the shots are drawn from
+            check_folder_unchanged(
+                subject.run.data, splits, split, args.source, data_cfg.data_dir, subject.run.cfg.data.data_dir
+            )
     if splits.in_chans not in (1, cfg.in_chans):
         raise UserError(
             f"dataset {data_cfg.dataset} has {splits.in_chans}-channel images, {subject.name} takes {cfg.in_chans}"

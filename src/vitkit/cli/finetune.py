@@ -192,7 +192,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     tta = f"with {summary['tta']} TTA " if "tta" in summary else ""
     print(
         f"{cfg.recipe}: {cfg.model.name} from {args.source} ({prov['format']}, {g0[0]}x{g0[1]} -> {g1[0]}x{g1[1]}, "
-        f"{head}) on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, top-5 {top5_text(summary['test_top5'], cfg.model.num_classes)} "
+        f"{head}) on {summary['dataset']}: test top-1 {summary['test_top1']:.2%}, top-5 {top5_text(summary['test_top5'], len(summary['per_class']))} "
         f"{tta}after {summary['steps']} steps; wall {time.time() - t0:.0f} s{where}"
     )
     if summary.get("tta_gain"):

@@ -85,7 +85,7 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def model_overrides(name: str, img_size=None) -> list[str]:
+def model_overrides(name: str, img_size=None, shape: dict | None = None) -> list[str]:
     """--model ViT-S/4 -> the registry's width/depth/heads/MLP/patch (a hybrid's or BiT's ResNet) as overrides;
     `img_size` is the size the run will use (the name is checked against it, not against 224).
 
@@ -104,7 +104,10 @@ def model_overrides(name: str, img_size=None) -> list[str]:
             return ",".join(map(str, v)) or "()"
         return str(v)
 
-    m = model_config(name) if img_size is None else model_config(name, img_size=img_size)
+    given = dict(shape or {}) | ({} if img_size is None else {"img_size": img_size})
+    m = model_config(
+        name, **given
+    )  # `shape`: --set's heads or MLP, which a width off the paper's table needs
     keys = list(ARCH_FIELDS)
     if m.arch != "vit":
         keys += [k for k in VIT_ONLY if k not in keys and k not in CNN_READS.get(m.arch, ())]
@@ -112,12 +115,16 @@ def model_overrides(name: str, img_size=None) -> list[str]:
     return [f"model.{k}={text(getattr(m, k))}" for k in keys]
 
 
-def _set_img_size(args: argparse.Namespace) -> tuple[int, int] | None:
-    """The last `--set model.img_size=...`, parsed (224, 224x160, (224, 160)), or None."""
+def _set_value(args: argparse.Namespace, key: str, tp: type):
+    """The last `--set key=...`, parsed as `tp` (model.img_size: 224, 224x160, (224, 160)), or None."""
     from vitkit.config.overrides import parse_value
 
-    given = [o.split("=", 1)[1] for o in args.set or [] if o.split("=", 1)[0].strip() == "model.img_size"]
-    return parse_value("model.img_size", given[-1], tuple[int, int]) if given else None
+    given = [o.split("=", 1)[1] for o in args.set or [] if o.split("=", 1)[0].strip() == key]
+    return parse_value(key, given[-1], tp) if given else None
+
+
+def _set_img_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    return _set_value(args, "model.img_size", tuple[int, int])
 
 
 def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
@@ -127,7 +134,8 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     if args.model is not None:  # "" is refused as a name, not ignored
         # the name is checked against the size the run will use: --img-size, else --set's, else the recipe's
         size = getattr(args, "img_size", None) or _set_img_size(args) or cfg.model.img_size
-        overrides += model_overrides(args.model, size)
+        shape = {k: _set_value(args, f"model.{k}", int) for k in ("num_heads", "mlp_dim")}
+        overrides += model_overrides(args.model, size, {k: v for k, v in shape.items() if v is not None})
     if args.compile:
         overrides.append("train.compile=true")
     resolved = _renamed(apply_overrides(cfg, overrides + command_overrides(args, FLAG_KEYS)), args.set or [])
@@ -260,12 +268,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume {out}: the command differs from the run's config: {'; '.join(refused)}"
             )
         changed = [d for d in diff if not d.startswith(RESUME_QUIET)]
-        if changed and info.is_main:
+        evaluation = [d for d in changed if d.startswith(("train.eval_", "train.fewshot"))]
+        arithmetic = [d for d in changed if d not in evaluation]
+        if arithmetic and info.is_main:
             log.info(
                 "--resume %s with %s: the continuation is not bitwise an uninterrupted run's where this changes "
                 "the arithmetic",
                 out,
-                "; ".join(changed),
+                "; ".join(arithmetic),
+            )
+        if evaluation and info.is_main:
+            log.info(
+                "--resume %s with other evaluations (training unchanged): %s", out, "; ".join(evaluation)
             )
         resume = True
     elif out and info.is_main and os.path.exists(os.path.join(out, CONFIG)) and not args.overwrite:
@@ -298,7 +312,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"{cfg.recipe}: {summary['model']} on {summary['dataset']}: test top-1 {summary['test_top1']:.2%} "
             f"[95% interval {summary['test_top1_ci95'][0]:.2%}, {summary['test_top1_ci95'][1]:.2%}], "
-            f"top-5 {top5_text(summary['test_top5'], cfg.model.num_classes)} ({summary['num_samples']} images, {summary['weights']} weights{tta}) "
+            f"top-5 {top5_text(summary['test_top5'], len(summary['per_class']))} ({summary['num_samples']} images, {summary['weights']} weights{tta}) "
             f"after {summary['epochs']:.1f} epochs; training {summary['train_seconds']:.0f} s "
             f"({summary['train_img_s']:.0f} img/s), wall {wall:.0f} s{where}"
         )
@@ -521,7 +535,8 @@ def add_parser(sub) -> None:
         "--split",
         choices=["test", "val", "train"],
         default="test",
-        help="default: test; val: the part of the training set the run held out (data.holdout)",
+        help="default: test; val: the validation split (held out of train/ by data.holdout, or an image folder's "
+        "val/ beside its test/)",
     )
     p.add_argument("--batch-size", type=positive_int, default=512, help="default: 512")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

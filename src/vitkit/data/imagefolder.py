@@ -299,7 +299,7 @@ def val_fraction_beside_val(root: str, val_fraction: float, val_dir: str) -> str
     """What a val_fraction beside the folder's own evaluation split is told."""
     return (
         f"data.val_fraction={val_fraction}: {root} has its own {os.path.basename(val_dir)}/ folder, which is the "
-        "evaluation split (data.holdout=F holds out part of train/ to select on)"
+        "evaluation split (data.holdout, a fraction such as 0.1, holds out part of train/ to select on)"
     )
 
 
@@ -352,7 +352,16 @@ def load_imagefolder(
             val_files = (val_paths, val_labels)
     else:
         if not 0 < val_fraction < 1:
-            raise ValueError(f"{root} has no val/ or test/ folder: set data.val_fraction (e.g. 0.1)")
+            others = sorted(
+                d for d in os.listdir(root) if d != "train" and os.path.isdir(os.path.join(root, d))
+            )
+            seen = (
+                f" ({', '.join(o + '/' for o in others)} not read: name the evaluation folder test/ or val/)"
+            )
+            raise ValueError(
+                f"{root} has no test/ or val/ folder{seen if others else ''}: add one, or set data.val_fraction (e.g. "
+                "0.1: that fraction of train/ becomes the test split; data.holdout adds a validation split)"
+            )
         kept, held = holdout_indices(torch.tensor(labels), val_fraction, seed)  # that fraction of every class
         if len(held) == 0 or len(kept) == 0:
             raise ValueError(
