@@ -105,9 +105,8 @@ def model_overrides(name: str, img_size=None, shape: dict | None = None) -> list
         return str(v)
 
     given = dict(shape or {}) | ({} if img_size is None else {"img_size": img_size})
-    m = model_config(
-        name, **given
-    )  # `shape`: --set's heads or MLP, which a width off the paper's table needs
+    # `shape`: --set's heads or MLP, which a width off the paper's table needs
+    m = model_config(name, **given)
     keys = list(ARCH_FIELDS)
     if m.arch != "vit":
         keys += [k for k in VIT_ONLY if k not in keys and k not in CNN_READS.get(m.arch, ())]

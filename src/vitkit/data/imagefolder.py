@@ -353,7 +353,9 @@ def load_imagefolder(
     else:
         if not 0 < val_fraction < 1:
             others = sorted(
-                d for d in os.listdir(root) if d != "train" and os.path.isdir(os.path.join(root, d))
+                d
+                for d in os.listdir(root)
+                if d != "train" and not _hidden(d) and os.path.isdir(os.path.join(root, d))
             )
             seen = (
                 f" ({', '.join(o + '/' for o in others)} not read: name the evaluation folder test/ or val/)"

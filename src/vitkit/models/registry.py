@@ -371,9 +371,8 @@ def executed_macs(cfg: ModelConfig) -> int:
         return full
     d, m, n = cfg.embed_dim, cfg.mlp_dim, cfg.num_tokens
     last = n * (4 * d * d + 2 * d * m) + 2 * n * n * d
-    ran = (
-        n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m
-    )  # keys and values; the class token's q, attn, proj, MLP
+    # keys and values of every token; the class token's query, attention, projection and MLP
+    ran = n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m
     if cfg.posemb == "relative":
         last, ran = last + n * (2 * n - 1) * d, ran + (2 * n - 1) * d
     return full - last + ran
