@@ -381,6 +381,9 @@ def test_fewshot_of_a_run(run_dir):
     )
     assert r.returncode == 0, r.stderr
     assert "pre-logits of width 32" in r.stdout and "10 test images" in r.stdout
+    # was: with stderr not a terminal (a log of 2>&1), the bar and the table's header shared a line
+    r = run_vitkit("fewshot", str(run_dir), "--shots", "5", "--seeds", "1", "--test-limit", "10")
+    assert r.returncode == 0 and "embedding" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(

@@ -239,4 +239,9 @@ def test_a_gpu_recipe_on_the_cpu_says_what_it_costs(caplog, monkeypatch):
     with caplog.at_level("WARNING"):
         _warn_gpu_recipe_on_cpu(get_recipe("fashion-mnist"), main=True)
         _warn_gpu_recipe_on_cpu(get_recipe("fashion-mnist-best"), main=False)
+        # was: the cost of the full recipe was told to a run shortened with --steps or --epochs
+        best = get_recipe("fashion-mnist-best")
+        _warn_gpu_recipe_on_cpu(
+            dataclasses.replace(best, train=dataclasses.replace(best.train, steps=1)), main=True
+        )
     assert caplog.text == ""

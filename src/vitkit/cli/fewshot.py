@@ -74,7 +74,8 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(unit="img", desc="embedding", dynamic_ncols=True, leave=False)
+        # disable=None: none when stderr is no terminal (a log of 2>&1 would get the bar and the table on one line)
+        bar = tqdm(unit="img", desc="embedding", dynamic_ncols=True, leave=False, disable=None)
     try:
         res = fewshot_evaluate(
             subject.model,

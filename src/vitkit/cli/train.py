@@ -207,7 +207,9 @@ def _warn_gpu_recipe_on_cpu(cfg: RunConfig, main: bool) -> None:
     from vitkit.train.loop import resolve_device
 
     cost = GPU_RECIPES.get(cfg.recipe)
-    if cost and main and resolve_device(cfg.train.device).type == "cpu":
+    own = get_recipe(cfg.recipe).train if cost else None
+    full = own is not None and (cfg.train.steps, cfg.train.epochs) == (own.steps, own.epochs)  # not shortened
+    if cost and full and main and resolve_device(cfg.train.device).type == "cpu":
         log.warning(
             "recipe %s is sized for one GPU (--device cuda); on this CPU %s. Shorten it with --epochs/--steps, "
             "or train the default recipe (fashion-mnist) here",
