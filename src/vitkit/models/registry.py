@@ -338,6 +338,14 @@ def _config_of(cfg: Any, fn: str) -> ModelConfig:
     raise ValueError(f"{fn}: expected a ModelConfig or a vitkit model, got {type(cfg).__name__}")
 
 
+def _block_macs(queries: int, n: int, d: int, m: int, relative: bool) -> int:
+    """One encoder block's MACs for `queries` of its n tokens: keys and values of all n, each query's projection,
+    attention (logits and the weighted sum; relative position logits against 2n - 1 offsets), output projection
+    and MLP."""
+    rel = queries * (2 * n - 1) * d if relative else 0
+    return 2 * n * d * d + queries * (2 * d * d + 2 * n * d + 2 * d * m) + rel
+
+
 def forward_macs(cfg: ModelConfig) -> int:
     """Analytic multiply-accumulates of one forward pass of one image (of a ModelConfig or a vitkit model)."""
     cfg = _config_of(cfg, "forward_macs")
@@ -352,9 +360,7 @@ def forward_macs(cfg: ModelConfig) -> int:
     embed = n_p * p2c * d
     if cfg.backbone is not None:
         embed += backbone_macs(cfg.backbone, cfg.in_chans, cfg.img_size)
-    blocks = L * (n * (4 * d * d + 2 * d * m) + 2 * n * n * d)
-    if cfg.posemb == "relative":  # each query against every offset's key: (n, 2n - 1) logits of width d
-        blocks += L * n * (2 * n - 1) * d
+    blocks = L * _block_macs(n, n, d, m, cfg.posemb == "relative")
     rep = d * cfg.representation_size if cfg.representation_size else 0
     head_in = cfg.representation_size or d
     return embed + blocks + rep + head_in * cfg.num_classes
@@ -369,13 +375,8 @@ def executed_macs(cfg: ModelConfig) -> int:
     full = forward_macs(cfg)
     if cfg.arch != "vit" or cfg.pool != "token" or cfg.depth < 1 or unpooled:
         return full
-    d, m, n = cfg.embed_dim, cfg.mlp_dim, cfg.num_tokens
-    last = n * (4 * d * d + 2 * d * m) + 2 * n * n * d
-    # keys and values of every token; the class token's query, attention, projection and MLP
-    ran = n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m
-    if cfg.posemb == "relative":
-        last, ran = last + n * (2 * n - 1) * d, ran + (2 * n - 1) * d
-    return full - last + ran
+    d, m, n, relative = cfg.embed_dim, cfg.mlp_dim, cfg.num_tokens, cfg.posemb == "relative"
+    return full - _block_macs(n, n, d, m, relative) + _block_macs(1, n, d, m, relative)
 
 
 def count_params(cfg: ModelConfig) -> int:
