@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -196,4 +199,29 @@ def test_a_device_typo_is_one_line_naming_it(args, tmp_path, capsys):
     assert (
         f"device {args[args.index('--device') + 1]!r} is not auto, cpu, cuda or cuda:N"
         in capsys.readouterr().err
+    )
+
+
+EXIT = """
+import atexit, sys
+from vitkit.cli import console
+atexit.register(lambda: print("TEARDOWN", flush=True))
+sys.argv = ["vitkit", *sys.argv[1:]]
+console()
+"""
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+@pytest.mark.parametrize(("args", "code"), [(["models"], 0), (["eval", "/no/such/run"], 2)])
+def test_a_torchrun_worker_exits_without_the_interpreters_teardown(world, args, code, tmp_path):
+    """A gloo worker thread that asks for the GIL while the interpreter shuts down aborts a finished torchrun
+    run (SIGABRT): under torchrun the program ends with its status and what it printed, and no teardown."""
+    env = dict(os.environ, WORLD_SIZE=world, RANK="0", LOCAL_RANK="0")
+    r = subprocess.run(
+        [sys.executable, "-c", EXIT, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == code, r.stderr[-2000:]
+    assert ("TEARDOWN" in r.stdout) == (world == "1")
+    assert ("ViT-B/16" in r.stdout) if code == 0 else ("/no/such/run does not exist" in r.stderr), (
+        r.stdout[-500:] + r.stderr[-500:]
     )

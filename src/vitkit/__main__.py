@@ -1,6 +1,6 @@
 """`python -m vitkit` runs the command-line interface."""
 
-from vitkit.cli import main
+from vitkit.cli import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()

@@ -12,7 +12,7 @@ from vitkit import __version__
 from vitkit.cli import bench, compare, convert, fewshot, finetune, inspect, models, train
 from vitkit.cli.common import UserError
 
-__all__ = ["UserError", "build_parser", "main"]
+__all__ = ["UserError", "build_parser", "console", "main"]
 
 # a missing module -> what to install: vitkit's extras where one holds it
 PIP_NAMES = {
@@ -74,3 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         )  # torchrun
         print(f"vitkit {args.command}: error{rank}: {msg}", file=sys.stderr, flush=True)
         return 2
+
+
+def console() -> None:
+    """The `vitkit` program: `main()`, then exit with its status; a torchrun worker skips the interpreter's teardown."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # After a finished run, a gloo worker thread may still be dropping a collective's tensors, which takes the
+        # GIL; asked for during the interpreter's shutdown, that ends the thread inside a destructor:
+        # std::terminate, SIGABRT, and torchrun fails a run that succeeded. The group cannot be joined first:
+        # under FSDP, DTensor's caches keep it alive after destroy_process_group. Everything is written by now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
