@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import pickle
 
@@ -841,3 +842,102 @@ def test_default_weights_are_hub_ids_beside_a_timm_folder_and_model_folders_ask_
     assert vitkit.create_model("ViT-32x2/8", pretrained=m).cfg.num_heads == 2
     with pytest.raises(ValueError, match="width 32 is neither in the paper's table nor a multiple of 64"):
         vitkit.create_model("ViT-32x2/8")
+
+
+@pytest.mark.parametrize(
+    ("arch", "size"), [("vit_so400m_patch14_siglip_gap_224", 28), ("vit_base_patch32_siglip_gap_256", 64)]
+)
+def test_a_timm_folder_takes_heads_and_activation_from_its_architecture(arch, size, tmp_path):
+    """Was: timm's save_for_hf/push_to_hub write model_args only as given to create_model, so SO400M's 16 heads
+    were read from its width as 18 and SigLIP's tanh GELU as the erf one, without a word (logits off by 0.33 and
+    8e-5). timm builds the named architecture on the meta device to say them."""
+    timm = pytest.importorskip("timm")
+    from timm.models._hub import save_for_hf
+
+    t = timm.create_model(arch, pretrained=False, depth=1, img_size=size, num_classes=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in t.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    t.pretrained_cfg = dict(t.pretrained_cfg, input_size=(3, size, size))
+    save_for_hf(t, str(tmp_path / "peer"))
+    assert "num_heads" not in (tmp_path / "peer" / "config.json").read_text()
+    m = vitkit.create_model(pretrained=str(tmp_path / "peer"))
+    assert m.cfg.num_heads == t.blocks[0].attn.num_heads
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), t(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_timm_folder_whose_architecture_timm_cannot_build_is_read_with_a_warning(tmp_path, caplog):
+    """... and where timm does not know the architecture (or is missing), what the folder leaves out is
+    vitkit's default, said in a warning."""
+    timm = pytest.importorskip("timm")
+    from timm.models._hub import save_for_hf
+
+    t = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=3
+    ).eval()
+    save_for_hf(t, str(tmp_path / "peer"), model_args={"num_heads": 3})
+    config = (tmp_path / "peer" / "config.json").read_text()
+    (tmp_path / "peer" / "config.json").write_text(
+        config.replace("vit_tiny_patch16_224", "vit_from_the_future")
+    )
+    with caplog.at_level("WARNING"):
+        m = vitkit.create_model(pretrained=str(tmp_path / "peer"))
+    assert "timm could not build it" in caplog.text and "act_layer/norm_eps" in caplog.text
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), t(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_grey_model_from_a_folder_with_rgb_statistics_converts_and_exports_usable_files(tmp_path):
+    """Was: `convert` and `export --format safetensors` wrote the source's three means and stds for a
+    one-channel model (transformers' processor lists RGB's), and `predict` refused both files."""
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    from vitkit.cli import main
+
+    hf = _hf_model("ViTForImageClassification", num_channels=1)
+    hf.save_pretrained(tmp_path / "hf")
+    transformers.ViTImageProcessor(
+        size={"height": 2 * P, "width": 2 * P}, image_mean=[0.2, 0.3, 0.4], image_std=[0.5, 0.5, 0.5]
+    ).save_pretrained(tmp_path / "hf")
+    Image.fromarray(np.full((2 * P, 2 * P), 90, np.uint8)).save(tmp_path / "g.png")
+    assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["mean"] == pytest.approx([0.3]) and data["std"] == [0.5]
+    out = tmp_path / "grey.safetensors"
+    assert main(["export", str(tmp_path / "hf"), "--format", "safetensors", "--out", str(out)]) == 0
+    for source in (tmp_path / "run", out):
+        assert main(["predict", str(source), str(tmp_path / "g.png")]) == 0, source
+
+
+def test_a_damaged_compressed_npz_is_a_conversion_error_naming_the_array(tmp_path):
+    """Was: a flipped byte in a compressed member of an .npz (np.savez_compressed) ended in a raw zlib.error
+    traceback naming neither the file nor the array."""
+    import zlib
+
+    from vitkit.convert.files import read_npz
+
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, **{f"a{i}": np.arange(600, dtype=np.float32) * i for i in range(3)})
+    good, seen_zlib = path.read_bytes(), 0
+    for offset in range(60, len(good) - 200, 7):
+        bad = bytearray(good)
+        bad[offset] ^= 0x5A
+        path.write_bytes(bytes(bad))
+        try:
+            with np.load(path) as archive:
+                [archive[k] for k in archive.files]
+        except zlib.error:
+            seen_zlib += 1
+        except Exception:
+            pass
+        try:
+            read_npz(str(path))
+        except ConversionError as e:
+            assert str(path) in str(e)
+            assert "(array 'a" in str(e) or "zlib" not in str(e)
+    assert seen_zlib, "no offset gave numpy's zlib.error: the test no longer covers it"

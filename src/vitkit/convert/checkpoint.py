@@ -250,3 +250,13 @@ def prepend_prefix_posemb(state: dict[str, torch.Tensor], grid_tokens: int | Non
     without_prefix = grid_tokens == n if grid_tokens is not None else math.isqrt(n) ** 2 == n and n > 1
     if without_prefix:
         state["pos_embed"] = torch.cat([torch.zeros_like(pe[:, :1]), pe], dim=1)  # (1, 1 + N, D)
+
+
+def adapt_channel_stats(values: list[float], in_chans: int) -> list[float]:
+    """A per-channel mean or std for the channels `adapt_input_channels` made: their average for one (grey),
+    else the same cycle of the checkpoint's channels."""
+    if len(values) == in_chans:
+        return list(values)
+    if in_chans == 1:
+        return [sum(values) / len(values)]
+    return [values[i % len(values)] for i in range(in_chans)]

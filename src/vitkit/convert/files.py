@@ -7,6 +7,7 @@ import os
 import pickle
 import warnings
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -81,18 +82,26 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         )
     if magic.startswith(b"\x93NUMPY"):  # np.load gives a bare array, which has no names to convert
         raise ConversionError(f"{path} is a single .npy array, not an .npz archive of named arrays")
+    key = None
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
+            arrays = {}
+            for key in archive.files:
+                arrays[key] = archive[key]
+            return arrays
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise UnsafeCheckpointError(
                 f"{path}: refused to load: it holds pickled object arrays (which could run code); "
                 "official checkpoints hold plain numeric arrays only"
             ) from None
-        raise ConversionError(f"{path} is not a readable .npz archive: {e}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ConversionError(f"{path} is not a readable .npz archive: {e}") from None
+        raise ConversionError(f"{path} is not a readable .npz archive{_member(key)}: {e}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # zlib: a damaged compressed member
+        raise ConversionError(f"{path} is not a readable .npz archive{_member(key)}: {e}") from None
+
+
+def _member(key: str | None) -> str:
+    return f" (array {key!r})" if key else ""
 
 
 def read_json_file(path: str) -> dict[str, Any]:

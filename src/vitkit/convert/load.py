@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vitkit.config import ARCH_FIELDS, ModelConfig
-from vitkit.convert.checkpoint import PREPROCESS_KEYS, Checkpoint, unknown_heads_error
+from vitkit.convert.checkpoint import PREPROCESS_KEYS, Checkpoint, adapt_channel_stats, unknown_heads_error
 from vitkit.convert.files import ConversionError
 from vitkit.convert.sources import Source, read_checkpoint
 from vitkit.models import CNN, Model, VisionTransformer, build_model, model_config, resample_posemb
@@ -65,16 +65,6 @@ def adapt_input_channels(w: torch.Tensor, in_chans: int, dim: int = 1) -> torch.
     reps = [1] * w.ndim
     reps[dim] = -(-in_chans // c)
     return w.repeat(*reps).narrow(dim, 0, in_chans) * (c / in_chans)
-
-
-def adapt_channel_stats(values: list[float], in_chans: int) -> list[float]:
-    """A per-channel mean or std for the channels `adapt_input_channels` made: their average for one (grey),
-    else the same cycle of the checkpoint's channels."""
-    if len(values) == in_chans:
-        return list(values)
-    if in_chans == 1:
-        return [sum(values) / len(values)]
-    return [values[i % len(values)] for i in range(in_chans)]
 
 
 def _pixel_weights(model: nn.Module) -> list[tuple[str, int]]:

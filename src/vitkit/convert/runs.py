@@ -14,7 +14,7 @@ import torch
 
 from vitkit.atomic import write_json
 from vitkit.config import ModelConfig, RunConfig, from_dict, load_run_config, save_json, to_dict
-from vitkit.convert.checkpoint import Checkpoint
+from vitkit.convert.checkpoint import Checkpoint, adapt_channel_stats
 from vitkit.convert.files import ConversionError, read_json_file, read_safetensors
 from vitkit.train.checkpoint import MANIFEST, CheckpointError, file_sha256, save_weights, verify_checkpoint
 from vitkit.train.runfiles import EMA_WEIGHTS
@@ -120,7 +120,11 @@ def save_model_file(path: str, model: torch.nn.Module, preprocess: dict[str, Any
 
     check_saveable(model)
     meta = {"format": "vitkit", "config": json.dumps(to_dict(model.cfg))}
-    if preprocess:
+    if preprocess:  # one mean/std per input channel, as a grey model's adapted filters read them
+        preprocess = dict(preprocess)
+        for key in ("mean", "std"):
+            if isinstance(preprocess.get(key), (list, tuple)):
+                preprocess[key] = adapt_channel_stats(list(preprocess[key]), model.cfg.in_chans)
         meta["preprocess"] = json.dumps(preprocess)
     save_weights(path, model.state_dict(), meta)
 
@@ -139,8 +143,9 @@ def save_run_dir(out_dir: str, model: torch.nn.Module, meta: dict[str, Any], sou
         "in_chans": cfg.in_chans,
         # the size a dataset's images are read at: converted weights have none (images are read at the model's)
         **({"native_size": meta["native_size"]} if meta.get("native_size") else {}),
-        "mean": meta.get("mean") or [0.5] * cfg.in_chans,
-        "std": meta.get("std") or [0.5] * cfg.in_chans,
+        # one per input channel: a grey model made from RGB weights reads their average
+        "mean": adapt_channel_stats(list(meta.get("mean") or [0.5]), cfg.in_chans),
+        "std": adapt_channel_stats(list(meta.get("std") or [0.5]), cfg.in_chans),
     }
     data |= {k: meta[k] for k in CROP_KEYS if meta.get(k)}  # how the weights' images were cropped (timm hub)
     save_model_file(os.path.join(out_dir, WEIGHTS), model, {k: data[k] for k in RUN_META_KEYS if k in data})

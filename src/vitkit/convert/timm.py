@@ -75,7 +75,7 @@ def _hub_config_facts(config: dict[str, Any], where: str) -> dict[str, Any]:
     names = pre.get("label_names", config.get("label_names"))
     if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
         facts["classes"] = list(names)
-    args = config.get("model_args") or {}
+    args = {**_architecture_args(config, where), **(config.get("model_args") or {})}
     if "num_heads" in args:
         facts["num_heads"] = int(args["num_heads"])
     act = args.get("act_layer")
@@ -207,6 +207,33 @@ def _tokens(state: dict[str, torch.Tensor], img_size: tuple[int, int], where: st
     """Patch tokens of an image of `img_size` under this checkpoint's token stride."""
     stride = token_stride(state, where)
     return (img_size[0] // stride) * (img_size[1] // stride)
+
+
+# what timm's hub config.json leaves to its named architecture and vitkit cannot read from the weights
+ARCHITECTURE_KEYS = ("num_heads", "act_layer", "norm_eps", "no_embed_class")
+
+
+def _architecture_args(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """The model arguments timm's `architecture` implies and config.json's model_args leave out (timm writes
+    only those given to create_model): heads, activation, LayerNorm eps, built by timm on the meta device."""
+    arch, args = config.get("architecture"), config.get("model_args") or {}
+    if not isinstance(arch, str) or all(k in args for k in ARCHITECTURE_KEYS[:3]):
+        return {}
+    try:
+        import timm
+
+        with torch.device("meta"):  # no memory, no weights: the module tree only
+            model = timm.create_model(arch, pretrained=False, **args)
+    except Exception as e:  # timm missing, or too old to know the architecture
+        log.warning(
+            "%s: config.json names timm's %s but leaves out its %s, and timm could not build it to say them (%s: "
+            "%s): read as vitkit's defaults (heads from the width, the erf GELU, LayerNorm eps 1e-6); pass "
+            "num_heads (--num-heads) if they differ",
+            where, arch, "/".join(k for k in ARCHITECTURE_KEYS[:3] if k not in args), type(e).__name__, e,
+        )  # fmt: skip
+        return {}
+    implied = timm_module_config(model)["model_args"]
+    return {k: implied[k] for k in ARCHITECTURE_KEYS if k in implied}
 
 
 def timm_module_config(model: nn.Module) -> dict[str, Any]:
