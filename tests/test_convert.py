@@ -941,3 +941,20 @@ def test_a_damaged_compressed_npz_is_a_conversion_error_naming_the_array(tmp_pat
             assert str(path) in str(e)
             assert "(array 'a" in str(e) or "zlib" not in str(e)
     assert seen_zlib, "no offset gave numpy's zlib.error: the test no longer covers it"
+
+
+def test_a_distilled_deit_and_an_npz_with_a_gap_in_its_blocks_are_refused_by_name(tmp_path):
+    """Was: DeiT's distillation token read as "5 patch position embeddings do not form a square grid"; an .npz
+    without encoderblock_0 but with encoderblock_1 as "no transformer blocks found"."""
+    pytest.importorskip("timm")
+    state = timm_vit().state_dict()
+    state["dist_token"] = torch.zeros(1, 1, D)
+    with pytest.raises(ConversionError, match="distillation token"):
+        vitkit.create_model(pretrained=state, num_heads=HEADS)
+    arrays = {k: v for k, v in flax_arrays().items() if not k.startswith("Transformer/encoderblock_0/")}
+    arrays |= {
+        k.replace("encoderblock_0", "encoderblock_1"): v for k, v in flax_arrays().items() if "block_0" in k
+    }
+    np.savez(tmp_path / "gap.npz", **arrays)
+    with pytest.raises(ConversionError, match="encoderblock_0 is missing, but encoderblock_1 is there"):
+        vitkit.create_model(pretrained=str(tmp_path / "gap.npz"))

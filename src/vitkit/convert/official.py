@@ -184,6 +184,9 @@ def convert_official(arrays: dict[str, np.ndarray], path: str) -> tuple[dict[str
         while any(k.startswith(f"Transformer/encoderblock_{i}/") for k in r.left):
             heads.append(_block(r, f"Transformer/encoderblock_{i}/", None, out, i))
             i += 1
+        later = sorted({k.split("/")[1] for k in r.left if k.startswith("Transformer/encoderblock_")})
+        if later:  # a gap in the numbering: the blocks after it would be left out
+            raise ConversionError(f"{path}: Transformer/encoderblock_{i} is missing, but {later[0]} is there")
     if len(set(heads)) > 1:
         raise ConversionError(
             f"{path}: the blocks' attention heads differ ({heads}); a ViT's blocks all have the same"

@@ -154,6 +154,11 @@ def from_timm_state(
             f"{where}: has fc_norm (timm's average pooling with a norm after pooling); vitkit's GAP normalises "
             "before pooling as the paper's code does, so these weights would compute something else"
         )
+    if "dist_token" in state:
+        raise ConversionError(
+            f"{where}: has a distillation token (DeiT's dist_token and head_dist); vitkit's ViT has the class "
+            "token only, as the paper's"
+        )
     if "reg_token" in state:
         raise ConversionError(
             f"{where}: has register tokens (timm's reg_tokens={int(state['reg_token'].shape[1])}); vitkit's ViT "
