@@ -616,3 +616,43 @@ def test_pca_stops_at_the_rank_of_the_centred_filters():
     model = _tiny(embed_dim=8, num_heads=2)  # 8 filters of 1x4x4: centred, they span 7 dimensions
     comps, ratio = embedding_pca(model, k=28, return_variance=True)
     assert comps.shape[0] == 7 and float(ratio.min()) > 0
+
+
+def test_inspect_writes_all_of_its_files_or_none_and_checks_its_default_folder_first(
+    run_dir, tmp_path, capsys
+):
+    """Was: a report that could not be built (a broken summary.json) failed after the PNGs and inspect.json
+    were written (listing a report.html never made); a default folder that is a file failed after the analysis
+    with "[Errno 17] File exists"; `--out RUN/inspect` (the default named) asked for --overwrite."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps(summary | {"confusion": [[1, 0], [0, 1]]}))
+    assert main(["inspect", str(run), "--num-images", "2"]) == 2
+    assert "2x2 confusion matrix" in capsys.readouterr().err
+    assert not (run / "inspect").exists()
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "inspect").write_text("x")
+    assert main(["inspect", str(run), "--num-images", "2"]) == 2
+    assert f"{run / 'inspect'} is a file; vitkit inspect writes a folder" in capsys.readouterr().err
+    (run / "inspect").unlink()
+    for _ in range(2):  # the second time into an inspection already there, named as --out
+        assert main(["inspect", str(run), "--num-images", "2", "--out", str(run / "inspect")]) == 0
+    assert sorted(p.name for p in (run / "inspect").iterdir()) == sorted(FILES)
+
+
+def test_a_folder_where_the_report_goes_is_named_before_any_work(run_dir, tmp_path, capsys):
+    """Was: RUN/report.html as a folder failed after the analysis, naming the temp file of the write."""
+    from vitkit.atomic import atomic_write_bytes
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "report.html").unlink(missing_ok=True)
+    (run / "report.html").mkdir()
+    assert main(["report", str(run), "--num-images", "2"]) == 2
+    assert f"{run / 'report.html'} is a folder; vitkit report writes a file" in capsys.readouterr().err
+    with pytest.raises(
+        IsADirectoryError, match=r"a folder is in the way of the file to write: '.*report\.html'"
+    ):
+        atomic_write_bytes(str(run / "report.html"), b"x")
+    assert [p.name for p in run.iterdir() if p.name.startswith(".tmp-")] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -68,6 +69,8 @@ def write_errors_as_oserror(path: str) -> Iterator[None]:
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Have `write(tmp)` fill a temp file beside `path`, fsync it, rename it over `path`: old or new, never half."""
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):  # else the rename's error would name the temp file
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)

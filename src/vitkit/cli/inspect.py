@@ -121,7 +121,8 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
 
 def inspect_to(subject: Subject, out_dir: str, inputs: Inputs, args: argparse.Namespace) -> str:
     """Write the four PNGs, inspect.json and report.html into out_dir; return the report's path."""
-    from vitkit.inspect.report import write_inspection, write_report
+    from vitkit.inspect.plots import figure_png
+    from vitkit.inspect.report import inspection_figures, write_inspection
 
     analysis = run_analysis(subject, inputs, args)
     info = {
@@ -138,10 +139,10 @@ def inspect_to(subject: Subject, out_dir: str, inputs: Inputs, args: argparse.Na
         info["weights"] = subject.weights
     show = min(args.show, len(inputs.images))
     titles = inputs.titles[:show] if inputs.titles else None
-    pngs = write_inspection(out_dir, analysis, inputs.images[:show], titles, info)
-    path = os.path.join(out_dir, "report.html")
-    write_report(path, build_report(subject, analysis, inputs, pngs))
-    return path
+    figs = inspection_figures(analysis, inputs.images[:show], titles)
+    pngs = {name: figure_png(fig) for name, fig in figs.items()}
+    write_inspection(out_dir, analysis, pngs, build_report(subject, analysis, inputs, pngs), info)
+    return os.path.join(out_dir, "report.html")
 
 
 def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", num_images: int = 32) -> str:
@@ -182,16 +183,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "ViT's patch embedding, position embedding and attention. For a run folder, `vitkit report RUN_DIR` "
             "gives its curves and confusion matrix"
         )
-    if args.out:  # its own default folder is rewritten; another one is checked before any work
+    own = default_output(subject.run_dir, subject.label, "inspect") if subject.run_dir else "vitkit-inspect"
+    out = args.out or own
+    if os.path.exists(out) and not os.path.isdir(out):  # before any work
+        raise UserError(f"{'--out ' if args.out else ''}{out} is a file; vitkit inspect writes a folder")
+    if os.path.abspath(out) != os.path.abspath(
+        own
+    ):  # its own default folder is rewritten; another is checked
         from vitkit.inspect.report import FIGURES
 
-        if os.path.isfile(args.out):
-            raise UserError(f"--out {args.out} is a file; vitkit inspect writes a folder")
-        guard_output_folder(args.out, (*FIGURES, "inspect.json", "report.html"), args.overwrite)
+        guard_output_folder(out, (*FIGURES, "inspect.json", "report.html"), args.overwrite)
     inputs = file_inputs(subject, args.images) if args.images else sample_inputs(subject, args.num_images)
-    out = args.out or (
-        default_output(subject.run_dir, subject.label, "inspect") if subject.run_dir else "vitkit-inspect"
-    )
     path = inspect_to(subject, out, inputs, args)
     print(f"wrote {os.path.join(out, '')}: embedding_pca.png posemb_similarity.png attention_distance.png attention_rollout.png "
           f"inspect.json report.html ({path})")  # fmt: skip
@@ -211,10 +213,14 @@ def cmd_report(args: argparse.Namespace) -> int:
                 )
             read_config(args.run)
         raise UserError(f"{args.run} is not a run folder (config.json + model.safetensors)")
+    run_dir, label = weights_label(args.run)
+    own = default_output(run_dir or args.run, label, "report", ".html")
     if args.out:  # the run's own report is rewritten; any other file is checked before any work
-        run_dir, label = weights_label(args.run)
-        own = default_output(run_dir or args.run, label, "report", ".html")
         guard_output_file(args.out, args.overwrite, own=own)
+    if os.path.isdir(args.out or own):  # the default, or --out naming it: before any work too
+        raise UserError(
+            f"{'--out ' if args.out else ''}{args.out or own} is a folder; vitkit report writes a file"
+        )
     path = report_for_run(args.run, args.out, _device(args.device), args.num_images)
     print(f"wrote {path}")
     return 0

@@ -94,18 +94,19 @@ def inspection_figures(analysis: Analysis, images: torch.Tensor, titles: Sequenc
 def write_inspection(
     out_dir: str,
     analysis: Analysis,
-    images: torch.Tensor,
-    titles: Sequence[str] | None = None,
+    pngs: dict[str, bytes],
+    report: Report,
     info: dict[str, Any] | None = None,
-) -> dict[str, bytes]:
-    """Write the four PNGs and inspect.json (the numbers, plus `info`) into out_dir; return the PNGs."""
+) -> None:
+    """Write the four PNGs, inspect.json (the numbers, plus `info`) and report.html into out_dir, each atomically;
+    everything is made before the first is written, so a failure leaves the folder as it was."""
+    page = render_html(report).encode("utf-8")
+    record = dict(info or {}) | analysis.to_json() | {"files": sorted(pngs) + ["inspect.json", "report.html"]}
     os.makedirs(out_dir, exist_ok=True)
-    pngs = {name: plots.figure_png(fig) for name, fig in inspection_figures(analysis, images, titles).items()}
     for name, data in pngs.items():
         atomic_write_bytes(os.path.join(out_dir, name), data)
-    record = dict(info or {}) | analysis.to_json() | {"files": sorted(pngs) + ["inspect.json", "report.html"]}
     write_json(os.path.join(out_dir, "inspect.json"), record)
-    return pngs
+    atomic_write_bytes(os.path.join(out_dir, "report.html"), page)
 
 
 def inspection_sections(pngs: dict[str, bytes]) -> list[Section]:
