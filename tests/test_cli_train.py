@@ -665,3 +665,44 @@ def test_readme_walkthrough_fixes(tmp_path, capsys):
         "is a hub id: eval and predict read runs; `vitkit convert google/vit-base-patch16-224 --out RUN`"
         in (capsys.readouterr().err)
     )
+
+
+def test_finetune_names_where_a_size_came_from_and_records_its_source_in_full(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    """Was: paper-finetune's default 384 px on patch-7 weights "image size 384x384 is not divisible by the patch
+    size 7" (a size never typed); a non-square timm file told "pass the model's img_size" (finetune's --img-size
+    is the new size); pretrained.json kept --from as typed (a relative path)."""
+    from vitkit.convert import save_model_file
+    from vitkit.models import create_model
+
+    m = create_model("ViT-Ti/7", img_size=14, in_chans=1, num_classes=10, embed_dim=32, depth=1, num_heads=2)
+    save_model_file(str(tmp_path / "p7.safetensors"), m)
+    ft = [
+        "finetune",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-report",
+        "--steps",
+        "1",
+    ]
+    assert main([*ft, "--from", str(tmp_path / "p7.safetensors"), "--recipe", "paper-finetune"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the paper-finetune recipe fine-tunes at 384x384 by default" in err and "--img-size (e.g. 385)" in err
+    )
+    timm = pytest.importorskip("timm")
+    t = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=(16, 24), patch_size=8, embed_dim=32, depth=1,
+        num_heads=2, class_token=False, global_pool="avg", fc_norm=False, num_classes=10,
+    )  # fmt: skip
+    torch.save(t.state_dict(), tmp_path / "ns.pth")
+    ns = ["--from", str(tmp_path / "ns.pth"), "--num-heads", "2", "--img-size", "32"]
+    assert main([*ft, *ns, "--out", str(tmp_path / "ns")]) == 2
+    assert "For finetune: convert it at its own size first" in capsys.readouterr().err
+    monkeypatch.chdir(run_dir.parent)
+    assert main([*ft, "--from", run_dir.name, "--out", str(tmp_path / "ft")]) == 0
+    assert json.loads((tmp_path / "ft" / "pretrained.json").read_text())["from"] == str(run_dir)

@@ -27,7 +27,7 @@ from vitkit.cli.common import (
 from vitkit.cli.outputs import out_holds_source, refuse_training_into
 from vitkit.cli.train import FLAG_KEYS as TRAIN_FLAG_KEYS
 from vitkit.config import RunConfig, apply_overrides
-from vitkit.convert import Checkpoint
+from vitkit.convert import Checkpoint, ConversionError
 from vitkit.eval.metrics import top5_text
 from vitkit.recipes import FINETUNE_IMG_SIZE, PAPER_FINETUNE_STEPS, RECIPES, get_recipe, hyperrule
 
@@ -45,9 +45,19 @@ log = logging.getLogger(__name__)
 def finetune_config(args: argparse.Namespace, ckpt: Checkpoint) -> RunConfig:
     """The recipe with the checkpoint's architecture, the asked resolution, flags and --set overrides."""
     cfg = get_recipe(args.recipe)
+    size = args.img_size or FINETUNE_IMG_SIZE.get(args.recipe) or ckpt.config.img_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if not args.img_size and args.recipe in FINETUNE_IMG_SIZE and ckpt.config.arch == "vit":
+        stride = ckpt.config.token_stride
+        if any(side % stride for side in size):  # a size the user never typed: say where it came from
+            near = max(1, round(size[0] / stride)) * stride
+            raise UserError(
+                f"the {args.recipe} recipe fine-tunes at {size[0]}x{size[1]} by default, which {ckpt.config.name}'s "
+                f"{stride}-pixel tokens do not divide: pass --img-size (e.g. {near})"
+            )
     model = dataclasses.replace(
         ckpt.config,
-        img_size=args.img_size or FINETUNE_IMG_SIZE.get(args.recipe) or ckpt.config.img_size,
+        img_size=size,
         head_init="zero",
         **{
             k: getattr(cfg.model, k)
@@ -130,7 +140,15 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
         raise UserError(f"--out {args.out} already holds a run; pass --overwrite to start afresh there")
     if args.out:
         refuse_training_into(args.out)
-    ckpt = read_checkpoint(args.source, num_heads=args.num_heads, img_size=args.img_size)
+    try:
+        ckpt = read_checkpoint(args.source, num_heads=args.num_heads, img_size=args.img_size)
+    except ConversionError as e:
+        if "does not say the image size" not in str(e):
+            raise
+        raise UserError(  # --img-size here is the fine-tuning size, not the file's
+            f"{e}. For finetune: convert it at its own size first (vitkit convert {args.source} --img-size HxW "
+            "--out RUN), then fine-tune --from RUN"
+        ) from None
     cfg = finetune_config(args, ckpt)
     splits = load_dataset(cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
     cfg = resolve_for_data(cfg, splits, warn=False)  # the checkpoint's classes and channels: adapted below
@@ -152,7 +170,7 @@ def run_finetune(args: argparse.Namespace) -> tuple[dict[str, Any], RunConfig, d
     if mean and std and len(mean) == len(std) == splits.in_chans:
         splits = dataclasses.replace(splits, mean=tuple(mean), std=tuple(std))
     provenance = {
-        "from": args.source,
+        "from": os.path.abspath(args.source) if os.path.exists(args.source) else args.source,  # or a hub id
         "format": ckpt.format,
         "checkpoint_img_size": list(ckpt.config.img_size),
         "img_size": list(cfg.model.img_size),
