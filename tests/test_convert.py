@@ -958,3 +958,47 @@ def test_a_distilled_deit_and_an_npz_with_a_gap_in_its_blocks_are_refused_by_nam
     np.savez(tmp_path / "gap.npz", **arrays)
     with pytest.raises(ConversionError, match="encoderblock_0 is missing, but encoderblock_1 is there"):
         vitkit.create_model(pretrained=str(tmp_path / "gap.npz"))
+
+
+def test_a_timm_folders_architecture_is_built_from_nowhere_else(tmp_path, monkeypatch, caplog):
+    """The architecture is built with pretrained=False from the installed timm only: a hub or local-dir name is
+    not resolved (timm would fetch its config), model_args' checkpoint_path and the like are dropped; a timm
+    whose constructors fail on the meta device builds one block on the CPU instead."""
+    timm = pytest.importorskip("timm")
+    from timm.models import _hub
+    from timm.models._hub import save_for_hf
+
+    def no_fetch(*args, **kw):
+        raise AssertionError(f"fetched {args}")
+
+    from timm.models import _factory
+
+    for module in (_hub, _factory):
+        monkeypatch.setattr(module, "load_model_config_from_hf", no_fetch)
+    t = timm.create_model("vit_so400m_patch14_siglip_gap_224", pretrained=False, depth=1, img_size=28)
+    save_for_hf(t.eval(), str(tmp_path / "peer"))
+    config = json.loads((tmp_path / "peer" / "config.json").read_text())
+    for arch, extra, says in (
+        ("hf-hub:someone/some-repo", {}, "it names a source, not an architecture"),
+        ("local-dir:" + str(tmp_path), {}, "it names a source, not an architecture"),
+        (config["architecture"], {"checkpoint_path": str(tmp_path / "none.pth")}, None),
+    ):
+        bent = config | {"architecture": arch, "model_args": config["model_args"] | extra}
+        (tmp_path / "peer" / "config.json").write_text(json.dumps(bent))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            m = vitkit.create_model(pretrained=str(tmp_path / "peer"))
+        assert (says in caplog.text) if says else "could not build" not in caplog.text, caplog.text
+        assert m.cfg.num_heads == (18 if says else 16)  # the width's guess, else the architecture's
+    real = timm.create_model
+
+    def old_timm(*args, **kw):  # older timm: drop-path rates read with .item(), which the meta device refuses
+        if torch.empty(0).device.type == "meta":
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(timm, "create_model", old_timm)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        m = vitkit.create_model(pretrained=str(tmp_path / "peer"))
+    assert m.cfg.num_heads == 16 and "could not build" not in caplog.text

@@ -636,6 +636,12 @@ def test_inspect_writes_all_of_its_files_or_none_and_checks_its_default_folder_f
     assert main(["inspect", str(run), "--num-images", "2"]) == 2
     assert f"{run / 'inspect'} is a file; vitkit inspect writes a folder" in capsys.readouterr().err
     (run / "inspect").unlink()
+    (run / "inspect").mkdir()
+    (run / "inspect" / "report.html").mkdir()  # a folder in the way of the last file: nothing written
+    assert main(["inspect", str(run), "--num-images", "2"]) == 2
+    assert "a folder is in the way of the file to write" in capsys.readouterr().err
+    assert [p.name for p in (run / "inspect").iterdir()] == ["report.html"]
+    (run / "inspect" / "report.html").rmdir()
     for _ in range(2):  # the second time into an inspection already there, named as --out
         assert main(["inspect", str(run), "--num-images", "2", "--out", str(run / "inspect")]) == 0
     assert sorted(p.name for p in (run / "inspect").iterdir()) == sorted(FILES)

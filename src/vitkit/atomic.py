@@ -111,6 +111,11 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def json_bytes(obj: Any) -> bytes:
+    """Indented JSON as written to a file (NaN/inf as null)."""
+    return (json.dumps(json_safe(obj), indent=2) + "\n").encode()
+
+
 def write_json(path: str, obj: Any) -> None:
     """Atomically write indented JSON."""
-    atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=2) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))

@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import traceback
+from typing import NoReturn
 
 from vitkit import __version__
 from vitkit.cli import bench, compare, convert, fewshot, finetune, inspect, models, train
@@ -69,23 +71,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (UserError, ValueError, KeyError, OSError) as e:  # OSError: missing, unwritable, full disk ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        rank = (
-            f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        )  # torchrun
+        rank = f" (rank {os.environ.get('RANK', '?')})" if _world_size() > 1 else ""  # torchrun
         print(f"vitkit {args.command}: error{rank}: {msg}", file=sys.stderr, flush=True)
         return 2
 
 
-def console() -> None:
+def _world_size() -> int:
+    """The job's process count as torchrun gives it (1 when unset or unreadable)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def console() -> NoReturn:
     """The `vitkit` program: `main()`, then exit with its status; a torchrun worker skips the interpreter's teardown."""
-    code = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # After a finished run, a gloo worker thread may still be dropping a collective's tensors, which takes the
-        # GIL; asked for during the interpreter's shutdown, that ends the thread inside a destructor:
-        # std::terminate, SIGABRT, and torchrun fails a run that succeeded. The group cannot be joined first:
-        # under FSDP, DTensor's caches keep it alive after destroy_process_group. Everything is written by now.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    raise SystemExit(code)
+    if _world_size() <= 1:
+        raise SystemExit(main())
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's usage errors, --help, --version
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:  # a failure main() does not turn into a message: its traceback, as Python prints it
+        traceback.print_exc()
+        code = 1
+    # A finished run's gloo worker thread may still be dropping a collective's tensors, which takes the GIL; asked
+    # for during the interpreter's shutdown, that ends the thread inside a destructor: std::terminate, SIGABRT, and
+    # torchrun fails a run that succeeded. The group cannot be joined first: under FSDP, DTensor's caches keep it
+    # alive after destroy_process_group. Everything is written by now; what is buffered is flushed here.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -218,17 +218,24 @@ def _tokens(state: dict[str, torch.Tensor], img_size: tuple[int, int], where: st
 ARCHITECTURE_KEYS = ("num_heads", "act_layer", "norm_eps", "no_embed_class")
 
 
+# create_model's own keywords, which say where weights, configs and caches come from: a folder's config.json
+# must not point them anywhere
+NOT_MODEL_ARGS = (
+    "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "scriptable",
+    "exportable", "no_jit",
+)  # fmt: skip
+
+
 def _architecture_args(config: dict[str, Any], where: str) -> dict[str, Any]:
     """The model arguments timm's `architecture` implies and config.json's model_args leave out (timm writes
-    only those given to create_model): heads, activation, LayerNorm eps, built by timm on the meta device."""
+    only those given to create_model): heads, activation, LayerNorm eps, read from timm's module tree."""
     arch, args = config.get("architecture"), config.get("model_args") or {}
     if not isinstance(arch, str) or all(k in args for k in ARCHITECTURE_KEYS[:3]):
         return {}
     try:
-        import timm
-
-        with torch.device("meta"):  # no memory, no weights: the module tree only
-            model = timm.create_model(arch, pretrained=False, **args)
+        if ":" in arch:  # hf-hub:, local-dir: ... would have timm read (or fetch) another model's config
+            raise ValueError("it names a source, not an architecture")
+        model = _timm_skeleton(arch, {k: v for k, v in args.items() if k not in NOT_MODEL_ARGS})
     except Exception as e:  # timm missing, or too old to know the architecture
         log.warning(
             "%s: config.json names timm's %s but leaves out its %s, and timm could not build it to say them (%s: "
@@ -239,6 +246,19 @@ def _architecture_args(config: dict[str, Any], where: str) -> dict[str, Any]:
         return {}
     implied = timm_module_config(model)["model_args"]
     return {k: implied[k] for k in ARCHITECTURE_KEYS if k in implied}
+
+
+def _timm_skeleton(arch: str, args: dict[str, Any]) -> nn.Module:
+    """timm's `arch` with random weights, for its module tree: on the meta device (no memory), else (timm
+    versions whose constructors read numbers off tensors: drop-path rates) one block of it on the CPU."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            return timm.create_model(arch, pretrained=False, **args)
+    except Exception:
+        with torch.device("cpu"):
+            return timm.create_model(arch, pretrained=False, **(args | {"depth": 1}))
 
 
 def timm_module_config(model: nn.Module) -> dict[str, Any]:

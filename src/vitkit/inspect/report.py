@@ -8,6 +8,7 @@ A tiny inline script records, once the page has loaded, how many images it holds
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vitkit.atomic import atomic_write_bytes, write_json
+from vitkit.atomic import atomic_write_bytes, json_bytes
 from vitkit.inspect import plots
 from vitkit.inspect.analysis import Analysis
 
@@ -99,14 +100,17 @@ def write_inspection(
     info: dict[str, Any] | None = None,
 ) -> None:
     """Write the four PNGs, inspect.json (the numbers, plus `info`) and report.html into out_dir, each atomically;
-    everything is made before the first is written, so a failure leaves the folder as it was."""
-    page = render_html(report).encode("utf-8")
+    all six are made, and checked for a folder in their way, before the first is written."""
     record = dict(info or {}) | analysis.to_json() | {"files": sorted(pngs) + ["inspect.json", "report.html"]}
+    files = pngs | {"inspect.json": json_bytes(record), "report.html": render_html(report).encode("utf-8")}
+    for name in files:  # a folder in the way would stop the writes part-way
+        if os.path.isdir(os.path.join(out_dir, name)):
+            raise IsADirectoryError(
+                errno.EISDIR, "a folder is in the way of the file to write", os.path.join(out_dir, name)
+            )
     os.makedirs(out_dir, exist_ok=True)
-    for name, data in pngs.items():
+    for name, data in files.items():
         atomic_write_bytes(os.path.join(out_dir, name), data)
-    write_json(os.path.join(out_dir, "inspect.json"), record)
-    atomic_write_bytes(os.path.join(out_dir, "report.html"), page)
 
 
 def inspection_sections(pngs: dict[str, bytes]) -> list[Section]:
