@@ -211,3 +211,36 @@ def test_fewshot_of_a_bf16_model_and_a_test_set_in_class_order():
     assert (
         len(set(test.labels[picked].tolist())) > 5
     )  # drawn across the classes, not the first 20 (two classes)
+
+
+def test_fewshot_refuses_to_redraw_a_runs_test_split_from_its_train_folder(tmp_path, capsys):
+    """Was: `fewshot RUN --val-fraction 0.5` on a run trained with data.val_fraction=0.25 drew a test split from
+    train/ that held 9 of the run's training images, scored without a word."""
+    from PIL import Image
+
+    from vitkit.cli import main
+
+    for c in range(3):
+        (tmp_path / "ds" / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.new("L", (8, 8), 30 * c + i).save(tmp_path / "ds" / "train" / f"c{c}" / f"{i}.png")
+    run = tmp_path / "run"
+    tiny = ["--set", "model.embed_dim=16", "--set", "model.depth=1", "--set", "model.num_heads=1"]
+    tiny += ["--set", "model.mlp_dim=16", "--set", "model.img_size=8", "--set", "model.patch_size=4"]
+    train = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "ds"), "--device", "cpu"]
+    train += [
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--set",
+        "data.val_fraction=0.25",
+        "--set",
+        "train.compile=false",
+    ]
+    assert main([*train, *tiny, "--out", str(run), "--no-progress", "--no-report"]) == 0
+    shots = ["fewshot", str(run), "--shots", "1", "--seeds", "1", "--no-progress"]
+    assert main([*shots, "--val-fraction", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "data.val_fraction=0.25 test split; --val-fraction 0.5 would draw another from train/" in err
+    assert main([*shots, "--val-fraction", "0.25"]) == 0  # the run's own split, as without the flag

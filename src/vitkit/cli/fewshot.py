@@ -6,10 +6,15 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+from typing import TYPE_CHECKING, Any
 
 from vitkit.cli.common import UserError, path_arg, positive_float, positive_int
 from vitkit.cli.rundata import another_dataset, check_folder_unchanged, folder_chans, local_data
 from vitkit.eval.fewshot import L2_REG, SEEDS, SHOTS
+
+if TYPE_CHECKING:
+    from vitkit.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +35,29 @@ def _data_config(args: argparse.Namespace, subject):
             data_cfg = another_dataset(data_cfg, args.dataset)
         data_cfg = local_data(data_cfg, args.data_dir, args.source)
     if args.val_fraction is not None:
+        _refuse_redrawing(args, run, data_cfg)
         data_cfg = dataclasses.replace(data_cfg, val_fraction=args.val_fraction)
     return data_cfg
+
+
+def _refuse_redrawing(args: argparse.Namespace, run: Any, data_cfg: DataConfig) -> None:
+    """Refuse another --val-fraction on the image folder a run drew its test split from: a split of another
+    size from train/ holds images the run trained on (a larger one holds the run's own test split and more)."""
+    if run is None or data_cfg.dataset != "imagefolder" or run.cfg.data.dataset != "imagefolder":
+        return
+    was = run.cfg.data.val_fraction
+    drawn = (run.data.get("sources") or {}).get("test", "train" if was else None) == "train"
+    folder, own = data_cfg.data_dir, run.cfg.data.data_dir
+    if (
+        drawn
+        and args.val_fraction != was
+        and (not folder or not own or os.path.realpath(folder) == os.path.realpath(own))
+    ):
+        raise UserError(
+            f"{args.source} was trained on {own or 'its image folder'}'s train/ less its data.val_fraction={was:g} "
+            f"test split; --val-fraction {args.val_fraction:g} would draw another from train/, holding images the "
+            "run trained on: leave --val-fraction out, or score another folder (--data-dir) or dataset (--dataset)"
+        )
 
 
 def _preprocess(subject, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
