@@ -80,8 +80,9 @@ def test_cli_compare_scores_runs_on_the_same_images(tmp_path, capsys):
     assert 60 <= json.loads(capsys.readouterr().out)["num_samples"] <= 68  # 25% of each class
     assert (
         main(["compare", runs[0], str(tmp_path / "seed1")]) == 2
-    )  # synthetic data: the seed draws the test set
-    assert "would hold other images than" in capsys.readouterr().err
+    )  # synthetic data: the seed draws the test set; the message names the setting that differs
+    err = capsys.readouterr().err
+    assert "would hold other images than" in err and "(train.seed 1, not 0)" in err
 
 
 def test_every_help_text_prints(capsys):
@@ -142,7 +143,8 @@ def test_compare_refuses_weights_without_a_dataset_and_runs_on_other_folders(tmp
         train(cfg, runs[-1])
     capsys.readouterr()
     assert main(["compare", *runs]) == 2
-    assert "would hold other images than" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "would hold other images than" in err and "(data.data_dir " in err
     # --data-dir names the folder every run is read from (runs moved, or trained elsewhere): it was refused
     assert main(["compare", *runs, "--data-dir", str(tmp_path / "a"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_samples"] == 32

@@ -7,6 +7,7 @@ import argparse
 import itertools
 import json
 import os
+from typing import Any
 
 import torch
 
@@ -14,21 +15,31 @@ from vitkit.cli.common import UserError, add_tta_argument, path_arg, positive_in
 from vitkit.cli.rundata import another_dataset, check_dataset_fits, folder_chans, local_data
 
 
-def _split_key(cfg, split: str, folder_given: bool = False) -> tuple:
-    """What decides which images a run's `split` holds: the dataset (an image folder's path, unless --data-dir
-    names the one all are read from: runs moved, or trained elsewhere); for the test split of a real dataset
-    nothing else, but the seed draws synthetic data and an image folder's carved-out test split too; the val split
-    follows the seed and the holdout, the train split the subset as well."""
+def _split_key(cfg, split: str, folder_given: bool = False) -> dict[str, Any]:
+    """What decides which images a run's `split` holds, by setting: the dataset (an image folder's path, unless
+    --data-dir names the one all are read from: runs moved, or trained elsewhere); for the test split of a real
+    dataset nothing else, but the seed draws synthetic data and an image folder's carved-out test split too; the
+    val split follows the seed and the holdout, the train split the subset as well."""
     d = cfg.data
     recorded = d.dataset == "imagefolder" and d.data_dir and not folder_given
-    folder = os.path.abspath(d.data_dir) if recorded else None
-    seeded = d.dataset == "synthetic" or d.val_fraction > 0
-    key = (d.dataset, folder, d.synthetic_size if d.dataset == "synthetic" else None, d.val_fraction)
-    key += (cfg.train.seed,) if seeded else ()
-    if split == "test":
-        return key
-    key += (cfg.train.seed, d.holdout)
-    return key if split == "val" else key + (d.subset,)
+    key: dict[str, Any] = {
+        "data.dataset": d.dataset,
+        "data.data_dir": os.path.abspath(d.data_dir) if recorded else None,
+    }
+    key["data.synthetic_size"] = d.synthetic_size if d.dataset == "synthetic" else None
+    key["data.val_fraction"] = d.val_fraction
+    seeded = d.dataset == "synthetic" or d.val_fraction > 0 or split != "test"
+    key["train.seed"] = cfg.train.seed if seeded else None
+    if split != "test":
+        key["data.holdout"] = d.holdout
+    if split == "train":
+        key["data.subset"] = d.subset
+    return key
+
+
+def _key_difference(key: dict[str, Any], other: dict[str, Any]) -> str:
+    """The settings two split keys differ in, with their values ("train.seed 1, not 0")."""
+    return ", ".join(f"{k} {other[k]!r}, not {key[k]!r}" for k in key if other[k] != key[k])
 
 
 def compare_predictions(labels: torch.Tensor, preds: list[torch.Tensor], names: list[str]) -> dict:
@@ -92,12 +103,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         given = args.data_dir is not None
         key = _split_key(first, args.split, given)
-        differ = [p for p, r in zip(args.runs, runs) if _split_key(r.cfg, args.split, given) != key]
+        differ = {p: _split_key(r.cfg, args.split, given) for p, r in zip(args.runs, runs)}
+        differ = {p: _key_difference(key, k) for p, k in differ.items() if k != key}
         if differ:
             raise UserError(
-                f"--split {args.split}: {', '.join(differ)} would hold other images than {args.runs[0]} (another "
-                "dataset or image folder, or a seed that draws the split: synthetic data, data.holdout, "
-                "data.subset, val_fraction)"
+                f"--split {args.split}: "
+                + "; ".join(
+                    f"{p} would hold other images than {args.runs[0]} ({why})" for p, why in differ.items()
+                )
             )
     data_cfg = local_data(data_cfg, args.data_dir, args.runs[0])
     loaded = {}  # an image folder is decoded at each model's size; in-memory datasets are resized per batch
