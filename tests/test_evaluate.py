@@ -108,3 +108,48 @@ def test_top5_of_five_classes_or_fewer_and_an_empty_dataset(tmp_path):
     empty = ArrayDataset(torch.zeros(0, 1, 4, 4, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="evaluate: the dataset holds no images"):
         evaluate(torch.nn.Flatten(), empty, lambda x: x.float(), num_classes=3, device=torch.device("cpu"))
+
+
+def test_scoring_an_image_folders_test_split_decodes_none_of_its_training_images(
+    tmp_path, monkeypatch, capsys
+):
+    """Was: eval, compare, fewshot and inspect decoded all of train/ to score test/ (time, memory; and a corrupt
+    training image stopped them). Now train/ is listed and read per batch: fewshot decodes only its shots."""
+    import dataclasses
+
+    from PIL import Image
+
+    from helpers import tiny_run
+    from vitkit.cli import main
+    from vitkit.data import imagefolder
+    from vitkit.train.loop import train
+
+    for split, n in (("train", 12), ("test", 3)):
+        for c in ("x", "y"):
+            (tmp_path / "ds" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (8, 8), 20 * i + 100 * (c == "y")).save(
+                    tmp_path / "ds" / split / c / f"{i}.png"
+                )
+    cfg = tiny_run(steps=1, batch_size=8)
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, dataset="imagefolder", data_dir=str(tmp_path / "ds"))
+    )
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for run in runs:
+        train(cfg, run)
+    (tmp_path / "ds" / "train" / "x" / "0.png").write_bytes(b"not an image any more")
+    decoded = []
+    real = imagefolder.load_image
+    monkeypatch.setattr(
+        imagefolder, "load_image", lambda path, *a, **kw: decoded.append(path) or real(path, *a, **kw)
+    )
+    for argv, most in (
+        (["eval", runs[0]], 6),
+        (["compare", *runs], 6),
+        (["inspect", runs[0], "--num-images", "2", "--out", str(tmp_path / "insp")], 6),
+        (["fewshot", runs[0], "--shots", "1", "--seeds", "1", "--no-progress"], 6 + 2),
+    ):
+        decoded.clear()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert 0 < len(decoded) <= most and sum("/train/" in p for p in decoded) <= most - 6, (argv, decoded)

@@ -120,7 +120,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         size = run.cfg.model.img_size if folder else first.model.img_size
         key = (size, folder_chans(run.cfg.model.in_chans) if folder else None)
         if key not in loaded:
-            loaded[key] = load_dataset(data_cfg, img_size=size, seed=first.train.seed, in_chans=key[1])
+            loaded[key] = load_dataset(
+                data_cfg,
+                img_size=size,
+                seed=first.train.seed,
+                in_chans=key[1],
+                # an image folder's train/ is not decoded to score test/ (with each run's own normalisation)
+                train_by_batch=args.split != "train" and all(r.data.get("mean") for r in runs),
+            )
         splits = loaded[key]
         try:
             ds = splits.split(args.split)

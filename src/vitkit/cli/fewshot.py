@@ -84,7 +84,10 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     # a run's own dataset split as it was in training (imagefolder's val_fraction, synthetic data: by its seed)
     own = subject.run is not None and data_cfg.dataset == subject.run.cfg.data.dataset
     seed = subject.run.cfg.train.seed if own else 0
-    splits = load_dataset(data_cfg, img_size=cfg.img_size, seed=seed, in_chans=folder_chans(cfg.in_chans))
+    # an image folder's train/ read per batch: only the shots drawn are decoded
+    splits = load_dataset(
+        data_cfg, img_size=cfg.img_size, seed=seed, in_chans=folder_chans(cfg.in_chans), train_by_batch=True
+    )
     if own and data_cfg.dataset == "imagefolder":  # shots from train/, scored on test: as in training
         for split in ("test", "train"):  # the images scored, and those the shots are drawn from
             check_folder_unchanged(

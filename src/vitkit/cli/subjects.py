@@ -135,7 +135,10 @@ def sample_inputs(subject: Subject, n: int) -> Inputs:
         return noise_inputs(subject, n, "converted weights, no --images given")
     try:
         splits = load_dataset(
-            local_data(rc.data, None, subject.run_dir), img_size=rc.model.img_size, seed=rc.train.seed
+            local_data(rc.data, None, subject.run_dir),
+            img_size=rc.model.img_size,
+            seed=rc.train.seed,
+            train_by_batch=True,  # its test images are analysed
         )
     except (OSError, ValueError, RuntimeError, UserError) as e:
         log.warning("could not load the test images of %s (%s): using noise images", rc.data.dataset, e)

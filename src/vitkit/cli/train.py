@@ -375,6 +375,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         img_size=run.cfg.model.img_size,
         seed=run.cfg.train.seed,
         in_chans=folder_chans(run.cfg.model.in_chans),
+        # an image folder's train/ is not decoded to score test/ (with the run's own normalisation)
+        train_by_batch=args.split != "train" and bool(run.data.get("mean")),
     )
     check_dataset_fits(
         run,

@@ -406,9 +406,12 @@ def load_dataset(
     seed: int = 0,
     download: bool = True,
     in_chans: int | None = None,
+    train_by_batch: bool = False,
 ) -> Splits:
     """Load the dataset named by `cfg.dataset` into memory; a split without images is an error naming it.
-    `in_chans` (1 or 3): the channels an image folder is decoded to (default RGB); other datasets keep theirs."""
+    `in_chans` (1 or 3): the channels an image folder is decoded to (default RGB); other datasets keep theirs.
+    `train_by_batch`: an image folder's training images are not decoded now but per batch, and no statistics
+    are taken of them (for evaluation with a run's own normalisation)."""
     if cfg.data_dir and cfg.data_dir.startswith("~"):  # as a shell leaves --data-dir=~/data
         cfg = dataclasses.replace(cfg, data_dir=os.path.expanduser(cfg.data_dir))
     if cfg.data_dir and os.path.isfile(cfg.data_dir):
@@ -416,12 +419,12 @@ def load_dataset(
             f"--data-dir {cfg.data_dir} is a file; pass the folder that holds the dataset's files "
             f"({os.path.dirname(os.path.abspath(cfg.data_dir))}?)"
         )
-    splits = _load(cfg, img_size, seed, download, in_chans)
+    splits = _load(cfg, img_size, seed, download, in_chans, train_by_batch)
     if cfg.holdout > 0:
         splits = hold_out(splits, cfg.holdout, seed)
     if cfg.subset < 1:
         splits = train_subset(splits, cfg.subset, seed)
-    if cfg.holdout > 0 or cfg.subset < 1:
+    if (cfg.holdout > 0 or cfg.subset < 1) and not train_by_batch:
         # the normalisation from the images trained on (their first 20,000, as channel_stats takes; a folder
         # decoded per batch: its first 2,000): the held-out ones (val) are not looked at
         mean, std = split_stats(splits.train)
@@ -434,7 +437,12 @@ def load_dataset(
 
 
 def _load(
-    cfg: DataConfig, img_size: tuple[int, int] | None, seed: int, download: bool, in_chans: int | None
+    cfg: DataConfig,
+    img_size: tuple[int, int] | None,
+    seed: int,
+    download: bool,
+    in_chans: int | None,
+    train_by_batch: bool = False,
 ) -> Splits:
     name = cfg.dataset
     if name in ("fashion-mnist", "mnist"):
@@ -449,7 +457,13 @@ def _load(
         if not cfg.data_dir:
             raise ValueError("dataset 'imagefolder' needs --data-dir ROOT (ROOT/train/<class>/*.png ...)")
         return load_imagefolder(
-            cfg.data_dir, img_size or (224, 224), cfg.val_fraction, seed, cfg.num_workers, in_chans or 3
+            cfg.data_dir,
+            img_size or (224, 224),
+            cfg.val_fraction,
+            seed,
+            cfg.num_workers,
+            in_chans or 3,
+            train_by_batch,
         )
     if name == "synthetic":
         return load_synthetic(cfg, seed)

@@ -317,10 +317,13 @@ def load_imagefolder(
     seed: int = 0,
     workers: int = 0,
     in_chans: int = 3,
+    train_by_batch: bool = False,
 ) -> Splits:
     """The splits of an image folder: train/, and test/ or val/ as the test split (with both, val/ the validation
     split), or a data.val_fraction of train/ drawn by `seed`; class names are the sub-folder names; `workers` threads
-    decode its files (0: up to 8, one per core); images are decoded to RGB (`in_chans` 3) or greyscale (1)."""
+    decode its files (0: up to 8, one per core); images are decoded to RGB (`in_chans` 3) or greyscale (1).
+    `train_by_batch`: the training images are listed, not decoded (read per batch, as far as they are: what
+    evaluates a test split or draws a few shots), and no statistics are taken of them (mean/std 0.5)."""
     if in_chans not in (1, 3):
         raise ValueError(f"{root}: images are decoded to 1 (L) or 3 (RGB) channels, not {in_chans}")
     train_dir = os.path.join(root, "train")
@@ -388,11 +391,17 @@ def load_imagefolder(
     # IN_MEMORY_LIMIT over all splits, train first: a split beyond what is left is decoded per batch
     budget = IN_MEMORY_LIMIT
     decoded = []
-    for split in ((paths, labels), val_files, (vpaths, vlabels)):
+    for name, split in (("train", (paths, labels)), ("val", val_files), ("test", (vpaths, vlabels))):
+        if name == "train" and train_by_batch:  # listed only: no decoding, no header checks
+            decoded.append(
+                FileDataset(paths, torch.tensor(labels, dtype=torch.int64), size, in_chans, workers)
+            )
+            continue
         decoded.append(split and _decode_all(*split, size, workers, in_chans, budget))
         budget -= len(split[0]) * in_chans * size[0] * size[1] if isinstance(decoded[-1], ArrayDataset) else 0
     train, val, test = decoded
-    mean, std = split_stats(train)  # decoded per batch: of its first images (they were 0.5, 0.5)
+    # decoded per batch: of its first images (they were 0.5, 0.5); listed only: none (the caller has a run's)
+    mean, std = ((0.5,) * in_chans,) * 2 if train_by_batch else split_stats(train)
     return Splits(
         "imagefolder",
         train,
