@@ -1554,8 +1554,8 @@ def test_train_never_writes_into_a_checkpoint_or_another_run(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("key", "value", "says"),
     [
-        ("data.randaugment_m", "31", r"data\.randaugment_m=31 must lie in \[0, 30\]"),
-        ("data.randaugment_m", "-3", r"data\.randaugment_m=-3 must lie in \[0, 30\]"),
+        ("data.randaugment_m", "31", r"data\.randaugment_m=31 must lie in \[0, 10\]"),
+        ("data.randaugment_m", "-3", r"data\.randaugment_m=-3 must lie in \[0, 10\]"),
         ("train.ema_decay", "1", r"train\.ema_decay=1\.0 must lie in \[0, 1\)"),
         ("train.seed", str(2**64), r"train\.seed=18446744073709551616 must lie in \[0, 2\*\*63\)"),
         ("data.val_fraction", "0.2", r"data\.val_fraction=0\.2 splits an image folder without val/"),

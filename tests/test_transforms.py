@@ -264,13 +264,31 @@ def test_randaugment_is_torchvisions_per_sample_whatever_the_batch(c):
     assert torch.equal(out, randaugment(imgs, key, idx, 2, 9))
     assert torch.equal(out[5:], randaugment(imgs[5:], key, idx[5:], 2, 9))
     assert sum(not torch.equal(o, i) for o, i in zip(out, imgs)) >= 6  # RandAugment's identity op aside
-    op = v2.RandAugment(num_ops=2, magnitude=9)
+    op = v2.RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=11)  # timm's and the paper's M/10
     for i, seed in enumerate((hash_uniform(key, idx, 101) * (1 << 24)).long().tolist()):
         torch.manual_seed(seed)
         want = op(imgs[i].expand(3, -1, -1))[:1] if c == 1 else op(imgs[i])
         assert torch.equal(out[i], want), i
     tf = BatchTransform(DataConfig(randaugment_n=2, randaugment_m=9), (16, 16), (0.5,) * c, (0.2,) * c)
     assert torch.equal(tf.train(imgs, idx, 0), tf.train(imgs, idx, 0))
+
+
+def test_randaugment_magnitude_is_on_the_papers_scale_and_takes_uint8_only():
+    """Was: M went to torchvision's 0-30 scale (M=9 rotated by up to 9 degrees where timm's and the paper's rotate
+    by 27, a third of the strength asked for); a [0, 255] float batch was read as [0, 1], silently."""
+    from torchvision.transforms import v2
+
+    space = v2.RandAugment(num_magnitude_bins=11)._AUGMENTATION_SPACE
+    assert float(space["Rotate"][0](11, 16, 16)[9]) == pytest.approx(27.0)  # timm's rand-m9: 0.9 x 30 degrees
+    imgs = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    idx, key = torch.arange(1), stream_key(0, 0)
+    assert randaugment(imgs, key, idx, 2, 10).shape == imgs.shape  # the largest magnitude on that scale
+    with pytest.raises(TypeError, match="uint8 images"):
+        randaugment(imgs.float(), key, idx, 2, 9)
+    with pytest.raises(
+        ValueError, match=r"randaugment_m=11 must lie in \[0, 10\]: .* not torchvision's 0-30"
+    ):
+        DataConfig(randaugment_n=2, randaugment_m=11)
 
 
 @pytest.mark.parametrize(("mix", "cut"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
@@ -343,7 +361,7 @@ def test_randaugment_is_torchvisions_on_grey_images():
     imgs = (torch.rand(200, 1, 28, 28) * 255).to(torch.uint8)
     idx = torch.arange(200)
     out = randaugment(imgs, 5, idx, 2, 9)
-    op = v2.RandAugment(2, 9)
+    op = v2.RandAugment(2, 9, num_magnitude_bins=11)
     for i, s in enumerate((hash_uniform(5, idx, 101) * (1 << 24)).long().tolist()):
         torch.manual_seed(s)
         assert torch.equal(op(imgs[i]), out[i]), i

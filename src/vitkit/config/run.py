@@ -40,7 +40,7 @@ class DataConfig:
     low_res: float = 0.0  # probability of showing an image at 1/low_res_factor resolution, upsampled back
     low_res_factor: int = 2  # (the patch contents of a model moved to low_res_factor x its resolution)
     randaugment_n: int = 0  # 0: off
-    randaugment_m: int = 9
+    randaugment_m: int = 9  # magnitude on timm's and the paper's 0-10 scale (9: 0.9 of each op's largest)
     random_erasing: float = 0.0  # probability
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -66,8 +66,11 @@ class DataConfig:
         for key in ("crop_padding", "randaugment_n", "num_workers", "mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")
-        if not 0 <= self.randaugment_m <= 30:  # RandAugment's magnitude bins, as timm's and the paper's
-            raise ValueError(f"data.randaugment_m={self.randaugment_m!r} must lie in [0, 30]")
+        if not 0 <= self.randaugment_m <= 10:  # M/10 of each op's largest, as timm's and the paper's code
+            raise ValueError(
+                f"data.randaugment_m={self.randaugment_m!r} must lie in [0, 10]: RandAugment's magnitude on timm's "
+                "and the paper's scale (M/10 of each operation's largest; not torchvision's 0-30)"
+            )
         _check_range("data.rrc_scale_min", self.rrc_scale_min, 0.01, 1.0)
         _check_range("data.rrc_scale_max", self.rrc_scale_max, self.rrc_scale_min, 1.0)
         object.__setattr__(self, "rrc_ratio", tuple(float(r) for r in self.rrc_ratio))

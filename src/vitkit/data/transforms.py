@@ -159,10 +159,13 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
 def randaugment(
     images: torch.Tensor, key: int, idx: torch.Tensor, num_ops: int, magnitude: int
 ) -> torch.Tensor:
-    """torchvision.transforms.v2.RandAugment per sample on uint8 (CPU), seeded by (key, sample index)."""
+    """torchvision.transforms.v2.RandAugment per sample on uint8 (CPU), seeded by (key, sample index); `magnitude`
+    on timm's and the paper's 0-10 scale (torchvision's with 11 bins: M/10 of each operation's largest)."""
     from torchvision.transforms import v2
 
-    op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    if images.dtype != torch.uint8:  # torchvision reads float images as [0, 1]
+        raise TypeError(f"RandAugment takes uint8 images (0-255), not {images.dtype}")
+    op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=11)
     out = torch.empty_like(images)
     seeds = (hash_uniform(key, idx, 101) * (1 << 24)).long().tolist()
     with torch.random.fork_rng(devices=[]):
