@@ -1614,3 +1614,18 @@ def test_a_resume_says_what_it_changes(tmp_path, capsys, caplog):
     with caplog.at_level("INFO"):
         assert main(["train", "--steps", "12", *flags[:-1], str(old)]) == 0
     assert "--resume: the run now lasts 12 steps (it began as 8)" in caplog.text
+
+
+def test_a_checkpoint_between_log_lines_keeps_the_training_time_of_its_steps(tmp_path):
+    """Was: a checkpoint written between log lines kept the time of the last log line with the images since, so
+    a resumed run's train_seconds lost those steps' time (train_img_s twice the real one after a restart)."""
+    from vitkit.train.checkpoint import list_checkpoints
+    from vitkit.train.loop import train
+
+    started = time.perf_counter()
+    summary = train(tiny_run(steps=12, checkpoint_every=6, log_every=50), str(tmp_path / "run"))
+    wall = time.perf_counter() - started
+    first = list_checkpoints(str(tmp_path / "run" / "checkpoints"))[0]
+    state = torch.load(os.path.join(first, "state.pt"), weights_only=True)
+    assert state["step"] == 6 and state["images_seen"] == 6 * 32
+    assert 0 < state["elapsed"] < summary["train_seconds"] < wall  # counted once in the unbroken run

@@ -253,7 +253,12 @@ def _train_steps(
             stopping = True
             tr.elapsed += paused - window_t
         if save or stopping:  # a signal during the save itself stops after the next step's checkpoint
+            # the steps since the last log line count in the checkpoint (a resume times from there); an unbroken
+            # run counts them at its next log line
+            uncounted = 0.0 if stopping else paused - window_t
+            tr.elapsed += uncounted
             tr.save()
+            tr.elapsed -= uncounted
         window_t += time.perf_counter() - paused
         if stopping:
             log.warning(
