@@ -118,6 +118,22 @@ def test_two_processes_equal_one(single, tmp_path, strategy):
         assert_close_weights(single / "model.safetensors", resumed / "model.safetensors")
 
 
+def test_a_restart_does_not_resume_the_run_its_first_attempt_refused(single, tmp_path):
+    """Was: rank 0 refused an --out holding a run (no --resume, no --overwrite), torchrun restarted the job, and
+    the restart, finding the same config, resumed that run and rewrote its summary (exit 0). torchrun's store,
+    which outlives a restart, now says which runs the job started."""
+    out = tmp_path / "finished"
+    shutil.copytree(single, out)
+    summary = (out / "summary.json").read_bytes()
+    r = subprocess.run(
+        torchrun("train", *FLAGS, "--out", str(out), extra=("--max-restarts", "1")),
+        capture_output=True, text=True, timeout=240, env=env(),
+    )  # fmt: skip
+    assert r.returncode != 0, r.stderr[-3000:]
+    assert "holds a run this job did not start (its first attempt refused it)" in r.stderr, r.stderr[-3000:]
+    assert (out / "summary.json").read_bytes() == summary
+
+
 def test_killed_worker_restarts_from_checkpoint(single, tmp_path):
     out = tmp_path / "elastic"
     flags = [f if f != "24" else "48" for f in FLAGS]  # a longer run so the kill lands mid-run

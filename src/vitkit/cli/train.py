@@ -191,6 +191,27 @@ def _restart_differences(args: argparse.Namespace, out: str) -> list[str]:
     return [d for d in diff if not d.startswith(("model.num_classes", "model.in_chans"))]
 
 
+def _job_key(out: str) -> str:
+    return f"vitkit/started/{os.path.abspath(out)}"
+
+
+def _mark_started_by_this_job(out: str) -> None:
+    """Record in torchrun's store (it outlives restarts) that this job starts the run in `out`."""
+    from vitkit.train.distributed import job_store
+
+    store = job_store()
+    if store is not None:
+        store.set(_job_key(out), "1")
+
+
+def _started_by_this_job(out: str) -> bool:
+    """Whether an earlier attempt of this torchrun job started the run in `out` (True outside torchrun's store)."""
+    from vitkit.train.distributed import job_store
+
+    store = job_store()
+    return store is None or store.check([_job_key(out)])
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -239,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # a restart resumes only the run this very command started: the refusal of a folder holding another run
         # (the first attempt's error) must not become a resume of it
         diff = _restart_differences(args, out)
-        if not diff:
+        if not diff and _started_by_this_job(out):
             log.info("torchrun restarted the job (restart %s): resuming %s", restart, out)
             args.resume = out
         elif args.overwrite:
@@ -247,9 +268,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "torchrun restarted the job (restart %s): %s holds another run; starting afresh", restart, out
             )
         else:
+            why = f"it differs: {'; '.join(diff)}" if diff else "its first attempt refused it"
             raise UserError(
-                f"torchrun restarted the job, but {out} holds a run this command did not start (it differs: "
-                f"{'; '.join(diff)}); the run is left as it is: use --resume {out} to continue it, or --overwrite"
+                f"torchrun restarted the job, but {out} holds a run this job did not start ({why}); the run is "
+                f"left as it is: use --resume {out} to continue it, or --overwrite"
             )
     if args.resume:
         if out and os.path.abspath(out) != os.path.abspath(args.resume):
@@ -289,6 +311,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if out:
             refuse_training_into(out)
         cfg = resolve_config(args)
+        if out and info.enabled and info.is_main:  # before any file of it: a restart may continue it
+            _mark_started_by_this_job(out)
     if args.threads:
         torch.set_num_threads(args.threads)
     _warn_gpu_recipe_on_cpu(cfg, info.is_main)

@@ -46,22 +46,29 @@ def init_process_group(info: DistInfo, device: torch.device, timeout_s: float = 
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     kw = {"device_id": device} if device.type == "cuda" else {}
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is not None and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+    store = job_store(timeout_s)
+    if store is not None:
         # torchrun's store outlives a restart: keys of the dead attempt (peer addresses) would be read by the
-        # new one, so each attempt joins under its own prefix
-        store = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            is_master=False,
-            timeout=timeout,
-            wait_for_workers=False,
-        )
-        # and each join in a process (train() twice) too: a new group would read the ended one's peer addresses
-        prefix = f"vitkit/attempt_{restart}/join_{next(_JOINS)}"
+        # new one, so each attempt joins under its own prefix; and each join in a process (train() twice) too: a
+        # new group would read the ended one's peer addresses
+        prefix = f"vitkit/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}/join_{next(_JOINS)}"
         kw.update(store=dist.PrefixStore(prefix, store), rank=info.rank, world_size=info.world)
     dist.init_process_group(backend, timeout=timeout, **kw)
     return True
+
+
+def job_store(timeout_s: float = 60.0) -> dist.Store | None:
+    """torchrun's key-value store, which outlives a restart of the workers (None outside torchrun)."""
+    env = os.environ
+    if "TORCHELASTIC_RESTART_COUNT" not in env or "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    return dist.TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+    )
 
 
 def destroy() -> None:
