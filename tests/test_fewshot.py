@@ -242,5 +242,6 @@ def test_fewshot_refuses_to_redraw_a_runs_test_split_from_its_train_folder(tmp_p
     shots = ["fewshot", str(run), "--shots", "1", "--seeds", "1", "--no-progress"]
     assert main([*shots, "--val-fraction", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "data.val_fraction=0.25 test split; --val-fraction 0.5 would draw another from train/" in err
+    assert "data.val_fraction=0.25 test split; --val-fraction 0.5 would draw a larger one from train/" in err
     assert main([*shots, "--val-fraction", "0.25"]) == 0  # the run's own split, as without the flag
+    assert main([*shots, "--val-fraction", "0.125"]) == 0  # a part of it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -286,9 +287,30 @@ def test_randaugment_magnitude_is_on_the_papers_scale_and_takes_uint8_only():
     with pytest.raises(TypeError, match="uint8 images"):
         randaugment(imgs.float(), key, idx, 2, 9)
     with pytest.raises(
-        ValueError, match=r"randaugment_m=11 must lie in \[0, 10\]: .* not torchvision's 0-30"
+        ValueError, match=r"randaugment_m=11 must lie in \[0, 10\]: .*randaugment_bins=31 reads"
     ):
         DataConfig(randaugment_n=2, randaugment_m=11)
+    assert DataConfig(randaugment_n=2, randaugment_m=27, randaugment_bins=31).randaugment_m == 27
+
+
+def test_a_run_written_before_the_magnitude_scale_changed_reads_its_own(tmp_path):
+    """A config.json without data.randaugment_bins was written when M went to torchvision's 0-30 scale: it is
+    read so (M of 11-30 loads, a resume augments as the run did), where a new run's default is the 0-10 scale."""
+    import json
+
+    from helpers import tiny_run
+    from vitkit.config import load_run_config, save_json
+
+    cfg = tiny_run()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, randaugment_n=2, randaugment_m=9))
+    save_json(cfg, str(tmp_path / "config.json"))
+    assert load_run_config(str(tmp_path / "config.json")).data.randaugment_bins == 11
+    data = json.loads((tmp_path / "config.json").read_text())
+    del data["data"]["randaugment_bins"]
+    data["data"]["randaugment_m"] = 15
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    old = load_run_config(str(tmp_path / "config.json")).data
+    assert (old.randaugment_m, old.randaugment_bins) == (15, 31)
 
 
 @pytest.mark.parametrize(("mix", "cut"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])

@@ -41,8 +41,8 @@ def _data_config(args: argparse.Namespace, subject):
 
 
 def _refuse_redrawing(args: argparse.Namespace, run: Any, data_cfg: DataConfig) -> None:
-    """Refuse another --val-fraction on the image folder a run drew its test split from: a split of another
-    size from train/ holds images the run trained on (a larger one holds the run's own test split and more)."""
+    """Refuse a larger --val-fraction on the image folder a run drew its test split from: it holds the run's own
+    test split and images the run trained on (a smaller one is part of the run's test split: allowed)."""
     if run is None or data_cfg.dataset != "imagefolder" or run.cfg.data.dataset != "imagefolder":
         return
     was = run.cfg.data.val_fraction
@@ -50,13 +50,13 @@ def _refuse_redrawing(args: argparse.Namespace, run: Any, data_cfg: DataConfig) 
     folder, own = data_cfg.data_dir, run.cfg.data.data_dir
     if (
         drawn
-        and args.val_fraction != was
+        and args.val_fraction > was
         and (not folder or not own or os.path.realpath(folder) == os.path.realpath(own))
     ):
         raise UserError(
             f"{args.source} was trained on {own or 'its image folder'}'s train/ less its data.val_fraction={was:g} "
-            f"test split; --val-fraction {args.val_fraction:g} would draw another from train/, holding images the "
-            "run trained on: leave --val-fraction out, or score another folder (--data-dir) or dataset (--dataset)"
+            f"test split; --val-fraction {args.val_fraction:g} would draw a larger one from train/, holding images "
+            "the run trained on: leave --val-fraction out, or score another folder (--data-dir) or dataset (--dataset)"
         )
 
 

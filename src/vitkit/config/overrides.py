@@ -156,6 +156,10 @@ def load_run_config(path: str) -> RunConfig:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object (a run's config), got {type(data).__name__}")
+    section = data.get("data")
+    if isinstance(section, dict) and "randaugment_m" in section and "randaugment_bins" not in section:
+        # written before RandAugment's magnitude moved to timm's and the paper's 0-10 scale: torchvision's 0-30
+        data = dict(data, data=dict(section, randaugment_bins=31))
     cfg = from_dict(RunConfig, data, where=path)
     missing = [k for k in ("model", "data", "optim", "train") if k not in data]
     if missing:  # vitkit writes every section: defaults would stand in for what was lost

@@ -41,6 +41,9 @@ class DataConfig:
     low_res_factor: int = 2  # (the patch contents of a model moved to low_res_factor x its resolution)
     randaugment_n: int = 0  # 0: off
     randaugment_m: int = 9  # magnitude on timm's and the paper's 0-10 scale (9: 0.9 of each op's largest)
+    # torchvision's magnitude bins: 11 puts M on that 0-10 scale; 31 is torchvision's own 0-30 (M/30), which
+    # runs written before this setting used (their config.json is read so)
+    randaugment_bins: int = 11
     random_erasing: float = 0.0  # probability
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -66,10 +69,20 @@ class DataConfig:
         for key in ("crop_padding", "randaugment_n", "num_workers", "mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key}={getattr(self, key)!r} must be >= 0")
-        if not 0 <= self.randaugment_m <= 10:  # M/10 of each op's largest, as timm's and the paper's code
+        if self.randaugment_bins not in (11, 31):
             raise ValueError(
-                f"data.randaugment_m={self.randaugment_m!r} must lie in [0, 10]: RandAugment's magnitude on timm's "
-                "and the paper's scale (M/10 of each operation's largest; not torchvision's 0-30)"
+                f"data.randaugment_bins={self.randaugment_bins!r} must be 11 (M on timm's and the paper's 0-10 "
+                "scale) or 31 (torchvision's 0-30)"
+            )
+        if not 0 <= self.randaugment_m < self.randaugment_bins:
+            raise ValueError(
+                f"data.randaugment_m={self.randaugment_m!r} must lie in [0, {self.randaugment_bins - 1}]: "
+                + (
+                    "RandAugment's magnitude on timm's and the paper's scale (M/10 of each operation's largest; "
+                    "data.randaugment_bins=31 reads it on torchvision's 0-30)"
+                    if self.randaugment_bins == 11
+                    else "RandAugment's magnitude on torchvision's scale (data.randaugment_bins=31)"
+                )
             )
         _check_range("data.rrc_scale_min", self.rrc_scale_min, 0.01, 1.0)
         _check_range("data.rrc_scale_max", self.rrc_scale_max, self.rrc_scale_min, 1.0)
@@ -251,6 +264,7 @@ _READ_WHEN = (
     ("data.rrc_ratio", lambda c: c.data.random_resized_crop, "data.random_resized_crop=true"),
     ("data.crop_padding", lambda c: not c.data.random_resized_crop, "data.random_resized_crop=false"),
     ("data.randaugment_m", lambda c: c.data.randaugment_n > 0, "data.randaugment_n > 0"),
+    ("data.randaugment_bins", lambda c: c.data.randaugment_n > 0, "data.randaugment_n > 0"),
     ("data.low_res_factor", lambda c: c.data.low_res > 0, "data.low_res > 0"),
     ("train.compile_mode", lambda c: c.train.compile, "train.compile=true"),
     ("train.compile_scope", lambda c: c.train.compile, "train.compile=true"),

@@ -157,15 +157,16 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
 
 
 def randaugment(
-    images: torch.Tensor, key: int, idx: torch.Tensor, num_ops: int, magnitude: int
+    images: torch.Tensor, key: int, idx: torch.Tensor, num_ops: int, magnitude: int, bins: int = 11
 ) -> torch.Tensor:
     """torchvision.transforms.v2.RandAugment per sample on uint8 (CPU), seeded by (key, sample index); `magnitude`
-    on timm's and the paper's 0-10 scale (torchvision's with 11 bins: M/10 of each operation's largest)."""
+    on timm's and the paper's 0-10 scale with 11 `bins` (M/10 of each operation's largest), torchvision's 0-30
+    with 31."""
     from torchvision.transforms import v2
 
     if images.dtype != torch.uint8:  # torchvision reads float images as [0, 1]
         raise TypeError(f"RandAugment takes uint8 images (0-255), not {images.dtype}")
-    op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=11)
+    op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=bins)
     out = torch.empty_like(images)
     seeds = (hash_uniform(key, idx, 101) * (1 << 24)).long().tolist()
     with torch.random.fork_rng(devices=[]):
@@ -243,9 +244,9 @@ class BatchTransform:
         rows = dict(zip(draws, hash_uniforms(key, idx, draws))) if draws else {}
         u = rows.__getitem__  # draw number -> (B,) uniforms, all from one hash pass
         if c.randaugment_n > 0:
-            images = randaugment(images.cpu(), key, idx.cpu(), c.randaugment_n, c.randaugment_m).to(
-                idx.device
-            )
+            images = randaugment(
+                images.cpu(), key, idx.cpu(), c.randaugment_n, c.randaugment_m, c.randaugment_bins
+            ).to(idx.device)
         x = images.float()  # pixel values: crops pad with black, as torchvision's RandomCrop
         if c.random_resized_crop:
             x = random_resized_crop(
