@@ -1629,3 +1629,21 @@ def test_a_checkpoint_between_log_lines_keeps_the_training_time_of_its_steps(tmp
     state = torch.load(os.path.join(first, "state.pt"), weights_only=True)
     assert state["step"] == 6 and state["images_seen"] == 6 * 32
     assert 0 < state["elapsed"] < summary["train_seconds"] < wall  # counted once in the unbroken run
+
+
+def test_on_start_is_called_once_a_fresh_runs_files_are_written(tmp_path):
+    """What a torchrun restart goes by (the CLI records the run in torchrun's store there): called after
+    config.json and data.json are written (a crash before leaves an --overwrite'd folder's old run, which a
+    restart then replaces again), and not by a resume."""
+    from vitkit.train.loop import train
+
+    seen = []
+    out = tmp_path / "run"
+    cfg = tiny_run(steps=2)
+    train(cfg, str(out), on_start=lambda: seen.append(sorted(p.name for p in out.iterdir())))
+    assert (
+        len(seen) == 1 and {"config.json", "data.json"} <= set(seen[0]) and "model.safetensors" not in seen[0]
+    )
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=3)), str(out), resume=True,
+          on_start=lambda: seen.append("resumed"))  # fmt: skip
+    assert len(seen) == 1

@@ -35,6 +35,7 @@ from vitkit.eval.metrics import top5_text
 from vitkit.recipes import GPU_RECIPES, RECIPES, get_recipe
 
 log = logging.getLogger("vitkit")
+STORE_TIMEOUT_S = 30.0  # reaching torchrun's store, which the job's agent hosts
 
 # flag -> config key
 FLAG_KEYS = {
@@ -192,24 +193,33 @@ def _restart_differences(args: argparse.Namespace, out: str) -> list[str]:
 
 
 def _job_key(out: str) -> str:
+    """The key in torchrun's store that says this job started the run in `out`."""
     return f"vitkit/started/{os.path.abspath(out)}"
 
 
 def _mark_started_by_this_job(out: str) -> None:
-    """Record in torchrun's store (it outlives restarts) that this job starts the run in `out`."""
+    """Record in torchrun's store (it outlives restarts) that this job started the run in `out` (its files are
+    written: a restart continues it)."""
     from vitkit.train.distributed import job_store
 
-    store = job_store()
-    if store is not None:
-        store.set(_job_key(out), "1")
+    try:
+        store = job_store(STORE_TIMEOUT_S)
+        if store is not None:
+            store.set(_job_key(out), "1")
+    except (RuntimeError, OSError) as e:  # DistNetworkError / DistStoreError: a restart will not know
+        log.warning("could not record the run in torchrun's store (%s): a restart will not resume it", e)
 
 
-def _started_by_this_job(out: str) -> bool:
-    """Whether an earlier attempt of this torchrun job started the run in `out` (True outside torchrun's store)."""
+def _started_by_this_job(out: str) -> bool | None:
+    """Whether an earlier attempt of this torchrun job started the run in `out`; None where no store says."""
     from vitkit.train.distributed import job_store
 
-    store = job_store()
-    return store is None or store.check([_job_key(out)])
+    try:
+        store = job_store(STORE_TIMEOUT_S)
+        return None if store is None else store.check([_job_key(out)])
+    except (RuntimeError, OSError) as e:
+        log.warning("could not read torchrun's store (%s): the run's config alone decides", e)
+        return None
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -260,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # a restart resumes only the run this very command started: the refusal of a folder holding another run
         # (the first attempt's error) must not become a resume of it
         diff = _restart_differences(args, out)
-        if not diff and _started_by_this_job(out):
+        if not diff and _started_by_this_job(out) is not False:
             log.info("torchrun restarted the job (restart %s): resuming %s", restart, out)
             args.resume = out
         elif args.overwrite:
@@ -268,7 +278,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "torchrun restarted the job (restart %s): %s holds another run; starting afresh", restart, out
             )
         else:
-            why = f"it differs: {'; '.join(diff)}" if diff else "its first attempt refused it"
+            why = (
+                f"it differs: {'; '.join(diff)}"
+                if diff
+                else "torchrun's store has no record of an earlier attempt starting it: the first attempt refused "
+                "it, or rank 0 moved to another node (then continue with --resume)"
+            )
             raise UserError(
                 f"torchrun restarted the job, but {out} holds a run this job did not start ({why}); the run is "
                 f"left as it is: use --resume {out} to continue it, or --overwrite"
@@ -311,8 +326,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if out:
             refuse_training_into(out)
         cfg = resolve_config(args)
-        if out and info.enabled and info.is_main:  # before any file of it: a restart may continue it
-            _mark_started_by_this_job(out)
     if args.threads:
         torch.set_num_threads(args.threads)
     _warn_gpu_recipe_on_cpu(cfg, info.is_main)
@@ -325,6 +338,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=TqdmProgress(not args.no_progress),
         tensorboard=args.tensorboard,
         info=info,
+        # once a fresh run's files are written, a torchrun restart may continue it
+        on_start=(lambda: _mark_started_by_this_job(out)) if out and not resume else None,
     )
     if not info.is_main:
         return 0

@@ -58,9 +58,12 @@ def init_process_group(info: DistInfo, device: torch.device, timeout_s: float = 
 
 
 def job_store(timeout_s: float = 60.0) -> dist.Store | None:
-    """torchrun's key-value store, which outlives a restart of the workers (None outside torchrun)."""
+    """torchrun's key-value store, which its agent hosts and which outlives a restart of the workers (None outside
+    torchrun, or where the workers do not share the agent's store)."""
     env = os.environ
     if "TORCHELASTIC_RESTART_COUNT" not in env or "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # as torch.distributed's env:// reads it
         return None
     return dist.TCPStore(
         env["MASTER_ADDR"],

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -290,11 +290,13 @@ def train(
     tensorboard: bool = False,
     init_state: dict | None = None,
     init_from: dict | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a model; with `out_dir`, write the run's files and checkpoints; returns the summary.
 
     `init_state`: a state_dict for `cfg.model` to start from (fine-tuning) instead of random weights;
-    `init_from`: where it came from, written to the run's pretrained.json.
+    `init_from`: where it came from, written to the run's pretrained.json; `on_start`: called on rank 0 once a
+    fresh run's files are written.
     """
     info = info or D.from_env()
     device = resolve_device(cfg.train.device, info)
@@ -332,6 +334,8 @@ def train(
                 write_json(os.path.join(out_dir, PRETRAINED), init_from)
             write_config(out_dir, cfg)
             write_json(os.path.join(out_dir, DATA), splits.info())
+            if on_start is not None and not resume:
+                on_start()
     except BaseException:  # a setting refused while setting up: leave no half-made run to block the next try
         if fresh:
             for name in (CONFIG, DATA, PRETRAINED):
