@@ -311,6 +311,11 @@ def test_a_run_written_before_the_magnitude_scale_changed_reads_its_own(tmp_path
     (tmp_path / "config.json").write_text(json.dumps(data))
     old = load_run_config(str(tmp_path / "config.json")).data
     assert (old.randaugment_m, old.randaugment_bins) == (15, 31)
+    data["data"].update(randaugment_n=0, randaugment_m=9)  # no RandAugment: nothing to read on either scale
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert (
+        load_run_config(str(tmp_path / "config.json")).data == tiny_run().data
+    )  # no difference to a new run's
 
 
 @pytest.mark.parametrize(("mix", "cut"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])

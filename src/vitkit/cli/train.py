@@ -216,7 +216,14 @@ def _started_by_this_job(out: str) -> bool | None:
 
     try:
         store = job_store(STORE_TIMEOUT_S)
-        return None if store is None else store.check([_job_key(out)])
+        if store is None:
+            log.warning(
+                "the workers share no store with torchrun's agent (TORCHELASTIC_USE_AGENT_STORE): whether this "
+                "job started %s is not known; the run's config alone decides",
+                out,
+            )
+            return None
+        return store.check([_job_key(out)])
     except (RuntimeError, OSError) as e:
         log.warning("could not read torchrun's store (%s): the run's config alone decides", e)
         return None

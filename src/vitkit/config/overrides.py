@@ -157,7 +157,7 @@ def load_run_config(path: str) -> RunConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object (a run's config), got {type(data).__name__}")
     section = data.get("data")
-    if isinstance(section, dict) and "randaugment_m" in section and "randaugment_bins" not in section:
+    if isinstance(section, dict) and section.get("randaugment_n") and "randaugment_bins" not in section:
         # written before RandAugment's magnitude moved to timm's and the paper's 0-10 scale: torchvision's 0-30
         data = dict(data, data=dict(section, randaugment_bins=31))
     cfg = from_dict(RunConfig, data, where=path)
