@@ -486,7 +486,8 @@ def test_a_malformed_manifest_is_a_corrupt_checkpoint(tmp_path, manifest):
     assert latest_valid(root).endswith("step-00000001")
 
 
-def test_checkpoint_atomic_and_truncated_fallback(tmp_path):
+def test_checkpoint_atomic_and_truncated_fallback(tmp_path, caplog):
+    """... the skipped checkpoint said by one rank of a job only (was: every rank, the same warning N times)."""
     root = str(tmp_path)
     sd = {"w": torch.randn(64, 64)}
     save_checkpoint(root, 1, {"model": sd}, {"step": 1})
@@ -496,7 +497,11 @@ def test_checkpoint_atomic_and_truncated_fallback(tmp_path):
     latest = os.path.join(root, "step-00000003", "model.safetensors")
     with open(latest, "r+b") as f:
         f.truncate(os.path.getsize(latest) // 2)
-    assert latest_valid(root).endswith("step-00000002")
+    with caplog.at_level("WARNING"):
+        assert latest_valid(root, say=False).endswith("step-00000002")
+        assert "skipping checkpoint" not in caplog.text
+        assert latest_valid(root).endswith("step-00000002")
+        assert "skipping checkpoint" in caplog.text and "truncated" in caplog.text
     weights, state = load_checkpoint(latest_valid(root))
     assert state["step"] == 2 and torch.equal(weights["model"]["w"], sd["w"] + 1)
     with pytest.raises(CheckpointError, match="truncated"):

@@ -219,12 +219,14 @@ def check_training_state(state: dict, where: str) -> None:
             raise CheckpointError(f"{where}: {key!r} must be a {kind.__name__}, got {value!r:.60}")
 
 
-def latest_valid(root: str) -> str | None:
-    """The newest checkpoint that verifies; corrupt newer ones are reported and skipped."""
+def latest_valid(root: str, say: bool = True) -> str | None:
+    """The newest checkpoint that verifies; corrupt newer ones are skipped, and reported where `say` (one rank of
+    a job says it for all)."""
     for path in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(path)
             return path
         except CheckpointError as e:
-            log.warning("skipping checkpoint: %s", e)
+            if say:
+                log.warning("skipping checkpoint: %s", e)
     return None

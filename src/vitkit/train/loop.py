@@ -312,7 +312,7 @@ def train(
         if info.is_main:  # before any rank looks for the latest checkpoint
             restore_set_aside(os.path.join(out_dir, CHECKPOINTS))
         D.barrier()
-        ckpt = latest_valid(os.path.join(out_dir, CHECKPOINTS))
+        ckpt = latest_valid(os.path.join(out_dir, CHECKPOINTS), say=info.is_main)
         if ckpt is None:
             _refuse_resume_over_weights(out_dir, fine_tuning=init_state is not None)
         splits = _recorded_normalisation(out_dir, splits)
