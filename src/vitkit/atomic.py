@@ -66,11 +66,16 @@ def write_errors_as_oserror(path: str) -> Iterator[None]:
         raise OSError(f"cannot write {path}{space}: {e}") from e
 
 
+def refuse_folder_in_way(path: str) -> None:
+    """An IsADirectoryError naming `path` where a folder stands in the way of writing that file."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", path)
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Have `write(tmp)` fill a temp file beside `path`, fsync it, rename it over `path`: old or new, never half."""
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):  # else the rename's error would name the temp file
-        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", path)
+    refuse_folder_in_way(path)  # else the rename's error would name the temp file
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)

@@ -119,10 +119,22 @@ def build_report(subject: Subject, analysis, inputs: Inputs, pngs: dict):
     return Report(f"vitkit: {subject.name}", facts, sections)
 
 
+def _figure_pngs(analysis, inputs: Inputs, show: int) -> dict[str, bytes]:
+    """The four figures as PNG bytes, keyed by file name; the rollout on the first `show` images."""
+    from vitkit.inspect.plots import figure_png
+    from vitkit.inspect.report import inspection_figures
+
+    show = min(show, len(inputs.images))
+    titles = inputs.titles[:show] if inputs.titles else None
+    return {
+        name: figure_png(fig)
+        for name, fig in inspection_figures(analysis, inputs.images[:show], titles).items()
+    }
+
+
 def inspect_to(subject: Subject, out_dir: str, inputs: Inputs, args: argparse.Namespace) -> str:
     """Write the four PNGs, inspect.json and report.html into out_dir; return the report's path."""
-    from vitkit.inspect.plots import figure_png
-    from vitkit.inspect.report import inspection_figures, write_inspection
+    from vitkit.inspect.report import write_inspection
 
     analysis = run_analysis(subject, inputs, args)
     info = {
@@ -137,10 +149,7 @@ def inspect_to(subject: Subject, out_dir: str, inputs: Inputs, args: argparse.Na
         info["run"] = subject.run_dir
     if subject.weights:
         info["weights"] = subject.weights
-    show = min(args.show, len(inputs.images))
-    titles = inputs.titles[:show] if inputs.titles else None
-    figs = inspection_figures(analysis, inputs.images[:show], titles)
-    pngs = {name: figure_png(fig) for name, fig in figs.items()}
+    pngs = _figure_pngs(analysis, inputs, args.show)
     write_inspection(out_dir, analysis, pngs, build_report(subject, analysis, inputs, pngs), info)
     return os.path.join(out_dir, "report.html")
 
@@ -148,8 +157,7 @@ def inspect_to(subject: Subject, out_dir: str, inputs: Inputs, args: argparse.Na
 def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", num_images: int = 32) -> str:
     """Write RUN_DIR/report.html (or `out`): what `vitkit report` and the end of `vitkit train` do."""
     require_matplotlib()
-    from vitkit.inspect.plots import figure_png
-    from vitkit.inspect.report import inspection_figures, write_report
+    from vitkit.inspect.report import write_report
 
     args = argparse.Namespace(k=None, head_fusion="mean", discard_ratio=0.0, batch_size=16, show=8)
     subject = load_subject(run_dir, device)
@@ -160,10 +168,7 @@ def report_for_run(run_dir: str, out: str | None = None, device: str = "cpu", nu
         return path
     inputs = sample_inputs(subject, num_images)
     analysis = run_analysis(subject, inputs, args)
-    show = min(args.show, len(inputs.images))
-    titles = inputs.titles[:show] if inputs.titles else None
-    figs = inspection_figures(analysis, inputs.images[:show], titles)
-    pngs = {name: figure_png(fig) for name, fig in figs.items()}
+    pngs = _figure_pngs(analysis, inputs, args.show)
     write_report(path, build_report(subject, analysis, inputs, pngs))
     return path
 
@@ -187,9 +192,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out = args.out or own
     if os.path.exists(out) and not os.path.isdir(out):  # before any work
         raise UserError(f"{'--out ' if args.out else ''}{out} is a file; vitkit inspect writes a folder")
-    if os.path.abspath(out) != os.path.abspath(
-        own
-    ):  # its own default folder is rewritten; another is checked
+    # its own default folder is rewritten; another is checked
+    if os.path.abspath(out) != os.path.abspath(own):
         from vitkit.inspect.report import FIGURES
 
         guard_output_folder(out, (*FIGURES, "inspect.json", "report.html"), args.overwrite)

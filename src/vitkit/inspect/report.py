@@ -8,7 +8,6 @@ A tiny inline script records, once the page has loaded, how many images it holds
 from __future__ import annotations
 
 import base64
-import errno
 import html
 import os
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vitkit.atomic import atomic_write_bytes, json_bytes
+from vitkit.atomic import atomic_write_bytes, json_bytes, refuse_folder_in_way
 from vitkit.inspect import plots
 from vitkit.inspect.analysis import Analysis
 
@@ -104,10 +103,7 @@ def write_inspection(
     record = dict(info or {}) | analysis.to_json() | {"files": sorted(pngs) + ["inspect.json", "report.html"]}
     files = pngs | {"inspect.json": json_bytes(record), "report.html": render_html(report).encode("utf-8")}
     for name in files:  # a folder in the way would stop the writes part-way
-        if os.path.isdir(os.path.join(out_dir, name)):
-            raise IsADirectoryError(
-                errno.EISDIR, "a folder is in the way of the file to write", os.path.join(out_dir, name)
-            )
+        refuse_folder_in_way(os.path.join(out_dir, name))
     os.makedirs(out_dir, exist_ok=True)
     for name, data in files.items():
         atomic_write_bytes(os.path.join(out_dir, name), data)
