@@ -35,7 +35,6 @@ from vitkit.eval.metrics import top5_text
 from vitkit.recipes import GPU_RECIPES, RECIPES, get_recipe
 
 log = logging.getLogger("vitkit")
-STORE_TIMEOUT_S = 30.0  # reaching torchrun's store, which the job's agent hosts
 
 # flag -> config key
 FLAG_KEYS = {
@@ -192,43 +191,6 @@ def _restart_differences(args: argparse.Namespace, out: str) -> list[str]:
     return [d for d in diff if not d.startswith(("model.num_classes", "model.in_chans"))]
 
 
-def _job_key(out: str) -> str:
-    """The key in torchrun's store that says this job started the run in `out`."""
-    return f"vitkit/started/{os.path.abspath(out)}"
-
-
-def _mark_started_by_this_job(out: str) -> None:
-    """Record in torchrun's store (it outlives restarts) that this job started the run in `out` (its files are
-    written: a restart continues it)."""
-    from vitkit.train.distributed import job_store
-
-    try:
-        store = job_store(STORE_TIMEOUT_S)
-        if store is not None:
-            store.set(_job_key(out), "1")
-    except (RuntimeError, OSError) as e:  # DistNetworkError / DistStoreError: a restart will not know
-        log.warning("could not record the run in torchrun's store (%s): a restart will not resume it", e)
-
-
-def _started_by_this_job(out: str) -> bool | None:
-    """Whether an earlier attempt of this torchrun job started the run in `out`; None where no store says."""
-    from vitkit.train.distributed import job_store
-
-    try:
-        store = job_store(STORE_TIMEOUT_S)
-        if store is None:
-            log.warning(
-                "the workers share no store with torchrun's agent (TORCHELASTIC_USE_AGENT_STORE): whether this "
-                "job started %s is not known; the run's config alone decides",
-                out,
-            )
-            return None
-        return store.check([_job_key(out)])
-    except (RuntimeError, OSError) as e:
-        log.warning("could not read torchrun's store (%s): the run's config alone decides", e)
-        return None
-
-
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -257,13 +219,13 @@ def _warn_gpu_recipe_on_cpu(cfg: RunConfig, main: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vitkit.train.distributed import from_env
+    from vitkit.train import distributed as D
     from vitkit.train.loop import train
     from vitkit.train.runfiles import CONFIG
 
     out = args.out
     resume = False
-    info = from_env()
+    info = D.from_env()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     if out is None and not args.resume:  # a long run's weights would be lost without a word
@@ -277,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # a restart resumes only the run this very command started: the refusal of a folder holding another run
         # (the first attempt's error) must not become a resume of it
         diff = _restart_differences(args, out)
-        if not diff and _started_by_this_job(out) is not False:
+        if not diff and D.started_by_this_job(out) is not False:
             log.info("torchrun restarted the job (restart %s): resuming %s", restart, out)
             args.resume = out
         elif args.overwrite:
@@ -346,7 +308,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         info=info,
         # once a fresh run's files are written, a torchrun restart may continue it
-        on_start=(lambda: _mark_started_by_this_job(out)) if out and not resume else None,
+        on_start=(lambda: D.record_started(out)) if out and not resume else None,
     )
     if not info.is_main:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ def from_env() -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+log = logging.getLogger(__name__)
+
+STORE_TIMEOUT_S = 30.0  # reaching torchrun's store, which the job's agent hosts
 _JOINS = itertools.count()  # this process's joins: each reads and writes its own keys in torchrun's store
 
 
@@ -72,6 +76,39 @@ def job_store(timeout_s: float = 60.0) -> dist.Store | None:
         timeout=datetime.timedelta(seconds=timeout_s),
         wait_for_workers=False,
     )
+
+
+def _started_key(out: str) -> str:
+    """The key in torchrun's store that says this job started the run in `out`."""
+    return f"vitkit/started/{os.path.abspath(out)}"
+
+
+def record_started(out: str) -> None:
+    """Record in torchrun's store (it outlives restarts) that this job started the run in `out` (its files are
+    written: a restart continues it)."""
+    try:
+        store = job_store(STORE_TIMEOUT_S)
+        if store is not None:
+            store.set(_started_key(out), "1")
+    except (RuntimeError, OSError) as e:  # DistNetworkError / DistStoreError: a restart will not know
+        log.warning("could not record the run in torchrun's store (%s): a restart will not resume it", e)
+
+
+def started_by_this_job(out: str) -> bool | None:
+    """Whether an earlier attempt of this torchrun job started the run in `out`; None where no store says."""
+    try:
+        store = job_store(STORE_TIMEOUT_S)
+        if store is None:
+            log.warning(
+                "the workers share no store with torchrun's agent (TORCHELASTIC_USE_AGENT_STORE): whether this "
+                "job started %s is not known; the run's config alone decides",
+                out,
+            )
+            return None
+        return store.check([_started_key(out)])
+    except (RuntimeError, OSError) as e:
+        log.warning("could not read torchrun's store (%s): the run's config alone decides", e)
+        return None
 
 
 def destroy() -> None:
